@@ -1,0 +1,46 @@
+# Stockade — two commands: `make up` and `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv system-deps up test lint typecheck unit bench proto clean
+
+# Idempotent and fast when nothing changed: reinstalls only when pyproject.toml is newer.
+venv: system-deps $(STAMP)
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+up: venv
+	$(BIN)/stockade up
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
+
+typecheck: venv
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: venv
+	$(BIN)/python -m bench
+
+# Regenerates the gRPC modules from proto/ (committed; run after editing a .proto).
+proto: venv
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/stockade/rpc/_gen \
+	  --grpc_python_out=src/stockade/rpc/_gen --mypy_out=src/stockade/rpc/_gen proto/*.proto
+	sed -i -E 's/^import (\w+_pb2)/from . import \1/' src/stockade/rpc/_gen/*_grpc.py
+
+clean:
+	rm -rf $(VENV) .stockade .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,243 @@
+"""One settings tree for every service.
+
+Sources, highest priority first: constructor arguments, environment (``STOCKADE_*``, nested
+sections with ``__``: ``STOCKADE_GATEWAY__PORT=2222``), a few well-known names
+(:data:`ENV_ALIASES`: ``STOCKADE_NATS_URL``, ``VAULT_ADDR``, ``VAULT_TOKEN``), then the TOML file
+named by ``STOCKADE_CONFIG`` or ``./stockade.toml`` when present. Every field is documented where
+it is declared; validation happens once, in :func:`load_settings`, and a failure is a
+:class:`~stockade.core.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "ENV_ALIASES",
+    "ApiSettings",
+    "AuthzSettings",
+    "BrokerSettings",
+    "BusSettings",
+    "GatewaySettings",
+    "IdentitySettings",
+    "LogSettings",
+    "Settings",
+    "ShieldSettings",
+    "StoreSettings",
+    "VaultSettings",
+    "load_settings",
+]
+
+#: Environment names that are not ``STOCKADE_<SECTION>__<FIELD>`` but are honoured because users
+#: of NATS and Vault already set them. Maps the variable to its (section, field) path.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "STOCKADE_NATS_URL": ("bus", "url"),
+    "STOCKADE_DATABASE_URL": ("store", "url"),
+    "VAULT_ADDR": ("vault", "addr"),
+    "VAULT_TOKEN": ("vault", "token"),
+    "STOCKADE_VAULT_ADDR": ("vault", "addr"),
+    "STOCKADE_VAULT_TOKEN": ("vault", "token"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Minimum level written to the log."""
+    json_output: bool | None = None
+    """JSON lines (True) or coloured console output (False); unset: JSON when stderr is no TTY."""
+
+
+class StoreSettings(_Section):
+    url: str | None = None
+    """SQLAlchemy URL. Unset: SQLite file ``stockade.db`` in the data dir (WAL mode).
+    PostgreSQL: ``postgresql://user@host:5432/db`` (driven by asyncpg)."""
+    echo: bool = False
+    """Log every SQL statement (debugging only)."""
+
+
+class BusSettings(_Section):
+    url: str | None = None
+    """NATS URL of an external server. Unset: ``stockade up`` starts the embedded
+    ``nats-server`` (JetStream, storage in the data dir) on a free loopback port."""
+    connect_timeout: float = Field(default=5.0, gt=0)
+    """Seconds to wait for NATS (and for the embedded server to become ready)."""
+
+
+class IdentitySettings(_Section):
+    issuer: str = "stockade"
+    """``iss`` of every issued JWT, checked on verification."""
+    audience: str = "stockade"
+    """Default ``aud`` of issued JWTs, checked on verification."""
+    token_ttl: int = Field(default=900, gt=0, le=86400)
+    """Default JWT lifetime in seconds (15 minutes)."""
+    algorithm: Literal["EdDSA", "ES256"] = "EdDSA"
+    """Signing algorithm for new signing keys."""
+    leeway: int = Field(default=0, ge=0, le=300)
+    """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    min_rsa_bits: int = Field(default=3072, ge=2048)
+    """Smallest RSA SSH key accepted."""
+
+
+class AuthzSettings(_Section):
+    policy_dir: Path | None = None
+    """Directory of ``.rego`` files (a bundle). Unset: the bundle shipped with Stockade."""
+    reload_interval: float = Field(default=1.0, gt=0)
+    """Seconds between checks of the bundle for changes (hot reload)."""
+    decision_log: bool = True
+    """Publish every decision on the bus (identical decisions within a second folded)."""
+    fold_window: float = Field(default=1.0, gt=0)
+    """Seconds within which identical decisions fold into one record with a count."""
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the internal gRPC API (identity, authz) listens on, mutual TLS."""
+    port: int = Field(default=7443, ge=0, le=65535)
+    """Port of the internal gRPC API; 0 picks a free port."""
+    admin_socket: Path | None = None
+    """Unix socket (mode 0600) for admin commands. Unset: ``admin.sock`` in the data dir."""
+
+
+class GatewaySettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the SSH gateway listens on (``::1`` or ``::`` for IPv6)."""
+    port: int = Field(default=2222, ge=0, le=65535)
+    """SSH port; 0 picks a free port."""
+    enabled: bool = True
+    """Start the SSH gateway inside ``stockade up``."""
+
+
+class ShieldSettings(_Section):
+    enabled: bool = True
+    """Run SSH Shield inside ``stockade up``."""
+
+
+class BrokerSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address the HTTPS credential/admin API listens on."""
+    port: int = Field(default=8443, ge=0, le=65535)
+    """HTTPS port; 0 picks a free port."""
+
+
+class VaultSettings(_Section):
+    addr: str | None = None
+    """Vault / OpenBao address (``VAULT_ADDR``). Unset: no secrets backend."""
+    token: SecretStr | None = None
+    """Vault token (``VAULT_TOKEN``)."""
+
+
+class _AliasSource(PydanticBaseSettingsSource):
+    """Reads :data:`ENV_ALIASES` from the environment into their nested places."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for env, (section, key) in ENV_ALIASES.items():
+            value = os.environ.get(env)
+            if value:
+                out.setdefault(section, {})[key] = value
+        return dict(out)
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("STOCKADE_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"STOCKADE_CONFIG: {path} does not exist or is not a file")
+        return path
+    local = Path("stockade.toml")
+    return local if local.is_file() else None
+
+
+class Settings(BaseSettings):
+    """The root of Stockade's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STOCKADE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+    data_dir: Path = Path(".stockade")
+    """Where state lives: SQLite database, NATS JetStream, keys, CA, recordings."""
+    log: LogSettings = LogSettings()
+    store: StoreSettings = StoreSettings()
+    bus: BusSettings = BusSettings()
+    identity: IdentitySettings = IdentitySettings()
+    authz: AuthzSettings = AuthzSettings()
+    api: ApiSettings = ApiSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    shield: ShieldSettings = ShieldSettings()
+    broker: BrokerSettings = BrokerSettings()
+    vault: VaultSettings = VaultSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _AliasSource(settings_cls),
+        ]
+        path = _config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @property
+    def database_url(self) -> str:
+        """The store URL, defaulting to SQLite in the data dir."""
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{(self.data_dir / 'stockade.db').resolve()}"
+
+    @property
+    def admin_socket(self) -> Path:
+        """The admin API's unix socket."""
+        return self.api.admin_socket or (self.data_dir / "admin.sock")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build and validate the settings tree; errors name the key and how to fix it."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        env = "STOCKADE_" + "__".join(str(part).upper() for part in first["loc"])
+        raise ConfigError(
+            f"setting {key} (env {env}): {first['msg']}"
+            + (f" (got {first['input']!r})" if "token" not in key else "")
+        ) from exc
+    except Exception as exc:  # TOML syntax errors and the like
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"configuration file: {exc}") from exc
