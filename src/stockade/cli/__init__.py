@@ -1,0 +1,29 @@
+"""The ``stockade`` command: one module per command group, registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from stockade import __version__
+
+app = typer.Typer(
+    name="stockade",
+    help="Zero-trust access and supply-chain security for shared developer workspaces.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print Stockade's version."""
+    typer.echo(f"stockade {__version__}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]
