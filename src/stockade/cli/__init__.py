@@ -15,6 +15,15 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Zero-trust access and supply-chain security for shared developer workspaces.
+
+    Configuration comes from STOCKADE_* variables and ./stockade.toml (or $STOCKADE_CONFIG);
+    state lives in $STOCKADE_DATA_DIR (default ./.stockade).
+    """
+
+
 @app.command()
 def version() -> None:
     """Print Stockade's version."""
