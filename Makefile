@@ -38,9 +38,10 @@ bench: venv
 
 # Regenerates the gRPC modules from proto/ (committed; run after editing a .proto).
 proto: venv
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/stockade/rpc/_gen \
-	  --grpc_python_out=src/stockade/rpc/_gen --mypy_out=src/stockade/rpc/_gen proto/*.proto
-	sed -i -E 's/^import (\w+_pb2)/from . import \1/' src/stockade/rpc/_gen/*_grpc.py
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=src/stockade/rpc/_gen \
+	  --grpc_python_out=src/stockade/rpc/_gen --mypy_out=src/stockade/rpc/_gen \
+	  --mypy_grpc_out=src/stockade/rpc/_gen proto/*.proto
+	sed -i -E 's/^import (\w+_pb2) as/from . import \1 as/; s/^import (\w+_pb2)$$/from . import \1/' src/stockade/rpc/_gen/*_grpc.py src/stockade/rpc/_gen/*_grpc.pyi
 
 clean:
 	rm -rf $(VENV) .stockade .pytest_cache .mypy_cache .ruff_cache

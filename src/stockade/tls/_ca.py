@@ -1,0 +1,176 @@
+"""A development certificate authority kept in the data dir.
+
+``stockade up`` creates it on first start: an ECDSA P-256 CA (10 years) and leaf certificates
+(90 days, renewed when less than 30 days remain) for the internal gRPC API and the HTTPS broker.
+Private keys are written 0600 in a 0700 directory, atomically (temp file, then rename), so a crash
+never leaves a half-written key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from stockade.core import InvalidInput
+
+__all__ = ["DevCA", "IssuedCert", "write_private"]
+
+_CA_LIFETIME = timedelta(days=3650)
+_LEAF_LIFETIME = timedelta(days=90)
+_RENEW_BEFORE = timedelta(days=30)
+
+
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically with ``mode`` (default 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class IssuedCert:
+    """Paths of an issued leaf: certificate chain (leaf + CA), key, and the CA bundle."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+class DevCA:
+    """The data dir's CA: ``DevCA(directory).ensure()`` then ``issue(name, ...)``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.ca_cert_path = directory / "ca.pem"
+        self.ca_key_path = directory / "ca.key"
+
+    def ensure(self) -> None:
+        """Create the CA if it does not exist yet."""
+        if self.ca_cert_path.exists() and self.ca_key_path.exists():
+            return
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Stockade dev CA")])
+        now = datetime.now(UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + _CA_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .sign(key, hashes.SHA256())
+        )
+        write_private(self.ca_key_path, _key_pem(key))
+        write_private(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+
+    def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
+        key = serialization.load_pem_private_key(self.ca_key_path.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise InvalidInput(str(self.ca_key_path), "the dev CA key must be an EC key")
+        return cert, key
+
+    def issue(
+        self,
+        name: str,
+        *,
+        sans: list[str] | None = None,
+        server: bool = True,
+        client: bool = True,
+        lifetime: timedelta = _LEAF_LIFETIME,
+        force: bool = False,
+    ) -> IssuedCert:
+        """Issue (or keep, while fresh) ``<name>.pem``/``<name>.key`` signed by the CA."""
+        self.ensure()
+        cert_path = self.directory / f"{name}.pem"
+        key_path = self.directory / f"{name}.key"
+        issued = IssuedCert(cert=cert_path, key=key_path, ca=self.ca_cert_path)
+        if not force and cert_path.exists() and key_path.exists():
+            existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if existing.not_valid_after_utc - datetime.now(UTC) > _RENEW_BEFORE:
+                return issued
+        ca_cert, ca_key = self._load()
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        usages = []
+        if server:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+        if client:
+            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_san(sans or ["localhost", "127.0.0.1", "::1"]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+            .sign(ca_key, hashes.SHA256())
+        )
+        write_private(key_path, _key_pem(key))
+        chain = cert.public_bytes(serialization.Encoding.PEM)
+        write_private(cert_path, chain, 0o644)
+        return issued
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
