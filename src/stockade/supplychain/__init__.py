@@ -1,0 +1,51 @@
+"""Supply chain: signed packages and catalogs, safe zips, node SSH keys, AppLocker rules.
+
+Public surface (everything else is private to its module)::
+
+    load_certificate(pfx, password)        -> CodeSigningCertificate (checked: validity, EKU)
+    build_package(src, out, cert, ...)      -> BuildSummary     sign, catalog, deterministic zip
+    create_catalog(root, cert, ...)         -> Catalog          catalog.json + catalog.json.p7s
+    verify_package(zip_or_dir, ca=...)      -> VerifyReport     every problem by path
+    safe_extract(zip, target, limits)       -> names            refuses traversal, links, bombs
+
+Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (catalog signature).
+"""
+
+from ._catalog import CATALOG_NAME, CATALOG_SIGNATURE_NAME, Catalog, CatalogEntry
+from ._package import (
+    BuildSummary,
+    Problem,
+    Progress,
+    VerifyReport,
+    build_package,
+    create_catalog,
+    verify_package,
+)
+from ._select import DEFAULT_EXCLUDES, SIGNABLE_EXTENSIONS, ExclusionList, is_signable
+from ._signing import CodeSigningCertificate, Osslsigncode, load_certificate
+from ._zipsafe import UnsafeArchive, ZipLimits, safe_extract, write_deterministic_zip
+
+__all__ = [
+    "CATALOG_NAME",
+    "CATALOG_SIGNATURE_NAME",
+    "DEFAULT_EXCLUDES",
+    "SIGNABLE_EXTENSIONS",
+    "BuildSummary",
+    "Catalog",
+    "CatalogEntry",
+    "CodeSigningCertificate",
+    "ExclusionList",
+    "Osslsigncode",
+    "Problem",
+    "Progress",
+    "UnsafeArchive",
+    "VerifyReport",
+    "ZipLimits",
+    "build_package",
+    "create_catalog",
+    "is_signable",
+    "load_certificate",
+    "safe_extract",
+    "verify_package",
+    "write_deterministic_zip",
+]
