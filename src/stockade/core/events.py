@@ -22,6 +22,7 @@ __all__ = [
     "SUBJECT_AUTH_FAILED",
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
+    "SUBJECT_DEAD_LETTER_PREFIX",
     "SUBJECT_SESSION_ENDED",
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
@@ -48,6 +49,8 @@ SUBJECT_SESSION_ENDED = "stockade.session.ended"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
+#: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
+SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
 #: JetStream streams: name -> subjects. Created idempotently by the bus at start.
 STREAMS: dict[str, list[str]] = {
@@ -58,6 +61,7 @@ STREAMS: dict[str, list[str]] = {
         "stockade.shield.>",
         "stockade.credential.>",
     ],
+    "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
 
 

@@ -1,0 +1,224 @@
+"""The NATS connection: publish events, create streams, consumers and KV buckets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
+
+from stockade.core.errors import BusUnavailable
+from stockade.core.events import STREAMS, Event
+from stockade.core.logging import get_logger
+
+from ._consumer import Consumer
+from ._errors import mapped
+from ._kv import KeyValueStore, KvWatch
+
+__all__ = ["DEFAULT_STREAM_MAX_AGE", "Bus"]
+
+#: Events are kept this long (seconds) in the streams created by :meth:`Bus.ensure_streams`.
+DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
+
+_log = get_logger("stockade.bus")
+
+
+async def _log_error(exc: Exception) -> None:
+    _log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+
+class Bus:
+    """A connection to NATS with JetStream. Create with :meth:`connect`; end with :meth:`close`."""
+
+    def __init__(self, nc: Client, *, name: str) -> None:
+        """Use :meth:`connect`; this wraps an already connected client."""
+        self._nc = nc
+        self._js = nc.jetstream()
+        self.name = name
+        self._watches: list[KvWatch] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._nc.connected_url.netloc  # type: ignore[union-attr]
+        return f"<Bus {self.name} {state}>"
+
+    @classmethod
+    async def connect(cls, url: str, *, name: str, connect_timeout: float = 5.0) -> Bus:
+        """Connect to ``url`` (comma-separated for a cluster) as client ``name``.
+
+        Raises :class:`BusUnavailable` when no server answers within ``connect_timeout``.
+        """
+        with mapped(f"connect to {url}"):
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=connect_timeout,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=_log_error,
+                ),
+                timeout=connect_timeout * 2,
+            )
+        return cls(nc, name=name)
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context (for the bus's own helpers; other packages use the methods)."""
+        return self._js
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self._nc.is_closed
+
+    async def ensure_streams(
+        self,
+        streams: Mapping[str, Sequence[str]] = STREAMS,
+        *,
+        max_age: float = DEFAULT_STREAM_MAX_AGE,
+    ) -> None:
+        """Create each stream (name -> subjects) on file storage, or update it when its subjects
+        or retention differ. Idempotent; safe to call from every service at start."""
+        for name, subjects in streams.items():
+            wanted = sorted(subjects)
+            with mapped(f"stream {name}"):
+                try:
+                    info = await self._js.stream_info(name)
+                except nats.js.errors.NotFoundError:
+                    await self._js.add_stream(
+                        api.StreamConfig(
+                            name=name,
+                            subjects=wanted,
+                            storage=api.StorageType.FILE,
+                            max_age=max_age,
+                        )
+                    )
+                    continue
+                config = info.config
+                if sorted(config.subjects or []) != wanted or config.max_age != max_age:
+                    await self._js.update_stream(config.evolve(subjects=wanted, max_age=max_age))
+
+    async def publish(self, event: Event, *, ack_timeout: float = 5.0) -> int:
+        """Publish ``event`` to JetStream; returns its stream sequence once stored."""
+        return await self.publish_bytes(event.subject, event.to_bytes(), ack_timeout=ack_timeout)
+
+    async def publish_bytes(
+        self,
+        subject: str,
+        data: bytes,
+        *,
+        headers: dict[str, str] | None = None,
+        ack_timeout: float = 5.0,
+    ) -> int:
+        """Publish raw bytes to JetStream and wait for the store acknowledgement."""
+        try:
+            with mapped(f"publish {subject}"):
+                ack = await self._js.publish(subject, data, headers=headers, timeout=ack_timeout)
+        except BusUnavailable as exc:
+            if isinstance(exc.__cause__, nats.js.errors.NoStreamResponseError):
+                raise BusUnavailable(
+                    f"NATS publish {subject}: no stream stores this subject "
+                    "(call Bus.ensure_streams at start)"
+                ) from exc.__cause__
+            raise
+        return int(ack.seq)
+
+    async def publish_many(self, events: Iterable[Event], *, ack_timeout: float = 30.0) -> int:
+        """Publish many events pipelined (acks awaited together); returns how many were stored."""
+        futures: list[asyncio.Future[api.PubAck]] = []
+        with mapped("publish batch"):
+            for event in events:
+                futures.append(
+                    await self._js.publish_async(
+                        event.subject, event.to_bytes(), wait_stall=ack_timeout
+                    )
+                )
+            acks = await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
+        return len(acks)
+
+    async def publish_nowait(self, event: Event) -> None:
+        """Core-NATS publish without a store acknowledgement: for high-rate, loss-tolerant events.
+
+        A stream on the subject still stores it, but a failure is not reported."""
+        with mapped(f"publish {event.subject}"):
+            await self._nc.publish(event.subject, event.to_bytes())
+
+    async def flush(self, *, seconds: int = 5) -> None:
+        """Wait (up to ``seconds``) until the server has seen everything published so far."""
+        with mapped("flush"):
+            await self._nc.flush(timeout=seconds)
+
+    async def key_value(
+        self, bucket: str, *, history: int = 1, marker_ttl: float = 60.0
+    ) -> KeyValueStore:
+        """The KV bucket ``bucket``, created idempotently (file storage, per-key TTL allowed,
+        delete markers kept ``marker_ttl`` seconds so watchers see keys expire)."""
+        with mapped(f"key-value bucket {bucket}"):
+            try:
+                info = await self._js.stream_info(f"KV_{bucket}")
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self._js.create_key_value(
+                        api.KeyValueConfig(
+                            bucket=bucket,
+                            history=history,
+                            storage=api.StorageType.FILE,
+                            limit_marker_ttl=marker_ttl,
+                        )
+                    )
+                except nats.js.errors.BadRequestError:  # created concurrently by another service
+                    await self._js.stream_info(f"KV_{bucket}")
+            else:
+                config = info.config
+                if not config.allow_msg_ttl or config.subject_delete_marker_ttl != marker_ttl:
+                    await self._js.update_stream(
+                        config.evolve(allow_msg_ttl=True, subject_delete_marker_ttl=marker_ttl)
+                    )
+        return _TrackedKeyValueStore(self._js, bucket, self._watches)
+
+    def consumer(self, *, stream: str, durable: str, **options: Any) -> Consumer:
+        """A durable pull consumer (see :class:`Consumer` for handler rules and ``options``)."""
+        return Consumer(self, stream=stream, durable=durable, **options)
+
+    async def close(self, *, drain_timeout: float = 5.0) -> None:
+        """Stop watches (ordered consumers first, or the drain stalls), then drain and close."""
+        if self._closed:
+            return
+        self._closed = True
+        watches, self._watches[:] = list(self._watches), []
+        for watch in watches:
+            await watch.stop()
+        if self._nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self._nc.drain(), drain_timeout)
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            _log.warning("nats_drain_failed", error=str(exc) or type(exc).__name__)
+            with contextlib.suppress(nats.errors.Error, OSError):
+                await self._nc.close()
+
+    async def __aenter__(self) -> Bus:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
+
+
+class _TrackedKeyValueStore(KeyValueStore):
+    """A KV store whose watches the bus stops before it drains."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, registry: list[KvWatch]) -> None:
+        super().__init__(js, bucket)
+        self._registry = registry
+
+    async def watch(self, callback: Any) -> KvWatch:
+        watch = await super().watch(callback)
+        self._registry.append(watch)
+        return watch

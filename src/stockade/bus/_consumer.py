@@ -1,0 +1,291 @@
+"""Durable pull consumers whose handlers are plain functions registered per subject.
+
+::
+
+    consumer = bus.consumer(stream="STOCKADE_AUTH", durable="shield")
+
+    @consumer.on("stockade.auth.failed")
+    async def on_failed(delivery: Delivery) -> None:
+        ...  # store the effect; return normally and the message is acknowledged
+
+    await consumer.run(stop)
+
+What a handler's outcome tells the consumer (kopf's habit: exceptions are instructions):
+
+- returns normally: the message is acknowledged, *after* the handler returned, so whatever the
+  handler stored before returning is durable before the stream forgets the message;
+- raises :class:`Retry`: negative acknowledgement, redelivered after ``delay`` seconds;
+- raises :class:`Reject`: the message is copied to the dead-letter subject
+  ``stockade.deadletter.<durable>`` (headers name the original subject, sequence and reason),
+  then acknowledged;
+- raises anything else: like :class:`Retry` with a growing delay, until ``max_attempts``
+  deliveries, then like :class:`Reject`.
+
+Messages of one consumer are handled one at a time, in stream order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from stockade.core.errors import StockadeError
+from stockade.core.events import SUBJECT_DEAD_LETTER_PREFIX
+from stockade.core.logging import escape_peer, get_logger
+
+from ._errors import MAPPED, mapped
+
+if TYPE_CHECKING:
+    from nats.js import JetStreamContext
+
+    from ._client import Bus
+
+__all__ = [
+    "Consumer",
+    "ConsumerState",
+    "Delivery",
+    "Handler",
+    "Reject",
+    "Retry",
+    "subject_matches",
+]
+
+_log = get_logger("stockade.bus.consumer")
+
+
+class Retry(StockadeError):
+    """Raised by a handler: the failure is temporary; redeliver after ``delay`` seconds."""
+
+    def __init__(self, reason: str, *, delay: float = 1.0) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(StockadeError):
+    """Raised by a handler: the message can never be handled; send it to the dead-letter subject."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message as a handler sees it."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+    stream_seq: int
+    """The message's sequence in its stream: unique, stable across redeliveries (dedupe key)."""
+    timestamp: datetime
+    """When the server stored the message (timezone-aware UTC)."""
+    attempt: int
+    """1 on first delivery, higher on redeliveries."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerState:
+    """Progress of a durable consumer, read from the server."""
+
+    ack_floor: int
+    """Every stream sequence up to this one is acknowledged."""
+    num_pending: int
+    """Messages not yet delivered."""
+    num_ack_pending: int
+    """Messages delivered and not yet acknowledged."""
+    num_redelivered: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard match: ``*`` is one token, a trailing ``>`` one or more."""
+    pat = pattern.split(".")
+    sub = subject.split(".")
+    for i, part in enumerate(pat):
+        if part == ">":
+            return len(sub) > i
+        if i >= len(sub) or (part != "*" and part != sub[i]):
+            return False
+    return len(pat) == len(sub)
+
+
+class Consumer:
+    """A durable pull consumer on ``stream`` dispatching to handlers registered with :meth:`on`.
+
+    The consumer is created (or its subject filter updated) when :meth:`run` starts. Use
+    :meth:`run` for the loop, :meth:`poll` to handle at most one batch (tests, tools).
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        stream: str,
+        durable: str,
+        batch: int = 256,
+        ack_wait: float = 30.0,
+        max_attempts: int = 20,
+        retry_delay: float = 1.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._bus = bus
+        self.stream = stream
+        self.durable = durable
+        self._batch = batch
+        self._ack_wait = ack_wait
+        self._max_attempts = max_attempts
+        self._retry_delay = retry_delay
+        self._poll = poll_interval
+        self._handlers: list[tuple[str, Handler]] = []
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self.dead_letter_subject = f"{SUBJECT_DEAD_LETTER_PREFIX}.{durable}"
+
+    def __repr__(self) -> str:
+        return f"<Consumer {self.stream}/{self.durable}>"
+
+    def on(self, subject: str) -> Callable[[Handler], Handler]:
+        """Register the decorated function for ``subject`` (wildcards allowed); returns it as is."""
+
+        def register(handler: Handler) -> Handler:
+            self._handlers.append((subject, handler))
+            return handler
+
+        return register
+
+    async def _subscription(self) -> JetStreamContext.PullSubscription:
+        if self._sub is not None:
+            return self._sub
+        if not self._handlers:
+            raise StockadeError(f"consumer {self.durable} has no handlers registered")
+        subjects = sorted({s for s, _ in self._handlers})
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            deliver_policy=api.DeliverPolicy.ALL,
+            max_ack_pending=max(self._batch * 4, 1024),
+            filter_subjects=subjects if len(subjects) > 1 else None,
+            filter_subject=subjects[0] if len(subjects) == 1 else None,
+        )
+        js = self._bus.js
+        with mapped(f"create consumer {self.durable}"):
+            await js.add_consumer(self.stream, config=config)
+            self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
+        return self._sub
+
+    async def state(self) -> ConsumerState:
+        """The consumer's acknowledged floor and pending counts as the server sees them."""
+        with mapped(f"consumer info {self.durable}"):
+            info = await self._bus.js.consumer_info(self.stream, self.durable)
+        return ConsumerState(
+            ack_floor=int(info.ack_floor.stream_seq if info.ack_floor else 0),
+            num_pending=int(info.num_pending or 0),
+            num_ack_pending=int(info.num_ack_pending or 0),
+            num_redelivered=int(info.num_redelivered or 0),
+        )
+
+    async def poll(self, wait: float | None = None) -> int:
+        """Fetch one batch (waiting up to ``wait`` seconds) and handle it; returns the count."""
+        sub = await self._subscription()
+        try:
+            with mapped(f"fetch {self.durable}"):
+                msgs = await sub.fetch(self._batch, timeout=wait or self._poll)
+        except StockadeError as exc:
+            if isinstance(exc.__cause__, nats.errors.TimeoutError | asyncio.TimeoutError):
+                return 0
+            raise
+        for msg in msgs:
+            await self._handle(msg)
+        return len(msgs)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Handle messages until ``stop`` is set (or the task is cancelled).
+
+        A lost connection is logged and retried; nats-py reconnects underneath.
+        """
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self.poll()
+            except StockadeError as exc:
+                if self._bus.closed:
+                    return
+                _log.warning("consumer_poll_failed", durable=self.durable, error=str(exc))
+                await asyncio.sleep(min(self._poll, 1.0))
+
+    async def _handle(self, msg: Msg) -> None:
+        meta = msg.metadata
+        delivery = Delivery(
+            subject=msg.subject,
+            data=msg.data,
+            headers=msg.headers or {},
+            stream_seq=meta.sequence.stream,
+            timestamp=meta.timestamp,
+            attempt=meta.num_delivered,
+        )
+        handler = next((h for s, h in self._handlers if subject_matches(s, msg.subject)), None)
+        try:
+            if handler is None:
+                raise Reject(f"no handler for subject {msg.subject}")
+            await handler(delivery)
+        except Reject as exc:
+            await self._dead_letter(msg, delivery, str(exc))
+            return
+        except Retry as exc:
+            await self._nak(msg, delivery, str(exc), exc.delay)
+            return
+        except Exception as exc:
+            if delivery.attempt >= self._max_attempts:
+                await self._dead_letter(msg, delivery, f"gave up after {delivery.attempt}: {exc}")
+            else:
+                delay = min(self._retry_delay * delivery.attempt, 60.0)
+                await self._nak(msg, delivery, f"{type(exc).__name__}: {exc}", delay)
+            return
+        try:
+            await msg.ack()
+        except MAPPED as exc:  # redelivered later; handlers are idempotent
+            _log.warning("ack_failed", seq=delivery.stream_seq, error=str(exc))
+
+    async def _nak(self, msg: Msg, delivery: Delivery, reason: str, delay: float) -> None:
+        _log.warning(
+            "handler_retry",
+            durable=self.durable,
+            seq=delivery.stream_seq,
+            attempt=delivery.attempt,
+            delay=delay,
+            reason=escape_peer(reason),
+        )
+        try:
+            await msg.nak(delay=delay)
+        except MAPPED as exc:
+            _log.warning("nak_failed", seq=delivery.stream_seq, error=str(exc))
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        _log.warning(
+            "handler_dead_letter",
+            durable=self.durable,
+            seq=delivery.stream_seq,
+            subject=delivery.subject,
+            reason=escape_peer(reason),
+        )
+        headers = {
+            "Stockade-Subject": delivery.subject,
+            "Stockade-Stream-Seq": str(delivery.stream_seq),
+            "Stockade-Reason": escape_peer(reason, 512),
+        }
+        try:
+            await self._bus.publish_bytes(self.dead_letter_subject, delivery.data, headers=headers)
+        except StockadeError as exc:  # keep the message: it is redelivered and retried
+            await self._nak(msg, delivery, f"dead-letter publish failed: {exc}", self._retry_delay)
+            return
+        try:
+            await msg.ack()
+        except MAPPED as exc:
+            _log.warning("ack_failed", seq=delivery.stream_seq, error=str(exc))
