@@ -18,13 +18,12 @@ Every nats-py exception is mapped to :class:`~stockade.core.errors.BusUnavailabl
 :mod:`stockade.bus._consumer` for what a handler's return or exception means.
 """
 
-from ._client import DEFAULT_STREAM_MAX_AGE, Bus
+from ._client import Bus
 from ._consumer import Consumer, ConsumerState, Delivery, Handler, Reject, Retry, subject_matches
 from ._embedded import EmbeddedNats, nats_server_binary
 from ._kv import KeyValueStore, KvEntry, KvWatch, valid_key
 
 __all__ = [
-    "DEFAULT_STREAM_MAX_AGE",
     "Bus",
     "Consumer",
     "ConsumerState",
