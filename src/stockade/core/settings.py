@@ -122,6 +122,45 @@ class GatewaySettings(_Section):
     """SSH port; 0 picks a free port."""
     enabled: bool = True
     """Start the SSH gateway inside ``stockade up``."""
+    extra_hosts: list[str] = []
+    """More addresses to listen on with the same port, e.g. ``["::1"]`` for IPv6 as well."""
+    gateway_id: str | None = None
+    """Name of this gateway in events (``gateway_id``). Unset: the host name."""
+    handshake_timeout: float = Field(default=15.0, gt=0, le=300)
+    """Seconds from TCP accept until the client's first authentication request (version
+    exchange and key exchange); a stalled handshake is closed and reported."""
+    login_timeout: float = Field(default=60.0, gt=0, le=600)
+    """Seconds from TCP accept until authentication must have succeeded."""
+    max_connections: int = Field(default=2000, ge=1)
+    """Open connections in total; more are closed at accept, before any SSH byte."""
+    max_connections_per_source: int = Field(default=100, ge=1)
+    """Open connections from one source address."""
+    max_channels_per_connection: int = Field(default=16, ge=1, le=1024)
+    """Open channels (sessions, forwards) on one connection; more are refused."""
+    max_auth_failures: int = Field(default=6, ge=1, le=100)
+    """Rejected credentials on one connection before it is closed (OpenSSH's MaxAuthTries)."""
+    proxy_protocol: bool = False
+    """Require a PROXY protocol v1 or v2 header on every connection (behind a load balancer);
+    the client address in it is used for limits, bans, policy and events."""
+    password_auth: bool = True
+    """Offer password authentication (still only for users with a password whom policy
+    allows ``user.auth`` with ``method: password``)."""
+    sandbox: Literal["auto", "bubblewrap", "none"] = "auto"
+    """How the ``local`` backend runs sessions: ``bubblewrap`` (required), ``none`` (plain
+    subprocess), or ``auto`` (bubblewrap when installed, else plain with a warning)."""
+    shell: str = "/bin/bash"
+    """Login shell of ``local`` workspace sessions."""
+    accept_env: list[str] = ["LANG", "LC_*", "TZ", "COLORTERM"]
+    """Client environment variables passed into sessions (``*`` matches a suffix), as
+    sshd's ``AcceptEnv``."""
+    api_url: str | None = None
+    """``STOCKADE_API`` given to sessions. Unset: ``https://<broker.host>:<broker.port>``."""
+    recording_max_bytes: int = Field(default=1 << 30, ge=4096)
+    """Largest session recording; output past it is not recorded (the file says so)."""
+    stop_grace: float = Field(default=30.0, ge=0, le=3600)
+    """Seconds sessions get to finish on shutdown before they are closed with a message."""
+    upstream_connect_timeout: float = Field(default=10.0, gt=0, le=120)
+    """Seconds to reach and authenticate to an ``ssh`` backend's upstream sshd."""
 
 
 class ShieldSettings(_Section):
