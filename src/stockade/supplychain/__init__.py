@@ -11,7 +11,7 @@ Public surface (everything else is private to its module)::
 Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (catalog signature).
 """
 
-from ._catalog import CATALOG_NAME, CATALOG_SIGNATURE_NAME, Catalog, CatalogEntry
+from ._catalog import Catalog, CatalogEntry
 from ._package import (
     BuildSummary,
     Problem,
@@ -21,15 +21,11 @@ from ._package import (
     create_catalog,
     verify_package,
 )
-from ._select import DEFAULT_EXCLUDES, SIGNABLE_EXTENSIONS, ExclusionList, is_signable
-from ._signing import CodeSigningCertificate, Osslsigncode, load_certificate
+from ._select import ExclusionList, is_signable
+from ._signing import CodeSigningCertificate, Osslsigncode, load_certificate, read_password
 from ._zipsafe import UnsafeArchive, ZipLimits, safe_extract, write_deterministic_zip
 
 __all__ = [
-    "CATALOG_NAME",
-    "CATALOG_SIGNATURE_NAME",
-    "DEFAULT_EXCLUDES",
-    "SIGNABLE_EXTENSIONS",
     "BuildSummary",
     "Catalog",
     "CatalogEntry",
@@ -45,6 +41,7 @@ __all__ = [
     "create_catalog",
     "is_signable",
     "load_certificate",
+    "read_password",
     "safe_extract",
     "verify_package",
     "write_deterministic_zip",

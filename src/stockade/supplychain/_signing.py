@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -34,6 +34,7 @@ __all__ = [
     "Osslsigncode",
     "SignResult",
     "load_certificate",
+    "read_password",
     "sign_files",
 ]
 
@@ -292,6 +293,27 @@ def sign_files(
             return list(pool.map(one, jobs))
 
 
-def certificate_fingerprint(cert: x509.Certificate) -> str:
-    """SHA-256 fingerprint of ``cert`` as lowercase hex."""
-    return cert.fingerprint(hashes.SHA256()).hex()
+def read_password(*, env: str | None = None, file: Path | None = None) -> bytes | None:
+    """The PFX password from the environment variable ``env`` or from ``file`` (one line).
+
+    Neither given: None (a PFX without password). A named variable that is unset, or an
+    unreadable file, is an :class:`InvalidInput` saying how to fix it.
+    """
+    if env and file:
+        raise InvalidInput("--password-env/--password-file", "give only one of them")
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise InvalidInput(
+                "--password-env", f"environment variable {env} is not set; export it first"
+            )
+        return value.encode()
+    if file:
+        try:
+            text = file.read_bytes()
+        except OSError as exc:
+            raise InvalidInput(
+                str(file), f"cannot read the password file ({exc.strerror}); check the path"
+            ) from exc
+        return text.removesuffix(b"\n").removesuffix(b"\r")
+    return None
