@@ -1,0 +1,246 @@
+"""The :class:`Store`: one async engine, transactions, migrations, and the error boundary.
+
+Errors of SQLAlchemy and the drivers never leave this module unmapped::
+
+    unique constraint violated        -> AlreadyExists (kind from the table, value when known)
+    other integrity violation         -> InvalidInput
+    connection / operational failure  -> StoreUnavailable (says how to fix it)
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from stockade.core.errors import AlreadyExists, InvalidInput, StockadeError, StoreUnavailable
+
+__all__ = ["Store", "async_url"]
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_SQLITE_BUSY_TIMEOUT_MS = 5000
+#: Arbitrary constant: the PostgreSQL advisory lock serializing concurrent ``migrate()`` calls.
+_MIGRATION_LOCK = 0x5707_CADE
+#: What a duplicate in each unique column is called in error messages.
+_UNIQUE_KINDS = {
+    "users.name": "user",
+    "ssh_keys.fingerprint": "ssh key",
+    "workspaces.name": "workspace",
+    "sessions.id": "session",
+}
+_PG_CONSTRAINT = re.compile(r"^(?:uq|pk)_([a-z_]+?)_(name|fingerprint)$|^pk_(sessions)$")
+_PG_DETAIL_VALUE = re.compile(r"Key \([^)]*\)=\((.*)\) already exists")
+
+
+def async_url(url: str) -> tuple[URL, dict[str, Any]]:
+    """Map a user-facing database URL to its async driver and the driver's connect arguments.
+
+    ``sqlite:///path`` becomes ``sqlite+aiosqlite``; ``postgresql://`` (or ``postgres://``)
+    becomes ``postgresql+asyncpg``, and a libpq ``options=-c name=value ...`` query parameter
+    becomes asyncpg ``server_settings`` (so ``options=-csearch_path%3Dschema`` selects a schema).
+    Raises :class:`InvalidInput` for anything else.
+    """
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as err:
+        raise InvalidInput("store.url", f"not a database URL: {err}") from err
+    backend = parsed.get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise InvalidInput("store.url", "SQLite needs a file path: sqlite:////abs/path.db")
+        return parsed.set(drivername="sqlite+aiosqlite"), connect_args
+    if backend in ("postgresql", "postgres"):
+        query = dict(parsed.query)
+        options = query.pop("options", None)
+        if options is not None:
+            connect_args["server_settings"] = _parse_pg_options(str(options))
+        return parsed.set(drivername="postgresql+asyncpg", query=query), connect_args
+    raise InvalidInput(
+        "store.url", f"unsupported database {backend!r}; use sqlite:///PATH or postgresql://..."
+    )
+
+
+def _parse_pg_options(options: str) -> dict[str, str]:
+    settings: dict[str, str] = {}
+    words = shlex.split(options)
+    index = 0
+    while index < len(words):
+        word = words[index]
+        if word == "-c" and index + 1 < len(words):
+            index += 1
+            word = "-c" + words[index]
+        if not word.startswith("-c") or "=" not in word:
+            raise InvalidInput("store.url", f"options: expected -c name=value, got {word!r}")
+        name, _, value = word[2:].partition("=")
+        settings[name.strip().replace("-", "_")] = value
+        index += 1
+    return settings
+
+
+def _unique_kind(err: exc.IntegrityError) -> tuple[str, str] | None:
+    """``(kind, value)`` when ``err`` is a unique violation we can name, else None."""
+    orig = err.orig
+    message = str(orig)
+    if "UNIQUE constraint failed:" in message:  # SQLite: "UNIQUE constraint failed: users.name"
+        column = message.split("UNIQUE constraint failed:", 1)[1].split(",")[0].strip()
+        return _UNIQUE_KINDS.get(column, column), ""
+    cause = getattr(orig, "__cause__", None)
+    if getattr(cause, "sqlstate", None) == "23505":  # asyncpg UniqueViolationError
+        constraint = str(getattr(cause, "constraint_name", "") or "")
+        match = _PG_CONSTRAINT.match(constraint)
+        column = ""
+        if match:
+            column = f"{match.group(1)}.{match.group(2)}" if match.group(1) else "sessions.id"
+        detail = _PG_DETAIL_VALUE.search(str(getattr(cause, "detail", "") or ""))
+        return _UNIQUE_KINDS.get(column, constraint or "record"), detail.group(1) if detail else ""
+    return None
+
+
+class Store:
+    """The database: SQLite (a file, WAL mode) or PostgreSQL (asyncpg).
+
+    Construction only validates the URL; the first transaction connects. Every database error
+    raised inside :meth:`transaction` or :meth:`migrate` reaches the caller as a
+    :class:`~stockade.core.errors.StockadeError` (see the module docstring).
+    """
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        sa_url, connect_args = async_url(url)
+        self._url = sa_url
+        self._closed = False
+        if sa_url.get_backend_name() == "sqlite":
+            database = Path(str(sa_url.database))
+            if not database.parent.is_dir():
+                raise StoreUnavailable(
+                    f"SQLite database directory {database.parent} does not exist; "
+                    "create the data dir or set STOCKADE_DATABASE_URL"
+                )
+        self._engine: AsyncEngine = create_async_engine(
+            sa_url, echo=echo, connect_args=connect_args, pool_pre_ping=False
+        )
+        if self.dialect == "sqlite":
+            _configure_sqlite(self._engine)
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._readers = async_sessionmaker(
+            self._engine.execution_options(stockade_readonly=True), expire_on_commit=False
+        )
+
+    def __repr__(self) -> str:
+        return f"Store({self._url.render_as_string(hide_password=True)!r})"
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._url.get_backend_name()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The underlying engine, for bulk work (benchmarks, migrations tests)."""
+        return self._engine
+
+    @asynccontextmanager
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
+        """One transaction: committed when the block exits normally, rolled back on any error.
+
+        ``readonly=True`` starts a deferred transaction on SQLite (no write lock); writes in it
+        may fail with "database is locked". On PostgreSQL both are READ COMMITTED.
+        """
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        factory = self._readers if readonly else self._sessions
+        try:
+            async with factory() as session, session.begin():
+                yield session
+        except StockadeError:
+            raise
+        except exc.IntegrityError as err:
+            named = _unique_kind(err)
+            if named is not None:
+                kind, value = named
+                raise AlreadyExists(kind, value or "(concurrent insert)") from err
+            raise InvalidInput("database", f"constraint violated: {err.orig}") from err
+        except (exc.SQLAlchemyError, OSError) as err:
+            raise self._unavailable(err) from err
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent; safe to run concurrently)."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        try:
+            async with self._engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+                await conn.run_sync(_upgrade)
+        except StockadeError:
+            raise
+        except (exc.SQLAlchemyError, OSError) as err:
+            raise self._unavailable(err) from err
+
+    async def close(self) -> None:
+        """Close every pooled connection; later transactions raise StoreUnavailable."""
+        self._closed = True
+        await self._engine.dispose()
+
+    def _unavailable(self, err: BaseException) -> StoreUnavailable:
+        where = self._url.render_as_string(hide_password=True)
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:300]
+        if self.dialect == "postgresql":
+            fix = (
+                "check that PostgreSQL is running and reachable, the database exists and the "
+                "credentials are right (STOCKADE_DATABASE_URL)"
+            )
+        else:
+            fix = "check that the data dir is writable and the file is not corrupt"
+        return StoreUnavailable(f"database {where} failed: {reason}; {fix}")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, foreign keys, busy timeout, and transactions that really begin at BEGIN.
+
+    pysqlite's own transaction handling is switched off so SQLAlchemy's "begin" emits the
+    BEGIN: IMMEDIATE for writers (no lock-upgrade deadlock), deferred for readers.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        readonly = conn.get_execution_options().get("stockade_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    config = _alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

@@ -1,0 +1,164 @@
+"""SQLAlchemy models: the tables identity (users, keys, workspaces, sessions) keeps.
+
+Every timestamp is timezone-aware UTC (:class:`UtcDateTime`); secrets (password hash, sealed TOTP
+secret) never appear in a ``repr``. Migrations in ``migrations/versions`` must match these models;
+``tests/store/test_migrations.py`` checks that on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from stockade.core.logging import REDACTED
+
+__all__ = ["Base", "SessionRow", "SshKeyRow", "UserRow", "UtcDateTime", "WorkspaceRow"]
+
+#: Constraint names are deterministic so migrations, autogenerate and error mapping agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware datetime stored as UTC; naive values are refused on the way in."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UtcDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every Stockade table."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime()}
+
+
+class UserRow(Base):
+    """A person (or robot) who may log in. ``roles`` and ``groups`` are JSON lists of names."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    email: Mapped[str] = mapped_column(String(254), default="")
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_hash: Mapped[str | None] = mapped_column(Text, default=None)
+    totp_secret: Mapped[str | None] = mapped_column(Text, default=None)
+    """Sealed (AES-GCM) by identity; never the raw secret."""
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    """The last TOTP time step accepted, so a code cannot be replayed."""
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+    keys: Mapped[list[SshKeyRow]] = relationship(
+        back_populates="user",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="SshKeyRow.id",
+    )
+
+    def __repr__(self) -> str:
+        password = REDACTED if self.password_hash else None
+        totp = REDACTED if self.totp_secret else None
+        return (
+            f"UserRow(name={self.name!r}, roles={self.roles!r}, disabled={self.disabled!r}, "
+            f"password_hash={password!r}, totp_secret={totp!r})"
+        )
+
+
+class SshKeyRow(Base):
+    """An SSH public key; its SHA256 fingerprint is unique, so a key belongs to one user."""
+
+    __tablename__ = "ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    key_type: Mapped[str] = mapped_column(String(64))
+    bits: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(String(256), default="")
+    public_key: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+    user: Mapped[UserRow] = relationship(back_populates="keys")
+
+    def __repr__(self) -> str:
+        return f"SshKeyRow(fingerprint={self.fingerprint!r}, key_type={self.key_type!r})"
+
+
+class WorkspaceRow(Base):
+    """A named workspace, owned by a user; ``backend`` says how sessions reach it."""
+
+    __tablename__ = "workspaces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    backend: Mapped[str] = mapped_column(String(32), default="local")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+
+    owner: Mapped[UserRow] = relationship()
+
+    def __repr__(self) -> str:
+        return f"WorkspaceRow(name={self.name!r}, backend={self.backend!r})"
+
+
+class SessionRow(Base):
+    """One SSH session; ``ended_at`` is None while it is live. Kept after the user is removed."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    username: Mapped[str] = mapped_column(String(32), index=True)
+    workspace: Mapped[str] = mapped_column(String(64))
+    client_ip: Mapped[str] = mapped_column(String(64))
+    client_port: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    exit_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    bytes_in: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    recording: Mapped[str | None] = mapped_column(Text, default=None)
+    end_reason: Mapped[str] = mapped_column(String(256), default="")
+
+    def __repr__(self) -> str:
+        return f"SessionRow(id={self.id!r}, username={self.username!r})"

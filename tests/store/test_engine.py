@@ -1,0 +1,207 @@
+"""The Store: URL mapping, transactions, SQLite pragmas, error mapping at the boundary."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from stockade.core.errors import AlreadyExists, InvalidInput, StoreUnavailable
+from stockade.store import SessionRow, SshKeyRow, Store, UserRow, async_url
+from tests.conftest import free_port
+
+
+def _user(name: str) -> UserRow:
+    return UserRow(name=name, display_name="", email="", roles=["dev"], groups=[], disabled=False)
+
+
+def _key(fingerprint: str) -> SshKeyRow:
+    return SshKeyRow(
+        fingerprint=fingerprint, key_type="ssh-ed25519", bits=256, comment="", public_key="x"
+    )
+
+
+def test_sqlite_url_maps_to_aiosqlite() -> None:
+    url, args = async_url("sqlite:////tmp/x.db")
+    assert url.drivername == "sqlite+aiosqlite"
+    assert url.database == "/tmp/x.db"
+    assert args == {}
+
+
+def test_postgres_url_maps_to_asyncpg_with_options_as_server_settings() -> None:
+    url, args = async_url(
+        "postgresql://u@h:5432/db?options=-csearch_path%3Dt_1%20-c%20work_mem=4MB"
+    )
+    assert url.drivername == "postgresql+asyncpg"
+    assert "options" not in url.query
+    assert args == {"server_settings": {"search_path": "t_1", "work_mem": "4MB"}}
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("mysql://h/db", "unsupported database"),
+        ("sqlite://", "needs a file path"),
+        ("not a url", "not a database URL"),
+        ("postgresql://h/db?options=search_path%3Dx", "expected -c name=value"),
+    ],
+)
+def test_bad_urls_are_invalid_input(url: str, problem: str) -> None:
+    with pytest.raises(InvalidInput, match=problem):
+        Store(url)
+
+
+def test_missing_sqlite_directory_is_store_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        Store(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+
+
+async def test_unreachable_postgres_is_store_unavailable_with_a_fix() -> None:
+    store = Store(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    with pytest.raises(StoreUnavailable, match="check that PostgreSQL is running") as info:
+        await store.migrate()
+    assert info.value.__cause__ is not None
+    await store.close()
+
+
+async def test_sqlite_pragmas(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    async with store.transaction(readonly=True) as session:
+        assert (await session.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+        assert (await session.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+        assert (await session.execute(text("PRAGMA busy_timeout"))).scalar() == 5000
+    await store.close()
+
+
+async def test_commit_and_rollback(store: Store) -> None:
+    async with store.transaction() as session:
+        session.add(_user("alice"))
+
+    async def add_bob_then_fail() -> None:
+        async with store.transaction() as session:
+            session.add(_user("bob"))
+            await session.flush()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await add_bob_then_fail()
+    async with store.transaction(readonly=True) as session:
+        names = (await session.scalars(select(UserRow.name))).all()
+    assert names == ["alice"]
+
+
+async def test_unique_violation_is_already_exists(store: Store) -> None:
+    async with store.transaction() as session:
+        session.add(_user("alice"))
+    with pytest.raises(AlreadyExists, match="user") as info:
+        async with store.transaction() as session:
+            session.add(_user("alice"))
+    assert info.value.kind == "user"
+
+
+async def test_duplicate_fingerprint_is_already_exists(store: Store) -> None:
+    async with store.transaction() as session:
+        alice, bob = _user("alice"), _user("bob")
+        alice.keys.append(_key("SHA256:same"))
+        session.add_all([alice, bob])
+
+    async def give_bob_the_same_key() -> None:
+        async with store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == "bob"))
+            assert row is not None
+            session.add(SshKeyRow(user_id=row.id, **_key_fields("SHA256:same")))
+
+    with pytest.raises(AlreadyExists) as info:
+        await give_bob_the_same_key()
+    assert info.value.kind == "ssh key"
+
+
+def _key_fields(fingerprint: str) -> dict[str, object]:
+    return {
+        "fingerprint": fingerprint,
+        "key_type": "ssh-ed25519",
+        "bits": 256,
+        "comment": "",
+        "public_key": "x",
+    }
+
+
+async def test_deleting_a_user_cascades_to_keys_in_the_database(store: Store) -> None:
+    async with store.transaction() as session:
+        alice = _user("alice")
+        alice.keys.append(_key("SHA256:a"))
+        session.add(alice)
+    async with store.transaction() as session:
+        # Core DELETE: the database's ON DELETE CASCADE, not the ORM, removes the key.
+        await session.execute(UserRow.__table__.delete())
+    async with store.transaction(readonly=True) as session:
+        assert await session.scalar(select(func.count()).select_from(SshKeyRow)) == 0
+
+
+async def test_foreign_keys_are_enforced(store: Store) -> None:
+    with pytest.raises(InvalidInput, match="constraint violated"):
+        async with store.transaction() as session:
+            session.add(SshKeyRow(user_id=12345, **_key_fields("SHA256:orphan")))
+
+
+async def test_timestamps_come_back_timezone_aware_utc(store: Store) -> None:
+    started = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    async with store.transaction() as session:
+        session.add(
+            SessionRow(
+                id="s1",
+                username="alice",
+                workspace="w",
+                client_ip="::1",
+                client_port=1,
+                started_at=started,
+            )
+        )
+    async with store.transaction(readonly=True) as session:
+        row = await session.get(SessionRow, "s1")
+        assert row is not None
+        assert row.started_at == started
+        assert row.started_at.tzinfo is not None
+        assert row.bytes_in == 0
+
+
+async def test_concurrent_writers_do_not_deadlock(store: Store) -> None:
+    async with store.transaction() as session:
+        session.add(_user("counter"))
+
+    async def bump() -> None:
+        async with store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == "counter"))
+            assert row is not None
+            await asyncio.sleep(0)
+            row.groups = [*row.groups, "g"]
+
+    await asyncio.gather(*(bump() for _ in range(10)))
+    async with store.transaction(readonly=True) as session:
+        row = await session.scalar(select(UserRow).where(UserRow.name == "counter"))
+        assert row is not None
+        if store.dialect == "sqlite":  # BEGIN IMMEDIATE serializes writers: no lost update
+            assert len(row.groups) == 10
+        else:
+            assert 1 <= len(row.groups) <= 10
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        async with store.transaction():
+            pass
+
+
+def test_repr_hides_secrets_and_passwords() -> None:
+    row = UserRow(name="alice", password_hash="$argon2id$v=19$secret", totp_secret="v1:xyz")
+    shown = repr(row)
+    assert "argon2id" not in shown
+    assert "xyz" not in shown
+    assert "[secure]" in shown
+    store = Store("postgresql://admin:hunter2@db.example/stockade")
+    assert "hunter2" not in repr(store)
