@@ -1,0 +1,31 @@
+"""Authorization: Rego policies evaluated in-process with regorus.
+
+Callers build the input document with :func:`build_input` (from :class:`Resource`,
+:class:`Subject` and :class:`Context`) and ask an :class:`Authorizer` to :meth:`~Authorizer.decide`;
+the answer is a :class:`Decision` read from ``data.stockade.decision``. Any failure is a deny
+with a reason. The bundle is hot-reloaded with an atomic swap, decisions are published to the
+bus as folded ``DecisionRecord`` events, and :func:`run_policy_tests` runs a bundle's Rego tests.
+"""
+
+from ._authorizer import Authorizer
+from ._bundle import DEFAULT_BUNDLE_DIR
+from ._decision import DECISION_RULE, Decision
+from ._decision_log import DecisionSink
+from ._input import Context, Resource, Subject, build_input, parse_input
+from ._testing import PolicyTestResult, format_test_results, run_policy_tests
+
+__all__ = [
+    "DECISION_RULE",
+    "DEFAULT_BUNDLE_DIR",
+    "Authorizer",
+    "Context",
+    "Decision",
+    "DecisionSink",
+    "PolicyTestResult",
+    "Resource",
+    "Subject",
+    "build_input",
+    "format_test_results",
+    "parse_input",
+    "run_policy_tests",
+]

@@ -1,0 +1,95 @@
+"""The result of a policy evaluation, and how a raw ``data.stockade.decision`` becomes one."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from stockade.core.errors import PermissionDenied
+
+__all__ = ["DECISION_RULE", "Decision", "decision_from_value"]
+
+#: Where every bundle must put its verdict.
+DECISION_RULE = "data.stockade.decision"
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An authorization verdict: ``allow``, the ``obligations`` to enforce, and ``reasons``.
+
+    ``obligations`` is read-only; the gateway enforces keys such as ``record_session``, ``sudo``
+    and ``max_session_seconds``. ``reasons`` explain a deny (and may be empty on an allow).
+    """
+
+    allow: bool
+    obligations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.obligations, MappingProxyType):
+            object.__setattr__(self, "obligations", MappingProxyType(dict(self.obligations)))
+
+    @classmethod
+    def deny(cls, reason: str) -> Decision:
+        """A deny carrying one ``reason`` and no obligations."""
+        return cls(allow=False, reasons=(reason,))
+
+    def raise_for_deny(self, action: str) -> None:
+        """Raise :class:`~stockade.core.errors.PermissionDenied` unless this is an allow."""
+        if not self.allow:
+            raise PermissionDenied(action, self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as JSON-ready data (the shape of ``data.stockade.decision``)."""
+        return {
+            "allow": self.allow,
+            "obligations": dict(self.obligations),
+            "reasons": list(self.reasons),
+        }
+
+
+def _plain(value: Any) -> Any:
+    """Rego numbers arrive as floats; integral ones become ints, sets become sorted lists."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_plain(item) for item in value), key=repr)
+    return value
+
+
+def decision_from_value(value: Any) -> Decision:
+    """Turn the raw value of :data:`DECISION_RULE` into a :class:`Decision`.
+
+    Anything but ``{"allow": bool, "obligations": {str: ...}, "reasons": [str]}`` (obligations
+    and reasons optional) is a deny whose reason says what was wrong.
+    """
+    if value is None:
+        return Decision.deny(f"{DECISION_RULE} is undefined for this input")
+    if not isinstance(value, dict):
+        return Decision.deny(f"{DECISION_RULE} is not an object")
+    allow = value.get("allow")
+    if not isinstance(allow, bool):
+        return Decision.deny(f"{DECISION_RULE}.allow is not a boolean")
+    obligations = value.get("obligations", _EMPTY)
+    if not isinstance(obligations, Mapping) or not all(isinstance(k, str) for k in obligations):
+        return Decision.deny(f"{DECISION_RULE}.obligations is not an object")
+    raw_reasons = value.get("reasons", ())
+    if isinstance(raw_reasons, set | frozenset):
+        raw_reasons = sorted(raw_reasons, key=repr)
+    if not isinstance(raw_reasons, list | tuple) or not all(
+        isinstance(r, str) for r in raw_reasons
+    ):
+        return Decision.deny(f"{DECISION_RULE}.reasons is not a list of strings")
+    return Decision(
+        allow=allow,
+        obligations=MappingProxyType({k: _plain(v) for k, v in obligations.items()}),
+        reasons=tuple(raw_reasons),
+    )
