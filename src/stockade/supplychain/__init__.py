@@ -12,6 +12,17 @@ Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (cat
 """
 
 from ._catalog import Catalog, CatalogEntry
+from ._nodekeys import (
+    AuthorizedKey,
+    KeyPair,
+    SshTarget,
+    add_authorized_keys,
+    generate_keypair,
+    harden_node,
+    list_authorized_keys,
+    load_public_key,
+    remove_tagged_keys,
+)
 from ._package import (
     BuildSummary,
     Problem,
@@ -26,22 +37,31 @@ from ._signing import CodeSigningCertificate, Osslsigncode, load_certificate, re
 from ._zipsafe import UnsafeArchive, ZipLimits, safe_extract, write_deterministic_zip
 
 __all__ = [
+    "AuthorizedKey",
     "BuildSummary",
     "Catalog",
     "CatalogEntry",
     "CodeSigningCertificate",
     "ExclusionList",
+    "KeyPair",
     "Osslsigncode",
     "Problem",
     "Progress",
+    "SshTarget",
     "UnsafeArchive",
     "VerifyReport",
     "ZipLimits",
+    "add_authorized_keys",
     "build_package",
     "create_catalog",
+    "generate_keypair",
+    "harden_node",
     "is_signable",
+    "list_authorized_keys",
     "load_certificate",
+    "load_public_key",
     "read_password",
+    "remove_tagged_keys",
     "safe_extract",
     "verify_package",
     "write_deterministic_zip",
