@@ -1,0 +1,650 @@
+"""The identity service: users, SSH keys, passwords, TOTP, workspaces, sessions, tokens.
+
+All state is in the store; every public method runs in one transaction, so a failed call
+changes nothing. Management calls raise NotFound / AlreadyExists / InvalidInput; the questions
+the gateway and broker ask (:meth:`IdentityService.lookup_key`, ``verify_password``,
+``verify_totp``) answer None / False for unknown or disabled users instead of raising, so their
+answers do not reveal which users exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from stockade.core.durations import parse_duration
+from stockade.core.errors import AlreadyExists, InvalidInput, NotFound, TokenRejected
+from stockade.core.logging import get_logger
+from stockade.core.settings import IdentitySettings
+from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
+
+from ._keys import ParsedKey, parse_public_key
+from ._passwords import (
+    PasswordHasher,
+    TotpEnrollment,
+    check_password,
+    new_totp_secret,
+    provisioning_uri,
+    totp_match,
+)
+from ._tokens import Claims, KeyRing
+from ._types import SessionInfo, SshKey, User, Workspace
+from ._validation import (
+    check_backend,
+    check_config,
+    check_email,
+    check_endpoint,
+    check_labels,
+    check_session_id,
+    check_text,
+    check_username,
+    check_workspace,
+)
+
+__all__ = ["IdentityService"]
+
+_log = get_logger("stockade.identity")
+
+
+def _key(row: SshKeyRow) -> SshKey:
+    return SshKey(
+        fingerprint=row.fingerprint,
+        key_type=row.key_type,
+        bits=row.bits,
+        comment=row.comment,
+        public_key=row.public_key,
+        created_at=row.created_at,
+    )
+
+
+def _user(row: UserRow) -> User:
+    return User(
+        name=row.name,
+        display_name=row.display_name,
+        email=row.email,
+        roles=tuple(row.roles),
+        groups=tuple(row.groups),
+        disabled=row.disabled,
+        has_password=row.password_hash is not None,
+        totp_enabled=row.totp_secret is not None,
+        created_at=row.created_at,
+        keys=tuple(_key(k) for k in row.keys),
+    )
+
+
+def _workspace(row: WorkspaceRow, owner: str) -> Workspace:
+    return Workspace(
+        name=row.name,
+        owner=owner,
+        backend=row.backend,
+        config=dict(row.config),
+        created_at=row.created_at,
+    )
+
+
+def _session(row: SessionRow) -> SessionInfo:
+    return SessionInfo(
+        session_id=row.id,
+        username=row.username,
+        workspace=row.workspace,
+        client_ip=row.client_ip,
+        client_port=row.client_port,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        exit_status=row.exit_status,
+        bytes_in=row.bytes_in,
+        bytes_out=row.bytes_out,
+        recording=row.recording,
+        end_reason=row.end_reason,
+    )
+
+
+def _key_row(parsed: ParsedKey) -> SshKeyRow:
+    return SshKeyRow(
+        fingerprint=parsed.fingerprint,
+        key_type=parsed.key_type,
+        bits=parsed.bits,
+        comment=parsed.comment,
+        public_key=parsed.public_key,
+        created_at=datetime.now(UTC),
+    )
+
+
+class IdentityService:
+    """Users, keys, secrets, workspaces, sessions and tokens, kept in ``store``.
+
+    ``password_hasher`` defaults to argon2id with production parameters; tests may pass a
+    cheaper :class:`PasswordHasher`. Token times come from ``keyring``'s clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        settings: IdentitySettings,
+        keyring: KeyRing,
+        password_hasher: PasswordHasher | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._keyring = keyring
+        self._hasher = password_hasher or PasswordHasher()
+
+    def __repr__(self) -> str:
+        return f"IdentityService(store={self._store!r}, keyring={self._keyring!r})"
+
+    # -- users -------------------------------------------------------------------------------
+
+    async def add_user(
+        self,
+        name: str,
+        *,
+        display_name: str = "",
+        email: str = "",
+        roles: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        ssh_keys: Sequence[str] = (),
+        password: str | None = None,
+    ) -> User:
+        """Create a user with their keys (all or nothing) and a ``local`` workspace named after
+        them when that name is free. AlreadyExists names the user holding a duplicate key."""
+        check_username(name)
+        row = UserRow(
+            name=name,
+            display_name=check_text(display_name, field="display_name", limit=128),
+            email=check_email(email),
+            roles=check_labels(roles, field="roles"),
+            groups=check_labels(groups, field="groups"),
+            disabled=False,
+            created_at=datetime.now(UTC),
+        )
+        parsed = self._parse_keys(ssh_keys)
+        if password is not None:
+            row.password_hash = await self._hash(password)
+        row.keys = [_key_row(p) for p in parsed]
+        async with self._store.transaction() as session:
+            if await self._find_user(session, name) is not None:
+                raise AlreadyExists("user", name)
+            for key in parsed:
+                await self._check_key_free(session, key.fingerprint)
+            session.add(row)
+            await session.flush()
+            if await self._find_workspace(session, name) is None:
+                session.add(
+                    WorkspaceRow(
+                        name=name,
+                        owner_id=row.id,
+                        backend="local",
+                        config={},
+                        created_at=datetime.now(UTC),
+                    )
+                )
+            user = _user(row)
+        _log.info("user added", user=name, keys=len(parsed), roles=user.roles)
+        return user
+
+    async def get_user(self, name: str) -> User:
+        """The user called ``name``; NotFound if there is none."""
+        check_username(name)
+        async with self._store.transaction(readonly=True) as session:
+            return _user(await self._user(session, name))
+
+    async def list_users(self) -> list[User]:
+        """Every user, by name."""
+        async with self._store.transaction(readonly=True) as session:
+            rows = await session.scalars(
+                select(UserRow).options(selectinload(UserRow.keys)).order_by(UserRow.name)
+            )
+            return [_user(row) for row in rows]
+
+    async def set_disabled(self, name: str, disabled: bool) -> User:
+        """Disable (or enable) a user: a disabled user's keys, password, TOTP and tokens fail."""
+        check_username(name)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            row.disabled = disabled
+            user = _user(row)
+        _log.info("user disabled" if disabled else "user enabled", user=name)
+        return user
+
+    async def remove_user(self, name: str) -> None:
+        """Delete a user with their keys and workspaces; their session records stay."""
+        check_username(name)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            await session.delete(row)
+        _log.info("user removed", user=name)
+
+    # -- SSH keys ----------------------------------------------------------------------------
+
+    async def add_key(self, name: str, line: str) -> SshKey:
+        """Register one ``authorized_keys`` line for ``name``."""
+        check_username(name)
+        parsed = parse_public_key(line, min_rsa_bits=self._settings.min_rsa_bits)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            await self._check_key_free(session, parsed.fingerprint)
+            key = _key_row(parsed)
+            row.keys.append(key)
+            await session.flush()
+            result = _key(key)
+        _log.info("ssh key added", user=name, fingerprint=parsed.fingerprint)
+        return result
+
+    async def remove_key(self, name: str, fingerprint: str) -> None:
+        """Remove ``name``'s key with ``fingerprint``; NotFound unless that user has it."""
+        check_username(name)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            for key in row.keys:
+                if key.fingerprint == fingerprint:
+                    row.keys.remove(key)
+                    break
+            else:
+                raise NotFound("ssh key", f"{fingerprint} of user {name}")
+        _log.info("ssh key removed", user=name, fingerprint=fingerprint)
+
+    async def lookup_key(self, username: str, fingerprint: str) -> User | None:
+        """The user when ``fingerprint`` is a key of ``username`` and the user is enabled;
+        None otherwise (unknown user, someone else's key, disabled user, malformed input)."""
+        if not isinstance(username, str) or len(username) > 32 or len(fingerprint) > 64:
+            return None
+        async with self._store.transaction(readonly=True) as session:
+            row = await session.scalar(
+                select(UserRow)
+                .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+                .where(SshKeyRow.fingerprint == fingerprint, UserRow.name == username)
+                .options(selectinload(UserRow.keys))
+            )
+            if row is None or row.disabled:
+                return None
+            return _user(row)
+
+    # -- passwords and TOTP ------------------------------------------------------------------
+
+    async def set_password(self, name: str, password: str | None) -> None:
+        """Set (or with None, remove) ``name``'s password."""
+        check_username(name)
+        hashed = None if password is None else await self._hash(password)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            row.password_hash = hashed
+        _log.info("password set" if hashed else "password removed", user=name)
+
+    async def verify_password(self, name: str, password: str) -> bool:
+        """True when ``name`` exists, is enabled, has a password and ``password`` matches it.
+
+        Unknown users cost as much as known ones. A hash made with older parameters is
+        replaced by one with the current parameters after a successful check.
+        """
+        hashed: str | None = None
+        if isinstance(name, str) and len(name) <= 32:
+            async with self._store.transaction(readonly=True) as session:
+                row = await self._find_user(session, name)
+                if row is not None and not row.disabled:
+                    hashed = row.password_hash
+        ok = await asyncio.to_thread(self._hasher.verify, hashed, password)
+        if ok and hashed is not None and self._hasher.needs_rehash(hashed):
+            rehashed = await self._hash(password)
+            async with self._store.transaction() as session:
+                row = await self._find_user(session, name)
+                if row is not None and row.password_hash == hashed:
+                    row.password_hash = rehashed
+        return ok
+
+    async def enable_totp(self, name: str) -> TotpEnrollment:
+        """Give ``name`` a new TOTP secret (replacing any) and return its enrollment, once."""
+        check_username(name)
+        secret = new_totp_secret()
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            row.totp_secret = self._keyring.seal(secret, context=f"totp:{name}")
+            row.totp_last_step = None
+        _log.info("totp enabled", user=name)
+        return provisioning_uri(secret, account=name, issuer=self._settings.issuer)
+
+    async def disable_totp(self, name: str) -> None:
+        """Remove ``name``'s TOTP secret."""
+        check_username(name)
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            row.totp_secret = None
+            row.totp_last_step = None
+        _log.info("totp disabled", user=name)
+
+    async def verify_totp(self, name: str, code: str) -> bool:
+        """True when ``code`` is ``name``'s current TOTP code (±1 step) and was not used before.
+
+        False for unknown or disabled users and users without TOTP.
+        """
+        if not isinstance(name, str) or len(name) > 32 or not isinstance(code, str):
+            return False
+        async with self._store.transaction() as session:
+            row = await session.scalar(
+                select(UserRow).where(UserRow.name == name).with_for_update()
+            )
+            if row is None or row.disabled or row.totp_secret is None:
+                return False
+            secret = self._keyring.unseal(row.totp_secret, context=f"totp:{name}")
+            step = totp_match(secret, code, now=self._keyring.now(), after_step=row.totp_last_step)
+            if step is None:
+                return False
+            row.totp_last_step = step
+            return True
+
+    # -- workspaces --------------------------------------------------------------------------
+
+    async def add_workspace(
+        self,
+        name: str,
+        *,
+        owner: str,
+        backend: str = "local",
+        config: dict[str, Any] | None = None,
+    ) -> Workspace:
+        """Register a workspace owned by ``owner``."""
+        check_workspace(name)
+        check_username(owner, field="owner")
+        check_backend(backend)
+        cfg = check_config(config or {})
+        async with self._store.transaction() as session:
+            user = await self._user(session, owner)
+            existing = await self._find_workspace(session, name)
+            if existing is not None:
+                raise AlreadyExists("workspace", name, detail=f"owned by {existing[1]}")
+            row = WorkspaceRow(
+                name=name, owner_id=user.id, backend=backend, config=cfg, created_at=_now()
+            )
+            session.add(row)
+            await session.flush()
+            result = _workspace(row, owner)
+        _log.info("workspace added", workspace=name, owner=owner, backend=backend)
+        return result
+
+    async def get_workspace(self, name: str) -> Workspace:
+        """The workspace called ``name``; NotFound if there is none."""
+        check_workspace(name)
+        async with self._store.transaction(readonly=True) as session:
+            found = await self._find_workspace(session, name)
+            if found is None:
+                raise NotFound("workspace", name)
+            return _workspace(*found)
+
+    async def list_workspaces(self, *, owner: str | None = None) -> list[Workspace]:
+        """Every workspace (of ``owner`` when given), by name."""
+        query = select(WorkspaceRow, UserRow.name).join(
+            UserRow, WorkspaceRow.owner_id == UserRow.id
+        )
+        if owner is not None:
+            query = query.where(UserRow.name == check_username(owner, field="owner"))
+        async with self._store.transaction(readonly=True) as session:
+            rows = await session.execute(query.order_by(WorkspaceRow.name))
+            return [_workspace(ws, owner_name) for ws, owner_name in rows]
+
+    async def remove_workspace(self, name: str) -> None:
+        """Delete the workspace record ``name``."""
+        check_workspace(name)
+        async with self._store.transaction() as session:
+            result = await session.execute(delete(WorkspaceRow).where(WorkspaceRow.name == name))
+            if getattr(result, "rowcount", 0) == 0:
+                raise NotFound("workspace", name)
+        _log.info("workspace removed", workspace=name)
+
+    async def default_workspace(self, username: str) -> Workspace:
+        """``username``'s own workspace (named like them), created as ``local`` when missing.
+
+        AlreadyExists when a workspace of that name belongs to someone else.
+        """
+        check_username(username)
+        async with self._store.transaction() as session:
+            found = await self._find_workspace(session, username)
+            if found is None:
+                user = await self._user(session, username)
+                row = WorkspaceRow(
+                    name=username, owner_id=user.id, backend="local", config={}, created_at=_now()
+                )
+                session.add(row)
+                await session.flush()
+                return _workspace(row, username)
+            if found[1] != username:
+                raise AlreadyExists("workspace", username, detail=f"owned by {found[1]}")
+            return _workspace(*found)
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def start_session(
+        self,
+        session_id: str,
+        *,
+        username: str,
+        workspace: str,
+        client_ip: str,
+        client_port: int,
+    ) -> SessionInfo:
+        """Record a live session of an existing user; AlreadyExists for a reused id.
+
+        The workspace name is recorded as given (a backend may reach workspaces that have no
+        record here).
+        """
+        check_session_id(session_id)
+        check_username(username)
+        check_workspace(workspace)
+        ip, port = check_endpoint(client_ip, client_port)
+        async with self._store.transaction() as session:
+            await self._user(session, username)
+            if await session.get(SessionRow, session_id) is not None:
+                raise AlreadyExists("session", session_id)
+            row = SessionRow(
+                id=session_id,
+                username=username,
+                workspace=workspace,
+                client_ip=ip,
+                client_port=port,
+                started_at=_now(),
+                bytes_in=0,
+                bytes_out=0,
+                end_reason="",
+            )
+            session.add(row)
+            await session.flush()
+            return _session(row)
+
+    async def end_session(
+        self,
+        session_id: str,
+        *,
+        exit_status: int | None = None,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        recording: str | None = None,
+        reason: str = "",
+    ) -> SessionInfo:
+        """Mark a session ended; tokens bound to it stop verifying. Ending an ended session
+        changes nothing and returns it as it is (the first end wins)."""
+        check_session_id(session_id)
+        reason = check_text(reason, field="reason", limit=256)
+        if recording is not None:
+            recording = check_text(recording, field="recording", limit=4096)
+        if min(bytes_in, bytes_out) < 0:
+            raise InvalidInput("bytes", "byte counts cannot be negative")
+        async with self._store.transaction() as session:
+            row = await session.get(SessionRow, session_id, with_for_update=True)
+            if row is None:
+                raise NotFound("session", session_id)
+            if row.ended_at is None:
+                row.ended_at = _now()
+                row.exit_status = exit_status
+                row.bytes_in = bytes_in
+                row.bytes_out = bytes_out
+                row.recording = recording
+                row.end_reason = reason
+            return _session(row)
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        """The session ``session_id``; NotFound if there is none."""
+        check_session_id(session_id)
+        async with self._store.transaction(readonly=True) as session:
+            row = await session.get(SessionRow, session_id)
+            if row is None:
+                raise NotFound("session", session_id)
+            return _session(row)
+
+    async def list_sessions(
+        self, *, active_only: bool = False, username: str | None = None, limit: int = 1000
+    ) -> list[SessionInfo]:
+        """Sessions, newest first; only live ones with ``active_only``."""
+        query = select(SessionRow)
+        if active_only:
+            query = query.where(SessionRow.ended_at.is_(None))
+        if username is not None:
+            query = query.where(SessionRow.username == check_username(username))
+        query = query.order_by(SessionRow.started_at.desc(), SessionRow.id).limit(limit)
+        async with self._store.transaction(readonly=True) as session:
+            return [_session(row) for row in await session.scalars(query)]
+
+    async def is_session_live(self, session_id: str) -> bool:
+        """True when ``session_id`` was started and not ended."""
+        if not isinstance(session_id, str) or len(session_id) > 64:
+            return False
+        async with self._store.transaction(readonly=True) as session:
+            row = await session.get(SessionRow, session_id)
+            return row is not None and row.ended_at is None
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    async def issue_token(
+        self,
+        username: str,
+        *,
+        session_id: str | None = None,
+        ttl: int | str | timedelta | None = None,
+        audience: str | None = None,
+    ) -> str:
+        """A signed JWT for an enabled user. With ``session_id`` (a live session of that user)
+        the token carries ``sid`` and stops verifying when the session ends.
+
+        ``ttl`` defaults to ``settings.token_ttl`` and may not exceed the keyring's ``max_ttl``.
+        """
+        check_username(username)
+        lifetime = self._settings.token_ttl if ttl is None else _seconds(ttl)
+        if lifetime > self._keyring.max_ttl:
+            raise InvalidInput("ttl", f"at most {self._keyring.max_ttl} seconds")
+        aud = check_text(audience, field="audience", limit=256) if audience else None
+        async with self._store.transaction(readonly=True) as session:
+            user = await self._user(session, username)
+            if user.disabled:
+                raise InvalidInput("username", f"user {username!r} is disabled")
+            if session_id is not None:
+                check_session_id(session_id)
+                row = await session.get(SessionRow, session_id)
+                if row is None or row.username != username:
+                    raise NotFound("session", f"{session_id} of user {username}")
+                if row.ended_at is not None:
+                    raise InvalidInput("session_id", f"session {session_id} has ended")
+            roles, groups = list(user.roles), list(user.groups)
+        now = int(self._keyring.now())
+        claims: dict[str, Any] = {
+            "jti": secrets.token_urlsafe(16),
+            "sub": username,
+            "iss": self._settings.issuer,
+            "aud": aud or self._settings.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "roles": roles,
+            "groups": groups,
+        }
+        if session_id is not None:
+            claims["sid"] = session_id
+        return self._keyring.sign(claims)
+
+    async def verify_token(self, token: str, *, audience: str | None = None) -> Claims:
+        """The claims of a valid token, else TokenRejected(reason).
+
+        Beyond signature and claims (see :meth:`KeyRing.decode`): the subject must exist and
+        be enabled (``user_disabled``), and a token with ``sid`` needs that session live
+        and belonging to the subject (``session_ended``).
+        """
+        claims = self._keyring.decode(
+            token, issuer=self._settings.issuer, audience=audience or self._settings.audience
+        )
+        async with self._store.transaction(readonly=True) as session:
+            row = await self._find_user(session, claims.sub)
+            if row is None or row.disabled:
+                raise TokenRejected("user_disabled")
+            if claims.sid is not None:
+                live = await session.get(SessionRow, claims.sid)
+                if live is None or live.ended_at is not None or live.username != claims.sub:
+                    raise TokenRejected("session_ended")
+        return claims
+
+    def jwks(self) -> dict[str, Any]:
+        """The public JWK Set of every signing key that still verifies."""
+        return self._keyring.jwks()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _parse_keys(self, lines: Sequence[str]) -> list[ParsedKey]:
+        if isinstance(lines, str):
+            raise InvalidInput("ssh_keys", "expected a list of key lines, got a string")
+        parsed: list[ParsedKey] = []
+        for line in lines:
+            key = parse_public_key(line, min_rsa_bits=self._settings.min_rsa_bits)
+            if any(p.fingerprint == key.fingerprint for p in parsed):
+                raise InvalidInput("ssh_keys", f"key {key.fingerprint} is given twice")
+            parsed.append(key)
+        return parsed
+
+    async def _hash(self, password: str) -> str:
+        check_password(password)
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    @staticmethod
+    async def _find_user(session: AsyncSession, name: str) -> UserRow | None:
+        return await session.scalar(
+            select(UserRow).where(UserRow.name == name).options(selectinload(UserRow.keys))
+        )
+
+    async def _user(self, session: AsyncSession, name: str) -> UserRow:
+        row = await self._find_user(session, name)
+        if row is None:
+            raise NotFound("user", name)
+        return row
+
+    @staticmethod
+    async def _find_workspace(session: AsyncSession, name: str) -> tuple[WorkspaceRow, str] | None:
+        result = await session.execute(
+            select(WorkspaceRow, UserRow.name)
+            .join(UserRow, WorkspaceRow.owner_id == UserRow.id)
+            .where(WorkspaceRow.name == name)
+        )
+        found = result.first()
+        return None if found is None else (found[0], found[1])
+
+    @staticmethod
+    async def _check_key_free(session: AsyncSession, fingerprint: str) -> None:
+        owner = await session.scalar(
+            select(UserRow.name)
+            .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+            .where(SshKeyRow.fingerprint == fingerprint)
+        )
+        if owner is not None:
+            raise AlreadyExists("ssh key", fingerprint, detail=f"registered to user {owner}")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _seconds(ttl: int | str | timedelta) -> int:
+    seconds = parse_duration(ttl, field="ttl").total_seconds()
+    if seconds != int(seconds):
+        raise InvalidInput("ttl", "whole seconds only")
+    return int(seconds)
