@@ -8,9 +8,13 @@ Public surface (everything else is private to its module)::
     verify_package(zip_or_dir, ca=...)      -> VerifyReport     every problem by path
     safe_extract(zip, target, limits)       -> names            refuses traversal, links, bombs
 
+    build_policy / merge_policy / policy_xml  AppLocker policy with Windows' default rules
+    generate_keypair, add_authorized_keys, harden_node, ...  node SSH keys over OpenSSH
+
 Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (catalog signature).
 """
 
+from ._applocker import build_policy, merge_policy, parse_policy, path_rule, policy_xml
 from ._catalog import Catalog, CatalogEntry
 from ._nodekeys import (
     AuthorizedKey,
@@ -53,6 +57,7 @@ __all__ = [
     "ZipLimits",
     "add_authorized_keys",
     "build_package",
+    "build_policy",
     "create_catalog",
     "generate_keypair",
     "harden_node",
@@ -60,6 +65,10 @@ __all__ = [
     "list_authorized_keys",
     "load_certificate",
     "load_public_key",
+    "merge_policy",
+    "parse_policy",
+    "path_rule",
+    "policy_xml",
     "read_password",
     "remove_tagged_keys",
     "safe_extract",
