@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -17,7 +18,7 @@ from stockade.core.errors import BusUnavailable
 from stockade.core.events import STREAMS, Event
 from stockade.core.logging import get_logger
 
-from ._consumer import Consumer
+from ._consumer import Consumer, Delivery
 from ._errors import mapped
 from ._kv import KeyValueStore, KvWatch
 
@@ -182,6 +183,68 @@ class Bus:
                         config.evolve(allow_msg_ttl=True, subject_delete_marker_ttl=marker_ttl)
                     )
         return _TrackedKeyValueStore(self._js, bucket, self._watches)
+
+    async def read_stream(
+        self,
+        stream: str,
+        subject: str,
+        *,
+        since: datetime,
+        until_seq: int,
+        batch: int = 1024,
+        idle: float = 2.0,
+    ) -> AsyncIterator[Delivery]:
+        """Yield the messages of ``stream`` on ``subject`` stored from ``since`` up to sequence
+        ``until_seq``, in order, without acknowledging anything (an ephemeral consumer).
+
+        Stops at ``until_seq``, or when nothing arrives for ``idle`` seconds."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_TIME,
+            opt_start_time=since.astimezone(UTC),
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=30.0,
+            filter_subject=subject,
+        )
+        with mapped(f"read {stream}"):
+            sub = await self._js.pull_subscribe(subject, stream=stream, config=config)
+        try:
+            while True:
+                try:
+                    with mapped(f"read {stream}"):
+                        msgs = await sub.fetch(batch, timeout=idle)
+                except BusUnavailable as exc:
+                    if isinstance(exc.__cause__, nats.errors.TimeoutError | TimeoutError):
+                        return
+                    raise
+                for msg in msgs:
+                    meta = msg.metadata
+                    if meta.sequence.stream > until_seq:
+                        return
+                    yield Delivery(
+                        subject=msg.subject,
+                        data=msg.data,
+                        headers=msg.headers or {},
+                        stream_seq=meta.sequence.stream,
+                        timestamp=meta.timestamp,
+                        attempt=meta.num_delivered,
+                    )
+                    if meta.sequence.stream >= until_seq:
+                        return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def last_sequence(self, stream: str, subject: str | None = None) -> int:
+        """The sequence of the newest message in ``stream`` (on ``subject``); 0 when none."""
+        with mapped(f"stream info {stream}"):
+            if subject is None:
+                info = await self._js.stream_info(stream)
+                return int(info.state.last_seq or 0)
+            try:
+                raw = await self._js.get_last_msg(stream, subject)
+            except nats.js.errors.NotFoundError:
+                return 0
+        return int(raw.seq or 0)
 
     def consumer(self, *, stream: str, durable: str, **options: Any) -> Consumer:
         """A durable pull consumer (see :class:`Consumer` for handler rules and ``options``)."""

@@ -10,11 +10,23 @@ it is declared; validation happens once, in :func:`load_settings`, and a failure
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -23,7 +35,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from .errors import ConfigError
+from .durations import parse_duration
+from .errors import ConfigError, InvalidInput
 
 __all__ = [
     "ENV_ALIASES",
@@ -163,9 +176,111 @@ class GatewaySettings(_Section):
     """Seconds to reach and authenticate to an ``ssh`` backend's upstream sshd."""
 
 
+def _duration(value: Any) -> timedelta:
+    try:
+        return parse_duration(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from exc
+
+
+#: A duration in settings: ``90s``, ``10m``, ``1h30m``, ``7d``, or a number of seconds.
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+EnforcerName = Literal["denylist", "nftables", "exec"]
+DEFAULT_ENFORCERS: tuple[EnforcerName, ...] = ("denylist", "nftables")
+_NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+
+
 class ShieldSettings(_Section):
+    """SSH Shield: turns ``stockade.auth.failed`` events into bans (TOML section ``[shield]``).
+
+    Defaults follow fail2ban's sshd jail (5 failures in 10 minutes, 10 minute first ban) and
+    CrowdSec's ssh-bf / ssh-bf_user-enum scenarios, with sshguard-style escalation per strike.
+    """
+
     enabled: bool = True
     """Run SSH Shield inside ``stockade up``."""
+    window: Duration = timedelta(minutes=10)
+    """Sliding window over which a source's failures are counted (fail2ban ``findtime``)."""
+    threshold: float = Field(default=5.0, gt=0)
+    """Weighted failures within ``window`` that ban a source (fail2ban ``maxretry``)."""
+    ban_schedule: list[Duration] = Field(
+        default_factory=lambda: [_duration(d) for d in ("10m", "1h", "24h", "7d")], min_length=1
+    )
+    """Ban length per strike: the first ban lasts the first entry, the second the second, ...;
+    strikes past the end repeat the last entry."""
+    strike_memory: Duration = timedelta(days=7)
+    """How long after a ban ends its strike is remembered for escalation (fail2ban recidive)."""
+    allowlist: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("127.0.0.1/32"),
+            ipaddress.ip_network("::1/128"),
+        ]
+    )
+    """CIDRs that are never banned, whatever they do. The default holds only the exact
+    loopback addresses, so other 127.0.0.0/8 addresses can stand in for attackers in tests."""
+    ipv6_prefix: int = Field(default=64, ge=1, le=128)
+    """IPv6 sources are counted and banned per network of this prefix length (one /64 is
+    usually one host or one customer)."""
+    enum_usernames: int = Field(default=5, ge=0)
+    """User-enumeration rule: this many distinct usernames from one source within
+    ``enum_window`` ban it, whatever its failure count (CrowdSec ssh-bf_user-enum). 0: off."""
+    enum_window: Duration = timedelta(minutes=10)
+    """Sliding window of the user-enumeration rule."""
+    reason_weights: dict[str, float] = Field(default_factory=dict)
+    """Weight of a failure by its ``reason`` (e.g. ``{unknown_user = 2.0}``); unlisted reasons
+    weigh ``default_weight``. A weight of 0 never counts."""
+    default_weight: float = Field(default=1.0, ge=0)
+    """Weight of a failure whose reason is not in ``reason_weights``."""
+    enforcers: list[EnforcerName] = Field(default_factory=lambda: list(DEFAULT_ENFORCERS))
+    """Where bans are enforced, several at once: ``denylist`` (the gateway drops banned sources
+    at TCP accept), ``nftables`` (kernel drop; reported once and skipped when ``nft`` is missing or
+    not permitted), ``exec`` (runs ``exec_command`` per ban and unban)."""
+    nft_table: str = "stockade"
+    """Name of the nftables table (family ``inet``) that holds the ban sets and the drop rule."""
+    nft_netns: str | None = None
+    """Network namespace (``ip netns`` name) whose nftables to manage; unset: our own."""
+    ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
+    """TCP ports the nftables rule drops banned sources on. Empty: the gateway's port."""
+    exec_command: list[str] = Field(default_factory=list)
+    """Command (argv) of the ``exec`` enforcer; ``{action}`` (``ban``/``unban``), ``{source}``,
+    ``{seconds}`` and ``{reason}`` are substituted in each argument."""
+    exec_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a run of ``exec_command`` may take before it is killed."""
+
+    @field_validator("allowlist", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            out = []
+            for item in value:
+                try:
+                    out.append(ipaddress.ip_network(str(item), strict=False))
+                except ValueError as exc:
+                    raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8") from exc
+            return out
+        return value
+
+    @field_validator("reason_weights")
+    @classmethod
+    def _weights(cls, value: dict[str, float]) -> dict[str, float]:
+        for reason, weight in value.items():
+            if weight < 0:
+                raise ValueError(f"weight of {reason!r} must be >= 0, got {weight}")
+        return value
+
+    @field_validator("nft_table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        if not _NFT_NAME.fullmatch(value):
+            raise ValueError("use letters, digits and _ (at most 32, starting with a letter)")
+        return value
+
+    @model_validator(mode="after")
+    def _exec_needs_command(self) -> ShieldSettings:
+        if "exec" in self.enforcers and not self.exec_command:
+            raise ValueError("exec_command: required when enforcers include 'exec'")
+        return self
 
 
 class BrokerSettings(_Section):

@@ -1,0 +1,302 @@
+"""The shield service: consumer -> detector -> ban store -> enforcers.
+
+Start-up, in order:
+
+1. the ban store (KV bucket) is opened and its records loaded into the deny-list mirror, and the
+   enforcers (nftables, exec) are reconciled with it (:class:`BanSync`);
+2. the detector's windows are rebuilt by reading the last ``window`` of ``stockade.auth.failed``
+   from the stream; a ban decided there is stored only when its triggering event was never
+   acknowledged (the previous run stopped between deciding and storing), and only once;
+3. the durable consumer ``shield`` resumes after its last acknowledgement. Every event is
+   acknowledged after its effect (a ban, if any) is stored; redeliveries are recognised by their
+   stream sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stockade.bus import Bus, Consumer, Delivery, Reject, Retry
+from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
+from stockade.core.events import SUBJECT_AUTH_FAILED, AuthFailed, ShieldBan, ShieldUnban
+from stockade.core.logging import escape_peer, get_logger
+from stockade.core.settings import Settings, ShieldSettings
+
+from ._detector import Detector, Failure, Outcome, Rules, Verdict
+from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
+from ._metrics import ShieldMetrics
+from ._model import Ban, overlaps_allowlist, parse_source, source_key
+from ._nft import Nft, NftablesEnforcer
+from ._store import BanStore
+
+__all__ = ["AUTH_STREAM", "DURABLE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
+
+AUTH_STREAM = "STOCKADE_AUTH"
+#: Name of the shield's durable consumer on :data:`AUTH_STREAM`.
+DURABLE = "shield"
+
+_log = get_logger("stockade.shield")
+
+
+def build_enforcers(settings: ShieldSettings, *, ports: Sequence[int]) -> list[Enforcer]:
+    """The enforcers named in ``settings.enforcers`` other than the deny-list (which the shield
+    always keeps as its mirror of the store)."""
+    enforcers: list[Enforcer] = []
+    if "nftables" in settings.enforcers:
+        enforcers.append(
+            NftablesEnforcer(
+                Nft(netns=settings.nft_netns),
+                table=settings.nft_table,
+                ports=list(settings.ports) or list(ports),
+            )
+        )
+    if "exec" in settings.enforcers:
+        enforcers.append(ExecEnforcer(settings.exec_command, timeout=settings.exec_timeout))
+    return enforcers
+
+
+class Shield:
+    """Bans brute-force sources from the gateway's failure events.
+
+    ``await shield.start()`` returns once bans are loaded and enforced and the consumer runs;
+    ``await shield.stop()`` ends it. :attr:`deny_list` is what an in-process gateway queries
+    (``shield.deny_list.is_banned(ip)``); :meth:`metrics_text` is for the admin endpoint.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        settings: ShieldSettings,
+        *,
+        ports: Sequence[int] = (2222,),
+        enforcers: Sequence[Enforcer] | None = None,
+        durable: str = DURABLE,
+        batch: int = 512,
+    ) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.rules = Rules.from_settings(settings)
+        self.detector = Detector(self.rules)
+        self.deny_list = DenyList()
+        self.enforcers = (
+            list(enforcers) if enforcers is not None else build_enforcers(settings, ports=ports)
+        )
+        self.metrics = ShieldMetrics(active_bans=lambda: len(self.deny_list.active()))
+        self.durable = durable
+        self._batch = batch
+        self._store: BanStore | None = None
+        self._sync: BanSync | None = None
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._ack_floor = 0
+        self.replayed = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, bus: Bus) -> Shield:
+        """The shield as ``stockade up`` runs it: nftables on the gateway's port by default."""
+        return cls(bus, settings.shield, ports=[settings.gateway.port])
+
+    def __repr__(self) -> str:
+        return f"<Shield durable={self.durable} bans={len(self.deny_list)}>"
+
+    @property
+    def store(self) -> BanStore:
+        if self._store is None:
+            raise StockadeError("shield is not started")
+        return self._store
+
+    async def start(self) -> None:
+        await self.bus.ensure_streams()
+        self._store = await BanStore.open(self.bus, strike_memory=self.rules.strike_memory)
+        self._sync = await BanSync.start(self.bus, [self.deny_list, *self.enforcers])
+        consumer = self.bus.consumer(stream=AUTH_STREAM, durable=self.durable, batch=self._batch)
+        consumer.on(SUBJECT_AUTH_FAILED)(self._on_failed)
+        self._consumer = consumer
+        await self._replay(consumer)
+        self._stop.clear()
+        self._task = asyncio.create_task(consumer.run(self._stop), name=f"shield-{self.durable}")
+        _log.info(
+            "shield_started",
+            bans=len(self.deny_list.active()),
+            replayed=self.replayed,
+            enforcers=["denylist", *(e.name for e in self.enforcers)],
+        )
+
+    async def _replay(self, consumer: Consumer) -> None:
+        try:
+            self._ack_floor = (await consumer.state()).ack_floor
+        except BusUnavailable:
+            self._ack_floor = 0  # the consumer does not exist yet: nothing was acknowledged
+        last = await self.bus.last_sequence(AUTH_STREAM, SUBJECT_AUTH_FAILED)
+        if last == 0:
+            return
+        horizon = max(self.rules.window, self.rules.enum_window)
+        since = datetime.now(UTC) - timedelta(seconds=horizon)
+        async for delivery in self.bus.read_stream(
+            AUTH_STREAM, SUBJECT_AUTH_FAILED, since=since, until_seq=last
+        ):
+            self.replayed += 1
+            try:
+                verdict = self._decide(delivery)
+            except InvalidInput:
+                continue
+            if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
+                stored = self.deny_list.lookup(verdict.source)
+                if stored is None or stored.trigger_seq < delivery.stream_seq:
+                    await self._store_ban(verdict.ban, delivery)
+            self.detector.commit(verdict)
+
+    def _decide(self, delivery: Delivery) -> Verdict:
+        event = AuthFailed.from_bytes(delivery.data)
+        failure = Failure(
+            seq=delivery.stream_seq,
+            at=delivery.timestamp.timestamp(),
+            ip=event.client_ip,
+            username=event.username,
+            reason=event.reason,
+        )
+        return self.detector.decide(failure, self.deny_list.lookup)
+
+    async def _on_failed(self, delivery: Delivery) -> None:
+        try:
+            verdict = self._decide(delivery)
+        except InvalidInput as exc:
+            self.metrics.events_consumed += 1
+            self.metrics.events_malformed += 1
+            _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
+            raise Reject(f"malformed: {exc}") from exc
+        if verdict.ban is not None:
+            try:
+                await self._store_ban(verdict.ban, delivery)
+            except BusUnavailable as exc:
+                raise Retry(str(exc), delay=1.0) from exc
+        elif verdict.outcome is Outcome.ALLOWLISTED:
+            self.metrics.allowlisted += 1
+        self.detector.commit(verdict)
+        self.metrics.events_consumed += 1
+
+    async def _store_ban(self, ban: Ban, delivery: Delivery) -> None:
+        await self.store.put(ban)
+        self.deny_list.put(ban)
+        self.metrics.bans_issued += 1
+        self.metrics.observe_latency(time.time() - delivery.timestamp.timestamp())
+        _log.info(
+            "source_banned",
+            source=ban.source,
+            strikes=ban.strikes,
+            seconds=round(ban.until - ban.banned_at),
+            reason=ban.reason,
+        )
+        audit = ShieldBan(
+            source=ban.source,
+            until=datetime.fromtimestamp(ban.until, UTC),
+            strikes=ban.strikes,
+            reason=ban.reason,
+        )
+        try:
+            await self.bus.publish_nowait(audit)
+        except BusUnavailable as exc:
+            _log.warning("audit_publish_failed", error=str(exc))
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 10)
+            except TimeoutError:
+                self._task.cancel()
+            self._task = None
+        if self._sync is not None:
+            await self._sync.stop()
+            self._sync = None
+
+    async def wait_idle(self, *, seconds: float = 30.0) -> bool:
+        """Wait until the consumer has nothing pending (tests, benchmarks); False on timeout."""
+        if self._consumer is None:
+            return False
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            state = await self._consumer.state()
+            if state.num_pending == 0 and state.num_ack_pending == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    def metrics_text(self) -> str:
+        """Prometheus text exposition of the shield's metrics."""
+        return self.metrics.render()
+
+    async def status(self) -> dict[str, Any]:
+        """A summary for ``stockade shield status`` and the admin API."""
+        state = await self._consumer.state() if self._consumer is not None else None
+        return {
+            "active_bans": len(self.deny_list.active()),
+            "records": len(self.deny_list),
+            "events_consumed": self.metrics.events_consumed,
+            "events_malformed": self.metrics.events_malformed,
+            "pending": None if state is None else state.num_pending,
+            "enforcers": {
+                "denylist": "ok",
+                **{e.name: getattr(e, "problem", None) or "ok" for e in self.enforcers},
+            },
+        }
+
+
+async def manual_ban(
+    store: BanStore,
+    settings: ShieldSettings,
+    source: str,
+    *,
+    duration: float,
+    reason: str,
+    bus: Bus | None = None,
+) -> Ban:
+    """Ban ``source`` (address or CIDR, as typed) for ``duration`` seconds.
+
+    Refuses (:class:`InvalidInput`) a source that overlaps the allowlist. The strike count goes on
+    from the source's remembered record.
+    """
+    network = parse_source(source)
+    allowed = overlaps_allowlist(network, settings.allowlist)
+    if allowed is not None:
+        raise InvalidInput("source", f"{source} is allowlisted ({allowed}); refusing to ban it")
+    now = time.time()
+    key = source_key(network)
+    current = await store.get(key)
+    memory = settings.strike_memory.total_seconds()
+    strikes = current.strikes + 1 if current and current.until + memory > now else 1
+    ban = Ban(
+        source=key,
+        until=now + duration,
+        strikes=strikes,
+        reason=reason,
+        banned_at=now,
+        trigger_seq=current.trigger_seq if current else 0,
+    )
+    await store.put(ban, now=now)
+    if bus is not None:
+        await bus.publish(
+            ShieldBan(
+                source=key,
+                until=datetime.fromtimestamp(ban.until, UTC),
+                strikes=strikes,
+                reason=reason,
+            )
+        )
+    return ban
+
+
+async def manual_unban(
+    store: BanStore, source: str, *, reason: str = "manual", bus: Bus | None = None
+) -> bool:
+    """Lift ``source``'s ban and forget its strikes; False when it had no record."""
+    key = source_key(parse_source(source))
+    removed = await store.remove(key)
+    if removed and bus is not None:
+        await bus.publish(ShieldUnban(source=key, reason=reason))
+    return removed
