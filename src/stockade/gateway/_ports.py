@@ -19,10 +19,18 @@ __all__ = [
     "DenyList",
     "EventPublisher",
     "IdentityPort",
+    "KeyLike",
     "SessionLike",
     "UserLike",
     "WorkspaceLike",
 ]
+
+
+class KeyLike(Protocol):
+    """A registered SSH key."""
+
+    @property
+    def fingerprint(self) -> str: ...
 
 
 class UserLike(Protocol):
@@ -36,6 +44,8 @@ class UserLike(Protocol):
     def groups(self) -> Sequence[str]: ...
     @property
     def disabled(self) -> bool: ...
+    @property
+    def keys(self) -> Sequence[KeyLike]: ...
 
 
 class WorkspaceLike(Protocol):
@@ -74,33 +84,46 @@ class DecisionLike(Protocol):
 
 
 class IdentityPort(Protocol):
-    """Users, keys, credentials, workspaces and the session registry."""
+    """Users, keys, credentials, workspaces and the session registry.
 
-    async def get_user(self, username: str) -> UserLike | None: ...
+    ``get_user``, ``get_workspace`` and ``default_workspace`` raise
+    :class:`~stockade.core.errors.NotFound` for a missing name.
+    """
+
+    async def get_user(self, name: str) -> UserLike: ...
+
+    async def list_users(self) -> Sequence[UserLike]: ...
 
     async def lookup_key(self, username: str, fingerprint: str) -> UserLike | None: ...
 
-    async def verify_password(self, username: str, password: str) -> bool: ...
+    async def verify_password(self, name: str, password: str) -> bool: ...
 
-    async def verify_totp(self, username: str, code: str) -> bool: ...
+    async def verify_totp(self, name: str, code: str) -> bool: ...
 
-    async def get_workspace(self, name: str) -> WorkspaceLike | None: ...
+    async def get_workspace(self, name: str) -> WorkspaceLike: ...
+
+    async def default_workspace(self, username: str) -> WorkspaceLike: ...
 
     async def start_session(
-        self, session_id: str, username: str, workspace: str, client_ip: str, client_port: int
+        self, session_id: str, *, username: str, workspace: str, client_ip: str, client_port: int
     ) -> Any: ...
 
     async def end_session(
         self,
         session_id: str,
-        exit_status: int | None,
-        bytes_in: int,
-        bytes_out: int,
-        recording: str | None,
-        reason: str,
+        *,
+        exit_status: int | None = None,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        recording: str | None = None,
+        reason: str = "",
     ) -> Any: ...
 
-    async def issue_token(self, username: str, *, session_id: str) -> str: ...
+    async def list_sessions(
+        self, *, active_only: bool = False, username: str | None = None, limit: int = 1000
+    ) -> Sequence[SessionLike]: ...
+
+    async def issue_token(self, username: str, *, session_id: str | None = None) -> str: ...
 
 
 class AuthzPort(Protocol):

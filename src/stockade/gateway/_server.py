@@ -1,0 +1,181 @@
+"""The asyncssh ``SSHServer`` of one connection: thin hooks that hand questions to the gateway.
+
+Every hook denies unless identity and policy say otherwise. Host-based and GSS authentication
+are never offered; X11 forwarding and Unix-socket forwarding are refused (asyncssh's defaults).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncssh
+
+from stockade.core.logging import get_logger
+
+from ._auth import ConnectionAuth
+from ._policy import Policy
+
+__all__ = ["GatewayServer"]
+
+_log = get_logger("stockade.gateway.server")
+
+_BAD_INPUT = {"invalid_username", "unknown_workspace"}
+
+
+class GatewayServer(asyncssh.SSHServer):
+    """Hooks of one SSH connection. ``auth`` decides credentials; ``run_session`` serves a
+    session channel; ``policy`` decides forwarding requests."""
+
+    def __init__(
+        self,
+        *,
+        auth: ConnectionAuth,
+        policy: Policy,
+        run_session: Callable[[ConnectionAuth, Any], Awaitable[None]],
+        max_channels: int,
+        on_connection: Callable[[Any], None],
+    ) -> None:
+        self._auth = auth
+        self._policy = policy
+        self._run_session = run_session
+        self._max_channels = max_channels
+        self._on_connection = on_connection
+        self._conn: Any = None
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        """Called once the TCP connection is handed to asyncssh; remembers it."""
+        self._conn = conn
+        self._on_connection(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Called once when the connection closes; a connection that never authenticated and
+        had no credential rejected publishes its one failure event here."""
+        auth = self._auth
+        if exc is not None and not auth.authenticated:
+            _log.info("connection_failed", conn=auth.conn_id, client=auth.client_ip, error=str(exc))
+            if auth.close_reason is None and isinstance(exc, asyncssh.Error):
+                auth.close_reason = "protocol_error"
+        auth.connection_closed()
+
+    def _disconnect(self, code: int, reason: str) -> None:
+        if self._conn is not None:
+            self._conn.disconnect(code, reason)
+
+    # -- authentication ------------------------------------------------------------------
+
+    async def begin_auth(self, username: str) -> bool:
+        """A client names a user (``alice`` or ``alice+ws2``). Returns True: authentication is
+        always required. A malformed username or an unknown workspace closes the connection
+        after publishing one failure."""
+        await self._auth.begin(username)
+        if self._auth.problem in _BAD_INPUT:
+            await self._auth.fail("none", self._auth.problem or "")
+            self._disconnect(asyncssh.DISC_ILLEGAL_USER_NAME, "unknown or malformed target")
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        """Public keys are offered unless a TOTP code must come first (``require_mfa``)."""
+        return self._auth.offers_public_key()
+
+    def password_auth_supported(self) -> bool:
+        """Passwords are offered when enabled in settings (and after TOTP with MFA)."""
+        return self._auth.offers_password()
+
+    def kbdint_auth_supported(self) -> bool:
+        """Keyboard-interactive is offered only for the TOTP step of ``require_mfa``."""
+        return self._auth.offers_totp()
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        """Is ``key`` one of the target user's keys, and may they connect? asyncssh calls this
+        for the client's query and again for the signed request; asyncssh itself verifies the
+        signature afterwards. False for anything unknown."""
+        accepted = await self._auth.check_key(key.get_fingerprint("sha256"))
+        self._check_failures()
+        return accepted
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        """Is ``password`` right for the target user, and does policy allow password login?"""
+        accepted = await self._auth.check_password(password)
+        self._check_failures()
+        return accepted
+
+    def get_kbdint_challenge(
+        self, username: str, lang: str, submethods: str
+    ) -> tuple[str, str, str, list[tuple[str, bool]]]:
+        """The TOTP prompt (only reached when ``require_mfa`` offered keyboard-interactive)."""
+        return ("Stockade", "Two-factor authentication", "", [("TOTP code: ", False)])
+
+    async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
+        """Checks the TOTP code. Always answers False: a right code unlocks the next method
+        (public key or password), which completes the login."""
+        code = responses[0] if len(responses) == 1 else ""
+        await self._auth.check_totp(code)
+        self._check_failures()
+        return False
+
+    def _check_failures(self) -> None:
+        if self._auth.too_many_failures:
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many failures")
+
+    async def auth_completed(self) -> None:
+        """Authentication succeeded: publish ``stockade.auth.succeeded``."""
+        await self._auth.succeeded()
+
+    # -- channels ------------------------------------------------------------------------
+
+    def _channels_full(self) -> bool:
+        channels = getattr(self._conn, "_channels", {})
+        return len(channels) >= self._max_channels
+
+    def session_requested(self) -> asyncssh.SSHServerProcess[bytes] | bool:
+        """A session channel; each request on it (shell, exec, sftp) is authorized when made.
+        False (refused) beyond the per-connection channel limit."""
+        if self._channels_full():
+            return False
+        auth = self._auth
+
+        async def serve(process: asyncssh.SSHServerProcess[bytes]) -> None:
+            await self._run_session(auth, process)
+
+        return asyncssh.SSHServerProcess(serve, None, 0, False)
+
+    async def _decide_forward(self, action: str, host: str, port: int) -> tuple[bool, str]:
+        auth = self._auth
+        if auth.user is None or auth.workspace is None:
+            return False, "not authenticated"
+        decision = await self._policy.decide(
+            action,
+            auth.user,
+            workspace=auth.workspace,
+            source_ip=auth.client_ip,
+            auth_method=auth.method,
+            mfa=auth.mfa_passed,
+            extra={"host": host, "port": port},
+        )
+        why = "; ".join(decision.reasons) or "not allowed by policy"
+        return decision.allow, why
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Awaitable[Any]:
+        """``ssh -L`` / ``ssh -W`` / ProxyJump: authorized as ``ssh.direct-tcpip``; a deny
+        refuses the channel with the reason."""
+        return self._forward(dest_host, dest_port)
+
+    async def _forward(self, dest_host: str, dest_port: int) -> Any:
+        if self._channels_full():
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels")
+        allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
+        if not allowed:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
+            )
+        return await self._conn.forward_connection(dest_host, dest_port)
+
+    async def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        """``ssh -R``: authorized as ``ssh.tcpip-forward``."""
+        allowed, _why = await self._decide_forward("ssh.tcpip-forward", listen_host, listen_port)
+        return allowed

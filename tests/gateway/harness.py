@@ -1,0 +1,163 @@
+"""A real gateway for integration tests: SQLite identity, the default Rego bundle, real NATS.
+
+``ssh_cmd`` builds OpenSSH client command lines that ignore the user's config and known hosts
+and run with a clean environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from stockade.authz import Authorizer
+from stockade.bus import Bus
+from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
+from stockade.gateway import Gateway
+from stockade.identity import IdentityService, KeyRing, PasswordHasher
+from stockade.store import Store
+
+CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+
+
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    """A new passphrase-less key at ``path`` (and ``path.pub``)."""
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+        env=CLEAN_ENV,
+    )
+    return path
+
+
+def ssh_options(known_hosts: Path) -> list[str]:
+    return [
+        "-F", "/dev/null",
+        "-o", f"UserKnownHostsFile={known_hosts}",
+        "-o", "StrictHostKeyChecking=accept-new",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR",
+        "-o", "ConnectTimeout=20",
+        "-o", "ControlMaster=no",
+        "-o", "ControlPath=none",
+    ]  # fmt: skip
+
+
+@dataclass
+class Events:
+    """Collects events published on a subject by the gateway (core NATS subscription)."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def matching(self, **fields: Any) -> list[dict[str, Any]]:
+        return [e for e in self.received if all(e.get(k) == v for k, v in fields.items())]
+
+    async def settle(self, rounds: int = 20) -> None:
+        """Give in-flight events a bounded moment to arrive."""
+        last = -1
+        for _ in range(rounds):
+            await asyncio.sleep(0.1)
+            if len(self.received) == last:
+                return
+            last = len(self.received)
+
+
+@dataclass
+class GatewayEnv:
+    gateway: Gateway
+    identity: IdentityService
+    authz: Authorizer
+    data_dir: Path
+    tmp: Path
+    failed: Events
+    succeeded: Events
+    nats_url: str
+
+    @property
+    def port(self) -> int:
+        return self.gateway.listening[0][1]
+
+    def ssh_cmd(
+        self,
+        user: str,
+        *args: str,
+        key: Path | None = None,
+        options: Sequence[str] = (),
+    ) -> list[str]:
+        cmd = ["ssh", *ssh_options(self.tmp / "known_hosts"), "-p", str(self.port)]
+        cmd += ["-o", "BatchMode=yes", "-o", "KexAlgorithms=curve25519-sha256"]
+        if key is not None:
+            cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
+        cmd += [*options, f"{user}@127.0.0.1", *args]
+        return cmd
+
+    async def run(
+        self, cmd: Sequence[str], *, stdin: bytes = b"", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env or CLEAN_ENV,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(stdin), 120)
+        assert proc.returncode is not None
+        return subprocess.CompletedProcess(list(cmd), proc.returncode, out, err)
+
+    async def add_user(self, name: str, *roles: str, key: bool = True) -> Path | None:
+        await self.identity.add_user(name, roles=list(roles))
+        if not key:
+            return None
+        path = keygen(self.tmp / f"id_{name}")
+        await self.identity.add_key(name, path.with_suffix(".pub").read_text())
+        return path
+
+
+@contextlib.asynccontextmanager
+async def gateway_env(tmp: Path, nats_url: str, **overrides: Any) -> AsyncIterator[GatewayEnv]:
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
+    await store.migrate()
+    identity = IdentityService(
+        store=store,
+        settings=IdentitySettings(),
+        keyring=KeyRing(data_dir / "keys"),
+        password_hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+    )
+    authz = Authorizer(settings=AuthzSettings())
+    bus = await Bus.connect(nats_url, name="gateway-test")
+    await bus.ensure_streams()
+    listener = await nats.connect(nats_url)
+    failed, succeeded = Events(), Events()
+
+    async def on_failed(msg: Any) -> None:
+        failed.received.append(json.loads(msg.data))
+
+    async def on_succeeded(msg: Any) -> None:
+        succeeded.received.append(json.loads(msg.data))
+
+    await listener.subscribe("stockade.auth.failed", cb=on_failed)
+    await listener.subscribe("stockade.auth.succeeded", cb=on_succeeded)
+    settings = GatewaySettings(
+        port=0, max_connections_per_source=1000, gateway_id="gw-test", **overrides
+    )
+    gateway = Gateway(
+        settings=settings, identity=identity, authz=authz, publisher=bus, data_dir=data_dir
+    )
+    await gateway.start()
+    try:
+        yield GatewayEnv(gateway, identity, authz, data_dir, tmp, failed, succeeded, nats_url)
+    finally:
+        await gateway.stop(grace=0)
+        await listener.close()
+        await bus.close()
+        await store.close()
