@@ -42,8 +42,10 @@ __all__ = [
     "ENV_ALIASES",
     "ApiSettings",
     "AuthzSettings",
+    "BrokerKubernetesSettings",
     "BrokerSettings",
     "BusSettings",
+    "CredentialRoute",
     "GatewaySettings",
     "IdentitySettings",
     "LogSettings",
@@ -283,18 +285,98 @@ class ShieldSettings(_Section):
         return self
 
 
+class CredentialRoute(_Section):
+    """One row of the broker's routing table: which backend answers which targets."""
+
+    pattern: str = Field(default="*", min_length=1, max_length=253)
+    """Glob (``fnmatch``, case-insensitive) on the target: the git host (with ``:port`` when
+    the URL has one), the Docker registry host or the Kubernetes cluster name."""
+    kind: Literal["git", "docker", "kubernetes", "*"] = "*"
+    """The credential kind this row applies to; ``*`` for every kind."""
+    backend: Literal["vault", "kubernetes"] = "vault"
+    """The backend answering matching requests (``kubernetes`` serves only kind
+    ``kubernetes``)."""
+
+
+class BrokerKubernetesSettings(_Section):
+    """The ``kubernetes`` backend: a TokenRequest for a service account per request."""
+
+    api_url: str | None = None
+    """Kubernetes API server URL. Unset: in-cluster, ``https://$KUBERNETES_SERVICE_HOST:
+    $KUBERNETES_SERVICE_PORT``."""
+    token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    """The broker's own service account token, read at every request (projected tokens
+    rotate). It needs ``create`` on ``serviceaccounts/token``."""
+    ca_file: Path | None = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+    """CA bundle of the API server. Unset: the system trust store."""
+    namespace: str = Field(default="stockade-workspaces", min_length=1, max_length=253)
+    """Namespace of the service account; ``{user}`` and ``{cluster}`` are substituted."""
+    service_account: str = Field(default="{user}", min_length=1, max_length=253)
+    """Service account the token is requested for; ``{user}`` and ``{cluster}`` are
+    substituted."""
+    audiences: list[str] = []
+    """``spec.audiences`` of the TokenRequest. Empty: the API server's default audience."""
+    expiration_seconds: int = Field(default=600, ge=600, le=86400)
+    """Requested token lifetime (Kubernetes' minimum is 600 seconds)."""
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    """Seconds to wait for the API server."""
+
+
 class BrokerSettings(_Section):
     host: str = "127.0.0.1"
     """Address the HTTPS credential/admin API listens on."""
     port: int = Field(default=8443, ge=0, le=65535)
     """HTTPS port; 0 picks a free port."""
+    audience: str | None = None
+    """``aud`` that session tokens must carry. Unset: ``identity.audience``."""
+    default_backend: Literal["vault", "kubernetes"] = "vault"
+    """Backend for targets no row of ``routes`` matches."""
+    routes: list[CredentialRoute] = []
+    """Routing table, first match wins: which backend serves which kind and target pattern."""
+    kubernetes: BrokerKubernetesSettings = BrokerKubernetesSettings()
+    """The ``kubernetes`` (TokenRequest) backend."""
+    backend_timeout: float = Field(default=10.0, gt=0, le=120)
+    """Seconds a backend may take for one credential before the request answers 503."""
+    audit_required: bool = True
+    """Refuse to hand out a credential (503) when its audit event cannot be published."""
+    max_body_bytes: int = Field(default=16384, ge=1024, le=1 << 20)
+    """Largest request body accepted; larger ones answer 413."""
 
 
 class VaultSettings(_Section):
     addr: str | None = None
     """Vault / OpenBao address (``VAULT_ADDR``). Unset: no secrets backend."""
     token: SecretStr | None = None
-    """Vault token (``VAULT_TOKEN``)."""
+    """Vault token (``VAULT_TOKEN``), used when ``auth_method`` is ``token``."""
+    auth_method: Literal["token", "approle", "kubernetes"] = "token"
+    """How the broker logs in to Vault: a static token, AppRole, or Kubernetes auth."""
+    approle_role_id: str | None = None
+    """AppRole ``role_id`` (``auth_method = "approle"``)."""
+    approle_secret_id: SecretStr | None = None
+    """AppRole ``secret_id`` (``auth_method = "approle"``)."""
+    approle_mount: str = "approle"
+    """Mount path of the AppRole auth method."""
+    kubernetes_role: str | None = None
+    """Vault role for Kubernetes auth (``auth_method = "kubernetes"``)."""
+    kubernetes_jwt_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    """Service account token presented to Vault's Kubernetes auth, read at each login."""
+    kubernetes_mount: str = "kubernetes"
+    """Mount path of the Kubernetes auth method."""
+    namespace: str | None = None
+    """Vault Enterprise / OpenBao namespace. Unset: the root namespace."""
+    ca_cert: Path | None = None
+    """CA bundle for Vault's TLS certificate. Unset: the system trust store."""
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    """Seconds for one Vault HTTP call."""
+    git_path: str = "secret/data/stockade/{user}/git/{host}"
+    """KV v2 path of git credentials (fields ``username``, ``password``); placeholders
+    ``{user}`` and ``{host}`` (``host[:port]``)."""
+    docker_path: str = "secret/data/stockade/{user}/docker/{registry}"
+    """KV v2 path of registry credentials (fields ``username``, ``secret``); placeholders
+    ``{user}`` and ``{registry}`` (``host[:port]``)."""
+    kubernetes_path: str = "secret/data/stockade/{user}/kubernetes/{cluster}"
+    """KV v2 path of cluster tokens (field ``token``, optional ``expiration_timestamp``);
+    placeholders ``{user}`` and ``{cluster}``."""
 
 
 class _AliasSource(PydanticBaseSettingsSource):

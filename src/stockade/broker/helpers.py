@@ -1,0 +1,418 @@
+"""Credential helpers for git, Docker and kubectl: console scripts that import the standard library
+only, so they start in a few milliseconds.
+
+Each helper presents the session JWT to the broker and prints what its caller's protocol wants;
+nothing is ever written to disk.
+
+Environment:
+
+``STOCKADE_TOKEN``
+    The session JWT (the gateway sets it in every session).
+``STOCKADE_API``
+    The broker's base URL, ``https://host:port`` (the gateway sets it). Plain ``http`` is refused:
+    the token never travels in the clear.
+``STOCKADE_CA``
+    PEM file of the CA that signed the broker's certificate. Unset: ``$HOME/.stockade/ca.pem`` when
+    that file exists (:func:`stockade.broker.workspace_config` writes it), else the system store.
+
+Exit status: 0 on success; 1 with one line on stderr when the token is rejected, policy denies,
+the backend is down, or the input is malformed. ``docker-credential-stockade`` also prints its
+error message on stdout, where Docker's client looks for it, and prints the standard
+``credentials not found in native keychain`` for a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+TYPE_CHECKING = False  # importing typing would cost the helpers milliseconds at every call
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO, Any, NoReturn
+
+__all__ = ["docker_main", "git_main", "kubectl_main"]
+
+ENV_TOKEN = "STOCKADE_TOKEN"  # noqa: S105 - a variable name
+ENV_API = "STOCKADE_API"
+ENV_CA = "STOCKADE_CA"
+#: The CA file looked for under ``$HOME`` when ``STOCKADE_CA`` is unset.
+HOME_CA = os.path.join(".stockade", "ca.pem")
+#: Largest helper input read from stdin (git attributes, a Docker server URL).
+MAX_INPUT_BYTES = 64 * 1024
+#: Seconds to wait for the broker.
+TIMEOUT = 10.0
+#: Largest broker response read.
+MAX_RESPONSE_BYTES = 256 * 1024
+
+DOCKER_NOT_FOUND = "credentials not found in native keychain"
+DOCKER_MISSING_URL = "no credentials server URL"
+DOCKER_MANAGED = "credentials are managed by Stockade; {action} is not supported"
+EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+
+
+class HelperError(Exception):
+    """A failure to report as one line and exit 1."""
+
+
+class Missing(Exception):
+    """The broker has no credential for this target (HTTP 404)."""
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """One printable line from broker- or peer-supplied text."""
+    line = "".join(ch if ch.isprintable() else " " for ch in text[:limit])
+    return line.strip() or "no detail"
+
+
+def _ca_file() -> str | None:
+    explicit = os.environ.get(ENV_CA)
+    if explicit:
+        if not os.path.isfile(explicit):
+            raise HelperError(f"{ENV_CA}={explicit} is not a file")
+        return explicit
+    home = os.environ.get("HOME")
+    if home:
+        candidate = os.path.join(home, HOME_CA)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _error_message(status: int, body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    reason = _clean(str(doc.get("reason") or doc.get("message") or ""))
+    if status == 401:
+        return f"session token rejected ({reason}); reconnect to get a fresh session"
+    if status == 403:
+        return f"denied by policy ({reason})"
+    if status == 503:
+        return f"secrets backend unavailable ({reason})"
+    if status in (400, 413, 422):
+        return f"request refused as malformed ({reason})"
+    return f"broker answered HTTP {status} ({reason})"
+
+
+def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST ``body`` as JSON to the broker's ``path`` with the session token.
+
+    Returns the decoded JSON object. Raises :class:`Missing` on 404 and :class:`HelperError`
+    with a one-line message for everything else that is not a 200.
+    """
+    token = os.environ.get(ENV_TOKEN, "").strip()
+    api = os.environ.get(ENV_API, "").strip()
+    if not token:
+        raise HelperError(f"{ENV_TOKEN} is not set; run inside a Stockade session")
+    if not api:
+        raise HelperError(f"{ENV_API} is not set; run inside a Stockade session")
+    from urllib.parse import urlsplit
+
+    url = urlsplit(api)
+    if url.scheme != "https" or not url.hostname:
+        raise HelperError(f"{ENV_API} must be an https:// URL, got {_clean(api, 100)!r}")
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cafile=_ca_file())
+    try:
+        port = url.port
+    except ValueError as exc:
+        raise HelperError(f"{ENV_API} has a bad port: {_clean(api, 100)!r}") from exc
+    conn = http.client.HTTPSConnection(url.hostname, port, timeout=TIMEOUT, context=context)
+    payload = json.dumps(body).encode()
+    try:
+        conn.request(
+            "POST",
+            url.path.rstrip("/") + path,
+            body=payload,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+        )
+        response = conn.getresponse()
+        data = response.read(MAX_RESPONSE_BYTES + 1)
+        status = response.status
+    except ssl.SSLError as exc:
+        raise HelperError(
+            f"TLS to the broker failed ({_clean(str(exc), 120)}); set {ENV_CA} to its CA file"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise HelperError(
+            f"cannot reach the broker at {url.netloc}: {_clean(str(exc), 120)}"
+        ) from exc
+    finally:
+        conn.close()
+    if status == 404:
+        raise Missing()
+    if status != 200:
+        raise HelperError(_error_message(status, data))
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise HelperError("broker response too large")
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise HelperError("broker answered with malformed JSON") from exc
+    if not isinstance(doc, dict):
+        raise HelperError("broker answered with malformed JSON")
+    return doc
+
+
+def _read_input(stream: IO[bytes]) -> str:
+    data = stream.read(MAX_INPUT_BYTES + 1)
+    if len(data) > MAX_INPUT_BYTES:
+        raise HelperError(f"input larger than {MAX_INPUT_BYTES} bytes")
+    try:
+        return str(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise HelperError("input is not UTF-8") from exc
+
+
+def _fail(prog: str, message: str, *, stdout: IO[str] | None = None) -> NoReturn:
+    if stdout is not None:
+        stdout.write(message + "\n")
+        stdout.flush()
+    sys.stderr.write(f"{prog}: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+# -- git -------------------------------------------------------------------------------------------
+
+
+def parse_git_attributes(text: str) -> dict[str, str]:
+    """git's credential input: ``key=value`` lines up to a blank line or the end.
+
+    Multi-valued keys (``capability[]``, ``wwwauth[]``) keep their last value. Raises
+    :class:`HelperError` for a line without ``=`` or with a NUL byte.
+    """
+    attrs: dict[str, str] = {}
+    for line in text.split("\n"):
+        line = line.removesuffix("\r")
+        if not line:
+            break
+        key, sep, value = line.partition("=")
+        if not sep or not key or "\0" in line:
+            raise HelperError(f"malformed credential line {_clean(line, 60)!r}")
+        attrs[key] = value
+    if "url" in attrs and "host" not in attrs:
+        from urllib.parse import urlsplit
+
+        url = urlsplit(attrs["url"])
+        attrs.setdefault("protocol", url.scheme)
+        if url.netloc:
+            attrs["host"] = url.netloc.rpartition("@")[2]
+        if url.path.strip("/"):
+            attrs.setdefault("path", url.path.lstrip("/"))
+    return attrs
+
+
+def git_credential(action: str, stdin: IO[bytes], stdout: IO[str]) -> None:
+    """One git credential helper call (``get``, ``store``, ``erase``)."""
+    text = _read_input(stdin)
+    if action in ("store", "erase"):
+        return  # Stockade keeps nothing: a successful no-op, per git's helper protocol.
+    if action != "get":
+        return  # git ignores unknown actions; so do helpers (gitcredentials(7)).
+    attrs = parse_git_attributes(text)
+    protocol = attrs.get("protocol", "")
+    host = attrs.get("host", "")
+    if protocol not in ("http", "https") or not host:
+        return  # not ours: print nothing and let git try its next helper or prompt
+    body: dict[str, Any] = {"protocol": protocol, "host": host}
+    if attrs.get("path"):
+        body["path"] = attrs["path"]
+    if attrs.get("username"):
+        body["username"] = attrs["username"]
+    try:
+        doc = request("/v1/credentials/git", body)
+    except Missing:
+        return
+    username = str(doc.get("username", ""))
+    password = str(doc.get("password", ""))
+    if "\n" in username + password or "\0" in username + password:
+        raise HelperError("broker returned a credential git cannot represent")
+    stdout.write(f"protocol={protocol}\nhost={host}\n")
+    if username:
+        stdout.write(f"username={username}\n")
+    stdout.write(f"password={password}\n")
+    expiry = doc.get("password_expiry_utc")
+    if isinstance(expiry, int):
+        stdout.write(f"password_expiry_utc={expiry}\n")
+    stdout.flush()
+
+
+def git_main(argv: Sequence[str] | None = None) -> None:
+    """``git-credential-stockade <get|store|erase>``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = "git-credential-stockade"
+    if len(args) != 1:
+        _fail(prog, "usage: git-credential-stockade <get|store|erase>")
+    try:
+        git_credential(args[0], sys.stdin.buffer, sys.stdout)
+    except HelperError as exc:
+        # quit=1 stops git from prompting for a password the user should not type here.
+        sys.stdout.write("quit=1\n")
+        _fail(prog, str(exc))
+
+
+# -- docker ----------------------------------------------------------------------------------------
+
+
+def registry_of(server_url: str) -> str:
+    """The registry host (``host[:port]``) of a Docker server URL.
+
+    Docker passes ``https://index.docker.io/v1/``, ``registry.example.com`` or
+    ``localhost:5000``; all reduce to their host part.
+    """
+    text = server_url.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    return text.split("/", 1)[0].rpartition("@")[2].lower()
+
+
+def docker_credential(action: str, stdin: IO[bytes], stdout: IO[str]) -> None:
+    """One docker-credential-helpers call (``get``, ``list``, ``store``, ``erase``, ``version``)."""
+    if action == "version":
+        stdout.write("docker-credential-stockade (Stockade)\n")
+        return
+    if action in ("store", "erase"):
+        _read_input(stdin)
+        raise HelperError(DOCKER_MANAGED.format(action=action))
+    if action == "list":
+        doc = request("/v1/credentials/docker/list", {})
+        listed = doc.get("credentials", {})
+        if not isinstance(listed, dict):
+            raise HelperError("broker answered with malformed JSON")
+        stdout.write(json.dumps({str(k): str(v) for k, v in listed.items()}) + "\n")
+        return
+    if action != "get":
+        raise HelperError(f"Unknown credential action `{_clean(action, 40)}`")
+    server_url = _read_input(stdin).strip()
+    if not server_url:
+        raise HelperError(DOCKER_MISSING_URL)
+    if len(server_url) > 2048 or any(not ch.isprintable() for ch in server_url):
+        raise HelperError("malformed credentials server URL")
+    doc = request("/v1/credentials/docker", {"server_url": server_url})
+    stdout.write(
+        json.dumps(
+            {
+                "ServerURL": server_url,
+                "Username": str(doc.get("username", "")),
+                "Secret": str(doc.get("secret", "")),
+            }
+        )
+        + "\n"
+    )
+
+
+def docker_main(argv: Sequence[str] | None = None) -> None:
+    """``docker-credential-stockade <get|list|store|erase|version>``, stdin as Docker sends it."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    prog = "docker-credential-stockade"
+    if len(args) != 1:
+        _fail(
+            prog,
+            "Usage: docker-credential-stockade <store|get|erase|list|version>",
+            stdout=sys.stdout,
+        )
+    try:
+        docker_credential(args[0], sys.stdin.buffer, sys.stdout)
+    except Missing:
+        sys.stdout.write(DOCKER_NOT_FOUND + "\n")
+        raise SystemExit(1) from None
+    except HelperError as exc:
+        _fail(prog, str(exc), stdout=sys.stdout)
+
+
+# -- kubectl ---------------------------------------------------------------------------------------
+
+
+def _exec_info(environ: dict[str, str]) -> dict[str, Any]:
+    raw = environ.get("KUBERNETES_EXEC_INFO", "")
+    if not raw:
+        return {}
+    if len(raw) > MAX_INPUT_BYTES:
+        raise HelperError("KUBERNETES_EXEC_INFO is too large")
+    try:
+        info = json.loads(raw)
+    except ValueError as exc:
+        raise HelperError("KUBERNETES_EXEC_INFO is not JSON") from exc
+    if not isinstance(info, dict):
+        raise HelperError("KUBERNETES_EXEC_INFO is not a JSON object")
+    return info
+
+
+def kubectl_cluster(args: Sequence[str], info: dict[str, Any]) -> tuple[str, str | None]:
+    """The cluster name and API server URL of one exec call.
+
+    The name comes from ``--cluster NAME``, else the cluster's exec extension
+    (``spec.cluster.config.cluster``), else the API server's host. Raises :class:`HelperError`.
+    """
+    name = ""
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--cluster" and rest:
+            name = rest.pop(0)
+        elif arg.startswith("--cluster="):
+            name = arg.split("=", 1)[1]
+        else:
+            raise HelperError(f"unknown argument {_clean(arg, 60)!r}; usage: [--cluster NAME]")
+    spec = info.get("spec") if isinstance(info.get("spec"), dict) else {}
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    server: str | None = None
+    if isinstance(cluster, dict):
+        server = cluster.get("server") if isinstance(cluster.get("server"), str) else None
+        config = cluster.get("config")
+        if not name and isinstance(config, dict) and isinstance(config.get("cluster"), str):
+            name = config["cluster"]
+    if not name and server:
+        from urllib.parse import urlsplit
+
+        name = urlsplit(server).hostname or ""
+    if not name:
+        raise HelperError("no cluster named: pass --cluster NAME or set provideClusterInfo: true")
+    return name, server
+
+
+def kubectl_credential(args: Sequence[str], environ: dict[str, str], stdout: IO[str]) -> None:
+    """Print an ExecCredential with the cluster token and its expiry."""
+    info = _exec_info(environ)
+    api_version = info.get("apiVersion") or EXEC_API_VERSIONS[0]
+    if api_version not in EXEC_API_VERSIONS:
+        raise HelperError(f"unsupported ExecCredential apiVersion {_clean(str(api_version), 80)}")
+    cluster, server = kubectl_cluster(args, info)
+    body: dict[str, Any] = {"cluster": cluster}
+    if server:
+        body["server"] = server
+    try:
+        doc = request("/v1/credentials/kubernetes", body)
+    except Missing:
+        raise HelperError(f"no Kubernetes credential for cluster {_clean(cluster, 80)!r}") from None
+    token = doc.get("token")
+    expires = doc.get("expiration_timestamp")
+    if not isinstance(token, str) or not token or not isinstance(expires, str):
+        raise HelperError("broker answered with malformed JSON")
+    credential = {
+        "apiVersion": api_version,
+        "kind": "ExecCredential",
+        "status": {"token": token, "expirationTimestamp": expires},
+    }
+    stdout.write(json.dumps(credential) + "\n")
+
+
+def kubectl_main(argv: Sequence[str] | None = None) -> None:
+    """``kubectl-credential-stockade [--cluster NAME]``: a client-go exec credential plugin."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        kubectl_credential(args, dict(os.environ), sys.stdout)
+    except HelperError as exc:
+        _fail("kubectl-credential-stockade", str(exc))
