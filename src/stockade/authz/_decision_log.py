@@ -33,7 +33,7 @@ _log = get_logger("stockade.authz.decision_log")
 class DecisionSink(Protocol):
     """Where decision records go; the bus's ``Bus`` satisfies it."""
 
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: Event) -> object: ...
 
 
 @dataclass(slots=True)

@@ -6,6 +6,9 @@ import typer
 
 from stockade import __version__
 
+from . import policy, token, users
+from .up import up
+
 app = typer.Typer(
     name="stockade",
     help="Zero-trust access and supply-chain security for shared developer workspaces.",
@@ -28,6 +31,12 @@ def _root() -> None:
 def version() -> None:
     """Print Stockade's version."""
     typer.echo(f"stockade {__version__}")
+
+
+app.command("up")(up)
+app.add_typer(users.app, name="users")
+app.add_typer(token.app, name="token")
+app.add_typer(policy.app, name="policy")
 
 
 def main() -> None:

@@ -75,9 +75,14 @@ def run_async(coro: Awaitable[T]) -> T:
 
 @functools.cache
 def settings() -> Settings:
-    """The validated settings tree (once per process); logs go to stderr."""
+    """The validated settings tree (once per process).
+
+    One-shot commands log warnings and errors only (stderr); ``stockade up`` calls
+    :func:`configure_logging` again with the configured level.
+    """
     loaded = load_settings()
-    configure_logging(loaded.log.level, loaded.log.json_output)
+    quiet = "warning" if loaded.log.level in {"debug", "info"} else loaded.log.level
+    configure_logging(quiet, loaded.log.json_output)
     return loaded
 
 

@@ -127,7 +127,8 @@ class ApiSettings(_Section):
     port: int = Field(default=7443, ge=0, le=65535)
     """Port of the internal gRPC API; 0 picks a free port."""
     admin_socket: Path | None = None
-    """Unix socket (mode 0600) for admin commands. Unset: ``admin.sock`` in the data dir."""
+    """Unix socket (mode 0600, in a 0700 directory) for admin commands.
+    Unset: ``run/admin.sock`` in the data dir."""
 
 
 class GatewaySettings(_Section):
@@ -458,7 +459,7 @@ class Settings(BaseSettings):
     @property
     def admin_socket(self) -> Path:
         """The admin API's unix socket."""
-        return self.api.admin_socket or (self.data_dir / "admin.sock")
+        return self.api.admin_socket or (self.data_dir / "run" / "admin.sock")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -82,14 +82,14 @@ class User(_message.Message):
     DISABLED_FIELD_NUMBER: _builtins.int
     KEYS_FIELD_NUMBER: _builtins.int
     HAS_PASSWORD_FIELD_NUMBER: _builtins.int
-    HAS_TOTP_FIELD_NUMBER: _builtins.int
+    TOTP_ENABLED_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     display_name: _builtins.str
     email: _builtins.str
     disabled: _builtins.bool
     has_password: _builtins.bool
-    has_totp: _builtins.bool
+    totp_enabled: _builtins.bool
     created_at: _builtins.str
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
@@ -108,12 +108,12 @@ class User(_message.Message):
         disabled: _builtins.bool = ...,
         keys: _abc.Iterable[Global___SshKey] | None = ...,
         has_password: _builtins.bool = ...,
-        has_totp: _builtins.bool = ...,
+        totp_enabled: _builtins.bool = ...,
         created_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "disabled", b"disabled", "display_name", b"display_name", "email", b"email", "groups", b"groups", "has_password", b"has_password", "has_totp", b"has_totp", "keys", b"keys", "name", b"name", "roles", b"roles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "disabled", b"disabled", "display_name", b"display_name", "email", b"email", "groups", b"groups", "has_password", b"has_password", "keys", b"keys", "name", b"name", "roles", b"roles", "totp_enabled", b"totp_enabled"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,6 +591,27 @@ class WorkspaceList(_message.Message):
 Global___WorkspaceList: _TypeAlias = WorkspaceList  # noqa: Y015
 
 @_typing.final
+class ListWorkspacesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_owner", b"_owner", "owner", b"owner"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_owner", b"_owner", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
+    _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
+
+Global___ListWorkspacesRequest: _TypeAlias = ListWorkspacesRequest  # noqa: Y015
+
+@_typing.final
 class AddWorkspaceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -725,17 +746,25 @@ class ListSessionsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVE_ONLY_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
     active_only: _builtins.bool
+    username: _builtins.str
+    limit: _builtins.int
     def __init__(
         self,
         *,
         active_only: _builtins.bool = ...,
+        username: _builtins.str | None = ...,
+        limit: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_username", b"_username", "username", b"username"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_only", b"active_only"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_username", b"_username", "active_only", b"active_only", "limit", b"limit", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__username: _TypeAlias = _typing.Literal["username"]  # noqa: Y015
+    _WhichOneofArgType__username: _TypeAlias = _typing.Literal["_username", b"_username"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__username) -> _WhichOneofReturnType__username | None: ...
 
 Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
 

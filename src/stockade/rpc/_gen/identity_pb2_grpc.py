@@ -57,7 +57,7 @@ class IdentityStub:
         self.SetDisabled = channel.unary_unary(
                 '/stockade.identity.v1.Identity/SetDisabled',
                 request_serializer=identity__pb2.SetDisabledRequest.SerializeToString,
-                response_deserializer=identity__pb2.Empty.FromString,
+                response_deserializer=identity__pb2.User.FromString,
                 _registered_method=True)
         self.RemoveUser = channel.unary_unary(
                 '/stockade.identity.v1.Identity/RemoveUser',
@@ -88,6 +88,11 @@ class IdentityStub:
                 '/stockade.identity.v1.Identity/EnableTotp',
                 request_serializer=identity__pb2.UserRef.SerializeToString,
                 response_deserializer=identity__pb2.TotpEnrollment.FromString,
+                _registered_method=True)
+        self.DisableTotp = channel.unary_unary(
+                '/stockade.identity.v1.Identity/DisableTotp',
+                request_serializer=identity__pb2.UserRef.SerializeToString,
+                response_deserializer=identity__pb2.Empty.FromString,
                 _registered_method=True)
         self.VerifyTotp = channel.unary_unary(
                 '/stockade.identity.v1.Identity/VerifyTotp',
@@ -121,8 +126,13 @@ class IdentityStub:
                 _registered_method=True)
         self.ListWorkspaces = channel.unary_unary(
                 '/stockade.identity.v1.Identity/ListWorkspaces',
-                request_serializer=identity__pb2.Empty.SerializeToString,
+                request_serializer=identity__pb2.ListWorkspacesRequest.SerializeToString,
                 response_deserializer=identity__pb2.WorkspaceList.FromString,
+                _registered_method=True)
+        self.DefaultWorkspace = channel.unary_unary(
+                '/stockade.identity.v1.Identity/DefaultWorkspace',
+                request_serializer=identity__pb2.UserRef.SerializeToString,
+                response_deserializer=identity__pb2.Workspace.FromString,
                 _registered_method=True)
         self.RemoveWorkspace = channel.unary_unary(
                 '/stockade.identity.v1.Identity/RemoveWorkspace',
@@ -148,6 +158,11 @@ class IdentityStub:
                 '/stockade.identity.v1.Identity/ListSessions',
                 request_serializer=identity__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=identity__pb2.SessionList.FromString,
+                _registered_method=True)
+        self.IsSessionLive = channel.unary_unary(
+                '/stockade.identity.v1.Identity/IsSessionLive',
+                request_serializer=identity__pb2.SessionRef.SerializeToString,
+                response_deserializer=identity__pb2.CheckResult.FromString,
                 _registered_method=True)
 
 
@@ -220,6 +235,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DisableTotp(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def VerifyTotp(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -262,6 +283,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DefaultWorkspace(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def RemoveWorkspace(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -287,6 +314,12 @@ class IdentityServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IsSessionLive(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -318,7 +351,7 @@ def add_IdentityServicer_to_server(servicer, server):
             'SetDisabled': grpc.unary_unary_rpc_method_handler(
                     servicer.SetDisabled,
                     request_deserializer=identity__pb2.SetDisabledRequest.FromString,
-                    response_serializer=identity__pb2.Empty.SerializeToString,
+                    response_serializer=identity__pb2.User.SerializeToString,
             ),
             'RemoveUser': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveUser,
@@ -349,6 +382,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.EnableTotp,
                     request_deserializer=identity__pb2.UserRef.FromString,
                     response_serializer=identity__pb2.TotpEnrollment.SerializeToString,
+            ),
+            'DisableTotp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableTotp,
+                    request_deserializer=identity__pb2.UserRef.FromString,
+                    response_serializer=identity__pb2.Empty.SerializeToString,
             ),
             'VerifyTotp': grpc.unary_unary_rpc_method_handler(
                     servicer.VerifyTotp,
@@ -382,8 +420,13 @@ def add_IdentityServicer_to_server(servicer, server):
             ),
             'ListWorkspaces': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkspaces,
-                    request_deserializer=identity__pb2.Empty.FromString,
+                    request_deserializer=identity__pb2.ListWorkspacesRequest.FromString,
                     response_serializer=identity__pb2.WorkspaceList.SerializeToString,
+            ),
+            'DefaultWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefaultWorkspace,
+                    request_deserializer=identity__pb2.UserRef.FromString,
+                    response_serializer=identity__pb2.Workspace.SerializeToString,
             ),
             'RemoveWorkspace': grpc.unary_unary_rpc_method_handler(
                     servicer.RemoveWorkspace,
@@ -409,6 +452,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=identity__pb2.ListSessionsRequest.FromString,
                     response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'IsSessionLive': grpc.unary_unary_rpc_method_handler(
+                    servicer.IsSessionLive,
+                    request_deserializer=identity__pb2.SessionRef.FromString,
+                    response_serializer=identity__pb2.CheckResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -545,7 +593,7 @@ class Identity:
             target,
             '/stockade.identity.v1.Identity/SetDisabled',
             identity__pb2.SetDisabledRequest.SerializeToString,
-            identity__pb2.Empty.FromString,
+            identity__pb2.User.FromString,
             options,
             channel_credentials,
             insecure,
@@ -708,6 +756,33 @@ class Identity:
             '/stockade.identity.v1.Identity/EnableTotp',
             identity__pb2.UserRef.SerializeToString,
             identity__pb2.TotpEnrollment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableTotp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/DisableTotp',
+            identity__pb2.UserRef.SerializeToString,
+            identity__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,
@@ -895,8 +970,35 @@ class Identity:
             request,
             target,
             '/stockade.identity.v1.Identity/ListWorkspaces',
-            identity__pb2.Empty.SerializeToString,
+            identity__pb2.ListWorkspacesRequest.SerializeToString,
             identity__pb2.WorkspaceList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefaultWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/DefaultWorkspace',
+            identity__pb2.UserRef.SerializeToString,
+            identity__pb2.Workspace.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1032,6 +1134,33 @@ class Identity:
             '/stockade.identity.v1.Identity/ListSessions',
             identity__pb2.ListSessionsRequest.SerializeToString,
             identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IsSessionLive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/IsSessionLive',
+            identity__pb2.SessionRef.SerializeToString,
+            identity__pb2.CheckResult.FromString,
             options,
             channel_credentials,
             insecure,

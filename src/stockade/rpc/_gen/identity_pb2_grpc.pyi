@@ -38,25 +38,28 @@ class IdentityStub:
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.UserList]
     AddUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddUserRequest, _identity_pb2.User]
-    SetDisabled: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetDisabledRequest, _identity_pb2.Empty]
+    SetDisabled: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetDisabledRequest, _identity_pb2.User]
     RemoveUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]
     AddKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddKeyRequest, _identity_pb2.SshKey]
     RemoveKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RemoveKeyRequest, _identity_pb2.Empty]
     SetPassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetPasswordRequest, _identity_pb2.Empty]
     VerifyPassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]
     EnableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.TotpEnrollment]
+    DisableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]
     VerifyTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]
     IssueToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.Token]
     VerifyToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.VerifyTokenRequest, _identity_pb2.Claims]
     GetJwks: _grpc.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.Jwks]
     AddWorkspace: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddWorkspaceRequest, _identity_pb2.Workspace]
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_identity_pb2.WorkspaceRef, _identity_pb2.Workspace]
-    ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.WorkspaceList]
+    ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListWorkspacesRequest, _identity_pb2.WorkspaceList]
+    DefaultWorkspace: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Workspace]
     RemoveWorkspace: _grpc.UnaryUnaryMultiCallable[_identity_pb2.WorkspaceRef, _identity_pb2.Empty]
     StartSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.StartSessionRequest, _identity_pb2.Session]
     EndSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]
     GetSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]
+    IsSessionLive: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]
 
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
@@ -65,25 +68,28 @@ class IdentityAsyncStub(IdentityStub):
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]  # type: ignore[assignment]
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.UserList]  # type: ignore[assignment]
     AddUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddUserRequest, _identity_pb2.User]  # type: ignore[assignment]
-    SetDisabled: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetDisabledRequest, _identity_pb2.Empty]  # type: ignore[assignment]
+    SetDisabled: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetDisabledRequest, _identity_pb2.User]  # type: ignore[assignment]
     RemoveUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]  # type: ignore[assignment]
     AddKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddKeyRequest, _identity_pb2.SshKey]  # type: ignore[assignment]
     RemoveKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RemoveKeyRequest, _identity_pb2.Empty]  # type: ignore[assignment]
     SetPassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetPasswordRequest, _identity_pb2.Empty]  # type: ignore[assignment]
     VerifyPassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]  # type: ignore[assignment]
     EnableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.TotpEnrollment]  # type: ignore[assignment]
+    DisableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]  # type: ignore[assignment]
     VerifyTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]  # type: ignore[assignment]
     IssueToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.Token]  # type: ignore[assignment]
     VerifyToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.VerifyTokenRequest, _identity_pb2.Claims]  # type: ignore[assignment]
     GetJwks: _aio.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.Jwks]  # type: ignore[assignment]
     AddWorkspace: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddWorkspaceRequest, _identity_pb2.Workspace]  # type: ignore[assignment]
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_identity_pb2.WorkspaceRef, _identity_pb2.Workspace]  # type: ignore[assignment]
-    ListWorkspaces: _aio.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.WorkspaceList]  # type: ignore[assignment]
+    ListWorkspaces: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListWorkspacesRequest, _identity_pb2.WorkspaceList]  # type: ignore[assignment]
+    DefaultWorkspace: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Workspace]  # type: ignore[assignment]
     RemoveWorkspace: _aio.UnaryUnaryMultiCallable[_identity_pb2.WorkspaceRef, _identity_pb2.Empty]  # type: ignore[assignment]
     StartSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.StartSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     EndSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
+    IsSessionLive: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -119,7 +125,7 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _identity_pb2.SetDisabledRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.Empty, _abc.Awaitable[_identity_pb2.Empty]]: ...
+    ) -> _typing.Union[_identity_pb2.User, _abc.Awaitable[_identity_pb2.User]]: ...
 
     @_abc_1.abstractmethod
     def RemoveUser(
@@ -162,6 +168,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.UserRef,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.TotpEnrollment, _abc.Awaitable[_identity_pb2.TotpEnrollment]]: ...
+
+    @_abc_1.abstractmethod
+    def DisableTotp(
+        self,
+        request: _identity_pb2.UserRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.Empty, _abc.Awaitable[_identity_pb2.Empty]]: ...
 
     @_abc_1.abstractmethod
     def VerifyTotp(
@@ -208,9 +221,16 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def ListWorkspaces(
         self,
-        request: _identity_pb2.Empty,
+        request: _identity_pb2.ListWorkspacesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.WorkspaceList, _abc.Awaitable[_identity_pb2.WorkspaceList]]: ...
+
+    @_abc_1.abstractmethod
+    def DefaultWorkspace(
+        self,
+        request: _identity_pb2.UserRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.Workspace, _abc.Awaitable[_identity_pb2.Workspace]]: ...
 
     @_abc_1.abstractmethod
     def RemoveWorkspace(
@@ -246,5 +266,12 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ListSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
+
+    @_abc_1.abstractmethod
+    def IsSessionLive(
+        self,
+        request: _identity_pb2.SessionRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.CheckResult, _abc.Awaitable[_identity_pb2.CheckResult]]: ...
 
 def add_IdentityServicer_to_server(servicer: IdentityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

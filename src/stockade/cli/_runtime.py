@@ -1,0 +1,136 @@
+"""The composition root: ``stockade up`` builds every service here, in one process.
+
+Each service receives its collaborators through its constructor (DESIGN.md); this module is the
+only place that knows which concrete objects those are. Start order is store, bus, identity,
+authz, internal API; stop order is the reverse, and a failure while starting stops whatever had
+already started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stockade.authz import Authorizer
+from stockade.bus import Bus, EmbeddedNats
+from stockade.core import Settings, get_logger
+from stockade.identity import IdentityService, KeyRing
+from stockade.rpc import RpcServer
+from stockade.store import Store
+from stockade.tls import CertificateFiles, DevCA
+
+__all__ = ["Listener", "Runtime", "keyring_for", "prepare_data_dir"]
+
+log = get_logger("stockade.up")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One thing ``stockade up`` serves, for the start-up banner."""
+
+    what: str
+    where: str
+
+
+def prepare_data_dir(settings: Settings) -> Path:
+    """Create the data dir (0700) and make every file this process creates private (umask 077):
+    database, keys, recordings and sockets hold secrets or audit data."""
+    os.umask(0o077)
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    return data_dir
+
+
+def keyring_for(settings: Settings) -> KeyRing:
+    """The JWT signing keys in the data dir."""
+    return KeyRing(
+        settings.data_dir / "keys",
+        algorithm=settings.identity.algorithm,
+        leeway=settings.identity.leeway,
+    )
+
+
+@dataclass
+class Runtime:
+    """Every service of ``stockade up``, started and stopped together."""
+
+    settings: Settings
+    store: Store | None = None
+    nats: EmbeddedNats | None = None
+    bus: Bus | None = None
+    identity: IdentityService | None = None
+    authorizer: Authorizer | None = None
+    rpc: RpcServer | None = None
+    listeners: list[Listener] = field(default_factory=list)
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        data_dir = prepare_data_dir(settings)
+        stack = self._stack
+
+        self.store = Store(settings.database_url, echo=settings.store.echo)
+        stack.push_async_callback(self.store.close)
+        await self.store.migrate()
+        self.listeners.append(Listener("store", _describe_db(settings.database_url)))
+
+        url = settings.bus.url
+        if url is None:
+            self.nats = EmbeddedNats(data_dir, connect_timeout=settings.bus.connect_timeout)
+            stack.push_async_callback(self.nats.stop)
+            url = await self.nats.start()
+            self.listeners.append(Listener("event bus (embedded nats-server)", url))
+        else:
+            self.listeners.append(Listener("event bus (external)", url))
+        self.bus = await Bus.connect(
+            url, name="stockade", connect_timeout=settings.bus.connect_timeout
+        )
+        stack.push_async_callback(self.bus.close)
+        await self.bus.ensure_streams()
+
+        self.identity = IdentityService(
+            store=self.store, settings=settings.identity, keyring=keyring_for(settings)
+        )
+        self.authorizer = Authorizer(settings=settings.authz, decision_sink=self.bus)
+        stack.push_async_callback(self.authorizer.stop)
+        await self.authorizer.start()
+
+        issued = DevCA(data_dir / "tls").issue("api")
+        self.rpc = RpcServer(
+            identity=self.identity,
+            authorizer=self.authorizer,
+            tls=CertificateFiles(issued.cert, issued.key, issued.ca),
+            host=settings.api.host,
+            port=settings.api.port,
+            admin_socket=settings.admin_socket,
+        )
+        stack.push_async_callback(self.rpc.stop)
+        await self.rpc.start()
+        self.listeners.append(
+            Listener("internal API (gRPC, mutual TLS)", f"{settings.api.host}:{self.rpc.port}")
+        )
+        self.listeners.append(
+            Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
+        )
+
+    async def stop(self) -> None:
+        await self._stack.aclose()
+
+
+def _describe_db(url: str) -> str:
+    if url.startswith("sqlite"):
+        return url
+    # never print a password that may sit in the URL
+    scheme, _, rest = url.partition("://")
+    host = rest.rpartition("@")[2]
+    return f"{scheme}://{host}"

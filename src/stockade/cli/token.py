@@ -1,0 +1,78 @@
+"""``stockade token``: issue and verify the JWTs identity signs."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from stockade.core import InvalidInput, TokenRejected, parse_duration
+
+from ._admin import admin_identity
+from ._common import err_console, fail, handle_errors, print_json, run_async, settings
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Issue and verify Stockade JWTs.", no_args_is_help=True)
+
+
+@app.command("issue")
+@handle_errors
+def issue(
+    user: str,
+    ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 90s, 15m, 1h.")] = "15m",
+    session: Annotated[
+        str | None, typer.Option(help="Bind the token to a live session id.")
+    ] = None,
+    audience: Annotated[str | None, typer.Option(help="aud claim (default from settings).")] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="Use the store directly.")] = False,
+) -> None:
+    """Issue a token for USER and print it."""
+    lifetime = parse_duration(ttl, field="--ttl")
+
+    async def run() -> str:
+        async with admin_identity(settings(), direct=direct) as identity:
+            return await identity.issue_token(
+                user, session_id=session, ttl=lifetime, audience=audience
+            )
+
+    typer.echo(run_async(run()))
+
+
+@app.command("verify")
+@handle_errors
+def verify(
+    jwt: Annotated[str, typer.Argument(help="The token, or - to read it from stdin.")] = "-",
+    audience: Annotated[str | None, typer.Option(help="Expected aud.")] = None,
+    direct: Annotated[bool, typer.Option("--direct", help="Use the store directly.")] = False,
+) -> None:
+    """Verify a token and print its claims; exit 1 with the reason when it is rejected."""
+    text = sys.stdin.read().strip() if jwt == "-" else jwt.strip()
+    if not text:
+        raise InvalidInput("token", "empty; pass it as an argument or on stdin")
+
+    async def run() -> None:
+        async with admin_identity(settings(), direct=direct) as identity:
+            claims = await identity.verify_token(text, audience=audience)
+        print_json(
+            {
+                "sub": claims.sub,
+                "iss": claims.iss,
+                "aud": claims.aud,
+                "jti": claims.jti,
+                "iat": claims.iat,
+                "nbf": claims.nbf,
+                "exp": claims.exp,
+                "roles": claims.roles,
+                "groups": claims.groups,
+                "sid": claims.sid,
+                "kid": claims.kid,
+            }
+        )
+
+    try:
+        run_async(run())
+    except TokenRejected as exc:
+        err_console.print(f"rejected: {exc.reason}", markup=False)
+        raise fail(str(exc), 1) from None

@@ -1,0 +1,60 @@
+"""``stockade up``: every service in one process until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stockade.core import Settings, configure_logging
+
+from ._common import console, handle_errors, print_table, run_async, settings
+from ._runtime import Runtime
+
+__all__ = ["up"]
+
+
+def _with_overrides(base: Settings, data_dir: Path | None, ssh_port: int | None) -> Settings:
+    update: dict[str, object] = {}
+    if data_dir is not None:
+        update["data_dir"] = data_dir
+    if ssh_port is not None:
+        update["gateway"] = base.gateway.model_copy(update={"port": ssh_port})
+    return base.model_copy(update=update) if update else base
+
+
+async def _serve(config: Settings) -> None:
+    configure_logging(config.log.level, config.log.json_output)
+    runtime = Runtime(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await runtime.start()
+    try:
+        print_table(
+            "stockade up",
+            ["service", "listening on"],
+            ((item.what, item.where) for item in runtime.listeners),
+        )
+        console.print("ready; Ctrl-C to stop", highlight=False)
+        await stop.wait()
+        console.print("stopping ...", highlight=False)
+    finally:
+        await runtime.stop()
+
+
+@handle_errors
+def up(
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="State directory (env STOCKADE_DATA_DIR).")
+    ] = None,
+    ssh_port: Annotated[
+        int | None, typer.Option("--ssh-port", help="SSH gateway port (default 2222).")
+    ] = None,
+) -> None:
+    """Run store, event bus, identity, authz and the internal API in one process."""
+    run_async(_serve(_with_overrides(settings(), data_dir, ssh_port)))

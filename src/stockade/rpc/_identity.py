@@ -1,0 +1,468 @@
+"""The identity service over gRPC.
+
+:class:`IdentityServicer` serves an in-process :class:`IdentityService`; :class:`IdentityClient`
+offers the same asynchronous methods over a channel (mutual TLS between services, or the 0600 admin
+socket for the CLI), raising the same :mod:`stockade.core.errors` classes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Iterable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from grpc import aio
+
+from stockade.core import InvalidInput
+from stockade.identity import (
+    Claims,
+    IdentityService,
+    SessionInfo,
+    SshKey,
+    TotpEnrollment,
+    User,
+    Workspace,
+)
+
+from ._convert import (
+    claims_from_json,
+    claims_to_json,
+    key_from_pb,
+    key_to_pb,
+    session_from_pb,
+    session_to_pb,
+    user_from_pb,
+    user_to_pb,
+    workspace_from_pb,
+    workspace_to_pb,
+)
+from ._errors import from_rpc_error, rpc_errors_to_status
+from ._gen import identity_pb2 as pb
+from ._gen import identity_pb2_grpc
+
+__all__ = ["IdentityClient", "IdentityServicer"]
+
+Ctx = aio.ServicerContext[Any, Any]
+T = TypeVar("T")
+
+
+def _opt(msg: Any, field: str) -> Any:
+    return getattr(msg, field) if msg.HasField(field) else None
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServicer):
+    """Serves every identity call from an in-process :class:`IdentityService`."""
+
+    def __init__(self, identity: IdentityService) -> None:
+        self._id = identity
+
+    @rpc_errors_to_status
+    async def LookupKey(self, request: pb.LookupKeyRequest, context: Ctx) -> pb.LookupKeyResponse:
+        user = await self._id.lookup_key(request.username, request.fingerprint)
+        if user is None:
+            return pb.LookupKeyResponse(found=False)
+        return pb.LookupKeyResponse(found=True, user=user_to_pb(user))
+
+    @rpc_errors_to_status
+    async def GetUser(self, request: pb.UserRef, context: Ctx) -> pb.User:
+        return user_to_pb(await self._id.get_user(request.name))
+
+    @rpc_errors_to_status
+    async def ListUsers(self, request: pb.Empty, context: Ctx) -> pb.UserList:
+        return pb.UserList(users=[user_to_pb(u) for u in await self._id.list_users()])
+
+    @rpc_errors_to_status
+    async def AddUser(self, request: pb.AddUserRequest, context: Ctx) -> pb.User:
+        user = await self._id.add_user(
+            request.name,
+            display_name=request.display_name,
+            email=request.email,
+            roles=list(request.roles),
+            groups=list(request.groups),
+            ssh_keys=list(request.ssh_keys),
+            password=_opt(request, "password"),
+        )
+        return user_to_pb(user)
+
+    @rpc_errors_to_status
+    async def SetDisabled(self, request: pb.SetDisabledRequest, context: Ctx) -> pb.User:
+        return user_to_pb(await self._id.set_disabled(request.name, request.disabled))
+
+    @rpc_errors_to_status
+    async def RemoveUser(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
+        await self._id.remove_user(request.name)
+        return pb.Empty()
+
+    @rpc_errors_to_status
+    async def AddKey(self, request: pb.AddKeyRequest, context: Ctx) -> pb.SshKey:
+        return key_to_pb(await self._id.add_key(request.name, request.public_key))
+
+    @rpc_errors_to_status
+    async def RemoveKey(self, request: pb.RemoveKeyRequest, context: Ctx) -> pb.Empty:
+        await self._id.remove_key(request.name, request.fingerprint)
+        return pb.Empty()
+
+    @rpc_errors_to_status
+    async def SetPassword(self, request: pb.SetPasswordRequest, context: Ctx) -> pb.Empty:
+        await self._id.set_password(request.name, _opt(request, "password"))
+        return pb.Empty()
+
+    @rpc_errors_to_status
+    async def VerifyPassword(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
+        return pb.CheckResult(ok=await self._id.verify_password(request.name, request.secret))
+
+    @rpc_errors_to_status
+    async def EnableTotp(self, request: pb.UserRef, context: Ctx) -> pb.TotpEnrollment:
+        enrollment = await self._id.enable_totp(request.name)
+        return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
+
+    @rpc_errors_to_status
+    async def DisableTotp(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
+        await self._id.disable_totp(request.name)
+        return pb.Empty()
+
+    @rpc_errors_to_status
+    async def VerifyTotp(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
+        return pb.CheckResult(ok=await self._id.verify_totp(request.name, request.secret))
+
+    @rpc_errors_to_status
+    async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
+        token = await self._id.issue_token(
+            request.username,
+            session_id=_opt(request, "session_id"),
+            ttl=_opt(request, "ttl_seconds"),
+            audience=_opt(request, "audience"),
+        )
+        return pb.Token(token=token)
+
+    @rpc_errors_to_status
+    async def VerifyToken(self, request: pb.VerifyTokenRequest, context: Ctx) -> pb.Claims:
+        claims = await self._id.verify_token(request.token, audience=_opt(request, "audience"))
+        return pb.Claims(claims_json=claims_to_json(claims))
+
+    @rpc_errors_to_status
+    async def GetJwks(self, request: pb.Empty, context: Ctx) -> pb.Jwks:
+        return pb.Jwks(jwks_json=json.dumps(self._id.jwks()))
+
+    @rpc_errors_to_status
+    async def AddWorkspace(self, request: pb.AddWorkspaceRequest, context: Ctx) -> pb.Workspace:
+        try:
+            config = json.loads(request.config_json or "{}")
+        except ValueError as exc:
+            raise InvalidInput("config", f"not valid JSON: {exc}") from None
+        ws = await self._id.add_workspace(
+            request.name, owner=request.owner, backend=request.backend or "local", config=config
+        )
+        return workspace_to_pb(ws)
+
+    @rpc_errors_to_status
+    async def GetWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Workspace:
+        return workspace_to_pb(await self._id.get_workspace(request.name))
+
+    @rpc_errors_to_status
+    async def ListWorkspaces(
+        self, request: pb.ListWorkspacesRequest, context: Ctx
+    ) -> pb.WorkspaceList:
+        found = await self._id.list_workspaces(owner=_opt(request, "owner"))
+        return pb.WorkspaceList(workspaces=[workspace_to_pb(w) for w in found])
+
+    @rpc_errors_to_status
+    async def DefaultWorkspace(self, request: pb.UserRef, context: Ctx) -> pb.Workspace:
+        return workspace_to_pb(await self._id.default_workspace(request.name))
+
+    @rpc_errors_to_status
+    async def RemoveWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Empty:
+        await self._id.remove_workspace(request.name)
+        return pb.Empty()
+
+    @rpc_errors_to_status
+    async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
+        info = await self._id.start_session(
+            request.id,
+            username=request.username,
+            workspace=request.workspace,
+            client_ip=request.client_ip,
+            client_port=request.client_port,
+        )
+        return session_to_pb(info)
+
+    @rpc_errors_to_status
+    async def EndSession(self, request: pb.EndSessionRequest, context: Ctx) -> pb.Session:
+        info = await self._id.end_session(
+            request.id,
+            exit_status=_opt(request, "exit_status"),
+            bytes_in=request.bytes_in,
+            bytes_out=request.bytes_out,
+            recording=_opt(request, "recording"),
+            reason=request.reason,
+        )
+        return session_to_pb(info)
+
+    @rpc_errors_to_status
+    async def GetSession(self, request: pb.SessionRef, context: Ctx) -> pb.Session:
+        return session_to_pb(await self._id.get_session(request.id))
+
+    @rpc_errors_to_status
+    async def ListSessions(self, request: pb.ListSessionsRequest, context: Ctx) -> pb.SessionList:
+        found = await self._id.list_sessions(
+            active_only=request.active_only,
+            username=_opt(request, "username"),
+            limit=request.limit or 1000,
+        )
+        return pb.SessionList(sessions=[session_to_pb(s) for s in found])
+
+    @rpc_errors_to_status
+    async def IsSessionLive(self, request: pb.SessionRef, context: Ctx) -> pb.CheckResult:
+        return pb.CheckResult(ok=await self._id.is_session_live(request.id))
+
+
+def _ttl_seconds(ttl: int | str | timedelta | None) -> int | None:
+    if ttl is None:
+        return None
+    from stockade.core import parse_duration
+
+    return int(parse_duration(ttl, field="ttl").total_seconds())
+
+
+class IdentityClient:
+    """:class:`IdentityService`'s interface over a gRPC channel."""
+
+    def __init__(self, channel: aio.Channel, *, target: str, timeout: float = 10.0) -> None:
+        self._stub = identity_pb2_grpc.IdentityStub(channel)
+        self._target = target
+        self._timeout = timeout
+        self._jwks: dict[str, Any] | None = None
+
+    async def _call(self, pending: Awaitable[T]) -> T:
+        try:
+            return await pending
+        except aio.AioRpcError as exc:
+            raise from_rpc_error(exc, service="identity", target=self._target) from None
+
+    async def lookup_key(self, username: str, fingerprint: str) -> User | None:
+        reply = await self._call(
+            self._stub.LookupKey(
+                pb.LookupKeyRequest(username=username, fingerprint=fingerprint),
+                timeout=self._timeout,
+            )
+        )
+        return user_from_pb(reply.user) if reply.found else None
+
+    async def get_user(self, name: str) -> User:
+        reply = await self._call(self._stub.GetUser(pb.UserRef(name=name), timeout=self._timeout))
+        return user_from_pb(reply)
+
+    async def list_users(self) -> list[User]:
+        reply = await self._call(self._stub.ListUsers(pb.Empty(), timeout=self._timeout))
+        return [user_from_pb(u) for u in reply.users]
+
+    async def add_user(
+        self,
+        name: str,
+        *,
+        display_name: str = "",
+        email: str = "",
+        roles: Iterable[str] = (),
+        groups: Iterable[str] = (),
+        ssh_keys: Sequence[str] = (),
+        password: str | None = None,
+    ) -> User:
+        request = pb.AddUserRequest(
+            name=name,
+            display_name=display_name,
+            email=email,
+            roles=list(roles),
+            groups=list(groups),
+            ssh_keys=list(ssh_keys),
+        )
+        if password is not None:
+            request.password = password
+        return user_from_pb(await self._call(self._stub.AddUser(request, timeout=self._timeout)))
+
+    async def set_disabled(self, name: str, disabled: bool) -> User:
+        reply = await self._call(
+            self._stub.SetDisabled(
+                pb.SetDisabledRequest(name=name, disabled=disabled), timeout=self._timeout
+            )
+        )
+        return user_from_pb(reply)
+
+    async def remove_user(self, name: str) -> None:
+        await self._call(self._stub.RemoveUser(pb.UserRef(name=name), timeout=self._timeout))
+
+    async def add_key(self, name: str, line: str) -> SshKey:
+        reply = await self._call(
+            self._stub.AddKey(pb.AddKeyRequest(name=name, public_key=line), timeout=self._timeout)
+        )
+        return key_from_pb(reply)
+
+    async def remove_key(self, name: str, fingerprint: str) -> None:
+        await self._call(
+            self._stub.RemoveKey(
+                pb.RemoveKeyRequest(name=name, fingerprint=fingerprint), timeout=self._timeout
+            )
+        )
+
+    async def set_password(self, name: str, password: str | None) -> None:
+        request = pb.SetPasswordRequest(name=name)
+        if password is not None:
+            request.password = password
+        await self._call(self._stub.SetPassword(request, timeout=self._timeout))
+
+    async def verify_password(self, name: str, password: str) -> bool:
+        reply = await self._call(
+            self._stub.VerifyPassword(
+                pb.CheckSecretRequest(name=name, secret=password), timeout=self._timeout
+            )
+        )
+        return reply.ok
+
+    async def enable_totp(self, name: str) -> TotpEnrollment:
+        reply = await self._call(
+            self._stub.EnableTotp(pb.UserRef(name=name), timeout=self._timeout)
+        )
+        return TotpEnrollment(secret=reply.secret, uri=reply.uri)
+
+    async def disable_totp(self, name: str) -> None:
+        await self._call(self._stub.DisableTotp(pb.UserRef(name=name), timeout=self._timeout))
+
+    async def verify_totp(self, name: str, code: str) -> bool:
+        reply = await self._call(
+            self._stub.VerifyTotp(
+                pb.CheckSecretRequest(name=name, secret=code), timeout=self._timeout
+            )
+        )
+        return reply.ok
+
+    async def issue_token(
+        self,
+        username: str,
+        *,
+        session_id: str | None = None,
+        ttl: int | str | timedelta | None = None,
+        audience: str | None = None,
+    ) -> str:
+        request = pb.IssueTokenRequest(username=username)
+        if session_id is not None:
+            request.session_id = session_id
+        seconds = _ttl_seconds(ttl)
+        if seconds is not None:
+            request.ttl_seconds = seconds
+        if audience is not None:
+            request.audience = audience
+        return (await self._call(self._stub.IssueToken(request, timeout=self._timeout))).token
+
+    async def verify_token(self, token: str, *, audience: str | None = None) -> Claims:
+        request = pb.VerifyTokenRequest(token=token)
+        if audience is not None:
+            request.audience = audience
+        reply = await self._call(self._stub.VerifyToken(request, timeout=self._timeout))
+        return claims_from_json(reply.claims_json)
+
+    async def fetch_jwks(self) -> dict[str, Any]:
+        """The public JWKS (``jwks()`` of the in-process service)."""
+        reply = await self._call(self._stub.GetJwks(pb.Empty(), timeout=self._timeout))
+        jwks: dict[str, Any] = json.loads(reply.jwks_json)
+        return jwks
+
+    async def add_workspace(
+        self,
+        name: str,
+        *,
+        owner: str,
+        backend: str = "local",
+        config: dict[str, Any] | None = None,
+    ) -> Workspace:
+        request = pb.AddWorkspaceRequest(
+            name=name, owner=owner, backend=backend, config_json=json.dumps(config or {})
+        )
+        return workspace_from_pb(
+            await self._call(self._stub.AddWorkspace(request, timeout=self._timeout))
+        )
+
+    async def get_workspace(self, name: str) -> Workspace:
+        reply = await self._call(
+            self._stub.GetWorkspace(pb.WorkspaceRef(name=name), timeout=self._timeout)
+        )
+        return workspace_from_pb(reply)
+
+    async def list_workspaces(self, *, owner: str | None = None) -> list[Workspace]:
+        request = pb.ListWorkspacesRequest()
+        if owner is not None:
+            request.owner = owner
+        reply = await self._call(self._stub.ListWorkspaces(request, timeout=self._timeout))
+        return [workspace_from_pb(w) for w in reply.workspaces]
+
+    async def default_workspace(self, username: str) -> Workspace:
+        reply = await self._call(
+            self._stub.DefaultWorkspace(pb.UserRef(name=username), timeout=self._timeout)
+        )
+        return workspace_from_pb(reply)
+
+    async def remove_workspace(self, name: str) -> None:
+        await self._call(
+            self._stub.RemoveWorkspace(pb.WorkspaceRef(name=name), timeout=self._timeout)
+        )
+
+    async def start_session(
+        self,
+        session_id: str,
+        *,
+        username: str,
+        workspace: str,
+        client_ip: str,
+        client_port: int,
+    ) -> SessionInfo:
+        request = pb.StartSessionRequest(
+            id=session_id,
+            username=username,
+            workspace=workspace,
+            client_ip=client_ip,
+            client_port=client_port,
+        )
+        return session_from_pb(
+            await self._call(self._stub.StartSession(request, timeout=self._timeout))
+        )
+
+    async def end_session(
+        self,
+        session_id: str,
+        *,
+        exit_status: int | None = None,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        recording: str | None = None,
+        reason: str = "",
+    ) -> SessionInfo:
+        request = pb.EndSessionRequest(
+            id=session_id, bytes_in=bytes_in, bytes_out=bytes_out, reason=reason
+        )
+        if exit_status is not None:
+            request.exit_status = exit_status
+        if recording is not None:
+            request.recording = recording
+        return session_from_pb(
+            await self._call(self._stub.EndSession(request, timeout=self._timeout))
+        )
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        reply = await self._call(
+            self._stub.GetSession(pb.SessionRef(id=session_id), timeout=self._timeout)
+        )
+        return session_from_pb(reply)
+
+    async def list_sessions(
+        self, *, active_only: bool = False, username: str | None = None, limit: int = 1000
+    ) -> list[SessionInfo]:
+        request = pb.ListSessionsRequest(active_only=active_only, limit=limit)
+        if username is not None:
+            request.username = username
+        reply = await self._call(self._stub.ListSessions(request, timeout=self._timeout))
+        return [session_from_pb(s) for s in reply.sessions]
+
+    async def is_session_live(self, session_id: str) -> bool:
+        reply = await self._call(
+            self._stub.IsSessionLive(pb.SessionRef(id=session_id), timeout=self._timeout)
+        )
+        return reply.ok

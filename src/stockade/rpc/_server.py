@@ -1,0 +1,96 @@
+"""The internal API server: identity and authz on gRPC, over mutual TLS and the admin socket.
+
+Two listeners share one ``grpc.aio`` server:
+
+- TCP ``host:port`` with mutual TLS (client certificates from the same CA required; certificates
+  are re-read when their files change), for services split across processes;
+- a unix socket inside a 0700 directory of the data dir, for the ``stockade`` CLI on the same
+  host: file permissions are the authentication, as with Docker's socket.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from grpc import aio
+
+from stockade.authz import Authorizer
+from stockade.core import BackendError, get_logger
+from stockade.identity import IdentityService
+from stockade.tls import CertificateFiles, grpc_channel_credentials, grpc_server_credentials
+
+from ._authz import AuthzServicer
+from ._gen import authz_pb2_grpc, identity_pb2_grpc
+from ._identity import IdentityServicer
+
+__all__ = ["RpcServer", "admin_channel", "mtls_channel"]
+
+log = get_logger("stockade.rpc")
+
+#: The name the dev CA puts in server certificates; clients check it instead of the address.
+SERVER_NAME = "localhost"
+
+
+class RpcServer:
+    """Serves :class:`IdentityService` and :class:`Authorizer` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        identity: IdentityService,
+        authorizer: Authorizer,
+        tls: CertificateFiles,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        admin_socket: Path | None = None,
+    ) -> None:
+        self._server = aio.server()
+        identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(identity), self._server)
+        authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
+        self._tls = tls
+        self._host = host
+        self._requested_port = port
+        self.port = 0
+        self.admin_socket = admin_socket
+
+    async def start(self) -> None:
+        address = f"[{self._host}]" if ":" in self._host else self._host
+        try:
+            self.port = self._server.add_secure_port(
+                f"{address}:{self._requested_port}", grpc_server_credentials(self._tls)
+            )
+        except RuntimeError as exc:
+            raise BackendError(
+                f"cannot listen on {self._host}:{self._requested_port} for the internal API"
+                f" ({exc}); pick another port with STOCKADE_API__PORT"
+            ) from None
+        if self.admin_socket is not None:
+            self.admin_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.admin_socket.parent, 0o700)
+            self.admin_socket.unlink(missing_ok=True)
+            self._server.add_insecure_port(f"unix:{self.admin_socket}")
+        await self._server.start()
+        if self.admin_socket is not None:
+            os.chmod(self.admin_socket, 0o600)
+        log.info("rpc.listening", host=self._host, port=self.port, admin=str(self.admin_socket))
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self._server.stop(grace)
+        if self.admin_socket is not None:
+            self.admin_socket.unlink(missing_ok=True)
+
+
+def mtls_channel(host: str, port: int, tls: CertificateFiles) -> aio.Channel:
+    """A client channel to another service, authenticated both ways by the dev CA."""
+    address = f"[{host}]" if ":" in host else host
+    return aio.secure_channel(
+        f"{address}:{port}",
+        grpc_channel_credentials(tls),
+        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+    )
+
+
+def admin_channel(socket_path: Path) -> aio.Channel:
+    """A client channel over the admin unix socket."""
+    return aio.insecure_channel(f"unix:{socket_path}")
