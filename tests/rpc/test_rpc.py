@@ -72,7 +72,8 @@ async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: P
         assert added == await served.identity.get_user("alice")
         fingerprint = added.keys[0].fingerprint
         found = await client.lookup_key("alice", fingerprint)
-        assert found is not None and found.name == "alice"
+        assert found is not None
+        assert found.name == "alice"
         assert await client.lookup_key("bob", fingerprint) is None
 
         session = await client.start_session(
@@ -83,7 +84,8 @@ async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: P
         claims = await client.verify_token(token)
         assert (claims.sub, claims.sid, claims.roles) == ("alice", "s1", ("developer",))
         ended = await client.end_session("s1", exit_status=0, bytes_in=3, bytes_out=4)
-        assert not ended.live and ended.exit_status == 0
+        assert not ended.live
+        assert ended.exit_status == 0
         with pytest.raises(TokenRejected) as rejected:
             await client.verify_token(token)
         assert rejected.value.reason == "session_ended"
@@ -100,7 +102,8 @@ async def test_errors_keep_their_class_and_fields(served: Served, tmp_path: Path
             await client.add_user("carol")
         with pytest.raises(InvalidInput) as bad:
             await client.add_key("carol", "ssh-ed25519 not-base64!")
-        assert bad.value.field and bad.value.problem
+        assert bad.value.field
+        assert bad.value.problem
 
 
 async def test_admin_socket_is_private(served: Served) -> None:
