@@ -11,12 +11,12 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+import structlog
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
 
 from stockade.core.errors import BusUnavailable
 from stockade.core.events import STREAMS, Event
-from stockade.core.logging import get_logger
 
 from ._consumer import Consumer, Delivery
 from ._errors import mapped
@@ -27,7 +27,7 @@ __all__ = ["DEFAULT_STREAM_MAX_AGE", "Bus"]
 #: Events are kept this long (seconds) in the streams created by :meth:`Bus.ensure_streams`.
 DEFAULT_STREAM_MAX_AGE = 7 * 86400.0
 
-_log = get_logger("stockade.bus")
+_log = structlog.get_logger("stockade.bus")  # lazy: honours configure_logging run later
 
 
 async def _log_error(exc: Exception) -> None:

@@ -33,12 +33,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import nats.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 
 from stockade.core.errors import StockadeError
 from stockade.core.events import SUBJECT_DEAD_LETTER_PREFIX
-from stockade.core.logging import escape_peer, get_logger
+from stockade.core.logging import escape_peer
 
 from ._errors import MAPPED, mapped
 
@@ -57,7 +58,7 @@ __all__ = [
     "subject_matches",
 ]
 
-_log = get_logger("stockade.bus.consumer")
+_log = structlog.get_logger("stockade.bus.consumer")  # lazy: honours configure_logging run later
 
 
 class Retry(StockadeError):

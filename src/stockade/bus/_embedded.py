@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import ctypes
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,13 +25,14 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+import structlog
+
 from stockade.core.errors import BusUnavailable, ToolMissing
-from stockade.core.logging import get_logger
 
 __all__ = ["EmbeddedNats", "nats_server_binary"]
 
 _PR_SET_PDEATHSIG = 1
-_log = get_logger("stockade.bus.embedded")
+_log = structlog.get_logger("stockade.bus.embedded")  # lazy: honours configure_logging run later
 
 
 def nats_server_binary() -> str:
@@ -90,6 +92,20 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         """Process id of the server while it runs."""
         return None if self._proc is None else self._proc.pid
+
+    @staticmethod
+    async def running_url(data_dir: Path) -> str | None:
+        """URL of an embedded server already running on ``data_dir`` (started by another
+        process, e.g. ``stockade up``), found through its ports file; ``None`` when there is none.
+        """
+        for ports_file in sorted((Path(data_dir) / "nats" / "run").glob("*.ports")):
+            pid = ports_file.stem.rpartition("_")[2]
+            if not pid.isdigit() or not _alive(int(pid)):
+                continue
+            port = _read_port(ports_file)
+            if port is not None and await _accepts(port):
+                return f"nats://127.0.0.1:{port}"
+        return None
 
     async def start(self) -> str:
         """Launch the server and return its URL once it accepts connections."""
@@ -187,6 +203,16 @@ class EmbeddedNats:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_port(ports_file: Path) -> int | None:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import nats.js.errors
+import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 
 from stockade.core.errors import InvalidInput
-from stockade.core.logging import get_logger
 
 from ._errors import mapped
 
@@ -24,7 +24,7 @@ __all__ = ["KeyValueStore", "KvEntry", "KvWatch", "valid_key"]
 
 _KEY_RE = re.compile(r"\A[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*\Z")
 _OP = "KV-Operation"
-_log = get_logger("stockade.bus.kv")
+_log = structlog.get_logger("stockade.bus.kv")  # lazy: honours configure_logging run later
 
 
 def valid_key(key: str) -> bool:

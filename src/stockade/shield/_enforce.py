@@ -20,16 +20,17 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
+import structlog
+
 from stockade.bus import Bus, KvEntry, KvWatch
 from stockade.core.errors import StockadeError
-from stockade.core.logging import get_logger
 
 from ._model import Ban, Network
 from ._store import BUCKET, source_of_key
 
 __all__ = ["BanSync", "DenyList", "Enforcer", "ExecEnforcer"]
 
-_log = get_logger("stockade.shield.enforce")
+_log = structlog.get_logger("stockade.shield.enforce")  # lazy: honours configure_logging run later
 
 
 class Enforcer(Protocol):

@@ -26,13 +26,13 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from stockade.core.logging import get_logger
+import structlog
 
 from ._model import Ban, parse_source
 
 __all__ = ["Nft", "NftError", "NftablesEnforcer"]
 
-_log = get_logger("stockade.shield.nft")
+_log = structlog.get_logger("stockade.shield.nft")  # lazy: honours configure_logging run later
 
 
 class NftError(Exception):

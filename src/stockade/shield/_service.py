@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import structlog
+
 from stockade.bus import Bus, Consumer, Delivery, Reject, Retry
 from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
 from stockade.core.events import SUBJECT_AUTH_FAILED, AuthFailed, ShieldBan, ShieldUnban
-from stockade.core.logging import escape_peer, get_logger
+from stockade.core.logging import escape_peer
 from stockade.core.settings import Settings, ShieldSettings
 
 from ._detector import Detector, Failure, Outcome, Rules, Verdict
@@ -39,7 +41,7 @@ AUTH_STREAM = "STOCKADE_AUTH"
 #: Name of the shield's durable consumer on :data:`AUTH_STREAM`.
 DURABLE = "shield"
 
-_log = get_logger("stockade.shield")
+_log = structlog.get_logger("stockade.shield")  # lazy: honours configure_logging run later
 
 
 def build_enforcers(settings: ShieldSettings, *, ports: Sequence[int]) -> list[Enforcer]:
