@@ -1,0 +1,167 @@
+"""`stockade up` as a real process: admin commands from a second shell, kill -9 loses nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+STOCKADE = str(Path(sys.executable).parent / "stockade")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
+    env.update(
+        STOCKADE_DATA_DIR=str(data_dir),
+        STOCKADE_API__PORT="0",
+        STOCKADE_GATEWAY__PORT="0",
+        STOCKADE_BROKER__PORT="0",
+        STOCKADE_LOG__JSON_OUTPUT="true",
+    )
+    return env
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [STOCKADE, "up"],
+            env=_env(self.data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in self.proc.stdout:
+            if "ready" in line:
+                return
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError(f"stockade up did not become ready (exit {self.proc.poll()})")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        self.proc = None
+        return code
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "data")
+    yield srv
+    if srv.proc is not None:
+        srv.stop(signal.SIGKILL)
+
+
+def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STOCKADE, *args],
+        env=_env(data_dir),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub")
+
+
+def test_users_from_second_shell_and_kill_9_keeps_them(server: Server, tmp_path: Path) -> None:
+    server.start()
+    socket = server.data_dir / "run" / "admin.sock"
+    assert socket.exists()
+    pub = _keygen(tmp_path / "alice")
+
+    added = cli(
+        server.data_dir, "users", "add", "alice", "--role", "developer", "--ssh-key", str(pub)
+    )
+    assert added.returncode == 0, added.stderr
+    assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    server.start()
+    listed = cli(server.data_dir, "users", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    users = json.loads(listed.stdout)
+    assert [u["name"] for u in users] == ["alice"]
+    expected = subprocess.run(
+        ["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+    assert users[0]["keys"][0]["fingerprint"] == expected
+    assert server.stop() == 0
+    assert not socket.exists()
+
+
+def test_clean_shutdown_on_sigterm_and_sigint(server: Server) -> None:
+    server.start()
+    assert server.stop(signal.SIGINT) == 0
+    server.start()
+    assert server.stop(signal.SIGTERM) == 0
+
+
+def test_admin_commands_work_with_nothing_running(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert cli(data, "users", "add", "bob", "--role", "contractor").returncode == 0
+    shown = cli(data, "users", "show", "bob", "--json")
+    assert json.loads(shown.stdout)["roles"] == ["contractor"]
+    token = cli(data, "token", "issue", "bob", "--ttl", "5m")
+    assert token.returncode == 0, token.stderr
+    verified = cli(data, "token", "verify", "-", stdin=token.stdout)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["sub"] == "bob"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["users", "show", "ghost"], "user 'ghost' not found"),
+        (["users", "add", "Bad Name"], "name"),
+        (["users", "add", "dave", "--ssh-key", "/nonexistent.pub"], "/nonexistent.pub"),
+        (["token", "issue", "ghost", "--ttl", "soon"], "--ttl"),
+        (["users", "add", "erin", "--ssh-key", "-"], "unsupported key type"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = cli(tmp_path / "data", *args, stdin="not a key\n")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+
+
+def test_weak_and_duplicate_keys_write_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rsa = tmp_path / "weak"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(rsa)], check=True
+    )
+    good = _keygen(tmp_path / "good")
+    weak = cli(data, "users", "add", "frank", "--ssh-key", str(good), "--ssh-key", f"{rsa}.pub")
+    assert weak.returncode == 2
+    assert "3072" in weak.stderr
+    assert json.loads(cli(data, "users", "list", "--json").stdout) == []  # nothing partial
+
+    assert cli(data, "users", "add", "grace", "--ssh-key", str(good)).returncode == 0
+    dup = cli(data, "users", "add", "heidi", "--ssh-key", str(good))
+    assert dup.returncode == 2
+    assert "grace" in dup.stderr
+    names = [u["name"] for u in json.loads(cli(data, "users", "list", "--json").stdout)]
+    assert names == ["grace"]
