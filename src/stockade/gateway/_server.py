@@ -6,6 +6,7 @@ are never offered; X11 forwarding and Unix-socket forwarding are refused (asyncs
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -21,6 +22,27 @@ __all__ = ["GatewayServer"]
 _log = get_logger("stockade.gateway.server")
 
 _BAD_INPUT = {"invalid_username", "unknown_workspace"}
+
+
+class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
+    """A session whose ``sftp`` subsystem goes to the workspace, not to asyncssh's SFTP server."""
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return subsystem == "sftp"
+
+    def session_started(self) -> None:
+        # asyncssh's version sends "sftp" to its own SFTP server; every request goes to ours
+        chan = self._chan
+        stdin = asyncssh.SSHReader[bytes](self, chan)
+        stdout = asyncssh.SSHWriter[bytes](self, chan)
+        stderr = asyncssh.SSHWriter[bytes](self, chan, asyncssh.EXTENDED_DATA_STDERR)
+        factory = self._session_factory
+        conn = self._conn
+        assert factory is not None
+        assert conn is not None
+        handler = factory(stdin, stdout, stderr)
+        if inspect.isawaitable(handler):
+            conn.create_task(handler, stdin.logger)
 
 
 class GatewayServer(asyncssh.SSHServer):
@@ -140,7 +162,7 @@ class GatewayServer(asyncssh.SSHServer):
         async def serve(process: asyncssh.SSHServerProcess[bytes]) -> None:
             await self._run_session(auth, process)
 
-        return asyncssh.SSHServerProcess(serve, None, 0, False)
+        return _SessionProcess(serve, None, 0, False)
 
     async def _decide_forward(self, action: str, host: str, port: int) -> tuple[bool, str]:
         auth = self._auth
