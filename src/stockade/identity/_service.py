@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import aliased, joinedload, selectinload
 
 from stockade.core.durations import parse_duration
 from stockade.core.errors import AlreadyExists, InvalidInput, NotFound, TokenRejected
@@ -256,13 +256,15 @@ class IdentityService:
         None otherwise (unknown user, someone else's key, disabled user, malformed input)."""
         if not isinstance(username, str) or len(username) > 32 or len(fingerprint) > 64:
             return None
+        presented = aliased(SshKeyRow)
+        query = (
+            select(UserRow)
+            .join(presented, presented.user_id == UserRow.id)
+            .where(presented.fingerprint == fingerprint, UserRow.name == username)
+            .options(joinedload(UserRow.keys))
+        )
         async with self._store.transaction(readonly=True) as session:
-            row = await session.scalar(
-                select(UserRow)
-                .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
-                .where(SshKeyRow.fingerprint == fingerprint, UserRow.name == username)
-                .options(selectinload(UserRow.keys))
-            )
+            row = (await session.scalars(query)).unique().first()
             if row is None or row.disabled:
                 return None
             return _user(row)
