@@ -64,7 +64,12 @@ class AuthzClient:
                 allow=reply.allow, obligations=obligations, reasons=tuple(reply.reasons)
             )
         except aio.AioRpcError as exc:
-            log.warning("authz.remote.failed", target=self._target, code=exc.code().name)
+            log.warning(
+                "authz.remote.failed",
+                target=self._target,
+                code=exc.code().name,
+                details=exc.details(),
+            )
             return Decision.deny(
                 f"authz service at {self._target} failed: {exc.code().name.lower()}"
             )

@@ -1,0 +1,123 @@
+"""Authz over gRPC with mutual TLS: p50/p99 latency at a fixed 1,000 decisions/s for 10 s.
+
+The anchor is the same decision evaluated in-process (``Authorizer.decide_async``) at the same
+fixed rate in the same run, so the printed ratio is the price of the network hop and TLS.
+Requests are sent open-loop (on a schedule, not after the previous answer), so a slow answer
+shows up as latency instead of silently lowering the rate. The server runs in its own process,
+as it does when services are split, so client and server do not share one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from stockade.authz import Authorizer, Context, Resource, Subject, build_input
+from stockade.core.settings import AuthzSettings, IdentitySettings
+from stockade.identity import IdentityService, KeyRing
+from stockade.rpc import AuthzClient, RpcServer, mtls_channel
+from stockade.store import Store
+from stockade.tls import CertificateFiles, DevCA
+
+RATE = 1000
+SECONDS = 10.0
+
+
+def _input() -> dict[str, Any]:
+    return build_input(
+        "ssh.shell",
+        Resource(kind="workspace", name="alice", owner="alice"),
+        Context(user=Subject(name="alice", roles=("contractor",)), source_ip="127.0.0.1"),
+    )
+
+
+async def _fixed_rate(decide: Callable[[], Awaitable[Any]]) -> list[float]:
+    latencies: list[float] = []
+    pending: set[asyncio.Task[None]] = set()
+
+    async def one() -> None:
+        started = time.perf_counter()
+        decision = await decide()
+        latencies.append(time.perf_counter() - started)
+        if not decision.allow:
+            raise RuntimeError(f"unexpected deny: {decision.reasons}")
+
+    total = int(RATE * SECONDS)
+    begin = time.perf_counter()
+    for i in range(total):
+        delay = begin + i / RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    return latencies
+
+
+def _report(name: str, latencies: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(latencies, n=100)
+    p50, p99 = cuts[49] * 1000, cuts[98] * 1000
+    print(f"  {name:<28} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   ({len(latencies)} decisions)")
+    return p50, p99
+
+
+async def _serve(root: Path, conn: Connection) -> None:
+    store = Store(f"sqlite:///{root / 'db.sqlite'}")
+    await store.migrate()
+    identity = IdentityService(
+        store=store, settings=IdentitySettings(), keyring=KeyRing(root / "keys")
+    )
+    issued = DevCA(root / "tls").issue("api")
+    tls = CertificateFiles(issued.cert, issued.key, issued.ca)
+    server = RpcServer(identity=identity, authorizer=Authorizer(settings=AuthzSettings()), tls=tls)
+    await server.start()
+    conn.send(server.port)
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to stop
+    await server.stop(0)
+    await store.close()
+
+
+def _server_process(root: str, conn: Connection) -> None:
+    asyncio.run(_serve(Path(root), conn))
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        DevCA(root / "tls").issue("api")
+        ours, theirs = multiprocessing.Pipe()
+        proc = multiprocessing.get_context("spawn").Process(
+            target=_server_process, args=(tmp, theirs)
+        )
+        proc.start()
+        try:
+            port = ours.recv()
+            authorizer = Authorizer(settings=AuthzSettings())
+            doc = _input()
+            print(f"authz at a fixed {RATE} decisions/s for {SECONDS:.0f}s")
+            local = _report(
+                "in-process (anchor)", await _fixed_rate(lambda: authorizer.decide_async(doc))
+            )
+            issued = DevCA(root / "tls").issue("api")
+            tls = CertificateFiles(issued.cert, issued.key, issued.ca)
+            async with mtls_channel("127.0.0.1", port, tls) as channel:
+                client = AuthzClient(channel, target="bench", timeout=30)
+                await client.decide_async(doc)  # handshake outside the measurement
+                remote = _report(
+                    "gRPC + mutual TLS", await _fixed_rate(lambda: client.decide_async(doc))
+                )
+            print(
+                f"  ratio gRPC/in-process: p50 {remote[0] / local[0]:.1f}x,"
+                f" p99 {remote[1] / local[1]:.1f}x"
+            )
+        finally:
+            ours.send("stop")
+            proc.join(timeout=30)
