@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from stockade.authz import DEFAULT_BUNDLE_DIR, Authorizer, Decision
+from stockade.authz import Authorizer, Decision
+from stockade.authz._bundle import DEFAULT_BUNDLE_DIR
 from stockade.core.errors import PermissionDenied, PolicyError
 from stockade.core.settings import AuthzSettings
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from stockade.authz import DEFAULT_BUNDLE_DIR, Authorizer, Decision
+from stockade.authz import Authorizer, Decision
+from stockade.authz._bundle import DEFAULT_BUNDLE_DIR
 from stockade.core.settings import AuthzSettings
 
 from .conftest import ssh_request

@@ -8,15 +8,12 @@ bus as folded ``DecisionRecord`` events, and :func:`run_policy_tests` runs a bun
 """
 
 from ._authorizer import Authorizer
-from ._bundle import DEFAULT_BUNDLE_DIR
-from ._decision import DECISION_RULE, Decision
+from ._decision import Decision
 from ._decision_log import DecisionSink
 from ._input import Context, Resource, Subject, build_input, parse_input
 from ._testing import PolicyTestResult, format_test_results, run_policy_tests
 
 __all__ = [
-    "DECISION_RULE",
-    "DEFAULT_BUNDLE_DIR",
     "Authorizer",
     "Context",
     "Decision",

@@ -35,178 +35,150 @@ package stockade
 
 import rego.v1
 
-decision := {
-	"allow": allow,
-	"obligations": obligations,
-	"reasons": reasons,
-}
+# Rules read input fields directly: build_input always sends the full shape, and every helper
+# rule costs an evaluation step in regorus, so the allow path uses as few as possible. Only the
+# fallback reason uses object.get, to stay defined whatever the input holds.
 
-default allow := false
-
-allow if is_admin
-
-obligations := session_obligations if {
+decision := {"allow": true, "obligations": obligations, "reasons": []} if {
 	allow
-	ssh_action
-} else := {}
+} else := {"allow": false, "obligations": {}, "reasons": deny_reasons}
 
-reasons := [] if {
-	allow
-} else := sort(denials) if {
+deny_reasons := sort(denials) if {
 	count(denials) > 0
-} else := [sprintf("no rule allows %s on %s %s for %s", [action, resource_kind, resource_name, user_name])]
+} else := [sprintf("no rule allows %s on %s %s for %s", [
+	object.get(input, "action", ""),
+	object.get(input, ["resource", "kind"], ""),
+	object.get(input, ["resource", "name"], ""),
+	object.get(input, ["context", "user", "name"], ""),
+])]
 
-# Helpers over the input, total even when a field is missing.
-
-action := object.get(input, "action", "")
-
-resource := object.get(input, "resource", {})
-
-resource_kind := object.get(resource, "kind", "")
-
-resource_name := object.get(resource, "name", "")
-
-resource_owner := object.get(resource, "owner", null)
-
-user := object.get(input, ["context", "user"], {})
-
-user_name := object.get(user, "name", "")
-
-session_id := object.get(input, ["context", "session_id"], null)
-
-roles contains role if {
-	some role in object.get(user, "roles", [])
-	is_string(role)
-}
-
-default is_admin := false
-
-is_admin if "admin" in roles
+allow if "admin" in input.context.user.roles
 
 # --- SSH access to workspaces: ownership, forwarding, session obligations ---
 
-port_forward_actions := {"ssh.direct-tcpip", "ssh.tcpip-forward"}
-
-max_session_seconds := 28800
-
-ssh_action if startswith(action, "ssh.")
-
-owns_workspace if {
-	resource_kind == "workspace"
-	user_name != ""
-	resource_owner == user_name
+allow if {
+	startswith(input.action, "ssh.")
+	not input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward", "ssh.x11"}
+	input.resource.kind == "workspace"
+	input.context.user.name != ""
+	input.resource.owner == input.context.user.name
 }
-
-default port_forwarding := false
-
-port_forwarding if "tunneler" in roles
-
-port_forwarding if is_admin
-
-ssh_feature_denied if {
-	action in port_forward_actions
-	not port_forwarding
-}
-
-ssh_feature_denied if action == "ssh.x11"
 
 allow if {
-	ssh_action
-	owns_workspace
-	not ssh_feature_denied
+	input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward"}
+	"tunneler" in input.context.user.roles
+	input.resource.kind == "workspace"
+	input.context.user.name != ""
+	input.resource.owner == input.context.user.name
 }
 
-session_obligations := {
-	"record_session": "contractor" in roles,
-	"sudo": "sudoer" in roles,
+obligations := {
+	"record_session": "contractor" in input.context.user.roles,
+	"sudo": "sudoer" in input.context.user.roles,
 	"privileged": false,
 	"agent_forwarding": true,
 	"port_forwarding": port_forwarding,
-	"x11_forwarding": is_admin,
-	"max_session_seconds": max_session_seconds,
+	"x11_forwarding": "admin" in input.context.user.roles,
+	"max_session_seconds": 28800,
 	"require_mfa": false,
+} if {
+	startswith(input.action, "ssh.")
+} else := {}
+
+default port_forwarding := false
+
+port_forwarding if "tunneler" in input.context.user.roles
+
+port_forwarding if "admin" in input.context.user.roles
+
+ssh_to_workspace if {
+	startswith(input.action, "ssh.")
+	input.resource.kind == "workspace"
+}
+
+owned if {
+	is_string(input.resource.owner)
+	input.resource.owner != ""
 }
 
 denials contains msg if {
-	ssh_action
-	resource_kind != "workspace"
-	msg := sprintf("%s needs a workspace, not a %s", [action, resource_kind])
+	startswith(input.action, "ssh.")
+	input.resource.kind != "workspace"
+	msg := sprintf("%s needs a workspace, not a %s", [input.action, input.resource.kind])
 }
 
 denials contains msg if {
-	ssh_action
-	resource_kind == "workspace"
-	not owns_workspace
-	msg := owner_reason
+	ssh_to_workspace
+	owned
+	input.resource.owner != input.context.user.name
+	msg := sprintf("workspace %s is owned by %s", [input.resource.name, input.resource.owner])
 }
 
-owner_reason := sprintf("workspace %s is owned by %s", [resource_name, resource_owner]) if {
-	is_string(resource_owner)
-	resource_owner != ""
-} else := sprintf("workspace %s has no owner", [resource_name])
+denials contains msg if {
+	ssh_to_workspace
+	not owned
+	msg := sprintf("workspace %s has no owner", [input.resource.name])
+}
 
 denials contains "port forwarding requires role tunneler" if {
-	action in port_forward_actions
-	not port_forwarding
+	input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward"}
+	not "tunneler" in input.context.user.roles
 }
 
-denials contains "X11 forwarding is disabled" if action == "ssh.x11"
+denials contains "X11 forwarding is disabled" if input.action == "ssh.x11"
 
 # --- Authentication methods, broker credentials, identity administration ---
 
-auth_method := object.get(input, ["context", "auth_method"], null)
-
-enrolled_methods contains method if {
-	some method in object.get(user, "auth_methods", [])
-	is_string(method)
-}
-
 # user.auth: the method used must be one the user has enrolled (password needs a password).
 allow if {
-	action == "user.auth"
-	auth_method in enrolled_methods
+	input.action == "user.auth"
+	input.context.auth_method in input.context.user.auth_methods
 }
 
 denials contains msg if {
-	action == "user.auth"
-	auth_method == "password"
-	not "password" in enrolled_methods
-	msg := sprintf("user %s has no password set", [user_name])
+	input.action == "user.auth"
+	input.context.auth_method == "password"
+	not "password" in input.context.user.auth_methods
+	msg := sprintf("user %s has no password set", [input.context.user.name])
 }
 
 denials contains msg if {
-	action == "user.auth"
-	auth_method != "password"
-	not auth_method in enrolled_methods
-	msg := sprintf("user %s has not enrolled %v", [user_name, auth_method])
+	input.action == "user.auth"
+	input.context.auth_method != "password"
+	not input.context.auth_method in input.context.user.auth_methods
+	msg := sprintf("user %s has not enrolled %v", [input.context.user.name, input.context.auth_method])
 }
 
 # credential.get: only within a session, and only the session user's own credentials.
 live_session if {
-	is_string(session_id)
-	session_id != ""
+	is_string(input.context.session_id)
+	input.context.session_id != ""
 }
 
 allow if {
-	action == "credential.get"
+	input.action == "credential.get"
 	live_session
-	user_name != ""
-	resource_owner == user_name
+	input.context.user.name != ""
+	input.resource.owner == input.context.user.name
 }
 
 denials contains "credential.get needs a session" if {
-	action == "credential.get"
+	input.action == "credential.get"
 	not live_session
 }
 
 denials contains msg if {
-	action == "credential.get"
-	resource_owner != user_name
-	msg := sprintf("credential %s belongs to %v, not %s", [resource_name, resource_owner, user_name])
+	input.action == "credential.get"
+	input.resource.owner != input.context.user.name
+	msg := sprintf("credential %s belongs to %v, not %s", [
+		input.resource.name,
+		input.resource.owner,
+		input.context.user.name,
+	])
 }
 
 # identity.manage: admins only (they are allowed by the admin rule).
 denials contains "identity.manage requires role admin" if {
-	action == "identity.manage"
-	not is_admin
+	input.action == "identity.manage"
+	not "admin" in input.context.user.roles
 }
