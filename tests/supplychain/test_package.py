@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -170,8 +171,6 @@ def test_authenticode_is_checked_even_when_catalog_is_rewritten(
     data[200] ^= 0x01
     target.write_bytes(bytes(data))
     doc = json.loads((unpacked / "catalog.json").read_text())
-    import hashlib
-
     doc["files"]["bin/stockade.exe"]["sha256"] = hashlib.sha256(data).hexdigest()
     (unpacked / "catalog.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     code, _, err = run("package", "verify", str(unpacked), "--ca", str(pki.ca_pem))

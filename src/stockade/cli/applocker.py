@@ -11,8 +11,14 @@ import typer
 
 from stockade.cli._common import err_console, handle_errors
 from stockade.core import InvalidInput
-from stockade.supplychain import build_policy, merge_policy, parse_policy, path_rule, policy_xml
-from stockade.supplychain._applocker import COLLECTIONS
+from stockade.supplychain import (
+    build_policy,
+    merge_policy,
+    parse_collections,
+    parse_policy,
+    path_rule,
+    policy_xml,
+)
 
 __all__ = ["app"]
 
@@ -51,11 +57,7 @@ def rules(
     ] = None,
 ) -> None:
     """Write an AppLocker policy: Windows default allow rules plus SID may run PATH."""
-    wanted = collection or list(COLLECTIONS)
-    for name in wanted:
-        if name not in COLLECTIONS:
-            raise InvalidInput("--collection", f"{name!r} is not one of {', '.join(COLLECTIONS)}")
-    chosen = [c for c in COLLECTIONS if c in wanted]
+    chosen = parse_collections(collection)
     policy = build_policy(chosen, [path_rule(c, sid, path) for c in chosen], mode=mode)
     if merge is not None:
         try:

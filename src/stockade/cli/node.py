@@ -14,13 +14,14 @@ from stockade.cli._common import settings as load_settings
 from stockade.supplychain import (
     SshTarget,
     add_authorized_keys,
+    check_name,
     generate_keypair,
     harden_node,
     list_authorized_keys,
     load_public_key,
     remove_tagged_keys,
+    user_tag,
 )
-from stockade.supplychain._nodekeys import USER_TAG, check_name
 
 __all__ = ["app"]
 
@@ -135,12 +136,12 @@ def users_add(
     keys_dir: KeysDirOption = None,
 ) -> None:
     """Create NAME's key pair (once) and authorize it on HOST, tagged stockade-user:NAME."""
-    check_name(name, "NAME")
+    tag = user_tag(name)
     path = _user_key_path(keys_dir, name)
     if path.with_name(path.name + ".pub").exists():
         line = load_public_key(path.with_name(path.name + ".pub"))
     else:
-        line = generate_keypair(path, comment=f"{USER_TAG}{name}").public_line
+        line = generate_keypair(path, comment=tag).public_line
     target = SshTarget(host=host, user=user, port=port, identity=identity, known_hosts=known_hosts)
     outcome = add_authorized_keys(target, [line])
     typer.echo(f"{name}: key {outcome[0] if outcome else 'added'} on {user}@{host} ({path})")
@@ -184,9 +185,9 @@ def users_remove(
     known_hosts: KnownHostsOption = None,
 ) -> None:
     """Revoke NAME on HOST: remove every key tagged stockade-user:NAME (others stay)."""
-    check_name(name, "NAME")
+    tag = user_tag(name)
     target = SshTarget(host=host, user=user, port=port, identity=identity, known_hosts=known_hosts)
-    removed = remove_tagged_keys(target, f"{USER_TAG}{name}")
+    removed = remove_tagged_keys(target, tag)
     if removed == 0:
         err_console.print(f"{name}: no key on {user}@{host}", markup=False)
         raise typer.Exit(1)

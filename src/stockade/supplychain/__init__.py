@@ -14,18 +14,28 @@ Public surface (everything else is private to its module)::
 Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (catalog signature).
 """
 
-from ._applocker import build_policy, merge_policy, parse_policy, path_rule, policy_xml
+from ._applocker import (
+    build_policy,
+    merge_policy,
+    parse_collections,
+    parse_policy,
+    path_rule,
+    policy_xml,
+)
 from ._catalog import Catalog, CatalogEntry
 from ._nodekeys import (
     AuthorizedKey,
     KeyPair,
     SshTarget,
     add_authorized_keys,
+    check_name,
     generate_keypair,
     harden_node,
     list_authorized_keys,
     load_public_key,
+    node_key_comment,
     remove_tagged_keys,
+    user_tag,
 )
 from ._package import (
     BuildSummary,
@@ -58,6 +68,7 @@ __all__ = [
     "add_authorized_keys",
     "build_package",
     "build_policy",
+    "check_name",
     "create_catalog",
     "generate_keypair",
     "harden_node",
@@ -66,12 +77,15 @@ __all__ = [
     "load_certificate",
     "load_public_key",
     "merge_policy",
+    "node_key_comment",
+    "parse_collections",
     "parse_policy",
     "path_rule",
     "policy_xml",
     "read_password",
     "remove_tagged_keys",
     "safe_extract",
+    "user_tag",
     "verify_package",
     "write_deterministic_zip",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "build_policy",
     "default_rules",
     "merge_policy",
+    "parse_collections",
     "parse_policy",
     "path_rule",
     "policy_xml",
@@ -175,6 +176,15 @@ _DEFAULTS: dict[Collection, tuple[PathRule, ...]] = {
         ),
     ),
 }
+
+
+def parse_collections(names: Iterable[str] | None) -> list[Collection]:
+    """Collections named on the command line (all of them when none), in policy order."""
+    wanted = list(names or COLLECTIONS)
+    for name in wanted:
+        if name not in COLLECTIONS:
+            raise InvalidInput("--collection", f"{name!r} is not one of {', '.join(COLLECTIONS)}")
+    return [c for c in COLLECTIONS if c in wanted]
 
 
 def default_rules(collection: Collection) -> tuple[PathRule, ...]:

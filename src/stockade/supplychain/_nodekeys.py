@@ -35,15 +35,18 @@ __all__ = [
     "KeyPair",
     "SshTarget",
     "add_authorized_keys",
+    "check_name",
     "fingerprint",
     "generate_keypair",
     "harden_node",
     "list_authorized_keys",
     "load_public_key",
+    "node_key_comment",
     "remove_tagged_keys",
     "render_add_keys",
     "render_harden",
     "render_remove_tagged",
+    "user_tag",
 ]
 
 #: Comment prefix marking keys that ``node users`` manages: ``stockade-user:<name>``.
@@ -71,6 +74,16 @@ _EXPECTED = (
     "kbdinteractiveauthentication no",
     "permitrootlogin no",
 )
+
+
+def user_tag(name: str) -> str:
+    """The authorized_keys comment marking ``name``'s key: ``stockade-user:<name>``."""
+    return USER_TAG + check_name(name, "NAME")
+
+
+def node_key_comment(owner: str, host: str) -> str:
+    """The comment of a node key: ``stockade:<owner>@<host>``."""
+    return f"stockade:{check_name(owner, '--owner')}@{check_name(host, '--host')}"
 
 
 def check_name(value: str, what: str) -> str:
