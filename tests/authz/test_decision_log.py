@@ -168,3 +168,18 @@ async def test_records_reach_nats(nats_url: str) -> None:
     allowed = next(r for r in received if r.allow)
     assert allowed.obligations["sudo"] is True
     assert allowed.obligations["max_session_seconds"] == 28800
+
+
+async def test_stop_flushes_even_without_start_and_restart_works() -> None:
+    sink = ListSink()
+    authz = Authorizer(settings=AuthzSettings(fold_window=60), decision_sink=sink)
+    authz.decide(ssh_request())
+    await authz.stop()
+    assert [r.count for r in sink.records] == [1]
+    await authz.start()
+    await authz.stop()
+    await authz.start()
+    authz.decide(ssh_request())
+    authz.decide(ssh_request())
+    await authz.stop()
+    assert [r.count for r in sink.records] == [1, 2]

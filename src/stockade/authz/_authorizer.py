@@ -177,6 +177,7 @@ class Authorizer:
             return
         self._tasks.append(asyncio.create_task(self._watch(), name="authz-reload"))
         if self._log is not None:
+            self._log.reopen()
             self._tasks.append(asyncio.create_task(self._log.run(), name="authz-decision-log"))
 
     async def _watch(self) -> None:
@@ -190,11 +191,10 @@ class Authorizer:
     async def stop(self) -> None:
         """Stop hot reload and publish every decision still held by the decision log."""
         tasks, self._tasks = self._tasks, []
-        if not tasks:
-            return
-        tasks[0].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await tasks[0]
+        if tasks:
+            tasks[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks[0]
         if self._log is not None:
             await self._log.close()
             await asyncio.gather(*tasks[1:])

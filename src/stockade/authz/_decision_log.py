@@ -164,6 +164,10 @@ class DecisionLog:
                 await asyncio.wait_for(self._closed.wait(), self._tick)
             await self.flush()
 
+    def reopen(self) -> None:
+        """Allow :meth:`run` again after :meth:`close` (before the new run task starts)."""
+        self._closed.clear()
+
     async def close(self) -> None:
         """Stop :meth:`run` and publish everything still queued or open."""
         self._closed.set()
