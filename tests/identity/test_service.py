@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import structlog
 
 from stockade.core.errors import AlreadyExists, InvalidInput, NotFound, TokenRejected
 from stockade.identity import IdentityService, KeyRing, User, totp_code
@@ -377,5 +378,12 @@ async def test_rotation_through_the_service(
     assert len(service.jwks()["keys"]) == 2
 
 
-def test_repr_shows_no_secrets(service: IdentityService) -> None:
-    assert "password" not in repr(service).lower()
+async def test_logs_carry_no_secrets(service: IdentityService) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await service.add_user("alice", password="hunter2hunter2")
+        await service.set_password("alice", "swordfish-42")
+        enrollment = await service.enable_totp("alice")
+    assert {entry["event"] for entry in logs} >= {"user added", "password set", "totp enabled"}
+    shown = repr(logs)
+    for secret in ("hunter2hunter2", "swordfish-42", "$argon2id", enrollment.secret):
+        assert secret not in shown

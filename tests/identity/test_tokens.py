@@ -280,3 +280,10 @@ def test_seal_round_trip_is_bound_to_its_context(keyring: KeyRing) -> None:
     assert keyring.unseal(sealed, context="totp:alice") == b"totp secret"
     with pytest.raises(ConfigError, match="cannot be decrypted"):
         keyring.unseal(sealed, context="totp:mallory")
+
+
+def test_damaged_key_directory_is_a_config_error(tmp_path: Path, clock: FakeClock) -> None:
+    ring = KeyRing(tmp_path / "k", clock=clock)
+    (ring.directory / f"{ring.active_kid}.pem").unlink()
+    with pytest.raises(ConfigError, match="damaged"):
+        KeyRing(tmp_path / "k", clock=clock)

@@ -100,6 +100,8 @@ async def test_unique_violation_is_already_exists(store: Store) -> None:
         async with store.transaction() as session:
             session.add(_user("alice"))
     assert info.value.kind == "user"
+    if store.dialect == "postgresql":  # PostgreSQL reports the duplicate value too
+        assert info.value.name == "alice"
 
 
 async def test_duplicate_fingerprint_is_already_exists(store: Store) -> None:
