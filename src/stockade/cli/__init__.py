@@ -6,7 +6,7 @@ import typer
 
 from stockade import __version__
 
-from . import policy, token, users
+from . import applocker, catalog, node, package, policy, token, users
 from .up import up
 
 app = typer.Typer(
@@ -37,6 +37,10 @@ app.command("up")(up)
 app.add_typer(users.app, name="users")
 app.add_typer(token.app, name="token")
 app.add_typer(policy.app, name="policy")
+app.add_typer(package.app, name="package")
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(node.app, name="node")
+app.add_typer(applocker.app, name="applocker")
 
 
 def main() -> None:
