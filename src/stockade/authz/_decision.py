@@ -54,13 +54,16 @@ class Decision:
 
 def _plain(value: Any) -> Any:
     """Rego numbers arrive as floats; integral ones become ints, sets become sorted lists."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
+    kind = type(value)
+    if kind is bool or kind is str or value is None:
+        return value
+    if kind is float:
+        return int(value) if value.is_integer() else value
+    if kind is dict:
         return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if kind is list:
         return [_plain(item) for item in value]
-    if isinstance(value, set | frozenset):
+    if kind is set or kind is frozenset:
         return sorted((_plain(item) for item in value), key=repr)
     return value
 
@@ -69,27 +72,29 @@ def decision_from_value(value: Any) -> Decision:
     """Turn the raw value of :data:`DECISION_RULE` into a :class:`Decision`.
 
     Anything but ``{"allow": bool, "obligations": {str: ...}, "reasons": [str]}`` (obligations
-    and reasons optional) is a deny whose reason says what was wrong.
+    and reasons optional) is a deny whose reason says what was wrong. This runs on every
+    decision, hence exact type checks (regorus returns plain dicts, lists, sets and floats).
     """
-    if value is None:
-        return Decision.deny(f"{DECISION_RULE} is undefined for this input")
-    if not isinstance(value, dict):
+    if type(value) is not dict:
+        if value is None:
+            return Decision.deny(f"{DECISION_RULE} is undefined for this input")
         return Decision.deny(f"{DECISION_RULE} is not an object")
     allow = value.get("allow")
-    if not isinstance(allow, bool):
+    if type(allow) is not bool:
         return Decision.deny(f"{DECISION_RULE}.allow is not a boolean")
-    obligations = value.get("obligations", _EMPTY)
-    if not isinstance(obligations, Mapping) or not all(isinstance(k, str) for k in obligations):
+    raw_obligations = value.get("obligations", _EMPTY)
+    if type(raw_obligations) is not dict and raw_obligations is not _EMPTY:
         return Decision.deny(f"{DECISION_RULE}.obligations is not an object")
-    raw_reasons = value.get("reasons", ())
-    if isinstance(raw_reasons, set | frozenset):
-        raw_reasons = sorted(raw_reasons, key=repr)
-    if not isinstance(raw_reasons, list | tuple) or not all(
-        isinstance(r, str) for r in raw_reasons
+    obligations = {}
+    for key, item in raw_obligations.items():
+        if type(key) is not str:
+            return Decision.deny(f"{DECISION_RULE}.obligations is not an object")
+        obligations[key] = _plain(item)
+    reasons = value.get("reasons", ())
+    if type(reasons) is set:
+        reasons = sorted(reasons, key=repr)
+    if (type(reasons) is not list and type(reasons) is not tuple) or not all(
+        type(r) is str for r in reasons
     ):
         return Decision.deny(f"{DECISION_RULE}.reasons is not a list of strings")
-    return Decision(
-        allow=allow,
-        obligations=MappingProxyType({k: _plain(v) for k, v in obligations.items()}),
-        reasons=tuple(raw_reasons),
-    )
+    return Decision(allow=allow, obligations=MappingProxyType(obligations), reasons=tuple(reasons))
