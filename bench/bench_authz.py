@@ -26,8 +26,8 @@ from stockade.core.events import Event
 from stockade.core.settings import AuthzSettings
 
 DECISION_RULE = "data.stockade.decision"  # the DESIGN.md contract
-ROUNDS = 3
-ROUND_SECONDS = 0.5
+ROUNDS = 10
+ROUND_SECONDS = 0.15
 BATCH = 500
 
 
