@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from typer.testing import CliRunner
 
 from stockade.cli import _common
@@ -13,12 +15,14 @@ from stockade.cli.shield import app
 
 
 @pytest.fixture
-def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
     monkeypatch.setenv("STOCKADE_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("STOCKADE_NATS_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     _common.settings.cache_clear()
-    return CliRunner()
+    yield CliRunner()
+    _common.settings.cache_clear()
+    structlog.reset_defaults()  # the commands bound logging to this test's captured stderr
 
 
 def test_ban_list_unban_status(runner: CliRunner) -> None:

@@ -71,6 +71,11 @@ class Bus:
         return cls(nc, name=name)
 
     @property
+    def nc(self) -> Client:
+        """The core NATS client (for the bus's own helpers)."""
+        return self._nc
+
+    @property
     def js(self) -> JetStreamContext:
         """The JetStream context (for the bus's own helpers; other packages use the methods)."""
         return self._js
@@ -132,16 +137,16 @@ class Bus:
         return int(ack.seq)
 
     async def publish_many(self, events: Iterable[Event], *, ack_timeout: float = 30.0) -> int:
-        """Publish many events pipelined (acks awaited together); returns how many were stored."""
+        """Publish many events pipelined (acks awaited together); returns how many were stored.
+
+        ``ack_timeout`` bounds the whole batch (one timer: a per-message timeout costs more than
+        the publish itself)."""
         futures: list[asyncio.Future[api.PubAck]] = []
         with mapped("publish batch"):
-            for event in events:
-                futures.append(
-                    await self._js.publish_async(
-                        event.subject, event.to_bytes(), wait_stall=ack_timeout
-                    )
-                )
-            acks = await asyncio.wait_for(asyncio.gather(*futures), ack_timeout)
+            async with asyncio.timeout(ack_timeout):
+                for event in events:
+                    futures.append(await self._js.publish_async(event.subject, event.to_bytes()))
+                acks = await asyncio.gather(*futures)
         return len(acks)
 
     async def publish_nowait(self, event: Event) -> None:

@@ -27,14 +27,15 @@ Messages of one consumer are handled one at a time, in stream order.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import nats.errors
 import structlog
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import api
 
 from stockade.core.errors import StockadeError
@@ -44,8 +45,6 @@ from stockade.core.logging import escape_peer
 from ._errors import MAPPED, mapped
 
 if TYPE_CHECKING:
-    from nats.js import JetStreamContext
-
     from ._client import Bus
 
 __all__ = [
@@ -104,6 +103,33 @@ class ConsumerState:
 Handler = Callable[[Delivery], Awaitable[None]]
 
 
+def _delivery(msg: Msg) -> Delivery:
+    """A :class:`Delivery` from a JetStream message, reading the ack subject's tokens directly
+    (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``, or
+    the 12-token form with domain and account hash)."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        delivered, seq, nanos = tokens[4], tokens[5], tokens[7]
+    else:
+        meta = msg.metadata
+        return Delivery(
+            subject=msg.subject,
+            data=msg.data,
+            headers=msg.headers or {},
+            stream_seq=meta.sequence.stream,
+            timestamp=meta.timestamp,
+            attempt=meta.num_delivered,
+        )
+    return Delivery(
+        subject=msg.subject,
+        data=msg.data,
+        headers=msg.headers or {},
+        stream_seq=int(seq),
+        timestamp=datetime.fromtimestamp(int(nanos) / 1e9, UTC),
+        attempt=int(delivered),
+    )
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS wildcard match: ``*`` is one token, a trailing ``>`` one or more."""
     pat = pattern.split(".")
@@ -144,7 +170,10 @@ class Consumer:
         self._retry_delay = retry_delay
         self._poll = poll_interval
         self._handlers: list[tuple[str, Handler]] = []
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._sub: Subscription | None = None
+        self._inbox: str | None = None
+        self._queue: asyncio.Queue[Msg] = asyncio.Queue()
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self.dead_letter_subject = f"{SUBJECT_DEAD_LETTER_PREFIX}.{durable}"
 
     def __repr__(self) -> str:
@@ -159,9 +188,10 @@ class Consumer:
 
         return register
 
-    async def _subscription(self) -> JetStreamContext.PullSubscription:
-        if self._sub is not None:
-            return self._sub
+    async def _subscription(self) -> str:
+        """Create (or update) the durable consumer and the inbox its batches arrive on."""
+        if self._inbox is not None:
+            return self._inbox
         if not self._handlers:
             raise StockadeError(f"consumer {self.durable} has no handlers registered")
         subjects = sorted({s for s, _ in self._handlers})
@@ -175,11 +205,18 @@ class Consumer:
             filter_subjects=subjects if len(subjects) > 1 else None,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
         )
-        js = self._bus.js
+        nc = self._bus.nc
+        queue = self._queue
+
+        async def deliver(msg: Msg) -> None:
+            queue.put_nowait(msg)
+
+        inbox = nc.new_inbox()
         with mapped(f"create consumer {self.durable}"):
-            await js.add_consumer(self.stream, config=config)
-            self._sub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
-        return self._sub
+            await self._bus.js.add_consumer(self.stream, config=config)
+            self._sub = await nc.subscribe(inbox, cb=deliver)
+        self._inbox = inbox
+        return inbox
 
     async def state(self) -> ConsumerState:
         """The consumer's acknowledged floor and pending counts as the server sees them."""
@@ -193,18 +230,28 @@ class Consumer:
         )
 
     async def poll(self, wait: float | None = None) -> int:
-        """Fetch one batch (waiting up to ``wait`` seconds) and handle it; returns the count."""
-        sub = await self._subscription()
+        """Pull one batch (the server holds the request up to ``wait`` seconds) and handle its
+        messages as they arrive; returns how many were handled."""
+        inbox = await self._subscription()
+        wait = wait or self._poll
+        request = json.dumps({"batch": self._batch, "expires": int(wait * 1e9)}).encode()
+        with mapped(f"fetch {self.durable}"):
+            await self._bus.nc.publish(self._next_subject, request, reply=inbox)
+        handled = 0
         try:
-            with mapped(f"fetch {self.durable}"):
-                msgs = await sub.fetch(self._batch, timeout=wait or self._poll)
-        except StockadeError as exc:
-            if isinstance(exc.__cause__, nats.errors.TimeoutError | asyncio.TimeoutError):
-                return 0
-            raise
-        for msg in msgs:
-            await self._handle(msg)
-        return len(msgs)
+            async with asyncio.timeout(wait + 5.0):  # the server ends the request by itself
+                while handled < self._batch:
+                    msg = await self._queue.get()
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status == "100":  # idle heartbeat
+                        continue
+                    if status is not None:  # 404/408/409: this request is over
+                        break
+                    await self._handle(msg)
+                    handled += 1
+        except TimeoutError:
+            _log.warning("consumer_fetch_timeout", durable=self.durable)
+        return handled
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or the task is cancelled).
@@ -222,15 +269,7 @@ class Consumer:
                 await asyncio.sleep(min(self._poll, 1.0))
 
     async def _handle(self, msg: Msg) -> None:
-        meta = msg.metadata
-        delivery = Delivery(
-            subject=msg.subject,
-            data=msg.data,
-            headers=msg.headers or {},
-            stream_seq=meta.sequence.stream,
-            timestamp=meta.timestamp,
-            attempt=meta.num_delivered,
-        )
+        delivery = _delivery(msg)
         handler = next((h for s, h in self._handlers if subject_matches(s, msg.subject)), None)
         try:
             if handler is None:

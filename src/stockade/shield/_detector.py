@@ -14,15 +14,17 @@ decided again from the same state.
 from __future__ import annotations
 
 import enum
+import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from stockade.core.durations import format_duration
+from stockade.core.errors import InvalidInput
 from stockade.core.settings import ShieldSettings
 
-from ._model import Ban, Network, is_allowlisted, overlaps_allowlist, parse_source, source_key
+from ._model import Ban, Network
 
 __all__ = ["Detector", "Failure", "Outcome", "Rules", "Verdict"]
 
@@ -135,6 +137,11 @@ class Detector:
         self._commits = 0
         self._latest = 0.0
         self._keys: dict[str, str] = {}
+        # allowlist as (version, network address >> host bits, prefix length)
+        self._allow = [
+            (n.version, int(n.network_address) >> (n.max_prefixlen - n.prefixlen), n.prefixlen)
+            for n in rules.allowlist
+        ]
 
     def __len__(self) -> int:
         """Sources currently tracked."""
@@ -142,20 +149,36 @@ class Detector:
 
     def source_of(self, ip: str) -> str:
         """The source key ``ip`` is counted under (IPv6 grouped by the configured prefix, unless
-        the group overlaps the allowlist); empty for an allowlisted address."""
+        the group overlaps the allowlist); empty for an allowlisted address.
+
+        Raises :class:`~stockade.core.errors.InvalidInput` when ``ip`` is no address."""
         key = self._keys.get(ip)
-        if key is None:
-            exact = parse_source(ip)
-            grouped = parse_source(ip, ipv6_prefix=self.rules.ipv6_prefix)
-            if is_allowlisted(exact, self.rules.allowlist):
-                key = ""
-            elif overlaps_allowlist(grouped, self.rules.allowlist):
-                key = source_key(exact)  # never let a group ban cover an allowlisted address
-            else:
-                key = source_key(grouped)
-            if len(self._keys) > 100_000:
-                self._keys.clear()
-            self._keys[ip] = key
+        if key is not None:
+            return key
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError as exc:
+            raise InvalidInput("client_ip", f"{ip[:64]!r} is not an IP address") from exc
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        value, bits = int(address), address.max_prefixlen
+        prefix = bits if address.version == 4 else self.rules.ipv6_prefix
+        key = str(address)
+        for version, net, length in self._allow:
+            if version != address.version:
+                continue
+            if length <= bits and value >> (bits - length) == net:
+                key = ""  # the address itself is allowlisted
+                break
+            common = min(length, prefix)
+            if prefix < bits and value >> (bits - common) == net >> (length - common):
+                prefix = bits  # the group would cover an allowlisted address: ban the host only
+        if key and prefix < bits:
+            group = value >> (bits - prefix) << (bits - prefix)
+            key = f"{ipaddress.IPv6Address(group)}/{prefix}"
+        if len(self._keys) > 100_000:
+            self._keys.clear()
+        self._keys[ip] = key
         return key
 
     def decide(self, failure: Failure, bans: BanLookup) -> Verdict:
