@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -177,6 +178,10 @@ class BrokerEnv:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def tls(self) -> ssl.SSLContext:
+        """A client context trusting the broker's dev CA."""
+        return ssl.create_default_context(cafile=str(self.ca))
 
     async def add_user(self, name: str) -> None:
         await self.identity.add_user(name)

@@ -1,0 +1,111 @@
+"""workspace_config: git, Docker and kubectl configured to ask the broker; idempotent, no secret."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stockade.broker import KubeCluster, workspace_config
+from stockade.core.errors import InvalidInput
+
+API = "https://127.0.0.1:8443"
+
+
+def git_helpers(home: Path) -> list[str]:
+    out = subprocess.run(
+        ["git", "config", "--global", "--get-all", "credential.helper"],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(home), "PATH": "/usr/bin:/bin", "GIT_CONFIG_NOSYSTEM": "1"},
+        check=True,
+        timeout=30,
+    ).stdout
+    return out.split("\n")[:-1]
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    return path
+
+
+def test_fresh_home(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    workspace_config(home, API, ca, clusters={"prod": KubeCluster("https://10.0.0.1:6443", ca)})
+    assert git_helpers(home) == ["", "stockade"]
+    assert json.loads((home / ".docker" / "config.json").read_text()) == {"credsStore": "stockade"}
+    kube = json.loads((home / ".kube" / "config").read_text())
+    assert kube["current-context"] == "prod"
+    assert kube["clusters"] == [
+        {
+            "name": "prod",
+            "cluster": {"server": "https://10.0.0.1:6443", "certificate-authority": str(ca)},
+        }
+    ]
+    assert kube["contexts"] == [
+        {"name": "prod", "context": {"cluster": "prod", "user": "stockade@prod"}}
+    ]
+    exec_ = kube["users"][0]["user"]["exec"]
+    assert exec_ == {
+        "apiVersion": "client.authentication.k8s.io/v1",
+        "command": "kubectl-credential-stockade",
+        "args": ["--cluster", "prod"],
+        "interactiveMode": "Never",
+        "provideClusterInfo": True,
+    }
+    assert (home / ".stockade" / "ca.pem").read_text() == ca.read_text()
+    assert (home / ".docker" / "config.json").stat().st_mode & 0o777 == 0o600
+    assert API not in "".join(p.read_text() for p in home.rglob("*") if p.is_file())
+
+
+def test_existing_config_kept_and_idempotent(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[user]\n\tname = Alice\n[credential]\n\thelper = store\n")
+    (home / ".docker").mkdir()
+    (home / ".docker" / "config.json").write_text(
+        json.dumps({"credsStore": "desktop", "proxies": {"a": 1}})
+    )
+    (home / ".kube").mkdir()
+    (home / ".kube" / "config").write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "clusters": [{"name": "dev", "cluster": {"server": "https://d"}}],
+                "current-context": "dev",
+            }
+        )
+    )
+    for _ in range(3):
+        workspace_config(home, API, ca, clusters={"prod": KubeCluster("https://p")})
+    assert git_helpers(home) == ["store", "", "stockade"]
+    text = (home / ".gitconfig").read_text()
+    assert text.count("helper = stockade") == 1
+    assert "name = Alice" in text
+    docker = json.loads((home / ".docker" / "config.json").read_text())
+    assert docker == {"credsStore": "stockade", "proxies": {"a": 1}}
+    kube = json.loads((home / ".kube" / "config").read_text())
+    assert [c["name"] for c in kube["clusters"]] == ["dev", "prod"]
+    assert [u["name"] for u in kube["users"]] == ["stockade@prod"]
+    assert kube["current-context"] == "dev"
+
+
+def test_non_json_kubeconfig_left_alone(tmp_path: Path) -> None:
+    home = tmp_path
+    (home / ".kube").mkdir()
+    (home / ".kube" / "config").write_text("apiVersion: v1\nkind: Config\n")
+    workspace_config(home, API, None, clusters={"prod": KubeCluster("https://p")})
+    assert (home / ".kube" / "config").read_text() == "apiVersion: v1\nkind: Config\n"
+    assert not (home / ".stockade").exists()
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="https"):
+        workspace_config(tmp_path, "http://127.0.0.1:8443", None)
+    with pytest.raises(InvalidInput, match="not a directory"):
+        workspace_config(tmp_path / "missing", API, None)
