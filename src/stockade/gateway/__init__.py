@@ -7,7 +7,7 @@ workspace backend (``local`` sandbox or an upstream ``ssh``), records them when 
 and reports every failure on the bus.
 """
 
-from ._gateway import ALGORITHMS, Gateway
+from ._gateway import ALGORITHMS, Gateway, upstream_public_key
 from ._limits import Admission, ConnectionLimits
 from ._ports import AuthzPort, DenyList, EventPublisher, IdentityPort
 from ._proxy_protocol import ProxyAddresses
@@ -33,4 +33,5 @@ __all__ = [
     "parse_target",
     "parse_upstream",
     "play_cast",
+    "upstream_public_key",
 ]

@@ -179,22 +179,27 @@ class ConnectionAuth:
             self.problem = "unknown_user"
             return
         except StockadeError as exc:
-            _log.info("user_lookup_failed", conn=self.conn_id, error=str(exc))
-            self.problem = "unknown_user"
+            _log.warning("identity_unavailable", conn=self.conn_id, error=str(exc))
+            self.problem = "identity_unavailable"
             return
         if self.user.disabled:
             self.problem = "user_disabled"
             return
+        name = self.target.workspace or self.target.user
         try:
-            if self.target.workspace is None:
+            try:
+                self.workspace = await identity.get_workspace(name)
+            except NotFound:
+                if self.target.workspace is not None:
+                    raise
                 self.workspace = await identity.default_workspace(self.target.user)
-            else:
-                self.workspace = await identity.get_workspace(self.target.workspace)
-        except StockadeError as exc:
-            _log.info(
-                "unknown_workspace", conn=self.conn_id, target=str(self.target), error=str(exc)
-            )
+        except NotFound:
+            _log.info("unknown_workspace", conn=self.conn_id, target=str(self.target))
             self.problem = "unknown_workspace"
+            return
+        except StockadeError as exc:
+            _log.warning("identity_unavailable", conn=self.conn_id, error=str(exc))
+            self.problem = "identity_unavailable"
             return
         decision = await self._decide_connect("none")
         self.mfa_required = bool(decision.allow and decision.obligations.get("require_mfa"))

@@ -35,7 +35,7 @@ from .backends import WorkspaceBackend
 from .backends.local import LocalBackend
 from .backends.ssh import SshBackend
 
-__all__ = ["ALGORITHMS", "Gateway"]
+__all__ = ["ALGORITHMS", "Gateway", "load_or_create_key", "upstream_public_key"]
 
 _log = get_logger("stockade.gateway")
 
@@ -100,6 +100,12 @@ def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
     return key
 
 
+def upstream_public_key(data_dir: Path) -> str:
+    """The key (OpenSSH format) the gateway presents to ``ssh`` backends' upstream sshd."""
+    key = load_or_create_key(data_dir / "gateway" / "upstream_ed25519_key", "ssh-ed25519")
+    return str(key.export_public_key().decode().strip())
+
+
 class Gateway:
     """Stockade's SSH gateway. Construct, ``await start()``, later ``await stop(grace)``.
 
@@ -156,8 +162,7 @@ class Gateway:
     @property
     def upstream_public_key(self) -> str:
         """The key (OpenSSH format) the gateway presents to ``ssh`` backends' upstream sshd."""
-        key = load_or_create_key(self._state_dir / "upstream_ed25519_key", "ssh-ed25519")
-        return key.export_public_key().decode().strip()
+        return upstream_public_key(self.data_dir)
 
     async def start(self) -> None:
         """Generate or load host keys and listen on ``host`` (and ``extra_hosts``)."""
@@ -407,7 +412,7 @@ class Gateway:
                 continue
             still = {row.session_id for row in rows}
             for session_id, session in list(self._live.items()):
-                if session_id not in still and not session.done.is_set():
+                if session_id not in still and not session.end_reason:
                     _log.info("session_killed", session=session_id)
                     session.end_reason = "killed"
                     self._background(session.workload.close())

@@ -16,7 +16,7 @@ import contextlib
 import fnmatch
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class SessionServices:
     accept_env: Sequence[str]
     live: dict[str, LiveSession]
     background: Callable[[Any], None]
+    registry_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Serializes this gateway's registry writes (SQLite allows one writer at a time)."""
 
 
 class LiveSession:
@@ -148,13 +150,14 @@ async def run_session(
     session_id = "s-" + secrets.token_hex(8)
     identity = services.identity
     try:
-        await identity.start_session(
-            session_id,
-            username=user.name,
-            workspace=workspace.name,
-            client_ip=auth.client_ip,
-            client_port=auth.client_port,
-        )
+        async with services.registry_lock:
+            await identity.start_session(
+                session_id,
+                username=user.name,
+                workspace=workspace.name,
+                client_ip=auth.client_ip,
+                client_port=auth.client_port,
+            )
         token = await identity.issue_token(user.name, session_id=session_id)
     except StockadeError as exc:
         _log.warning("session_not_started", conn=auth.conn_id, error=str(exc))
@@ -230,14 +233,15 @@ async def run_session(
             recorder.close()
         code = status.code if status is not None else None
         try:
-            await identity.end_session(
-                session_id,
-                exit_status=code,
-                bytes_in=counters[0],
-                bytes_out=counters[1],
-                recording=str(recorder.path) if recorder is not None else None,
-                reason=reason,
-            )
+            async with services.registry_lock:
+                await identity.end_session(
+                    session_id,
+                    exit_status=code,
+                    bytes_in=counters[0],
+                    bytes_out=counters[1],
+                    recording=str(recorder.path) if recorder is not None else None,
+                    reason=reason,
+                )
         except StockadeError as exc:
             _log.warning("session_not_ended", session=session_id, error=str(exc))
         await _publish(services, SessionEnded(

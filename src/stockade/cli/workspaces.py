@@ -1,0 +1,98 @@
+"""``stockade workspaces``: register the workspaces SSH users reach (``ssh alice+NAME@host``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import typer
+
+from stockade.core import InvalidInput
+from stockade.gateway import parse_upstream, upstream_public_key
+
+from ._admin import admin_identity
+from ._common import JSON_OPTION, handle_errors, print_json, print_table, run_async, settings
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Workspaces: add, list, remove.", no_args_is_help=True)
+
+DIRECT = typer.Option("--direct", help="Use the store directly.")
+
+
+def _row(ws: Any) -> dict[str, Any]:
+    return {
+        "name": ws.name,
+        "owner": ws.owner,
+        "backend": ws.backend,
+        "config": dict(ws.config),
+        "created_at": ws.created_at,
+    }
+
+
+@app.command("add")
+@handle_errors
+def add(
+    name: str,
+    owner: Annotated[str, typer.Option(help="The user who owns it.")],
+    backend: Annotated[Literal["local", "ssh"], typer.Option(help="local or ssh.")] = "local",
+    upstream: Annotated[str | None, typer.Option(help="ssh backend: host:port.")] = None,
+    login: Annotated[str | None, typer.Option(help="ssh backend: upstream user.")] = None,
+    direct: Annotated[bool, DIRECT] = False,
+) -> None:
+    """Register workspace NAME. For ``--backend ssh`` also prints the gateway's key to add to
+    the upstream user's authorized_keys."""
+    config: dict[str, Any] = {}
+    if backend == "ssh":
+        if not upstream or not login:
+            raise InvalidInput("--upstream/--login", "the ssh backend needs both")
+        parse_upstream(upstream)
+        config = {"upstream": upstream, "login": login}
+    elif upstream or login:
+        raise InvalidInput("--upstream/--login", "only for --backend ssh")
+
+    async def run() -> None:
+        async with admin_identity(settings(), direct=direct) as identity:
+            await identity.add_workspace(name, owner=owner, backend=backend, config=config)
+
+    run_async(run())
+    typer.echo(f"workspace {name} added ({backend})")
+    if backend == "ssh":
+        typer.echo("add this key to the upstream user's authorized_keys:")
+        typer.echo(upstream_public_key(settings().data_dir))
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    owner: Annotated[str | None, typer.Option(help="Only this user's workspaces.")] = None,
+    as_json: bool = JSON_OPTION,
+    direct: Annotated[bool, DIRECT] = False,
+) -> None:
+    """Registered workspaces."""
+
+    async def run() -> list[dict[str, Any]]:
+        async with admin_identity(settings(), direct=direct) as identity:
+            return [_row(ws) for ws in await identity.list_workspaces(owner=owner)]
+
+    rows = run_async(run())
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        "Workspaces",
+        ["name", "owner", "backend", "upstream"],
+        [[r["name"], r["owner"], r["backend"], r["config"].get("upstream", "")] for r in rows],
+    )
+
+
+@app.command("remove")
+@handle_errors
+def remove(name: str, direct: Annotated[bool, DIRECT] = False) -> None:
+    """Remove workspace NAME's record (its files stay)."""
+
+    async def run() -> None:
+        async with admin_identity(settings(), direct=direct) as identity:
+            await identity.remove_workspace(name)
+
+    run_async(run())
+    typer.echo(f"workspace {name} removed")

@@ -1,0 +1,57 @@
+"""Many sessions at once, and killing a live one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from gateway.harness import GatewayEnv, gateway_env
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+async def env(tmp_path: Path, nats_url: str) -> AsyncIterator[GatewayEnv]:
+    async with gateway_env(tmp_path, nats_url) as env:
+        yield env
+
+
+@pytest.mark.slow
+async def test_200_concurrent_sessions_exit_codes(env: GatewayEnv) -> None:
+    key = await env.add_user("alice")
+    assert key is not None
+    gate = asyncio.Semaphore(200)
+
+    async def one(i: int) -> tuple[int, int, bytes]:
+        async with gate:
+            result = await env.run(env.ssh_cmd("alice", f"echo {i}; exit {i % 7}", key=key))
+            return i, result.returncode, result.stdout
+
+    results = await asyncio.gather(*(one(i) for i in range(200)))
+    wrong = [
+        (i, code, out) for i, code, out in results if code != i % 7 or out != f"{i}\n".encode()
+    ]
+    assert wrong == []
+    assert len(await env.identity.list_sessions(username="alice", limit=1000)) == 200
+
+
+async def test_kill_ends_a_live_session(env: GatewayEnv) -> None:
+    key = await env.add_user("kim")
+    proc = await asyncio.create_subprocess_exec(
+        *env.ssh_cmd("kim", "sleep 300", key=key),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    for _ in range(200):
+        live = await env.identity.list_sessions(active_only=True, username="kim")
+        if live:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the session never started")
+    await env.identity.end_session(live[0].session_id, reason="killed by admin")
+    await asyncio.wait_for(proc.wait(), 30)
+    assert proc.returncode != 0
+    assert env.gateway.live_sessions == []
