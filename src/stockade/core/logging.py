@@ -70,7 +70,10 @@ def escape_peer(data: str | bytes, limit: int = 256) -> str:
         text = data[:limit].decode("utf-8", "backslashreplace")
     else:
         text = data[:limit]
-    escaped = text.encode("unicode_escape").decode("ascii")
+    escaped = "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )
     return escaped + ("..." if len(data) > limit else "")
 
 
@@ -101,5 +104,9 @@ def configure_logging(level: str = "info", json_output: bool | None = None) -> N
 
 
 def get_logger(name: str, **context: Any) -> Any:
-    """A bound structlog logger for ``name`` with ``context`` fields."""
-    return structlog.get_logger(name).bind(**context)
+    """A lazy structlog logger for ``name`` with ``context`` fields.
+
+    Lazy: it picks up :func:`configure_logging` even when created at import time, before the
+    configuration ran (binding eagerly would freeze structlog's defaults into it).
+    """
+    return structlog.get_logger(name, **context)
