@@ -24,6 +24,7 @@ def _env(data_dir: Path) -> dict[str, str]:
         STOCKADE_GATEWAY__PORT="0",
         STOCKADE_BROKER__PORT="0",
         STOCKADE_LOG__JSON_OUTPUT="true",
+        STOCKADE_SHIELD__ENFORCERS='["denylist"]',  # never touch the host's nftables here
     )
     return env
 

@@ -6,7 +6,7 @@ import typer
 
 from stockade import __version__
 
-from . import applocker, catalog, node, package, policy, token, users
+from . import applocker, catalog, node, package, policy, shield, token, users
 from .up import up
 
 app = typer.Typer(
@@ -41,6 +41,7 @@ app.add_typer(package.app, name="package")
 app.add_typer(catalog.app, name="catalog")
 app.add_typer(node.app, name="node")
 app.add_typer(applocker.app, name="applocker")
+app.add_typer(shield.app, name="shield")
 
 
 def main() -> None:

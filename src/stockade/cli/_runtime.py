@@ -18,6 +18,7 @@ from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
 from stockade.identity import IdentityService, KeyRing
 from stockade.rpc import RpcServer
+from stockade.shield import Shield
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA
 
@@ -64,6 +65,7 @@ class Runtime:
     identity: IdentityService | None = None
     authorizer: Authorizer | None = None
     rpc: RpcServer | None = None
+    shield: Shield | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -122,6 +124,13 @@ class Runtime:
         self.listeners.append(
             Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
         )
+
+        if settings.shield.enabled:
+            self.shield = Shield.from_settings(settings, self.bus)
+            stack.push_async_callback(self.shield.stop)
+            await self.shield.start()
+            enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
+            self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
 
     async def stop(self) -> None:
         await self._stack.aclose()
