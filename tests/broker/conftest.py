@@ -1,24 +1,5 @@
-"""Broker fixtures: one OpenBao dev server per test session, a full broker per test."""
+"""Broker fixtures (defined in ``fixtures.py`` so integration tests can use them too)."""
 
-from __future__ import annotations
+from broker.fixtures import env, openbao
 
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
-
-import pytest
-
-from broker.harness import BrokerEnv, OpenBao, broker_env, start_openbao
-
-
-@pytest.fixture(scope="session")
-def openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenBao]:
-    """The real ``bao server -dev`` on a free loopback port, for the whole session."""
-    with start_openbao(tmp_path_factory.mktemp("openbao")) as bao:
-        yield bao
-
-
-@pytest.fixture
-async def env(tmp_path: Path, nats_url: str, openbao: OpenBao) -> AsyncIterator[BrokerEnv]:
-    """A broker with the vault backend on OpenBao, real identity, authz and NATS."""
-    async with broker_env(tmp_path, nats_url, openbao) as env:
-        yield env
+__all__ = ["env", "openbao"]

@@ -17,7 +17,8 @@
 
 The helpers are found through ``PATH`` (``git-credential-stockade``,
 ``docker-credential-stockade``, ``kubectl-credential-stockade``), so sessions need the directory
-holding them (the venv's ``bin``) on their ``PATH``.
+holding them (the venv's ``bin``) on their ``PATH``. With ``helper_dir``, git and kubectl get
+absolute paths instead; Docker always looks ``docker-credential-stockade`` up on ``PATH``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ _log = get_logger("stockade.broker.wiring")
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 GIT_BLOCK_BEGIN = "# >>> stockade credential helper (managed) >>>"
 GIT_BLOCK_END = "# <<< stockade credential helper <<<"
-_GIT_BLOCK = f"{GIT_BLOCK_BEGIN}\n[credential]\n\thelper =\n\thelper = stockade\n{GIT_BLOCK_END}\n"
+
+
+def _git_block(helper: str) -> str:
+    return f"{GIT_BLOCK_BEGIN}\n[credential]\n\thelper =\n\thelper = {helper}\n{GIT_BLOCK_END}\n"
 
 
 @dataclass(frozen=True)
@@ -78,14 +82,14 @@ def _mkdir(path: Path, owner: tuple[int, int] | None) -> None:
         os.chown(path, *owner)
 
 
-def _gitconfig(text: str) -> str:
+def _gitconfig(text: str, helper: str) -> str:
     begin = text.find(GIT_BLOCK_BEGIN)
     end = text.find(GIT_BLOCK_END)
     if begin != -1 and end > begin:
         text = text[:begin] + text[end + len(GIT_BLOCK_END) :].lstrip("\n")
     if text and not text.endswith("\n"):
         text += "\n"
-    return text + _GIT_BLOCK
+    return text + _git_block(helper)
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -108,7 +112,9 @@ def _named(items: Any, name: str, value: dict[str, Any]) -> list[Any]:
     return [*kept, value]
 
 
-def _kubeconfig(doc: dict[str, Any], clusters: Mapping[str, KubeCluster]) -> dict[str, Any]:
+def _kubeconfig(
+    doc: dict[str, Any], clusters: Mapping[str, KubeCluster], command: str
+) -> dict[str, Any]:
     doc.setdefault("apiVersion", "v1")
     doc.setdefault("kind", "Config")
     for name, cluster in clusters.items():
@@ -125,7 +131,7 @@ def _kubeconfig(doc: dict[str, Any], clusters: Mapping[str, KubeCluster]) -> dic
                 "user": {
                     "exec": {
                         "apiVersion": EXEC_API_VERSION,
-                        "command": "kubectl-credential-stockade",
+                        "command": command,
                         "args": ["--cluster", name],
                         "interactiveMode": "Never",
                         "provideClusterInfo": True,
@@ -148,6 +154,7 @@ def workspace_config(
     *,
     clusters: Mapping[str, KubeCluster] | None = None,
     owner: tuple[int, int] | None = None,
+    helper_dir: Path | None = None,
 ) -> None:
     """Configure git, Docker and kubectl in ``home`` to use the Stockade credential helpers.
 
@@ -155,8 +162,9 @@ def workspace_config(
     not written anywhere — helpers read the environment). ``ca_path`` is the CA certificate that
     signed the broker's; ``None`` when it is publicly trusted. ``clusters`` names the Kubernetes
     clusters to add to the kubeconfig. ``owner`` (uid, gid) is given to every file and directory
-    created. Idempotent; never writes a secret. Raises :class:`InvalidInput` for a non-https
-    ``api_url`` or a missing ``home``.
+    created. ``helper_dir`` makes git's helper and kubectl's exec command absolute paths in that
+    directory (for sessions whose ``PATH`` lacks it). Idempotent; never writes a secret.
+    Raises :class:`InvalidInput` for a non-https ``api_url`` or a missing ``home``.
     """
     if not api_url.startswith("https://"):
         raise InvalidInput("api_url", f"the broker URL must be https://, got {api_url!r}")
@@ -167,7 +175,12 @@ def workspace_config(
         current = gitconfig.read_text(encoding="utf-8")
     except FileNotFoundError:
         current = ""
-    _write(gitconfig, _gitconfig(current), mode=0o644, owner=owner)
+    git_helper = "stockade"
+    kube_command = "kubectl-credential-stockade"
+    if helper_dir is not None:
+        git_helper = str(helper_dir / "git-credential-stockade")
+        kube_command = str(helper_dir / kube_command)
+    _write(gitconfig, _gitconfig(current, git_helper), mode=0o644, owner=owner)
 
     docker_dir = home / ".docker"
     _mkdir(docker_dir, owner)
@@ -187,7 +200,7 @@ def workspace_config(
         if kube is None:
             _log.warning("kubeconfig_not_json", path=str(kube_dir / "config"))
         else:
-            text = json.dumps(_kubeconfig(kube, clusters), indent=2) + "\n"
+            text = json.dumps(_kubeconfig(kube, clusters, kube_command), indent=2) + "\n"
             _write(kube_dir / "config", text, mode=0o600, owner=owner)
 
     if ca_path is not None:
