@@ -1,0 +1,182 @@
+"""SSH gateway vs OpenSSH sshd on loopback: login+exec latency, bulk throughput, idle memory.
+
+Same client for both (``ssh -F /dev/null``, BatchMode, no ControlMaster,
+``KexAlgorithms=curve25519-sha256``), clean environments (``env -i PATH=/usr/bin:/bin``). The
+gateway runs with real identity (SQLite), the default Rego bundle, an embedded NATS and
+recording on (the bench user is a contractor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from stockade.authz import Authorizer
+from stockade.bus import Bus, EmbeddedNats
+from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
+from stockade.gateway import Gateway
+from stockade.identity import IdentityService, KeyRing
+from stockade.store import Store
+
+ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"}
+LOGINS = 40
+BULK_MB = 256
+IDLE = 500
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ssh(tmp: Path, key: Path, port: int, user: str, *command: str) -> list[str]:
+    return [
+        "ssh", "-F", "/dev/null", "-o", f"UserKnownHostsFile={tmp / 'kh'}",
+        "-o", "StrictHostKeyChecking=no", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        "-o", "KexAlgorithms=curve25519-sha256", "-o", "ControlMaster=no",
+        "-o", "IdentitiesOnly=yes", "-i", str(key), "-p", str(port), f"{user}@127.0.0.1",
+        *command,
+    ]  # fmt: skip
+
+
+async def _latency(cmd: list[str]) -> list[float]:
+    times = []
+    for _ in range(LOGINS):
+        start = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(*cmd, env=ENV)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"{cmd} failed")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+async def _bulk(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(*cmd, env=ENV, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    total = 0
+    while chunk := await proc.stdout.read(1 << 20):
+        total += len(chunk)
+    await proc.wait()
+    if total != BULK_MB << 20:
+        raise RuntimeError(f"bulk read {total} bytes")
+    return total / (time.perf_counter() - start) / 1e6
+
+
+def _pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _prepare(tmp: Path) -> tuple[Path, Path, int]:
+    """Keys and an sshd config: (client key, sshd config, sshd port)."""
+    Path("/run/sshd").mkdir(exist_ok=True)
+    key = tmp / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    bulk = tmp / "id_bulk"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(bulk)], check=True)
+    (tmp / "data").mkdir()
+    sshd_port = _free_port()
+    host_key = tmp / "hk"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
+    auth = tmp / "authorized_keys"
+    auth.write_text(key.with_suffix(".pub").read_text())
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
+        f"AuthorizedKeysFile {auth}\nUsePAM no\nPermitRootLogin yes\nStrictModes no\n"
+        "PidFile none\nLogLevel ERROR\nMaxStartups 1000\n"
+    )
+    return key, config, sshd_port
+
+
+async def _run(tmp: Path, key: Path, sshd_port: int) -> None:
+    data = tmp / "data"
+    async with EmbeddedNats(tmp / "nats") as nats_url:
+        store = Store(f"sqlite:///{data / 'stockade.db'}")
+        await store.migrate()
+        identity = IdentityService(
+            store=store, settings=IdentitySettings(), keyring=KeyRing(data / "keys")
+        )
+        await identity.add_user("bench", roles=["contractor"])
+        await identity.add_key("bench", key.with_suffix(".pub").read_text())
+        bulk_key = tmp / "id_bulk"
+        await identity.add_user("bulk")  # a developer: not recorded
+        await identity.add_key("bulk", (tmp / "id_bulk.pub").read_text())
+        bus = await Bus.connect(nats_url, name="bench")
+        await bus.ensure_streams()
+        gateway = Gateway(
+            settings=GatewaySettings(port=0, max_connections_per_source=IDLE + 50,
+                                     max_connections=IDLE + 100, gateway_id="bench"),
+            identity=identity, authz=Authorizer(settings=AuthzSettings()), publisher=bus,
+            data_dir=data,
+        )  # fmt: skip
+        await gateway.start()
+        gw_port = gateway.listening[0][1]
+        try:
+            await asyncio.sleep(0.5)
+            direct = await _latency(_ssh(tmp, key, sshd_port, "root", "true"))
+            through = await _latency(_ssh(tmp, key, gw_port, "bench", "true"))
+            p50d, p99d, p50g, p99g = (_pct(direct, 0.5), _pct(direct, 0.99),
+                                      _pct(through, 0.5), _pct(through, 0.99))  # fmt: skip
+            print(f"login+exec true p50: gateway {p50g:.1f} ms, sshd {p50d:.1f} ms "
+                  f"({p50g / p50d:.2f}x sshd)")  # fmt: skip
+            print(f"login+exec true p99: gateway {p99g:.1f} ms, sshd {p99d:.1f} ms "
+                  f"({p99g / p99d:.2f}x sshd)")  # fmt: skip
+            bulk_d = await _bulk(
+                _ssh(tmp, key, sshd_port, "root", f"head -c {BULK_MB << 20} /dev/zero")
+            )
+            bulk_g = await _bulk(
+                _ssh(tmp, bulk_key, gw_port, "bulk", f"head -c {BULK_MB << 20} /dev/zero")
+            )
+            print(f"bulk {BULK_MB} MB stream: gateway {bulk_g:.0f} MB/s, sshd {bulk_d:.0f} MB/s "
+                  f"({bulk_g / bulk_d:.0%} of sshd)")  # fmt: skip
+            before = _rss_kb()
+            idle = [
+                await asyncio.create_subprocess_exec(
+                    *_ssh(tmp, key, gw_port, "bench", "-N"), env=ENV, stdin=subprocess.DEVNULL
+                )
+                for _ in range(IDLE)
+            ]
+            for _ in range(600):
+                if len(gateway._conns) >= IDLE:
+                    break
+                await asyncio.sleep(0.1)
+            after = _rss_kb()
+            count = len(gateway._conns)
+            growth = (after - before) / max(1, count)
+            print(f"idle connections: {count}; RSS growth {growth:.0f} KiB per idle session")
+            for proc in idle:
+                proc.terminate()
+            for proc in idle:
+                await proc.wait()
+        finally:
+            await gateway.stop(grace=0)
+            await bus.close()
+            await store.close()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        path.chmod(0o755)
+        key, config, sshd_port = _prepare(path)
+        sshd = subprocess.Popen(
+            ["env", "-i", "PATH=/usr/bin:/bin", "/usr/sbin/sshd", "-D", "-f", str(config)]
+        )
+        try:
+            asyncio.run(_run(path, key, sshd_port))
+        finally:
+            sshd.terminate()
+            sshd.wait()
