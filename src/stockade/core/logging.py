@@ -77,6 +77,11 @@ def escape_peer(data: str | bytes, limit: int = 256) -> str:
     return escaped + ("..." if len(data) > limit else "")
 
 
+def _stderr_logger(*_args: Any) -> structlog.PrintLogger:
+    # resolved per logger, so a replaced sys.stderr (daemonizing, test capture) is followed
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "info", json_output: bool | None = None) -> None:
     """Configure structlog and the stdlib root logger once, at process start."""
     if json_output is None:
@@ -97,7 +102,7 @@ def configure_logging(level: str = "info", json_output: bool | None = None) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
