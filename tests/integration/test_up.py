@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class Server:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[str] | None = None
+        self.banner: list[str] = []
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -44,12 +46,23 @@ class Server:
         )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + 60
+        self.banner = []
         for line in self.proc.stdout:
+            self.banner.append(line)
             if "ready" in line:
                 return
             if time.monotonic() > deadline:
                 break
         raise AssertionError(f"stockade up did not become ready (exit {self.proc.poll()})")
+
+    def listening(self, service: str) -> int:
+        """The port the start-up banner shows for ``service``."""
+        for line in self.banner:
+            if service in line:
+                match = re.search(r"127\.0\.0\.1:(\d+)", line)
+                if match:
+                    return int(match.group(1))
+        raise AssertionError(f"{service} not in banner: {self.banner}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -109,6 +122,27 @@ def test_users_from_second_shell_and_kill_9_keeps_them(server: Server, tmp_path:
     assert users[0]["keys"][0]["fingerprint"] == expected
     assert server.stop() == 0
     assert not socket.exists()
+
+
+def test_ssh_login_through_stockade_up(server: Server, tmp_path: Path) -> None:
+    server.start()
+    port = server.listening("SSH gateway")
+    key = tmp_path / "dana"
+    pub = _keygen(key)
+    assert cli(server.data_dir, "users", "add", "dana", "--ssh-key", str(pub)).returncode == 0
+    result = subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "dana@127.0.0.1", "echo hi",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hi\n"
+    sessions = json.loads(cli(server.data_dir, "sessions", "list", "--json").stdout)
+    assert [s["username"] for s in sessions] == ["dana"]
 
 
 def test_clean_shutdown_on_sigterm_and_sigint(server: Server) -> None:

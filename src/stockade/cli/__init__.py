@@ -6,7 +6,18 @@ import typer
 
 from stockade import __version__
 
-from . import applocker, catalog, node, package, policy, shield, token, users
+from . import (
+    applocker,
+    catalog,
+    node,
+    package,
+    policy,
+    sessions,
+    shield,
+    token,
+    users,
+    workspaces,
+)
 from .up import up
 
 app = typer.Typer(
@@ -42,6 +53,8 @@ app.add_typer(catalog.app, name="catalog")
 app.add_typer(node.app, name="node")
 app.add_typer(applocker.app, name="applocker")
 app.add_typer(shield.app, name="shield")
+app.add_typer(sessions.app, name="sessions")
+app.add_typer(workspaces.app, name="workspaces")
 
 
 def main() -> None:

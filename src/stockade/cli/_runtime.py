@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stockade.authz import Authorizer
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
+from stockade.gateway import Gateway
 from stockade.identity import IdentityService, KeyRing
 from stockade.rpc import RpcServer
 from stockade.shield import Shield
@@ -66,6 +68,7 @@ class Runtime:
     authorizer: Authorizer | None = None
     rpc: RpcServer | None = None
     shield: Shield | None = None
+    gateway: Gateway | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -125,15 +128,43 @@ class Runtime:
             Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
         )
 
+        gateway_settings = settings.gateway
+        if gateway_settings.port == 0:  # pick it now: nftables rules need the real port
+            gateway_settings = gateway_settings.model_copy(
+                update={"port": _free_port(gateway_settings.host)}
+            )
+
         if settings.shield.enabled:
-            self.shield = Shield.from_settings(settings, self.bus)
+            self.shield = Shield(self.bus, settings.shield, ports=[gateway_settings.port])
             stack.push_async_callback(self.shield.stop)
             await self.shield.start()
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
             self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
 
+        if gateway_settings.enabled:
+            self.gateway = Gateway(
+                settings=gateway_settings,
+                identity=self.identity,
+                authz=self.authorizer,
+                publisher=self.bus,
+                deny_list=self.shield.deny_list if self.shield else None,
+                data_dir=data_dir,
+            )
+            stack.push_async_callback(self.gateway.stop)
+            await self.gateway.start()
+            for host, port in self.gateway.listening:
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                self.listeners.append(Listener("SSH gateway", shown))
+
     async def stop(self) -> None:
         await self._stack.aclose()
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _describe_db(url: str) -> str:

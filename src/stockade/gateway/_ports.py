@@ -123,7 +123,9 @@ class IdentityPort(Protocol):
         self, *, active_only: bool = False, username: str | None = None, limit: int = 1000
     ) -> Sequence[SessionLike]: ...
 
-    async def issue_token(self, username: str, *, session_id: str | None = None) -> str: ...
+    async def issue_token(
+        self, username: str, *, session_id: str | None = None, ttl: int | None = None
+    ) -> str: ...
 
 
 class AuthzPort(Protocol):

@@ -142,7 +142,7 @@ async def run_session(
             auth_method=auth.method,
             mfa=auth.mfa_passed,
         )
-        if not (agent.allow and obligations.get("agent_forwarding", True)):
+        if not (agent.allow and obligations.get("agent_forwarding") is True):
             why = "; ".join(agent.reasons) or "not allowed by policy"
             process.stderr.write(f"stockade: agent forwarding denied: {why}\r\n".encode())
             agent_path = None
@@ -158,7 +158,9 @@ async def run_session(
                 client_ip=auth.client_ip,
                 client_port=auth.client_port,
             )
-        token = await identity.issue_token(user.name, session_id=session_id)
+        token = await identity.issue_token(
+            user.name, session_id=session_id, ttl=_token_ttl(obligations)
+        )
     except StockadeError as exc:
         _log.warning("session_not_started", conn=auth.conn_id, error=str(exc))
         process.stderr.write(b"stockade: the session could not be started\r\n")
@@ -337,3 +339,15 @@ async def _pump(
             await feeder
         await workload.close()
     return status
+
+
+#: Identity refuses tokens living longer than a day; a longer session re-enters through ssh.
+_MAX_TOKEN_SECONDS = 86400
+
+
+def _token_ttl(obligations: Mapping[str, Any]) -> int:
+    """The session token lives as long as the session may (it is revoked when it ends)."""
+    limit = obligations.get("max_session_seconds")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+        return min(limit, _MAX_TOKEN_SECONDS)
+    return _MAX_TOKEN_SECONDS

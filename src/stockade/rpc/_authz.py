@@ -51,6 +51,10 @@ class AuthzClient:
         self._target = target
         self._timeout = timeout
 
+    async def decide(self, input_doc: Mapping[str, Any]) -> Decision:
+        """The remote counterpart of :meth:`Authorizer.decide` (awaitable; fails closed)."""
+        return await self.decide_async(input_doc)
+
     async def decide_async(self, input_doc: Mapping[str, Any]) -> Decision:
         try:
             reply = await self._stub.Decide(
