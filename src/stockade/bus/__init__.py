@@ -19,11 +19,21 @@ Every nats-py exception is mapped to :class:`~stockade.core.errors.BusUnavailabl
 """
 
 from ._client import Bus
-from ._consumer import Consumer, ConsumerState, Delivery, Handler, Reject, Retry, subject_matches
+from ._consumer import (
+    AckHook,
+    Consumer,
+    ConsumerState,
+    Delivery,
+    Handler,
+    Reject,
+    Retry,
+    subject_matches,
+)
 from ._embedded import EmbeddedNats, nats_server_binary
-from ._kv import KeyValueStore, KvEntry, KvWatch, valid_key
+from ._kv import KeyValueStore, KvEntry, KvWatch, PendingPut, valid_key
 
 __all__ = [
+    "AckHook",
     "Bus",
     "Consumer",
     "ConsumerState",
@@ -33,6 +43,7 @@ __all__ = [
     "KeyValueStore",
     "KvEntry",
     "KvWatch",
+    "PendingPut",
     "Reject",
     "Retry",
     "nats_server_binary",

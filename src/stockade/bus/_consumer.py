@@ -22,17 +22,30 @@ What a handler's outcome tells the consumer (kopf's habit: exceptions are instru
   deliveries, then like :class:`Reject`.
 
 Messages of one consumer are handled one at a time, in stream order.
+
+With ``cumulative_ack=True`` (JetStream ``AckPolicy.ALL``) the consumer takes whatever has
+arrived (up to ``batch``) as one chunk, runs the handlers over it, awaits every hook registered
+with :meth:`Consumer.before_ack` (a handler may start writes without awaiting them; the hook
+awaits them), and then acknowledges the chunk's last message, which acknowledges the whole
+chunk. Handlers must be idempotent: after a crash the unacknowledged tail is delivered again.
+The rules above hold per message, except that a retry holds up the line (a later cumulative
+acknowledgement would cover the retried message): the messages before it are acknowledged, it
+and the rest of its chunk are handled again in this process after the delay, up to
+``max_attempts``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -48,6 +61,7 @@ if TYPE_CHECKING:
     from ._client import Bus
 
 __all__ = [
+    "AckHook",
     "Consumer",
     "ConsumerState",
     "Delivery",
@@ -101,9 +115,10 @@ class ConsumerState:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+AckHook = Callable[[], Awaitable[None]]
 
 
-def _delivery(msg: Msg) -> Delivery:
+def _delivery(msg: Msg, retries: int = 0) -> Delivery:
     """A :class:`Delivery` from a JetStream message, reading the ack subject's tokens directly
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``, or
     the 12-token form with domain and account hash)."""
@@ -118,7 +133,7 @@ def _delivery(msg: Msg) -> Delivery:
             headers=msg.headers or {},
             stream_seq=meta.sequence.stream,
             timestamp=meta.timestamp,
-            attempt=meta.num_delivered,
+            attempt=meta.num_delivered + retries,
         )
     return Delivery(
         subject=msg.subject,
@@ -126,7 +141,7 @@ def _delivery(msg: Msg) -> Delivery:
         headers=msg.headers or {},
         stream_seq=int(seq),
         timestamp=datetime.fromtimestamp(int(nanos) / 1e9, UTC),
-        attempt=int(delivered),
+        attempt=int(delivered) + retries,
     )
 
 
@@ -160,6 +175,7 @@ class Consumer:
         max_attempts: int = 20,
         retry_delay: float = 1.0,
         poll_interval: float = 1.0,
+        cumulative_ack: bool = False,
     ) -> None:
         self._bus = bus
         self.stream = stream
@@ -169,7 +185,10 @@ class Consumer:
         self._max_attempts = max_attempts
         self._retry_delay = retry_delay
         self._poll = poll_interval
+        self.cumulative_ack = cumulative_ack
         self._handlers: list[tuple[str, Handler]] = []
+        self._by_subject: dict[str, Handler | None] = {}
+        self._hooks: list[AckHook] = []
         self._sub: Subscription | None = None
         self._inbox: str | None = None
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -184,9 +203,27 @@ class Consumer:
 
         def register(handler: Handler) -> Handler:
             self._handlers.append((subject, handler))
+            self._by_subject.clear()
             return handler
 
         return register
+
+    def before_ack(self, hook: AckHook) -> AckHook:
+        """Register ``hook`` (a coroutine function without arguments) to be awaited after the
+        handlers of a chunk ran and before its cumulative acknowledgement (``cumulative_ack``
+        only). A hook that raises is retried after ``retry_delay``; nothing is acknowledged
+        until every hook returned."""
+        self._hooks.append(hook)
+        return hook
+
+    def _handler(self, subject: str) -> Handler | None:
+        try:
+            return self._by_subject[subject]
+        except KeyError:
+            found = next((h for s, h in self._handlers if subject_matches(s, subject)), None)
+            if len(self._by_subject) < 1024:
+                self._by_subject[subject] = found
+            return found
 
     async def _subscription(self) -> str:
         """Create (or update) the durable consumer and the inbox its batches arrive on."""
@@ -195,10 +232,11 @@ class Consumer:
         if not self._handlers:
             raise StockadeError(f"consumer {self.durable} has no handlers registered")
         subjects = sorted({s for s, _ in self._handlers})
+        policy = api.AckPolicy.ALL if self.cumulative_ack else api.AckPolicy.EXPLICIT
         config = api.ConsumerConfig(
             durable_name=self.durable,
             name=self.durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_policy=policy,
             ack_wait=self._ack_wait,
             deliver_policy=api.DeliverPolicy.ALL,
             max_ack_pending=max(self._batch * 4, 1024),
@@ -213,10 +251,40 @@ class Consumer:
 
         inbox = nc.new_inbox()
         with mapped(f"create consumer {self.durable}"):
-            await self._bus.js.add_consumer(self.stream, config=config)
-            self._sub = await nc.subscribe(inbox, cb=deliver)
+            await self._create(config)
+            self._sub = await nc.subscribe(
+                inbox, cb=deliver, pending_msgs_limit=max(65536, self._batch * 8)
+            )
         self._inbox = inbox
         return inbox
+
+    async def _create(self, config: api.ConsumerConfig) -> None:
+        """Create or update the durable consumer. The server cannot change an existing
+        consumer's ack policy: such a consumer is replaced by one that starts after its
+        acknowledged floor (what was delivered and not acknowledged is delivered again)."""
+        js = self._bus.js
+        try:
+            await js.add_consumer(self.stream, config=config)
+            return
+        except nats.js.errors.BadRequestError:
+            info = await js.consumer_info(self.stream, self.durable)
+            if info.config.ack_policy == config.ack_policy:
+                raise
+        floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        _log.warning(
+            "consumer_replaced",
+            durable=self.durable,
+            ack_policy=str(config.ack_policy.value if config.ack_policy else None),
+            resume_after=floor,
+        )
+        await js.delete_consumer(self.stream, self.durable)
+        if floor:
+            config = dataclasses.replace(
+                config,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1,
+            )
+        await js.add_consumer(self.stream, config=config)
 
     async def state(self) -> ConsumerState:
         """The consumer's acknowledged floor and pending counts as the server sees them."""
@@ -237,6 +305,8 @@ class Consumer:
         request = json.dumps({"batch": self._batch, "expires": int(wait * 1e9)}).encode()
         with mapped(f"fetch {self.durable}"):
             await self._bus.nc.publish(self._next_subject, request, reply=inbox)
+        if self.cumulative_ack:
+            return await self._poll_chunks(wait)
         handled = 0
         try:
             async with asyncio.timeout(wait + 5.0):  # the server ends the request by itself
@@ -252,6 +322,129 @@ class Consumer:
         except TimeoutError:
             _log.warning("consumer_fetch_timeout", durable=self.durable)
         return handled
+
+    async def _poll_chunks(self, wait: float) -> int:
+        """Cumulative mode: handle what has arrived as chunks, one acknowledgement per chunk.
+        Only waiting for messages is bounded by the request's time; handling is not."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait + 5.0  # the server ends the request by itself
+        queue = self._queue
+        handled = 0
+        ended = False
+        while not ended and handled < self._batch:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        first = await queue.get()
+                except TimeoutError:
+                    _log.warning("consumer_fetch_timeout", durable=self.durable)
+                    break
+                chunk, ended = self._take(first, self._batch - handled)
+            else:
+                chunk, ended = self._take(queue.get_nowait(), self._batch - handled)
+            if chunk:
+                await self._handle_chunk(chunk)
+                handled += len(chunk)
+        return handled
+
+    def _take(self, first: Msg, limit: int) -> tuple[list[Msg], bool]:
+        """``first`` and what else is queued (up to ``limit`` messages), and whether a status
+        message ended the pull request."""
+        chunk: list[Msg] = []
+        queue = self._queue
+        msg: Msg | None = first
+        while msg is not None:
+            headers = msg.headers
+            status = headers.get("Status") if headers else None
+            if status is None:
+                chunk.append(msg)
+            elif status != "100":  # 404/408/409: this request is over (100: idle heartbeat)
+                return chunk, True
+            if len(chunk) >= limit or queue.empty():
+                break
+            msg = queue.get_nowait()
+        return chunk, False
+
+    async def _handle_chunk(self, msgs: list[Msg]) -> None:
+        """Handle ``msgs`` in order; acknowledge the handled prefix cumulatively once the hooks
+        returned; a message to retry is retried here (see the module docstring)."""
+        start = 0
+        retries = 0
+        for _ in range(len(msgs) * (self._max_attempts + 1)):  # bound: each round ends a try
+            failed = -1
+            delay = 0.0
+            for i in range(start, len(msgs)):
+                msg = msgs[i]
+                outcome = await self._dispatch(msg, _delivery(msg, retries if i == start else 0))
+                if outcome is not None:
+                    failed, delay = i, outcome
+                    break
+            end = len(msgs) if failed < 0 else failed
+            if end > start and not await self._commit(msgs[end - 1]):
+                return  # not acknowledged: redelivered; hooks keep their unstored effects
+            if failed < 0:
+                return
+            retries = retries + 1 if failed == start else 1
+            start = failed
+            for msg in msgs[start:]:  # keep them ours while we wait
+                with contextlib.suppress(*MAPPED):
+                    await msg.in_progress()
+            await asyncio.sleep(min(delay, self._ack_wait / 2))
+
+    async def _dispatch(self, msg: Msg, delivery: Delivery) -> float | None:
+        """Run the handler (cumulative mode); ``None`` when done with the message (handled or
+        dead-lettered), else the delay before it is tried again."""
+        handler = self._handler(msg.subject)
+        try:
+            if handler is None:
+                raise Reject(f"no handler for subject {msg.subject}")
+            await handler(delivery)
+            return None
+        except Reject as exc:
+            reason = str(exc)
+            delay = self._retry_delay
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, Retry) else f"{type(exc).__name__}: {exc}"
+            if delivery.attempt < self._max_attempts:
+                step = self._retry_delay * delivery.attempt
+                delay = exc.delay if isinstance(exc, Retry) else step
+                _log.warning(
+                    "handler_retry",
+                    durable=self.durable,
+                    seq=delivery.stream_seq,
+                    attempt=delivery.attempt,
+                    delay=delay,
+                    reason=escape_peer(detail),
+                )
+                return min(delay, 60.0)
+            reason = f"gave up after {delivery.attempt}: {detail}"
+            delay = self._retry_delay
+        if await self._publish_dead_letter(delivery, reason):
+            return None
+        return delay
+
+    async def _commit(self, last: Msg) -> bool:
+        """Await the hooks, then acknowledge ``last`` (and so everything before it); False when
+        the hooks kept failing (nothing acknowledged)."""
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                for hook in self._hooks:
+                    await hook()
+            except Exception as exc:
+                _log.warning(
+                    "before_ack_failed",
+                    durable=self.durable,
+                    attempt=attempt,
+                    error=escape_peer(f"{type(exc).__name__}: {exc}"),
+                )
+                await asyncio.sleep(min(self._retry_delay * attempt, self._ack_wait / 2))
+                continue
+            try:
+                await last.ack()
+            except MAPPED as exc:  # redelivered later; handlers are idempotent
+                _log.warning("ack_failed", durable=self.durable, error=str(exc))
+            return True
+        return False
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Handle messages until ``stop`` is set (or the task is cancelled).
@@ -270,7 +463,7 @@ class Consumer:
 
     async def _handle(self, msg: Msg) -> None:
         delivery = _delivery(msg)
-        handler = next((h for s, h in self._handlers if subject_matches(s, msg.subject)), None)
+        handler = self._handler(msg.subject)
         try:
             if handler is None:
                 raise Reject(f"no handler for subject {msg.subject}")
@@ -308,6 +501,17 @@ class Consumer:
             _log.warning("nak_failed", seq=delivery.stream_seq, error=str(exc))
 
     async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        if not await self._publish_dead_letter(delivery, reason):
+            # keep the message: it is redelivered and retried
+            await self._nak(msg, delivery, "dead-letter publish failed", self._retry_delay)
+            return
+        try:
+            await msg.ack()
+        except MAPPED as exc:
+            _log.warning("ack_failed", seq=delivery.stream_seq, error=str(exc))
+
+    async def _publish_dead_letter(self, delivery: Delivery, reason: str) -> bool:
+        """Copy the message to the dead-letter subject; False when that failed."""
         _log.warning(
             "handler_dead_letter",
             durable=self.durable,
@@ -322,10 +526,7 @@ class Consumer:
         }
         try:
             await self._bus.publish_bytes(self.dead_letter_subject, delivery.data, headers=headers)
-        except StockadeError as exc:  # keep the message: it is redelivered and retried
-            await self._nak(msg, delivery, f"dead-letter publish failed: {exc}", self._retry_delay)
-            return
-        try:
-            await msg.ack()
-        except MAPPED as exc:
-            _log.warning("ack_failed", seq=delivery.stream_seq, error=str(exc))
+        except StockadeError as exc:
+            _log.warning("dead_letter_failed", durable=self.durable, error=str(exc))
+            return False
+        return True

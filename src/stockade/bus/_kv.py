@@ -20,7 +20,7 @@ from stockade.core.errors import InvalidInput
 
 from ._errors import mapped
 
-__all__ = ["KeyValueStore", "KvEntry", "KvWatch", "valid_key"]
+__all__ = ["KeyValueStore", "KvEntry", "KvWatch", "PendingPut", "valid_key"]
 
 _KEY_RE = re.compile(r"\A[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*\Z")
 _OP = "KV-Operation"
@@ -56,6 +56,31 @@ class KvWatch:
             await self._sub.unsubscribe()
 
 
+class PendingPut:
+    """A put sent without waiting for the server (:meth:`KeyValueStore.put_async`)."""
+
+    __slots__ = ("_future", "_what", "key")
+
+    def __init__(self, key: str, future: asyncio.Future[api.PubAck], what: str) -> None:
+        self.key = key
+        self._future = future
+        self._what = what
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancel(self) -> None:
+        """Stop waiting for the server's answer (the put may still have been stored)."""
+        self._future.cancel()
+
+    async def wait(self) -> int:
+        """The new revision once the server has stored the value; raises
+        :class:`~stockade.core.errors.BusUnavailable` when it was not stored."""
+        with mapped(self._what):
+            ack = await asyncio.shield(self._future)
+        return int(ack.seq)
+
+
 class KeyValueStore:
     """A JetStream KV bucket. Keys are validated; values are bytes; ``put`` takes a TTL.
 
@@ -85,6 +110,16 @@ class KeyValueStore:
         with mapped(f"put {self.bucket}/{key}"):
             ack = await self._js.publish(subject, value, headers=headers)
         return int(ack.seq)
+
+    async def put_async(self, key: str, value: bytes, *, ttl: float | None = None) -> PendingPut:
+        """Like :meth:`put`, without waiting for the server: many puts go out back to back and
+        are awaited together (``PendingPut.wait``), one round trip for all."""
+        subject = self._subject(key)
+        headers = None if ttl is None else {"Nats-TTL": str(max(1, math.ceil(ttl)))}
+        what = f"put {self.bucket}/{key}"
+        with mapped(what):
+            future = await self._js.publish_async(subject, value, headers=headers)
+        return PendingPut(key, future, what)
 
     async def get(self, key: str) -> KvEntry | None:
         """The current entry of ``key``, or ``None`` when absent, deleted or expired."""

@@ -10,6 +10,14 @@ Start-up, in order:
 3. the durable consumer ``shield`` resumes after its last acknowledgement. Every event is
    acknowledged after its effect (a ban, if any) is stored; redeliveries are recognised by their
    stream sequence.
+
+Throughput: the consumer acknowledges cumulatively (one acknowledgement per chunk of whatever
+has arrived, up to ``batch``). A ban decided while handling a chunk is mirrored in the deny-list
+at once and its KV write is sent without waiting; the consumer's before-ack hook (:meth:`_flush`)
+awaits all of the chunk's writes together, and only then is the chunk acknowledged. A write that
+was not confirmed is sent again and holds back the acknowledgement until it is stored; a crash
+before that leaves the chunk unacknowledged, so it is delivered again and the replay (step 2)
+stores the bans it decided.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from stockade.bus import Bus, Consumer, Delivery, Reject, Retry
+from stockade.bus import Bus, Consumer, Delivery, PendingPut, Reject
 from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
 from stockade.core.events import SUBJECT_AUTH_FAILED, AuthFailed, ShieldBan, ShieldUnban
 from stockade.core.logging import escape_peer
@@ -42,6 +50,20 @@ AUTH_STREAM = "STOCKADE_AUTH"
 DURABLE = "shield"
 
 _log = structlog.get_logger("stockade.shield")  # lazy: honours configure_logging run later
+
+#: Seconds a flush waits for the server to confirm the ban writes of one chunk.
+WRITE_TIMEOUT = 10.0
+
+
+class _PendingBan:
+    """A ban whose KV write was sent (``put``) or could not be sent yet (``put`` is None)."""
+
+    __slots__ = ("at", "ban", "put")
+
+    def __init__(self, ban: Ban, at: float, put: PendingPut | None) -> None:
+        self.ban = ban
+        self.at = at
+        self.put = put
 
 
 def build_enforcers(settings: ShieldSettings, *, ports: Sequence[int]) -> list[Enforcer]:
@@ -96,6 +118,7 @@ class Shield:
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._ack_floor = 0
+        self._pending: list[_PendingBan] = []
         self.replayed = 0
 
     @classmethod
@@ -116,8 +139,11 @@ class Shield:
         await self.bus.ensure_streams()
         self._store = await BanStore.open(self.bus, strike_memory=self.rules.strike_memory)
         self._sync = await BanSync.start(self.bus, [self.deny_list, *self.enforcers])
-        consumer = self.bus.consumer(stream=AUTH_STREAM, durable=self.durable, batch=self._batch)
+        consumer = self.bus.consumer(
+            stream=AUTH_STREAM, durable=self.durable, batch=self._batch, cumulative_ack=True
+        )
         consumer.on(SUBJECT_AUTH_FAILED)(self._on_failed)
+        consumer.before_ack(self._flush)
         self._consumer = consumer
         await self._replay(consumer)
         self._stop.clear()
@@ -150,8 +176,11 @@ class Shield:
             if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
                 stored = self.deny_list.lookup(verdict.source)
                 if stored is None or stored.trigger_seq < delivery.stream_seq:
-                    await self._store_ban(verdict.ban, delivery)
+                    await self._issue_ban(verdict.ban, delivery)
+                    if len(self._pending) >= 1024:
+                        await self._flush()
             self.detector.commit(verdict)
+        await self._flush()
 
     def _decide(self, delivery: Delivery) -> Verdict:
         event = AuthFailed.from_bytes(delivery.data)
@@ -173,20 +202,21 @@ class Shield:
             _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
             raise Reject(f"malformed: {exc}") from exc
         if verdict.ban is not None:
-            try:
-                await self._store_ban(verdict.ban, delivery)
-            except BusUnavailable as exc:
-                raise Retry(str(exc), delay=1.0) from exc
+            await self._issue_ban(verdict.ban, delivery)
         elif verdict.outcome is Outcome.ALLOWLISTED:
             self.metrics.allowlisted += 1
         self.detector.commit(verdict)
         self.metrics.events_consumed += 1
 
-    async def _store_ban(self, ban: Ban, delivery: Delivery) -> None:
-        await self.store.put(ban)
+    async def _issue_ban(self, ban: Ban, delivery: Delivery) -> None:
+        """Mirror ``ban`` in the deny-list and send its write; :meth:`_flush` awaits it."""
         self.deny_list.put(ban)
-        self.metrics.bans_issued += 1
-        self.metrics.observe_latency(time.time() - delivery.timestamp.timestamp())
+        try:
+            put: PendingPut | None = await self.store.put_async(ban)
+        except BusUnavailable as exc:  # sent again by the flush
+            _log.warning("ban_write_failed", source=ban.source, error=str(exc))
+            put = None
+        self._pending.append(_PendingBan(ban, delivery.timestamp.timestamp(), put))
         _log.info(
             "source_banned",
             source=ban.source,
@@ -204,6 +234,44 @@ class Shield:
             await self.bus.publish_nowait(audit)
         except BusUnavailable as exc:
             _log.warning("audit_publish_failed", error=str(exc))
+
+    async def _flush(self) -> None:
+        """Wait until every ban sent since the last flush is stored (the consumer's before-ack
+        hook). Writes not confirmed are sent again and :class:`BusUnavailable` is raised: the
+        consumer calls the hook again before it acknowledges anything."""
+        pending = self._pending
+        if not pending:
+            return
+        unconfirmed: list[_PendingBan] = []
+        done = 0
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                for item in pending:
+                    if item.put is None:
+                        unconfirmed.append(item)
+                    else:
+                        try:
+                            await item.put.wait()
+                        except BusUnavailable:
+                            unconfirmed.append(item)
+                        else:
+                            self.metrics.bans_issued += 1
+                            self.metrics.observe_latency(time.time() - item.at)
+                    done += 1
+        except TimeoutError:
+            for item in pending[done:]:
+                if item.put is not None:
+                    item.put.cancel()
+                unconfirmed.append(item)
+        self._pending = unconfirmed
+        if not unconfirmed:
+            return
+        for item in unconfirmed:  # idempotent: the same record again
+            try:
+                item.put = await self.store.put_async(item.ban)
+            except BusUnavailable:
+                item.put = None
+        raise BusUnavailable(f"{len(unconfirmed)} ban writes not confirmed; sent again")
 
     async def stop(self) -> None:
         self._stop.set()

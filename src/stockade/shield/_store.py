@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from stockade.bus import Bus, KeyValueStore
+from stockade.bus import Bus, KeyValueStore, PendingPut
 
 from ._model import Ban, parse_source, source_key
 
@@ -44,6 +44,12 @@ class BanStore:
         now = time.time() if now is None else now
         ttl = ban.remaining(now) + self.strike_memory
         await self.kv.put(kv_key(ban.source), ban.to_bytes(), ttl=max(ttl, 1.0))
+
+    async def put_async(self, ban: Ban, *, now: float | None = None) -> PendingPut:
+        """Send ``ban`` without waiting; ``await pending.wait()`` returns once it is on disk."""
+        now = time.time() if now is None else now
+        ttl = ban.remaining(now) + self.strike_memory
+        return await self.kv.put_async(kv_key(ban.source), ban.to_bytes(), ttl=max(ttl, 1.0))
 
     async def get(self, source: str) -> Ban | None:
         entry = await self.kv.get(kv_key(source))
