@@ -145,6 +145,16 @@ async def test_lookup_key(service: IdentityService, new_key_line: KeyLine) -> No
     assert await service.lookup_key("alice", fp_alice) is not None
 
 
+async def test_key_owner(service: IdentityService, new_key_line: KeyLine) -> None:
+    alice = await service.add_user("alice", ssh_keys=[new_key_line()])
+    fingerprint = alice.keys[0].fingerprint
+    assert await service.key_owner(fingerprint) == "alice"
+    assert await service.key_owner("SHA256:nope") is None
+    assert await service.key_owner("x" * 100) is None
+    await service.remove_user("alice")
+    assert await service.key_owner(fingerprint) is None
+
+
 async def test_remove_user_cascades(service: IdentityService, new_key_line: KeyLine) -> None:
     line = new_key_line()
     user = await service.add_user("alice", ssh_keys=[line])

@@ -75,6 +75,8 @@ async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: P
         assert found is not None
         assert found.name == "alice"
         assert await client.lookup_key("bob", fingerprint) is None
+        assert await client.key_owner(fingerprint) == "alice"
+        assert await client.key_owner("SHA256:none") is None
 
         session = await client.start_session(
             "s1", username="alice", workspace="alice", client_ip="127.0.0.1", client_port=5000

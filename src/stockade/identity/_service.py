@@ -269,6 +269,20 @@ class IdentityService:
                 return None
             return _user(row)
 
+    async def key_owner(self, fingerprint: str) -> str | None:
+        """The name of the user holding the key ``fingerprint``, or None (one indexed query).
+
+        Lets the gateway tell ``key_not_owned`` from ``unknown_key`` in failure events."""
+        if not isinstance(fingerprint, str) or len(fingerprint) > 64:
+            return None
+        query = (
+            select(UserRow.name)
+            .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+            .where(SshKeyRow.fingerprint == fingerprint)
+        )
+        async with self._store.transaction(readonly=True) as session:
+            return await session.scalar(query)
+
     # -- passwords and TOTP ------------------------------------------------------------------
 
     async def set_password(self, name: str, password: str | None) -> None:

@@ -65,6 +65,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return pb.LookupKeyResponse(found=True, user=user_to_pb(user))
 
     @rpc_errors_to_status
+    async def KeyOwner(self, request: pb.KeyOwnerRequest, context: Ctx) -> pb.KeyOwnerResponse:
+        owner = await self._id.key_owner(request.fingerprint)
+        return pb.KeyOwnerResponse() if owner is None else pb.KeyOwnerResponse(username=owner)
+
+    @rpc_errors_to_status
     async def GetUser(self, request: pb.UserRef, context: Ctx) -> pb.User:
         return user_to_pb(await self._id.get_user(request.name))
 
@@ -248,6 +253,12 @@ class IdentityClient:
             )
         )
         return user_from_pb(reply.user) if reply.found else None
+
+    async def key_owner(self, fingerprint: str) -> str | None:
+        reply = await self._call(
+            self._stub.KeyOwner(pb.KeyOwnerRequest(fingerprint=fingerprint), timeout=self._timeout)
+        )
+        return reply.username if reply.HasField("username") else None
 
     async def get_user(self, name: str) -> User:
         reply = await self._call(self._stub.GetUser(pb.UserRef(name=name), timeout=self._timeout))

@@ -39,6 +39,11 @@ class IdentityStub:
                 request_serializer=identity__pb2.LookupKeyRequest.SerializeToString,
                 response_deserializer=identity__pb2.LookupKeyResponse.FromString,
                 _registered_method=True)
+        self.KeyOwner = channel.unary_unary(
+                '/stockade.identity.v1.Identity/KeyOwner',
+                request_serializer=identity__pb2.KeyOwnerRequest.SerializeToString,
+                response_deserializer=identity__pb2.KeyOwnerResponse.FromString,
+                _registered_method=True)
         self.GetUser = channel.unary_unary(
                 '/stockade.identity.v1.Identity/GetUser',
                 request_serializer=identity__pb2.UserRef.SerializeToString,
@@ -170,6 +175,12 @@ class IdentityServicer:
     """Missing associated documentation comment in .proto file."""
 
     def LookupKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeyOwner(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -333,6 +344,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     request_deserializer=identity__pb2.LookupKeyRequest.FromString,
                     response_serializer=identity__pb2.LookupKeyResponse.SerializeToString,
             ),
+            'KeyOwner': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeyOwner,
+                    request_deserializer=identity__pb2.KeyOwnerRequest.FromString,
+                    response_serializer=identity__pb2.KeyOwnerResponse.SerializeToString,
+            ),
             'GetUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUser,
                     request_deserializer=identity__pb2.UserRef.FromString,
@@ -486,6 +502,33 @@ class Identity:
             '/stockade.identity.v1.Identity/LookupKey',
             identity__pb2.LookupKeyRequest.SerializeToString,
             identity__pb2.LookupKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeyOwner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/KeyOwner',
+            identity__pb2.KeyOwnerRequest.SerializeToString,
+            identity__pb2.KeyOwnerResponse.FromString,
             options,
             channel_credentials,
             insecure,

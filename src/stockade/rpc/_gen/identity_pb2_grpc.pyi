@@ -35,6 +35,7 @@ class IdentityStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityAsyncStub: ...
     LookupKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]
+    KeyOwner: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.UserList]
     AddUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AddUserRequest, _identity_pb2.User]
@@ -65,6 +66,7 @@ class IdentityStub:
 class IdentityAsyncStub(IdentityStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     LookupKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]  # type: ignore[assignment]
+    KeyOwner: _aio.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]  # type: ignore[assignment]
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]  # type: ignore[assignment]
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_pb2.Empty, _identity_pb2.UserList]  # type: ignore[assignment]
     AddUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.AddUserRequest, _identity_pb2.User]  # type: ignore[assignment]
@@ -98,6 +100,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.LookupKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.LookupKeyResponse, _abc.Awaitable[_identity_pb2.LookupKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def KeyOwner(
+        self,
+        request: _identity_pb2.KeyOwnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.KeyOwnerResponse, _abc.Awaitable[_identity_pb2.KeyOwnerResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetUser(
