@@ -243,3 +243,48 @@ def test_importing_helpers_stays_in_the_standard_library() -> None:
     heavy = {"fastapi", "uvicorn", "hvac", "pydantic", "httpx", "starlette", "structlog", "typing"}
     assert not (heavy & {name.split(".")[0] for name in imported}), sorted(heavy & imported)
     assert "stockade.broker._app" not in imported
+
+
+@pytest.mark.parametrize(
+    ("api", "parts"),
+    [
+        ("https://127.0.0.1:8443", ("127.0.0.1", 8443, "")),
+        ("https://broker.example.com", ("broker.example.com", 443, "")),
+        ("https://[::1]:9443/stockade/", ("::1", 9443, "/stockade")),
+        ("HTTPS://h:1/a/b", ("h", 1, "/a/b")),
+    ],
+)
+def test_split_api(api: str, parts: tuple[str, int, str]) -> None:
+    assert helpers.split_api(api) == parts
+
+
+@pytest.mark.parametrize(
+    "api", ["http://h:1", "h:1", "https://", "https://u:p@h", "https://h:x", "https://h:99999"]
+)
+def test_split_api_rejects(api: str) -> None:
+    with pytest.raises(HelperError, match="must be an https:// URL"):
+        helpers.split_api(api)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", (200, b"{}")),
+        (
+            b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n',
+            (401, b'{"a":1}'),
+        ),
+        (b"HTTP/1.0 503 Unavailable\r\n\r\nbody until close", (503, b"body until close")),
+    ],
+)
+def test_read_response(raw: bytes, expected: tuple[int, bytes]) -> None:
+    assert helpers._read_response(io.BytesIO(raw)) == expected
+
+
+def test_read_response_rejects() -> None:
+    with pytest.raises(OSError, match="not an HTTP response"):
+        helpers._read_response(io.BytesIO(b"SSH-2.0-OpenSSH\r\n"))
+    big = f"HTTP/1.1 200 OK\r\nContent-Length: {10**7}\r\n\r\n".encode()
+    with pytest.raises(HelperError, match="too large"):
+        helpers._read_response(io.BytesIO(big))

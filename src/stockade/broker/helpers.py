@@ -99,11 +99,68 @@ def _error_message(status: int, body: bytes) -> str:
     return f"broker answered HTTP {status} ({reason})"
 
 
+def split_api(api: str) -> tuple[str, int, str]:
+    """``(host, port, path prefix)`` of an ``https://host[:port][/prefix]`` URL; IPv6 hosts in
+    brackets. Raises :class:`HelperError` for anything else (plain ``http`` included)."""
+    scheme, sep, rest = api.partition("://")
+    authority, _, prefix = rest.partition("/")
+    if scheme.lower() != "https" or not sep or "@" in authority:
+        raise HelperError(f"{ENV_API} must be an https:// URL, got {_clean(api, 100)!r}")
+    if authority.startswith("["):
+        host, _, tail = authority[1:].partition("]")
+        port_text = tail.removeprefix(":") if tail.startswith(":") else tail
+    else:
+        host, _, port_text = authority.partition(":")
+    if not host or (port_text and not port_text.isdigit()) or int(port_text or 443) > 65535:
+        raise HelperError(f"{ENV_API} must be an https:// URL, got {_clean(api, 100)!r}")
+    return host, int(port_text or 443), ("/" + prefix).rstrip("/")
+
+
+def _read_response(stream: IO[bytes]) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response (Content-Length, chunked or until close)."""
+    status_line = stream.readline(1024)
+    parts = status_line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise OSError("not an HTTP response")
+    headers: dict[bytes, bytes] = {}
+    for _ in range(100):
+        line = stream.readline(8192)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    else:
+        raise OSError("too many response headers")
+    if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        chunks: list[bytes] = []
+        total = 0
+        for _ in range(10_000):
+            size = int(stream.readline(64).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                break
+            total += size
+            if total > MAX_RESPONSE_BYTES:
+                raise HelperError("broker response too large")
+            chunks.append(stream.read(size))
+            stream.readline(8)
+        return int(parts[1]), b"".join(chunks)
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit():
+        if int(length) > MAX_RESPONSE_BYTES:
+            raise HelperError("broker response too large")
+        return int(parts[1]), stream.read(int(length))
+    data = stream.read(MAX_RESPONSE_BYTES + 1)
+    if len(data) > MAX_RESPONSE_BYTES:
+        raise HelperError("broker response too large")
+    return int(parts[1]), data
+
+
 def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
     """POST ``body`` as JSON to the broker's ``path`` with the session token.
 
     Returns the decoded JSON object. Raises :class:`Missing` on 404 and :class:`HelperError`
-    with a one-line message for everything else that is not a 200.
+    with a one-line message for everything else that is not a 200. HTTP/1.1 is spoken directly
+    over an ``ssl`` socket: ``http.client`` would cost the helper its ``email`` imports.
     """
     token = os.environ.get(ENV_TOKEN, "").strip()
     api = os.environ.get(ENV_API, "").strip()
@@ -111,51 +168,41 @@ def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
         raise HelperError(f"{ENV_TOKEN} is not set; run inside a Stockade session")
     if not api:
         raise HelperError(f"{ENV_API} is not set; run inside a Stockade session")
-    from urllib.parse import urlsplit
-
-    url = urlsplit(api)
-    if url.scheme != "https" or not url.hostname:
-        raise HelperError(f"{ENV_API} must be an https:// URL, got {_clean(api, 100)!r}")
-    import http.client
+    if any(ch in token for ch in "\r\n\0 "):
+        raise HelperError(f"{ENV_TOKEN} contains characters a token cannot have")
+    host, port, prefix = split_api(api)
+    import socket
     import ssl
 
-    context = ssl.create_default_context(cafile=_ca_file())
-    try:
-        port = url.port
-    except ValueError as exc:
-        raise HelperError(f"{ENV_API} has a bad port: {_clean(api, 100)!r}") from exc
-    conn = http.client.HTTPSConnection(url.hostname, port, timeout=TIMEOUT, context=context)
     payload = json.dumps(body).encode()
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = (
+        f"POST {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json\r\nContent-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
     try:
-        conn.request(
-            "POST",
-            url.path.rstrip("/") + path,
-            body=payload,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Content-Type": "application/json",
-                "Accept": "application/json",
-            },
-        )
-        response = conn.getresponse()
-        data = response.read(MAX_RESPONSE_BYTES + 1)
-        status = response.status
+        context = ssl.create_default_context(cafile=_ca_file())
+        with (
+            socket.create_connection((host, port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+            tls.makefile("rb") as stream,
+        ):
+            tls.sendall(head.encode() + payload)
+            status, data = _read_response(stream)
     except ssl.SSLError as exc:
         raise HelperError(
             f"TLS to the broker failed ({_clean(str(exc), 120)}); set {ENV_CA} to its CA file"
         ) from exc
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, ValueError) as exc:
         raise HelperError(
-            f"cannot reach the broker at {url.netloc}: {_clean(str(exc), 120)}"
+            f"cannot reach the broker at {authority}: {_clean(str(exc) or type(exc).__name__, 120)}"
         ) from exc
-    finally:
-        conn.close()
     if status == 404:
         raise Missing()
     if status != 200:
         raise HelperError(_error_message(status, data))
-    if len(data) > MAX_RESPONSE_BYTES:
-        raise HelperError("broker response too large")
     try:
         doc = json.loads(data)
     except ValueError as exc:

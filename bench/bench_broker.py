@@ -1,0 +1,282 @@
+"""Credential broker: ``git credential fill`` through git-credential-stockade vs git's own
+``credential-store`` (goal <= 3x), and broker requests/s and p99 with the Vault (OpenBao) backend.
+
+Everything real and on loopback: ``bao server -dev``, the embedded nats-server, a SQLite identity
+store, the shipped Rego bundle, the broker over TLS. The broker runs in its own thread and event
+loop; ``git`` runs as a subprocess per fill. Loops are bounded by count and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from pydantic import SecretStr
+
+from stockade.authz import Authorizer
+from stockade.broker import BrokerServer, workspace_config
+from stockade.bus import Bus, EmbeddedNats
+from stockade.core.settings import (
+    AuthzSettings,
+    BrokerSettings,
+    IdentitySettings,
+    Settings,
+    VaultSettings,
+)
+from stockade.identity import IdentityService, KeyRing, PasswordHasher
+from stockade.store import Store
+from stockade.tls import DevCA
+
+BIN = Path(sys.executable).parent
+FILLS = 40
+FILL_SECONDS = 20.0
+REQUESTS = 2000
+LOAD_SECONDS = 15.0
+CONCURRENCY = 16
+HOST = "git.example.com"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def openbao(tmp: Path) -> Iterator[tuple[str, str]]:
+    port, token = _free_port(), "root-" + secrets.token_hex(8)
+    with (tmp / "bao.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}",
+             f"-dev-root-token-id={token}"],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp), "BAO_DISABLE_MLOCK": "true"},
+        )  # fmt: skip
+        addr = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(f"{addr}/v1/sys/health", timeout=1):  # noqa: S310
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            yield addr, token
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def kv_put(addr: str, token: str, path: str, data: dict[str, str]) -> None:
+    request = urllib.request.Request(  # noqa: S310 - loopback http
+        f"{addr}/v1/secret/data/{path}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"X-Vault-Token": token},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+@dataclass
+class Running:
+    url: str
+    ca: Path
+    token: str
+
+
+@contextlib.asynccontextmanager
+async def broker(tmp: Path, addr: str, vault_token: str) -> AsyncIterator[Running]:
+    async with EmbeddedNats(tmp) as nats_url:
+        store = Store(f"sqlite:///{tmp / 'stockade.db'}")
+        await store.migrate()
+        identity = IdentityService(
+            store=store,
+            settings=IdentitySettings(),
+            keyring=KeyRing(tmp / "keys"),
+            password_hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+        )
+        bus = await Bus.connect(nats_url, name="bench-broker")
+        await bus.ensure_streams()
+        settings = Settings(
+            vault=VaultSettings(addr=addr, token=SecretStr(vault_token)),
+            broker=BrokerSettings(port=0),
+        )
+        server = BrokerServer.from_settings(
+            settings,
+            identity=identity,
+            authz=Authorizer(settings=AuthzSettings(decision_log=False)),
+            publisher=bus,
+            ca=DevCA(tmp / "ca"),
+        )
+        await server.start()
+        try:
+            await identity.add_user("bench")
+            await identity.start_session(
+                "s-bench", username="bench", workspace="bench", client_ip="127.0.0.1", client_port=1
+            )
+            token = await identity.issue_token("bench", session_id="s-bench", ttl=3600)
+            yield Running(url=server.url, ca=server.ca_path, token=token)
+        finally:
+            await server.stop()
+            await bus.close()
+            await store.close()
+
+
+def in_thread(
+    tmp: Path, addr: str, vault_token: str
+) -> tuple[Running, threading.Event, threading.Thread]:
+    """Run the broker in its own event loop; returns once it serves."""
+    ready: Future[Running] = Future()
+    stop = threading.Event()
+    loop = asyncio.new_event_loop()
+    stopped = asyncio.Event()
+
+    async def main() -> None:
+        async with broker(tmp, addr, vault_token) as running:
+            ready.set_result(running)
+            await stopped.wait()
+
+    def run() -> None:
+        loop.run_until_complete(main())
+        loop.close()
+
+    def on_stop() -> None:
+        stop.wait()
+        loop.call_soon_threadsafe(stopped.set)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    threading.Thread(target=on_stop, daemon=True).start()
+    return ready.result(timeout=60), stop, thread
+
+
+def time_fills(env: dict[str, str], cwd: Path) -> list[float]:
+    """Wall times of ``git credential fill`` (bounded by FILLS and FILL_SECONDS)."""
+    times: list[float] = []
+    deadline = time.monotonic() + FILL_SECONDS
+    stdin = f"protocol=https\nhost={HOST}\n\n".encode()
+    for _ in range(FILLS):
+        started = time.perf_counter()
+        out = subprocess.run(
+            ["git", "credential", "fill"], input=stdin, env=env, cwd=cwd,
+            capture_output=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        times.append(time.perf_counter() - started)
+        if b"password=" not in out:
+            raise RuntimeError(f"git credential fill returned no password: {out!r}")
+        if time.monotonic() > deadline:
+            break
+    return times
+
+
+async def load(running: Running) -> tuple[float, float, float, int]:
+    """Requests/s, p50 and p99 (ms) of POST /v1/credentials/git with CONCURRENCY clients."""
+    latencies: list[float] = []
+    errors = 0
+    context = ssl.create_default_context(cafile=str(running.ca))
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    headers = {"Authorization": f"Bearer {running.token}"}
+    body = {"protocol": "https", "host": HOST}
+    deadline = time.monotonic() + LOAD_SECONDS
+    remaining = REQUESTS
+    async with httpx.AsyncClient(base_url=running.url, verify=context, limits=limits) as client:
+        await client.post("/v1/credentials/git", json=body, headers=headers)  # warm up
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0 and time.monotonic() < deadline:
+                remaining -= 1
+                started = time.perf_counter()
+                response = await client.post("/v1/credentials/git", json=body, headers=headers)
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 200:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return len(latencies) / elapsed, p50, p99, errors
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-broker-") as name, openbao(Path(name)) as bao:
+        tmp = Path(name)
+        addr, vault_token = bao
+        password = secrets.token_urlsafe(24)
+        kv_put(
+            addr, vault_token, f"stockade/bench/git/{HOST}", {"username": "u", "password": password}
+        )
+        running, stop, thread = in_thread(tmp, addr, vault_token)
+        try:
+            base = {"PATH": f"{BIN}:/usr/bin:/bin", "LANG": "C.UTF-8", "GIT_TERMINAL_PROMPT": "0"}
+            store_home = tmp / "store-home"
+            store_home.mkdir()
+            (store_home / ".gitconfig").write_text("[credential]\n\thelper = store\n")
+            (store_home / ".git-credentials").write_text(f"https://u:{password}@{HOST}\n")
+            os.chmod(store_home / ".git-credentials", 0o600)
+            stockade_home = tmp / "stockade-home"
+            stockade_home.mkdir()
+            workspace_config(stockade_home, running.url, running.ca)
+            store_env = {**base, "HOME": str(store_home)}
+            stockade_env = {
+                **base,
+                "HOME": str(stockade_home),
+                "STOCKADE_TOKEN": running.token,
+                "STOCKADE_API": running.url,
+            }
+            store_times: list[float] = []
+            stockade_times: list[float] = []
+            for _ in range(2):  # interleaved rounds: both see the same machine load
+                store_times += time_fills(store_env, store_home)
+                stockade_times += time_fills(stockade_env, stockade_home)
+            anchor = statistics.median(store_times) * 1000
+            subject = statistics.median(stockade_times) * 1000
+            print(f"git credential fill, credential-store (anchor): {anchor:.1f} ms median")
+            print(
+                f"git credential fill, git-credential-stockade: {subject:.1f} ms median "
+                f"({subject / anchor:.1f}x vs credential-store; goal <= 3x)"
+            )
+            startup = time_python_startup()
+            print(f"   (for scale: bare python interpreter start {startup:.1f} ms median)")
+            rps, p50, p99, errors = asyncio.run(load(running))
+            print(
+                f"broker POST /v1/credentials/git, vault backend: {rps:.0f} requests/s, "
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({CONCURRENCY} concurrent, {errors} errors)"
+            )
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+
+def time_python_startup() -> float:
+    times = []
+    for _ in range(10):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, timeout=30)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1000
+
+
+if __name__ == "__main__":
+    main()
