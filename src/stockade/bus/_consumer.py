@@ -43,6 +43,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import nats.js.errors
@@ -118,30 +119,31 @@ Handler = Callable[[Delivery], Awaitable[None]]
 AckHook = Callable[[], Awaitable[None]]
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 def _delivery(msg: Msg, retries: int = 0) -> Delivery:
     """A :class:`Delivery` from a JetStream message, reading the ack subject's tokens directly
     (``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>``, or
     the 12-token form with domain and account hash)."""
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        delivered, seq, nanos = tokens[4], tokens[5], tokens[7]
-    else:
-        meta = msg.metadata
         return Delivery(
-            subject=msg.subject,
-            data=msg.data,
-            headers=msg.headers or {},
-            stream_seq=meta.sequence.stream,
-            timestamp=meta.timestamp,
-            attempt=meta.num_delivered + retries,
+            msg.subject,
+            msg.data,
+            msg.headers or _NO_HEADERS,
+            int(tokens[5]),
+            datetime.fromtimestamp(int(tokens[7]) / 1e9, UTC),
+            int(tokens[4]) + retries,
         )
+    meta = msg.metadata
     return Delivery(
         subject=msg.subject,
         data=msg.data,
-        headers=msg.headers or {},
-        stream_seq=int(seq),
-        timestamp=datetime.fromtimestamp(int(nanos) / 1e9, UTC),
-        attempt=int(delivered) + retries,
+        headers=msg.headers or _NO_HEADERS,
+        stream_seq=meta.sequence.stream,
+        timestamp=meta.timestamp,
+        attempt=meta.num_delivered + retries,
     )
 
 

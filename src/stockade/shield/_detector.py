@@ -24,7 +24,7 @@ from stockade.core.durations import format_duration
 from stockade.core.errors import InvalidInput
 from stockade.core.settings import ShieldSettings
 
-from ._model import Ban, Network
+from ._model import Ban, Network, ipv4_int
 
 __all__ = ["Detector", "Failure", "Outcome", "Rules", "Verdict"]
 
@@ -137,6 +137,8 @@ class Detector:
         self._commits = 0
         self._latest = 0.0
         self._keys: dict[str, str] = {}
+        self._window_text = format_duration(timedelta(seconds=rules.window))
+        self._enum_window_text = format_duration(timedelta(seconds=rules.enum_window))
         # allowlist as (version, network address >> host bits, prefix length)
         self._allow = [
             (n.version, int(n.network_address) >> (n.max_prefixlen - n.prefixlen), n.prefixlen)
@@ -155,8 +157,13 @@ class Detector:
         key = self._keys.get(ip)
         if key is not None:
             return key
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address
+        value4 = ipv4_int(ip)
         try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
+            if value4 is not None:
+                address = ipaddress.IPv4Address(value4)
+            else:
+                address = ipaddress.ip_address(ip.split("%", 1)[0])
         except ValueError as exc:
             raise InvalidInput("client_ip", f"{ip[:64]!r} is not an IP address") from exc
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -208,15 +215,9 @@ class Detector:
             distinct = len(state.user_counts) + (failure.username not in state.user_counts)
         reason = ""
         if weight > 0 and total >= rules.threshold - 1e-9:
-            reason = (
-                f"brute-force: {total:g} weighted failures in "
-                f"{format_duration(timedelta(seconds=rules.window))}"
-            )
+            reason = f"brute-force: {total:g} weighted failures in {self._window_text}"
         elif rules.enum_usernames and distinct >= rules.enum_usernames:
-            reason = (
-                f"user-enumeration: {distinct} usernames in "
-                f"{format_duration(timedelta(seconds=rules.enum_window))}"
-            )
+            reason = f"user-enumeration: {distinct} usernames in {self._enum_window_text}"
         if not reason:
             return Verdict(Outcome.COUNTED, source, failure, weight)
         strikes = 1

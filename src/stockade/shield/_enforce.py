@@ -103,6 +103,7 @@ class DenyList:
         )
 
     def _reindex(self) -> None:
+        """Recompute the prefix lengths to look up (only when one appears or disappears)."""
         self._prefixes = {
             v: tuple(sorted({p for (ver, p), m in self._index.items() if ver == v and m}))
             for v in (4, 6)
@@ -113,6 +114,7 @@ class DenyList:
         self._index.clear()
         for ban in bans:
             self.put(ban)
+        self._reindex()
 
     async def apply(self, ban: Ban, now: float) -> None:
         self.put(ban)
@@ -123,19 +125,26 @@ class DenyList:
     def put(self, ban: Ban) -> None:
         """Synchronous :meth:`apply` (the shield mirrors its own writes at once)."""
         old = self._bans.get(ban.source)
-        if old is not None and old.trigger_seq > ban.trigger_seq > 0:
-            return
+        if old is not None and (old == ban or old.trigger_seq > ban.trigger_seq > 0):
+            return  # the same record again (the shield's own write, echoed by the watch)
         self._bans[ban.source] = ban
         slot, key = self._slot(ban.network)
-        self._index.setdefault(slot, {})[key] = ban.until
-        self._reindex()
+        index = self._index.get(slot)
+        if index is None:
+            index = self._index[slot] = {}
+        fresh = not index
+        index[key] = ban.until
+        if fresh:
+            self._reindex()
 
     def discard(self, source: str) -> None:
         ban = self._bans.pop(source, None)
         if ban is not None:
             slot, key = self._slot(ban.network)
-            self._index.get(slot, {}).pop(key, None)
-            self._reindex()
+            index = self._index.get(slot, {})
+            index.pop(key, None)
+            if not index:
+                self._reindex()
 
 
 class ExecEnforcer:

@@ -7,6 +7,7 @@ and its expiry (the bucket is on JetStream file storage).
 
 from __future__ import annotations
 
+import functools
 import time
 
 from stockade.bus import Bus, KeyValueStore, PendingPut
@@ -19,6 +20,7 @@ __all__ = ["BUCKET", "BanStore", "kv_key", "source_of_key"]
 BUCKET = "stockade_shield_bans"
 
 
+@functools.lru_cache(maxsize=65536)
 def kv_key(source: str) -> str:
     """The KV key of a source (``:`` is not allowed in keys, ``_`` never appears in addresses)."""
     return source_key(parse_source(source)).replace(":", "_")
