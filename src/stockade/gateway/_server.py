@@ -16,6 +16,7 @@ from stockade.core.logging import get_logger
 
 from ._auth import ConnectionAuth
 from ._policy import Policy
+from ._transport import coalesce_writes
 
 __all__ = ["GatewayServer"]
 
@@ -70,6 +71,7 @@ class GatewayServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         """Called once the TCP connection is handed to asyncssh; remembers it."""
         self._conn = conn
+        coalesce_writes(conn)
         self._on_connection(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:

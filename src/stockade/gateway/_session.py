@@ -301,23 +301,27 @@ async def _pump(
                 recorder.input(data)
             await workload.write_stdin(data)
 
-    async def workload_to_client(read: Callable[[], Any], writer: Any, record: bool) -> None:
+    channel = process.channel
+
+    async def workload_to_client(read: Callable[[], Any], writer: Any) -> None:
         while True:
             data = await read()
             if not data:
                 return
             counters[1] += len(data)
-            if record and recorder is not None:
+            if recorder is not None:
                 recorder.output(data)
-            writer.write(data)
             try:
-                await writer.drain()
+                # asyncssh queues what the peer's window cannot take yet; wait only then
+                writer.write(data)
+                if channel.get_write_buffer_size():
+                    await writer.drain()
             except (asyncssh.Error, OSError):
                 return
 
     feeder = asyncio.create_task(client_to_workload())
-    out = asyncio.create_task(workload_to_client(workload.read_stdout, process.stdout, True))
-    err = asyncio.create_task(workload_to_client(workload.read_stderr, process.stderr, True))
+    out = asyncio.create_task(workload_to_client(workload.read_stdout, process.stdout))
+    err = asyncio.create_task(workload_to_client(workload.read_stderr, process.stderr))
     limit = obligations.get("max_session_seconds")
     deadline: asyncio.TimerHandle | None = None
     if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:

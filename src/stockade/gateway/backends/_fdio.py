@@ -13,8 +13,9 @@ import os
 
 __all__ = ["CHUNK", "FdReader", "FdWriter"]
 
-#: Bytes per read: large enough for bulk throughput, small enough for SSH packets.
-CHUNK = 64 * 1024
+#: Bytes per read: bulk output moves in few, large reads (the local backend grows its stdout pipe
+#: to hold several); asyncssh splits each into packets of the peer's maximum size.
+CHUNK = 256 * 1024
 
 
 class _Fd:

@@ -12,6 +12,7 @@ as the sandbox user and the gateway warns at start-up. The network namespace is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import pty
@@ -27,12 +28,14 @@ from stockade.core.errors import ToolMissing
 from stockade.core.logging import get_logger
 
 from . import ExitStatus, SessionSpec
-from ._fdio import FdReader, FdWriter
+from ._fdio import CHUNK, FdReader, FdWriter
 
 __all__ = ["SFTP_SERVER", "LocalBackend", "LocalWorkload"]
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Capacity of a session's stdout pipe: four reads of CHUNK.
+PIPE_SIZE = 4 * CHUNK
 _log = get_logger("stockade.gateway.local")
 
 _SIGNALS = {
@@ -43,6 +46,13 @@ _SIGNALS = {
 
 def _set_winsize(fd: int, columns: int, rows: int, width: int, height: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, width, height))
+
+
+def _grow_pipe(fd: int) -> None:
+    """Give a pipe room for several reads of :data:`CHUNK` (the default 64 KiB caps each read
+    and wakes the gateway four times as often under bulk output)."""
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size for non-root
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
 
 
 def _take_terminal() -> None:  # runs in the child between fork and exec
@@ -278,6 +288,7 @@ class LocalBackend:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        _grow_pipe(out_r)
         try:
             proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False)
         except BaseException:
