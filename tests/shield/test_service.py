@@ -10,15 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from stockade.bus import Bus
-from stockade.core.errors import InvalidInput
+from stockade.bus import Bus, PendingPut
+from stockade.core.errors import BusUnavailable, InvalidInput
 from stockade.core.events import SUBJECT_AUTH_FAILED, AuthFailed
 from stockade.core.settings import ShieldSettings
 from stockade.shield import (
+    Ban,
     BanStore,
     BanSync,
     DenyList,
     ExecEnforcer,
+    Nft,
+    NftablesEnforcer,
+    NftError,
     Shield,
     ShieldMetrics,
     manual_ban,
@@ -169,3 +173,77 @@ def test_metrics_text_format() -> None:
     assert 'stockade_shield_ban_latency_seconds_bucket{le="0.5"} 2' in text
     assert "stockade_shield_ban_latency_seconds_count 2" in text
     assert "stockade_shield_active_bans 2" in text
+
+
+async def test_ban_write_failure_holds_the_ack_until_stored(bus: Bus) -> None:
+    """A ban whose KV write fails is sent again; its events are acknowledged only after."""
+    shield = Shield(bus, SETTINGS, enforcers=[])
+    await shield.start()
+    store = shield.store
+    real = store.put_async
+    failures = 0
+
+    async def flaky(ban: Ban, *, now: float | None = None) -> PendingPut:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise BusUnavailable("NATS put: connection lost (test)")
+        return await real(ban, now=now)
+
+    store.put_async = flaky  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            await bus.publish(failed("198.51.100.9"))
+        await bus.publish(failed("198.51.100.10"))
+        assert await shield.wait_idle()
+        assert failures == 2
+        stored = await store.get("198.51.100.9")
+        assert stored is not None
+        assert stored.strikes == 1
+        assert shield.metrics.bans_issued == 1
+        assert shield.metrics.events_consumed == 4
+    finally:
+        await shield.stop()
+
+
+async def test_nft_changes_queued_while_nft_runs_go_in_one_batch() -> None:
+    class SlowNft(Nft):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scripts: list[str] = []
+            self.release = asyncio.Event()
+
+        async def run(self, *args: str, script: str | None = None) -> str:
+            assert script is not None
+            await self.release.wait()
+            if "203.0.113.66" in script:
+                raise NftError("Could not process rule: File exists")  # one bad element
+            self.scripts.append(script)
+            return ""
+
+    nft = SlowNft()
+    enforcer = NftablesEnforcer(nft, ports=[2222])
+    now = time.time()
+
+    def ban(source: str) -> Ban:
+        return Ban(source=source, until=now + 60, strikes=1, reason="t", banned_at=now)
+
+    await enforcer.apply(ban("203.0.113.1"), now)  # the writer starts with this one
+    await asyncio.sleep(0)
+    for i in range(2, 40):
+        await enforcer.apply(ban(f"203.0.113.{i}"), now)
+    await enforcer.remove("203.0.113.5")
+    nft.release.set()
+    await enforcer.drain()
+    assert len(nft.scripts) == 2  # one for the first ban, one for everything queued meanwhile
+    assert nft.scripts[1].count("timeout") == 38
+    assert nft.scripts[1].rstrip().endswith("delete element inet stockade banned4 { 203.0.113.5 }")
+
+    nft.scripts.clear()
+    for i in (64, 65, 66, 67):
+        await enforcer.apply(ban(f"203.0.113.{i}"), now)
+    await enforcer.drain()
+    # the batch failed on one element: the others went in one by one
+    assert len(nft.scripts) == 3
+    assert enforcer.failures == 1
+    assert enforcer.available

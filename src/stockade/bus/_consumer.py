@@ -268,7 +268,7 @@ class Consumer:
         try:
             await js.add_consumer(self.stream, config=config)
             return
-        except nats.js.errors.BadRequestError:
+        except nats.js.errors.APIError:  # 10012: ack policy can not be updated
             info = await js.consumer_info(self.stream, self.durable)
             if info.config.ack_policy == config.ack_policy:
                 raise

@@ -233,10 +233,20 @@ class BanSync:
             raise StockadeError(f"ban store did not load within {wait}s") from None
         return sync
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain: float = 10.0) -> None:
+        """Stop watching; then give enforcers that queue their work (nftables) up to ``drain``
+        seconds to finish it."""
         if self._watch is not None:
             await self._watch.stop()
             self._watch = None
+        for enforcer in self.enforcers:
+            pending = getattr(enforcer, "drain", None)
+            if pending is None:
+                continue
+            try:
+                await asyncio.wait_for(pending(), drain)
+            except TimeoutError:
+                _log.warning("enforcer_drain_timeout", enforcer=enforcer.name)
 
     async def _on_entry(self, entry: KvEntry | None) -> None:
         now = time.time()

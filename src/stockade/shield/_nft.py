@@ -14,6 +14,9 @@ The table (family ``inet``, name from ``[shield] nft_table``)::
 
 Elements carry the ban's remaining time as their ``timeout``, so the kernel lifts a ban on time
 even when Stockade is down. At start the table is rebuilt from the ban store in one atomic batch.
+Bans and unbans are queued and written by one task: what queued up while ``nft`` ran goes into
+the next single ``nft -f`` (a wave of bans costs a few runs, not one per ban); a batch that
+fails is retried one change at a time, so one bad element does not hold back the others.
 ``nft`` missing or not permitted is reported once; the enforcer then does nothing.
 """
 
@@ -101,6 +104,10 @@ class NftablesEnforcer:
         self.problem: str | None = None
         """Why the enforcer is off (``nft`` missing or not permitted), after :meth:`reconcile`."""
         self.failures = 0
+        self.runs = 0
+        """``nft`` runs made for bans and unbans (batches)."""
+        self._queued: list[str] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def available(self) -> bool:
@@ -153,30 +160,63 @@ class NftablesEnforcer:
             _log.error("nft_failed", error=str(exc))
 
     async def apply(self, ban: Ban, now: float) -> None:
+        """Queue ``ban`` for the kernel (see the module docstring); :meth:`drain` waits for it."""
         if not self.available or ban.remaining(now) <= 0:
             return
         element = f"inet {self.table} {self._set(ban)} {{ {ban.source} }}"
-        script = (
+        self._queue(
             f"add element {element}\n"
             f"delete element {element}\n"
             f"add element inet {self.table} {self._set(ban)} "
             f"{{ {ban.source} timeout {_timeout(ban.remaining(now))} }}\n"
         )
-        try:
-            await self.nft.run(script=script)
-        except NftError as exc:
-            self._report(exc)
 
     async def remove(self, source: str) -> None:
+        """Queue the removal of ``source``'s element; :meth:`drain` waits for it."""
         if not self.available:
             return
         network = parse_source(source)
         name = "banned4" if network.version == 4 else "banned6"
         element = f"inet {self.table} {name} {{ {source} }}"
-        try:  # add first so that the delete never fails on an absent (expired) element
-            await self.nft.run(script=f"add element {element}\ndelete element {element}\n")
-        except NftError as exc:
-            self._report(exc)
+        # add first so that the delete never fails on an absent (expired) element
+        self._queue(f"add element {element}\ndelete element {element}\n")
+
+    def _queue(self, script: str) -> None:
+        self._queued.append(script)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name=f"nft-{self.table}")
+
+    async def _write(self) -> None:
+        while self._queued:
+            scripts, self._queued = self._queued, []
+            self.runs += 1
+            try:
+                await self.nft.run(script="".join(scripts))
+            except Exception as exc:
+                if not isinstance(exc, NftError):
+                    self.failures += 1
+                    _log.exception("nft_failed", error=str(exc))
+                    continue
+                if exc.missing or exc.denied or len(scripts) == 1:
+                    self._report(exc)
+                    continue
+                for script in scripts:  # find the bad one; the others still go in
+                    self.runs += 1
+                    try:
+                        await self.nft.run(script=script)
+                    except NftError as one:
+                        self._report(one)
+                    except Exception as one:
+                        self.failures += 1
+                        _log.exception("nft_failed", error=str(one))
+
+    async def drain(self) -> None:
+        """Wait until every queued ban and unban was handed to ``nft``."""
+        for _ in range(1000):  # each round waits for one writer; new ones only if more queued
+            writer = self._writer
+            if writer is None or writer.done():
+                return
+            await asyncio.shield(writer)
 
     async def elements(self) -> dict[str, float]:
         """Sources in the kernel's sets with their seconds left (empty when unavailable)."""
