@@ -88,7 +88,7 @@ def test_templates_validated() -> None:
 def test_in_cluster_url_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(ConfigError, match="KUBERNETES_SERVICE_HOST"):
-        KubernetesBackend(BrokerKubernetesSettings())
+        KubernetesBackend(BrokerKubernetesSettings(ca_file=None))
 
 
 class ApiServer:

@@ -146,6 +146,11 @@ class KubernetesBackend:
                     f"broker.kubernetes.{setting}: {template!r} may use only {{user}} and "
                     "{cluster}"
                 ) from exc
+        if client is None and settings.ca_file is not None and not settings.ca_file.is_file():
+            raise ConfigError(
+                f"broker.kubernetes.ca_file {settings.ca_file} does not exist: set "
+                "STOCKADE_BROKER__KUBERNETES__CA_FILE to the API server's CA bundle"
+            )
         self._settings = settings
         self._client = client or TokenRequestClient(
             _api_url(settings), ca_file=settings.ca_file, timeout=settings.timeout
