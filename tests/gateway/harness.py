@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +121,29 @@ class GatewayEnv:
         return path
 
 
+def policy_bundle(dest: Path, edits: Mapping[str, str]) -> Path:
+    """A copy of the default policy bundle in ``dest`` with each ``old: new`` text edit applied
+    (each ``old`` must occur in ``stockade.rego``); the Rego tests are left out."""
+    dest.mkdir(parents=True)
+    default = Authorizer(settings=AuthzSettings()).bundle_dir
+    for source in default.glob("*.rego"):
+        if source.name.endswith("_test.rego"):
+            continue
+        text = source.read_text()
+        if source.name == "stockade.rego":
+            for old, new in edits.items():
+                assert old in text, old
+                text = text.replace(old, new)
+        (dest / source.name).write_text(text)
+    return dest
+
+
 @contextlib.asynccontextmanager
-async def gateway_env(tmp: Path, nats_url: str, **overrides: Any) -> AsyncIterator[GatewayEnv]:
+async def gateway_env(
+    tmp: Path, nats_url: str, *, bundle_dir: Path | None = None, **overrides: Any
+) -> AsyncIterator[GatewayEnv]:
+    """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
+    are GatewaySettings fields."""
     data_dir = tmp / "data"
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
@@ -133,7 +154,7 @@ async def gateway_env(tmp: Path, nats_url: str, **overrides: Any) -> AsyncIterat
         keyring=KeyRing(data_dir / "keys"),
         password_hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
     )
-    authz = Authorizer(settings=AuthzSettings())
+    authz = Authorizer(settings=AuthzSettings(), bundle_dir=bundle_dir)
     bus = await Bus.connect(nats_url, name="gateway-test")
     await bus.ensure_streams()
     listener = await nats.connect(nats_url)

@@ -52,6 +52,9 @@ async def test_kill_ends_a_live_session(env: GatewayEnv) -> None:
     else:
         raise AssertionError("the session never started")
     await env.identity.end_session(live[0].session_id, reason="killed by admin")
-    await asyncio.wait_for(proc.wait(), 30)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
+    assert err.count(b"stockade: session terminated by an administrator") == 1, err
     assert env.gateway.live_sessions == []
+    (row,) = await env.identity.list_sessions(username="kim")
+    assert not row.live

@@ -85,6 +85,10 @@ _HOST_KEYS = (
 )
 #: How often live sessions are compared with the registry (``stockade sessions kill``).
 _KILL_POLL_SECONDS = 1.0
+#: What the user of a session ended by ``stockade sessions kill`` reads on stderr.
+KILL_MESSAGE = "session terminated by an administrator"
+#: What the users of sessions still open when the gateway stops read on stderr.
+STOP_MESSAGE = "the gateway is shutting down"
 
 
 def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
@@ -252,7 +256,7 @@ class Gateway:
             for waiter in waiters:
                 waiter.cancel()
         for session in list(self._live.values()):
-            await session.workload.close()
+            await session.terminate("gateway_stopped", STOP_MESSAGE)
         for conn in list(self._conns):
             conn.disconnect(asyncssh.DISC_BY_APPLICATION, "gateway shutting down")
         for task in list(self._tasks):
@@ -414,8 +418,7 @@ class Gateway:
             for session_id, session in list(self._live.items()):
                 if session_id not in still and not session.end_reason:
                     _log.info("session_killed", session=session_id)
-                    session.end_reason = "killed"
-                    self._background(session.workload.close())
+                    self._background(session.terminate("killed", KILL_MESSAGE))
 
 
 async def _read_exact(sock: socket.socket, size: int) -> bytes:

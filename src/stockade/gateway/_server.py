@@ -1,7 +1,9 @@
 """The asyncssh ``SSHServer`` of one connection: thin hooks that hand questions to the gateway.
 
 Every hook denies unless identity and policy say otherwise. Host-based and GSS authentication
-are never offered; X11 forwarding and Unix-socket forwarding are refused (asyncssh's defaults).
+are never offered; Unix-socket forwarding is refused (asyncssh's default). An X11 request
+(``ssh -X``) is decided by policy as ``ssh.x11`` (the default bundle denies it); workspaces offer
+no X11 display yet, so it is refused either way, and the session shows the reason on stderr.
 """
 
 from __future__ import annotations
@@ -25,8 +27,45 @@ _log = get_logger("stockade.gateway.server")
 _BAD_INPUT = {"invalid_username", "unknown_workspace"}
 
 
+#: Why an X11 request that policy allowed is refused all the same.
+X11_UNAVAILABLE = "no X11 display is available in workspaces"
+
+
 class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
-    """A session whose ``sftp`` subsystem goes to the workspace, not to asyncssh's SFTP server."""
+    """A session whose ``sftp`` subsystem goes to the workspace, not to asyncssh's SFTP server,
+    and whose X11 request is asked of policy (``decide_x11(screen) -> (allowed, why)``)."""
+
+    def __init__(
+        self,
+        serve: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]],
+        decide_x11: Callable[[int], Awaitable[tuple[bool, str]]],
+    ) -> None:
+        super().__init__(serve, None, 0, False)
+        self._decide_x11 = decide_x11
+        self.x11_refusal: str | None = None
+        """Why this session's X11 request was refused (shown on stderr when it starts)."""
+
+    def connection_made(self, chan: Any) -> None:
+        super().connection_made(chan)
+        # asyncssh finds a channel's request handlers by name (``_process_<request>_request``);
+        # its own x11-req handler refuses without asking anyone
+        chan._process_x11_req_request = self._x11_requested
+
+    def _x11_requested(self, packet: Any) -> None:
+        packet.get_boolean()  # single connection
+        packet.get_string()  # auth protocol
+        packet.get_string()  # auth cookie
+        screen = packet.get_uint32()
+        packet.check_end()
+        conn = self._conn
+        assert conn is not None
+        conn.create_task(self._answer_x11(screen))
+
+    async def _answer_x11(self, screen: int) -> None:
+        allowed, why = await self._decide_x11(screen)
+        self.x11_refusal = X11_UNAVAILABLE if allowed else why
+        # requests are answered in order: the shell or exec request waits for this answer
+        self._chan._report_response(False)
 
     def subsystem_requested(self, subsystem: str) -> bool:
         return subsystem == "sftp"
@@ -164,9 +203,12 @@ class GatewayServer(asyncssh.SSHServer):
         async def serve(process: asyncssh.SSHServerProcess[bytes]) -> None:
             await self._run_session(auth, process)
 
-        return _SessionProcess(serve, None, 0, False)
+        async def decide_x11(screen: int) -> tuple[bool, str]:
+            return await self._decide("ssh.x11", {"screen": screen})
 
-    async def _decide_forward(self, action: str, host: str, port: int) -> tuple[bool, str]:
+        return _SessionProcess(serve, decide_x11)
+
+    async def _decide(self, action: str, extra: dict[str, Any]) -> tuple[bool, str]:
         auth = self._auth
         if auth.user is None or auth.workspace is None:
             return False, "not authenticated"
@@ -177,10 +219,13 @@ class GatewayServer(asyncssh.SSHServer):
             source_ip=auth.client_ip,
             auth_method=auth.method,
             mfa=auth.mfa_passed,
-            extra={"host": host, "port": port},
+            extra=extra,
         )
         why = "; ".join(decision.reasons) or "not allowed by policy"
         return decision.allow, why
+
+    async def _decide_forward(self, action: str, host: str, port: int) -> tuple[bool, str]:
+        return await self._decide(action, {"host": host, "port": port})
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int

@@ -59,20 +59,22 @@ class SessionServices:
 class LiveSession:
     """A running session, as the gateway sees it (to kill it or wait for it)."""
 
-    def __init__(self, session_id: str, username: str, workload: Workload) -> None:
+    def __init__(self, session_id: str, username: str, workload: Workload, stderr: Any) -> None:
         self.session_id = session_id
         self.username = username
         self.workload = workload
         self.end_reason = ""
         self.done = asyncio.Event()
+        self._stderr = stderr
 
-    async def terminate(self, reason: str, message: str, stderr: Any) -> None:
-        """Close the session with ``message`` shown to the user."""
-        if self.done.is_set():
+    async def terminate(self, reason: str, message: str) -> None:
+        """Close the session with ``message`` shown to the user on stderr (the first reason
+        given wins; later calls and calls after the end do nothing)."""
+        if self.done.is_set() or self.end_reason:
             return
         self.end_reason = reason
         with contextlib.suppress(Exception):
-            stderr.write(f"\r\nstockade: {message}\r\n".encode())
+            self._stderr.write(f"\r\nstockade: {message}\r\n".encode())
         await self.workload.close()
 
 
@@ -112,6 +114,9 @@ async def run_session(
     assert auth.workspace is not None
     user, workspace = auth.user, auth.workspace
     action, extra = _request(process)
+    x11_refusal = getattr(process, "x11_refusal", None)
+    if x11_refusal:
+        process.stderr.write(f"stockade: X11 forwarding denied: {x11_refusal}\r\n".encode())
     decision = await services.policy.decide(
         action,
         user,
@@ -216,7 +221,7 @@ async def run_session(
     live: LiveSession | None = None
     try:
         workload = await backend.open(spec)
-        live = LiveSession(session_id, user.name, workload)
+        live = LiveSession(session_id, user.name, workload, process.stderr)
         services.live[session_id] = live
         status = await _pump(
             process, workload, recorder, counters, obligations, live, services.background
@@ -329,7 +334,7 @@ async def _pump(
         message = f"session time limit of {int(limit)} seconds reached"
 
         def _expire() -> None:
-            services_background(live.terminate("max_session_seconds", message, process.stderr))
+            services_background(live.terminate("max_session_seconds", message))
 
         deadline = loop.call_later(float(limit), _expire)
     try:
