@@ -15,6 +15,8 @@ Environment:
     PEM file of the CA that signed the broker's certificate. Unset: ``$HOME/.stockade/ca.pem`` when
     that file exists (:func:`stockade.broker.workspace_config` writes it), else the system store.
 
+Run as a file (``python3 helpers.py git get``) it needs no installed Stockade at all.
+
 Exit status: 0 on success; 1 with one line on stderr when the token is rejected, policy denies,
 the backend is down, or the input is malformed. ``docker-credential-stockade`` also prints its
 error message on stdout, where Docker's client looks for it, and prints the standard
@@ -463,3 +465,13 @@ def kubectl_main(argv: Sequence[str] | None = None) -> None:
         kubectl_credential(args, dict(os.environ), sys.stdout)
     except HelperError as exc:
         _fail("kubectl-credential-stockade", str(exc))
+
+
+if __name__ == "__main__":
+    # ``python3 helpers.py {git|docker|kubectl} ARGS``: this file needs only the standard library,
+    # so a workspace image without Stockade installed can carry it alone.
+    _MAINS = {"git": git_main, "docker": docker_main, "kubectl": kubectl_main}
+    if len(sys.argv) < 2 or sys.argv[1] not in _MAINS:
+        sys.stderr.write("usage: helpers.py {git|docker|kubectl} ARGS...\n")
+        raise SystemExit(2)
+    _MAINS[sys.argv[1]](sys.argv[2:])

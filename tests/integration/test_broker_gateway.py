@@ -1,0 +1,129 @@
+"""Acceptance 1 through the gateway: a real ``ssh`` client logs in to the Stockade gateway, whose
+``local`` workspace session (bubblewrap, as the sandbox user) gets STOCKADE_TOKEN/STOCKADE_API;
+inside it ``git clone`` over HTTPS asks git-credential-stockade, which asks the broker, which
+verifies the gateway-issued session token and reads the password from OpenBao. Afterwards no file
+under the workspace home holds the password.
+
+The workspace home is wired with :func:`workspace_config` before the login, as the gateway's
+backend will do for new sessions. The venv's interpreter lives under ``/root`` here, which the
+sandbox user cannot read, so the helpers run from ``helpers.py`` on the system ``python3`` (the
+file needs only the standard library) through small wrappers named by ``helper_dir``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from broker.fixtures import openbao
+from broker.gitserver import GitHttpServer, make_repo
+from broker.harness import OpenBao, broker_settings
+from gateway.harness import gateway_env
+
+import stockade.broker.helpers
+from stockade.broker import BrokerServer, VaultBackend, create_app, workspace_config
+from stockade.bus import Bus
+from stockade.tls import DevCA
+
+__all__ = ["openbao"]
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local backend's sandbox user needs root"),
+    pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs the system python3"),
+]
+
+SANDBOX_UID = 65534
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def git_server(tmp_path: Path) -> Iterator[tuple[GitHttpServer, str, DevCA]]:
+    password = "pw-" + secrets.token_urlsafe(24)
+    repos = tmp_path / "repos"
+    repos.mkdir()
+    make_repo(repos, "project.git", {"README.md": "cloned through the gateway\n"})
+    ca = DevCA(tmp_path / "git-ca")
+    server = GitHttpServer(repos, ca, username="git-user", password=password)
+    try:
+        yield server, password, ca
+    finally:
+        server.close()
+
+
+def install_helper_wrappers(bin_dir: Path) -> None:
+    """``<kind>-credential-stockade`` scripts running helpers.py on the system python3."""
+    source = Path(stockade.broker.helpers.__file__)
+    bin_dir.mkdir(parents=True)
+    for kind in ("git", "docker", "kubectl"):
+        wrapper = bin_dir / f"{kind}-credential-stockade"
+        wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/python3 -I {source} {kind} "$@"\n')
+        wrapper.chmod(0o755)
+
+
+async def test_git_clone_inside_a_gateway_session(
+    tmp_path: Path, nats_url: str, openbao: OpenBao, git_server: tuple[GitHttpServer, str, DevCA]
+) -> None:
+    server, password, git_ca = git_server
+    broker_port = free_port()
+    async with gateway_env(tmp_path, nats_url, api_url=f"https://127.0.0.1:{broker_port}") as gw:
+        user = "dev" + secrets.token_hex(3)
+        key = await gw.add_user(user)
+        assert key is not None
+        host = server.url.removeprefix("https://")
+        openbao.kv_put(
+            f"stockade/{user}/git/{host}", {"username": "git-user", "password": password}
+        )
+
+        bus = await Bus.connect(nats_url, name="broker-gw-test")
+        vault = VaultBackend(broker_settings(openbao).vault)
+        app = create_app(
+            identity=gw.identity, authz=gw.authz, backends={"vault": vault}, publisher=bus
+        )
+        ca = DevCA(tmp_path / "broker-ca")
+        broker = BrokerServer(app, tls=ca.issue("broker"), port=broker_port, owned={"vault": vault})
+        await broker.start()
+        try:
+            home = gw.data_dir / "workspaces" / user
+            home.mkdir(parents=True, mode=0o700)
+            helper_dir = home / ".stockade" / "bin"
+            install_helper_wrappers(helper_dir)
+            shutil.copy(git_ca.ca_cert_path, home / "git-server-ca.pem")
+            workspace_config(home, broker.url, broker.ca_path, helper_dir=helper_dir)
+            for path in [home, *home.rglob("*")]:
+                os.chown(path, SANDBOX_UID, SANDBOX_UID)
+
+            command = (
+                f"GIT_SSL_CAINFO=$HOME/git-server-ca.pem GIT_TERMINAL_PROMPT=0 "
+                f"git clone -q {server.url}/project.git project && cat project/README.md && "
+                'test -n "$STOCKADE_TOKEN" && echo "api=$STOCKADE_API"'
+            )
+            result = await gw.run(gw.ssh_cmd(user, command, key=key))
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stdout.decode() == f"cloned through the gateway\napi={broker.url}\n"
+            assert (home / "project" / "README.md").stat().st_uid == SANDBOX_UID
+            assert server.attempts[-1] == server.expected
+
+            basic = base64.b64encode(f"git-user:{password}".encode())
+            leaks = [
+                str(path)
+                for path in home.rglob("*")
+                if path.is_file()
+                and (password.encode() in path.read_bytes() or basic in path.read_bytes())
+            ]
+            assert leaks == []
+        finally:
+            await broker.stop()
+            await bus.close()
