@@ -4,6 +4,8 @@
    namespace's ``inet stockade`` table; for each of LATENCY_ROUNDS sources the bench publishes
    the failures below the threshold, then times the threshold-crossing publish until
    ``nft monitor`` inside the namespace reports the element added. p50/p99 (goal p99 <= 100 ms).
+   Then a ban wave: NFT_WAVE sources' failures published at once, timed until every ban is in
+   the kernel's set (``nft -j list``), with the number of ``nft`` runs it took.
 2. throughput, two cases of EVENTS failures each:
 
    - ``wave`` (the realistic one): a brute-force wave of WAVE_SOURCES sources failing over and
@@ -31,6 +33,7 @@ import asyncio
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,9 +46,10 @@ from stockade.bus import Bus, EmbeddedNats
 from stockade.core.events import AuthFailed
 from stockade.core.logging import configure_logging
 from stockade.core.settings import ShieldSettings
-from stockade.shield import Shield
+from stockade.shield import NftablesEnforcer, Shield
 
 LATENCY_ROUNDS = 200
+NFT_WAVE = 2000
 EVENTS = 50_000
 WAVE_SOURCES = 300
 THRESHOLD = 5
@@ -128,6 +132,9 @@ async def _latency(tmp: Path) -> None:
                     if f"{{ {ip} " in line.decode():
                         break
                 samples.append((time.perf_counter() - started) * 1000)
+            monitor.kill()
+            await monitor.wait()
+            wave_seconds, wave_runs = await _nft_wave(bus, shield)
             await shield.stop()
             await bus.close()
         p50, p99 = statistics.median(samples), _pct(samples, 0.99)
@@ -136,11 +143,36 @@ async def _latency(tmp: Path) -> None:
             f"failure-to-nft latency: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(samples)} "
             f"bans ({verdict} goal p99 <= 100 ms)"
         )
+        print(
+            f"ban wave to nft: {NFT_WAVE} sources banned at once ({NFT_WAVE * THRESHOLD} "
+            f"failures published together): all {NFT_WAVE} in the kernel's set after "
+            f"{wave_seconds:.2f}s, {wave_runs} nft runs"
+        )
     finally:
         if monitor is not None and monitor.returncode is None:
             monitor.kill()
             await monitor.wait()
         await _ip_netns("del", ns)
+
+
+async def _nft_wave(bus: Bus, shield: Shield) -> tuple[float, str]:
+    """Seconds from publishing NFT_WAVE sources' failures at once until every ban is in the
+    namespace's nft set, and how many ``nft`` runs that took."""
+    enforcer = next(e for e in shield.enforcers if isinstance(e, NftablesEnforcer))
+    runs_before = getattr(enforcer, "runs", None)
+    before = len(await enforcer.elements())
+    wave = [_failure(_ip(500_000 + i), n) for i in range(NFT_WAVE) for n in range(THRESHOLD)]
+    started = time.perf_counter()
+    await bus.publish_many(wave)
+    for _ in range(3000):  # at most ~300 s
+        if len(await enforcer.elements()) >= before + NFT_WAVE:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise RuntimeError("ban wave did not reach nftables")
+    elapsed = time.perf_counter() - started
+    runs = "?" if runs_before is None else str(getattr(enforcer, "runs", 0) - runs_before)
+    return elapsed, runs
 
 
 PUBLISHER = """
@@ -166,7 +198,8 @@ asyncio.run(main())
 async def _shield_rate(tmp: Path, case: str) -> float:
     workload = _workload(case)
     expected = _expected_bans(workload)
-    async with EmbeddedNats(tmp / f"rate-{case}") as url:
+    server = EmbeddedNats(tmp / f"rate-{case}")
+    async with server as url:
         bus = await Bus.connect(url, name="bench-rate")
         shield = Shield(
             bus, ShieldSettings(threshold=THRESHOLD, ban_schedule=["1h"]), enforcers=[], batch=1024
@@ -181,6 +214,7 @@ async def _shield_rate(tmp: Path, case: str) -> float:
         assert publisher.stdout is not None
         await asyncio.wait_for(publisher.stdout.readline(), 60)
         metrics = shield.metrics
+        cpu, server_cpu = time.process_time(), _cpu_seconds(server.pid)
         started = time.perf_counter()
         publisher.stdin.write(b"go\n")
         await publisher.stdin.drain()
@@ -189,6 +223,7 @@ async def _shield_rate(tmp: Path, case: str) -> float:
                 break
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - started
+        cpu, server_cpu = time.process_time() - cpu, _cpu_seconds(server.pid) - server_cpu
         idle = await shield.wait_idle()
         await publisher.wait()
         consumed, bans = metrics.events_consumed, metrics.bans_issued
@@ -201,17 +236,33 @@ async def _shield_rate(tmp: Path, case: str) -> float:
     rate = EVENTS / elapsed
     print(
         f"  shield: {EVENTS} events from {len({ip for ip, _ in workload})} sources consumed, "
-        f"decided, {bans} bans stored, all acknowledged: {elapsed:.2f}s = {rate:,.0f} events/s"
+        f"decided, {bans} bans stored, all acknowledged: {elapsed:.2f}s = {rate:,.0f} events/s\n"
+        f"    CPU per event: shield {cpu / EVENTS * 1e6:.1f} us, "
+        f"nats-server {server_cpu / EVENTS * 1e6:.1f} us"
     )
     return rate
 
 
-def _fail2ban_run(log: Path) -> tuple[float, str]:
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 when unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _fail2ban_run(log: Path) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds and output of one ``fail2ban-regex`` run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     result = subprocess.run(
         ["fail2ban-regex", str(log), FAIL2BAN_FILTER], capture_output=True, text=True, check=False
     )
-    return time.perf_counter() - started, result.stdout
+    elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return elapsed, cpu, result.stdout
 
 
 def _fail2ban_rate(tmp: Path, case: str) -> float | None:
@@ -229,8 +280,10 @@ def _fail2ban_rate(tmp: Path, case: str) -> float | None:
     one.write_text(
         "Jan 12 10:00:00 bench sshd[999]: Failed password for root from 10.0.0.1 port 1 ssh2\n"
     )
-    startup = min(_fail2ban_run(one)[0] for _ in range(3))
-    elapsed, stdout = _fail2ban_run(log)
+    startups = [_fail2ban_run(one) for _ in range(3)]
+    startup = min(run[0] for run in startups)
+    startup_cpu = min(run[1] for run in startups)
+    elapsed, cpu, stdout = _fail2ban_run(log)
     found = re.search(r"Lines: (\d+) lines, \d+ ignored, (\d+) matched", stdout)
     if found is None or int(found.group(2)) != EVENTS:
         raise RuntimeError(f"fail2ban-regex did not match every line: {found and found[0]}")
@@ -239,7 +292,8 @@ def _fail2ban_rate(tmp: Path, case: str) -> float | None:
     print(
         f"  fail2ban-regex: {EVENTS} lines, all matched, in {elapsed:.2f}s, "
         f"{startup:.2f}s of it start-up: {rate:,.0f} lines/s "
-        f"({EVENTS / elapsed:,.0f} lines/s with start-up)"
+        f"({EVENTS / elapsed:,.0f} lines/s with start-up)\n"
+        f"    CPU per line (start-up excluded): {(cpu - startup_cpu) / EVENTS * 1e6:.1f} us"
     )
     return rate
 
