@@ -17,8 +17,6 @@ asyncssh's hands).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,32 +29,9 @@ from ._policy import Policy
 from ._ports import DecisionLike, EventPublisher, IdentityPort, UserLike, WorkspaceLike
 from ._target import Target, parse_target
 
-__all__ = ["AuthServices", "ConnectionAuth", "KeyOwners"]
+__all__ = ["AuthServices", "ConnectionAuth"]
 
 _log = get_logger("stockade.gateway.auth")
-
-
-class KeyOwners:
-    """Fingerprint -> owner, to tell ``key_not_owned`` from ``unknown_key``.
-
-    Refreshed from identity at most every ``max_age`` seconds however many failures arrive, so
-    a flood of unknown keys costs one user listing per interval.
-    """
-
-    def __init__(self, identity: IdentityPort, *, max_age: float = 30.0) -> None:
-        self._identity = identity
-        self._max_age = max_age
-        self._owners: dict[str, str] = {}
-        self._loaded_at = -max_age
-        self._lock = asyncio.Lock()
-
-    async def owner(self, fingerprint: str) -> str | None:
-        async with self._lock:
-            if time.monotonic() - self._loaded_at >= self._max_age:
-                users = await self._identity.list_users()
-                self._owners = {key.fingerprint: user.name for user in users for key in user.keys}
-                self._loaded_at = time.monotonic()
-        return self._owners.get(fingerprint)
 
 
 @dataclass
@@ -67,7 +42,6 @@ class AuthServices:
     policy: Policy
     publisher: EventPublisher
     gateway_id: str
-    key_owners: KeyOwners
     max_failures: int
     password_auth: bool
     background: Callable[[Coroutine[Any, Any, None]], None]
@@ -256,7 +230,7 @@ class ConnectionAuth:
         assert self.target is not None
         user = await self.services.identity.lookup_key(self.target.user, fingerprint)
         if user is None:
-            owner = await self.services.key_owners.owner(fingerprint)
+            owner = await self.services.identity.key_owner(fingerprint)
             if owner is not None and owner != self.target.user:
                 return "key_not_owned"
             return "unknown_key"

@@ -24,7 +24,7 @@ from stockade.core.events import AuthFailed
 from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
 
-from ._auth import AuthServices, ConnectionAuth, KeyOwners
+from ._auth import AuthServices, ConnectionAuth
 from ._limits import Admission, ConnectionLimits
 from ._policy import Policy
 from ._ports import AuthzPort, DenyList, EventPublisher, IdentityPort
@@ -192,7 +192,6 @@ class Gateway:
             policy=self._policy,
             publisher=self._publisher,
             gateway_id=self.gateway_id,
-            key_owners=KeyOwners(self._identity),
             max_failures=settings.max_auth_failures,
             password_auth=settings.password_auth,
             background=background,
