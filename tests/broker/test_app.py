@@ -242,3 +242,13 @@ async def test_credential_withheld_when_audit_fails(
         assert "pw-" not in response.text
     finally:
         await backend.aclose()
+
+
+async def test_malformed_credential_requests_are_audited(
+    env: BrokerEnv, client: httpx.AsyncClient
+) -> None:
+    response = await client.post("/v1/credentials/kubernetes", json={"cluster": ""})
+    assert response.status_code == 422
+    events = await env.events.wait_for(1, kind="kubernetes", allow=False)
+    assert events[0]["reason"] == "invalid_input: cluster"
+    assert events[0]["username"] == ""

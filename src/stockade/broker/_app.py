@@ -33,7 +33,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import stockade
 from stockade.authz import Context, Resource, Subject, build_input
 from stockade.core.errors import (
-    BackendError,
     InvalidInput,
     NotFound,
     PermissionDenied,
@@ -58,6 +57,7 @@ from ._models import (
 )
 from ._routing import Router, normalize_host, normalize_registry, validate_cluster
 from ._types import (
+    KINDS,
     ClaimsLike,
     Credential,
     CredentialBackend,
@@ -105,8 +105,7 @@ def _error_for(exc: StockadeError) -> JSONResponse:
         return _error(404, "not_found", f"no {exc.name} stored", str(exc))
     if isinstance(exc, InvalidInput):
         return _error(422, "invalid_input", exc.field, str(exc))
-    if isinstance(exc, BackendError):
-        return _error(503, "unavailable", type(exc).__name__, str(exc))
+    # BackendError and anything else Stockade raised on purpose: a dependency cannot answer now.
     return _error(503, "unavailable", type(exc).__name__, str(exc))
 
 
@@ -375,10 +374,21 @@ def create_app(
         return _error_for(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        kind = request.url.path.removeprefix("/v1/credentials/").split("/")[0]
+        if kind in KINDS:  # a malformed credential request is still audited (token unverified)
+            await broker.audit(
+                claims=None,
+                kind=kind,
+                target="",
+                allow=False,
+                reason=f"invalid_input: {where}",
+                backend_ms=0.0,
+                required=False,
+            )
         return _error(422, "invalid_input", where, f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StarletteHTTPException)
