@@ -16,7 +16,6 @@ from stockade.broker.helpers import (
     git_credential,
     kubectl_cluster,
     parse_git_attributes,
-    registry_of,
 )
 
 BIN = Path(sys.executable).parent
@@ -61,19 +60,6 @@ def test_parse_git_attributes(text: str, expected: dict[str, str]) -> None:
 def test_parse_git_attributes_rejects_malformed(text: str) -> None:
     with pytest.raises(HelperError, match="malformed credential line"):
         parse_git_attributes(text)
-
-
-@pytest.mark.parametrize(
-    ("url", "registry"),
-    [
-        ("https://index.docker.io/v1/", "index.docker.io"),
-        ("registry.example.com", "registry.example.com"),
-        ("localhost:5000", "localhost:5000"),
-        ("HTTPS://Reg.Example.com:443/v2/", "reg.example.com:443"),
-    ],
-)
-def test_registry_of(url: str, registry: str) -> None:
-    assert registry_of(url) == registry
 
 
 @pytest.mark.parametrize(

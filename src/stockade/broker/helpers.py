@@ -1,5 +1,5 @@
 """Credential helpers for git, Docker and kubectl: console scripts that import the standard library
-only, so they start in a few milliseconds.
+only (``json``, ``os``, ``socket``, ``ssl``), so they start fast.
 
 Each helper presents the session JWT to the broker and prints what its caller's protocol wants;
 nothing is ever written to disk.
@@ -313,18 +313,6 @@ def git_main(argv: Sequence[str] | None = None) -> None:
 
 
 # -- docker ----------------------------------------------------------------------------------------
-
-
-def registry_of(server_url: str) -> str:
-    """The registry host (``host[:port]``) of a Docker server URL.
-
-    Docker passes ``https://index.docker.io/v1/``, ``registry.example.com`` or
-    ``localhost:5000``; all reduce to their host part.
-    """
-    text = server_url.strip()
-    if "://" in text:
-        text = text.split("://", 1)[1]
-    return text.split("/", 1)[0].rpartition("@")[2].lower()
 
 
 def docker_credential(action: str, stdin: IO[bytes], stdout: IO[str]) -> None:
