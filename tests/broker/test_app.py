@@ -12,12 +12,14 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.apiserver import ApiServer
 from broker.harness import BrokerEnv, OpenBao, broker_env, broker_settings
 from stockade.authz import Authorizer
 from stockade.broker import VaultBackend, create_app
 from stockade.core.errors import BusUnavailable
 from stockade.core.events import Event
 from stockade.core.settings import AuthzSettings, BrokerSettings
+from stockade.tls import DevCA
 
 
 @pytest.fixture
@@ -252,3 +254,38 @@ async def test_malformed_credential_requests_are_audited(
     events = await env.events.wait_for(1, kind="kubernetes", allow=False)
     assert events[0]["reason"] == "invalid_input: cluster"
     assert events[0]["username"] == ""
+
+
+async def test_routes_send_matching_clusters_to_the_kubernetes_backend(
+    tmp_path: Path, nats_url: str, openbao: OpenBao
+) -> None:
+    api = ApiServer(DevCA(tmp_path / "apiserver-ca"))
+    token_file = tmp_path / "broker-sa-token"
+    token_file.write_text("broker-sa")
+    try:
+        async with broker_env(
+            tmp_path,
+            nats_url,
+            openbao,
+            routes=[{"kind": "kubernetes", "pattern": "k8s-*", "backend": "kubernetes"}],
+            kubernetes={
+                "api_url": api.url,
+                "ca_file": str(tmp_path / "apiserver-ca" / "ca.pem"),
+                "token_file": str(token_file),
+                "namespace": "ws",
+            },
+        ) as env:
+            user, token = await user_with_secrets(env)
+            async with httpx.AsyncClient(base_url=env.url, verify=env.tls()) as client:
+                minted = await client.post(
+                    "/v1/credentials/kubernetes", json={"cluster": "k8s-prod"}, headers=auth(token)
+                )
+                stored = await client.post(
+                    "/v1/credentials/kubernetes", json={"cluster": "prod"}, headers=auth(token)
+                )
+            assert minted.json()["token"] == "minted-token"
+            assert api.requests[0][0] == f"/api/v1/namespaces/ws/serviceaccounts/{user}/token"
+            assert stored.json()["token"] == "kt-" + user  # no route matched: vault
+            assert len(api.requests) == 1
+    finally:
+        api.close()
