@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,44 @@ def test_bad_input(tmp_path: Path) -> None:
         workspace_config(tmp_path, "http://127.0.0.1:8443", None)
     with pytest.raises(InvalidInput, match="not a directory"):
         workspace_config(tmp_path / "missing", API, None)
+
+
+def test_helper_python_writes_wrappers(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    workspace_config(home, API, ca, helper_python=python, clusters={"c": KubeCluster("https://k")})
+    bin_dir = home / ".stockade" / "bin"
+    assert sorted(p.name for p in bin_dir.iterdir()) == [
+        "docker-credential-stockade",
+        "git-credential-stockade",
+        "kubectl-credential-stockade",
+    ]
+    assert git_helpers(home) == ["", str(bin_dir / "git-credential-stockade")]
+    kube = json.loads((home / ".kube" / "config").read_text())
+    assert kube["users"][0]["user"]["exec"]["command"] == str(
+        bin_dir / "kubectl-credential-stockade"
+    )
+    store = subprocess.run(
+        [str(bin_dir / "git-credential-stockade"), "store"],
+        input=b"protocol=https\nhost=h\npassword=p\n",
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert store.returncode == 0
+    docker = subprocess.run(
+        [str(bin_dir / "docker-credential-stockade"), "get"],
+        input=b"",
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert docker.stdout == b"no credentials server URL\n"
+
+
+def test_helper_python_must_be_absolute(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInput, match="absolute interpreter path"):
+        workspace_config(tmp_path, API, None, helper_python="python3")

@@ -6,8 +6,8 @@ under the workspace home holds the password.
 
 The workspace home is wired with :func:`workspace_config` before the login, as the gateway's
 backend will do for new sessions. The venv's interpreter lives under ``/root`` here, which the
-sandbox user cannot read, so the helpers run from ``helpers.py`` on the system ``python3`` (the
-file needs only the standard library) through small wrappers named by ``helper_dir``.
+sandbox user cannot read, so ``helper_python="/usr/bin/python3"`` has the helpers run from
+``helpers.py`` (standard library only) on the system interpreter.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from broker.gitserver import GitHttpServer, make_repo
 from broker.harness import OpenBao, broker_settings
 from gateway.harness import gateway_env
 
-import stockade.broker.helpers
 from stockade.broker import BrokerServer, VaultBackend, create_app, workspace_config
 from stockade.bus import Bus
 from stockade.tls import DevCA
@@ -63,16 +62,6 @@ def git_server(tmp_path: Path) -> Iterator[tuple[GitHttpServer, str, DevCA]]:
         server.close()
 
 
-def install_helper_wrappers(bin_dir: Path) -> None:
-    """``<kind>-credential-stockade`` scripts running helpers.py on the system python3."""
-    source = Path(stockade.broker.helpers.__file__)
-    bin_dir.mkdir(parents=True)
-    for kind in ("git", "docker", "kubectl"):
-        wrapper = bin_dir / f"{kind}-credential-stockade"
-        wrapper.write_text(f'#!/bin/sh\nexec /usr/bin/python3 -I {source} {kind} "$@"\n')
-        wrapper.chmod(0o755)
-
-
 async def test_git_clone_inside_a_gateway_session(
     tmp_path: Path, nats_url: str, openbao: OpenBao, git_server: tuple[GitHttpServer, str, DevCA]
 ) -> None:
@@ -98,12 +87,16 @@ async def test_git_clone_inside_a_gateway_session(
         try:
             home = gw.data_dir / "workspaces" / user
             home.mkdir(parents=True, mode=0o700)
-            helper_dir = home / ".stockade" / "bin"
-            install_helper_wrappers(helper_dir)
             shutil.copy(git_ca.ca_cert_path, home / "git-server-ca.pem")
-            workspace_config(home, broker.url, broker.ca_path, helper_dir=helper_dir)
-            for path in [home, *home.rglob("*")]:
-                os.chown(path, SANDBOX_UID, SANDBOX_UID)
+            os.chown(home, SANDBOX_UID, SANDBOX_UID)
+            os.chown(home / "git-server-ca.pem", SANDBOX_UID, SANDBOX_UID)
+            workspace_config(
+                home,
+                broker.url,
+                broker.ca_path,
+                owner=(SANDBOX_UID, SANDBOX_UID),
+                helper_python="/usr/bin/python3",
+            )
 
             command = (
                 f"GIT_SSL_CAINFO=$HOME/git-server-ca.pem GIT_TERMINAL_PROMPT=0 "
@@ -113,7 +106,7 @@ async def test_git_clone_inside_a_gateway_session(
             result = await gw.run(gw.ssh_cmd(user, command, key=key))
             assert result.returncode == 0, result.stderr.decode()
             assert result.stdout.decode() == f"cloned through the gateway\napi={broker.url}\n"
-            assert (home / "project" / "README.md").stat().st_uid == SANDBOX_UID
+            assert {path.stat().st_uid for path in home.rglob("*")} == {SANDBOX_UID}
             assert server.attempts[-1] == server.expected
 
             basic = base64.b64encode(f"git-user:{password}".encode())

@@ -19,12 +19,17 @@ The helpers are found through ``PATH`` (``git-credential-stockade``,
 ``docker-credential-stockade``, ``kubectl-credential-stockade``), so sessions need the directory
 holding them (the venv's ``bin``) on their ``PATH``. With ``helper_dir``, git and kubectl get
 absolute paths instead; Docker always looks ``docker-credential-stockade`` up on ``PATH``.
+
+Sandboxed sessions that cannot run Stockade's own interpreter (a venv under ``/root``, a workspace
+image without Stockade) pass ``helper_python``: three small scripts in ``~/.stockade/bin`` then run
+``helpers.py`` (standard library only) with that interpreter, and git and kubectl point at them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -147,6 +152,20 @@ def _kubeconfig(
     return doc
 
 
+def _install_wrappers(bin_dir: Path, python: str, owner: tuple[int, int] | None) -> Path:
+    if not python.startswith("/") or "\n" in python:
+        raise InvalidInput(
+            "helper_python", f"expected an absolute interpreter path, got {python!r}"
+        )
+    source = shlex.quote(str(Path(__file__).with_name("helpers.py").resolve()))
+    _mkdir(bin_dir.parent, owner)
+    _mkdir(bin_dir, owner)
+    for kind in ("git", "docker", "kubectl"):
+        script = f'#!/bin/sh\nexec {shlex.quote(python)} -I -S {source} {kind} "$@"\n'
+        _write(bin_dir / f"{kind}-credential-stockade", script, mode=0o755, owner=owner)
+    return bin_dir
+
+
 def workspace_config(
     home: Path,
     api_url: str,
@@ -155,6 +174,7 @@ def workspace_config(
     clusters: Mapping[str, KubeCluster] | None = None,
     owner: tuple[int, int] | None = None,
     helper_dir: Path | None = None,
+    helper_python: str | None = None,
 ) -> None:
     """Configure git, Docker and kubectl in ``home`` to use the Stockade credential helpers.
 
@@ -163,7 +183,9 @@ def workspace_config(
     signed the broker's; ``None`` when it is publicly trusted. ``clusters`` names the Kubernetes
     clusters to add to the kubeconfig. ``owner`` (uid, gid) is given to every file and directory
     created. ``helper_dir`` makes git's helper and kubectl's exec command absolute paths in that
-    directory (for sessions whose ``PATH`` lacks it). Idempotent; never writes a secret.
+    directory (for sessions whose ``PATH`` lacks it). ``helper_python`` (an interpreter path such
+    as ``/usr/bin/python3``) writes wrapper scripts running ``helpers.py`` with it into
+    ``~/.stockade/bin`` and uses that as ``helper_dir``. Idempotent; never writes a secret.
     Raises :class:`InvalidInput` for a non-https ``api_url`` or a missing ``home``.
     """
     if not api_url.startswith("https://"):
@@ -175,6 +197,8 @@ def workspace_config(
         current = gitconfig.read_text(encoding="utf-8")
     except FileNotFoundError:
         current = ""
+    if helper_python is not None:
+        helper_dir = _install_wrappers(home / ".stockade" / "bin", helper_python, owner)
     git_helper = "stockade"
     kube_command = "kubectl-credential-stockade"
     if helper_dir is not None:
