@@ -75,7 +75,12 @@ async def test_docker_get_and_list_follow_the_protocol(env: BrokerEnv) -> None:
         "Secret": "hub-" + secret,
     }
     listed = await docker_client(env, session, "list", None)
-    assert listed == {"registry.example.com:5000": "robot", "index.docker.io": "hubuser"}
+    assert listed == {
+        "registry.example.com:5000": "robot",
+        "https://index.docker.io/v1/": "hubuser",
+    }
+    for server_url in listed:  # every listed key works as docker's next get
+        assert (await docker_client(env, session, "get", server_url.encode()))["Username"]
     with pytest.raises(CredentialsNotFound):
         await docker_client(env, session, "get", b"ghcr.io")
     store = json.dumps({"ServerURL": "ghcr.io", "Username": "u", "Secret": "s"}).encode()

@@ -50,6 +50,9 @@ MAX_RESPONSE_BYTES = 256 * 1024
 
 DOCKER_NOT_FOUND = "credentials not found in native keychain"
 DOCKER_MISSING_URL = "no credentials server URL"
+#: Docker Hub's server URL as the Docker CLI stores it, and the hosts meaning the same registry.
+DOCKER_HUB = "https://index.docker.io/v1/"
+DOCKER_HUB_HOSTS = frozenset({"index.docker.io", "docker.io", "registry-1.docker.io"})
 DOCKER_MANAGED = "credentials are managed by Stockade; {action} is not supported"
 EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
 
@@ -328,7 +331,10 @@ def docker_credential(action: str, stdin: IO[bytes], stdout: IO[str]) -> None:
         listed = doc.get("credentials", {})
         if not isinstance(listed, dict):
             raise HelperError("broker answered with malformed JSON")
-        stdout.write(json.dumps({str(k): str(v) for k, v in listed.items()}) + "\n")
+        servers = {
+            (DOCKER_HUB if k in DOCKER_HUB_HOSTS else str(k)): str(v) for k, v in listed.items()
+        }
+        stdout.write(json.dumps(servers) + "\n")
         return
     if action != "get":
         raise HelperError(f"Unknown credential action `{_clean(action, 40)}`")
