@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stockade.authz import Authorizer
+from stockade.broker import BrokerServer, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
 from stockade.gateway import Gateway
@@ -69,6 +72,7 @@ class Runtime:
     rpc: RpcServer | None = None
     shield: Shield | None = None
     gateway: Gateway | None = None
+    broker: BrokerServer | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -110,7 +114,8 @@ class Runtime:
         stack.push_async_callback(self.authorizer.stop)
         await self.authorizer.start()
 
-        issued = DevCA(data_dir / "tls").issue("api")
+        ca = DevCA(data_dir / "tls")
+        issued = ca.issue("api")
         self.rpc = RpcServer(
             identity=self.identity,
             authorizer=self.authorizer,
@@ -128,7 +133,18 @@ class Runtime:
             Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
         )
 
+        self.broker = BrokerServer.from_settings(
+            settings, identity=self.identity, authz=self.authorizer, publisher=self.bus, ca=ca
+        )
+        stack.push_async_callback(self.broker.stop)
+        await self.broker.start()
+        self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
+        if settings.vault.addr is None:
+            log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
+
         gateway_settings = settings.gateway
+        if gateway_settings.api_url is None:
+            gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
         if gateway_settings.port == 0:  # pick it now: nftables rules need the real port
             gateway_settings = gateway_settings.model_copy(
                 update={"port": _free_port(gateway_settings.host)}
@@ -149,6 +165,7 @@ class Runtime:
                 publisher=self.bus,
                 deny_list=self.shield.deny_list if self.shield else None,
                 data_dir=data_dir,
+                prepare_home=self._credential_helpers,
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()
@@ -156,8 +173,25 @@ class Runtime:
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self.listeners.append(Listener("SSH gateway", shown))
 
+    def _credential_helpers(self, home: Path, uid: int, gid: int) -> None:
+        """Point git, Docker and kubectl in a workspace home at the credential helpers."""
+        assert self.broker is not None
+        workspace_config(
+            home,
+            self.broker.url,
+            self.broker.ca_path,
+            owner=(uid, gid),
+            helper_python=_SYSTEM_PYTHON,
+        )
+
     async def stop(self) -> None:
         await self._stack.aclose()
+
+
+#: The interpreter sandboxed sessions run the credential helpers with: a system one, since the
+#: sandbox user may not reach ours (a pyenv or venv under /root, say). The helpers need only the
+#: standard library.
+_SYSTEM_PYTHON = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
 
 
 def _free_port(host: str) -> int:

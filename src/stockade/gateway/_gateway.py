@@ -32,7 +32,7 @@ from ._proxy_protocol import read_header
 from ._server import GatewayServer
 from ._session import LiveSession, SessionServices, run_session
 from .backends import WorkspaceBackend
-from .backends.local import LocalBackend
+from .backends.local import HomeHook, LocalBackend
 from .backends.ssh import SshBackend
 
 __all__ = ["ALGORITHMS", "Gateway", "load_or_create_key", "upstream_public_key"]
@@ -128,6 +128,7 @@ class Gateway:
         publisher: EventPublisher,
         deny_list: DenyList | None = None,
         data_dir: Path,
+        prepare_home: HomeHook | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
@@ -135,6 +136,7 @@ class Gateway:
         self._identity = identity
         self._publisher = publisher
         self._deny_list = deny_list
+        self._prepare_home = prepare_home
         self._policy = Policy(authz)
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
@@ -202,6 +204,7 @@ class Gateway:
                 data_dir=self.data_dir,
                 sandbox=settings.sandbox,
                 shell=settings.shell,
+                prepare_home=self._prepare_home,
             ),
         }
         upstream = SshBackend(

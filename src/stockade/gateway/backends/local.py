@@ -21,6 +21,7 @@ import signal
 import struct
 import subprocess
 import termios
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -30,7 +31,7 @@ from stockade.core.logging import get_logger
 from . import ExitStatus, SessionSpec
 from ._fdio import CHUNK, FdReader, FdWriter
 
-__all__ = ["SFTP_SERVER", "LocalBackend", "LocalWorkload"]
+__all__ = ["SFTP_SERVER", "HomeHook", "LocalBackend", "LocalWorkload"]
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -141,6 +142,10 @@ class LocalWorkload:
             self._pidfd = -1
 
 
+#: Called with (home, uid, gid) before each session in that home; configuration only.
+HomeHook = Callable[[Path, int, int], None]
+
+
 class LocalBackend:
     """Runs sessions on this host, one home per workspace under ``root``."""
 
@@ -155,8 +160,10 @@ class LocalBackend:
         shell: str,
         uid: int = 65534,
         gid: int = 65534,
+        prepare_home: HomeHook | None = None,
     ) -> None:
         self.root = root.resolve()
+        self.prepare_home = prepare_home
         self.data_dir = data_dir.resolve()
         self.shell = shell
         bwrap = shutil.which("bwrap")
@@ -173,13 +180,16 @@ class LocalBackend:
             )
 
     def home(self, workspace: str) -> Path:
-        """The workspace's home, created on first use (0700, owned by the sandbox user)."""
+        """The workspace's home, created on first use (0700, owned by the sandbox user), then
+        handed to ``prepare_home`` (credential-helper configuration) before every session."""
         path = self.root / workspace
         if not path.is_dir():
             self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
             path.mkdir(mode=0o700)
             if self.as_root:
                 os.chown(path, self.uid, self.gid)
+        if self.prepare_home is not None:
+            self.prepare_home(path, self.uid, self.gid)
         return path
 
     def _program(self, spec: SessionSpec) -> list[str]:
