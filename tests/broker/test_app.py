@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from broker.apiserver import ApiServer
 from broker.harness import BrokerEnv, OpenBao, broker_env, broker_settings
 from stockade.authz import Authorizer
 from stockade.broker import VaultBackend, create_app
+from stockade.broker._types import Credential, CredentialQuery, Kind
 from stockade.core.errors import BusUnavailable
-from stockade.core.events import Event
+from stockade.core.events import CredentialRequest, Event
 from stockade.core.settings import AuthzSettings, BrokerSettings
 from stockade.tls import DevCA
 
@@ -289,3 +291,52 @@ async def test_routes_send_matching_clusters_to_the_kubernetes_backend(
             assert len(api.requests) == 1
     finally:
         api.close()
+
+
+class SlowBackend:
+    name = "vault"
+
+    async def get(self, query: CredentialQuery) -> Credential:
+        await asyncio.sleep(30)
+        raise AssertionError("not reached")
+
+    async def list_targets(self, *, user: str, kind: Kind) -> dict[str, str]:
+        await asyncio.sleep(30)
+        return {}
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RecordingBus:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def publish(self, event: Event) -> int:
+        self.events.append(event)
+        return len(self.events)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/credentials/git", {"protocol": "https", "host": "git.example.com"}),
+        ("/v1/credentials/docker/list", {}),
+    ],
+)
+async def test_slow_backend_is_503_and_audited(env: BrokerEnv, path: str, body: Any) -> None:
+    _user, token = await user_with_secrets(env)
+    bus = RecordingBus()
+    app = create_app(
+        identity=env.identity,
+        authz=Authorizer(settings=AuthzSettings(decision_log=False)),
+        backends={"vault": SlowBackend()},
+        publisher=bus,
+        settings=BrokerSettings(backend_timeout=0.2),
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
+        response = await client.post(path, json=body, headers=auth(token))
+    assert response.status_code == 503
+    assert "did not answer" in response.json()["message"]
+    assert [e.allow for e in bus.events if isinstance(e, CredentialRequest)] == [False]

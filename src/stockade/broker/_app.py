@@ -289,26 +289,22 @@ class _Broker:
     ) -> dict[str, str]:
         """Registries the session's user may get, with their user names."""
         claims: ClaimsLike | None = None
+        source_ip = request.client.host if request.client else None
         started = time.perf_counter()
         try:
             claims = await self.authenticate(bearer)
             found: dict[str, str] = {}
             for name in self.router.backends_for("docker"):
-                backend = self.router.backends[name]
-                listed = await asyncio.wait_for(
-                    backend.list_targets(user=claims.sub, kind="docker"),
-                    self.settings.backend_timeout,
-                )
-                for registry, username in listed.items():
-                    if self.router.backend_name("docker", registry) != name:
-                        continue
+                listed = await self._list(name, claims.sub)
+                for key, username in listed.items():
                     try:
-                        self.authorize(claims, "docker", registry, None)
-                    except PermissionDenied:
+                        registry = normalize_host(key)
+                        if self.router.backend_name("docker", registry) != name:
+                            continue
+                        self.authorize(claims, "docker", registry, source_ip)
+                    except (InvalidInput, PermissionDenied):
                         continue
                     found[registry] = username
-        except TimeoutError as exc:
-            raise SecretsBackendUnavailable("a backend did not answer the docker list") from exc
         except StockadeError as exc:
             reason = exc.reason if isinstance(exc, TokenRejected) else str(exc)
             await self.audit(
@@ -331,6 +327,18 @@ class _Broker:
             required=True,
         )
         return found
+
+    async def _list(self, name: str, user: str) -> dict[str, str]:
+        backend = self.router.backends[name]
+        try:
+            return await asyncio.wait_for(
+                backend.list_targets(user=user, kind="docker"), self.settings.backend_timeout
+            )
+        except TimeoutError as exc:
+            raise SecretsBackendUnavailable(
+                f"the {name} backend did not answer the docker list within "
+                f"{self.settings.backend_timeout:g}s"
+            ) from exc
 
 
 def _expiry(claims: ClaimsLike, credential: Credential) -> datetime:
