@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stockade.broker import KubeCluster, workspace_config
+from stockade.broker._wiring import MAX_CONFIG_BYTES
 from stockade.core.errors import InvalidInput
 
 API = "https://127.0.0.1:8443"
@@ -151,3 +154,62 @@ def test_helper_python_writes_wrappers(tmp_path: Path, ca: Path) -> None:
 def test_helper_python_must_be_absolute(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="absolute interpreter path"):
         workspace_config(tmp_path, API, None, helper_python="python3")
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """Files outside the home that a hostile home points symlinks at."""
+    path = tmp_path / "outside"
+    path.mkdir()
+    (path / "shadow").write_text("root:secret-hash:19000::::::\n")
+    (path / "config.json").write_text('{"auths": {"r": {"auth": "c2VjcmV0"}}}')
+    return path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_symlinks_in_the_home_are_never_followed(tmp_path: Path, ca: Path, outside: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").symlink_to(outside / "shadow")
+    (home / ".docker").symlink_to(outside)
+    (home / ".kube").mkdir()
+    (home / ".kube" / "config").symlink_to(outside / "config.json")
+    (home / ".stockade").symlink_to(outside)
+    before = snapshot(outside)
+    workspace_config(
+        home, API, ca, clusters={"c": KubeCluster("https://k")}, helper_python="/usr/bin/python3"
+    )
+    assert snapshot(outside) == before
+    assert sorted(p.name for p in outside.iterdir()) == ["config.json", "shadow"]
+    # every symlinked entry is left alone: nothing read through it, nothing written through it
+    assert (home / ".gitconfig").is_symlink()
+    assert (home / ".docker").is_symlink()
+    assert (home / ".stockade").is_symlink()
+    assert (home / ".kube" / "config").is_symlink()
+
+
+def test_wrong_types_and_huge_files_are_left_alone(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.mkfifo(home / ".gitconfig")
+    (home / ".docker").write_text("a file, not a directory")
+    (home / ".kube").mkdir()
+    (home / ".kube" / "config").write_text("x" * (MAX_CONFIG_BYTES + 1))
+    (home / ".stockade").mkdir()
+    (home / ".stockade" / "ca.pem").mkdir()
+    workspace_config(home, API, ca, clusters={"c": KubeCluster("https://k")})
+    assert stat.S_ISFIFO((home / ".gitconfig").stat().st_mode)
+    assert (home / ".docker").read_text() == "a file, not a directory"
+    assert len((home / ".kube" / "config").read_text()) == MAX_CONFIG_BYTES + 1
+    assert (home / ".stockade" / "ca.pem").is_dir()
+    assert [p.name for p in home.rglob("*.tmp")] == []
+
+
+def test_home_itself_must_not_be_a_symlink(tmp_path: Path, outside: Path) -> None:
+    link = tmp_path / "link-home"
+    link.symlink_to(outside)
+    with pytest.raises(InvalidInput, match="not a directory"):
+        workspace_config(link, API, None)

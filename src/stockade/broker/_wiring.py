@@ -23,15 +23,24 @@ absolute paths instead; Docker always looks ``docker-credential-stockade`` up on
 Sandboxed sessions that cannot run Stockade's own interpreter (a venv under ``/root``, a workspace
 image without Stockade) pass ``helper_python``: three small scripts in ``~/.stockade/bin`` then run
 ``helpers.py`` (standard library only) with that interpreter, and git and kubectl point at them.
+
+The home belongs to the session's user while this runs as root before each session, so nothing
+under it is trusted: every file and directory is opened relative to a directory descriptor with
+``O_NOFOLLOW``, files are replaced by rename (which replaces a symlink, never its target), and an
+entry that is a symlink, of the wrong type or larger than :data:`MAX_CONFIG_BYTES` is left alone
+with a warning — the user loses the helper configuration, nothing outside the home is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import secrets
 import shlex
-import tempfile
-from collections.abc import Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,7 @@ __all__ = [
     "EXEC_API_VERSION",
     "GIT_BLOCK_BEGIN",
     "GIT_BLOCK_END",
+    "MAX_CONFIG_BYTES",
     "KubeCluster",
     "workspace_config",
 ]
@@ -52,6 +62,14 @@ _log = get_logger("stockade.broker.wiring")
 EXEC_API_VERSION = "client.authentication.k8s.io/v1"
 GIT_BLOCK_BEGIN = "# >>> stockade credential helper (managed) >>>"
 GIT_BLOCK_END = "# <<< stockade credential helper <<<"
+#: Larger existing configuration files are left alone.
+MAX_CONFIG_BYTES = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_Owner = tuple[int, int] | None
+
+
+class _Unsafe(Exception):
+    """An entry of the home is a symlink, of the wrong type or too large: left alone."""
 
 
 def _git_block(helper: str) -> str:
@@ -66,25 +84,87 @@ class KubeCluster:
     ca_file: Path | None = None
 
 
-def _write(path: Path, data: str, *, mode: int, owner: tuple[int, int] | None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+@contextlib.contextmanager
+def _opendir(
+    name: str | Path, *, parent: int | None = None, owner: _Owner = None, create: bool = False
+) -> Iterator[int]:
+    """A descriptor of directory ``name`` (relative to ``parent``), never through a symlink."""
+    created = False
+    if create:
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+            created = True
+        except FileExistsError:
+            pass
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(data)
-        if owner is not None:
-            os.chown(tmp, *owner)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _Unsafe(f"{name} is not a directory (a symlink?)") from exc
+        raise
+    try:
+        if created and owner is not None:
+            os.fchown(fd, *owner)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read(dir_fd: int, name: str) -> str | None:
+    """The text of regular file ``name`` in ``dir_fd``; ``None`` when it does not exist."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _Unsafe(f"{name} cannot be opened safely ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise _Unsafe(f"{name} is not a regular file")
+        data = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _Unsafe(f"{name} is larger than {MAX_CONFIG_BYTES} bytes")
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _write(dir_fd: int, name: str, text: str, *, mode: int, owner: _Owner) -> None:
+    """Replace ``name`` in ``dir_fd`` with ``text`` atomically (a symlink there is replaced)."""
+    tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8", "surrogateescape"))
+            os.fchmod(handle.fileno(), mode)
+            if owner is not None:
+                os.fchown(handle.fileno(), *owner)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        if isinstance(exc, IsADirectoryError | NotADirectoryError):
+            raise _Unsafe(f"{name} is a directory") from exc
         raise
 
 
-def _mkdir(path: Path, owner: tuple[int, int] | None) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if owner is not None:
-        os.chown(path, *owner)
+def _load_json(text: str | None) -> dict[str, Any] | None:
+    """The JSON object in ``text``; ``{}`` when absent or empty; ``None`` when not an object."""
+    if text is None or not text.strip():
+        return {}
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _step(what: str, home: Path, action: Callable[[], None]) -> None:
+    """Run one part of the wiring; an unsafe entry skips that part with a warning."""
+    try:
+        action()
+    except _Unsafe as exc:
+        _log.warning("workspace_config_skipped", part=what, home=str(home), reason=str(exc))
 
 
 def _gitconfig(text: str, helper: str) -> str:
@@ -95,21 +175,6 @@ def _gitconfig(text: str, helper: str) -> str:
     if text and not text.endswith("\n"):
         text += "\n"
     return text + _git_block(helper)
-
-
-def _load_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object in ``path``; ``{}`` when absent; ``None`` when it is not a JSON object."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    if not raw.strip():
-        return {}
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _named(items: Any, name: str, value: dict[str, Any]) -> list[Any]:
@@ -152,18 +217,16 @@ def _kubeconfig(
     return doc
 
 
-def _install_wrappers(bin_dir: Path, python: str, owner: tuple[int, int] | None) -> Path:
-    if not python.startswith("/") or "\n" in python:
-        raise InvalidInput(
-            "helper_python", f"expected an absolute interpreter path, got {python!r}"
-        )
+def _install_wrappers(root: int, python: str, owner: _Owner) -> None:
+    """``.stockade/bin/<kind>-credential-stockade`` scripts running helpers.py with ``python``."""
     source = shlex.quote(str(Path(__file__).with_name("helpers.py").resolve()))
-    _mkdir(bin_dir.parent, owner)
-    _mkdir(bin_dir, owner)
-    for kind in ("git", "docker", "kubectl"):
-        script = f'#!/bin/sh\nexec {shlex.quote(python)} -I -S {source} {kind} "$@"\n'
-        _write(bin_dir / f"{kind}-credential-stockade", script, mode=0o755, owner=owner)
-    return bin_dir
+    with (
+        _opendir(".stockade", parent=root, owner=owner, create=True) as state,
+        _opendir("bin", parent=state, owner=owner, create=True) as bin_dir,
+    ):
+        for kind in ("git", "docker", "kubectl"):
+            script = f'#!/bin/sh\nexec {shlex.quote(python)} -I -S {source} {kind} "$@"\n'
+            _write(bin_dir, f"{kind}-credential-stockade", script, mode=0o755, owner=owner)
 
 
 def workspace_config(
@@ -190,49 +253,55 @@ def workspace_config(
     """
     if not api_url.startswith("https://"):
         raise InvalidInput("api_url", f"the broker URL must be https://, got {api_url!r}")
-    if not home.is_dir():
-        raise InvalidInput("home", f"{home} is not a directory")
-    gitconfig = home / ".gitconfig"
+    if helper_python is not None and (not helper_python.startswith("/") or "\n" in helper_python):
+        raise InvalidInput(
+            "helper_python", f"expected an absolute interpreter path, got {helper_python!r}"
+        )
+    ca_text = ca_path.read_text(encoding="ascii") if ca_path is not None else None
     try:
-        current = gitconfig.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        current = ""
-    if helper_python is not None:
-        helper_dir = _install_wrappers(home / ".stockade" / "bin", helper_python, owner)
-    git_helper = "stockade"
-    kube_command = "kubectl-credential-stockade"
-    if helper_dir is not None:
-        git_helper = str(helper_dir / "git-credential-stockade")
-        kube_command = str(helper_dir / kube_command)
-    _write(gitconfig, _gitconfig(current, git_helper), mode=0o644, owner=owner)
+        root = os.open(home, _DIR_FLAGS)
+    except OSError as exc:
+        raise InvalidInput("home", f"{home} is not a directory") from exc
+    try:
+        git_helper = "stockade"
+        kube_command = "kubectl-credential-stockade"
+        if helper_python is not None:
+            helper_dir = home / ".stockade" / "bin"
+            _step("helpers", home, lambda: _install_wrappers(root, helper_python, owner))
+        if helper_dir is not None:
+            git_helper = str(helper_dir / "git-credential-stockade")
+            kube_command = str(helper_dir / kube_command)
 
-    docker_dir = home / ".docker"
-    _mkdir(docker_dir, owner)
-    docker = _load_json(docker_dir / "config.json")
-    if docker is None:
-        _log.warning("docker_config_not_json", path=str(docker_dir / "config.json"))
-    else:
-        docker["credsStore"] = "stockade"
-        _write(
-            docker_dir / "config.json", json.dumps(docker, indent=2) + "\n", mode=0o600, owner=owner
-        )
+        def git() -> None:
+            current = _read(root, ".gitconfig") or ""
+            _write(root, ".gitconfig", _gitconfig(current, git_helper), mode=0o644, owner=owner)
 
-    if clusters:
-        kube_dir = home / ".kube"
-        _mkdir(kube_dir, owner)
-        kube = _load_json(kube_dir / "config")
-        if kube is None:
-            _log.warning("kubeconfig_not_json", path=str(kube_dir / "config"))
-        else:
-            text = json.dumps(_kubeconfig(kube, clusters, kube_command), indent=2) + "\n"
-            _write(kube_dir / "config", text, mode=0o600, owner=owner)
+        def docker() -> None:
+            with _opendir(".docker", parent=root, owner=owner, create=True) as folder:
+                doc = _load_json(_read(folder, "config.json"))
+                if doc is None:
+                    raise _Unsafe("config.json is not a JSON object")
+                doc["credsStore"] = "stockade"
+                text = json.dumps(doc, indent=2) + "\n"
+                _write(folder, "config.json", text, mode=0o600, owner=owner)
 
-    if ca_path is not None:
-        stockade_dir = home / ".stockade"
-        _mkdir(stockade_dir, owner)
-        _write(
-            stockade_dir / "ca.pem",
-            ca_path.read_text(encoding="ascii"),
-            mode=0o644,
-            owner=owner,
-        )
+        def kube(clusters: Mapping[str, KubeCluster]) -> None:
+            with _opendir(".kube", parent=root, owner=owner, create=True) as folder:
+                doc = _load_json(_read(folder, "config"))
+                if doc is None:
+                    raise _Unsafe("config is not JSON (a YAML kubeconfig is left alone)")
+                text = json.dumps(_kubeconfig(doc, clusters, kube_command), indent=2) + "\n"
+                _write(folder, "config", text, mode=0o600, owner=owner)
+
+        def ca(text: str) -> None:
+            with _opendir(".stockade", parent=root, owner=owner, create=True) as folder:
+                _write(folder, "ca.pem", text, mode=0o644, owner=owner)
+
+        _step("git", home, git)
+        _step("docker", home, docker)
+        if clusters:
+            _step("kubectl", home, lambda: kube(clusters))
+        if ca_text is not None:
+            _step("ca", home, lambda: ca(ca_text))
+    finally:
+        os.close(root)
