@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from stockade.bus import EmbeddedNats
 
@@ -41,6 +42,14 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging_config() -> Iterator[None]:
+    """Commands under test call configure_logging; no test leaks its logging setup to the next."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

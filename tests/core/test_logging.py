@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from stockade.core import configure_logging, escape_peer, get_logger, redact
 
 EARLY = get_logger("stockade.test.early", component="test")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging_config() -> Iterator[None]:
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 def test_logger_created_at_import_follows_later_configuration(

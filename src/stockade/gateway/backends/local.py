@@ -146,6 +146,13 @@ class LocalWorkload:
 HomeHook = Callable[[Path, int, int], None]
 
 
+def _session_path(home: Path) -> str:
+    """The session's PATH: the home's credential-helper wrappers first when present (Docker finds
+    ``docker-credential-stockade`` only through PATH), then the system directories."""
+    helpers = home / ".stockade" / "bin"
+    return f"{helpers}:{_PATH}" if helpers.is_dir() else _PATH
+
+
 class LocalBackend:
     """Runs sessions on this host, one home per workspace under ``root``."""
 
@@ -244,7 +251,7 @@ class LocalBackend:
             "USER": user,
             "LOGNAME": user,
             "SHELL": self.shell,
-            "PATH": _PATH,
+            "PATH": _session_path(home),
             "STOCKADE_WORKSPACE": spec.workspace,
             "STOCKADE_SESSION_ID": spec.session_id,
         }
