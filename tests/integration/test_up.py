@@ -6,9 +6,11 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +202,17 @@ def test_weak_and_duplicate_keys_write_nothing(tmp_path: Path) -> None:
     assert "grace" in dup.stderr
     names = [u["name"] for u in json.loads(cli(data, "users", "list", "--json").stdout)]
     assert names == ["grace"]
+
+
+def test_shield_metrics_on_the_broker(server: Server) -> None:
+    server.start()
+    port = server.listening("credential broker")
+    ca = server.data_dir / "tls" / "ca.pem"
+    context = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/metrics", context=context, timeout=10
+    ) as response:
+        body = response.read().decode()
+    assert response.status == 200
+    assert "stockade_shield_events_consumed_total" in body
+    assert "stockade_shield_active_bans" in body

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -356,8 +356,12 @@ def create_app(
     backends: Mapping[str, CredentialBackend],
     publisher: EventPublisher | None,
     settings: BrokerSettings | None = None,
+    metrics: Callable[[], str] | None = None,
 ) -> FastAPI:
     """The broker's ASGI app.
+
+    ``metrics`` renders Prometheus text for ``GET /metrics`` (counters only, never a secret;
+    SSH Shield's in ``stockade up``); without it the route answers 404.
 
     ``backends`` maps backend names (``vault``, ``kubernetes``) to instances; the routing table
     and limits come from ``settings`` (default :class:`BrokerSettings`). ``publisher`` receives
@@ -415,6 +419,18 @@ def create_app(
     async def healthz() -> dict[str, str]:
         """Liveness: the broker answers."""
         return {"status": "ok"}
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={404: {"description": "no metrics source configured"}},
+    )
+    async def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus text exposition (SSH Shield counters and the ban latency histogram)."""
+        if metrics is None:
+            return PlainTextResponse("no metrics source configured\n", status_code=404)
+        return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4")
 
     @app.post(
         "/v1/credentials/git",

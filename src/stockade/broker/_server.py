@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -100,6 +100,7 @@ class BrokerServer:
         authz: PolicyDecider,
         publisher: EventPublisher | None,
         ca: DevCA,
+        metrics: Callable[[], str] | None = None,
     ) -> BrokerServer:
         """Build backends, app and certificate from the settings tree.
 
@@ -113,6 +114,7 @@ class BrokerServer:
             backends=backends,
             publisher=publisher,
             settings=settings.broker,
+            metrics=metrics,
         )
         names = ["localhost", "127.0.0.1", "::1"]
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - names for the certificate, not a bind

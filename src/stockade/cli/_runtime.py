@@ -133,18 +133,7 @@ class Runtime:
             Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
         )
 
-        self.broker = BrokerServer.from_settings(
-            settings, identity=self.identity, authz=self.authorizer, publisher=self.bus, ca=ca
-        )
-        stack.push_async_callback(self.broker.stop)
-        await self.broker.start()
-        self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
-        if settings.vault.addr is None:
-            log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
-
         gateway_settings = settings.gateway
-        if gateway_settings.api_url is None:
-            gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
         if gateway_settings.port == 0:  # pick it now: nftables rules need the real port
             gateway_settings = gateway_settings.model_copy(
                 update={"port": _free_port(gateway_settings.host)}
@@ -156,6 +145,23 @@ class Runtime:
             await self.shield.start()
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
             self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
+
+        self.broker = BrokerServer.from_settings(
+            settings,
+            identity=self.identity,
+            authz=self.authorizer,
+            publisher=self.bus,
+            ca=ca,
+            metrics=self.shield.metrics_text if self.shield else None,
+        )
+        stack.push_async_callback(self.broker.stop)
+        await self.broker.start()
+        self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
+        if settings.vault.addr is None:
+            log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
+
+        if gateway_settings.api_url is None:
+            gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
 
         if gateway_settings.enabled:
             self.gateway = Gateway(
