@@ -125,6 +125,7 @@ def test_helper_python_writes_wrappers(tmp_path: Path, ca: Path) -> None:
         "docker-credential-stockade",
         "git-credential-stockade",
         "kubectl-credential-stockade",
+        "stockade_credential_helpers.py",
     ]
     assert git_helpers(home) == ["", str(bin_dir / "git-credential-stockade")]
     kube = json.loads((home / ".kube" / "config").read_text())

@@ -217,13 +217,21 @@ def _kubeconfig(
     return doc
 
 
-def _install_wrappers(root: int, python: str, owner: _Owner) -> None:
-    """``.stockade/bin/<kind>-credential-stockade`` scripts running helpers.py with ``python``."""
-    source = shlex.quote(str(Path(__file__).with_name("helpers.py").resolve()))
+#: Name of the copy of ``helpers.py`` in ``~/.stockade/bin``.
+HELPERS_COPY = "stockade_credential_helpers.py"
+
+
+def _install_wrappers(root: int, home: Path, python: str, owner: _Owner) -> None:
+    """``.stockade/bin/<kind>-credential-stockade`` scripts running a copy of helpers.py (standard
+    library only) with ``python``. The copy lives in the home because a sandbox may show
+    nothing else of this host's files (bubblewrap gives sessions a private /tmp, for one)."""
+    helpers = Path(__file__).with_name("helpers.py").read_text(encoding="utf-8")
+    source = shlex.quote(str(home / ".stockade" / "bin" / HELPERS_COPY))
     with (
         _opendir(".stockade", parent=root, owner=owner, create=True) as state,
         _opendir("bin", parent=state, owner=owner, create=True) as bin_dir,
     ):
+        _write(bin_dir, HELPERS_COPY, helpers, mode=0o644, owner=owner)
         for kind in ("git", "docker", "kubectl"):
             script = f'#!/bin/sh\nexec {shlex.quote(python)} -I -S {source} {kind} "$@"\n'
             _write(bin_dir, f"{kind}-credential-stockade", script, mode=0o755, owner=owner)
@@ -267,7 +275,7 @@ def workspace_config(
         kube_command = "kubectl-credential-stockade"
         if helper_python is not None:
             helper_dir = home / ".stockade" / "bin"
-            _step("helpers", home, lambda: _install_wrappers(root, helper_python, owner))
+            _step("helpers", home, lambda: _install_wrappers(root, home, helper_python, owner))
         if helper_dir is not None:
             git_helper = str(helper_dir / "git-credential-stockade")
             kube_command = str(helper_dir / kube_command)
