@@ -50,8 +50,11 @@ class Bus:
         return f"<Bus {self.name} {state}>"
 
     @classmethod
-    async def connect(cls, url: str, *, name: str, connect_timeout: float = 5.0) -> Bus:
-        """Connect to ``url`` (comma-separated for a cluster) as client ``name``.
+    async def connect(
+        cls, url: str, *, name: str, connect_timeout: float = 5.0, token: str | None = None
+    ) -> Bus:
+        """Connect to ``url`` (comma-separated for a cluster) as client ``name``, presenting
+        ``token`` when the server requires one (never put it in the URL).
 
         Raises :class:`BusUnavailable` when no server answers within ``connect_timeout``.
         """
@@ -65,6 +68,7 @@ class Bus:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
                     error_cb=_log_error,
+                    token=token,
                 ),
                 timeout=connect_timeout * 2,
             )

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,17 @@ def nats_server_binary() -> str:
     return found
 
 
+_TOKEN_FILE = "token"  # noqa: S105 - a file name
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
@@ -69,8 +81,11 @@ class EmbeddedNats:
         connect_timeout: float = 5.0,
         stop_timeout: float = 10.0,
         binary: str | None = None,
+        auth: bool = False,
     ) -> None:
         self._dir = Path(data_dir) / "nats"
+        self._auth = auth
+        self._token: str | None = None
         self._connect_timeout = connect_timeout
         self._stop_timeout = stop_timeout
         self._binary = binary
@@ -87,6 +102,32 @@ class EmbeddedNats:
         if self._url is None:
             raise BusUnavailable("embedded NATS is not running")
         return self._url
+
+    @property
+    def token(self) -> str | None:
+        """The client token the server requires (``auth=True``), else None."""
+        return self._token
+
+    @staticmethod
+    def read_token(data_dir: Path) -> str | None:
+        """The token of the embedded server of ``data_dir`` (for clients such as the CLI)."""
+        try:
+            return (Path(data_dir) / "nats" / _TOKEN_FILE).read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            return None
+
+    def _write_auth_config(self) -> Path:
+        """Token file and server config, both 0600: any local process (a workspace session,
+        say) reaches 127.0.0.1, so only holders of the token may publish, consume or change KV."""
+        token_path = self._dir / _TOKEN_FILE
+        token = self.read_token(self._dir.parent)
+        if not token:
+            token = secrets.token_urlsafe(32)
+            _write_private(token_path, token + "\n")
+        self._token = token
+        config = self._dir / "auth.conf"
+        _write_private(config, "authorization {\n  token: " + json.dumps(token) + "\n}\n")
+        return config
 
     @property
     def pid(self) -> int | None:
@@ -132,6 +173,8 @@ class EmbeddedNats:
             "-l",
             str(self._dir / "nats-server.log"),
         ]
+        if self._auth:
+            args += ["-c", str(self._write_auth_config())]
         self._proc = subprocess.Popen(  # noqa: ASYNC220 - non-blocking spawn, polled below
             args,
             stdin=subprocess.DEVNULL,

@@ -91,18 +91,23 @@ class Runtime:
         self.store = Store(settings.database_url, echo=settings.store.echo)
         stack.push_async_callback(self.store.close)
         await self.store.migrate()
-        self.listeners.append(Listener("store", _describe_db(settings.database_url)))
+        self.listeners.append(Listener("store", _without_userinfo(settings.database_url)))
 
         url = settings.bus.url
         if url is None:
-            self.nats = EmbeddedNats(data_dir, connect_timeout=settings.bus.connect_timeout)
+            self.nats = EmbeddedNats(
+                data_dir, connect_timeout=settings.bus.connect_timeout, auth=True
+            )
             stack.push_async_callback(self.nats.stop)
             url = await self.nats.start()
             self.listeners.append(Listener("event bus (embedded nats-server)", url))
         else:
-            self.listeners.append(Listener("event bus (external)", url))
+            self.listeners.append(Listener("event bus (external)", _without_userinfo(url)))
         self.bus = await Bus.connect(
-            url, name="stockade", connect_timeout=settings.bus.connect_timeout
+            url,
+            name="stockade",
+            connect_timeout=settings.bus.connect_timeout,
+            token=self.nats.token if self.nats else None,
         )
         stack.push_async_callback(self.bus.close)
         await self.bus.ensure_streams()
@@ -207,10 +212,10 @@ def _free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _describe_db(url: str) -> str:
-    if url.startswith("sqlite"):
+def _without_userinfo(url: str) -> str:
+    """``url`` without ``user:password@``: the banner never prints a credential."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    # never print a password that may sit in the URL
-    scheme, _, rest = url.partition("://")
-    host = rest.rpartition("@")[2]
-    return f"{scheme}://{host}"
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"

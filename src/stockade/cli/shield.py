@@ -50,14 +50,18 @@ async def _bus(cfg: Settings) -> AsyncIterator[tuple[Bus, str]]:
     url = cfg.bus.url or await EmbeddedNats.running_url(cfg.data_dir)
     if url is not None:
         mode = "external" if cfg.bus.url else "stockade up"
-        bus = await Bus.connect(url, name="stockade-cli", connect_timeout=timeout)
+        token = None if cfg.bus.url else EmbeddedNats.read_token(cfg.data_dir)
+        bus = await Bus.connect(url, name="stockade-cli", connect_timeout=timeout, token=token)
         try:
             yield bus, mode
         finally:
             await bus.close()
         return
-    async with EmbeddedNats(cfg.data_dir, connect_timeout=timeout) as local:
-        bus = await Bus.connect(local, name="stockade-cli", connect_timeout=timeout)
+    embedded = EmbeddedNats(cfg.data_dir, connect_timeout=timeout, auth=True)
+    async with embedded as local:
+        bus = await Bus.connect(
+            local, name="stockade-cli", connect_timeout=timeout, token=embedded.token
+        )
         try:
             await bus.ensure_streams()
             yield bus, "temporary embedded server"
