@@ -98,13 +98,42 @@ async def _through_forward(env: GatewayEnv, user: str, key: Path, echo_port: int
         await proc.wait()
 
 
-async def test_local_forward_refused_for_developer_allowed_for_tunneler(env: GatewayEnv) -> None:
+async def test_local_forward_refused_for_developer_allowed_for_tunneler(
+    tmp_path: Path, nats_url: str
+) -> None:
+    # The echo server can only live on loopback here, so this gateway allows loopback targets.
     server, echo_port = await _echo_server()
-    async with server:
+    async with (
+        server,
+        gateway_env(tmp_path, nats_url, forward_to_loopback=True) as env,
+    ):
         dev = await env.add_user("dana")
         assert await _through_forward(env, "dana", dev, echo_port) == b""
         tun = await env.add_user("tina", "tunneler")
         assert await _through_forward(env, "tina", tun, echo_port) == b"ping"
+
+
+async def test_forward_to_gateway_loopback_refused_by_default(env: GatewayEnv) -> None:
+    """A tunneler may forward, but not into the gateway host's own services (NATS, database)."""
+    server, echo_port = await _echo_server()
+    async with server:
+        tun = await env.add_user("tom", "tunneler")
+        assert await _through_forward(env, "tom", tun, echo_port) == b""
+
+
+async def test_remote_forward_only_on_loopback(env: GatewayEnv) -> None:
+    tun = await env.add_user("rita", "tunneler")
+    port = _free_port()
+    for spec, expected in ((f"0.0.0.0:{port}:127.0.0.1:9", 255), (f"{port}:127.0.0.1:9", 0)):
+        result = await asyncio.create_subprocess_exec(
+            *env.ssh_cmd(
+                "rita", "true", key=tun, options=["-o", "ExitOnForwardFailure=yes", "-R", spec]
+            ),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=CLEAN_ENV,
+        )
+        assert await asyncio.wait_for(result.wait(), 60) == expected, spec
 
 
 def _privsep_dir() -> None:

@@ -153,6 +153,10 @@ class GatewaySettings(_Section):
     """Open connections from one source address."""
     max_channels_per_connection: int = Field(default=16, ge=1, le=1024)
     """Open channels (sessions, forwards) on one connection; more are refused."""
+    forward_to_loopback: bool = False
+    """Let ``ssh -L``/``-W`` reach loopback and link-local addresses of the gateway host. Off:
+    forwards opened by the gateway could otherwise reach its own internal services (NATS, the
+    database, the broker) from outside."""
     max_auth_failures: int = Field(default=6, ge=1, le=100)
     """Rejected credentials on one connection before it is closed (OpenSSH's MaxAuthTries)."""
     proxy_protocol: bool = False

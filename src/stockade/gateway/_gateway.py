@@ -379,6 +379,7 @@ class Gateway:
                 run_session=lambda a, p: run_session(sessions, a, p),
                 max_channels=self.settings.max_channels_per_connection,
                 on_connection=on_connection,
+                forward_to_loopback=self.settings.forward_to_loopback,
             )
 
         loop = asyncio.get_running_loop()

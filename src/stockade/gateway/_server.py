@@ -8,13 +8,16 @@ no X11 display yet, so it is refused either way, and the session shows the reaso
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import ipaddress
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncssh
 
-from stockade.core.logging import get_logger
+from stockade.core.logging import escape_peer, get_logger
 
 from ._auth import ConnectionAuth
 from ._policy import Policy
@@ -85,6 +88,18 @@ class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
             conn.create_task(handler, stdin.logger)
 
 
+#: Listen addresses ``ssh -R`` may ask for.
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _gateway_internal(address: str) -> bool:
+    """True for addresses that reach the gateway host itself or its link."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
 class GatewayServer(asyncssh.SSHServer):
     """Hooks of one SSH connection. ``auth`` decides credentials; ``run_session`` serves a
     session channel; ``policy`` decides forwarding requests."""
@@ -97,8 +112,10 @@ class GatewayServer(asyncssh.SSHServer):
         run_session: Callable[[ConnectionAuth, Any], Awaitable[None]],
         max_channels: int,
         on_connection: Callable[[Any], None],
+        forward_to_loopback: bool = False,
     ) -> None:
         self._auth = auth
+        self._forward_to_loopback = forward_to_loopback
         self._policy = policy
         self._run_session = run_session
         self._max_channels = max_channels
@@ -242,9 +259,43 @@ class GatewayServer(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
             )
-        return await self._conn.forward_connection(dest_host, dest_port)
+        address = await self._resolve_forward(dest_host, dest_port)
+        return await self._conn.forward_connection(address, dest_port)
+
+    async def _resolve_forward(self, dest_host: str, dest_port: int) -> str:
+        """The address to connect to, resolved once (no second lookup to rebind); loopback,
+        link-local and unspecified addresses are refused unless ``forward_to_loopback``."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                dest_host, dest_port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"cannot resolve {dest_host!r}: {exc.strerror}"
+            ) from None
+        addresses = [str(info[4][0]) for info in infos]
+        if not self._forward_to_loopback:
+            internal = [a for a in addresses if _gateway_internal(a)]
+            if internal:
+                _log.warning(
+                    "forward_to_internal_refused",
+                    conn=self._auth.conn_id,
+                    host=escape_peer(dest_host),
+                    address=internal[0],
+                )
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                    f"ssh.direct-tcpip denied: {dest_host} is an address of the gateway host",
+                )
+        return addresses[0]
 
     async def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        """``ssh -R``: authorized as ``ssh.tcpip-forward``."""
+        """``ssh -R``: authorized as ``ssh.tcpip-forward``; the listener may only bind the gateway
+        host's loopback (as sshd's ``GatewayPorts no``), never a public address."""
+        if listen_host.strip().lower() not in _LOOPBACK_NAMES:
+            _log.warning(
+                "remote_forward_refused", conn=self._auth.conn_id, host=escape_peer(listen_host)
+            )
+            return False
         allowed, _why = await self._decide_forward("ssh.tcpip-forward", listen_host, listen_port)
         return allowed
