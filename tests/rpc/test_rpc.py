@@ -14,7 +14,14 @@ import pytest
 from grpc import aio
 
 from stockade.authz import Authorizer, Context, Resource, Subject, build_input
-from stockade.core import AlreadyExists, BackendError, InvalidInput, NotFound, TokenRejected
+from stockade.core import (
+    AlreadyExists,
+    BackendError,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    TokenRejected,
+)
 from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
 from stockade.rpc import AuthzClient, IdentityClient, RpcServer, admin_channel, mtls_channel
@@ -28,6 +35,12 @@ class Served:
     tls: CertificateFiles
     identity: IdentityService
     socket: Path
+    ca: DevCA
+
+    def client_tls(self, name: str) -> CertificateFiles:
+        """Client material for a caller whose certificate names it ``name``."""
+        issued = self.ca.issue(name)
+        return CertificateFiles(issued.cert, issued.key, issued.ca)
 
 
 @pytest.fixture
@@ -40,7 +53,8 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         keyring=KeyRing(tmp_path / "keys"),
         password_hasher=PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1),
     )
-    issued = DevCA(tmp_path / "tls").issue("api")
+    ca = DevCA(tmp_path / "tls")
+    issued = ca.issue("api")
     tls = CertificateFiles(issued.cert, issued.key, issued.ca)
     server = RpcServer(
         identity=identity,
@@ -50,7 +64,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     )
     await server.start()
     try:
-        yield Served(server, tls, identity, tmp_path / "run" / "admin.sock")
+        yield Served(server, tls, identity, tmp_path / "run" / "admin.sock", ca)
     finally:
         await server.stop(0)
         await store.close()
@@ -66,7 +80,8 @@ def _pubkey(tmp_path: Path, name: str) -> str:
 
 async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: Path) -> None:
     line = _pubkey(tmp_path, "alice")
-    async with mtls_channel("127.0.0.1", served.server.port, served.tls) as channel:
+    admin = served.client_tls("admin")
+    async with mtls_channel("127.0.0.1", served.server.port, admin) as channel:
         client = IdentityClient(channel, target="test")
         added = await client.add_user("alice", roles=["developer"], ssh_keys=[line])
         assert added == await served.identity.get_user("alice")
@@ -91,6 +106,29 @@ async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: P
         with pytest.raises(TokenRejected) as rejected:
             await client.verify_token(token)
         assert rejected.value.reason == "session_ended"
+
+
+async def test_service_certificates_cannot_manage_identity(served: Served, tmp_path: Path) -> None:
+    await served.identity.add_user("alice", ssh_keys=[_pubkey(tmp_path, "alice")])
+    fingerprint = (await served.identity.get_user("alice")).keys[0].fingerprint
+    gateway = served.client_tls("gateway")
+    async with mtls_channel("127.0.0.1", served.server.port, gateway) as channel:
+        client = IdentityClient(channel, target="gateway")
+        assert await client.lookup_key("alice", fingerprint) is not None
+        await client.start_session(
+            "s9", username="alice", workspace="alice", client_ip="127.0.0.1", client_port=1
+        )
+        assert await client.issue_token("alice", session_id="s9")  # a session token is fine
+        for attempt in (
+            client.add_user("mallory"),
+            client.add_key("alice", _pubkey(tmp_path, "extra")),
+            client.set_disabled("alice", True),
+            client.issue_token("alice"),  # a free-standing token is an admin's
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                await attempt
+            assert "admin certificate" in str(denied.value)
+    assert [u.name for u in await served.identity.list_users()] == ["alice"]
 
 
 async def test_errors_keep_their_class_and_fields(served: Served, tmp_path: Path) -> None:

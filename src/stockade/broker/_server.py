@@ -120,7 +120,7 @@ class BrokerServer:
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - names for the certificate, not a bind
         if settings.broker.host not in names and settings.broker.host not in wildcard:
             names.insert(0, settings.broker.host)
-        tls = ca.issue("broker", sans=names)
+        tls = ca.issue("broker", sans=names, client=False)  # a server, never a gRPC caller
         return cls(
             app, tls=tls, host=settings.broker.host, port=settings.broker.port, owned=backends
         )

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from grpc import aio
 
-from stockade.core import InvalidInput
+from stockade.core import InvalidInput, PermissionDenied
 from stockade.identity import (
     Claims,
     IdentityService,
@@ -45,6 +45,25 @@ __all__ = ["IdentityClient", "IdentityServicer"]
 
 Ctx = aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+
+
+#: Certificate common names that may change identity (users, keys, secrets, workspaces) or mint
+#: tokens not bound to a session over mutual TLS. The admin socket (file permissions) may too.
+ADMIN_NAMES = frozenset({"admin"})
+
+
+def require_admin(context: Ctx, method: str) -> None:
+    """Deny ``method`` unless the caller is on the admin socket or presents an admin
+    certificate: every service holds a certificate from the same CA, and a gateway or broker
+    must not be able to add users or keys."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return  # the admin unix socket: no TCP listener is ever opened without TLS
+    names = {name.decode() for name in auth.get("x509_common_name", [])}
+    if names & ADMIN_NAMES:
+        return
+    who = ", ".join(sorted(names)) or "no name"
+    raise PermissionDenied("identity.manage", [f"{method} needs an admin certificate ({who})"])
 
 
 def _opt(msg: Any, field: str) -> Any:
@@ -79,6 +98,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def AddUser(self, request: pb.AddUserRequest, context: Ctx) -> pb.User:
+        require_admin(context, "AddUser")
         user = await self._id.add_user(
             request.name,
             display_name=request.display_name,
@@ -92,24 +112,29 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def SetDisabled(self, request: pb.SetDisabledRequest, context: Ctx) -> pb.User:
+        require_admin(context, "SetDisabled")
         return user_to_pb(await self._id.set_disabled(request.name, request.disabled))
 
     @rpc_errors_to_status
     async def RemoveUser(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
+        require_admin(context, "RemoveUser")
         await self._id.remove_user(request.name)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def AddKey(self, request: pb.AddKeyRequest, context: Ctx) -> pb.SshKey:
+        require_admin(context, "AddKey")
         return key_to_pb(await self._id.add_key(request.name, request.public_key))
 
     @rpc_errors_to_status
     async def RemoveKey(self, request: pb.RemoveKeyRequest, context: Ctx) -> pb.Empty:
+        require_admin(context, "RemoveKey")
         await self._id.remove_key(request.name, request.fingerprint)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def SetPassword(self, request: pb.SetPasswordRequest, context: Ctx) -> pb.Empty:
+        require_admin(context, "SetPassword")
         await self._id.set_password(request.name, _opt(request, "password"))
         return pb.Empty()
 
@@ -119,11 +144,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def EnableTotp(self, request: pb.UserRef, context: Ctx) -> pb.TotpEnrollment:
+        require_admin(context, "EnableTotp")
         enrollment = await self._id.enable_totp(request.name)
         return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
 
     @rpc_errors_to_status
     async def DisableTotp(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
+        require_admin(context, "DisableTotp")
         await self._id.disable_totp(request.name)
         return pb.Empty()
 
@@ -133,6 +160,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
+        if not request.HasField("session_id"):  # session tokens are the gateway's business
+            require_admin(context, "IssueToken")
         token = await self._id.issue_token(
             request.username,
             session_id=_opt(request, "session_id"),
@@ -152,6 +181,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def AddWorkspace(self, request: pb.AddWorkspaceRequest, context: Ctx) -> pb.Workspace:
+        require_admin(context, "AddWorkspace")
         try:
             config = json.loads(request.config_json or "{}")
         except ValueError as exc:
@@ -178,6 +208,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def RemoveWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Empty:
+        require_admin(context, "RemoveWorkspace")
         await self._id.remove_workspace(request.name)
         return pb.Empty()
 
