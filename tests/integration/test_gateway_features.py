@@ -52,6 +52,22 @@ async def test_contractor_session_is_recorded_and_plays(env: GatewayEnv) -> None
     assert b"typed-42" in played.stdout
 
 
+async def test_contractor_file_transfer_refused_because_it_cannot_be_recorded(
+    env: GatewayEnv,
+) -> None:
+    key = await env.add_user("carla", "contractor")
+    sftp = await env.run(
+        [
+            "sftp", *ssh_options(env.tmp / "known_hosts"), "-P", str(env.port), "-i", str(key),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "carla@127.0.0.1",
+        ],
+        stdin=b"ls\n",
+    )  # fmt: skip
+    assert sftp.returncode != 0
+    assert b"cannot be recorded" in sftp.stderr, sftp.stderr
+    assert await env.identity.list_sessions(username="carla") == []  # refused before starting
+
+
 async def test_developer_is_not_recorded(env: GatewayEnv) -> None:
     key = await env.add_user("devon")
     await env.run(env.ssh_cmd("devon", "true", key=key))

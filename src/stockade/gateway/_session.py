@@ -137,6 +137,10 @@ async def run_session(
         await _deny(process, action, [f"subsystem {process.subsystem!r} is not offered"])
         return
     obligations = decision.obligations
+    refusal = _unenforceable(obligations, process.subsystem)
+    if refusal is not None:
+        await _deny(process, action, [refusal])
+        return
     agent_path = process.channel.get_agent_path()
     if agent_path is not None:
         agent = await services.policy.decide(
@@ -186,10 +190,10 @@ async def run_session(
         term_size=(width or 80, height or 24, pixwidth, pixheight),
         env=env,
         agent_path=agent_path,
-        sudo=bool(obligations.get("sudo", False)),
+        sudo=obligations.get("sudo") is True,
     )
     recorder: CastRecorder | None = None
-    if obligations.get("record_session") and process.subsystem is None:
+    if obligations.get("record_session") is True:
         recorder = CastRecorder(
             services.recordings / f"{session_id}.cast",
             width=spec.term_size[0],
@@ -360,3 +364,16 @@ def _token_ttl(obligations: Mapping[str, Any]) -> int:
     if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
         return min(limit, _MAX_TOKEN_SECONDS)
     return _MAX_TOKEN_SECONDS
+
+
+def _unenforceable(obligations: Mapping[str, Any], subsystem: str | None) -> str | None:
+    """Why the session must be refused because an obligation cannot be met, else None.
+
+    Fail closed: a recording obligation forbids what cannot be recorded (sftp and scp move
+    files, not a terminal stream), and ``privileged`` is not offered by any backend yet.
+    """
+    if obligations.get("record_session") is True and subsystem is not None:
+        return f"{subsystem} cannot be recorded and this session must be (record_session)"
+    if obligations.get("privileged") is True:
+        return "privileged sessions are not available on this workspace backend"
+    return None
