@@ -174,10 +174,21 @@ def verify(
     ca: Annotated[
         Path | None, typer.Option("--ca", help="PEM of the CA the signer must chain to.")
     ] = None,
+    no_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--no-anchor",
+            help="Without --ca: check integrity only, whoever signed (fails closed otherwise).",
+        ),
+    ] = False,
     jobs: JobsOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Check the catalog signature, every hash, missing/extra files and each Authenticode."""
+    """Check the catalog signature, every hash, missing/extra files and each Authenticode.
+
+    Exit 0 only when all hold and the signer chains to --ca; a package re-signed end to end by
+    someone else is intact but not ours, so without --ca the check fails unless --no-anchor.
+    """
     with TtyProgress() as progress:
         report = verify_package(target, ca=ca, workers=jobs, progress=progress)
     if json_output:
@@ -194,6 +205,12 @@ def verify(
         err_console.print(f"{problem.path}: {problem.reason}", markup=False)
     if not report.ok:
         raise typer.Exit(1)
+    if not report.anchored and not no_anchor:
+        raise fail(
+            "catalog.json.p7s: signer not anchored; pass --ca CA.pem to check who signed"
+            " (or --no-anchor to accept an intact package from any signer)",
+            1,
+        )
     if not json_output:
         trust = "" if report.anchored else " (no --ca: integrity checked, signer not anchored)"
         typer.echo(
