@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 import pytest
 import structlog
+from sqlalchemy import select
 
 from stockade.core.errors import AlreadyExists, InvalidInput, NotFound, TokenRejected
 from stockade.identity import IdentityService, KeyRing, User, totp_code
+from stockade.store import Store, UserRow
 from tests.identity.conftest import FakeClock, GeneratedKey
 
 KeyLine = Callable[[], str]
@@ -375,6 +377,24 @@ async def test_token_of_a_disabled_or_removed_user(service: IdentityService) -> 
     await service.remove_user("alice")
     with pytest.raises(TokenRejected):
         await service.verify_token(token)
+
+
+async def test_verified_roles_are_current_not_frozen(
+    service: IdentityService, database_url: str
+) -> None:
+    await service.add_user("alice", roles=["tunneler", "dev"], groups=["g1"])
+    token = await service.issue_token("alice")
+    store = Store(database_url)  # an administrator's change, made straight in the database
+    try:
+        async with store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == "alice"))
+            assert row is not None
+            row.roles = ["dev"]
+            row.groups = []
+    finally:
+        await store.close()
+    claims = await service.verify_token(token)
+    assert (claims.roles, claims.groups) == (("dev",), ())
 
 
 async def test_rotation_through_the_service(

@@ -18,6 +18,7 @@ the input) and unknown routes.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -165,7 +166,9 @@ class _Broker:
             raise TokenRejected("malformed", "token too long")
         return await self.identity.verify_token(bearer.credentials, audience=self.settings.audience)
 
-    def authorize(self, claims: ClaimsLike, kind: Kind, target: str, source_ip: str | None) -> None:
+    async def authorize(
+        self, claims: ClaimsLike, kind: Kind, target: str, source_ip: str | None
+    ) -> None:
         subject = Subject(name=claims.sub, roles=claims.roles, groups=claims.groups)
         doc = build_input(
             ACTION,
@@ -177,7 +180,8 @@ class _Broker:
                 session_id=claims.sid,
             ),
         )
-        decision = self.authz.decide(doc)
+        answer = self.authz.decide(doc)
+        decision = await answer if inspect.isawaitable(answer) else answer
         if not decision.allow:
             raise PermissionDenied(ACTION, list(decision.reasons))
 
@@ -238,7 +242,9 @@ class _Broker:
         try:
             claims = await self.authenticate(bearer)
             target = normalize()
-            self.authorize(claims, kind, target, request.client.host if request.client else None)
+            await self.authorize(
+                claims, kind, target, request.client.host if request.client else None
+            )
             backend = self.router.choose(kind, target)
             if backend is None:
                 raise SecretsBackendUnavailable(
@@ -301,7 +307,7 @@ class _Broker:
                         registry = normalize_host(key)
                         if self.router.backend_name("docker", registry) != name:
                             continue
-                        self.authorize(claims, "docker", registry, source_ip)
+                        await self.authorize(claims, "docker", registry, source_ip)
                     except (InvalidInput, PermissionDenied):
                         continue
                     found[registry] = username

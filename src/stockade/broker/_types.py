@@ -69,9 +69,10 @@ class DecisionLike(Protocol):
 
 
 class PolicyDecider(Protocol):
-    """Authz (``stockade.authz.Authorizer`` satisfies it): never raises, a failure is a deny."""
+    """Authz: never raises, a failure is a deny. ``stockade.authz.Authorizer`` answers at once;
+    its gRPC client (``stockade.rpc.AuthzClient``) answers with an awaitable."""
 
-    def decide(self, input_doc: Mapping[str, Any]) -> DecisionLike: ...
+    def decide(self, input_doc: Mapping[str, Any]) -> DecisionLike | Awaitable[DecisionLike]: ...
 
 
 class EventPublisher(Protocol):

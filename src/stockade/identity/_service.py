@@ -10,6 +10,7 @@ answers do not reveal which users exist.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -586,7 +587,9 @@ class IdentityService:
 
         Beyond signature and claims (see :meth:`KeyRing.decode`): the subject must exist and
         be enabled (``user_disabled``), and a token with ``sid`` needs that session live
-        and belonging to the subject (``session_ended``).
+        and belonging to the subject (``session_ended``). The returned ``roles`` and ``groups``
+        are the user's current ones, not those frozen into the token when it was issued: a role
+        taken away counts at once, however long the token lives.
         """
         claims = self._keyring.decode(
             token, issuer=self._settings.issuer, audience=audience or self._settings.audience
@@ -599,7 +602,7 @@ class IdentityService:
                 live = await session.get(SessionRow, claims.sid)
                 if live is None or live.ended_at is not None or live.username != claims.sub:
                     raise TokenRejected("session_ended")
-        return claims
+            return dataclasses.replace(claims, roles=tuple(row.roles), groups=tuple(row.groups))
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set of every signing key that still verifies."""
