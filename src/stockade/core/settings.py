@@ -162,6 +162,15 @@ class GatewaySettings(_Section):
     proxy_protocol: bool = False
     """Require a PROXY protocol v1 or v2 header on every connection (behind a load balancer);
     the client address in it is used for limits, bans, policy and events."""
+    proxy_trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(
+        default_factory=lambda: [
+            ipaddress.ip_network("127.0.0.1/32"),
+            ipaddress.ip_network("::1/128"),
+        ]
+    )
+    """Load balancers allowed to send a PROXY header (with ``proxy_protocol``). A connection from
+    any other address is refused: otherwise a client could claim to be an allowlisted address
+    or frame someone else for its failures."""
     password_auth: bool = True
     """Offer password authentication (still only for users with a password whom policy
     allows ``user.auth`` with ``method: password``)."""

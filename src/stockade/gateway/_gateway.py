@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,11 @@ class Gateway:
             sock.close()
             return
         if self.settings.proxy_protocol:
+            if not _trusted_proxy(ip, self.settings.proxy_trusted):
+                _log.warning("untrusted_proxy_peer", conn=conn_id, peer=ip)
+                sock.close()
+                await self._publish_failure(ip, port, "untrusted_proxy")
+                return
             try:
                 addresses = await asyncio.wait_for(
                     read_header(lambda n: _read_exact(sock, n)), self.settings.handshake_timeout
@@ -433,3 +439,13 @@ async def _read_exact(sock: socket.socket, size: int) -> bytes:
             raise EOFError("connection closed during the PROXY header")
         data += chunk
     return bytes(data)
+
+
+def _trusted_proxy(
+    ip: str, trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> bool:
+    """True when ``ip`` belongs to one of the load balancers allowed to send PROXY headers."""
+    address = ipaddress.ip_address(ip)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in trusted)
