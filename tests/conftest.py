@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,8 +68,9 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def _pg_reachable() -> bool:
+    parsed = urllib.parse.urlsplit(PG_URL)
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 5432), 1):
             return True
     except OSError:
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -75,10 +76,10 @@ def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     broken.write_text("package stockade.extra\n\nimport rego.v1\n\nallow if {\n  input.x ==\n")
     result = runner.invoke(app, ["policy", "test", str(bundle)])
     assert result.exit_code == 2, result.output
-    assert f"{broken}:" in result.stderr or "broken.rego:" in result.stderr
+    assert re.search(r"broken\.rego:\d+", result.stderr), result.stderr
 
     evaluated = runner.invoke(
         app, ["policy", "eval", "--bundle", str(bundle), "--input", "-"], input=_doc(["admin"])
     )
     assert evaluated.exit_code == 2
-    assert "broken.rego:" in evaluated.stderr
+    assert re.search(r"broken\.rego:\d+", evaluated.stderr), evaluated.stderr
