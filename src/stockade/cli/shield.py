@@ -26,8 +26,9 @@ import typer
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import NotFound, parse_duration
 from stockade.core.durations import format_duration
+from stockade.core.events import STREAM_AUTH
 from stockade.core.settings import Settings
-from stockade.shield import Ban, BanStore, manual_ban, manual_unban
+from stockade.shield import DURABLE, Ban, BanStore, manual_ban, manual_unban
 
 from ._common import (
     JSON_OPTION,
@@ -179,7 +180,7 @@ def status(as_json: bool = JSON_OPTION) -> None:
         async with _bus(cfg) as (bus, mode):
             store = await _store(bus, cfg)
             records = await store.all()
-            consumer = bus.consumer(stream="STOCKADE_AUTH", durable="shield")
+            consumer = bus.consumer(stream=STREAM_AUTH, durable=DURABLE)
             try:
                 state = await consumer.state()
                 progress: dict[str, Any] = {

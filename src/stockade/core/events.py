@@ -18,6 +18,7 @@ from .errors import InvalidInput
 __all__ = [
     "MAX_EVENT_BYTES",
     "STREAMS",
+    "STREAM_AUTH",
     "SUBJECT_AUTHZ_DECISION",
     "SUBJECT_AUTH_FAILED",
     "SUBJECT_AUTH_SUCCEEDED",
@@ -52,9 +53,12 @@ SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
 #: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
 SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
+#: The stream of authentication events (what SSH Shield consumes).
+STREAM_AUTH = "STOCKADE_AUTH"
+
 #: JetStream streams: name -> subjects. Created idempotently by the bus at start.
 STREAMS: dict[str, list[str]] = {
-    "STOCKADE_AUTH": ["stockade.auth.>"],
+    STREAM_AUTH: ["stockade.auth.>"],
     "STOCKADE_AUDIT": [
         "stockade.authz.>",
         "stockade.session.>",

@@ -2,7 +2,7 @@
 
 Wiring (``stockade up``)::
 
-    shield = Shield.from_settings(settings, bus)   # nftables on the gateway's port
+    shield = Shield(bus, settings.shield, ports=[gateway_port])  # nft drops on that port
     await shield.start()                           # bans loaded and enforced, consumer running
     gateway = Gateway(..., deny_list=shield.deny_list)
     ...
@@ -25,10 +25,11 @@ from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
 from ._metrics import ShieldMetrics
 from ._model import Ban, is_allowlisted, parse_source, source_key
 from ._nft import Nft, NftablesEnforcer, NftError
-from ._service import Shield, build_enforcers, manual_ban, manual_unban
+from ._service import DURABLE, Shield, build_enforcers, manual_ban, manual_unban
 from ._store import BanStore
 
 __all__ = [
+    "DURABLE",
     "Ban",
     "BanStore",
     "BanSync",

@@ -32,9 +32,15 @@ import structlog
 
 from stockade.bus import Bus, Consumer, Delivery, PendingPut, Reject
 from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
-from stockade.core.events import SUBJECT_AUTH_FAILED, AuthFailed, ShieldBan, ShieldUnban
+from stockade.core.events import (
+    STREAM_AUTH,
+    SUBJECT_AUTH_FAILED,
+    AuthFailed,
+    ShieldBan,
+    ShieldUnban,
+)
 from stockade.core.logging import escape_peer
-from stockade.core.settings import Settings, ShieldSettings
+from stockade.core.settings import ShieldSettings
 
 from ._detector import Detector, Failure, Outcome, Rules, Verdict
 from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
@@ -43,10 +49,9 @@ from ._model import Ban, overlaps_allowlist, parse_source, source_key
 from ._nft import Nft, NftablesEnforcer
 from ._store import BanStore
 
-__all__ = ["AUTH_STREAM", "DURABLE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
+__all__ = ["DURABLE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
 
-AUTH_STREAM = "STOCKADE_AUTH"
-#: Name of the shield's durable consumer on :data:`AUTH_STREAM`.
+#: Name of the shield's durable consumer on :data:`STREAM_AUTH`.
 DURABLE = "shield"
 
 _log = structlog.get_logger("stockade.shield")  # lazy: honours configure_logging run later
@@ -121,11 +126,6 @@ class Shield:
         self._pending: list[_PendingBan] = []
         self.replayed = 0
 
-    @classmethod
-    def from_settings(cls, settings: Settings, bus: Bus) -> Shield:
-        """The shield as ``stockade up`` runs it: nftables on the gateway's port by default."""
-        return cls(bus, settings.shield, ports=[settings.gateway.port])
-
     def __repr__(self) -> str:
         return f"<Shield durable={self.durable} bans={len(self.deny_list)}>"
 
@@ -140,7 +140,7 @@ class Shield:
         self._store = await BanStore.open(self.bus, strike_memory=self.rules.strike_memory)
         self._sync = await BanSync.start(self.bus, [self.deny_list, *self.enforcers])
         consumer = self.bus.consumer(
-            stream=AUTH_STREAM, durable=self.durable, batch=self._batch, cumulative_ack=True
+            stream=STREAM_AUTH, durable=self.durable, batch=self._batch, cumulative_ack=True
         )
         consumer.on(SUBJECT_AUTH_FAILED)(self._on_failed)
         consumer.before_ack(self._flush)
@@ -160,13 +160,13 @@ class Shield:
             self._ack_floor = (await consumer.state()).ack_floor
         except BusUnavailable:
             self._ack_floor = 0  # the consumer does not exist yet: nothing was acknowledged
-        last = await self.bus.last_sequence(AUTH_STREAM, SUBJECT_AUTH_FAILED)
+        last = await self.bus.last_sequence(STREAM_AUTH, SUBJECT_AUTH_FAILED)
         if last == 0:
             return
         horizon = max(self.rules.window, self.rules.enum_window)
         since = datetime.now(UTC) - timedelta(seconds=horizon)
         async for delivery in self.bus.read_stream(
-            AUTH_STREAM, SUBJECT_AUTH_FAILED, since=since, until_seq=last
+            STREAM_AUTH, SUBJECT_AUTH_FAILED, since=since, until_seq=last
         ):
             self.replayed += 1
             try:
