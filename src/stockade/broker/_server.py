@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from stockade.core.errors import ConfigError, SecretsBackendUnavailable
+from stockade.core.errors import BackendError, ConfigError
 from stockade.core.logging import get_logger
 from stockade.core.settings import Settings
 from stockade.tls import DevCA, IssuedCert
@@ -195,10 +195,12 @@ class BrokerServer:
         while not server.started:
             if self._task.done():
                 await self._cleanup()
-                raise SecretsBackendUnavailable("the broker failed to start; see the log")
+                raise BackendError(f"the broker failed to start on {self.url}; see the log above")
             if loop.time() > deadline:
                 await self.stop()
-                raise TimeoutError(f"the broker did not start within {_START_TIMEOUT:g}s")
+                raise BackendError(
+                    f"the broker did not start within {_START_TIMEOUT:g}s on {self.url}"
+                )
             await asyncio.sleep(0.01)
         _log.info("broker_started", url=self.url)
 

@@ -56,5 +56,6 @@ def up(
         int | None, typer.Option("--ssh-port", help="SSH gateway port (default 2222).")
     ] = None,
 ) -> None:
-    """Run store, event bus, identity, authz and the internal API in one process."""
+    """Run every service in one process: store, event bus, identity, authz, internal API,
+    credential broker, SSH Shield and the SSH gateway. Ctrl-C or SIGTERM stops them cleanly."""
     run_async(_serve(_with_overrides(settings(), data_dir, ssh_port)))
