@@ -48,7 +48,7 @@ class AuthzServicer:
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
 
 
 def add_AuthzServicer_to_server(servicer, server):
