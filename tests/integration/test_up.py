@@ -146,6 +146,26 @@ def test_ssh_login_through_stockade_up(server: Server, tmp_path: Path) -> None:
     sessions = json.loads(cli(server.data_dir, "sessions", "list", "--json").stdout)
     assert [s["username"] for s in sessions] == ["dana"]
 
+    # The session's home was wired to the credential helpers by stockade up (configuration only).
+    wired = subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "dana@127.0.0.1",
+            "git config --get-all credential.helper; cat ~/.docker/config.json;"
+            " command -v docker-credential-stockade; printf 'protocol=https\\nhost=h\\n\\n'"
+            " | git credential fill",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "git-credential-stockade" in wired.stdout, wired.stderr
+    assert '"credsStore": "stockade"' in wired.stdout
+    assert "/.stockade/bin/docker-credential-stockade" in wired.stdout
+    # the helper ran and reached the broker, which has no secrets backend configured here
+    assert "git-credential-stockade:" in wired.stderr
+    assert "secrets backend" in wired.stderr
+
 
 def test_clean_shutdown_on_sigterm_and_sigint(server: Server) -> None:
     server.start()
