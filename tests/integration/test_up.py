@@ -164,7 +164,7 @@ def test_ssh_login_through_stockade_up(server: Server, tmp_path: Path) -> None:
     assert "/.stockade/bin/docker-credential-stockade" in wired.stdout
     # the helper ran and reached the broker, which has no secrets backend configured here
     assert "git-credential-stockade:" in wired.stderr
-    assert "secrets backend" in wired.stderr
+    assert "no secrets backend configured for git h (set VAULT_ADDR)" in wired.stderr
 
 
 def test_clean_shutdown_on_sigterm_and_sigint(server: Server) -> None:

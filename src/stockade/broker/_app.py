@@ -107,7 +107,7 @@ def _error_for(exc: StockadeError) -> JSONResponse:
     if isinstance(exc, InvalidInput):
         return _error(422, "invalid_input", exc.field, str(exc))
     # BackendError and anything else Stockade raised on purpose: a dependency cannot answer now.
-    return _error(503, "unavailable", type(exc).__name__, str(exc))
+    return _error(503, "unavailable", str(exc), str(exc))  # our own message: says what to fix
 
 
 class BodyLimit:
