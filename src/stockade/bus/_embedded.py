@@ -29,6 +29,7 @@ from types import TracebackType
 import structlog
 
 from stockade.core.errors import BusUnavailable, ToolMissing
+from stockade.core.files import write_private
 
 __all__ = ["EmbeddedNats", "nats_server_binary"]
 
@@ -48,14 +49,6 @@ def nats_server_binary() -> str:
 
 
 _TOKEN_FILE = "token"  # noqa: S105 - a file name
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(text)
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -123,10 +116,10 @@ class EmbeddedNats:
         token = self.read_token(self._dir.parent)
         if not token:
             token = secrets.token_urlsafe(32)
-            _write_private(token_path, token + "\n")
+            write_private(token_path, (token + "\n").encode())
         self._token = token
         config = self._dir / "auth.conf"
-        _write_private(config, "authorization {\n  token: " + json.dumps(token) + "\n}\n")
+        write_private(config, ("authorization {\n  token: " + json.dumps(token) + "\n}\n").encode())
         return config
 
     @property

@@ -22,6 +22,7 @@ from .errors import (
     ToolMissing,
     UserError,
 )
+from .files import write_private
 from .logging import configure_logging, escape_peer, get_logger, redact
 from .settings import Settings, load_settings
 
@@ -51,4 +52,5 @@ __all__ = [
     "load_settings",
     "parse_duration",
     "redact",
+    "write_private",
 ]

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ipaddress
 import itertools
-import os
 import socket
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import asyncssh
 
 from stockade.core.errors import ConfigError, StockadeError
 from stockade.core.events import AuthFailed
+from stockade.core.files import write_private
 from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
 
@@ -97,11 +97,8 @@ def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
     if path.exists():
         return asyncssh.read_private_key(str(path))
     key = asyncssh.generate_private_key(alg)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.export_private_key())
-    path.with_name(path.name + ".pub").write_bytes(key.export_public_key())
+    write_private(path, key.export_private_key())
+    write_private(path.with_name(path.name + ".pub"), key.export_public_key(), mode=0o644)
     return key
 
 

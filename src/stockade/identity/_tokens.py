@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from stockade.core.errors import ConfigError, StoreUnavailable, TokenRejected
+from stockade.core.files import write_private
 
 __all__ = ["MAX_TOKEN_BYTES", "MAX_TOKEN_TTL", "REJECT_REASONS", "Algorithm", "Claims", "KeyRing"]
 
@@ -113,27 +114,6 @@ def _new_private_key(alg: Algorithm) -> _PrivateKey:
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     return ec.generate_private_key(ec.SECP256R1())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, mode 0600, durable before it is renamed in."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read_private(path: Path) -> bytes:
@@ -369,7 +349,7 @@ class KeyRing:
             path = self._dir / _SEALING
             with self._locked():
                 if not path.exists():
-                    _write_private(path, AESGCM.generate_key(bit_length=256))
+                    write_private(path, AESGCM.generate_key(bit_length=256))
             key = _read_private(path)
             if len(key) != 32:
                 raise ConfigError(f"{path} must hold 32 bytes")
@@ -436,7 +416,7 @@ class KeyRing:
                 for kid, k in self._keys.items()
             },
         }
-        _write_private(self._dir / _INDEX, json.dumps(index, indent=2).encode())
+        write_private(self._dir / _INDEX, json.dumps(index, indent=2).encode())
         self._index_stamp = self._stamp()
 
     def _rotate_locked(self) -> str:
@@ -451,7 +431,7 @@ class KeyRing:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        _write_private(self._dir / f"{kid}.pem", pem)
+        write_private(self._dir / f"{kid}.pem", pem)
         if self._active:
             old = self._keys[self._active]
             self._keys[old.kid] = _SigningKey(

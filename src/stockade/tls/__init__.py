@@ -1,6 +1,6 @@
 """TLS for Stockade's own services: the dev CA and certificate hot reload."""
 
-from ._ca import DevCA, IssuedCert, write_private
+from ._ca import DevCA, IssuedCert
 from ._reload import (
     CertificateFiles,
     TlsMaterial,
@@ -15,5 +15,4 @@ __all__ = [
     "TlsMaterial",
     "grpc_channel_credentials",
     "grpc_server_credentials",
-    "write_private",
 ]

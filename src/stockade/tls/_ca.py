@@ -9,8 +9,6 @@ never leaves a half-written key.
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,29 +18,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from stockade.core import InvalidInput
+from stockade.core import InvalidInput, write_private
 
-__all__ = ["DevCA", "IssuedCert", "write_private"]
+__all__ = ["DevCA", "IssuedCert"]
 
 _CA_LIFETIME = timedelta(days=3650)
 _LEAF_LIFETIME = timedelta(days=90)
 _RENEW_BEFORE = timedelta(days=30)
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically with ``mode`` (default 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -109,7 +91,7 @@ class DevCA:
             .sign(key, hashes.SHA256())
         )
         write_private(self.ca_key_path, _key_pem(key))
-        write_private(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_private(self.ca_cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
     def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.ca_cert_path.read_bytes())
@@ -164,7 +146,7 @@ class DevCA:
         )
         write_private(key_path, _key_pem(key))
         chain = cert.public_bytes(serialization.Encoding.PEM)
-        write_private(cert_path, chain, 0o644)
+        write_private(cert_path, chain, mode=0o644)
         return issued
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from stockade.core.errors import BackendError, InvalidInput
+from stockade.core.files import write_private
 
 from . import ExitStatus, SessionSpec
 from ._fdio import CHUNK
@@ -105,10 +105,7 @@ class SshBackend:
     def _remember(self, name: str, key: str) -> None:
         known = self._remembered()
         known[name] = key
-        tmp = self._known_hosts.with_suffix(".tmp")
-        tmp.write_text(json.dumps(known, indent=2, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self._known_hosts)
+        write_private(self._known_hosts, json.dumps(known, indent=2, sort_keys=True).encode())
 
     async def open(self, spec: SessionSpec) -> SshWorkload:
         config = spec.workspace_config
