@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from bench import _report
 
 TIMEOUT = float(os.environ.get("STOCKADE_BENCH_TIMEOUT", "600"))
 
@@ -40,13 +44,15 @@ def main() -> int:
     wanted = set(sys.argv[1:])
     names = sorted(p.stem.removeprefix("bench_") for p in here.glob("bench_*.py"))
     failed = []
+    rows_file = Path(tempfile.mkstemp(prefix="stockade-bench-", suffix=".jsonl")[1])
     for short in names:
         if wanted and short not in wanted:
             continue
         print(f"== {short} ==", flush=True)
         started = time.perf_counter()
+        env = {**os.environ, _report.RESULTS_ENV: str(rows_file), "STOCKADE_BENCH_MODULE": short}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench", "--one", short], start_new_session=True
+            [sys.executable, "-m", "bench", "--one", short], start_new_session=True, env=env
         )
         try:
             code = proc.wait(timeout=TIMEOUT)
@@ -58,9 +64,28 @@ def main() -> int:
         if code != 0:
             failed.append(short)
         print(f"   ({time.perf_counter() - started:.1f}s)", flush=True)
+    rows = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()]
+    rows_file.unlink()
+    _print_table(rows)
+    (here / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     if failed:
         print(f"failed: {', '.join(failed)}", flush=True)
     return 1 if failed else 0
+
+
+def _print_table(rows: list[dict[str, object]]) -> None:
+    header = ["module", "benchmark", "value", "anchor", "ratio", "goal", "met?"]
+    table = [header]
+    for row in rows:
+        ratio = row["ratio"]
+        met = {True: "yes", False: "NO", None: "-"}[row["met"]]  # type: ignore[index]
+        table.append([str(row["module"]), str(row["benchmark"]), str(row["value"]),
+                      str(row["anchor"] or "-"), "-" if ratio is None else f"{ratio:.2f}x",
+                      str(row["goal"]), met])  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    print("\n== report ==", flush=True)
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 if __name__ == "__main__":
