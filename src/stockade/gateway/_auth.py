@@ -69,8 +69,11 @@ class ConnectionAuth:
     close_reason: str | None = None
     problem: str | None = None
     """Why every credential is refused before it is checked (bad username, unknown workspace)."""
-    _keys: dict[str, str | None] = field(default_factory=dict)
+    _keys: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    """Key verdicts by (username as sent, fingerprint): never reused for another username."""
     _accepted_key: bool = False
+    fingerprint: str | None = None
+    """The key accepted for the current username (logged on success)."""
     _raw_username: str = ""
 
     # -- events --------------------------------------------------------------------------
@@ -138,6 +141,11 @@ class ConnectionAuth:
         self.target = self.user = self.workspace = self.connect_decision = None
         self.problem = None
         self.mfa_required = self.mfa_passed = False
+        # A verdict is bound to (username, workspace, fingerprint): a new username starts over,
+        # and so does a return to an earlier one (its decision was reset above).
+        self._keys.clear()
+        self._accepted_key = False
+        self.fingerprint = None
         try:
             self.target = parse_target(username)
         except StockadeError as exc:
@@ -213,15 +221,19 @@ class ConnectionAuth:
 
     async def check_key(self, fingerprint: str) -> bool:
         """Is ``fingerprint`` a key of the target user who may connect? (once per key)"""
-        if fingerprint in self._keys:
-            return self._keys[fingerprint] is None
+        cache_key = (self._raw_username, fingerprint)
+        if cache_key in self._keys:
+            accepted = self._keys[cache_key] is None
+            if accepted:
+                self._accepted_key, self.fingerprint = True, fingerprint
+            return accepted
         self.method = "publickey"
         reason = await self._key_reason(fingerprint)
-        self._keys[fingerprint] = reason
+        self._keys[cache_key] = reason
         if reason is not None:
             await self.fail("publickey", reason)
             return False
-        self._accepted_key = True
+        self._accepted_key, self.fingerprint = True, fingerprint
         return True
 
     async def _key_reason(self, fingerprint: str) -> str | None:
@@ -282,6 +294,7 @@ class ConnectionAuth:
             client=self.client_ip,
             target=str(self.target),
             method=self.method,
+            fingerprint=self.fingerprint if self.method == "publickey" else None,
         )
         await self._publish(
             AuthSucceeded(
