@@ -16,7 +16,7 @@ from stockade.core.settings import AuthzSettings
 
 from .conftest import HEADER, ssh_request, write_bundle
 
-ALLOW_ALL = HEADER + 'decision := {"allow": true, "obligations": {"n": 1}, "reasons": []}\n'
+ALLOW_ALL = HEADER + 'decision := {"allow": true, "obligations": {"sudo": true}, "reasons": []}\n'
 DENY_ALL = HEADER + 'decision := {"allow": false, "obligations": {}, "reasons": ["closed"]}\n'
 
 
@@ -103,7 +103,7 @@ def test_missing_directory(tmp_path: Path) -> None:
 DIVIDE = HEADER + (
     "decision := {\n"
     '\t"allow": true,\n'
-    '\t"obligations": {"share": 1 / input.context.divisor},\n'
+    '\t"obligations": {"max_session_seconds": 10 / input.context.divisor},\n'
     '\t"reasons": [],\n'
     "}\n"
 )
@@ -111,7 +111,7 @@ DIVIDE = HEADER + (
 
 def test_evaluation_error_is_a_deny_with_reason(tmp_path: Path) -> None:
     authz = make(tmp_path, {"p.rego": DIVIDE})
-    assert authz.decide(ssh_request(extra={"divisor": 2})).obligations == {"share": 0.5}
+    assert authz.decide(ssh_request(extra={"divisor": 2})).obligations.max_session_seconds == 5
     with capture_logs() as logs:
         decision = authz.decide(ssh_request(extra={"divisor": 0}))
     assert not decision.allow
@@ -134,6 +134,16 @@ def test_evaluation_error_is_a_deny_with_reason(tmp_path: Path) -> None:
          "data.stockade.decision.obligations is not an object"),
         ('{"allow": true, "obligations": {1: true}}',
          "data.stockade.decision.obligations is not an object"),
+        ('{"allow": true, "obligations": {"port_forwarding": true}}',
+         "data.stockade.decision.obligations: unknown obligation 'port_forwarding'"),
+        ('{"allow": true, "obligations": {"sudo": 1}}',
+         "data.stockade.decision.obligations: obligation sudo must be a boolean, not int"),
+        ('{"allow": true, "obligations": {"max_session_seconds": 1.5}}',
+         "data.stockade.decision.obligations: obligation max_session_seconds must be a positive "
+         "integer, not 1.5"),
+        ('{"allow": true, "obligations": {"patch:spec": 1}}',
+         "data.stockade.decision.obligations: obligation 'patch:spec' needs a JSON pointer "
+         "after 'patch:'"),
         ('{"allow": true, "reasons": "fine"}',
          "data.stockade.decision.reasons is not a list of strings"),
         ('{"allow": true, "reasons": [1]}',
@@ -147,16 +157,16 @@ def test_wrong_shapes_deny(tmp_path: Path, value: str, reason: str) -> None:
 
 def test_optional_parts_and_rego_values_are_normalised(tmp_path: Path) -> None:
     body = (
-        'decision := {"allow": false, "reasons": {"b", "a"}, '
-        '"obligations": {"n": 3, "s": {2, 1}}}\n'
+        'decision := {"allow": true, "reasons": {"b", "a"}, '
+        '"obligations": {"max_session_seconds": 3, "patch:/spec/x": {2, 1}}}\n'
     )
     authz = make(tmp_path, {"p.rego": HEADER + body})
     decision = authz.decide(ssh_request())
     assert decision.reasons == ("a", "b")
-    assert dict(decision.obligations) == {"n": 3, "s": [1, 2]}
-    assert type(decision.obligations["n"]) is int
-    with pytest.raises(TypeError):
-        decision.obligations["n"] = 4  # type: ignore[index]
+    assert decision.obligations.to_dict() == {"max_session_seconds": 3, "patch:/spec/x": [1, 2]}
+    assert type(decision.obligations.max_session_seconds) is int
+    with pytest.raises(AttributeError):
+        decision.obligations.sudo = True  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("doc", [{"action": object()}, {"action": 7}, {}])
@@ -171,7 +181,7 @@ def test_decisions_from_many_threads(settings: AuthzSettings) -> None:
     cases = [
         (ssh_request(roles=("contractor",)), True),
         (ssh_request(owner="bob"), False),
-        (ssh_request("ssh.x11"), False),
+        (ssh_request("ssh.direct-tcpip"), False),
         (ssh_request("ssh.direct-tcpip", roles=("tunneler",)), True),
     ]
     expected = [authz.decide(doc) for doc, _ in cases]

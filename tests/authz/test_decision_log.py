@@ -85,8 +85,8 @@ async def test_records_are_published_when_the_window_ends() -> None:
 
 async def test_different_obligations_or_reasons_do_not_fold(tmp_path: Path) -> None:
     body = (
-        'decision := {"allow": false, "reasons": [input.context.why], '
-        '"obligations": {"n": input.context.n}}\n'
+        'decision := {"allow": true, "reasons": [input.context.why], '
+        '"obligations": {"max_session_seconds": input.context.n}}\n'
     )
     sink = ListSink()
     authz = Authorizer(
@@ -99,9 +99,9 @@ async def test_different_obligations_or_reasons_do_not_fold(tmp_path: Path) -> N
         authz.decide(ssh_request(extra={"why": why, "n": n}))
     await authz.stop()
     assert [(r.reasons, r.obligations, r.count) for r in sink.records] == [
-        (["x"], {"n": 1}, 2),
-        (["y"], {"n": 1}, 1),
-        (["x"], {"n": 2}, 1),
+        (["x"], {"max_session_seconds": 1}, 2),
+        (["y"], {"max_session_seconds": 1}, 1),
+        (["x"], {"max_session_seconds": 2}, 1),
     ]
 
 
@@ -155,7 +155,7 @@ async def test_records_reach_nats(nats_url: str) -> None:
         await authz.start()
         for _ in range(25):
             authz.decide(ssh_request(user=user, owner=user, roles=("sudoer",)))
-        authz.decide(ssh_request("ssh.x11", user=user, owner=user))
+        authz.decide(ssh_request("ssh.direct-tcpip", user=user, owner=user))
         await authz.stop()
         await asyncio.wait_for(got_all.wait(), 10)
     finally:
@@ -163,7 +163,7 @@ async def test_records_reach_nats(nats_url: str) -> None:
         await bus.close()
     assert sorted((r.action, r.allow, r.count) for r in received) == [
         ("ssh.connect", True, 25),
-        ("ssh.x11", False, 1),
+        ("ssh.direct-tcpip", False, 1),
     ]
     allowed = next(r for r in received if r.allow)
     assert allowed.obligations["sudo"] is True

@@ -7,22 +7,28 @@ with a reason. The bundle is hot-reloaded with an atomic swap, decisions are pub
 bus as folded ``DecisionRecord`` events, and :func:`run_policy_tests` runs a bundle's Rego tests.
 """
 
+from ._api import AuthzAPI
 from ._authorizer import Authorizer
 from ._decision import Decision
 from ._decision_log import DecisionSink
 from ._input import Context, Resource, Subject, build_input, parse_input
+from ._obligations import ObligationError, Obligations, parse_obligations
 from ._testing import PolicyTestResult, format_test_results, run_policy_tests
 
 __all__ = [
     "Authorizer",
+    "AuthzAPI",
     "Context",
     "Decision",
     "DecisionSink",
+    "ObligationError",
+    "Obligations",
     "PolicyTestResult",
     "Resource",
     "Subject",
     "build_input",
     "format_test_results",
     "parse_input",
+    "parse_obligations",
     "run_policy_tests",
 ]

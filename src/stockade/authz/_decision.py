@@ -4,34 +4,43 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from stockade.core.errors import PermissionDenied
+
+from ._obligations import NONE, ObligationError, Obligations, parse_obligations
 
 __all__ = ["DECISION_RULE", "Decision", "decision_from_value"]
 
 #: Where every bundle must put its verdict.
 DECISION_RULE = "data.stockade.decision"
 
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_EMPTY: Mapping[str, Any] = {}
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An authorization verdict: ``allow``, the ``obligations`` to enforce, and ``reasons``.
+    """An authorization verdict: ``allow``, the typed ``obligations`` to enforce, and ``reasons``.
 
-    ``obligations`` is read-only; the gateway enforces keys such as ``record_session``, ``sudo``
-    and ``max_session_seconds``. ``reasons`` explain a deny (and may be empty on an allow).
+    ``obligations`` is a frozen :class:`Obligations` (a deny carries none). ``reasons`` explain a
+    deny (and may be empty on an allow).
     """
 
     allow: bool
-    obligations: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    obligations: Obligations = field(default=NONE)
     reasons: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.obligations, MappingProxyType):
-            object.__setattr__(self, "obligations", MappingProxyType(dict(self.obligations)))
+    @classmethod
+    def from_parts(
+        cls, allow: bool, obligations: Mapping[str, Any], reasons: tuple[str, ...] = ()
+    ) -> Decision:
+        """A decision from raw obligations (a remote answer, say): an unknown or ill-typed
+        obligation makes it a deny naming it."""
+        try:
+            typed = parse_obligations(obligations)
+        except ObligationError as exc:
+            return cls.deny(f"{DECISION_RULE}.obligations: {exc}")
+        return cls(allow=allow, obligations=typed if allow else NONE, reasons=reasons)
 
     @classmethod
     def deny(cls, reason: str) -> Decision:
@@ -47,7 +56,7 @@ class Decision:
         """The decision as JSON-ready data (the shape of ``data.stockade.decision``)."""
         return {
             "allow": self.allow,
-            "obligations": dict(self.obligations),
+            "obligations": self.obligations.to_dict(),
             "reasons": list(self.reasons),
         }
 
@@ -90,6 +99,10 @@ def decision_from_value(value: Any) -> Decision:
         if type(key) is not str:
             return Decision.deny(f"{DECISION_RULE}.obligations is not an object")
         obligations[key] = _plain(item)
+    try:
+        typed = parse_obligations(obligations) if allow else NONE
+    except ObligationError as exc:
+        return Decision.deny(f"{DECISION_RULE}.obligations: {exc}")
     reasons = value.get("reasons", ())
     if type(reasons) is set:
         reasons = sorted(reasons, key=repr)
@@ -97,4 +110,4 @@ def decision_from_value(value: Any) -> Decision:
         type(r) is str for r in reasons
     ):
         return Decision.deny(f"{DECISION_RULE}.reasons is not a list of strings")
-    return Decision(allow=allow, obligations=MappingProxyType(obligations), reasons=tuple(reasons))
+    return Decision(allow=allow, obligations=typed, reasons=tuple(reasons))

@@ -54,7 +54,7 @@ def _key(action: str, resource: Any, user: str, decision: Decision) -> tuple[Any
         user,
         decision.allow,
         decision.reasons,
-        json.dumps(dict(decision.obligations), sort_keys=True, default=str),
+        json.dumps(decision.obligations.to_dict(), sort_keys=True, default=str),
     )
 
 
@@ -142,7 +142,7 @@ class DecisionLog:
             user=fold.user,
             allow=fold.decision.allow,
             reasons=list(fold.decision.reasons),
-            obligations=dict(fold.decision.obligations),
+            obligations=fold.decision.obligations.to_dict(),
             count=fold.count,
             first_at=datetime.fromtimestamp(fold.first, UTC),
             at=datetime.fromtimestamp(fold.last, UTC),

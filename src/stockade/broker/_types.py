@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-from stockade.core.events import Event
+from stockade.core.events import EventPublisher
 
 __all__ = [
     "KINDS",
@@ -73,12 +73,6 @@ class PolicyDecider(Protocol):
     its gRPC client (``stockade.rpc.AuthzClient``) answers with an awaitable."""
 
     def decide(self, input_doc: Mapping[str, Any]) -> DecisionLike | Awaitable[DecisionLike]: ...
-
-
-class EventPublisher(Protocol):
-    """Where audit events go (``stockade.bus.Bus`` satisfies it)."""
-
-    def publish(self, event: Event) -> Awaitable[object]: ...
 
 
 @dataclass(frozen=True, slots=True)

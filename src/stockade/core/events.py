@@ -9,7 +9,7 @@ malformed, oversized or of another schema version.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,7 +24,9 @@ __all__ = [
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
+    "SUBJECT_IDENTITY_CHANGED",
     "SUBJECT_SESSION_ENDED",
+    "SUBJECT_SESSION_KILL",
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
     "SUBJECT_SHIELD_UNBAN",
@@ -33,7 +35,10 @@ __all__ = [
     "CredentialRequest",
     "DecisionRecord",
     "Event",
+    "EventPublisher",
+    "IdentityChanged",
     "SessionEnded",
+    "SessionKill",
     "SessionStarted",
     "ShieldBan",
     "ShieldUnban",
@@ -47,6 +52,10 @@ SUBJECT_AUTH_SUCCEEDED = "stockade.auth.succeeded"
 SUBJECT_AUTHZ_DECISION = "stockade.authz.decision"
 SUBJECT_SESSION_STARTED = "stockade.session.started"
 SUBJECT_SESSION_ENDED = "stockade.session.ended"
+#: Ask every gateway to end one session now (``stockade sessions kill``, Worktrace, revocation).
+SUBJECT_SESSION_KILL = "stockade.session.kill"
+#: A user, key or role changed: gateways re-check the live sessions of that user.
+SUBJECT_IDENTITY_CHANGED = "stockade.identity.changed"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
@@ -64,9 +73,16 @@ STREAMS: dict[str, list[str]] = {
         "stockade.session.>",
         "stockade.shield.>",
         "stockade.credential.>",
+        "stockade.identity.>",
     ],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
+
+
+class EventPublisher(Protocol):
+    """Publishes events (the bus, or anything with the same method)."""
+
+    async def publish(self, event: Event) -> Any: ...
 
 
 def utcnow() -> datetime:
@@ -149,6 +165,44 @@ class SessionEnded(Event):
     username: str
     exit_status: int | None = None
     reason: str = ""
+    """Why it ended: ``exited``, ``killed``, ``revoked``, ``crashed``, ``gateway_stopped``, ..."""
+
+
+class SessionKill(Event):
+    """End session ``session_id`` wherever it runs; its user reads ``message``."""
+
+    subject: ClassVar[str] = SUBJECT_SESSION_KILL
+    session_id: str = Field(max_length=64)
+    reason: str = Field(default="killed", max_length=64)
+    """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace``)."""
+    message: str = Field(default="session terminated by an administrator", max_length=256)
+    by: str = Field(default="", max_length=128)
+    """Who asked (an admin's name, ``identity``, ``worktrace``)."""
+
+
+IdentityChange = Literal[
+    "user_added",
+    "user_disabled",
+    "user_enabled",
+    "user_removed",
+    "key_added",
+    "key_removed",
+    "roles_changed",
+    "password_changed",
+    "totp_changed",
+]
+
+
+class IdentityChanged(Event):
+    """A change to a user; gateways close or re-decide that user's live sessions."""
+
+    subject: ClassVar[str] = SUBJECT_IDENTITY_CHANGED
+    username: str = Field(max_length=32)
+    change: IdentityChange
+    fingerprint: str | None = Field(default=None, max_length=64)
+    """The key added or removed (``key_*`` changes)."""
+    roles: list[str] = []
+    """The user's roles after the change."""
 
 
 class ShieldBan(Event):

@@ -38,7 +38,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
         decision = await self._authorizer.decide_async(doc)
         return authz_pb2.DecideResponse(
             allow=decision.allow,
-            obligations_json=json.dumps(dict(decision.obligations)),
+            obligations_json=json.dumps(decision.obligations.to_dict()),
             reasons=list(decision.reasons),
         )
 
@@ -64,9 +64,7 @@ class AuthzClient:
             obligations = json.loads(reply.obligations_json or "{}")
             if not isinstance(obligations, dict):
                 return Decision.deny("authz service returned malformed obligations")
-            return Decision(
-                allow=reply.allow, obligations=obligations, reasons=tuple(reply.reasons)
-            )
+            return Decision.from_parts(reply.allow, obligations, tuple(reply.reasons))
         except aio.AioRpcError as exc:
             log.warning(
                 "authz.remote.failed",

@@ -20,11 +20,10 @@ ssh(action, name, roles, owner) := {
 
 base_obligations := {
 	"record_session": false,
+	"record_input": false,
 	"sudo": false,
 	"privileged": false,
 	"agent_forwarding": true,
-	"port_forwarding": false,
-	"x11_forwarding": false,
 	"max_session_seconds": 28800,
 	"require_mfa": false,
 }
@@ -60,20 +59,16 @@ test_ssh_to_non_workspace_denied if {
 	d.reasons == ["ssh.connect needs a workspace, not a credential"]
 }
 
-test_admin_connects_anywhere_with_forwarding if {
+test_admin_connects_anywhere if {
 	d := stockade.decision with input as ssh("ssh.connect", "root", ["admin"], "bob")
 	d.allow
-	d.obligations == object.union(base_obligations, {"port_forwarding": true, "x11_forwarding": true})
-}
-
-test_admin_may_x11 if {
-	stockade.decision.allow with input as ssh("ssh.x11", "root", ["admin"], "bob")
+	d.obligations == base_obligations
 }
 
 test_contractor_is_recorded if {
 	d := stockade.decision with input as ssh("ssh.connect", "carol", ["contractor"], "carol")
 	d.allow
-	d.obligations == object.union(base_obligations, {"record_session": true})
+	d.obligations == object.union(base_obligations, {"record_session": true, "record_input": true})
 }
 
 test_contractor_admin_is_still_recorded if {
@@ -96,7 +91,7 @@ test_admin_without_sudoer_gets_no_sudo if {
 test_tunneler_may_forward_ports if {
 	d := stockade.decision with input as ssh("ssh.direct-tcpip", "tina", ["tunneler"], "tina")
 	d.allow
-	d.obligations == object.union(base_obligations, {"port_forwarding": true})
+	d.obligations == base_obligations
 	stockade.decision.allow with input as ssh("ssh.tcpip-forward", "tina", ["tunneler"], "tina")
 }
 
@@ -105,12 +100,6 @@ test_port_forwarding_denied_without_tunneler if {
 	d := stockade.decision with input as ssh(action, "alice", ["dev", "sudoer"], "alice")
 	not d.allow
 	d.reasons == ["port forwarding requires role tunneler"]
-}
-
-test_x11_denied_even_to_owner if {
-	d := stockade.decision with input as ssh("ssh.x11", "alice", ["tunneler", "sudoer"], "alice")
-	not d.allow
-	d.reasons == ["X11 forwarding is disabled"]
 }
 
 test_agent_forwarding_for_everyone if {
@@ -124,5 +113,5 @@ test_agent_forwarding_for_everyone if {
 
 test_all_roles_together if {
 	d := stockade.decision with input as ssh("ssh.connect", "x", ["contractor", "sudoer", "tunneler"], "x")
-	d.obligations == object.union(base_obligations, {"record_session": true, "sudo": true, "port_forwarding": true})
+	d.obligations == object.union(base_obligations, {"record_session": true, "record_input": true, "sudo": true})
 }

@@ -11,20 +11,22 @@
 #   reasons explain a deny and are empty on an allow.
 #
 # Obligations (on every allowed ssh.* decision; other actions carry none):
-#   record_session       bool  record the session (asciinema cast v2): true for role contractor
+#   record_session       bool  record the session (asciinema cast v2): true for role contractor;
+#                              file transfers (scp) then only as audited transfers
+#   record_input         bool  record the input of interactive sessions too: true for contractor
 #   sudo                 bool  the workspace user may sudo: true only for role sudoer
 #   privileged           bool  run the workspace privileged: always false here
 #   agent_forwarding     bool  ssh -A: true for everyone
-#   port_forwarding      bool  direct-tcpip / tcpip-forward: true for role tunneler (and admin)
-#   x11_forwarding       bool  X11 forwarding: true only for role admin
 #   max_session_seconds  int   hard limit on a session's length: 28800 (8 hours)
 #   require_mfa          bool  the session needs a second factor: false here
+# The set is closed (stockade.authz.Obligations): any other obligation makes the decision a deny.
+# Port forwarding is decided by its own actions (ssh.direct-tcpip, ssh.tcpip-forward); X11 is
+# never offered (the gateway lets asyncssh refuse it).
 #
 # Rules of the bundle:
 #   role admin may do everything;
 #   a user may ssh.* only to workspaces they own (resource.owner == user.name);
 #   port forwarding (ssh.direct-tcpip, ssh.tcpip-forward) needs role tunneler;
-#   ssh.x11 is denied;
 #   user.auth is allowed with a method the user has enrolled (password only with a password);
 #   credential.get is allowed for the session's own user;
 #   identity.manage is for role admin only.
@@ -58,7 +60,7 @@ allow if "admin" in input.context.user.roles
 
 allow if {
 	startswith(input.action, "ssh.")
-	not input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward", "ssh.x11"}
+	not input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward"}
 	input.resource.kind == "workspace"
 	input.context.user.name != ""
 	input.resource.owner == input.context.user.name
@@ -74,22 +76,15 @@ allow if {
 
 obligations := {
 	"record_session": "contractor" in input.context.user.roles,
+	"record_input": "contractor" in input.context.user.roles,
 	"sudo": "sudoer" in input.context.user.roles,
 	"privileged": false,
 	"agent_forwarding": true,
-	"port_forwarding": port_forwarding,
-	"x11_forwarding": "admin" in input.context.user.roles,
 	"max_session_seconds": 28800,
 	"require_mfa": false,
 } if {
 	startswith(input.action, "ssh.")
 } else := {}
-
-default port_forwarding := false
-
-port_forwarding if "tunneler" in input.context.user.roles
-
-port_forwarding if "admin" in input.context.user.roles
 
 ssh_to_workspace if {
 	startswith(input.action, "ssh.")
@@ -124,8 +119,6 @@ denials contains "port forwarding requires role tunneler" if {
 	input.action in {"ssh.direct-tcpip", "ssh.tcpip-forward"}
 	not "tunneler" in input.context.user.roles
 }
-
-denials contains "X11 forwarding is disabled" if input.action == "ssh.x11"
 
 # --- Authentication methods, broker credentials, identity administration ---
 
