@@ -5,24 +5,46 @@ gRPC when split); it keeps its state in :class:`stockade.store.Store` and its si
 :class:`KeyRing` directory. Everything it returns is a frozen dataclass.
 """
 
+from ._api import IdentityAPI
 from ._keys import ParsedKey, fingerprint, parse_public_key
 from ._passwords import PasswordHasher, TotpEnrollment, totp_code
 from ._service import IdentityService
+from ._target import MAX_TARGET_LEN, Target, parse_target
 from ._tokens import Claims, KeyRing
-from ._types import SessionInfo, SshKey, User, Workspace
+from ._types import (
+    AuthFailure,
+    OpenedSession,
+    Principal,
+    SessionInfo,
+    SessionRequest,
+    SshKey,
+    User,
+    Workspace,
+)
+from ._validation import check_username, check_workspace
 
 __all__ = [
+    "MAX_TARGET_LEN",
+    "AuthFailure",
     "Claims",
+    "IdentityAPI",
     "IdentityService",
     "KeyRing",
+    "OpenedSession",
     "ParsedKey",
     "PasswordHasher",
+    "Principal",
     "SessionInfo",
+    "SessionRequest",
     "SshKey",
+    "Target",
     "TotpEnrollment",
     "User",
     "Workspace",
+    "check_username",
+    "check_workspace",
     "fingerprint",
     "parse_public_key",
+    "parse_target",
     "totp_code",
 ]

@@ -21,7 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, joinedload, selectinload
 
 from stockade.core.durations import parse_duration
-from stockade.core.errors import AlreadyExists, InvalidInput, NotFound, TokenRejected
+from stockade.core.errors import (
+    AlreadyExists,
+    InvalidInput,
+    NotFound,
+    StockadeError,
+    TokenRejected,
+)
+from stockade.core.events import (
+    Event,
+    EventPublisher,
+    IdentityChange,
+    IdentityChanged,
+    SessionKill,
+)
 from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
 from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
@@ -35,8 +48,18 @@ from ._passwords import (
     provisioning_uri,
     totp_match,
 )
+from ._target import parse_target
 from ._tokens import Claims, KeyRing
-from ._types import SessionInfo, SshKey, User, Workspace
+from ._types import (
+    AuthFailure,
+    OpenedSession,
+    Principal,
+    SessionInfo,
+    SessionRequest,
+    SshKey,
+    User,
+    Workspace,
+)
 from ._validation import (
     check_backend,
     check_config,
@@ -104,6 +127,9 @@ def _session(row: SessionRow) -> SessionInfo:
         bytes_out=row.bytes_out,
         recording=row.recording,
         end_reason=row.end_reason,
+        gateway_id=row.gateway_id,
+        kind=row.kind,
+        fingerprint=row.fingerprint,
     )
 
 
@@ -123,6 +149,12 @@ class IdentityService:
 
     ``password_hasher`` defaults to argon2id with production parameters; tests may pass a
     cheaper :class:`PasswordHasher`. Token times come from ``keyring``'s clock.
+
+    With a ``publisher`` (the bus), every change to a user is published as
+    :class:`~stockade.core.events.IdentityChanged`, and revocations (user disabled or removed,
+    a key removed) end the affected live sessions in the store at once (their tokens stop
+    verifying) and publish a :class:`~stockade.core.events.SessionKill` for each, so the gateway
+    holding them closes them.
     """
 
     def __init__(
@@ -132,11 +164,13 @@ class IdentityService:
         settings: IdentitySettings,
         keyring: KeyRing,
         password_hasher: PasswordHasher | None = None,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self._store = store
         self._settings = settings
         self._keyring = keyring
         self._hasher = password_hasher or PasswordHasher()
+        self._publisher = publisher
 
     def __repr__(self) -> str:
         return f"IdentityService(store={self._store!r}, keyring={self._keyring!r})"
@@ -212,7 +246,10 @@ class IdentityService:
             row = await self._user(session, name)
             row.disabled = disabled
             user = _user(row)
-        _log.info("user disabled" if disabled else "user enabled", user=name)
+            ended = await _end_live(session, name, "revoked") if disabled else []
+        _log.info("user disabled" if disabled else "user enabled", user=name, ended=len(ended))
+        await self._changed(name, "user_disabled" if disabled else "user_enabled", user.roles)
+        await self._kill(ended, "the user was disabled")
         return user
 
     async def remove_user(self, name: str) -> None:
@@ -221,7 +258,23 @@ class IdentityService:
         async with self._store.transaction() as session:
             row = await self._user(session, name)
             await session.delete(row)
-        _log.info("user removed", user=name)
+            ended = await _end_live(session, name, "revoked")
+        _log.info("user removed", user=name, ended=len(ended))
+        await self._changed(name, "user_removed", ())
+        await self._kill(ended, "the user was removed")
+
+    async def set_roles(self, name: str, roles: Iterable[str]) -> User:
+        """Replace ``name``'s roles. Live sessions are re-decided by the gateways that hold them
+        (an :class:`IdentityChanged` event); one whose ``ssh.connect`` is now denied is closed."""
+        check_username(name)
+        checked = check_labels(roles, field="roles")
+        async with self._store.transaction() as session:
+            row = await self._user(session, name)
+            row.roles = checked
+            user = _user(row)
+        _log.info("roles set", user=name, roles=user.roles)
+        await self._changed(name, "roles_changed", user.roles)
+        return user
 
     # -- SSH keys ----------------------------------------------------------------------------
 
@@ -250,7 +303,11 @@ class IdentityService:
                     break
             else:
                 raise NotFound("ssh key", f"{fingerprint} of user {name}")
-        _log.info("ssh key removed", user=name, fingerprint=fingerprint)
+            ended = await _end_live(session, name, "revoked", fingerprint=fingerprint)
+            roles = tuple(row.roles)
+        _log.info("ssh key removed", user=name, fingerprint=fingerprint, ended=len(ended))
+        await self._changed(name, "key_removed", roles, fingerprint=fingerprint)
+        await self._kill(ended, "the key this session logged in with was removed")
 
     async def lookup_key(self, username: str, fingerprint: str) -> User | None:
         """The user when ``fingerprint`` is a key of ``username`` and the user is enabled;
@@ -283,6 +340,198 @@ class IdentityService:
         )
         async with self._store.transaction(readonly=True) as session:
             return await session.scalar(query)
+
+    # -- logins (the gateway's questions) ----------------------------------------------------
+
+    async def authenticate_key(self, target: str, fingerprint: str) -> Principal | AuthFailure:
+        """Who may log in as ``target`` (``alice`` or ``alice+ws2``) with the key ``fingerprint``,
+        answered in one transaction: the :class:`Principal` (user, roles, workspace, bound to this
+        target and key), or an :class:`AuthFailure` whose reason is for logs only."""
+        if not isinstance(fingerprint, str) or len(fingerprint) > 64:
+            return AuthFailure("unknown_key")
+        return await self._authenticate(target, "publickey", fingerprint=fingerprint)
+
+    async def authenticate_password(self, target: str, password: str) -> Principal | AuthFailure:
+        """As :meth:`authenticate_key` for a password. The argon2 check runs whatever exists
+        (a dummy hash for unknown users, users without a password and malformed targets), so the
+        cost of an answer reveals nothing."""
+        return await self._authenticate(target, "password", password=password)
+
+    async def _authenticate(
+        self, target: str, method: str, *, fingerprint: str | None = None, password: str = ""
+    ) -> Principal | AuthFailure:
+        try:
+            parsed = parse_target(target)
+        except InvalidInput:
+            if method == "password":
+                await asyncio.to_thread(self._hasher.verify, None, password)
+            return AuthFailure("invalid_username")
+        failure: AuthFailure | None = None
+        principal: Principal | None = None
+        hashed: str | None = None
+        async with self._store.transaction(readonly=True) as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == parsed.user))
+            if row is None:
+                failure = AuthFailure("unknown_user")
+            elif row.disabled:
+                failure = AuthFailure("user_disabled")
+            elif method == "publickey":
+                owner = await session.scalar(
+                    select(UserRow.name)
+                    .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+                    .where(SshKeyRow.fingerprint == fingerprint)
+                )
+                if owner is None:
+                    failure = AuthFailure("unknown_key")
+                elif owner != parsed.user:
+                    failure = AuthFailure("key_not_owned")
+            else:
+                hashed = row.password_hash
+                if hashed is None:
+                    failure = AuthFailure("no_password")
+            workspace: Workspace | None = None
+            if failure is None and row is not None:
+                found = await self._find_workspace(session, parsed.workspace or parsed.user)
+                if found is not None and (parsed.workspace is not None or found[1] == row.name):
+                    workspace = _workspace(*found)
+                elif found is None and parsed.workspace is None:
+                    workspace = None  # the default workspace is created below
+                else:
+                    failure = AuthFailure("unknown_workspace")
+        if method == "password":
+            ok = await asyncio.to_thread(self._hasher.verify, hashed, password)
+            if failure is None and not ok:
+                failure = AuthFailure("bad_password")
+        if failure is not None:
+            return failure
+        assert row is not None
+        if workspace is None:
+            try:
+                workspace = await self.default_workspace(parsed.user)
+            except (NotFound, AlreadyExists):
+                return AuthFailure("unknown_workspace")
+        methods = ["publickey"]
+        if row.password_hash is not None:
+            methods.append("password")
+        if row.totp_secret is not None:
+            methods.append("totp")
+        principal = Principal(
+            username=row.name,
+            roles=tuple(row.roles),
+            groups=tuple(row.groups),
+            auth_methods=tuple(methods),
+            workspace=workspace,
+            method=method,
+            fingerprint=fingerprint,
+            target=str(parsed),
+        )
+        return principal
+
+    async def open_session(self, principal: Principal, request: SessionRequest) -> OpenedSession:
+        """Record a live session of ``principal`` and issue its token (``sid`` bound), in one
+        transaction: the user must still exist and be enabled, and a key login's key must still
+        be theirs. :class:`InvalidInput` names what changed."""
+        ip, port = check_endpoint(request.client_ip, request.client_port)
+        lifetime = min(int(request.ttl), self._keyring.max_ttl)
+        if lifetime <= 0:
+            raise InvalidInput("ttl", "must be positive")
+        session_id = "s-" + secrets.token_hex(12)
+        async with self._store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == principal.username))
+            if row is None or row.disabled:
+                raise InvalidInput("username", f"user {principal.username!r} may not log in now")
+            if principal.fingerprint is not None:
+                owner = await session.scalar(
+                    select(SshKeyRow.user_id).where(SshKeyRow.fingerprint == principal.fingerprint)
+                )
+                if owner != row.id:
+                    raise InvalidInput("fingerprint", "the key is no longer registered")
+            session.add(
+                SessionRow(
+                    id=session_id,
+                    username=row.name,
+                    workspace=principal.workspace.name,
+                    client_ip=ip,
+                    client_port=port,
+                    started_at=_now(),
+                    bytes_in=0,
+                    bytes_out=0,
+                    end_reason="",
+                    gateway_id=check_text(request.gateway_id, field="gateway_id", limit=128),
+                    boot_id=check_text(request.boot_id, field="boot_id", limit=64),
+                    kind=request.kind if request.kind in ("session", "connection") else "session",
+                    fingerprint=principal.fingerprint,
+                )
+            )
+            token = self._session_token(row, session_id, lifetime)
+        return OpenedSession(session_id=session_id, token=token)
+
+    async def end_stale_sessions(self, gateway_id: str, boot_id: str) -> list[SessionInfo]:
+        """End every session ``gateway_id`` left open in an earlier boot (reason ``crashed``);
+        returns them so the gateway publishes their ``session.ended``."""
+        async with self._store.transaction() as session:
+            rows = list(
+                await session.scalars(
+                    select(SessionRow).where(
+                        SessionRow.gateway_id == gateway_id,
+                        SessionRow.boot_id != boot_id,
+                        SessionRow.ended_at.is_(None),
+                    )
+                )
+            )
+            now = _now()
+            for row in rows:
+                row.ended_at = now
+                row.end_reason = "crashed"
+            ended = [_session(row) for row in rows]
+        if ended:
+            _log.warning("stale sessions ended", gateway=gateway_id, count=len(ended))
+        return ended
+
+    def _session_token(self, row: UserRow, session_id: str, lifetime: int) -> str:
+        now = int(self._keyring.now())
+        return self._keyring.sign(
+            {
+                "jti": secrets.token_urlsafe(16),
+                "sub": row.name,
+                "iss": self._settings.issuer,
+                "aud": self._settings.audience,
+                "iat": now,
+                "nbf": now,
+                "exp": now + lifetime,
+                "roles": list(row.roles),
+                "groups": list(row.groups),
+                "sid": session_id,
+            }
+        )
+
+    async def _publish(self, event: Event) -> None:
+        if self._publisher is None:
+            return
+        try:
+            await self._publisher.publish(event)
+        except StockadeError as exc:
+            _log.warning("identity event not published", subject=event.subject, error=str(exc))
+
+    async def _changed(
+        self,
+        name: str,
+        change: IdentityChange,
+        roles: Iterable[str],
+        *,
+        fingerprint: str | None = None,
+    ) -> None:
+        await self._publish(
+            IdentityChanged(
+                username=name, change=change, roles=list(roles), fingerprint=fingerprint
+            )
+        )
+
+    async def _kill(self, session_ids: Sequence[str], message: str) -> None:
+        for session_id in session_ids:
+            await self._publish(
+                SessionKill(session_id=session_id, reason="revoked", message=message, by="identity")
+            )
 
     # -- passwords and TOTP ------------------------------------------------------------------
 
@@ -656,6 +905,22 @@ class IdentityService:
         )
         if owner is not None:
             raise AlreadyExists("ssh key", fingerprint, detail=f"registered to user {owner}")
+
+
+async def _end_live(
+    session: AsyncSession, username: str, reason: str, *, fingerprint: str | None = None
+) -> list[str]:
+    """End ``username``'s live sessions (those that used ``fingerprint`` when given) in this
+    transaction; their tokens stop verifying when it commits. Returns their ids."""
+    query = select(SessionRow).where(SessionRow.username == username, SessionRow.ended_at.is_(None))
+    if fingerprint is not None:
+        query = query.where(SessionRow.fingerprint == fingerprint)
+    rows = list(await session.scalars(query.with_for_update()))
+    now = _now()
+    for row in rows:
+        row.ended_at = now
+        row.end_reason = reason
+    return [row.id for row in rows]
 
 
 def _now() -> datetime:

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["SessionInfo", "SshKey", "User", "Workspace"]
+__all__ = [
+    "AuthFailure",
+    "OpenedSession",
+    "Principal",
+    "SessionInfo",
+    "SessionRequest",
+    "SshKey",
+    "User",
+    "Workspace",
+]
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,69 @@ class SessionInfo:
     bytes_out: int
     recording: str | None
     end_reason: str
+    gateway_id: str = ""
+    """The gateway that holds (or held) the session."""
+    kind: str = "session"
+    """``session`` (an SSH login) or ``connection`` (forwarding only, ``ssh -N``)."""
+    fingerprint: str | None = None
+    """The key the login used (None for a password)."""
 
     @property
     def live(self) -> bool:
         return self.ended_at is None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a credential proved to be, and where they asked to go: the answer of
+    ``authenticate_key`` / ``authenticate_password``, bound to the target and credential it was
+    asked for."""
+
+    username: str
+    roles: tuple[str, ...]
+    groups: tuple[str, ...]
+    auth_methods: tuple[str, ...]
+    """Methods the user has enrolled (``publickey``, ``password``, ``totp``), for policy."""
+    workspace: Workspace
+    method: str
+    """``publickey`` or ``password``."""
+    fingerprint: str | None = None
+    """The key that was checked (``publickey``)."""
+    target: str = ""
+    """The SSH username as the client sent it (``alice`` or ``alice+ws2``)."""
+
+    @property
+    def name(self) -> str:
+        return self.username
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    """Why a credential was refused. ``reason`` is for logs and SSH Shield, never for the peer:
+    every refusal looks the same from outside."""
+
+    reason: str
+    """``invalid_username``, ``unknown_user``, ``user_disabled``, ``unknown_workspace``,
+    ``unknown_key``, ``key_not_owned``, ``bad_password``, ``no_password``."""
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What ``open_session`` records besides the principal."""
+
+    client_ip: str
+    client_port: int
+    gateway_id: str
+    boot_id: str
+    """The gateway process's boot id: sessions of an earlier boot are ended at its start."""
+    kind: str = "session"
+    ttl: int = 86400
+    """Lifetime of the session token (seconds); it is revoked when the session ends anyway."""
+
+
+@dataclass(frozen=True)
+class OpenedSession:
+    """A session row and the token bound to it (``sid``), created in one call."""
+
+    session_id: str
+    token: str

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from stockade.identity import Claims, SessionInfo, SshKey, User, Workspace
+from stockade.identity import AuthFailure, Claims, Principal, SessionInfo, SshKey, User, Workspace
 
 from ._gen import identity_pb2 as pb
 
 __all__ = [
+    "authenticated_from_pb",
+    "authenticated_to_pb",
     "claims_from_json",
     "claims_to_json",
     "key_from_pb",
     "key_to_pb",
+    "principal_from_pb",
+    "principal_to_pb",
     "session_from_pb",
     "session_to_pb",
     "user_from_pb",
@@ -110,7 +114,11 @@ def session_to_pb(info: SessionInfo) -> pb.Session:
         bytes_in=info.bytes_in,
         bytes_out=info.bytes_out,
         end_reason=info.end_reason,
+        gateway_id=info.gateway_id,
+        kind=info.kind,
     )
+    if info.fingerprint is not None:
+        msg.fingerprint = info.fingerprint
     if info.ended_at is not None:
         msg.ended_at = info.ended_at.isoformat()
     if info.exit_status is not None:
@@ -134,7 +142,50 @@ def session_from_pb(msg: pb.Session) -> SessionInfo:
         bytes_out=msg.bytes_out,
         recording=msg.recording if msg.HasField("recording") else None,
         end_reason=msg.end_reason,
+        gateway_id=msg.gateway_id,
+        kind=msg.kind or "session",
+        fingerprint=msg.fingerprint if msg.HasField("fingerprint") else None,
     )
+
+
+def principal_to_pb(principal: Principal) -> pb.Principal:
+    msg = pb.Principal(
+        username=principal.username,
+        roles=list(principal.roles),
+        groups=list(principal.groups),
+        auth_methods=list(principal.auth_methods),
+        workspace=workspace_to_pb(principal.workspace),
+        method=principal.method,
+        target=principal.target,
+    )
+    if principal.fingerprint is not None:
+        msg.fingerprint = principal.fingerprint
+    return msg
+
+
+def principal_from_pb(msg: pb.Principal) -> Principal:
+    return Principal(
+        username=msg.username,
+        roles=tuple(msg.roles),
+        groups=tuple(msg.groups),
+        auth_methods=tuple(msg.auth_methods),
+        workspace=workspace_from_pb(msg.workspace),
+        method=msg.method,
+        fingerprint=msg.fingerprint if msg.HasField("fingerprint") else None,
+        target=msg.target,
+    )
+
+
+def authenticated_to_pb(result: Principal | AuthFailure) -> pb.AuthenticateResponse:
+    if isinstance(result, AuthFailure):
+        return pb.AuthenticateResponse(ok=False, reason=result.reason)
+    return pb.AuthenticateResponse(ok=True, principal=principal_to_pb(result))
+
+
+def authenticated_from_pb(msg: pb.AuthenticateResponse) -> Principal | AuthFailure:
+    if not msg.ok:
+        return AuthFailure(msg.reason or "refused")
+    return principal_from_pb(msg.principal)
 
 
 def claims_to_json(claims: Claims) -> str:

@@ -16,9 +16,13 @@ from grpc import aio
 
 from stockade.core import InvalidInput, PermissionDenied
 from stockade.identity import (
+    AuthFailure,
     Claims,
     IdentityService,
+    OpenedSession,
+    Principal,
     SessionInfo,
+    SessionRequest,
     SshKey,
     TotpEnrollment,
     User,
@@ -26,10 +30,14 @@ from stockade.identity import (
 )
 
 from ._convert import (
+    authenticated_from_pb,
+    authenticated_to_pb,
     claims_from_json,
     claims_to_json,
     key_from_pb,
     key_to_pb,
+    principal_from_pb,
+    principal_to_pb,
     session_from_pb,
     session_to_pb,
     user_from_pb,
@@ -75,6 +83,47 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     def __init__(self, identity: IdentityService) -> None:
         self._id = identity
+
+    @rpc_errors_to_status
+    async def AuthenticateKey(
+        self, request: pb.AuthenticateKeyRequest, context: Ctx
+    ) -> pb.AuthenticateResponse:
+        result = await self._id.authenticate_key(request.target, request.fingerprint)
+        return authenticated_to_pb(result)
+
+    @rpc_errors_to_status
+    async def AuthenticatePassword(
+        self, request: pb.AuthenticatePasswordRequest, context: Ctx
+    ) -> pb.AuthenticateResponse:
+        result = await self._id.authenticate_password(request.target, request.password)
+        return authenticated_to_pb(result)
+
+    @rpc_errors_to_status
+    async def OpenSession(self, request: pb.OpenSessionRequest, context: Ctx) -> pb.OpenedSession:
+        opened = await self._id.open_session(
+            principal_from_pb(request.principal),
+            SessionRequest(
+                client_ip=request.client_ip,
+                client_port=request.client_port,
+                gateway_id=request.gateway_id,
+                boot_id=request.boot_id,
+                kind=request.kind or "session",
+                ttl=request.ttl_seconds or 86400,
+            ),
+        )
+        return pb.OpenedSession(session_id=opened.session_id, token=opened.token)
+
+    @rpc_errors_to_status
+    async def EndStaleSessions(
+        self, request: pb.EndStaleSessionsRequest, context: Ctx
+    ) -> pb.SessionList:
+        ended = await self._id.end_stale_sessions(request.gateway_id, request.boot_id)
+        return pb.SessionList(sessions=[session_to_pb(s) for s in ended])
+
+    @rpc_errors_to_status
+    async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
+        require_admin(context, "SetRoles")
+        return user_to_pb(await self._id.set_roles(request.name, list(request.roles)))
 
     @rpc_errors_to_status
     async def LookupKey(self, request: pb.LookupKeyRequest, context: Ctx) -> pb.LookupKeyResponse:
@@ -275,6 +324,58 @@ class IdentityClient:
             return await pending
         except aio.AioRpcError as exc:
             raise from_rpc_error(exc, service="identity", target=self._target) from None
+
+    async def authenticate_key(self, target: str, fingerprint: str) -> Principal | AuthFailure:
+        reply = await self._call(
+            self._stub.AuthenticateKey(
+                pb.AuthenticateKeyRequest(target=target, fingerprint=fingerprint),
+                timeout=self._timeout,
+            )
+        )
+        return authenticated_from_pb(reply)
+
+    async def authenticate_password(self, target: str, password: str) -> Principal | AuthFailure:
+        reply = await self._call(
+            self._stub.AuthenticatePassword(
+                pb.AuthenticatePasswordRequest(target=target, password=password),
+                timeout=self._timeout,
+            )
+        )
+        return authenticated_from_pb(reply)
+
+    async def open_session(self, principal: Principal, request: SessionRequest) -> OpenedSession:
+        reply = await self._call(
+            self._stub.OpenSession(
+                pb.OpenSessionRequest(
+                    principal=principal_to_pb(principal),
+                    client_ip=request.client_ip,
+                    client_port=request.client_port,
+                    gateway_id=request.gateway_id,
+                    boot_id=request.boot_id,
+                    kind=request.kind,
+                    ttl_seconds=request.ttl,
+                ),
+                timeout=self._timeout,
+            )
+        )
+        return OpenedSession(session_id=reply.session_id, token=reply.token)
+
+    async def end_stale_sessions(self, gateway_id: str, boot_id: str) -> list[SessionInfo]:
+        reply = await self._call(
+            self._stub.EndStaleSessions(
+                pb.EndStaleSessionsRequest(gateway_id=gateway_id, boot_id=boot_id),
+                timeout=self._timeout,
+            )
+        )
+        return [session_from_pb(s) for s in reply.sessions]
+
+    async def set_roles(self, name: str, roles: Iterable[str]) -> User:
+        reply = await self._call(
+            self._stub.SetRoles(
+                pb.SetRolesRequest(name=name, roles=list(roles)), timeout=self._timeout
+            )
+        )
+        return user_from_pb(reply)
 
     async def lookup_key(self, username: str, fingerprint: str) -> User | None:
         reply = await self._call(

@@ -9,6 +9,8 @@ Errors of SQLAlchemy and the drivers never leave this module unmapped::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shlex
 from collections.abc import AsyncIterator
@@ -136,6 +138,9 @@ class Store:
         if self.dialect == "sqlite":
             _configure_sqlite(self._engine)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._write_lock: asyncio.Lock | None = None
+        """SQLite takes one writer at a time: this process's writers queue here instead of
+        failing with "database is locked" (PostgreSQL needs no such lock)."""
         self._readers = async_sessionmaker(
             self._engine.execution_options(stockade_readonly=True), expire_on_commit=False
         )
@@ -163,8 +168,13 @@ class Store:
         if self._closed:
             raise StoreUnavailable("the store is closed")
         factory = self._readers if readonly else self._sessions
+        lock: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if not readonly and self.dialect == "sqlite":
+            if self._write_lock is None:
+                self._write_lock = asyncio.Lock()
+            lock = self._write_lock
         try:
-            async with factory() as session, session.begin():
+            async with lock, factory() as session, session.begin():
                 yield session
         except StockadeError:
             raise

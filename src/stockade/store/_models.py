@@ -159,6 +159,10 @@ class SessionRow(Base):
     bytes_out: Mapped[int] = mapped_column(BigInteger, default=0)
     recording: Mapped[str | None] = mapped_column(Text, default=None)
     end_reason: Mapped[str] = mapped_column(String(256), default="")
+    gateway_id: Mapped[str] = mapped_column(String(128), default="", index=True)
+    boot_id: Mapped[str] = mapped_column(String(64), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="session")
+    fingerprint: Mapped[str | None] = mapped_column(String(64), default=None)
 
     def __repr__(self) -> str:
         return f"SessionRow(id={self.id!r}, username={self.username!r})"

@@ -34,6 +34,31 @@ class IdentityStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.AuthenticateKey = channel.unary_unary(
+                '/stockade.identity.v1.Identity/AuthenticateKey',
+                request_serializer=identity__pb2.AuthenticateKeyRequest.SerializeToString,
+                response_deserializer=identity__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
+        self.AuthenticatePassword = channel.unary_unary(
+                '/stockade.identity.v1.Identity/AuthenticatePassword',
+                request_serializer=identity__pb2.AuthenticatePasswordRequest.SerializeToString,
+                response_deserializer=identity__pb2.AuthenticateResponse.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/stockade.identity.v1.Identity/OpenSession',
+                request_serializer=identity__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=identity__pb2.OpenedSession.FromString,
+                _registered_method=True)
+        self.EndStaleSessions = channel.unary_unary(
+                '/stockade.identity.v1.Identity/EndStaleSessions',
+                request_serializer=identity__pb2.EndStaleSessionsRequest.SerializeToString,
+                response_deserializer=identity__pb2.SessionList.FromString,
+                _registered_method=True)
+        self.SetRoles = channel.unary_unary(
+                '/stockade.identity.v1.Identity/SetRoles',
+                request_serializer=identity__pb2.SetRolesRequest.SerializeToString,
+                response_deserializer=identity__pb2.User.FromString,
+                _registered_method=True)
         self.LookupKey = channel.unary_unary(
                 '/stockade.identity.v1.Identity/LookupKey',
                 request_serializer=identity__pb2.LookupKeyRequest.SerializeToString,
@@ -173,6 +198,36 @@ class IdentityStub:
 
 class IdentityServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def AuthenticateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def AuthenticatePassword(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def OpenSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def EndStaleSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def SetRoles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
 
     def LookupKey(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -339,6 +394,31 @@ class IdentityServicer:
 
 def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'AuthenticateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateKey,
+                    request_deserializer=identity__pb2.AuthenticateKeyRequest.FromString,
+                    response_serializer=identity__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'AuthenticatePassword': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticatePassword,
+                    request_deserializer=identity__pb2.AuthenticatePasswordRequest.FromString,
+                    response_serializer=identity__pb2.AuthenticateResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=identity__pb2.OpenSessionRequest.FromString,
+                    response_serializer=identity__pb2.OpenedSession.SerializeToString,
+            ),
+            'EndStaleSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndStaleSessions,
+                    request_deserializer=identity__pb2.EndStaleSessionsRequest.FromString,
+                    response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'SetRoles': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRoles,
+                    request_deserializer=identity__pb2.SetRolesRequest.FromString,
+                    response_serializer=identity__pb2.User.SerializeToString,
+            ),
             'LookupKey': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupKey,
                     request_deserializer=identity__pb2.LookupKeyRequest.FromString,
@@ -484,6 +564,141 @@ def add_IdentityServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Identity:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def AuthenticateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/AuthenticateKey',
+            identity__pb2.AuthenticateKeyRequest.SerializeToString,
+            identity__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthenticatePassword(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/AuthenticatePassword',
+            identity__pb2.AuthenticatePasswordRequest.SerializeToString,
+            identity__pb2.AuthenticateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/OpenSession',
+            identity__pb2.OpenSessionRequest.SerializeToString,
+            identity__pb2.OpenedSession.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndStaleSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/EndStaleSessions',
+            identity__pb2.EndStaleSessionsRequest.SerializeToString,
+            identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRoles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/SetRoles',
+            identity__pb2.SetRolesRequest.SerializeToString,
+            identity__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def LookupKey(request,

@@ -34,6 +34,11 @@ class IdentityStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityAsyncStub: ...
+    AuthenticateKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateKeyRequest, _identity_pb2.AuthenticateResponse]
+    AuthenticatePassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticatePasswordRequest, _identity_pb2.AuthenticateResponse]
+    OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]
+    EndStaleSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]
+    SetRoles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]
     LookupKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]
     KeyOwner: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]
@@ -65,6 +70,11 @@ class IdentityStub:
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    AuthenticateKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticateKeyRequest, _identity_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    AuthenticatePassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticatePasswordRequest, _identity_pb2.AuthenticateResponse]  # type: ignore[assignment]
+    OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]  # type: ignore[assignment]
+    EndStaleSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
+    SetRoles: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]  # type: ignore[assignment]
     LookupKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]  # type: ignore[assignment]
     KeyOwner: _aio.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]  # type: ignore[assignment]
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]  # type: ignore[assignment]
@@ -94,6 +104,41 @@ class IdentityAsyncStub(IdentityStub):
     IsSessionLive: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def AuthenticateKey(
+        self,
+        request: _identity_pb2.AuthenticateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.AuthenticateResponse, _abc.Awaitable[_identity_pb2.AuthenticateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AuthenticatePassword(
+        self,
+        request: _identity_pb2.AuthenticatePasswordRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.AuthenticateResponse, _abc.Awaitable[_identity_pb2.AuthenticateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request: _identity_pb2.OpenSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.OpenedSession, _abc.Awaitable[_identity_pb2.OpenedSession]]: ...
+
+    @_abc_1.abstractmethod
+    def EndStaleSessions(
+        self,
+        request: _identity_pb2.EndStaleSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
+
+    @_abc_1.abstractmethod
+    def SetRoles(
+        self,
+        request: _identity_pb2.SetRolesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.User, _abc.Awaitable[_identity_pb2.User]]: ...
+
     @_abc_1.abstractmethod
     def LookupKey(
         self,
