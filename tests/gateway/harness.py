@@ -121,6 +121,30 @@ class GatewayEnv:
         return path
 
 
+async def eventually(check: Any, *, within: float = 10.0, interval: float = 0.05) -> Any:
+    """Poll ``check`` (sync or async, truthy when done) until it holds or ``within`` seconds pass;
+    returns its last value (a bounded wait for effects that travel as events)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value or loop.time() >= deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+async def ended_sessions(identity: IdentityService, username: str) -> list[Any]:
+    """``username``'s sessions once none is live any more (bounded wait)."""
+
+    async def all_ended() -> list[Any]:
+        rows = await identity.list_sessions(username=username)
+        return rows if rows and not any(row.live for row in rows) else []
+
+    return list(await eventually(all_ended))
+
+
 def policy_bundle(dest: Path, edits: Mapping[str, str]) -> Path:
     """A copy of the default policy bundle in ``dest`` with each ``old: new`` text edit applied
     (each ``old`` must occur in ``stockade.rego``); the Rego tests are left out."""
@@ -148,15 +172,16 @@ async def gateway_env(
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
     await store.migrate()
+    authz = Authorizer(settings=AuthzSettings(), bundle_dir=bundle_dir)
+    bus = await Bus.connect(nats_url, name="gateway-test")
+    await bus.ensure_streams()
     identity = IdentityService(
         store=store,
         settings=IdentitySettings(),
         keyring=KeyRing(data_dir / "keys"),
         password_hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1),
+        publisher=bus,
     )
-    authz = Authorizer(settings=AuthzSettings(), bundle_dir=bundle_dir)
-    bus = await Bus.connect(nats_url, name="gateway-test")
-    await bus.ensure_streams()
     listener = await nats.connect(nats_url)
     failed, succeeded = Events(), Events()
 
@@ -172,7 +197,12 @@ async def gateway_env(
         port=0, max_connections_per_source=1000, gateway_id="gw-test", **overrides
     )
     gateway = Gateway(
-        settings=settings, identity=identity, authz=authz, publisher=bus, data_dir=data_dir
+        settings=settings,
+        identity=identity,
+        authz=authz,
+        publisher=bus,
+        events=bus,
+        data_dir=data_dir,
     )
     await gateway.start()
     try:

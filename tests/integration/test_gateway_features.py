@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.harness import CLEAN_ENV, GatewayEnv, gateway_env, keygen, ssh_options
+from gateway.harness import CLEAN_ENV, GatewayEnv, ended_sessions, gateway_env, keygen, ssh_options
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,7 +35,7 @@ async def test_contractor_session_is_recorded_and_plays(env: GatewayEnv) -> None
     typed = b"echo typed-$((6*7))\nexit\n"
     result = await env.run(env.ssh_cmd("connie", key=key, options=["-tt"]), stdin=typed)
     assert b"typed-42" in result.stdout, result.stderr
-    (row,) = await env.identity.list_sessions(username="connie")
+    (row,) = await ended_sessions(env.identity, "connie")
     assert row.recording is not None
     cast = Path(row.recording)
     assert "typed-42" in await asyncio.to_thread(cast.read_text)
@@ -52,7 +52,7 @@ async def test_contractor_session_is_recorded_and_plays(env: GatewayEnv) -> None
     assert b"typed-42" in played.stdout
 
 
-async def test_contractor_file_transfer_refused_because_it_cannot_be_recorded(
+async def test_contractor_sftp_refused_because_it_cannot_be_recorded(
     env: GatewayEnv,
 ) -> None:
     key = await env.add_user("carla", "contractor")
@@ -65,13 +65,14 @@ async def test_contractor_file_transfer_refused_because_it_cannot_be_recorded(
     )  # fmt: skip
     assert sftp.returncode != 0
     assert b"cannot be recorded" in sftp.stderr, sftp.stderr
-    assert await env.identity.list_sessions(username="carla") == []  # refused before starting
+    rows = await ended_sessions(env.identity, "carla")  # the login is a session; sftp was refused
+    assert [row.recording for row in rows] == [None]
 
 
 async def test_developer_is_not_recorded(env: GatewayEnv) -> None:
     key = await env.add_user("devon")
     await env.run(env.ssh_cmd("devon", "true", key=key))
-    (row,) = await env.identity.list_sessions(username="devon")
+    (row,) = await ended_sessions(env.identity, "devon")
     assert row.recording is None
 
 

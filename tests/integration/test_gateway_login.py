@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gateway.harness import CLEAN_ENV, GatewayEnv, gateway_env, keygen, ssh_options
+from gateway.harness import (
+    CLEAN_ENV,
+    GatewayEnv,
+    ended_sessions,
+    gateway_env,
+    keygen,
+    ssh_options,
+)
 
 from stockade.core.errors import TokenRejected
 
@@ -117,7 +124,7 @@ async def test_session_env_token_and_registry(env: GatewayEnv) -> None:
     )
     api, token = result.stdout.decode().split("\n", 1)
     assert api.startswith("https://")
-    sessions = await env.identity.list_sessions(username="gina")
+    sessions = await ended_sessions(env.identity, "gina")
     assert len(sessions) == 1
     row = sessions[0]
     assert not row.live

@@ -41,11 +41,13 @@ def _answering(env: GatewayEnv, code: str) -> dict[str, str]:
 
 
 def _mfa_cmd(env: GatewayEnv, user: str, key: Path, command: str) -> list[str]:
-    # no BatchMode: it turns keyboard-interactive off; one prompt, so one code per attempt
+    # no BatchMode: it turns keyboard-interactive off; one prompt, so one code per attempt;
+    # TOTP first: OpenSSH does not go back to a method it already tried
     return [
         "ssh", *ssh_options(env.tmp / "known_hosts"), "-p", str(env.port),
         "-o", "KexAlgorithms=curve25519-sha256", "-o", "KbdInteractiveAuthentication=yes",
         "-o", "NumberOfPasswordPrompts=1", "-o", "PasswordAuthentication=no",
+        "-o", "PreferredAuthentications=keyboard-interactive,publickey",
         "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
         f"{user}@127.0.0.1", command,
     ]  # fmt: skip

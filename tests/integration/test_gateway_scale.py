@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.harness import GatewayEnv, gateway_env
+from gateway.harness import GatewayEnv, ended_sessions, eventually, gateway_env
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,7 +34,7 @@ async def test_200_concurrent_sessions_exit_codes(env: GatewayEnv) -> None:
         (i, code, out) for i, code, out in results if code != i % 7 or out != f"{i}\n".encode()
     ]
     assert wrong == []
-    assert len(await env.identity.list_sessions(username="alice", limit=1000)) == 200
+    assert len(await ended_sessions(env.identity, "alice")) == 200
 
 
 async def test_kill_ends_a_live_session(env: GatewayEnv) -> None:
@@ -51,10 +51,10 @@ async def test_kill_ends_a_live_session(env: GatewayEnv) -> None:
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the session never started")
-    await env.identity.end_session(live[0].session_id, reason="killed by admin")
+    await env.identity.kill_session(live[0].session_id, by="admin")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
     assert err.count(b"stockade: session terminated by an administrator") == 1, err
-    assert env.gateway.live_sessions == []
-    (row,) = await env.identity.list_sessions(username="kim")
-    assert not row.live
+    assert await eventually(lambda: env.gateway.live_sessions == [])
+    (row,) = await ended_sessions(env.identity, "kim")
+    assert row.end_reason == "killed"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +13,8 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 
 from stockade.core.errors import BusUnavailable
@@ -159,6 +161,31 @@ class Bus:
         A stream on the subject still stores it, but a failure is not reported."""
         with mapped(f"publish {event.subject}"):
             await self._nc.publish(event.subject, event.to_bytes())
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """A core (not durable) subscription: ``handler`` gets each message's data, in order;
+        an exception in it is logged, never raised into the client. Returns the coroutine
+        function that unsubscribes."""
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                await handler(msg.data)
+            except Exception as exc:  # one bad message must not stop the subscription
+                _log.error("bus_handler_failed", subject=subject, error=repr(exc))
+
+        try:
+            sub = await self._nc.subscribe(subject, cb=deliver)
+            await self._nc.flush()
+        except NatsError as exc:
+            raise BusUnavailable(f"cannot subscribe to {subject}: {exc}") from exc
+
+        async def unsubscribe() -> None:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+        return unsubscribe
 
     async def flush(self, *, seconds: int = 5) -> None:
         """Wait (up to ``seconds``) until the server has seen everything published so far."""

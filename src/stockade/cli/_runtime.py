@@ -113,7 +113,10 @@ class Runtime:
         await self.bus.ensure_streams()
 
         self.identity = IdentityService(
-            store=self.store, settings=settings.identity, keyring=keyring_for(settings)
+            store=self.store,
+            settings=settings.identity,
+            keyring=keyring_for(settings),
+            publisher=self.bus,
         )
         self.authorizer = Authorizer(settings=settings.authz, decision_sink=self.bus)
         stack.push_async_callback(self.authorizer.stop)
@@ -174,15 +177,26 @@ class Runtime:
                 identity=self.identity,
                 authz=self.authorizer,
                 publisher=self.bus,
+                events=self.bus,
                 deny_list=self.shield.deny_list if self.shield else None,
                 data_dir=data_dir,
                 prepare_home=self._credential_helpers,
+                reserved_ports=self._reserved_ports(),
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()
             for host, port in self.gateway.listening:
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self.listeners.append(Listener("SSH gateway", shown))
+
+    def _reserved_ports(self) -> set[int]:
+        """Every port this process listens on: ``ssh -R`` may take none of them."""
+        ports = set()
+        for item in self.listeners:
+            port = item.where.rstrip("/").rpartition(":")[2]
+            if port.isdigit():
+                ports.add(int(port))
+        return ports
 
     def _credential_helpers(self, home: Path, uid: int, gid: int) -> None:
         """Point git, Docker and kubectl in a workspace home at the credential helpers."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -138,12 +139,7 @@ def kill(session_id: str, direct: Annotated[bool, DIRECT] = False) -> None:
             info = await identity.get_session(session_id)
             if info.ended_at is not None:
                 raise InvalidInput("session", f"{session_id} has already ended")
-            await identity.end_session(
-                session_id,
-                bytes_in=info.bytes_in,
-                bytes_out=info.bytes_out,
-                reason="killed by admin",
-            )
+            await identity.kill_session(session_id, by=os.environ.get("USER", "admin"))
 
     run_async(run())
     typer.echo(f"killed {session_id}")

@@ -24,6 +24,7 @@ __all__ = [
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
+    "SUBJECT_FILE_TRANSFER",
     "SUBJECT_IDENTITY_CHANGED",
     "SUBJECT_SESSION_ENDED",
     "SUBJECT_SESSION_KILL",
@@ -36,6 +37,7 @@ __all__ = [
     "DecisionRecord",
     "Event",
     "EventPublisher",
+    "FileTransfer",
     "IdentityChanged",
     "SessionEnded",
     "SessionKill",
@@ -54,6 +56,8 @@ SUBJECT_SESSION_STARTED = "stockade.session.started"
 SUBJECT_SESSION_ENDED = "stockade.session.ended"
 #: Ask every gateway to end one session now (``stockade sessions kill``, Worktrace, revocation).
 SUBJECT_SESSION_KILL = "stockade.session.kill"
+#: One file moved by an audited transfer (scp under record_session).
+SUBJECT_FILE_TRANSFER = "stockade.session.transfer"
 #: A user, key or role changed: gateways re-check the live sessions of that user.
 SUBJECT_IDENTITY_CHANGED = "stockade.identity.changed"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
@@ -228,3 +232,17 @@ class CredentialRequest(Event):
     allow: bool
     reason: str = ""
     backend_ms: float = 0.0
+
+
+class FileTransfer(Event):
+    """One file of an audited transfer: its direction, path, size and SHA-256 (never its data)."""
+
+    subject: ClassVar[str] = SUBJECT_FILE_TRANSFER
+    session_id: str = Field(max_length=64)
+    username: str = Field(max_length=32)
+    direction: Literal["upload", "download"]
+    path: str = Field(max_length=1024)
+    size: int = Field(ge=0)
+    sha256: str = Field(max_length=64)
+    complete: bool = True
+    """False when the transfer stopped before the file's last byte."""

@@ -190,6 +190,8 @@ class GatewaySettings(_Section):
     """Seconds sessions get to finish on shutdown before they are closed with a message."""
     upstream_connect_timeout: float = Field(default=10.0, gt=0, le=120)
     """Seconds to reach and authenticate to an ``ssh`` backend's upstream sshd."""
+    ecdsa_host_key: bool = False
+    """Also present an ECDSA (NIST P-256) host key, for old clients that lack Ed25519."""
 
 
 def _duration(value: Any) -> timedelta:

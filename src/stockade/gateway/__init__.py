@@ -1,37 +1,40 @@
-"""The SSH gateway: Stockade's front door (see DESIGN.md, "The access path").
+"""The SSH gateway: Stockade's front door (see docs/architecture.md, "The access path").
 
 ``ssh -p 2222 alice@host`` reaches alice's default workspace; ``ssh alice+ws2@host`` reaches
-workspace ``ws2``. :class:`Gateway` accepts connections (deny-list, limits, optional PROXY
-protocol), authenticates through identity, asks authz for every request, runs sessions in a
-workspace backend (``local`` sandbox or an upstream ``ssh``), records them when policy says so
-and reports every failure on the bus.
+workspace ``ws2``. :class:`Gateway` admits connections (deny-list, limits, optional PROXY
+protocol), hands each credential to identity (``authenticate_key``) and one ``ssh.connect``
+decision to authz, registers the login as one session (``open_session``), decides every channel
+request on its own, plans it (:func:`plan_session`) and runs it in a workspace backend, recording
+it when policy says so; revocations arrive on the bus and end sessions at once.
 """
 
-from ._gateway import ALGORITHMS, Gateway, upstream_public_key
+from ._gateway import ALGORITHMS, EventSource, Gateway, upstream_public_key
 from ._limits import Admission, ConnectionLimits
-from ._ports import AuthzPort, DenyList, EventPublisher, IdentityPort
+from ._login import Login
+from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
+from ._ports import DenyList
 from ._proxy_protocol import ProxyAddresses
 from ._recorder import CastRecorder, iter_cast, play_cast
 from ._server import GatewayServer
-from ._target import Target, parse_target
 from .backends.ssh import parse_upstream
 
 __all__ = [
     "ALGORITHMS",
     "Admission",
-    "AuthzPort",
     "CastRecorder",
+    "ChannelRequest",
     "ConnectionLimits",
     "DenyList",
-    "EventPublisher",
+    "EventSource",
     "Gateway",
     "GatewayServer",
-    "IdentityPort",
+    "Login",
     "ProxyAddresses",
-    "Target",
+    "Refusal",
+    "SessionPlan",
     "iter_cast",
-    "parse_target",
     "parse_upstream",
+    "plan_session",
     "play_cast",
     "upstream_public_key",
 ]

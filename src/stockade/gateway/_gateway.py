@@ -2,8 +2,12 @@
 
 Accepting is ours, not asyncssh's: each TCP connection is checked against the deny-list and the
 connection limits and (when configured) stripped of its PROXY header before a single SSH byte is
-sent; only then is the socket handed to :func:`asyncssh.run_server`. ``stop(grace)`` closes the
-listeners, lets sessions finish for ``grace`` seconds, then closes them with a message.
+sent; only then is the socket handed to :func:`asyncssh.run_server`. Each gateway process has a
+boot id: its sessions carry it, and at start the sessions an earlier boot left open (a crash) are
+ended and their ``session.ended`` published. Revocations arrive on the bus
+(``stockade.session.kill``, ``stockade.identity.changed``) and end the sessions they concern.
+``stop(grace)`` closes the listeners, lets sessions finish for ``grace`` seconds, then ends the
+rest with a message and records them as ended.
 """
 
 from __future__ import annotations
@@ -13,44 +17,53 @@ import contextlib
 import ipaddress
 import itertools
 import socket
-from collections.abc import Coroutine, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
-from stockade.core.errors import ConfigError, StockadeError
-from stockade.core.events import AuthFailed
+from stockade.authz import AuthzAPI
+from stockade.core.errors import ConfigError, InvalidInput, StockadeError
+from stockade.core.events import (
+    AuthFailed,
+    EventPublisher,
+    IdentityChanged,
+    SessionEnded,
+    SessionKill,
+    SessionStarted,
+)
 from stockade.core.files import write_private
 from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
+from stockade.identity import IdentityAPI, SessionRequest
 
-from ._auth import AuthServices, ConnectionAuth
 from ._limits import Admission, ConnectionLimits
-from ._policy import Policy
-from ._ports import AuthzPort, DenyList, EventPublisher, IdentityPort
+from ._live import LiveConnection, LiveRegistry
+from ._login import Login, LoginFlow, LoginServices
+from ._ports import DenyList
 from ._proxy_protocol import read_header
 from ._server import GatewayServer
-from ._session import LiveSession, SessionServices, run_session
+from ._session import ChannelServices
 from .backends import WorkspaceBackend
 from .backends.local import HomeHook, LocalBackend
 from .backends.ssh import SshBackend
 
-__all__ = ["ALGORITHMS", "Gateway", "load_or_create_key", "upstream_public_key"]
+__all__ = ["ALGORITHMS", "EventSource", "Gateway", "load_or_create_key", "upstream_public_key"]
 
 _log = get_logger("stockade.gateway")
 
-#: Modern algorithms only: no ssh-rsa (SHA-1) signatures, no CBC, no SHA-1 key exchange.
+#: Modern algorithms only: no NIST-curve key exchange, no SHA-1, no 2048-bit DH group, no CBC,
+#: MACs only encrypt-then-MAC. The post-quantum hybrid comes first; OpenSSH 9.2 clients pick
+#: curve25519. User keys of every supported type (ECDSA and FIDO ``sk-`` included) still work.
 ALGORITHMS: dict[str, list[str]] = {
     "kex_algs": [
+        "mlkem768x25519-sha256",
         "curve25519-sha256",
         "curve25519-sha256@libssh.org",
-        "ecdh-sha2-nistp256",
-        "ecdh-sha2-nistp384",
-        "ecdh-sha2-nistp521",
         "diffie-hellman-group16-sha512",
         "diffie-hellman-group18-sha512",
-        "diffie-hellman-group14-sha256",
     ],
     "encryption_algs": [
         "chacha20-poly1305@openssh.com",
@@ -64,8 +77,6 @@ ALGORITHMS: dict[str, list[str]] = {
         "hmac-sha2-256-etm@openssh.com",
         "hmac-sha2-512-etm@openssh.com",
         "umac-128-etm@openssh.com",
-        "hmac-sha2-256",
-        "hmac-sha2-512",
     ],
     "signature_algs": [
         "ssh-ed25519",
@@ -80,16 +91,20 @@ ALGORITHMS: dict[str, list[str]] = {
     "compression_algs": ["none"],
 }
 
-_HOST_KEYS = (
-    ("ssh_host_ed25519_key", "ssh-ed25519"),
-    ("ssh_host_ecdsa_key", "ecdsa-sha2-nistp256"),
-)
-#: How often live sessions are compared with the registry (``stockade sessions kill``).
-_KILL_POLL_SECONDS = 1.0
-#: What the user of a session ended by ``stockade sessions kill`` reads on stderr.
-KILL_MESSAGE = "session terminated by an administrator"
+_ED25519_HOST_KEY = ("ssh_host_ed25519_key", "ssh-ed25519")
+_ECDSA_HOST_KEY = ("ssh_host_ecdsa_key", "ecdsa-sha2-nistp256")
 #: What the users of sessions still open when the gateway stops read on stderr.
 STOP_MESSAGE = "the gateway is shutting down"
+
+
+class EventSource(Protocol):
+    """Bus subscriptions the gateway listens to (``stockade.bus.Bus`` satisfies it)."""
+
+    async def subscribe(
+        self, subject: str, handler: Callable[[bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """Call ``handler`` with each message's data; returns an unsubscribe coroutine."""
+        ...
 
 
 def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
@@ -111,31 +126,41 @@ def upstream_public_key(data_dir: Path) -> str:
 class Gateway:
     """Stockade's SSH gateway. Construct, ``await start()``, later ``await stop(grace)``.
 
-    ``identity``, ``authz`` and ``publisher`` are the in-process services (or their gRPC
-    clients); ``deny_list`` is SSH Shield's, asked at every accept. State (host keys, the
-    upstream client key, known upstream host keys, workspace homes, recordings) lives under
-    ``data_dir``.
+    ``identity`` and ``authz`` are the in-process services or their gRPC clients (anything
+    satisfying :class:`~stockade.identity.IdentityAPI` / :class:`~stockade.authz.AuthzAPI`);
+    ``publisher`` is the bus; ``events`` (the bus too) delivers kills and identity changes;
+    ``deny_list`` is SSH Shield's, asked at every accept. ``backends`` replaces the default
+    workspace backends (``local``, ``ssh``). ``reserved_ports`` are Stockade's own listening
+    ports, which ``ssh -R`` may never take. State (host keys, the upstream client key, known
+    upstream host keys, workspace homes, recordings) lives under ``data_dir``.
     """
 
     def __init__(
         self,
         *,
         settings: GatewaySettings,
-        identity: IdentityPort,
-        authz: AuthzPort,
+        identity: IdentityAPI,
+        authz: AuthzAPI,
         publisher: EventPublisher,
+        events: EventSource | None = None,
         deny_list: DenyList | None = None,
         data_dir: Path,
         prepare_home: HomeHook | None = None,
+        backends: dict[str, WorkspaceBackend] | None = None,
+        reserved_ports: Collection[int] = (),
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.gateway_id = settings.gateway_id or socket.gethostname()
+        self.boot_id = uuid.uuid4().hex
         self._identity = identity
+        self._authz = authz
         self._publisher = publisher
+        self._events = events
         self._deny_list = deny_list
         self._prepare_home = prepare_home
-        self._policy = Policy(authz)
+        self._backends = backends
+        self._reserved = set(reserved_ports)
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
         )
@@ -143,12 +168,13 @@ class Gateway:
         self._listeners: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._conns: set[Any] = set()
-        self._live: dict[str, LiveSession] = {}
+        self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._live = LiveRegistry(authz, self._background)
+        self._unsubscribe: list[Callable[[], Awaitable[None]]] = []
         self._ids = itertools.count(1)
         self._options: asyncssh.SSHServerConnectionOptions | None = None
-        self._auth_services: AuthServices | None = None
-        self._session_services: SessionServices | None = None
+        self._login_services: LoginServices | None = None
+        self._channel_services: ChannelServices | None = None
         self._stopping = False
 
     # -- public surface ------------------------------------------------------------------
@@ -160,8 +186,8 @@ class Gateway:
 
     @property
     def live_sessions(self) -> list[str]:
-        """Ids of the sessions running now."""
-        return list(self._live)
+        """Ids of the sessions (logged-in connections) open now."""
+        return self._live.session_ids
 
     @property
     def upstream_public_key(self) -> str:
@@ -169,11 +195,17 @@ class Gateway:
         return upstream_public_key(self.data_dir)
 
     async def start(self) -> None:
-        """Generate or load host keys and listen on ``host`` (and ``extra_hosts``)."""
+        """End what an earlier boot left open, load host keys, subscribe to revocations and
+        listen on ``host`` (and ``extra_hosts``)."""
         if self._listeners:
             raise RuntimeError("gateway already started")
         settings = self.settings
-        host_keys = [load_or_create_key(self._state_dir / name, alg) for name, alg in _HOST_KEYS]
+        await self._end_stale_sessions()
+        host_keys = [load_or_create_key(self._state_dir / _ED25519_HOST_KEY[0], "ssh-ed25519")]
+        if settings.ecdsa_host_key:
+            host_keys.append(
+                load_or_create_key(self._state_dir / _ECDSA_HOST_KEY[0], _ECDSA_HOST_KEY[1])
+            )
         self._options = asyncssh.SSHServerConnectionOptions(
             server_host_keys=host_keys,
             login_timeout=settings.login_timeout,
@@ -186,16 +218,83 @@ class Gateway:
             x11_forwarding=False,
             **ALGORITHMS,
         )
-        background = self._background
-        self._auth_services = AuthServices(
+        self._login_services = LoginServices(
             identity=self._identity,
-            policy=self._policy,
+            authz=self._authz,
             publisher=self._publisher,
             gateway_id=self.gateway_id,
-            max_failures=settings.max_auth_failures,
+            max_attempts=settings.max_auth_failures,
             password_auth=settings.password_auth,
-            background=background,
+            background=self._background,
         )
+        self._channel_services = ChannelServices(
+            authz=self._authz,
+            publisher=self._publisher,
+            backends=self._backends or self._default_backends(),
+            recordings=self.data_dir / "recordings",
+            recording_max_bytes=settings.recording_max_bytes,
+            api_url=settings.api_url or "https://127.0.0.1:8443",
+            accept_env=tuple(settings.accept_env),
+            background=self._background,
+        )
+        await self._subscribe()
+        port = settings.port
+        try:
+            for host in [settings.host, *settings.extra_hosts]:
+                sock = self._bind(host, port)
+                self._listeners.append(sock)
+                port = sock.getsockname()[1]
+        except OSError as exc:
+            self._close_listeners()
+            raise ConfigError(
+                f"gateway cannot listen on {host} port {port}: {exc.strerror}; "
+                "set gateway.port (STOCKADE_GATEWAY__PORT) or free the port"
+            ) from exc
+        self._reserved.update(p for _h, p in self.listening)
+        for sock in self._listeners:
+            self._accept_tasks.append(asyncio.create_task(self._accept_loop(sock)))
+        _log.info("gateway_listening", addresses=self.listening, gateway_id=self.gateway_id,
+                  boot_id=self.boot_id)  # fmt: skip
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, give sessions ``grace`` seconds (default ``stop_grace``), then end
+        the rest with a message, record them as ended and drop every connection. Returns
+        within ``grace`` plus a few seconds whatever the sessions do."""
+        grace = self.settings.stop_grace if grace is None else grace
+        self._stopping = True
+        for task in self._accept_tasks:
+            task.cancel()
+        self._close_listeners()
+        self._accept_tasks.clear()
+        for unsubscribe in self._unsubscribe:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(unsubscribe(), 2)
+        self._unsubscribe.clear()
+        live = self._live.values()
+        if live and grace > 0:
+            waiters = [asyncio.ensure_future(session.ended.wait()) for session in live]
+            await asyncio.wait(waiters, timeout=grace)
+            for waiter in waiters:
+                waiter.cancel()
+        ending = [session.terminate("gateway_stopped", STOP_MESSAGE) for session in live]
+        if ending:
+            await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=2)
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):
+                conn.disconnect(asyncssh.DISC_BY_APPLICATION, STOP_MESSAGE)
+        ended = [asyncio.ensure_future(s.ended.wait()) for s in self._live.values()]
+        if ended:
+            await asyncio.wait(ended, timeout=3)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        _log.info("gateway_stopped")
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _default_backends(self) -> dict[str, WorkspaceBackend]:
+        settings = self.settings
         backends: dict[str, WorkspaceBackend] = {
             "local": LocalBackend(
                 root=self.data_dir / "workspaces",
@@ -211,61 +310,42 @@ class Gateway:
             connect_timeout=settings.upstream_connect_timeout,
         )
         backends["ssh"] = backends["sshd"] = upstream
-        self._session_services = SessionServices(
-            identity=self._identity,
-            policy=self._policy,
-            publisher=self._publisher,
-            backends=backends,
-            recordings=self.data_dir / "recordings",
-            recording_max_bytes=settings.recording_max_bytes,
-            api_url=settings.api_url or "https://127.0.0.1:8443",
-            accept_env=tuple(settings.accept_env),
-            live=self._live,
-            background=background,
-        )
-        port = settings.port
+        return backends
+
+    async def _end_stale_sessions(self) -> None:
         try:
-            for host in [settings.host, *settings.extra_hosts]:
-                sock = self._bind(host, port)
-                self._listeners.append(sock)
-                port = sock.getsockname()[1]
-        except OSError as exc:
-            self._close_listeners()
-            raise ConfigError(
-                f"gateway cannot listen on {host} port {port}: {exc.strerror}; "
-                "set gateway.port (STOCKADE_GATEWAY__PORT) or free the port"
-            ) from exc
-        for sock in self._listeners:
-            self._accept_tasks.append(asyncio.create_task(self._accept_loop(sock)))
-        self._background(self._watch_kills())
-        _log.info("gateway_listening", addresses=self.listening, gateway_id=self.gateway_id)
+            stale = await self._identity.end_stale_sessions(self.gateway_id, self.boot_id)
+        except StockadeError as exc:
+            _log.error("stale_sessions_not_ended", error=str(exc))
+            raise
+        for info in stale:
+            await self._publish(
+                SessionEnded(session_id=info.session_id, username=info.username, reason="crashed")
+            )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, give sessions ``grace`` seconds (default ``stop_grace``), then close
-        the rest with a message and drop every connection."""
-        grace = self.settings.stop_grace if grace is None else grace
-        self._stopping = True
-        for task in self._accept_tasks:
-            task.cancel()
-        self._close_listeners()
-        self._accept_tasks.clear()
-        live = list(self._live.values())
-        if live and grace > 0:
-            waiters = [asyncio.ensure_future(session.done.wait()) for session in live]
-            await asyncio.wait(waiters, timeout=grace)
-            for waiter in waiters:
-                waiter.cancel()
-        for session in list(self._live.values()):
-            await session.terminate("gateway_stopped", STOP_MESSAGE)
-        for conn in list(self._conns):
-            conn.disconnect(asyncssh.DISC_BY_APPLICATION, "gateway shutting down")
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-        _log.info("gateway_stopped")
+    async def _subscribe(self) -> None:
+        if self._events is None:
+            return
+        live = self._live
 
-    # -- internals -----------------------------------------------------------------------
+        async def on_kill(data: bytes) -> None:
+            try:
+                event = SessionKill.from_bytes(data)
+            except InvalidInput as exc:
+                _log.warning("bad_kill_event", error=str(exc))
+                return
+            await live.kill(event)
+
+        async def on_identity(data: bytes) -> None:
+            try:
+                event = IdentityChanged.from_bytes(data)
+            except InvalidInput as exc:
+                _log.warning("bad_identity_event", error=str(exc))
+                return
+            await live.identity_changed(event)
+
+        self._unsubscribe.append(await self._events.subscribe(SessionKill.subject, on_kill))
+        self._unsubscribe.append(await self._events.subscribe(IdentityChanged.subject, on_identity))
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -276,6 +356,12 @@ class Gateway:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("gateway_task_failed", error=repr(task.exception()))
+
+    async def _publish(self, event: Any) -> None:
+        try:
+            await self._publisher.publish(event)
+        except StockadeError as exc:
+            _log.warning("event_not_published", error=str(exc))
 
     @staticmethod
     def _bind(host: str, port: int) -> socket.socket:
@@ -310,19 +396,10 @@ class Gateway:
             self._background(self._serve(sock, peer[0], peer[1]))
 
     async def _publish_failure(self, ip: str, port: int, reason: str) -> None:
-        try:
-            await self._publisher.publish(
-                AuthFailed(
-                    client_ip=ip,
-                    client_port=port,
-                    username="",
-                    method="none",
-                    reason=reason,
-                    gateway_id=self.gateway_id,
-                )
-            )
-        except StockadeError as exc:
-            _log.warning("event_not_published", error=str(exc))
+        await self._publish(
+            AuthFailed(client_ip=ip, client_port=port, username="", method="none",
+                       reason=reason, gateway_id=self.gateway_id)
+        )  # fmt: skip
 
     async def _serve(self, sock: socket.socket, ip: str, port: int) -> None:
         conn_id = next(self._ids)
@@ -363,33 +440,93 @@ class Gateway:
         finally:
             self._limits.release(ip)
 
-    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> None:
-        assert self._auth_services is not None
-        assert self._session_services is not None
-        auth = ConnectionAuth(self._auth_services, conn_id, ip, port)
-        sessions = self._session_services
-        closed = asyncio.Event()
-        holder: list[Any] = []
+    async def _logged_in(self, live: LiveConnection) -> None:
+        """A connection logged in: one registry session (row and token), published."""
+        login, conn = live.login, live.conn
+        request = SessionRequest(
+            client_ip=login.client_ip,
+            client_port=login.client_port,
+            gateway_id=self.gateway_id,
+            boot_id=self.boot_id,
+            ttl=_token_ttl(login),
+        )
+        try:
+            opened = await self._identity.open_session(login.principal, request)
+        except StockadeError as exc:
+            _log.warning("session_not_started", conn=login.conn_id, error=str(exc))
+            live.end_reason = "not_started"
+            live.opened.set_result(False)
+            live.ended.set()
+            conn.disconnect(asyncssh.DISC_BY_APPLICATION, "the session could not be started")
+            return
+        live.session_id, live.token = opened.session_id, opened.token
+        self._live.add(live)
+        live.opened.set_result(True)
+        await self._publish(
+            SessionStarted(session_id=live.session_id, username=login.username,
+                           workspace=login.workspace, client_ip=login.client_ip)
+        )  # fmt: skip
+        _log.info("session_started", conn=login.conn_id, session=live.session_id,
+                  user=login.username, workspace=login.workspace)  # fmt: skip
+        if self._stopping:
+            self._background(live.terminate("gateway_stopped", STOP_MESSAGE))
 
-        def on_connection(conn: Any) -> None:
+    async def _session_closed(self, live: LiveConnection) -> None:
+        """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out."""
+        self._live.discard(live)
+        reason = live.end_reason or "exited"
+        try:
+            await self._identity.end_session(
+                live.session_id,
+                exit_status=live.exit_status,
+                bytes_in=live.bytes_in,
+                bytes_out=live.bytes_out,
+                recording=live.recording,
+                reason=reason,
+            )
+        except StockadeError as exc:
+            _log.warning("session_not_ended", session=live.session_id, error=str(exc))
+        finally:
+            live.ended.set()
+        await self._publish(
+            SessionEnded(session_id=live.session_id, username=live.login.username,
+                         exit_status=live.exit_status, reason=reason)
+        )  # fmt: skip
+        _log.info("session_ended", session=live.session_id, reason=reason)
+
+    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> None:
+        assert self._login_services is not None
+        assert self._channel_services is not None
+        flow = LoginFlow(self._login_services, conn_id, ip, port)
+        holder: list[asyncssh.SSHServerConnection] = []
+        lives: list[LiveConnection] = []
+
+        def on_connection(conn: asyncssh.SSHServerConnection) -> None:
             holder.append(conn)
             self._conns.add(conn)
 
+        async def on_login(live: LiveConnection) -> None:
+            lives.append(live)
+            await self._logged_in(live)
+
         def factory() -> GatewayServer:
+            assert self._channel_services is not None
             return GatewayServer(
-                auth=auth,
-                policy=self._policy,
-                run_session=lambda a, p: run_session(sessions, a, p),
-                max_channels=self.settings.max_channels_per_connection,
+                flow=flow,
+                authz=self._authz,
+                channels=self._channel_services,
+                on_login=on_login,
                 on_connection=on_connection,
+                max_channels=self.settings.max_channels_per_connection,
+                reserved_ports=self._reserved,
                 forward_to_loopback=self.settings.forward_to_loopback,
             )
 
         loop = asyncio.get_running_loop()
 
         def handshake_expired() -> None:
-            if not auth.auth_begun and holder:
-                auth.close_reason = "handshake_timeout"
+            if not flow.began and holder:
+                flow.close_reason = "handshake_timeout"
                 _log.info("handshake_timeout", conn=conn_id, client=ip)
                 holder[0].abort()
 
@@ -402,29 +539,21 @@ class Gateway:
             _log.debug("connection_ended", conn=conn_id, error=str(exc))
         finally:
             timer.cancel()
-            closed.set()
             if holder:
                 self._conns.discard(holder[0])
                 with contextlib.suppress(Exception):
                     holder[0].abort()
             with contextlib.suppress(OSError):
                 sock.close()
+            for live in lives:
+                if live.session_id:
+                    await self._session_closed(live)
 
-    async def _watch_kills(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(_KILL_POLL_SECONDS)
-            if not self._live:
-                continue
-            try:
-                rows = await self._identity.list_sessions(active_only=True, limit=1_000_000)
-            except StockadeError as exc:
-                _log.warning("session_poll_failed", error=str(exc))
-                continue
-            still = {row.session_id for row in rows}
-            for session_id, session in list(self._live.items()):
-                if session_id not in still and not session.end_reason:
-                    _log.info("session_killed", session=session_id)
-                    self._background(session.terminate("killed", KILL_MESSAGE))
+
+def _token_ttl(login: Login) -> int:
+    """The session token lives as long as the session may (it is revoked when it ends)."""
+    limit = login.obligations.max_session_seconds
+    return min(limit, 86400) if limit else 86400
 
 
 async def _read_exact(sock: socket.socket, size: int) -> bytes:

@@ -1,92 +1,33 @@
-"""The asyncssh ``SSHServer`` of one connection: thin hooks that hand questions to the gateway.
+"""The asyncssh ``SSHServer`` of one connection: thin hooks that hand questions on.
 
 Every hook denies unless identity and policy say otherwise. Host-based and GSS authentication
-are never offered; Unix-socket forwarding is refused (asyncssh's default). An X11 request
-(``ssh -X``) is decided by policy as ``ssh.x11`` (the default bundle denies it); workspaces offer
-no X11 display yet, so it is refused either way, and the session shows the reason on stderr.
+are never offered; X11 forwarding is refused by asyncssh itself (``x11_forwarding=False``), and
+so is Unix-socket forwarding (asyncssh's default). Credentials go to :class:`~._login.LoginFlow`;
+once a credential is accepted the connection is registered as one session (identity's
+``open_session``) that its channels and forwards share.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncssh
 
+from stockade.authz import AuthzAPI
 from stockade.core.logging import escape_peer, get_logger
 
-from ._auth import ConnectionAuth
-from ._policy import Policy
-from ._transport import coalesce_writes
+from ._live import LiveConnection
+from ._login import LoginFlow
+from ._policy import decide
+from ._session import ChannelServices, ChannelSession
 
 __all__ = ["GatewayServer"]
 
 _log = get_logger("stockade.gateway.server")
-
-_BAD_INPUT = {"invalid_username", "unknown_workspace"}
-
-
-#: Why an X11 request that policy allowed is refused all the same.
-X11_UNAVAILABLE = "no X11 display is available in workspaces"
-
-
-class _SessionProcess(asyncssh.SSHServerProcess[bytes]):
-    """A session whose ``sftp`` subsystem goes to the workspace, not to asyncssh's SFTP server,
-    and whose X11 request is asked of policy (``decide_x11(screen) -> (allowed, why)``)."""
-
-    def __init__(
-        self,
-        serve: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]],
-        decide_x11: Callable[[int], Awaitable[tuple[bool, str]]],
-    ) -> None:
-        super().__init__(serve, None, 0, False)
-        self._decide_x11 = decide_x11
-        self.x11_refusal: str | None = None
-        """Why this session's X11 request was refused (shown on stderr when it starts)."""
-
-    def connection_made(self, chan: Any) -> None:
-        super().connection_made(chan)
-        # asyncssh finds a channel's request handlers by name (``_process_<request>_request``);
-        # its own x11-req handler refuses without asking anyone
-        chan._process_x11_req_request = self._x11_requested
-
-    def _x11_requested(self, packet: Any) -> None:
-        packet.get_boolean()  # single connection
-        packet.get_string()  # auth protocol
-        packet.get_string()  # auth cookie
-        screen = packet.get_uint32()
-        packet.check_end()
-        conn = self._conn
-        assert conn is not None
-        conn.create_task(self._answer_x11(screen))
-
-    async def _answer_x11(self, screen: int) -> None:
-        allowed, why = await self._decide_x11(screen)
-        self.x11_refusal = X11_UNAVAILABLE if allowed else why
-        # requests are answered in order: the shell or exec request waits for this answer
-        self._chan._report_response(False)
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return subsystem == "sftp"
-
-    def session_started(self) -> None:
-        # asyncssh's version sends "sftp" to its own SFTP server; every request goes to ours
-        chan = self._chan
-        stdin = asyncssh.SSHReader[bytes](self, chan)
-        stdout = asyncssh.SSHWriter[bytes](self, chan)
-        stderr = asyncssh.SSHWriter[bytes](self, chan, asyncssh.EXTENDED_DATA_STDERR)
-        factory = self._session_factory
-        conn = self._conn
-        assert factory is not None
-        assert conn is not None
-        handler = factory(stdin, stdout, stderr)
-        if inspect.isawaitable(handler):
-            conn.create_task(handler, stdin.logger)
-
 
 #: Listen addresses ``ssh -R`` may ask for.
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -101,165 +42,174 @@ def _gateway_internal(address: str) -> bool:
 
 
 class GatewayServer(asyncssh.SSHServer):
-    """Hooks of one SSH connection. ``auth`` decides credentials; ``run_session`` serves a
-    session channel; ``policy`` decides forwarding requests."""
+    """Hooks of one SSH connection.
+
+    ``flow`` decides credentials; ``on_login(live)`` registers a logged-in connection as the
+    session every channel and forward joins (channels wait for it);
+    ``reserved_ports`` are ports ``ssh -R`` may never listen on (Stockade's own).
+    """
 
     def __init__(
         self,
         *,
-        auth: ConnectionAuth,
-        policy: Policy,
-        run_session: Callable[[ConnectionAuth, Any], Awaitable[None]],
+        flow: LoginFlow,
+        authz: AuthzAPI,
+        channels: ChannelServices,
+        on_login: Callable[[LiveConnection], Awaitable[None]],
+        on_connection: Callable[[asyncssh.SSHServerConnection], None],
         max_channels: int,
-        on_connection: Callable[[Any], None],
+        reserved_ports: Collection[int] = (),
         forward_to_loopback: bool = False,
     ) -> None:
-        self._auth = auth
-        self._forward_to_loopback = forward_to_loopback
-        self._policy = policy
-        self._run_session = run_session
-        self._max_channels = max_channels
+        self._flow = flow
+        self._authz = authz
+        self._channels = channels
+        self._on_login = on_login
         self._on_connection = on_connection
-        self._conn: Any = None
+        self._max_channels = max_channels
+        self._reserved_ports = frozenset(reserved_ports)
+        self._forward_to_loopback = forward_to_loopback
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._live: LiveConnection | None = None
+        self._open_channels = 0
 
-    # -- connection ----------------------------------------------------------------------
+    # -- connection ----------------------------------------------------------------------------
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        """Called once the TCP connection is handed to asyncssh; remembers it."""
+        """Called once the socket is handed to asyncssh."""
         self._conn = conn
-        coalesce_writes(conn)
         self._on_connection(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Called once when the connection closes; a connection that never authenticated and
-        had no credential rejected publishes its one failure event here."""
-        auth = self._auth
-        if exc is not None and not auth.authenticated:
-            _log.info("connection_failed", conn=auth.conn_id, client=auth.client_ip, error=str(exc))
-            if auth.close_reason is None and isinstance(exc, asyncssh.Error):
-                auth.close_reason = "protocol_error"
-        auth.connection_closed()
+        """Called once when the connection closes. One that never logged in publishes its one
+        failure here (unless a credential of it already did)."""
+        flow = self._flow
+        if exc is not None and flow.login is None:
+            _log.info("connection_failed", conn=flow.conn_id, client=flow.client_ip, error=str(exc))
+            if flow.close_reason is None and isinstance(exc, asyncssh.Error):
+                flow.close_reason = "protocol_error"
+        flow.connection_closed()
 
     def _disconnect(self, code: int, reason: str) -> None:
         if self._conn is not None:
             self._conn.disconnect(code, reason)
 
-    # -- authentication ------------------------------------------------------------------
+    # -- authentication ------------------------------------------------------------------------
 
-    async def begin_auth(self, username: str) -> bool:
-        """A client names a user (``alice`` or ``alice+ws2``). Returns True: authentication is
-        always required. A malformed username or an unknown workspace closes the connection
-        after publishing one failure."""
-        await self._auth.begin(username)
-        if self._auth.problem in _BAD_INPUT:
-            await self._auth.fail("none", self._auth.problem or "")
-            self._disconnect(asyncssh.DISC_ILLEGAL_USER_NAME, "unknown or malformed target")
+    def begin_auth(self, username: str) -> bool:
+        """A client names a user (``alice`` or ``alice+ws2``); called again for each new name.
+        Returns True: authentication is always required. Nothing is looked up yet, so the answer
+        is the same whether the user or workspace exists."""
+        self._flow.begin(username)
         return True
 
     def public_key_auth_supported(self) -> bool:
         """Public keys are offered unless a TOTP code must come first (``require_mfa``)."""
-        return self._auth.offers_public_key()
+        return self._flow.offers_public_key()
 
     def password_auth_supported(self) -> bool:
-        """Passwords are offered when enabled in settings (and after TOTP with MFA)."""
-        return self._auth.offers_password()
+        """Passwords are offered when enabled in settings (after TOTP with ``require_mfa``)."""
+        return self._flow.offers_password()
 
     def kbdint_auth_supported(self) -> bool:
-        """Keyboard-interactive is offered only for the TOTP step of ``require_mfa``."""
-        return self._auth.offers_totp()
+        """Keyboard-interactive asks for a TOTP code, until one was right."""
+        return self._flow.offers_totp()
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        """Is ``key`` one of the target user's keys, and may they connect? asyncssh calls this
-        for the client's query and again for the signed request; asyncssh itself verifies the
-        signature afterwards. False for anything unknown."""
-        accepted = await self._auth.check_key(key.get_fingerprint("sha256"))
-        self._check_failures()
+        """May ``username`` log in with ``key``? Called for the client's query and again for the
+        signed request (asyncssh checks the signature after a True). False for anything unknown;
+        the connection is closed once its attempts are used up."""
+        accepted = await self._flow.check_key(username, key.get_fingerprint("sha256"))
+        self._check_attempts()
         return accepted
 
     async def validate_password(self, username: str, password: str) -> bool:
-        """Is ``password`` right for the target user, and does policy allow password login?"""
-        accepted = await self._auth.check_password(password)
-        self._check_failures()
+        """Is ``password`` right for ``username``, and does policy allow password login?"""
+        accepted = await self._flow.check_password(username, password)
+        self._check_attempts()
         return accepted
 
     def get_kbdint_challenge(
         self, username: str, lang: str, submethods: str
     ) -> tuple[str, str, str, list[tuple[str, bool]]]:
-        """The TOTP prompt (only reached when ``require_mfa`` offered keyboard-interactive)."""
+        """The TOTP prompt."""
+        self._flow.begin(username)
         return ("Stockade", "Two-factor authentication", "", [("TOTP code: ", False)])
 
     async def validate_kbdint_response(self, username: str, responses: Sequence[str]) -> bool:
-        """Checks the TOTP code. Always answers False: a right code unlocks the next method
-        (public key or password), which completes the login."""
+        """Checks the TOTP code. Always False: a right code unlocks the next method (public key
+        or password), which completes the login."""
         code = responses[0] if len(responses) == 1 else ""
-        await self._auth.check_totp(code)
-        self._check_failures()
+        await self._flow.check_totp(username, code)
+        self._check_attempts()
         return False
 
-    def _check_failures(self) -> None:
-        if self._auth.too_many_failures:
-            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many failures")
+    def _check_attempts(self) -> None:
+        if self._flow.exhausted and self._flow.login is None:
+            self._disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many attempts")
 
     async def auth_completed(self) -> None:
-        """Authentication succeeded: publish ``stockade.auth.succeeded``."""
-        await self._auth.succeeded()
+        """The credential (and its signature) was accepted: the connection becomes a session."""
+        assert self._conn is not None
+        # channels may be requested before the registry answers: they find the connection
+        # here at once and wait for ``live.opened``
+        self._live = LiveConnection(self._flow.succeeded(), self._conn)
+        await self._on_login(self._live)
 
-    # -- channels ------------------------------------------------------------------------
+    # -- channels ------------------------------------------------------------------------------
 
-    def _channels_full(self) -> bool:
-        channels = getattr(self._conn, "_channels", {})
-        return len(channels) >= self._max_channels
+    def _channel_closed(self, _: Any = None) -> None:
+        self._open_channels -= 1
 
-    def session_requested(self) -> asyncssh.SSHServerProcess[bytes] | bool:
-        """A session channel; each request on it (shell, exec, sftp) is authorized when made.
-        False (refused) beyond the per-connection channel limit."""
-        if self._channels_full():
+    def _may_open_channel(self) -> bool:
+        live = self._live
+        if live is None or live.closing or self._open_channels >= self._max_channels:
             return False
-        auth = self._auth
+        self._open_channels += 1
+        return True
 
-        async def serve(process: asyncssh.SSHServerProcess[bytes]) -> None:
-            await self._run_session(auth, process)
-
-        async def decide_x11(screen: int) -> tuple[bool, str]:
-            return await self._decide("ssh.x11", {"screen": screen})
-
-        return _SessionProcess(serve, decide_x11)
-
-    async def _decide(self, action: str, extra: dict[str, Any]) -> tuple[bool, str]:
-        auth = self._auth
-        if auth.user is None or auth.workspace is None:
-            return False, "not authenticated"
-        decision = await self._policy.decide(
-            action,
-            auth.user,
-            workspace=auth.workspace,
-            source_ip=auth.client_ip,
-            auth_method=auth.method,
-            mfa=auth.mfa_passed,
-            extra=extra,
-        )
-        why = "; ".join(decision.reasons) or "not allowed by policy"
-        return decision.allow, why
+    def session_requested(self) -> asyncssh.SSHServerSession[bytes] | bool:
+        """A session channel (shell, exec, sftp, scp), decided when its request is made. False
+        (refused) before login, while the session is ending, or beyond the channel limit."""
+        if not self._may_open_channel():
+            return False
+        assert self._live is not None
+        session = _CountedSession(self._channels, self._live, self._channel_closed)
+        return session
 
     async def _decide_forward(self, action: str, host: str, port: int) -> tuple[bool, str]:
-        return await self._decide(action, {"host": host, "port": port})
+        live = self._live
+        if live is None or live.closing:
+            return False, "the session is being ended"
+        decision = await decide(
+            self._authz,
+            action,
+            live.principal,
+            source_ip=live.login.client_ip,
+            auth_method=live.login.method,
+            mfa=live.login.mfa,
+            session_id=live.session_id,
+            extra={"host": host, "port": port},
+        )
+        if not live.still_open():
+            return False, "the session is being ended"
+        return decision.allow, "; ".join(decision.reasons) or "not allowed by policy"
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
     ) -> Awaitable[Any]:
-        """``ssh -L`` / ``ssh -W`` / ProxyJump: authorized as ``ssh.direct-tcpip``; a deny
-        refuses the channel with the reason."""
+        """``ssh -L`` / ``ssh -W`` / ProxyJump: decided as ``ssh.direct-tcpip``; a deny refuses
+        the channel with the reason."""
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
-        if self._channels_full():
-            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels")
         allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
         if not allowed:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
             )
         address = await self._resolve_forward(dest_host, dest_port)
+        assert self._conn is not None
         return await self._conn.forward_connection(address, dest_port)
 
     async def _resolve_forward(self, dest_host: str, dest_port: int) -> str:
@@ -277,12 +227,8 @@ class GatewayServer(asyncssh.SSHServer):
         if not self._forward_to_loopback:
             internal = [a for a in addresses if _gateway_internal(a)]
             if internal:
-                _log.warning(
-                    "forward_to_internal_refused",
-                    conn=self._auth.conn_id,
-                    host=escape_peer(dest_host),
-                    address=internal[0],
-                )
+                _log.warning("forward_to_internal_refused", conn=self._flow.conn_id,
+                             host=escape_peer(dest_host), address=internal[0])  # fmt: skip
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                     f"ssh.direct-tcpip denied: {dest_host} is an address of the gateway host",
@@ -290,12 +236,28 @@ class GatewayServer(asyncssh.SSHServer):
         return addresses[0]
 
     async def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        """``ssh -R``: authorized as ``ssh.tcpip-forward``; the listener may only bind the gateway
-        host's loopback (as sshd's ``GatewayPorts no``), never a public address."""
+        """``ssh -R``: decided as ``ssh.tcpip-forward``; the listener may only bind the gateway
+        host's loopback (as sshd's ``GatewayPorts no``), never a port below 1024 and never a
+        port Stockade itself listens on."""
         if listen_host.strip().lower() not in _LOOPBACK_NAMES:
-            _log.warning(
-                "remote_forward_refused", conn=self._auth.conn_id, host=escape_peer(listen_host)
-            )
+            _log.warning("remote_forward_refused", conn=self._flow.conn_id,
+                         host=escape_peer(listen_host), why="not loopback")  # fmt: skip
+            return False
+        if 0 < listen_port < 1024 or listen_port in self._reserved_ports:
+            _log.warning("remote_forward_refused", conn=self._flow.conn_id,
+                         port=listen_port, why="privileged or reserved port")  # fmt: skip
             return False
         allowed, _why = await self._decide_forward("ssh.tcpip-forward", listen_host, listen_port)
         return allowed
+
+
+class _CountedSession(ChannelSession):
+    """A session channel that gives its slot back when it closes."""
+
+    def __init__(self, services: ChannelServices, live: LiveConnection, closed: Any) -> None:
+        super().__init__(services, live)
+        self._on_closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._on_closed()

@@ -1,12 +1,12 @@
-"""One SSH session channel: authorize the request, open the workspace, copy bytes, clean up.
+"""One SSH session channel: decide the request, plan it, run it in the workspace, clean up.
 
-Every request on a session is decided on its own (``ssh.shell``, ``ssh.exec`` with the command,
-``ssh.sftp``, ``ssh.agent-forward``); a deny ends that channel with a message on stderr and exit
-status 1, and the connection stays up. An allowed session gets a registry row, a JWT bound to it
-(``STOCKADE_TOKEN``, with ``STOCKADE_API``, in its environment — never in a file), a recording
-when the policy says ``record_session``, and a deadline of ``max_session_seconds``. When it ends,
-for whatever reason, the row is closed (which revokes the token) and ``stockade.session.ended``
-is published.
+:class:`ChannelSession` is asyncssh's public :class:`asyncssh.SSHServerSession` for a session
+channel. It accepts the shell/exec/subsystem request at once (asyncssh wants a synchronous
+answer), then, when the session starts, asks authz for that request on its own (``ssh.shell``,
+``ssh.exec`` with the command, ``ssh.sftp``) with the connection's *current* principal, plans it
+(:func:`~._plan.plan_session`) and applies the plan: a deny or a refusal ends the channel with a
+message on stderr and exit status 1; the connection stays up. Output is copied with flow control
+in both directions (asyncssh's ``pause_writing``/``resume_writing`` and ``pause_reading``).
 """
 
 from __future__ import annotations
@@ -14,68 +14,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
+from stockade.authz import AuthzAPI
 from stockade.core.errors import StockadeError
-from stockade.core.events import SessionEnded, SessionStarted
+from stockade.core.events import EventPublisher, FileTransfer
 from stockade.core.logging import escape_peer, get_logger
 
-from ._auth import ConnectionAuth
-from ._policy import Policy
-from ._ports import EventPublisher, IdentityPort
+from ._live import LiveConnection
+from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
+from ._policy import decide
 from ._recorder import CastRecorder
+from ._scp import ScpObserver, scp_command
 from .backends import ExitStatus, SessionSpec, Workload, WorkspaceBackend
 from .backends._fdio import CHUNK
 
-__all__ = ["LiveSession", "SessionServices", "run_session"]
+__all__ = ["ChannelServices", "ChannelSession"]
 
 _log = get_logger("stockade.gateway.session")
 
+#: Input queued for a workload before the channel stops reading from the client.
+_INPUT_HIGH_WATER = 4 * CHUNK
+
 
 @dataclass
-class SessionServices:
-    """What every session shares (owned by the Gateway)."""
+class ChannelServices:
+    """What every session channel shares (owned by the Gateway)."""
 
-    identity: IdentityPort
-    policy: Policy
+    authz: AuthzAPI
     publisher: EventPublisher
     backends: Mapping[str, WorkspaceBackend]
     recordings: Path
     recording_max_bytes: int
     api_url: str
     accept_env: Sequence[str]
-    live: dict[str, LiveSession]
     background: Callable[[Any], None]
-    registry_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Serializes this gateway's registry writes (SQLite allows one writer at a time)."""
-
-
-class LiveSession:
-    """A running session, as the gateway sees it (to kill it or wait for it)."""
-
-    def __init__(self, session_id: str, username: str, workload: Workload, stderr: Any) -> None:
-        self.session_id = session_id
-        self.username = username
-        self.workload = workload
-        self.end_reason = ""
-        self.done = asyncio.Event()
-        self._stderr = stderr
-
-    async def terminate(self, reason: str, message: str) -> None:
-        """Close the session with ``message`` shown to the user on stderr (the first reason
-        given wins; later calls and calls after the end do nothing)."""
-        if self.done.is_set() or self.end_reason:
-            return
-        self.end_reason = reason
-        with contextlib.suppress(Exception):
-            self._stderr.write(f"\r\nstockade: {message}\r\n".encode())
-        await self.workload.close()
 
 
 def _accepted(env: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]:
@@ -88,292 +66,364 @@ def _accepted(env: Mapping[str, str], patterns: Sequence[str]) -> dict[str, str]
     return out
 
 
-def _request(process: asyncssh.SSHServerProcess[bytes]) -> tuple[str, dict[str, Any]]:
-    if process.subsystem is not None:
-        if process.subsystem == "sftp":
-            return "ssh.sftp", {}
-        return "ssh.subsystem", {"subsystem": process.subsystem}
-    if process.command is not None:
-        return "ssh.exec", {"command": process.command}
-    return "ssh.shell", {}
+class ChannelSession(asyncssh.SSHServerSession[bytes]):
+    """A session channel of a logged-in connection."""
 
+    def __init__(self, services: ChannelServices, live: LiveConnection) -> None:
+        self._services = services
+        self._live = live
+        self._chan: asyncssh.SSHServerChannel[bytes] | None = None
+        self._command: str | None = None
+        self._subsystem: str | None = None
+        self._term_type: str | None = None
+        self._term_size = (80, 24, 0, 0)
+        self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queued = 0
+        self._reading_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._workload: Workload | None = None
+        self._recorder: CastRecorder | None = None
+        self._observer: ScpObserver | None = None
+        self._end_reason = ""
+        self._closed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
 
-async def _deny(
-    process: asyncssh.SSHServerProcess[bytes], action: str, reasons: Sequence[str]
-) -> None:
-    why = "; ".join(reasons) or "no rule allowed it"
-    process.stderr.write(f"stockade: {action} denied: {why}\r\n".encode())
-    process.exit(1)
+    # -- asyncssh's SSHServerSession hooks ----------------------------------------------------
 
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
+        """The channel opened; remembered for writing and flow control."""
+        self._chan = chan
 
-async def run_session(
-    services: SessionServices, auth: ConnectionAuth, process: asyncssh.SSHServerProcess[bytes]
-) -> None:
-    """Serve one session channel to its end."""
-    assert auth.user is not None
-    assert auth.workspace is not None
-    user, workspace = auth.user, auth.workspace
-    action, extra = _request(process)
-    x11_refusal = getattr(process, "x11_refusal", None)
-    if x11_refusal:
-        process.stderr.write(f"stockade: X11 forwarding denied: {x11_refusal}\r\n".encode())
-    decision = await services.policy.decide(
-        action,
-        user,
-        workspace=workspace,
-        source_ip=auth.client_ip,
-        auth_method=auth.method,
-        mfa=auth.mfa_passed,
-        extra=extra,
-    )
-    if not decision.allow:
-        await _deny(process, action, decision.reasons)
-        return
-    backend = services.backends.get(workspace.backend)
-    if backend is None:
-        await _deny(process, action, [f"workspace backend {workspace.backend!r} is not available"])
-        return
-    if process.subsystem not in (None, "sftp"):
-        await _deny(process, action, [f"subsystem {process.subsystem!r} is not offered"])
-        return
-    obligations = decision.obligations
-    refusal = _unenforceable(obligations, process.subsystem)
-    if refusal is not None:
-        await _deny(process, action, [refusal])
-        return
-    agent_path = process.channel.get_agent_path()
-    if agent_path is not None:
-        agent = await services.policy.decide(
-            "ssh.agent-forward",
-            user,
-            workspace=workspace,
-            source_ip=auth.client_ip,
-            auth_method=auth.method,
-            mfa=auth.mfa_passed,
+    def pty_requested(
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Any
+    ) -> bool:
+        """A PTY is always granted; it matters only once the session is allowed."""
+        self._term_type = term_type
+        self._term_size = term_size
+        return True
+
+    def shell_requested(self) -> bool:
+        """Accepted here, decided as ``ssh.shell`` when the session starts."""
+        return True
+
+    def exec_requested(self, command: str) -> bool:
+        """Accepted here, decided as ``ssh.exec`` (with the command) when the session starts."""
+        self._command = command
+        return True
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        """Accepted here, decided (``ssh.sftp``) and planned when the session starts."""
+        self._subsystem = subsystem
+        return True
+
+    def session_started(self) -> None:
+        """The request was accepted: decide, plan and run it in the background."""
+        self._task = asyncio.ensure_future(self._serve())
+
+    def data_received(self, data: bytes, datatype: int | None) -> None:
+        """Client input: queued for the workload; reading pauses past a high-water mark."""
+        self._queued += len(data)
+        self._input.put_nowait(data)
+        if self._queued > _INPUT_HIGH_WATER and self._chan is not None:
+            self._reading_paused = True
+            self._chan.pause_reading()
+
+    def eof_received(self) -> bool:
+        """The client closed its input: the workload's stdin is closed after the queue."""
+        self._input.put_nowait(None)
+        return True
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
+        self._term_size = (width, height, pixwidth, pixheight)
+        if self._workload is not None:
+            self._workload.resize(width, height, pixwidth, pixheight)
+        if self._recorder is not None:
+            self._recorder.resize(width, height)
+
+    def signal_received(self, signal: str) -> None:
+        if self._workload is not None:
+            self._workload.signal(signal)
+
+    def break_received(self, msec: int) -> bool:
+        if self._workload is not None:
+            self._workload.signal("INT")
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The channel closed (or the connection did): the workload is stopped."""
+        self._closed.set()
+        self._input.put_nowait(None)
+        self._writable.set()
+        if self._workload is not None and self._task is not None and not self._task.done():
+            self._services.background(self._workload.close())
+
+    # -- ending from outside -------------------------------------------------------------------
+
+    async def terminate(self, reason: str, message: str) -> None:
+        """End this channel: ``message`` on stderr, the workload stopped (first reason wins)."""
+        if self._end_reason or self._closed.is_set():
+            return
+        self._end_reason = reason
+        self._write_stderr(f"\r\nstockade: {message}\r\n".encode())
+        if self._workload is not None:
+            await self._workload.close()
+        elif self._chan is not None:
+            with contextlib.suppress(Exception):
+                self._chan.exit(255)
+
+    # -- the session ---------------------------------------------------------------------------
+
+    def _write_stderr(self, data: bytes) -> None:
+        if self._chan is not None and not self._closed.is_set():
+            with contextlib.suppress(Exception):
+                self._chan.write_stderr(data)
+
+    def _refuse(self, action: str, why: str) -> None:
+        self._write_stderr(f"stockade: {action} denied: {why}\r\n".encode())
+        if self._chan is not None:
+            with contextlib.suppress(Exception):
+                self._chan.exit(1)
+
+    def _request(self) -> ChannelRequest:
+        chan = self._chan
+        assert chan is not None
+        transfer = scp_command(self._command) if self._command is not None else None
+        return ChannelRequest(
+            command=self._command,
+            subsystem=self._subsystem,
+            term_type=self._term_type,
+            term_size=self._term_size,
+            env=dict(chan.get_environment()),
+            agent_requested=chan.get_agent_path() is not None,
+            transfer=transfer,
         )
-        if not (agent.allow and obligations.get("agent_forwarding") is True):
-            why = "; ".join(agent.reasons) or "not allowed by policy"
-            process.stderr.write(f"stockade: agent forwarding denied: {why}\r\n".encode())
-            agent_path = None
 
-    session_id = "s-" + secrets.token_hex(8)
-    identity = services.identity
-    try:
-        async with services.registry_lock:
-            await identity.start_session(
-                session_id,
-                username=user.name,
-                workspace=workspace.name,
-                client_ip=auth.client_ip,
-                client_port=auth.client_port,
-            )
-        token = await identity.issue_token(
-            user.name, session_id=session_id, ttl=_token_ttl(obligations)
+    async def _serve(self) -> None:
+        live = self._live
+        try:
+            opened = await live.opened
+        except asyncio.CancelledError:
+            raise
+        if not opened or live.closing:
+            self._refuse("session", "the session could not be started")
+            return
+        live.channels.add(self)
+        try:
+            await self._serve_allowed()
+        except Exception as exc:  # a session's failure must not leak or hang the channel
+            _log.warning("session_failed", session=live.session_id, error=repr(exc))
+            self._write_stderr(b"stockade: session failed\r\n")
+            if self._chan is not None:
+                with contextlib.suppress(Exception):
+                    self._chan.exit(255)
+        finally:
+            live.channels.discard(self)
+
+    async def _serve_allowed(self) -> None:
+        live, services = self._live, self._services
+        request = self._request()
+        action = request.action
+        decision = await decide(
+            services.authz,
+            action,
+            live.principal,
+            source_ip=live.login.client_ip,
+            auth_method=live.login.method,
+            mfa=live.login.mfa,
+            session_id=live.session_id,
+            extra=request.policy_extra(),
         )
-    except StockadeError as exc:
-        _log.warning("session_not_started", conn=auth.conn_id, error=str(exc))
-        process.stderr.write(b"stockade: the session could not be started\r\n")
-        process.exit(1)
-        return
-    env = _accepted(process.env, services.accept_env)
-    env["STOCKADE_TOKEN"] = token
-    env["STOCKADE_API"] = services.api_url
-    width, height, pixwidth, pixheight = process.term_size
-    spec = SessionSpec(
-        session_id=session_id,
-        username=user.name,
-        workspace=workspace.name,
-        workspace_config=workspace.config,
-        command=process.command,
-        subsystem=process.subsystem,
-        term_type=process.term_type,
-        term_size=(width or 80, height or 24, pixwidth, pixheight),
-        env=env,
-        agent_path=agent_path,
-        sudo=obligations.get("sudo") is True,
-    )
-    recorder: CastRecorder | None = None
-    if obligations.get("record_session") is True:
-        recorder = CastRecorder(
-            services.recordings / f"{session_id}.cast",
+        if not decision.allow:
+            self._refuse(action, "; ".join(decision.reasons) or "no rule allowed it")
+            return
+        if not live.still_open():
+            self._refuse(action, "the session is being ended")
+            return
+        plan = plan_session(decision.obligations, request)
+        if isinstance(plan, Refusal):
+            self._refuse(action, plan.reason)
+            return
+        if request.agent_requested and not plan.agent:
+            self._write_stderr(b"stockade: agent forwarding denied: not allowed by policy\r\n")
+        workspace = live.principal.workspace
+        backend = services.backends.get(workspace.backend)
+        if backend is None:
+            self._refuse(action, f"workspace backend {workspace.backend!r} is not available")
+            return
+        await self._run(plan, request, backend)
+
+    def _spec(self, plan: SessionPlan, request: ChannelRequest) -> SessionSpec:
+        live, services = self._live, self._services
+        assert self._chan is not None
+        env = _accepted(request.env, services.accept_env)
+        env["STOCKADE_TOKEN"] = live.token
+        env["STOCKADE_API"] = services.api_url
+        width, height, pixwidth, pixheight = request.term_size
+        return SessionSpec(
+            session_id=live.session_id,
+            username=live.principal.username,
+            workspace=live.principal.workspace.name,
+            workspace_config=live.principal.workspace.config,
+            command=request.command,
+            subsystem=request.subsystem,
+            term_type=request.term_type,
+            term_size=(width or 80, height or 24, pixwidth, pixheight),
+            env=env,
+            agent_path=self._chan.get_agent_path() if plan.agent else None,
+            sudo=plan.sudo,
+        )
+
+    def _start_recording(self, plan: SessionPlan, spec: SessionSpec) -> None:
+        live, services = self._live, self._services
+        number = live.next_channel_number()
+        name = live.session_id if number == 1 else f"{live.session_id}.{number}"
+        self._recorder = CastRecorder(
+            services.recordings / f"{name}.cast",
             width=spec.term_size[0],
             height=spec.term_size[1],
-            env={"TERM": process.term_type or "", "SHELL": "/bin/bash"},
-            title=f"{user.name}@{workspace.name}"
-            + (f": {process.command}" if process.command else ""),
-            record_input=bool(obligations.get("record_input", False)),
+            env={"TERM": spec.term_type or "", "SHELL": "/bin/bash"},
+            title=f"{spec.username}@{spec.workspace}"
+            + (f": {spec.command}" if spec.command else ""),
+            record_input=plan.record_input,
             max_bytes=services.recording_max_bytes,
         )
-    started = SessionStarted(
-        session_id=session_id,
-        username=user.name,
-        workspace=workspace.name,
-        client_ip=auth.client_ip,
-    )
-    await _publish(services, started)
-    _log.info(
-        "session_started",
-        conn=auth.conn_id,
-        session=session_id,
-        action=action,
-        command=escape_peer(process.command or ""),
-        recorded=recorder is not None,
-    )
-    counters = [0, 0]
-    status: ExitStatus | None = None
-    reason = "exited"
-    live: LiveSession | None = None
-    try:
-        workload = await backend.open(spec)
-        live = LiveSession(session_id, user.name, workload, process.stderr)
-        services.live[session_id] = live
-        status = await _pump(
-            process, workload, recorder, counters, obligations, live, services.background
-        )
-        reason = live.end_reason or "exited"
-    except (StockadeError, OSError, asyncssh.Error) as exc:
-        reason = "error"
-        _log.warning("session_failed", conn=auth.conn_id, session=session_id, error=str(exc))
-        with contextlib.suppress(Exception):
-            process.stderr.write(f"stockade: session failed: {exc}\r\n".encode())
-    finally:
-        services.live.pop(session_id, None)
-        if live is not None:
-            live.done.set()
-        if recorder is not None:
-            recorder.close()
-        code = status.code if status is not None else None
+        if live.recording is None:
+            live.recording = str(self._recorder.path)
+
+    async def _run(
+        self, plan: SessionPlan, request: ChannelRequest, backend: WorkspaceBackend
+    ) -> None:
+        live = self._live
+        spec = self._spec(plan, request)
+        if plan.record:
+            self._start_recording(plan, spec)
+        if plan.audit_transfer:
+            self._observer = ScpObserver(request.transfer)
+        _log.info("channel_started", conn=live.login.conn_id, session=live.session_id,
+                  command=escape_peer(request.command or ""), recorded=plan.record,
+                  audited_transfer=plan.audit_transfer)  # fmt: skip
+        status: ExitStatus | None = None
         try:
-            async with services.registry_lock:
-                await identity.end_session(
-                    session_id,
-                    exit_status=code,
-                    bytes_in=counters[0],
-                    bytes_out=counters[1],
-                    recording=str(recorder.path) if recorder is not None else None,
-                    reason=reason,
-                )
-        except StockadeError as exc:
-            _log.warning("session_not_ended", session=session_id, error=str(exc))
-        await _publish(services, SessionEnded(
-            session_id=session_id, username=user.name, exit_status=code, reason=reason
-        ))  # fmt: skip
-        _log.info(
-            "session_ended", conn=auth.conn_id, session=session_id, exit_status=code, reason=reason
-        )
-    if status is not None and status.signal is not None:
-        process.exit_with_signal(status.signal)
-    elif status is not None and status.code is not None:
-        process.exit(status.code)
-    else:
-        process.exit(255)
+            self._workload = await backend.open(spec)
+            if self._end_reason:  # ended while the workload started
+                await self._workload.close()
+            status = await self._pump(self._workload, plan)
+        except (StockadeError, OSError, asyncssh.Error, ValueError) as exc:
+            _log.warning("session_failed", session=live.session_id, error=str(exc))
+            self._write_stderr(f"stockade: session failed: {exc}\r\n".encode())
+        finally:
+            if self._workload is not None:
+                await self._workload.close()
+            if self._recorder is not None:
+                self._recorder.close()
+            if self._observer is not None:
+                await self._publish_transfers(final=True)
+        if status is not None and status.code is not None:
+            live.exit_status = status.code
+        chan = self._chan
+        if chan is None or self._closed.is_set():
+            return
+        with contextlib.suppress(Exception):
+            if status is not None and status.signal is not None:
+                chan.exit_with_signal(status.signal)
+            elif status is not None and status.code is not None:
+                chan.exit(status.code)
+            else:
+                chan.exit(255)
 
-
-async def _publish(services: SessionServices, event: Any) -> None:
-    try:
-        await services.publisher.publish(event)
-    except StockadeError as exc:
-        _log.warning("event_not_published", error=str(exc))
-
-
-async def _pump(
-    process: asyncssh.SSHServerProcess[bytes],
-    workload: Workload,
-    recorder: CastRecorder | None,
-    counters: list[int],
-    obligations: Mapping[str, Any],
-    live: LiveSession,
-    services_background: Callable[[Any], None],
-) -> ExitStatus:
-    async def client_to_workload() -> None:
-        while True:
+    async def _publish_transfers(self, *, final: bool = False) -> None:
+        observer = self._observer
+        assert observer is not None
+        files = observer.finish() if final else observer.completed()
+        for item in files:
+            event = FileTransfer(
+                session_id=self._live.session_id,
+                username=self._live.principal.username,
+                direction=item.direction,
+                path=item.path[:1024],
+                size=item.size,
+                sha256=item.sha256,
+                complete=item.complete,
+            )
+            _log.info("file_transfer", session=self._live.session_id, direction=item.direction,
+                      path=escape_peer(item.path), size=item.size, sha256=item.sha256,
+                      complete=item.complete)  # fmt: skip
             try:
-                data = await process.stdin.read(CHUNK)
-            except asyncssh.TerminalSizeChanged as change:
-                workload.resize(change.width, change.height, change.pixwidth, change.pixheight)
-                if recorder is not None:
-                    recorder.resize(change.width, change.height)
-                continue
-            except asyncssh.SignalReceived as sig:
-                workload.signal(sig.signal)
-                continue
-            except asyncssh.BreakReceived:
-                workload.signal("INT")
-                continue
-            except (asyncssh.Error, OSError):
+                await self._services.publisher.publish(event)
+            except StockadeError as exc:
+                _log.warning("event_not_published", error=str(exc))
+
+    async def _feed(self, workload: Workload) -> None:
+        observer = self._observer
+        while True:
+            data = await self._input.get()
+            if data is None:
+                if not self._closed.is_set():
+                    await workload.close_stdin()
                 return
-            if not data:
-                await workload.close_stdin()
-                return
-            counters[0] += len(data)
-            if recorder is not None:
-                recorder.input(data)
+            self._queued -= len(data)
+            if self._reading_paused and self._queued <= _INPUT_HIGH_WATER // 2:
+                self._reading_paused = False
+                if self._chan is not None:
+                    self._chan.resume_reading()
+            self._live.bytes_in += len(data)
+            if self._recorder is not None:
+                self._recorder.input(data)
+            if observer is not None:
+                observer.client_bytes(data)
+                await self._publish_transfers()
             await workload.write_stdin(data)
 
-    channel = process.channel
-
-    async def workload_to_client(read: Callable[[], Any], writer: Any) -> None:
+    async def _copy_out(self, read: Callable[[], Any], stderr: bool) -> None:
+        chan = self._chan
+        assert chan is not None
+        observer = self._observer
         while True:
             data = await read()
             if not data:
                 return
-            counters[1] += len(data)
-            if recorder is not None:
-                recorder.output(data)
+            self._live.bytes_out += len(data)
+            if self._recorder is not None:
+                self._recorder.output(data)
+            if observer is not None and not stderr:
+                observer.server_bytes(data)
+                await self._publish_transfers()
+            if self._closed.is_set():
+                continue  # drain the workload so it can exit
             try:
-                # asyncssh queues what the peer's window cannot take yet; wait only then
-                writer.write(data)
-                if channel.get_write_buffer_size():
-                    await writer.drain()
+                if stderr:
+                    chan.write_stderr(data)
+                else:
+                    chan.write(data)
             except (asyncssh.Error, OSError):
                 return
+            if not self._writable.is_set():
+                await self._writable.wait()
 
-    feeder = asyncio.create_task(client_to_workload())
-    out = asyncio.create_task(workload_to_client(workload.read_stdout, process.stdout))
-    err = asyncio.create_task(workload_to_client(workload.read_stderr, process.stderr))
-    limit = obligations.get("max_session_seconds")
-    deadline: asyncio.TimerHandle | None = None
-    if isinstance(limit, int | float) and not isinstance(limit, bool) and limit > 0:
-        loop = asyncio.get_running_loop()
-        message = f"session time limit of {int(limit)} seconds reached"
-
-        def _expire() -> None:
-            services_background(live.terminate("max_session_seconds", message))
-
-        deadline = loop.call_later(float(limit), _expire)
-    try:
-        await asyncio.gather(out, err)
-        status = await workload.wait()
-    finally:
-        if deadline is not None:
-            deadline.cancel()
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
-        await workload.close()
-    return status
-
-
-#: Identity refuses tokens living longer than a day; a longer session re-enters through ssh.
-_MAX_TOKEN_SECONDS = 86400
-
-
-def _token_ttl(obligations: Mapping[str, Any]) -> int:
-    """The session token lives as long as the session may (it is revoked when it ends)."""
-    limit = obligations.get("max_session_seconds")
-    if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-        return min(limit, _MAX_TOKEN_SECONDS)
-    return _MAX_TOKEN_SECONDS
-
-
-def _unenforceable(obligations: Mapping[str, Any], subsystem: str | None) -> str | None:
-    """Why the session must be refused because an obligation cannot be met, else None.
-
-    Fail closed: a recording obligation forbids what cannot be recorded (sftp and scp move
-    files, not a terminal stream), and ``privileged`` is not offered by any backend yet.
-    """
-    if obligations.get("record_session") is True and subsystem is not None:
-        return f"{subsystem} cannot be recorded and this session must be (record_session)"
-    if obligations.get("privileged") is True:
-        return "privileged sessions are not available on this workspace backend"
-    return None
+    async def _pump(self, workload: Workload, plan: SessionPlan) -> ExitStatus:
+        feeder = asyncio.ensure_future(self._feed(workload))
+        out = asyncio.ensure_future(self._copy_out(workload.read_stdout, False))
+        err = asyncio.ensure_future(self._copy_out(workload.read_stderr, True))
+        deadline: asyncio.TimerHandle | None = None
+        if plan.max_seconds:
+            message = f"session time limit of {plan.max_seconds} seconds reached"
+            deadline = asyncio.get_running_loop().call_later(
+                plan.max_seconds,
+                lambda: self._services.background(self.terminate("max_session_seconds", message)),
+            )
+        try:
+            await asyncio.gather(out, err)
+            return await workload.wait()
+        finally:
+            if deadline is not None:
+                deadline.cancel()
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder

@@ -76,6 +76,9 @@ __all__ = ["IdentityService"]
 
 _log = get_logger("stockade.identity")
 
+#: What the user of a killed session reads.
+_KILL_MESSAGE = "session terminated by an administrator"
+
 
 def _key(row: SshKeyRow) -> SshKey:
     return SshKey(
@@ -465,6 +468,22 @@ class IdentityService:
             )
             token = self._session_token(row, session_id, lifetime)
         return OpenedSession(session_id=session_id, token=token)
+
+    async def kill_session(
+        self,
+        session_id: str,
+        *,
+        by: str = "",
+        message: str = "session terminated by an administrator",
+    ) -> SessionInfo:
+        """End a live session now: the row ends (reason ``killed``, its token stops verifying)
+        and a :class:`SessionKill` tells the gateway holding it to close it with ``message``."""
+        info = await self.end_session(session_id, reason="killed")
+        await self._publish(
+            SessionKill(session_id=session_id, reason="killed", message=message[:256], by=by[:128])
+        )
+        _log.info("session killed", session=session_id, by=by)
+        return info
 
     async def end_stale_sessions(self, gateway_id: str, boot_id: str) -> list[SessionInfo]:
         """End every session ``gateway_id`` left open in an earlier boot (reason ``crashed``);

@@ -52,6 +52,7 @@ from ._gen import identity_pb2_grpc
 __all__ = ["IdentityClient", "IdentityServicer"]
 
 Ctx = aio.ServicerContext[Any, Any]
+KILL_MESSAGE = "session terminated by an administrator"
 T = TypeVar("T")
 
 
@@ -124,6 +125,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
         require_admin(context, "SetRoles")
         return user_to_pb(await self._id.set_roles(request.name, list(request.roles)))
+
+    @rpc_errors_to_status
+    async def KillSession(self, request: pb.KillSessionRequest, context: Ctx) -> pb.Session:
+        require_admin(context, "KillSession")
+        info = await self._id.kill_session(
+            request.id, by=request.by, message=request.message or KILL_MESSAGE
+        )
+        return session_to_pb(info)
 
     @rpc_errors_to_status
     async def LookupKey(self, request: pb.LookupKeyRequest, context: Ctx) -> pb.LookupKeyResponse:
@@ -376,6 +385,17 @@ class IdentityClient:
             )
         )
         return user_from_pb(reply)
+
+    async def kill_session(
+        self, session_id: str, *, by: str = "", message: str = KILL_MESSAGE
+    ) -> SessionInfo:
+        reply = await self._call(
+            self._stub.KillSession(
+                pb.KillSessionRequest(id=session_id, by=by, message=message),
+                timeout=self._timeout,
+            )
+        )
+        return session_from_pb(reply)
 
     async def lookup_key(self, username: str, fingerprint: str) -> User | None:
         reply = await self._call(

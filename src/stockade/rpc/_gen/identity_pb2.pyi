@@ -1096,6 +1096,31 @@ class EndStaleSessionsRequest(_message.Message):
 Global___EndStaleSessionsRequest: _TypeAlias = EndStaleSessionsRequest  # noqa: Y015
 
 @_typing.final
+class KillSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    BY_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    by: _builtins.str
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        by: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by", b"by", "id", b"id", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillSessionRequest: _TypeAlias = KillSessionRequest  # noqa: Y015
+
+@_typing.final
 class SetRolesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

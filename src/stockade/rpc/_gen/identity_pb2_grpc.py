@@ -59,6 +59,11 @@ class IdentityStub:
                 request_serializer=identity__pb2.SetRolesRequest.SerializeToString,
                 response_deserializer=identity__pb2.User.FromString,
                 _registered_method=True)
+        self.KillSession = channel.unary_unary(
+                '/stockade.identity.v1.Identity/KillSession',
+                request_serializer=identity__pb2.KillSessionRequest.SerializeToString,
+                response_deserializer=identity__pb2.Session.FromString,
+                _registered_method=True)
         self.LookupKey = channel.unary_unary(
                 '/stockade.identity.v1.Identity/LookupKey',
                 request_serializer=identity__pb2.LookupKeyRequest.SerializeToString,
@@ -224,6 +229,12 @@ class IdentityServicer:
         raise RuntimeError('method not implemented by this servicer')
 
     def SetRoles(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def KillSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -418,6 +429,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.SetRoles,
                     request_deserializer=identity__pb2.SetRolesRequest.FromString,
                     response_serializer=identity__pb2.User.SerializeToString,
+            ),
+            'KillSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillSession,
+                    request_deserializer=identity__pb2.KillSessionRequest.FromString,
+                    response_serializer=identity__pb2.Session.SerializeToString,
             ),
             'LookupKey': grpc.unary_unary_rpc_method_handler(
                     servicer.LookupKey,
@@ -690,6 +706,33 @@ class Identity:
             '/stockade.identity.v1.Identity/SetRoles',
             identity__pb2.SetRolesRequest.SerializeToString,
             identity__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/KillSession',
+            identity__pb2.KillSessionRequest.SerializeToString,
+            identity__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

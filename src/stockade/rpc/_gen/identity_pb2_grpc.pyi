@@ -39,6 +39,7 @@ class IdentityStub:
     OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]
     EndStaleSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]
     SetRoles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]
+    KillSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]
     LookupKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]
     KeyOwner: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]
@@ -75,6 +76,7 @@ class IdentityAsyncStub(IdentityStub):
     OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]  # type: ignore[assignment]
     EndStaleSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
     SetRoles: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]  # type: ignore[assignment]
+    KillSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     LookupKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]  # type: ignore[assignment]
     KeyOwner: _aio.UnaryUnaryMultiCallable[_identity_pb2.KeyOwnerRequest, _identity_pb2.KeyOwnerResponse]  # type: ignore[assignment]
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.User]  # type: ignore[assignment]
@@ -138,6 +140,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.SetRolesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.User, _abc.Awaitable[_identity_pb2.User]]: ...
+
+    @_abc_1.abstractmethod
+    def KillSession(
+        self,
+        request: _identity_pb2.KillSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.Session, _abc.Awaitable[_identity_pb2.Session]]: ...
 
     @_abc_1.abstractmethod
     def LookupKey(

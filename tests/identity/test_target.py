@@ -1,9 +1,11 @@
+"""One grammar for user and workspace names: what can be created can log in, and nothing else."""
+
 from __future__ import annotations
 
 import pytest
 
 from stockade.core.errors import InvalidInput
-from stockade.gateway._target import MAX_NAME_LEN, Target, parse_target
+from stockade.identity import MAX_TARGET_LEN, Target, check_username, parse_target
 
 
 @pytest.mark.parametrize(
@@ -11,13 +13,14 @@ from stockade.gateway._target import MAX_NAME_LEN, Target, parse_target
     [
         ("alice", Target("alice")),
         ("alice+ws2", Target("alice", "ws2")),
-        ("Alice+WS-2", Target("alice", "ws-2")),
+        ("_svc", Target("_svc")),
         ("a.b_c-d+x.y", Target("a.b_c-d", "x.y")),
+        ("bob+1ws", Target("bob", "1ws")),
     ],
 )
 def test_parses(raw: str, expected: Target) -> None:
     assert parse_target(raw) == expected
-    assert str(expected) == raw.lower()
+    assert str(expected) == raw
 
 
 @pytest.mark.parametrize(
@@ -31,12 +34,21 @@ def test_parses(raw: str, expected: Target) -> None:
         "alice\x1b[2J",
         "alice\n",
         "-alice",
+        "1alice",
+        "Alice",
         "alice+ws\x00",
-        "a" * (MAX_NAME_LEN + 1),
-        "alice+" + "w" * (MAX_NAME_LEN + 1),
+        "a" * 33,
+        "alice+" + "w" * 65,
         "é",
+        "x" * (MAX_TARGET_LEN + 1),
     ],
 )
 def test_rejects(raw: str) -> None:
     with pytest.raises(InvalidInput):
         parse_target(raw)
+
+
+@pytest.mark.parametrize("name", ["_svc", "alice", "a" * 32, "x.y-z_"])
+def test_every_creatable_name_parses_as_a_target(name: str) -> None:
+    assert check_username(name) == name
+    assert parse_target(name) == Target(name)
