@@ -92,3 +92,61 @@ async def test_honest_login_still_works_with_the_same_client(env: GatewayEnv) ->
     key = await env.add_user("frank")
     assert key is not None
     assert await _switch_login(env, key, "frank", "frank") == "frank:0"
+
+
+async def _strangers(env: GatewayEnv, count: int) -> list[asyncssh.SSHKey]:
+    return [asyncssh.generate_private_key("ssh-ed25519") for _ in range(count)]
+
+
+async def test_key_probes_are_not_strikes(env: GatewayEnv) -> None:
+    """An agent offering five other keys before the right one logs in, with no failure event."""
+    key = await env.add_user("paula")
+    assert key is not None
+    keys = [*await _strangers(env, 5), asyncssh.read_private_key(str(key))]
+    async with asyncssh.connect(
+        "127.0.0.1", env.port, username="paula", client_keys=keys, known_hosts=None,
+        agent_path=None, kbdint_auth=False, password=None,
+    ) as conn:  # fmt: skip
+        result = await conn.run("echo in", check=False)
+    assert result.stdout == "in\n"
+    await env.failed.settle()
+    assert env.failed.matching(username="paula") == []
+
+
+async def test_unknown_keys_end_in_one_strike(env: GatewayEnv) -> None:
+    await env.add_user("quinn")
+    with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError)):
+        await asyncssh.connect(
+            "127.0.0.1", env.port, username="quinn", client_keys=await _strangers(env, 3),
+            known_hosts=None, agent_path=None, kbdint_auth=False, password=None,
+        )  # fmt: skip
+    await env.failed.settle()
+    events = env.failed.matching(username="quinn")
+    assert [e["reason"] for e in events] == ["unknown_key"], events
+
+
+@pytest.mark.parametrize("username", ["alice+zzzz", "nobody", "1alice", "Alice"])
+async def test_unknown_targets_get_the_same_answer(env: GatewayEnv, username: str) -> None:
+    """No early "unknown or malformed target": every refusal is the same Permission denied."""
+    await env.add_user("alice")
+    stranger = await _strangers(env, 1)
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(
+            "127.0.0.1", env.port, username=username, client_keys=stranger, known_hosts=None,
+            agent_path=None, kbdint_auth=False, password=None,
+        )  # fmt: skip
+
+
+async def test_service_style_names_log_in(env: GatewayEnv) -> None:
+    """A name identity accepts (``_svc``) can log in: one grammar for both."""
+    key = await env.add_user("_svc")
+    result = await env.run(env.ssh_cmd("_svc", "echo ok", key=key))
+    assert result.stdout == b"ok\n", result.stderr
+
+
+async def test_malformed_username_is_reported_as_such(env: GatewayEnv) -> None:
+    key = await env.add_user("alice")
+    result = await env.run(env.ssh_cmd("1alice", "true", key=key))
+    assert result.returncode == 255
+    await env.failed.settle()
+    assert [e["reason"] for e in env.failed.matching(username="1alice")] == ["invalid_username"]

@@ -271,6 +271,7 @@ class Gateway:
                 await asyncio.wait_for(unsubscribe(), 2)
         self._unsubscribe.clear()
         live = self._live.values()
+        _log.info("gateway_stopping", sessions=len(live), grace=grace)
         if live and grace > 0:
             waiters = [asyncio.ensure_future(session.ended.wait()) for session in live]
             await asyncio.wait(waiters, timeout=grace)
@@ -282,9 +283,12 @@ class Gateway:
         for conn in list(self._conns):
             with contextlib.suppress(Exception):
                 conn.disconnect(asyncssh.DISC_BY_APPLICATION, STOP_MESSAGE)
-        ended = [asyncio.ensure_future(s.ended.wait()) for s in self._live.values()]
+        # every session recorded as ended before the tasks are cancelled
+        ended = [asyncio.ensure_future(s.ended.wait()) for s in {*live, *self._live.values()}]
         if ended:
             await asyncio.wait(ended, timeout=3)
+            for waiter in ended:
+                waiter.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

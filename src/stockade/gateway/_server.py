@@ -120,13 +120,15 @@ class GatewayServer(asyncssh.SSHServer):
         signed request (asyncssh checks the signature after a True). False for anything unknown;
         the connection is closed once its attempts are used up."""
         accepted = await self._flow.check_key(username, key.get_fingerprint("sha256"))
-        self._check_attempts()
+        if not accepted:
+            self._check_attempts()
         return accepted
 
     async def validate_password(self, username: str, password: str) -> bool:
         """Is ``password`` right for ``username``, and does policy allow password login?"""
         accepted = await self._flow.check_password(username, password)
-        self._check_attempts()
+        if not accepted:
+            self._check_attempts()
         return accepted
 
     def get_kbdint_challenge(
