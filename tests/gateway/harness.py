@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import subprocess
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,9 @@ from stockade.bus import Bus
 from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
 from stockade.gateway import Gateway
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
+from stockade.rpc import AuthzClient, IdentityClient, RpcServer, mtls_channel
 from stockade.store import Store
+from stockade.tls import CertificateFiles, DevCA
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
 
@@ -79,6 +83,7 @@ class GatewayEnv:
     failed: Events
     succeeded: Events
     nats_url: str
+    calls: Counter[str] = field(default_factory=Counter)
 
     @property
     def port(self) -> int:
@@ -162,12 +167,39 @@ def policy_bundle(dest: Path, edits: Mapping[str, str]) -> Path:
     return dest
 
 
+class Counted:
+    """Wraps a client and counts each coroutine method called on it, by name."""
+
+    def __init__(self, inner: Any, calls: Counter[str], prefix: str) -> None:
+        self._inner = inner
+        self._calls = calls
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(value):
+            return value
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self._calls[f"{self._prefix}.{name}"] += 1
+            return await value(*args, **kwargs)
+
+        return counted
+
+
 @contextlib.asynccontextmanager
 async def gateway_env(
-    tmp: Path, nats_url: str, *, bundle_dir: Path | None = None, **overrides: Any
+    tmp: Path,
+    nats_url: str,
+    *,
+    bundle_dir: Path | None = None,
+    rpc: bool = False,
+    **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
-    are GatewaySettings fields."""
+    are GatewaySettings fields. With ``rpc`` the gateway reaches identity and authz through
+    their gRPC clients over mutual TLS (as ``stockade serve gateway`` does), and ``env.calls``
+    counts every call it makes on them."""
     data_dir = tmp / "data"
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
@@ -196,19 +228,43 @@ async def gateway_env(
     settings = GatewaySettings(
         port=0, max_connections_per_source=1000, gateway_id="gw-test", **overrides
     )
+    calls: Counter[str] = Counter()
+    served: list[Any] = []
+    identity_api: Any = identity
+    authz_api: Any = authz
+    if rpc:
+        ca = DevCA(data_dir / "tls")
+        api, caller = ca.issue("api"), ca.issue("gateway")
+        server = RpcServer(
+            identity=identity, authorizer=authz,
+            tls=CertificateFiles(api.cert, api.key, api.ca),
+        )  # fmt: skip
+        await server.start()
+        channel = mtls_channel(
+            "127.0.0.1", server.port, CertificateFiles(caller.cert, caller.key, caller.ca)
+        )
+        served += [server, channel]
+        target = f"127.0.0.1:{server.port}"
+        identity_api = Counted(IdentityClient(channel, target=target), calls, "identity")
+        authz_api = Counted(AuthzClient(channel, target=target), calls, "authz")
     gateway = Gateway(
         settings=settings,
-        identity=identity,
-        authz=authz,
+        identity=identity_api,
+        authz=authz_api,
         publisher=bus,
         events=bus,
         data_dir=data_dir,
     )
     await gateway.start()
     try:
-        yield GatewayEnv(gateway, identity, authz, data_dir, tmp, failed, succeeded, nats_url)
+        yield GatewayEnv(
+            gateway, identity, authz, data_dir, tmp, failed, succeeded, nats_url, calls
+        )
     finally:
         await gateway.stop(grace=0)
+        if served:
+            await served[1].close()
+            await served[0].stop()
         await listener.close()
         await bus.close()
         await store.close()
