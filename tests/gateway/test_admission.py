@@ -101,6 +101,14 @@ def test_the_fourth_failed_connection_in_a_row_is_enforced() -> None:
     assert limits.admit(ip) is Verdict.ADMITTED
 
 
+def test_four_failed_connections_spread_over_six_seconds_are_not_enforced() -> None:
+    limits, clock = make()
+    for _ in range(4):  # outstanding after the 4th: 20 s - 6 s = 14 s, not above min
+        assert fail_connection(limits, "198.51.100.7", Outcome.AUTHFAIL) is None
+        clock.advance(2.0)
+    assert limits.admit("198.51.100.7") is Verdict.ADMITTED
+
+
 def test_failed_logins_spread_out_never_accumulate() -> None:
     limits, clock = make()
     for _ in range(50):

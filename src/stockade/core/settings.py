@@ -209,9 +209,10 @@ class PreAuthSettings(_Section):
     """Seconds of penalty for a connection closed because it did not authenticate within the
     gateway's ``handshake_timeout``/``login_timeout`` (0: none)."""
     penalty_min: float = Field(default=15.0, ge=0, le=86400)
-    """A block's penalty is enforced only once more than this many seconds are outstanding:
-    three failed logins in a row (3 x 5 s) are tolerated, the fourth within the same minute is
-    not."""
+    """A block's penalty is enforced only once more than this many seconds are outstanding.
+    Penalties add up while they last: with the defaults, four connections that fail
+    authentication within 5 seconds (4 x 5 s, less the time gone by, > 15 s) are enforced; three,
+    or failures spaced as a person retries by hand, never are."""
     penalty_max: float = Field(default=600.0, gt=0, le=7 * 86400)
     """Most seconds of penalty a block can accumulate; the refusal never lasts longer."""
     penalty_max_sources4: int = Field(default=65536, ge=1, le=1 << 24)
