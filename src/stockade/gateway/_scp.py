@@ -105,21 +105,29 @@ def _shell_words(command: str) -> list[str]:
     Quoting (single, double, backslash) is honoured; unquoted ``$ ` * ? [ { ; | & < > ( ) # !``,
     ``$``/backquote inside double quotes, a newline or a NUL anywhere are refused: the command is
     then executed without a shell, so it must mean the same without one. A word starting with an
-    unquoted ``~`` keeps it (``~`` or ``~/...`` only).
+    unquoted ``~`` keeps it (``~`` or ``~/...`` only); a quoted one there is refused, so that a
+    path starting with ``~`` always means the home directory.
     """
     if "\n" in command or "\r" in command or "\0" in command:
         raise InvalidInput("scp command", "newlines and NUL bytes are not allowed")
     words: list[str] = []
     word: list[str] = []
-    in_word = False
+    in_word = tilde = False
+
+    def finish() -> None:
+        text = "".join(word)
+        if text.startswith("~") and not tilde:
+            raise InvalidInput("scp command", "a quoted or escaped ~ at the start of a path")
+        words.append(text)
+
     i = 0
     n = len(command)
     while i < n:
         ch = command[i]
         if ch in _SPACE:
             if in_word:
-                words.append("".join(word))
-                word, in_word = [], False
+                finish()
+                word, in_word, tilde = [], False, False
             i += 1
             continue
         if ch == "~" and not in_word:
@@ -127,7 +135,7 @@ def _shell_words(command: str) -> list[str]:
             if rest not in ("", "/", " ", "\t"):
                 raise InvalidInput("scp command", "only ~ and ~/ are expanded (no ~user)")
             word.append("~")
-            in_word = True
+            in_word = tilde = True
             i += 1
             continue
         in_word = True
@@ -165,7 +173,7 @@ def _shell_words(command: str) -> list[str]:
             word.append(ch)
             i += 1
     if in_word:
-        words.append("".join(word))
+        finish()
     return words
 
 
