@@ -25,7 +25,7 @@ from stockade.authz import (
 from stockade.core.events import Event
 from stockade.core.settings import AuthzSettings
 
-DECISION_RULE = "data.stockade.decision"  # the DESIGN.md contract
+DECISION_RULE = "data.stockade.decision"  # the docs/architecture.md contract
 ROUNDS = 10
 ROUND_SECONDS = 0.15
 BATCH = 500

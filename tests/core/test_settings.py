@@ -91,3 +91,51 @@ def test_format_duration_round_trips() -> None:
     for seconds in (1, 59, 61, 3600, 5400, 90061):
         delta = timedelta(seconds=seconds)
         assert parse_duration(format_duration(delta)) == delta
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        ("MAX_STARTUPS", "10:30:60", (10, 30, 60)),
+        ("MAX_STARTUPS", "[10, 30, 60]", (10, 30, 60)),
+        ("MAX_STARTUPS", "20", (20, 100, 20)),
+        ("PER_SOURCE_NET_BLOCK_SIZE", "24:48", (24, 48)),
+        ("PER_SOURCE_NET_BLOCK_SIZE", "24", (24, 64)),
+    ],
+)
+def test_preauth_openssh_forms_from_env(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: tuple[int, ...]
+) -> None:
+    monkeypatch.setenv(f"STOCKADE_GATEWAY__PREAUTH__{env}", value)
+    assert getattr(load_settings().gateway.preauth, env.lower()) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"max_startups": "60:30:10"}, "full (10) must not be below start (60)"),
+        ({"max_startups": "10:0:60"}, "rate is a percentage from 1 to 100, got 0"),
+        ({"max_startups": "10:101:60"}, "rate is a percentage from 1 to 100, got 101"),
+        ({"max_startups": "0:30:60"}, "start must be at least 1"),
+        ({"max_startups": "10:30"}, "start:rate:full"),
+        ({"max_startups": "ten"}, "numbers separated by ':'"),
+        ({"per_source_net_block_size": "33:64"}, "IPv4 prefix length must be 1 to 32"),
+        ({"per_source_net_block_size": "32:129"}, "IPv6 prefix length must be 1 to 128"),
+        ({"per_source_max_startups": 0}, "greater than or equal to 1"),
+        ({"penalty_min": 600, "penalty_max": 600}, "penalty_min (600) must be below penalty_max"),
+        ({"penalty_exempt": ["10.0.0.300/8"]}, "is not a CIDR"),
+        ({"penalty_overflow": "drop"}, "'deny-all' or 'permissive'"),
+    ],
+)
+def test_preauth_bad_values_say_how_to_fix(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=r"gateway\.preauth") as err:
+        load_settings(gateway={"preauth": overrides})
+    assert message in str(err.value)
+
+
+def test_preauth_defaults_allow_32_parallel_logins_from_one_host() -> None:
+    preauth = load_settings().gateway.preauth
+    start, _, _ = preauth.max_startups
+    assert start > 32
+    assert preauth.per_source_max_startups is None or preauth.per_source_max_startups >= 32
+    assert preauth.penalty_exempt == []

@@ -150,7 +150,7 @@ def _rfc3339(moment: datetime) -> str:
 
 
 def build_input(action: str, resource: Resource, context: Context) -> dict[str, Any]:
-    """Build the policy input document (the DESIGN.md authorization contract).
+    """Build the policy input document (the authorization contract of docs/architecture.md).
 
     Raises :class:`~stockade.core.errors.InvalidInput` for a malformed ``action``.
     """

@@ -1,6 +1,6 @@
 """What every command shares: settings, error mapping, output in table or JSON form.
 
-Conventions (DESIGN.md): errors go to stderr as one line; exit code 2 for bad input
+Conventions (docs/architecture.md): errors go to stderr as one line; exit code 2 for bad input
 (:class:`~stockade.core.errors.UserError`), 1 for a failed check or a backend failure;
 ``list``/``show`` commands take ``--json`` with stable snake_case field names.
 """

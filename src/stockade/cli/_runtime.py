@@ -1,9 +1,9 @@
 """The composition root: ``stockade up`` builds every service here, in one process.
 
-Each service receives its collaborators through its constructor (DESIGN.md); this module is the
-only place that knows which concrete objects those are. Start order is store, bus, identity,
-authz, internal API; stop order is the reverse, and a failure while starting stops whatever had
-already started.
+Each service receives its collaborators through its constructor (docs/architecture.md); this
+module is the only place that knows which concrete objects those are. Start order is store, bus,
+identity, authz, internal API; stop order is the reverse, and a failure while starting stops
+whatever had already started.
 """
 
 from __future__ import annotations

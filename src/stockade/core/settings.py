@@ -11,6 +11,7 @@ it is declared; validation happens once, in :func:`load_settings`, and a failure
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from datetime import timedelta
@@ -30,6 +31,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -49,6 +51,7 @@ __all__ = [
     "GatewaySettings",
     "IdentitySettings",
     "LogSettings",
+    "PreAuthSettings",
     "Settings",
     "ShieldSettings",
     "StoreSettings",
@@ -131,6 +134,162 @@ class ApiSettings(_Section):
     Unset: ``run/admin.sock`` in the data dir."""
 
 
+def _cidrs(value: Any) -> Any:
+    """Parses a list of CIDR strings, naming the entry that is not one."""
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            try:
+                out.append(ipaddress.ip_network(str(item), strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR such as 10.0.0.0/8") from exc
+        return out
+    return value
+
+
+def _colon_ints(value: Any, *, field: str, example: str) -> Any:
+    """``"10:30:100"`` (or a number, or a list) as a tuple of ints, for OpenSSH-style options."""
+    if isinstance(value, bool):
+        raise ValueError(f"write {field} as numbers separated by ':', e.g. {example}")
+    if isinstance(value, int):
+        return (value,)
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            raise ValueError(f"write {field} as numbers separated by ':', e.g. {example}") from exc
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        if not all(part.strip().isdigit() for part in parts):
+            raise ValueError(f"write {field} as numbers separated by ':', e.g. {example}")
+        return tuple(int(part) for part in parts)
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    raise ValueError(f"write {field} as numbers separated by ':', e.g. {example}")
+
+
+PenaltyOverflow = Literal["deny-all", "permissive"]
+
+
+class PreAuthSettings(_Section):
+    """Limits before authentication, with OpenSSH's semantics (``sshd_config(5)``: MaxStartups,
+    PerSourceMaxStartups, PerSourceNetBlockSize, PerSourcePenalties, PerSourcePenaltyExemptList).
+
+    TOML section ``[gateway.preauth]``. The defaults never throttle a user who logs in one
+    connection after another or 32 at once from one address; tighten them to fight floods.
+    """
+
+    max_startups: Annotated[tuple[int, int, int], NoDecode] = (256, 30, 1024)
+    """``start:rate:full`` over concurrent unauthenticated connections (sshd's MaxStartups):
+    from ``start`` on, a new connection is refused with probability ``rate`` percent, rising
+    linearly to 100 % at ``full``; at ``full`` every new connection is refused. A single number
+    ``N`` means ``N:100:N``. Written ``"256:30:1024"`` or ``[256, 30, 1024]``."""
+    per_source_max_startups: int | None = Field(default=64, ge=1)
+    """Concurrent unauthenticated connections from one source block (sshd's
+    PerSourceMaxStartups); unset for no limit. Keep it at 32 or more so that 32 parallel logins
+    from one host (``xargs -P32 ssh ...``) pass."""
+    per_source_net_block_size: Annotated[tuple[int, int], NoDecode] = (32, 64)
+    """Prefix lengths ``ipv4:ipv6`` that group source addresses into one block for
+    ``per_source_max_startups`` and the penalties (sshd's PerSourceNetBlockSize, whose default is
+    32:128; ours counts an IPv6 /64, usually one host, as one source). ``"24"`` sets IPv4 only."""
+    penalties: bool = True
+    """Penalise sources whose connections end badly (sshd's PerSourcePenalties): once a block's
+    outstanding penalty exceeds ``penalty_min`` seconds, it is refused before key exchange until
+    the penalty expires. Off: no penalties at all."""
+    penalty_crash: float = Field(default=90.0, ge=0, le=86400)
+    """Seconds of penalty for a connection that crashed the protocol parser (0: none)."""
+    penalty_authfail: float = Field(default=5.0, ge=0, le=86400)
+    """Seconds of penalty for a connection that ended unauthenticated after at least one failed
+    authentication (a rejected signature or password; a bare key query is no failure). Counted
+    once per connection, however many attempts it made (0: none)."""
+    penalty_noauth: float = Field(default=1.0, ge=0, le=86400)
+    """Seconds of penalty for a connection that ended without authenticating and without a
+    failed attempt: port scanners, ``ssh-keyscan`` (0: none)."""
+    penalty_grace_exceeded: float = Field(default=10.0, ge=0, le=86400)
+    """Seconds of penalty for a connection closed because it did not authenticate within the
+    gateway's ``handshake_timeout``/``login_timeout`` (0: none)."""
+    penalty_min: float = Field(default=15.0, ge=0, le=86400)
+    """A block's penalty is enforced only once more than this many seconds are outstanding.
+    Penalties add up while they last: with the defaults, four connections that fail
+    authentication within 5 seconds (4 x 5 s, less the time gone by, > 15 s) are enforced; three,
+    or failures spaced as a person retries by hand, never are."""
+    penalty_max: float = Field(default=600.0, gt=0, le=7 * 86400)
+    """Most seconds of penalty a block can accumulate; the refusal never lasts longer."""
+    penalty_max_sources4: int = Field(default=65536, ge=1, le=1 << 24)
+    """IPv4 blocks the penalty table tracks (penalties below ``penalty_min`` count too)."""
+    penalty_max_sources6: int = Field(default=65536, ge=1, le=1 << 24)
+    """IPv6 blocks the penalty table tracks."""
+    penalty_overflow: PenaltyOverflow = "permissive"
+    """When the IPv4 table is full: ``permissive`` forgets the penalties closest to expiry to
+    make room; ``deny-all`` refuses every connection not in ``penalty_exempt`` until one
+    expires."""
+    penalty_overflow6: PenaltyOverflow | None = None
+    """The same for the IPv6 table; unset: as ``penalty_overflow``."""
+    penalty_exempt: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    """CIDRs never penalised nor refused for penalties (sshd's PerSourcePenaltyExemptList); the
+    startup limits still apply to them. Empty by default: loopback addresses stand in for
+    attackers in tests."""
+
+    @field_validator("max_startups", mode="before")
+    @classmethod
+    def _max_startups(cls, value: Any) -> Any:
+        parts = _colon_ints(value, field="max_startups", example="256:30:1024")
+        if len(parts) == 1:
+            return (parts[0], 100, parts[0])
+        if len(parts) != 3:
+            raise ValueError("write max_startups as start:rate:full, e.g. 256:30:1024")
+        return parts
+
+    @field_validator("max_startups")
+    @classmethod
+    def _startups_sane(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        start, rate, full = value
+        if start < 1:
+            raise ValueError(f"start must be at least 1, got {start} (e.g. 256:30:1024)")
+        if not 1 <= rate <= 100:
+            raise ValueError(f"rate is a percentage from 1 to 100, got {rate} (e.g. 256:30:1024)")
+        if full < start:
+            raise ValueError(
+                f"full ({full}) must not be below start ({start}): write start:rate:full, "
+                "e.g. 256:30:1024"
+            )
+        return value
+
+    @field_validator("per_source_net_block_size", mode="before")
+    @classmethod
+    def _block_size(cls, value: Any) -> Any:
+        parts = _colon_ints(value, field="per_source_net_block_size", example="32:64")
+        if len(parts) == 1:
+            return (parts[0], 64)
+        if len(parts) != 2:
+            raise ValueError("write per_source_net_block_size as ipv4:ipv6, e.g. 32:64")
+        return parts
+
+    @field_validator("per_source_net_block_size")
+    @classmethod
+    def _block_sane(cls, value: tuple[int, int]) -> tuple[int, int]:
+        v4, v6 = value
+        if not 1 <= v4 <= 32:
+            raise ValueError(f"the IPv4 prefix length must be 1 to 32, got {v4} (e.g. 32:64)")
+        if not 1 <= v6 <= 128:
+            raise ValueError(f"the IPv6 prefix length must be 1 to 128, got {v6} (e.g. 32:64)")
+        return value
+
+    @field_validator("penalty_exempt", mode="before")
+    @classmethod
+    def _exempt(cls, value: Any) -> Any:
+        return _cidrs(value)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> PreAuthSettings:
+        if self.penalty_min >= self.penalty_max:
+            raise ValueError(
+                f"penalty_min ({self.penalty_min:g}) must be below penalty_max "
+                f"({self.penalty_max:g}), or no penalty is ever enforced"
+            )
+        return self
+
+
 class GatewaySettings(_Section):
     host: str = "127.0.0.1"
     """Address the SSH gateway listens on (``::1`` or ``::`` for IPv6)."""
@@ -192,6 +351,8 @@ class GatewaySettings(_Section):
     """Seconds to reach and authenticate to an ``ssh`` backend's upstream sshd."""
     ecdsa_host_key: bool = False
     """Also present an ECDSA (NIST P-256) host key, for old clients that lack Ed25519."""
+    preauth: PreAuthSettings = PreAuthSettings()
+    """Limits before authentication: MaxStartups, per-source limits and penalties."""
 
 
 def _duration(value: Any) -> timedelta:

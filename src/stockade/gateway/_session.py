@@ -22,7 +22,7 @@ from typing import Any
 import asyncssh
 
 from stockade.authz import AuthzAPI
-from stockade.core.errors import StockadeError
+from stockade.core.errors import InvalidInput, StockadeError
 from stockade.core.events import EventPublisher, FileTransfer
 from stockade.core.logging import escape_peer, get_logger
 
@@ -30,7 +30,7 @@ from ._live import LiveConnection
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
 from ._policy import decide
 from ._recorder import CastRecorder
-from ._scp import ScpObserver, scp_command
+from ._scp import ScpFile, ScpObserver, ScpProtocolError, scp_command
 from .backends import ExitStatus, SessionSpec, Workload, WorkspaceBackend
 from .backends._fdio import CHUNK
 
@@ -192,6 +192,8 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
                 self._chan.exit(1)
 
     def _request(self) -> ChannelRequest:
+        """What the channel asked for. :class:`InvalidInput` for an scp command that cannot be
+        audited (odd flags, shell syntax): it is refused, never run as a plain command."""
         chan = self._chan
         assert chan is not None
         transfer = scp_command(self._command) if self._command is not None else None
@@ -228,7 +230,11 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
 
     async def _serve_allowed(self) -> None:
         live, services = self._live, self._services
-        request = self._request()
+        try:
+            request = self._request()
+        except InvalidInput as exc:
+            self._refuse("ssh.exec", f"scp command refused: {exc.problem}")
+            return
         action = request.action
         decision = await decide(
             services.authz,
@@ -324,7 +330,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if self._recorder is not None:
                 self._recorder.close()
             if self._observer is not None:
-                await self._publish_transfers(final=True)
+                await self._publish_transfers(self._observer.close())
         if status is not None and status.code is not None:
             live.exit_status = status.code
         chan = self._chan
@@ -338,23 +344,20 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             else:
                 chan.exit(255)
 
-    async def _publish_transfers(self, *, final: bool = False) -> None:
-        observer = self._observer
-        assert observer is not None
-        files = observer.finish() if final else observer.completed()
+    async def _publish_transfers(self, files: list[ScpFile]) -> None:
         for item in files:
             event = FileTransfer(
                 session_id=self._live.session_id,
                 username=self._live.principal.username,
                 direction=item.direction,
                 path=item.path[:1024],
-                size=item.size,
+                size=item.transferred,
                 sha256=item.sha256,
-                complete=item.complete,
+                complete=item.completed,
             )
             _log.info("file_transfer", session=self._live.session_id, direction=item.direction,
-                      path=escape_peer(item.path), size=item.size, sha256=item.sha256,
-                      complete=item.complete)  # fmt: skip
+                      path=item.path, size=item.transferred, sha256=item.sha256,
+                      complete=item.completed)  # fmt: skip
             try:
                 await self._services.publisher.publish(event)
             except StockadeError as exc:
@@ -377,8 +380,11 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if self._recorder is not None:
                 self._recorder.input(data)
             if observer is not None:
-                observer.client_bytes(data)
-                await self._publish_transfers()
+                try:
+                    await self._publish_transfers(observer.from_client(data))
+                except ScpProtocolError as exc:
+                    await self.terminate("transfer_refused", f"scp stream refused: {exc}")
+                    return
             await workload.write_stdin(data)
 
     async def _copy_out(self, read: Callable[[], Any], stderr: bool) -> None:
@@ -393,8 +399,7 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             if self._recorder is not None:
                 self._recorder.output(data)
             if observer is not None and not stderr:
-                observer.server_bytes(data)
-                await self._publish_transfers()
+                await self._publish_transfers(observer.from_server(data))
             if self._closed.is_set():
                 continue  # drain the workload so it can exit
             try:

@@ -2,7 +2,7 @@
 asynchronous interface (``decide_async``), so callers cannot tell one process from two.
 
 The client never raises for a decision: an unreachable service, a deadline or a malformed answer
-is a deny whose reason says so (DESIGN.md: an unreachable authz service never allows).
+is a deny whose reason says so (docs/architecture.md: an unreachable authz service never allows).
 """
 
 from __future__ import annotations

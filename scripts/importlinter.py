@@ -1,0 +1,193 @@
+"""Writes `.importlinter` from the package table of `docs/architecture.md`.
+
+    python scripts/importlinter.py            # rewrite .importlinter
+    python scripts/importlinter.py --check    # exit 1 if .importlinter differs
+
+One forbidden contract per package that exists under `src/stockade/`: it may import only the
+transitive closure of its "talks to" entries (names in backticks that are packages of the table)
+plus `core`; indirect imports count. A "talks to" cell saying "every package" (the composition
+root) gets no contract; "imports none of: a, b" adds external modules to the forbidden list.
+Planned packages of the table join the contracts when their directory appears. A package directory
+missing from the table, an unknown backticked name or a cycle is an error (exit 2).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "architecture.md"
+OUTPUT = ROOT / ".importlinter"
+PACKAGES_DIR = ROOT / "src" / "stockade"
+BASE = "core"
+_TICKED = re.compile(r"`([a-z_][a-z0-9_]*)`")
+_NONE_OF = re.compile(r"imports none of:\s*([a-z0-9_.,\s]+)")
+
+
+class TableError(Exception):
+    """The architecture table cannot be turned into contracts (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    package: str
+    talks_to: tuple[str, ...]
+    unrestricted: bool
+    forbidden_external: tuple[str, ...]
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def parse_table(text: str) -> list[Row]:
+    """The rows of the table under the ``## Packages`` heading."""
+    lines = text.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.startswith("## Packages"))
+    except StopIteration:
+        raise TableError("docs/architecture.md has no '## Packages' section") from None
+    raw: list[list[str]] = []
+    in_table = False
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            in_table = True
+            raw.append(_cells(line))
+        elif in_table:
+            break
+    if len(raw) < 3 or [c.lower() for c in raw[0]] != ["package", "owns", "talks to"]:
+        raise TableError("the Packages table needs the columns: package | owns | talks to")
+    rows = []
+    for cells in raw[2:]:
+        if len(cells) != 3:
+            raise TableError(f"a Packages row needs 3 cells: {' | '.join(cells)}")
+        names = _TICKED.findall(cells[0])
+        if not names:
+            raise TableError(f"no `package` name in the row: {cells[0]}")
+        talks = cells[2]
+        external = _NONE_OF.search(talks)
+        forbidden_external = (
+            tuple(sorted(n.strip() for n in external.group(1).split(",") if n.strip()))
+            if external
+            else ()
+        )
+        rows.append(
+            Row(
+                package=names[0],
+                talks_to=tuple(_TICKED.findall(talks.split("imports none of:")[0])),
+                unrestricted="every package" in talks,
+                forbidden_external=forbidden_external,
+            )
+        )
+    known = {row.package for row in rows}
+    if len(known) != len(rows):
+        raise TableError("a package appears twice in the Packages table")
+    for row in rows:
+        unknown = sorted(set(row.talks_to) - known)
+        if unknown:
+            raise TableError(f"{row.package} talks to {unknown[0]!r}, which is not in the table")
+    return rows
+
+
+def closure(rows: list[Row]) -> dict[str, set[str]]:
+    """Every package's allowed imports: its entries, theirs, and so on (plus core)."""
+    edges = {row.package: set(row.talks_to) for row in rows}
+    out: dict[str, set[str]] = {}
+
+    def visit(package: str, path: tuple[str, ...]) -> set[str]:
+        if package in path:
+            raise TableError("cycle in the Packages table: " + " -> ".join((*path, package)))
+        if package not in out:
+            reach: set[str] = set()
+            for other in edges[package]:
+                reach |= {other} | visit(other, (*path, package))
+            out[package] = reach
+        return out[package]
+
+    for row in rows:
+        allowed = visit(row.package, ())
+        if row.package != BASE:
+            allowed.add(BASE)
+        allowed.discard(row.package)
+    return out
+
+
+def existing_packages(root: Path = PACKAGES_DIR) -> set[str]:
+    return {p.parent.name for p in root.glob("*/__init__.py")}
+
+
+def generate(text: str, existing: set[str]) -> str:
+    rows = parse_table(text)
+    known = {row.package for row in rows}
+    missing = sorted(existing - known)
+    if missing:
+        raise TableError(
+            f"src/stockade/{missing[0]} is not in the Packages table of docs/architecture.md: "
+            "add its row (owns, talks to) first"
+        )
+    allowed = closure(rows)
+    present = [row for row in rows if row.package in existing]
+    out = [
+        "# Generated by scripts/importlinter.py from the Packages table of docs/architecture.md.",
+        "# Do not edit: change the table and run `python scripts/importlinter.py`.",
+        "[importlinter]",
+        "root_package = stockade",
+        "include_external_packages = True",
+    ]
+    for row in present:
+        if row.unrestricted:
+            continue
+        forbidden = [
+            f"stockade.{other.package}"
+            for other in present
+            if other.package != row.package and other.package not in allowed[row.package]
+        ]
+        forbidden += list(row.forbidden_external)
+        if not forbidden:
+            continue
+        may = ", ".join(sorted(allowed[row.package]))
+        out += [
+            "",
+            f"[importlinter:contract:{row.package}]",
+            f"name = {row.package} imports only {may}"
+            if may
+            else f"name = {row.package} imports nothing of Stockade's",
+            "type = forbidden",
+            "source_modules =",
+            f"    stockade.{row.package}",
+            "forbidden_modules =",
+            *(f"    {module}" for module in forbidden),
+            "allow_indirect_imports = False",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        text = generate(DOC.read_text(encoding="utf-8"), existing_packages())
+    except (TableError, OSError) as exc:
+        print(f"importlinter: {exc}", file=sys.stderr)
+        return 2
+    if args == ["--check"]:
+        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
+        if current != text:
+            print(
+                "importlinter: .importlinter differs from docs/architecture.md; "
+                "run `python scripts/importlinter.py`",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if args:
+        print("usage: python scripts/importlinter.py [--check]", file=sys.stderr)
+        return 2
+    OUTPUT.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
