@@ -39,6 +39,7 @@ from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
 from stockade.identity import IdentityAPI, SessionRequest
 
+from ._admission import Outcome, PreAuthLimits, Verdict
 from ._limits import Admission, ConnectionLimits
 from ._live import LiveConnection, LiveRegistry
 from ._login import Login, LoginFlow, LoginServices
@@ -164,6 +165,7 @@ class Gateway:
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
         )
+        self._preauth = PreAuthLimits(settings=settings.preauth)
         self._state_dir = data_dir / "gateway"
         self._listeners: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
@@ -433,16 +435,31 @@ class Gateway:
                     _log.info("refused_banned", conn=conn_id, client=ip)
                     sock.close()
                     return
+        verdict = self._preauth.admit(ip)
+        if verdict is not Verdict.ADMITTED:
+            # refused before any SSH byte, at the cost of a close: a flood must not buy a log
+            # line and a bus round trip per connection. The shield hears of each source once,
+            # when its penalty becomes enforced ("penalized").
+            _log.debug("refused_preauth", conn=conn_id, client=ip, reason=verdict.reason)
+            sock.close()
+            return
         admission = self._limits.admit(ip)
         if admission is not Admission.ADMITTED:
+            self._preauth.closed(ip, Outcome.NOAUTH)
             _log.info("refused_limit", conn=conn_id, client=ip, reason=admission.value)
             sock.close()
             await self._publish_failure(ip, port, admission.value)
             return
+        outcome = Outcome.CRASH
         try:
-            await self._run_ssh(sock, conn_id, ip, port)
+            outcome = await self._run_ssh(sock, conn_id, ip, port)
         finally:
             self._limits.release(ip)
+            penalty = self._preauth.closed(ip, outcome)
+            if penalty is not None:
+                _log.info("source_penalized", source=penalty.source, outcome=outcome.value,
+                          seconds=round(penalty.seconds, 1))  # fmt: skip
+                await self._publish_failure(ip, port, "penalized")
 
     async def _logged_in(self, live: LiveConnection) -> None:
         """A connection logged in: one registry session (row and token), published."""
@@ -498,7 +515,8 @@ class Gateway:
         )  # fmt: skip
         _log.info("session_ended", session=live.session_id, reason=reason)
 
-    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> None:
+    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> Outcome:
+        """Serve one admitted connection; how it ended, for the pre-auth penalties."""
         assert self._login_services is not None
         assert self._channel_services is not None
         flow = LoginFlow(self._login_services, conn_id, ip, port)
@@ -511,6 +529,7 @@ class Gateway:
 
         async def on_login(live: LiveConnection) -> None:
             lives.append(live)
+            self._preauth.authenticated(ip)
             await self._logged_in(live)
 
         def factory() -> GatewayServer:
@@ -552,6 +571,20 @@ class Gateway:
             for live in lives:
                 if live.session_id:
                     await self._session_closed(live)
+        return _outcome(flow, authenticated=bool(lives))
+
+
+def _outcome(flow: LoginFlow, *, authenticated: bool) -> Outcome:
+    """How a connection ended, in PerSourcePenalties' terms."""
+    if authenticated:
+        return Outcome.AUTHENTICATED
+    if flow.close_reason == "handshake_timeout" or flow.timed_out:
+        return Outcome.GRACE_EXCEEDED
+    if flow.close_reason == "protocol_error":
+        return Outcome.CRASH
+    if flow.failed_credential:
+        return Outcome.AUTHFAIL
+    return Outcome.NOAUTH
 
 
 def _token_ttl(login: Login) -> int:

@@ -101,6 +101,9 @@ class LoginFlow:
     began: bool = False
     _verdicts: list[_Verdict] = field(default_factory=list)
     _accepted: Login | None = None
+    _failed: bool = False
+    timed_out: bool = False
+    """The login timeout closed the connection."""
 
     # -- events ------------------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class LoginFlow:
     async def strike(self, method: str, reason: str) -> None:
         """Publish one failure (a strike for SSH Shield)."""
         self.strikes += 1
+        if method in ("password", "keyboard-interactive"):
+            self._failed = True
         _log.info("auth_failed", conn=self.conn_id, client=self.client_ip,
                   user=self._shown_username(), method=method, reason=reason)  # fmt: skip
         await self._publish(
@@ -129,6 +134,12 @@ class LoginFlow:
                 gateway_id=self.services.gateway_id,
             )
         )
+
+    @property
+    def failed_credential(self) -> bool:
+        """A password or TOTP code was wrong, or a key passed its query but never logged in
+        (a failed signature): PerSourcePenalties' ``authfail``. Bare key queries are not."""
+        return self._failed or any(v.reason is None for v in self._verdicts)
 
     @property
     def exhausted(self) -> bool:

@@ -86,7 +86,9 @@ class GatewayServer(asyncssh.SSHServer):
         flow = self._flow
         if exc is not None and flow.login is None:
             _log.info("connection_failed", conn=flow.conn_id, client=flow.client_ip, error=str(exc))
-            if flow.close_reason is None and isinstance(exc, asyncssh.Error):
+            if "timeout" in str(exc).lower():
+                flow.timed_out = True
+            elif flow.close_reason is None and isinstance(exc, asyncssh.ProtocolError):
                 flow.close_reason = "protocol_error"
         flow.connection_closed()
 
