@@ -1,0 +1,93 @@
+"""Workspaces: blueprints, their rendering to least-privilege Pods, the Pod Security checker,
+validation against the real schemas, and the runtimes that run them.
+
+- :class:`Blueprint` (k8shell's fields), :func:`resolve` (template inheritance),
+  :func:`parse_repository_file` (what a repository's ``.stockade.yaml`` may ask for);
+- :func:`render_workspace`: Pod, Service, PVCs, NetworkPolicy, CiliumNetworkPolicy (pure);
+- :func:`check_object`: Pod Security Standards ``baseline``/``restricted`` with upstream's ids;
+- :func:`apply_patches`: ``patch:<json-pointer>`` obligations, refused when they weaken the Pod;
+- :func:`validate_object`: Kubernetes 1.35 schemas (strict) and CRD JSON Schemas;
+- runtimes behind :class:`WorkspaceBackend`: :class:`PodmanRuntime`, :class:`KubernetesRuntime`
+  (a thin adapter), :class:`SandboxBackend` (bubblewrap);
+- :class:`UidAllocator` (a stable uid per workspace) and :func:`check_home` (homes never change
+  hands silently).
+"""
+
+from __future__ import annotations
+
+from ._blueprint import (
+    DEFAULT_BLUEPRINT,
+    App,
+    Blueprint,
+    NetworkSpec,
+    RepositoryFile,
+    Resources,
+    Storage,
+    WorkspaceSecurity,
+    load_blueprint,
+    parse_repository_file,
+    resolve,
+)
+from ._fdio import CHUNK, FdReader, FdWriter
+from ._home import check_home, claim_home
+from ._names import LABEL_SESSION, LABEL_USER, LABEL_WORKSPACE, label_value, object_name
+from ._nsenter import connect_in_netns
+from ._patch import PATCH_PREFIX, apply_patches
+from ._podman import (
+    PodmanRuntime,
+    PodmanWorkload,
+    build_agent,
+    build_busybox_image,
+    translate_for_podman,
+)
+from ._pss import CHECKS, Level, Violation, check_object
+from ._render import RenderContext, RenderedWorkspace, render_workspace
+from ._runtime import ExitStatus, SessionSpec, Workload, WorkspaceBackend
+from ._uids import UidAllocator
+from ._validate import KUBERNETES_VERSION, validate_object
+
+__all__ = [
+    "CHECKS",
+    "CHUNK",
+    "DEFAULT_BLUEPRINT",
+    "KUBERNETES_VERSION",
+    "LABEL_SESSION",
+    "LABEL_USER",
+    "LABEL_WORKSPACE",
+    "PATCH_PREFIX",
+    "App",
+    "Blueprint",
+    "ExitStatus",
+    "FdReader",
+    "FdWriter",
+    "Level",
+    "NetworkSpec",
+    "PodmanRuntime",
+    "PodmanWorkload",
+    "RenderContext",
+    "RenderedWorkspace",
+    "RepositoryFile",
+    "Resources",
+    "SessionSpec",
+    "Storage",
+    "UidAllocator",
+    "Violation",
+    "Workload",
+    "WorkspaceBackend",
+    "WorkspaceSecurity",
+    "apply_patches",
+    "build_agent",
+    "build_busybox_image",
+    "check_home",
+    "check_object",
+    "claim_home",
+    "connect_in_netns",
+    "label_value",
+    "load_blueprint",
+    "object_name",
+    "parse_repository_file",
+    "render_workspace",
+    "resolve",
+    "translate_for_podman",
+    "validate_object",
+]
