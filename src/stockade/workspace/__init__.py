@@ -30,6 +30,15 @@ from ._blueprint import (
 )
 from ._fdio import CHUNK, FdReader, FdWriter
 from ._home import check_home, claim_home
+from ._kubernetes import (
+    KubeRequest,
+    KubernetesRuntime,
+    KubeTransport,
+    apply_requests,
+    delete_requests,
+    exec_argv,
+    ready,
+)
 from ._names import LABEL_SESSION, LABEL_USER, LABEL_WORKSPACE, label_value, object_name
 from ._nsenter import connect_in_netns
 from ._patch import PATCH_PREFIX, apply_patches
@@ -43,6 +52,7 @@ from ._podman import (
 from ._pss import CHECKS, Level, Violation, check_object
 from ._render import RenderContext, RenderedWorkspace, render_workspace
 from ._runtime import ExitStatus, SessionSpec, Workload, WorkspaceBackend
+from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
 from ._uids import UidAllocator
 from ._validate import KUBERNETES_VERSION, validate_object
 
@@ -55,12 +65,18 @@ __all__ = [
     "LABEL_USER",
     "LABEL_WORKSPACE",
     "PATCH_PREFIX",
+    "SFTP_SERVER",
     "App",
     "Blueprint",
     "ExitStatus",
     "FdReader",
     "FdWriter",
+    "HomeHook",
+    "KubeRequest",
+    "KubeTransport",
+    "KubernetesRuntime",
     "Level",
+    "LocalWorkload",
     "NetworkSpec",
     "PodmanRuntime",
     "PodmanWorkload",
@@ -68,6 +84,7 @@ __all__ = [
     "RenderedWorkspace",
     "RepositoryFile",
     "Resources",
+    "SandboxBackend",
     "SessionSpec",
     "Storage",
     "UidAllocator",
@@ -76,18 +93,23 @@ __all__ = [
     "WorkspaceBackend",
     "WorkspaceSecurity",
     "apply_patches",
+    "apply_requests",
     "build_agent",
     "build_busybox_image",
     "check_home",
     "check_object",
     "claim_home",
     "connect_in_netns",
+    "delete_requests",
+    "exec_argv",
     "label_value",
     "load_blueprint",
     "object_name",
     "parse_repository_file",
+    "ready",
     "render_workspace",
     "resolve",
+    "sandbox_netns",
     "translate_for_podman",
     "validate_object",
 ]

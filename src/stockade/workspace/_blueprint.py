@@ -203,7 +203,7 @@ class Blueprint(_Model):
 #: The blueprint a workspace runs when it names none: restricted, no sidecar, a 10Gi home.
 DEFAULT_BLUEPRINT = Blueprint(
     name="default",
-    storages=(Storage(name="home", mountPath="/home/workspace", home=True),),
+    storages=(Storage(name="home", mount_path="/home/workspace", home=True),),
 )
 
 _MERGED = ("image", "resources", "storages", "init_scripts", "podman", "network", "apps")

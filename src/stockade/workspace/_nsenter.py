@@ -52,10 +52,10 @@ def _connect(netns: str, host: str, port: int, timeout: float) -> socket.socket:
 
 
 async def connect_in_netns(
-    netns: str, host: str, port: int, *, timeout: float = 10.0
+    netns: str, host: str, port: int, *, limit: float = 10.0
 ) -> socket.socket:
     """A TCP connection to ``host:port`` made inside the network namespace at ``netns`` (a path
     such as ``/proc/PID/ns/net``), non-blocking and ready for asyncio."""
-    sock = await asyncio.to_thread(_connect, netns, host, port, timeout)
+    sock = await asyncio.to_thread(_connect, netns, host, port, limit)
     sock.setblocking(False)
     return sock

@@ -36,7 +36,7 @@ def _set(document: Any, tokens: list[str], value: Any, obligation: str) -> None:
     for index, token in enumerate(tokens):
         last = index == len(tokens) - 1
         if isinstance(node, list):
-            if token == "-":
+            if token == "-":  # noqa: S105 - the JSON pointer append token
                 if not last:
                     raise InvalidInput(obligation, "'-' may only end a pointer")
                 node.append(copy.deepcopy(value))

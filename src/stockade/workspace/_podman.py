@@ -155,14 +155,16 @@ def translate_for_podman(
             for m in c.get("volumeMounts", [])
             if m["name"] == name
         ]
-        mode = 0o1777 if "/tmp" in mounted_at else (0o700 if home in mounted_at else 0o755)
+        tmp = "/tmp" in mounted_at  # noqa: S108 - the container's /tmp
+        mode = 0o1777 if tmp else (0o700 if home in mounted_at else 0o755)
         dirs[name] = (path, mode)
         new_volumes.append({"name": name, "hostPath": {"path": str(path), "type": "Directory"}})
+    etc = layout.runtime / "etc"
     new_volumes += [
         {"name": "stockade-runtime", "hostPath": {"path": str(layout.pub), "type": "Directory"}},
-        {"name": "stockade-passwd", "hostPath": {"path": str(layout.runtime / "etc" / "passwd"), "type": "File"}},
-        {"name": "stockade-group", "hostPath": {"path": str(layout.runtime / "etc" / "group"), "type": "File"}},
-    ]  # fmt: skip
+        {"name": "stockade-passwd", "hostPath": {"path": str(etc / "passwd"), "type": "File"}},
+        {"name": "stockade-group", "hostPath": {"path": str(etc / "group"), "type": "File"}},
+    ]
     spec["volumes"] = new_volumes
     main = spec["containers"][0]
     main["command"] = [f"{AGENT_MOUNT}/agent", f"{AGENT_MOUNT}/agent.sock"]
@@ -617,9 +619,7 @@ class PodmanRuntime:
         return pod
 
     async def _pod_running(self, name: str) -> bool:
-        state = await self.podman.run(
-            "pod", "inspect", "--format", "{{.State}}", name, check=False
-        )
+        state = await self.podman.run("pod", "inspect", "--format", "{{.State}}", name, check=False)
         return state.strip() == "Running"
 
     def _listen(self, layout: PodmanLayout, uid: int) -> socket.socket:
@@ -804,7 +804,9 @@ class PodmanRuntime:
         inner_dir = f"{AGENT_MOUNT}/s/{sid}"
         proxies: list[_SessionProxy] = []
         if spec.credential_socket:
-            proxies.append(_SessionProxy(host_dir / "credentials.sock", spec.credential_socket, pod))
+            proxies.append(
+                _SessionProxy(host_dir / "credentials.sock", spec.credential_socket, pod)
+            )
         if spec.agent_path:
             proxies.append(_SessionProxy(host_dir / "agent.sock", spec.agent_path, pod))
         for proxy in proxies:
@@ -823,6 +825,7 @@ class PodmanRuntime:
         link.pending[ident] = started
         link.exits[ident] = exited
         theirs: list[int] = []
+        ours: tuple[FdWriter, FdReader, FdReader | None, int | None]
         try:
             if tty:
                 master, slave = pty.openpty()

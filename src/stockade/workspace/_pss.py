@@ -287,7 +287,9 @@ def _host_probes(meta: _Obj, spec: _Obj) -> str | None:
 def _allow_privilege_escalation(meta: _Obj, spec: _Obj) -> str | None:
     if _windows(spec):
         return None
-    bad = [_name(c) for c in _containers(spec) if _sc(c).get("allowPrivilegeEscalation") is not False]
+    bad = [
+        _name(c) for c in _containers(spec) if _sc(c).get("allowPrivilegeEscalation") is not False
+    ]
     return (
         f"containers {_names(bad)} must set securityContext.allowPrivilegeEscalation=false"
         if bad
@@ -389,7 +391,9 @@ def pod_spec_of(obj: _Obj) -> tuple[_Obj, _Obj] | None:
     if kind == "Pod":
         return _map(obj.get("metadata")), _map(obj.get("spec"))
     if kind == "CronJob":
-        template = _map(_map(_map(_map(obj.get("spec")).get("jobTemplate")).get("spec")).get("template"))
+        template = _map(
+            _map(_map(_map(obj.get("spec")).get("jobTemplate")).get("spec")).get("template")
+        )
         return _map(template.get("metadata")), _map(template.get("spec"))
     if kind in _POD_TEMPLATE_KINDS:
         holder = obj if kind == "PodTemplate" else _map(obj.get("spec"))
@@ -408,7 +412,11 @@ def check_object(obj: _Obj, level: Level) -> list[Violation]:
     label = f"{obj.get('kind')}/{_map(obj.get('metadata')).get('name', '?')}"
     if not isinstance(spec.get("containers"), list):
         return [Violation("object", label, "spec.containers is missing or not a list")]
-    active = {cid: entry for cid, entry in CHECKS.items() if level == "restricted" or entry[0] == "baseline"}
+    active = {
+        cid: entry
+        for cid, entry in CHECKS.items()
+        if level == "restricted" or entry[0] == "baseline"
+    }
     if level == "restricted":
         for entry in CHECKS.values():
             if entry[2] is not None:

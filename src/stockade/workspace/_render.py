@@ -31,7 +31,13 @@ PODMAN_SIDECAR_IMAGE = "quay.io/podman/stable:v4.3"
 #: Where the workspace container's main process lives when no init script replaces it.
 IDLE_COMMAND = ("/bin/sh", "-c", "exec sleep 2147483647")
 #: Private and link-local ranges: the cluster's services live here, the internet does not.
-PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10")
+PRIVATE_RANGES = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +46,16 @@ class RenderContext:
 
     namespace: str = "stockade-workspaces"
     gateway_labels: Mapping[str, str] = field(
-        default_factory=lambda: {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "gateway"}
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "stockade",
+            "app.kubernetes.io/component": "gateway",
+        }
     )
     broker_labels: Mapping[str, str] = field(
-        default_factory=lambda: {"app.kubernetes.io/name": "stockade", "app.kubernetes.io/component": "broker"}
+        default_factory=lambda: {
+            "app.kubernetes.io/name": "stockade",
+            "app.kubernetes.io/component": "broker",
+        }
     )
     platform_namespace: str = "stockade"
     """Namespace of the gateway and the broker."""
@@ -280,7 +292,9 @@ def _network_policy(
     dns = {
         "to": [
             {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                },
                 "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
             }
         ],

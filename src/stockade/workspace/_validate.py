@@ -32,7 +32,9 @@ CRD_SCHEMAS = {
 
 
 def _label(obj: Mapping[str, Any]) -> str:
-    name = obj.get("metadata", {}).get("name", "?") if isinstance(obj.get("metadata"), dict) else "?"
+    name = (
+        obj.get("metadata", {}).get("name", "?") if isinstance(obj.get("metadata"), dict) else "?"
+    )
     return f"{obj.get('kind', '?')}/{name}"
 
 
@@ -64,4 +66,6 @@ def validate_object(obj: Mapping[str, Any], *, crd_schemas: Path | None = None) 
     except kubernetes_validate.utils.ValidationError as exc:
         raise InvalidInput(f"{label}: {_path(exc)}", exc.message) from None
     except kubernetes_validate.utils.SchemaNotFoundError:
-        raise InvalidInput(label, f"no Kubernetes {KUBERNETES_VERSION} schema for this kind") from None
+        raise InvalidInput(
+            label, f"no Kubernetes {KUBERNETES_VERSION} schema for this kind"
+        ) from None
