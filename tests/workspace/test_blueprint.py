@@ -109,6 +109,7 @@ def test_repository_file_sets_image_env_scripts_and_apps_only() -> None:
     assert applied.image == "ghcr.example/app:2"
     assert applied.env == {"GOFLAGS": "-mod=mod"}
     assert applied.init_scripts == ("make deps",)
-    assert applied.apps is not None and applied.apps[0].port == 3000
+    assert applied.apps is not None
+    assert applied.apps[0].port == 3000
     assert applied.security_context == secured.security_context
     assert parse_repository_file("") == parse_repository_file("{}")

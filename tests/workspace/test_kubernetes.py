@@ -10,6 +10,7 @@ import pytest
 from stockade.core.errors import PermissionDenied
 from stockade.workspace import (
     DEFAULT_BLUEPRINT,
+    Blueprint,
     KubeRequest,
     KubernetesRuntime,
     SessionSpec,
@@ -80,28 +81,22 @@ async def test_ensure_applies_then_polls_and_the_gate_refuses() -> None:
     spec = SessionSpec(session_id="s", username="ann", workspace="w1", workspace_config={})
     await runtime.ensure(spec)
     assert [r.method for r in transport.sent] == ["PATCH"] * 5 + ["GET"]
-    weak = DEFAULT_BLUEPRINT.model_copy(
-        update={
-            "security_context": DEFAULT_BLUEPRINT.effective_security.model_copy(
-                update={"level": "baseline"}
-            )
-        }
-    )
-    # a baseline-level blueprint renders a Pod that passes baseline: allowed
-    await runtime.ensure(
-        SessionSpec(session_id="s", username="ann", workspace="w1", workspace_config={},
-                    blueprint=weak.to_document())
-    )  # fmt: skip
-    with pytest.raises(PermissionDenied):
-        bad = DEFAULT_BLUEPRINT.model_copy(update={"podman": True})
-        bad = bad.model_copy(
-            update={
-                "security_context": bad.effective_security.model_copy(
-                    update={"level": "restricted"}
-                )
-            }
-        )
-        await runtime.ensure(
-            SessionSpec(session_id="s", username="ann", workspace="w1", workspace_config={},
-                        blueprint=bad.to_document())
+
+    def with_level(blueprint: Blueprint, level: str) -> dict[str, Any]:
+        security = blueprint.effective_security.model_copy(update={"level": level})
+        return blueprint.model_copy(update={"security_context": security}).to_document()
+
+    def spec_for(blueprint: dict[str, Any]) -> SessionSpec:
+        return SessionSpec(
+            session_id="s", username="ann", workspace="w1", workspace_config={},
+            blueprint=blueprint,
         )  # fmt: skip
+
+    # a blueprint stated at baseline renders a Pod that passes baseline: allowed
+    await runtime.ensure(spec_for(with_level(DEFAULT_BLUEPRINT, "baseline")))
+    # the sidecar claimed to be restricted: the gate refuses before any request
+    sent = len(transport.sent)
+    bad = spec_for(with_level(DEFAULT_BLUEPRINT.model_copy(update={"podman": True}), "restricted"))
+    with pytest.raises(PermissionDenied):
+        await runtime.ensure(bad)
+    assert len(transport.sent) == sent

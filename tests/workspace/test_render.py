@@ -80,14 +80,16 @@ def test_podman_sidecar_is_baseline_with_user_namespaces() -> None:
     assert check_object(rendered.pod, "restricted") != []  # stated, not hidden
     workspace, sidecar = spec["containers"]
     assert workspace["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert sidecar["name"] == "podman" and "add" in sidecar["securityContext"]["capabilities"]
+    assert sidecar["name"] == "podman"
+    assert "add" in sidecar["securityContext"]["capabilities"]
     assert spec["initContainers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 def test_network_classes() -> None:
     custom = _render(CUSTOM).cilium_policy["spec"]["egress"]
-    fqdns = [rule for rule in custom if "toFQDNs" in rule][0]["toFQDNs"]
-    assert {"matchName": "github.com"} in fqdns and {"matchPattern": "*.pypi.example"} in fqdns
+    fqdns = next(rule for rule in custom if "toFQDNs" in rule)["toFQDNs"]
+    assert {"matchName": "github.com"} in fqdns
+    assert {"matchPattern": "*.pypi.example"} in fqdns
     assert any(rule.get("toCIDR") == ["203.0.113.0/24"] for rule in custom)
     assert any("dns" in str(rule) for rule in custom)
     assert not any("toEntities" in rule for rule in custom)

@@ -14,9 +14,11 @@ def test_uids_are_stable_distinct_and_stored(tmp_path: Path) -> None:
     store = tmp_path / "uids.json"
     first = UidAllocator(store)
     a, b = first.uid("a"), first.uid("b")
-    assert a != b and a >= 200000
+    assert a != b
+    assert a >= 200000
     again = UidAllocator(store)
-    assert again.uid("a") == a and again.uid("b") == b
+    assert again.uid("a") == a
+    assert again.uid("b") == b
     assert store.stat().st_mode & 0o777 == 0o600
 
 
