@@ -183,9 +183,11 @@ def translate_for_podman(
     return translated, dirs
 
 
-def build_busybox_image(podman: Podman, rootfs: Path, tag: str) -> None:
-    """Build ``tag`` from busybox-static: a root filesystem of ``/bin/busybox`` and its applets,
-    imported (no registry involved)."""
+def build_busybox_image(
+    podman: Podman, rootfs: Path, tag: str, *, extra: Mapping[str, Path] | None = None
+) -> None:
+    """Build ``tag`` from busybox-static: a root filesystem of ``/bin/busybox`` and its applets
+    (plus ``extra`` programs, name -> file, into ``/bin``), imported (no registry involved)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise ToolMissing("busybox", "busybox-static")
@@ -197,6 +199,8 @@ def build_busybox_image(podman: Podman, rootfs: Path, tag: str) -> None:
         link = rootfs / "bin" / applet
         if applet != "busybox" and not link.exists():
             link.symlink_to("busybox")
+    for name, source in (extra or {}).items():
+        shutil.copy2(source, rootfs / "bin" / name)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (rootfs / "etc" / "group").write_text("root:x:0:\n")
     (rootfs / "tmp").chmod(0o1777)
@@ -220,10 +224,14 @@ class Podman:
         conf = self.base / "containers.conf"
         if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
             conf.write_text(CONTAINERS_CONF)
+        runroot = self.base / "run"
+        if len(str(runroot)) > 50:  # Podman's limit; the runroot is volatile state anyway
+            digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:16]
+            runroot = Path("/run/stockade-podman") / digest
         self.argv = [
             binary,
             "--root", str(self.base / "root"),
-            "--runroot", str(self.base / "run"),
+            "--runroot", str(runroot),
             "--runtime", "runc",
             "--storage-driver", "vfs",
             "--cgroup-manager", "cgroupfs",
@@ -333,6 +341,19 @@ class _Pod:
     container_pid: int = 0
 
 
+def bind_unix(sock: socket.socket, path: Path) -> None:
+    """Bind ``sock`` at ``path`` even when the path is longer than ``sun_path`` allows (108
+    bytes): through ``/proc/self/fd`` of the directory, which names the same place."""
+    if len(str(path)) < 100:
+        sock.bind(str(path))
+        return
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        sock.bind(f"/proc/self/fd/{dir_fd}/{path.name}")
+    finally:
+        os.close(dir_fd)
+
+
 def _peer_pid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return int(struct.unpack("3i", creds)[0])
@@ -365,6 +386,14 @@ def descends_from(pid: int, leader_ns_pid: int, container_pid: int) -> bool:
     return False
 
 
+def _short(path: str) -> str:
+    """``path`` usable with ``connect``: long ones go through ``/proc/self/fd`` of a directory
+    held open for the moment of the call (the kernel resolves it at connect time)."""
+    if len(path) < 100:
+        return path
+    raise InvalidInput("socket path", f"{path!r} is longer than a unix socket path may be")
+
+
 class _SessionProxy:
     """A unix socket inside one session's directory that forwards to a host socket, for the
     session's own processes only (peer pid checked against the session's process tree)."""
@@ -377,7 +406,9 @@ class _SessionProxy:
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
-        self.server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bind_unix(sock, self.path)
+        self.server = await asyncio.start_unix_server(self._serve, sock=sock)
         os.chown(self.path, self.pod.uid, self.pod.uid)
         self.path.chmod(0o600)
 
@@ -391,7 +422,7 @@ class _SessionProxy:
             writer.close()
             return
         try:
-            up_reader, up_writer = await asyncio.open_unix_connection(self.target)
+            up_reader, up_writer = await asyncio.open_unix_connection(_short(self.target))
         except OSError:
             writer.close()
             return
@@ -633,7 +664,7 @@ class PodmanRuntime:
         with contextlib.suppress(FileNotFoundError):
             layout.socket.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        listener.bind(str(layout.socket))
+        bind_unix(listener, layout.socket)
         os.chown(layout.socket, uid, uid)  # the agent runs as the workspace uid
         layout.socket.chmod(0o600)
         listener.listen(8)
