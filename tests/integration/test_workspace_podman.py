@@ -201,10 +201,8 @@ async def test_loopback_of_the_host_is_out_of_reach_and_forwards_leave_from_the_
     host_listener = socket.create_server(("127.0.0.1", 0))
     port = host_listener.getsockname()[1]
     try:
-        out, _, _ = await _run(
-            runtime,
-            _spec("alpha", "alice", f"nc -w 2 127.0.0.1 {port} </dev/null && echo reached || echo refused"),
-        )  # fmt: skip
+        probe = f"nc -w 2 127.0.0.1 {port} </dev/null && echo reached || echo refused"
+        out, _, _ = await _run(runtime, _spec("alpha", "alice", probe))
         assert out.strip().endswith("refused")
     finally:
         host_listener.close()
@@ -244,7 +242,7 @@ async def test_credential_socket_reaches_its_session_only(
             _spec("alpha", "alice", "echo $STOCKADE_SOCKET; sleep 30", credential_socket=str(path))
         )
         inner = (await asyncio.wait_for(holder.read_stdout(), 10)).decode().strip()
-        out, _, status = await _run(runtime, _spec("alpha", "alice", f"ucat {inner}; echo rc=$?"))
+        out, _, _ = await _run(runtime, _spec("alpha", "alice", f"ucat {inner}; echo rc=$?"))
         assert "credential" not in out
         # and neither can a process on the host outside the session's tree
         host_path = runtime.layout("alpha").pub / inner.removeprefix("/run/stockade/")
@@ -258,9 +256,10 @@ async def test_credential_socket_reaches_its_session_only(
         writer.close()
         await holder.close()
         # an admin in alice's workspace: her token is not placed in the environment at all
+        admin = "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd"
         out, _, _ = await _run(
             runtime,
-            _spec("alpha", "root-admin", "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd", owner="alice",
+            _spec("alpha", "root-admin", admin, owner="alice",
                   env={"STOCKADE_TOKEN": "admins-token"}, credential_socket=str(path)),
         )  # fmt: skip
         assert "admins-token" not in out
