@@ -233,7 +233,7 @@ async def test_credential_socket_reaches_its_session_only(
 
     server = await asyncio.start_unix_server(serve, path=str(path))
     try:
-        out, _, status = await _run(
+        out, _, _ = await _run(
             runtime, _spec("alpha", "alice", "ucat $STOCKADE_SOCKET", credential_socket=str(path))
         )
         assert out.strip() == "credential-for-this-session"

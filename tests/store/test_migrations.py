@@ -28,8 +28,8 @@ async def test_migrate_is_idempotent_and_records_head(store: Store) -> None:
     async with store.engine.connect() as conn:
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-    assert version == "r0001"
-    assert {"users", "ssh_keys", "workspaces", "sessions"} <= tables
+    assert version == "r0004"
+    assert {"users", "ssh_keys", "workspaces", "sessions", "blueprints"} <= tables
 
 
 async def test_diff_detects_a_model_change(store: Store) -> None:

@@ -50,6 +50,7 @@ from ._podman import (
     translate_for_podman,
 )
 from ._pss import CHECKS, Level, Violation, check_object
+from ._registry import BlueprintRegistry
 from ._render import RenderContext, RenderedWorkspace, render_workspace
 from ._runtime import ExitStatus, SessionSpec, Workload, WorkspaceBackend
 from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
@@ -68,6 +69,7 @@ __all__ = [
     "SFTP_SERVER",
     "App",
     "Blueprint",
+    "BlueprintRegistry",
     "ExitStatus",
     "FdReader",
     "FdWriter",
