@@ -4,9 +4,10 @@ bubblewrap.
 A session gets new PID, IPC and UTS namespaces, a read-only view of the host with a private,
 writable ``/tmp`` (1777), the data dir hidden except its own home (the only other writable
 place), ``no_new_privs`` and an empty capability set. Each workspace runs as its own uid
-(:class:`~stockade.workspace.UidAllocator`, stable across restarts) and, as root, in its own
-network namespace (``stockade-<hash>``, loopback only: the gateway host's listeners are out of
-reach; forwards enter it through :meth:`SandboxBackend.open_connection_in`). With the ``sudo``
+(:class:`~stockade.workspace.UidAllocator`, stable across restarts), under its user's name in a
+generated ``/etc/passwd``; with ``network=True`` (as root) it runs in its own network namespace
+(``stockade-<hash>``, loopback only: the gateway host's listeners are out of reach; forwards
+enter it through :meth:`SandboxBackend.open_connection_in`). With the ``sudo``
 obligation a session is root of its own user namespace (it owns the workspace and nothing else).
 
 ``auto`` never falls back to no isolation: without bubblewrap the backend refuses to start and
@@ -21,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import pty
+import re
 import shutil
 import signal
 import socket
@@ -43,6 +45,7 @@ __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbo
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 #: Capacity of a session's stdout pipe: four reads of CHUNK.
 PIPE_SIZE = 4 * CHUNK
 _log = get_logger("stockade.workspace.sandbox")
@@ -195,11 +198,13 @@ class SandboxBackend:
         gid: int = 65534,
         prepare_home: HomeHook | None = None,
         uids: UidAllocator | None = None,
-        network: bool = True,
+        network: bool = False,
     ) -> None:
         """``uids`` gives each workspace its own uid (as root; default: a file in ``data_dir``);
         ``uid``/``gid`` are used only when running unprivileged is impossible to vary (not root).
-        ``network``: a network namespace per workspace (root only; otherwise per session)."""
+        ``network``: a network namespace per workspace (root only; otherwise per session). Off
+        by default until sessions reach the broker through their credential socket: the
+        namespace has loopback only, so ``STOCKADE_API`` over TCP would be out of reach."""
         self.root = root.resolve()
         self.prepare_home = prepare_home
         self.data_dir = data_dir.resolve()
@@ -232,6 +237,12 @@ class SandboxBackend:
         if not (self.as_root and self.network and self.bwrap is not None):
             return None
         return _ensure_netns(sandbox_netns(workspace))
+
+    def remove_netns(self, workspace: str) -> None:
+        """Delete ``workspace``'s network namespace (when the workspace is removed)."""
+        name = sandbox_netns(workspace)
+        if os.path.exists(f"/run/netns/{name}"):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
     async def open_connection_in(self, workspace: str, host: str, port: int) -> socket.socket:
         """A TCP connection leaving from ``workspace``'s network namespace."""
@@ -286,6 +297,9 @@ class SandboxBackend:
             if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
                 argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--bind", str(home), str(home)]
+        if self.as_root:
+            passwd, group = self._identity_files(spec, home)
+            argv += ["--ro-bind", str(passwd), "/etc/passwd", "--ro-bind", str(group), "/etc/group"]
         if spec.agent_path:
             agent_dir = str(Path(spec.agent_path).parent)
             argv += ["--bind", agent_dir, agent_dir]
@@ -312,6 +326,31 @@ class SandboxBackend:
         ]  # fmt: skip
         enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
         return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _identity_files(self, spec: SessionSpec, home: Path) -> tuple[Path, Path]:
+        """The host's passwd and group plus the workspace uid under the session user's name
+        (``ssh``, ``git`` and ``id`` look it up), regenerated for each session."""
+        uid, gid = self.ids(spec.workspace)
+        name = spec.username if _USER_NAME.match(spec.username) else f"ws{uid}"
+        etc = (
+            self.data_dir / "sandbox-etc" / hashlib.sha256(spec.workspace.encode()).hexdigest()[:16]
+        )
+        etc.mkdir(parents=True, exist_ok=True, mode=0o755)
+        host_passwd = Path("/etc/passwd").read_text()
+        host_group = Path("/etc/group").read_text()
+        taken = {line.split(":", 1)[0] for line in host_passwd.splitlines()}
+        passwd, group = host_passwd, host_group
+        if name not in taken:
+            passwd += f"{name}:x:{uid}:{gid}:{name}:{home}:{self.shell}\n"
+            group += f"{name}:x:{gid}:\n"
+        paths = (etc / f"passwd-{name}", etc / f"group-{name}")
+        for path, text in zip(paths, (passwd, group), strict=True):
+            if not path.is_file() or path.read_text() != text:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.chmod(0o644)
+                tmp.replace(path)
+        return paths
 
     def _env(self, spec: SessionSpec, home: Path) -> dict[str, str]:
         user = spec.username
