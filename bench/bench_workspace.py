@@ -81,14 +81,14 @@ def _podman_cli_cold(runtime: PodmanRuntime, tmp: Path, n: int) -> float:
     start = time.perf_counter()
     subprocess.run([*argv, "kube", "play", "--quiet", "--network", "none", str(manifest)],
                    env=env, check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*argv, "exec", f"{name}-workspace", "true"], env=env, check=True)
+    subprocess.run([*argv, "exec", f"{name}-workspace", "/bin/true"], env=env, check=True)
     elapsed = time.perf_counter() - start
     return elapsed
 
 
 def _podman_exec_warm(runtime: PodmanRuntime, container: str) -> float:
     start = time.perf_counter()
-    subprocess.run([*runtime.podman.argv, "exec", container, "true"],
+    subprocess.run([*runtime.podman.argv, "exec", container, "/bin/true"],
                    env=runtime.podman.env, check=True)  # fmt: skip
     return time.perf_counter() - start
 
@@ -98,9 +98,16 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _run(tmp: Path) -> None:
-    runtime = PodmanRuntime(data_dir=tmp / "data", idle_timeout=0.0)
-    build_busybox_image(runtime.podman, tmp / "rootfs", DEFAULT_BLUEPRINT.effective_image)
+def _cleanup(runtime: PodmanRuntime) -> None:
+    """Remove every Pod of the run and its private storage."""
+    argv, env = runtime.podman.argv, runtime.podman.env
+    subprocess.run([*argv, "pod", "rm", "--all", "--force", "--time", "0"],
+                   env=env, capture_output=True, check=False)  # fmt: skip
+    subprocess.run([*argv, "system", "reset", "--force"], env=env, capture_output=True, check=False)
+    shutil.rmtree(argv[argv.index("--runroot") + 1], ignore_errors=True)
+
+
+async def _run(tmp: Path, runtime: PodmanRuntime) -> None:
     try:
         cold = [await _session(runtime, _spec(f"cold{n}", 0)) for n in range(COLD_ROUNDS)]
         anchor = [_podman_cli_cold(runtime, tmp, n) for n in range(COLD_ROUNDS)]
@@ -111,8 +118,9 @@ async def _run(tmp: Path) -> None:
 
         await _session(runtime, _spec("warm", 0))
         warm = [await _session(runtime, _spec("warm", n + 1)) for n in range(WARM_ROUNDS)]
-        sandbox = SandboxBackend(root=tmp / "homes", data_dir=tmp, sandbox="bubblewrap",
-                                 shell="/bin/sh")  # fmt: skip
+        sandbox = SandboxBackend(  # noqa: S604 - the sessions' login shell, not a subprocess flag
+            root=tmp / "homes", data_dir=tmp, sandbox="bubblewrap", shell="/bin/sh"
+        )
         await _session(sandbox, _spec("warm", 0))
         local = [await _session(sandbox, _spec("warm", n + 1)) for n in range(WARM_ROUNDS)]
         container = f"{runtime._pods['warm'].name}-workspace"
@@ -137,14 +145,14 @@ async def _run(tmp: Path) -> None:
             goal="all succeed", met=failed == 0)  # fmt: skip
     finally:
         await runtime.close()
-        subprocess.run([*runtime.podman.argv, "pod", "rm", "--all", "--force", "--time", "0"],
-                       env=runtime.podman.env, capture_output=True, check=False)  # fmt: skip
-        subprocess.run([*runtime.podman.argv, "system", "reset", "--force"],
-                       env=runtime.podman.env, capture_output=True, check=False)  # fmt: skip
-        runroot = runtime.podman.argv[runtime.podman.argv.index("--runroot") + 1]
-        shutil.rmtree(runroot, ignore_errors=True)
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="stockade-bench-ws-") as tmp:
-        asyncio.run(_run(Path(tmp)))
+    with tempfile.TemporaryDirectory(prefix="stockade-bench-ws-") as name:
+        tmp = Path(name)
+        runtime = PodmanRuntime(data_dir=tmp / "data", idle_timeout=0.0)
+        build_busybox_image(runtime.podman, tmp / "rootfs", DEFAULT_BLUEPRINT.effective_image)
+        try:
+            asyncio.run(_run(tmp, runtime))
+        finally:
+            _cleanup(runtime)
