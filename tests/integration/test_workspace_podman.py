@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from stockade.core.errors import PermissionDenied
+from stockade.core.errors import BackendError, PermissionDenied
 from stockade.workspace import (
     DEFAULT_BLUEPRINT,
     Blueprint,
@@ -122,7 +122,8 @@ async def test_default_blueprint_pod_is_least_privilege(runtime: PodmanRuntime) 
         "touch $HOME/f && echo home-writable; touch /tmp/f && echo tmp-writable;"
         "stat -c %a /tmp; echo to-stderr > /dev/stderr; echo to-stdout > /dev/stdout;"
         "whoami; echo $USER $LOGNAME $HOME $SHELL; echo $SSH_CONNECTION; echo $SSH_CLIENT;"
-        "ulimit -n; exit 7"
+        "ulimit -n; ls /proc/1/fd >/dev/null 2>&1 && echo agent-open || echo agent-closed;"
+        "kill -TERM 1; sleep 0.2; kill -0 1 && echo agent-alive; exit 7"
     )
     spec = _spec("alpha", "alice", script, client=("192.0.2.7", 50123, "127.0.0.1", 2222))
     out, err, status = await _run(runtime, spec)
@@ -142,6 +143,8 @@ async def test_default_blueprint_pod_is_least_privilege(runtime: PodmanRuntime) 
     assert "192.0.2.7 50123 127.0.0.1 2222" in lines
     assert "192.0.2.7 50123 2222" in lines
     assert "1024" in lines
+    assert "agent-closed" in lines  # the agent is not dumpable: other sessions' fds stay shut
+    assert "agent-alive" in lines  # and a user cannot stop it
     assert status.code == 7
 
 
@@ -266,6 +269,27 @@ async def test_credential_socket_reaches_its_session_only(
         assert out.split()[1:] == ["root-admin", "1"]  # their own name resolves
     finally:
         server.close()
+
+
+async def test_a_restarted_runtime_reuses_the_running_pod(
+    runtime: PodmanRuntime, data_dir: Path
+) -> None:
+    await _run(runtime, _spec("alpha", "alice", "true"))
+    pid = runtime._pods["alpha"].container_pid
+    await runtime.close()  # the gateway goes away; the Pod keeps running
+    again = PodmanRuntime(data_dir=data_dir)
+    try:
+        out, _, _ = await _run(again, _spec("alpha", "alice", "echo back"))
+        assert out.strip() == "back"
+        assert again._pods["alpha"].container_pid == pid
+    finally:
+        await again.close()
+    broken = PodmanRuntime(data_dir=data_dir, shell="/bin/no-such-shell")  # noqa: S604
+    try:
+        with pytest.raises(BackendError, match="could not start"):
+            await broken.open(_spec("alpha", "alice", "true"))
+    finally:
+        await broken.close()
 
 
 async def test_a_pod_failing_its_level_is_never_created(runtime: PodmanRuntime) -> None:

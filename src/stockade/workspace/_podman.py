@@ -890,11 +890,15 @@ class PodmanRuntime:
         pod.sessions.add(ident)
         try:
             pid = await asyncio.wait_for(started, 10.0)
-        except BaseException:
+        except BaseException as exc:
             link.exits.pop(ident, None)
             if not exited.done():
                 exited.set_result(127 << 8)
             await workload.close()
+            if isinstance(exc, OSError | TimeoutError | ConnectionError):
+                raise BackendError(
+                    f"the session could not start in {spec.workspace!r}: {exc}"
+                ) from exc
             raise
         workload.pid = pid
         for proxy in proxies:

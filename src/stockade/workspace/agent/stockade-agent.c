@@ -14,7 +14,8 @@
  *                  'E' id errno                              could not start
  *                  'X' id wait-status                        ended
  * When the host goes away, every session gets SIGHUP and the agent reconnects, so the container
- * survives a gateway restart. As PID 1 it also reaps orphans.
+ * survives a gateway restart. As PID 1 it also reaps orphans; signals sent to it from inside the
+ * container are dropped by the kernel (PID 1, default actions), so only the host can stop it.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -144,12 +146,16 @@ static void reap(int sock) {
 
 int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: stockade-agent SOCKET\n"); return 2; }
+    /* Not dumpable: processes of the same uid (the workspace's users) can neither ptrace the
+     * agent nor open its /proc/1/fd, where other sessions' terminals pass through. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     sigset_t mask;
     sigemptyset(&mask);
+    /* Only SIGCHLD is taken through the signalfd. Every other signal keeps its default action,
+     * which the kernel drops for PID 1 when it comes from inside the container (a blocked one
+     * would be queued and read, letting any user stop the workspace); the host's stop still
+     * terminates it, and the whole PID namespace with it. */
     sigaddset(&mask, SIGCHLD);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC);
     if (sfd < 0) return 1;
@@ -162,10 +168,7 @@ int main(int argc, char **argv) {
             if (poll(pfd, 2, -1) < 0) { if (errno == EINTR) continue; return 1; }
             if (pfd[1].revents & POLLIN) {
                 struct signalfd_siginfo info;
-                if (read(sfd, &info, sizeof info) == sizeof info && info.ssi_signo != SIGCHLD) {
-                    hangup_all();
-                    return 0;
-                }
+                (void)!read(sfd, &info, sizeof info);
                 reap(sock);
             }
             if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
