@@ -271,6 +271,28 @@ async def test_credential_socket_reaches_its_session_only(
         server.close()
 
 
+async def test_agent_forwarding_socket_is_mounted(runtime: PodmanRuntime, tmp_path: Path) -> None:
+    agent = tmp_path / "agent" / "agent.sock"
+    agent.parent.mkdir()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"forwarded-agent\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(agent))
+    try:
+        out, _, _ = await _run(
+            runtime, _spec("alpha", "alice", "echo $SSH_AUTH_SOCK; ucat $SSH_AUTH_SOCK",
+                           agent_path=str(agent))
+        )  # fmt: skip
+    finally:
+        server.close()
+    inner, reply = out.split()
+    assert inner.startswith("/run/stockade/s/")
+    assert reply == "forwarded-agent"
+
+
 async def test_a_restarted_runtime_reuses_the_running_pod(
     runtime: PodmanRuntime, data_dir: Path
 ) -> None:

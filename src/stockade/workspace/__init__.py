@@ -54,6 +54,7 @@ from ._registry import BlueprintRegistry
 from ._render import RenderContext, RenderedWorkspace, render_workspace
 from ._runtime import ExitStatus, SessionSpec, Workload, WorkspaceBackend
 from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
+from ._select import select_runtime
 from ._uids import UidAllocator
 from ._validate import KUBERNETES_VERSION, validate_object
 
@@ -112,6 +113,7 @@ __all__ = [
     "render_workspace",
     "resolve",
     "sandbox_netns",
+    "select_runtime",
     "translate_for_podman",
     "validate_object",
 ]
