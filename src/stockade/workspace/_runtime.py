@@ -23,6 +23,8 @@ class SessionSpec:
     username: str
     workspace: str
     workspace_config: Mapping[str, Any]
+    """The workspace's stored configuration; runtimes read ``owner`` (the owning user's name)
+    from it to tell a shared session (someone else's workspace) from the owner's."""
     command: str | None = None
     """The exec command; ``None`` with no ``subsystem`` means an interactive shell."""
     subsystem: str | None = None
