@@ -16,7 +16,7 @@ from stockade.workspace._podman import PodmanLayout
 def test_translation() -> None:
     rendered = render_workspace(DEFAULT_BLUEPRINT, workspace="w", owner="o", uid=200009)
     layout = PodmanLayout(runtime=Path("/data/pods/x"), homes=Path("/data/homes/x"))
-    pod, dirs = translate_for_podman(rendered.pod, layout=layout, agent=Path("/a"))
+    pod, dirs = translate_for_podman(rendered.pod, layout=layout)
     assert check_object(rendered.pod, "restricted") == []  # the gate sees the rendered Pod
     modes = {name: mode for name, (_, mode) in dirs.items()}
     assert modes["tmp"] == 0o1777

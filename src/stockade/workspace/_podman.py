@@ -49,6 +49,7 @@ from stockade.core.logging import get_logger
 
 from ._blueprint import DEFAULT_BLUEPRINT, Blueprint
 from ._fdio import FdReader, FdWriter
+from ._names import object_name
 from ._nsenter import connect_in_netns
 from ._pss import check_object
 from ._render import render_workspace
@@ -133,13 +134,12 @@ class PodmanLayout:
 
 
 def translate_for_podman(
-    pod: Mapping[str, Any], *, layout: PodmanLayout, agent: Path
+    pod: Mapping[str, Any], *, layout: PodmanLayout
 ) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
-    """The Pod ``podman kube play`` 4.3 runs, and the directories to prepare (path -> (mode,
-    owned by the workspace uid?)). Pure apart from naming paths."""
+    """The Pod ``podman kube play`` 4.3 runs, and the directories to prepare (volume name ->
+    (host path, mode); the caller gives all but ``/tmp`` to the workspace uid). Pure."""
     translated = copy.deepcopy(dict(pod))
     spec = translated["spec"]
-    uid = int(spec["securityContext"]["runAsUser"])
     home = _home_of(pod)
     dirs: dict[str, tuple[Path, int]] = {}
     new_volumes = []
@@ -179,7 +179,6 @@ def translate_for_podman(
     spec.pop("hostUsers", None)
     spec["containers"] = [main]
     translated["metadata"].pop("namespace", None)
-    del uid  # ownership is applied by the caller
     return translated, dirs
 
 
@@ -617,7 +616,7 @@ class PodmanRuntime:
             )
         layout = self.layout(spec.workspace)
         name = str(rendered.pod["metadata"]["name"])
-        translated, dirs = translate_for_podman(rendered.pod, layout=layout, agent=self.agent)
+        translated, dirs = translate_for_podman(rendered.pod, layout=layout)
         exists = await self._pod_running(name)
         listener = self._listen(layout, uid)
         pod = _Pod(
@@ -741,8 +740,6 @@ class PodmanRuntime:
             await self._forget(pod)
             name = pod.name
         else:
-            from ._names import object_name
-
             name = object_name(workspace)
         await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
         shutil.rmtree(layout.runtime, ignore_errors=True)
