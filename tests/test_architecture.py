@@ -64,14 +64,14 @@ def test_closure_is_transitive_and_core_is_under_everything() -> None:
 
 def test_planned_packages_join_when_their_directory_appears() -> None:
     today = GEN.existing_packages()
-    assert "workspace" not in today
-    text = GEN.generate(DOC, today | {"workspace"})
-    assert "[importlinter:contract:workspace]" in text
-    workspace = text.split("[importlinter:contract:workspace]")[1].split("\n\n")[0]
-    assert "stockade.gateway" in workspace
-    assert "stockade.identity" not in workspace  # workspace talks to identity
+    assert "console" not in today
+    text = GEN.generate(DOC, today | {"console"})
+    assert "[importlinter:contract:console]" in text
+    console = text.split("[importlinter:contract:console]")[1].split("\n\n")[0]
+    assert "stockade.gateway" in console
+    assert "stockade.broker" not in console  # console talks to the broker
     gateway = text.split("[importlinter:contract:gateway]")[1].split("\n\n")[0]
-    assert "stockade.workspace" not in gateway
+    assert "stockade.console" in gateway
 
 
 def test_authz_forbids_io_libraries() -> None:

@@ -111,7 +111,10 @@ async def test_git_clone_inside_a_gateway_session(
             result = await gw.run(gw.ssh_cmd(user, command, key=key))
             assert result.returncode == 0, result.stderr.decode()
             assert result.stdout.decode() == f"cloned through the gateway\napi={broker.url}\n"
-            assert {path.stat().st_uid for path in home.rglob("*")} == {SANDBOX_UID}
+            # everything in the home belongs to the workspace's own uid (not root, not nobody)
+            workspace_uid = home.stat().st_uid
+            assert workspace_uid not in {0, SANDBOX_UID}
+            assert {path.stat().st_uid for path in home.rglob("*")} == {workspace_uid}
             assert server.attempts[-1] == server.expected
 
             basic = base64.b64encode(f"git-user:{password}".encode())

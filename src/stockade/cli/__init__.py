@@ -8,9 +8,11 @@ from stockade import __version__
 
 from . import (
     applocker,
+    blueprints,
     catalog,
     node,
     package,
+    pod_security,
     policy,
     sessions,
     shield,
@@ -55,6 +57,8 @@ app.add_typer(applocker.app, name="applocker")
 app.add_typer(shield.app, name="shield")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(blueprints.app, name="blueprints")
+app.add_typer(pod_security.app, name="pod-security")
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ __all__ = [
     "ShieldSettings",
     "StoreSettings",
     "VaultSettings",
+    "WorkspaceSettings",
     "load_settings",
 ]
 
@@ -556,6 +557,25 @@ class VaultSettings(_Section):
     placeholders ``{user}`` and ``{cluster}``."""
 
 
+class WorkspaceSettings(_Section):
+    runtime: Literal["auto", "podman", "sandbox"] = "auto"
+    """Where workspaces run on this host: ``podman`` (the rendered Pod in a container),
+    ``sandbox`` (bubblewrap), or ``auto`` (Podman where installed, else bubblewrap; with neither,
+    workspaces refuse to start and say what to install; never unsandboxed)."""
+    idle_timeout: float = Field(default=900.0, ge=0)
+    """Seconds a Podman workspace may run without a session before it is stopped."""
+    podman_network: Literal["none", "bridge"] = "none"
+    """Network of Podman workspaces: ``none`` (loopback only; the broker is reached through the
+    session's credential socket) or ``bridge`` (Podman's default network, with egress)."""
+    uid_first: int = Field(default=200000, ge=1000)
+    """First uid handed to workspaces (one uid each, stable, never reused)."""
+    uid_count: int = Field(default=65536, ge=1)
+    """How many workspace uids there are."""
+    sandbox_network: bool = False
+    """Run each sandbox workspace in its own network namespace (loopback only). Needs the
+    credential socket for the helpers, since ``STOCKADE_API`` over TCP is then out of reach."""
+
+
 class _AliasSource(PydanticBaseSettingsSource):
     """Reads :data:`ENV_ALIASES` from the environment into their nested places."""
 
@@ -605,6 +625,7 @@ class Settings(BaseSettings):
     shield: ShieldSettings = ShieldSettings()
     broker: BrokerSettings = BrokerSettings()
     vault: VaultSettings = VaultSettings()
+    workspace: WorkspaceSettings = WorkspaceSettings()
 
     @classmethod
     def settings_customise_sources(

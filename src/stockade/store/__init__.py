@@ -5,10 +5,11 @@ SQLite (default, a file in the data dir, WAL mode) or PostgreSQL (asyncpg). Call
 """
 
 from ._engine import Store, async_url
-from ._models import Base, SessionRow, SshKeyRow, UserRow, UtcDateTime, WorkspaceRow
+from ._models import Base, BlueprintRow, SessionRow, SshKeyRow, UserRow, UtcDateTime, WorkspaceRow
 
 __all__ = [
     "Base",
+    "BlueprintRow",
     "SessionRow",
     "SshKeyRow",
     "Store",

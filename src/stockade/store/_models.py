@@ -27,7 +27,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from stockade.core.logging import REDACTED
 
-__all__ = ["Base", "SessionRow", "SshKeyRow", "UserRow", "UtcDateTime", "WorkspaceRow"]
+__all__ = [
+    "Base",
+    "BlueprintRow",
+    "SessionRow",
+    "SshKeyRow",
+    "UserRow",
+    "UtcDateTime",
+    "WorkspaceRow",
+]
 
 #: Constraint names are deterministic so migrations, autogenerate and error mapping agree.
 NAMING_CONVENTION = {
@@ -166,3 +174,19 @@ class SessionRow(Base):
 
     def __repr__(self) -> str:
         return f"SessionRow(id={self.id!r}, username={self.username!r})"
+
+
+class BlueprintRow(Base):
+    """A workspace blueprint as an administrator wrote it (``document``: the YAML/JSON mapping,
+    template chain unresolved); the workspace package validates it on the way in and out."""
+
+    __tablename__ = "blueprints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=_now)
+    updated_at: Mapped[datetime] = mapped_column(default=_now)
+
+    def __repr__(self) -> str:
+        return f"BlueprintRow(name={self.name!r})"

@@ -1,0 +1,452 @@
+"""The sandbox runtime (the gateway's ``local`` backend): a home per workspace, sessions in
+bubblewrap.
+
+A session gets new PID, IPC and UTS namespaces, a read-only view of the host with a private,
+writable ``/tmp`` (1777), the data dir hidden except its own home (the only other writable
+place), ``no_new_privs`` and an empty capability set. Each workspace runs as its own uid
+(:class:`~stockade.workspace.UidAllocator`, stable across restarts), under its user's name in a
+generated ``/etc/passwd``; with ``network=True`` (as root) it runs in its own network namespace
+(``stockade-<hash>``, loopback only: the gateway host's listeners are out of reach; forwards
+enter it through :meth:`SandboxBackend.open_connection_in`). With the ``sudo``
+obligation a session is root of its own user namespace (it owns the workspace and nothing else).
+
+``auto`` never falls back to no isolation: without bubblewrap the backend refuses to start and
+says what to install. Only an explicit ``none`` runs plain subprocesses (as the workspace uid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import pty
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import termios
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from stockade.core.errors import BackendError, ToolMissing
+from stockade.core.logging import get_logger
+
+from ._fdio import CHUNK, FdReader, FdWriter
+from ._nsenter import connect_in_netns
+from ._runtime import ExitStatus, SessionSpec
+from ._uids import UidAllocator
+
+__all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbox_netns"]
+
+SFTP_SERVER = "/usr/lib/openssh/sftp-server"
+_PATH = "/usr/local/bin:/usr/bin:/bin"
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+#: Capacity of a session's stdout pipe: four reads of CHUNK.
+PIPE_SIZE = 4 * CHUNK
+_log = get_logger("stockade.workspace.sandbox")
+
+_SIGNALS = {
+    name.removeprefix("SIG"): getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGKILL", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+}
+
+
+def _set_winsize(fd: int, columns: int, rows: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, width, height))
+
+
+def _grow_pipe(fd: int) -> None:
+    """Give a pipe room for several reads of :data:`CHUNK` (the default 64 KiB caps each read
+    and wakes the gateway four times as often under bulk output)."""
+    with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size for non-root
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+
+
+def _take_terminal() -> None:  # runs in the child between fork and exec
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class LocalWorkload:
+    """A session process started by :class:`LocalBackend`."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        stdin: FdWriter,
+        stdout: FdReader,
+        stderr: FdReader | None,
+        master: int | None,
+    ) -> None:
+        self._proc = proc
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._master = master
+        self._pidfd = os.pidfd_open(proc.pid)
+        self._status: ExitStatus | None = None
+
+    async def read_stdout(self) -> bytes:
+        return await self._stdout.read()
+
+    async def read_stderr(self) -> bytes:
+        return b"" if self._stderr is None else await self._stderr.read()
+
+    async def write_stdin(self, data: bytes) -> None:
+        await self._stdin.write(data)
+
+    async def close_stdin(self) -> None:
+        if self._master is None:
+            self._stdin.close()
+
+    def resize(self, columns: int, rows: int, width: int, height: int) -> None:
+        if self._master is not None:
+            _set_winsize(self._master, columns, rows, width, height)
+
+    def signal(self, name: str) -> None:
+        number = _SIGNALS.get(name)
+        if number is not None and self._status is None:
+            try:
+                os.killpg(self._proc.pid, number)
+            except ProcessLookupError:
+                return
+
+    async def wait(self) -> ExitStatus:
+        if self._status is None:
+            loop = asyncio.get_running_loop()
+            exited = loop.create_future()
+            loop.add_reader(self._pidfd, exited.set_result, None)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(self._pidfd)
+            code = self._proc.wait()
+            if code < 0:
+                self._status = ExitStatus(signal=signal.Signals(-code).name.removeprefix("SIG"))
+            else:
+                self._status = ExitStatus(code=code)
+        return self._status
+
+    async def close(self) -> None:
+        if self._proc.poll() is None:
+            for sig in (signal.SIGHUP, signal.SIGKILL):
+                try:
+                    os.killpg(self._proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    await asyncio.wait_for(self.wait(), 2.0)
+                    break
+                except TimeoutError:
+                    continue
+        await self.wait()
+        self._stdin.close()
+        self._stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+#: Called with (home, uid, gid) before each session in that home; configuration only.
+HomeHook = Callable[[Path, int, int], None]
+
+
+def _session_path(home: Path) -> str:
+    """The session's PATH: the home's credential-helper wrappers first when present (Docker finds
+    ``docker-credential-stockade`` only through PATH), then the system directories."""
+    helpers = home / ".stockade" / "bin"
+    return f"{helpers}:{_PATH}" if helpers.is_dir() else _PATH
+
+
+def sandbox_netns(workspace: str) -> str:
+    """The name of ``workspace``'s network namespace (``/run/netns/<name>``)."""
+    return "stockade-" + hashlib.sha256(workspace.encode()).hexdigest()[:12]
+
+
+def _ensure_netns(name: str) -> str:
+    path = f"/run/netns/{name}"
+    if not os.path.exists(path):
+        ip = shutil.which("ip")
+        if ip is None:
+            raise ToolMissing("ip", "iproute2")
+        added = subprocess.run([ip, "netns", "add", name], capture_output=True, check=False)
+        if added.returncode != 0 and not os.path.exists(path):
+            raise BackendError(f"creating network namespace {name} failed")
+        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=False)
+    return path
+
+
+class SandboxBackend:
+    """Runs sessions on this host, one home per workspace under ``root``."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        data_dir: Path,
+        sandbox: Literal["auto", "bubblewrap", "none"],
+        shell: str,
+        uid: int = 65534,
+        gid: int = 65534,
+        prepare_home: HomeHook | None = None,
+        uids: UidAllocator | None = None,
+        network: bool = False,
+    ) -> None:
+        """``uids`` gives each workspace its own uid (as root; default: a file in ``data_dir``);
+        ``uid``/``gid`` are used only when running unprivileged is impossible to vary (not root).
+        ``network``: a network namespace per workspace (root only; otherwise per session). Off
+        by default until sessions reach the broker through their credential socket: the
+        namespace has loopback only, so ``STOCKADE_API`` over TCP would be out of reach."""
+        self.root = root.resolve()
+        self.prepare_home = prepare_home
+        self.data_dir = data_dir.resolve()
+        self.shell = shell
+        bwrap = shutil.which("bwrap")
+        if sandbox != "none" and bwrap is None:
+            # auto never falls back to no isolation
+            raise ToolMissing("bwrap", "bubblewrap (or podman, for container workspaces)")
+        self.bwrap = bwrap if sandbox != "none" else None
+        self.as_root = os.geteuid() == 0
+        self.uid = uid if self.as_root else os.geteuid()
+        self.gid = gid if self.as_root else os.getegid()
+        self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
+        self.network = network
+        if self.bwrap is None:
+            _log.warning(
+                "local_sessions_unsandboxed",
+                hint="sandbox=none was chosen; install bubblewrap and use auto to sandbox sessions",
+            )
+
+    def ids(self, workspace: str) -> tuple[int, int]:
+        """The (uid, gid) sessions of ``workspace`` run as."""
+        if not self.as_root:
+            return self.uid, self.gid
+        uid = self.uids.uid(workspace)
+        return uid, uid
+
+    def netns(self, workspace: str) -> str | None:
+        """The path of ``workspace``'s network namespace (created on first use), or ``None``."""
+        if not (self.as_root and self.network and self.bwrap is not None):
+            return None
+        return _ensure_netns(sandbox_netns(workspace))
+
+    def remove_netns(self, workspace: str) -> None:
+        """Delete ``workspace``'s network namespace (when the workspace is removed)."""
+        name = sandbox_netns(workspace)
+        if os.path.exists(f"/run/netns/{name}"):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+    async def open_connection_in(self, workspace: str, host: str, port: int) -> socket.socket:
+        """A TCP connection leaving from ``workspace``'s network namespace."""
+        path = self.netns(workspace)
+        if path is None:
+            raise BackendError("this sandbox has no network namespace of its own")
+        return await connect_in_netns(path, host, port)
+
+    def home(self, workspace: str) -> Path:
+        """The workspace's home, created on first use (0700, owned by the sandbox user), then
+        handed to ``prepare_home`` (credential-helper configuration) before every session."""
+        path = self.root / workspace
+        uid, gid = self.ids(workspace)
+        if not path.is_dir():
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+            path.mkdir(mode=0o700)
+            if self.as_root:
+                os.chown(path, uid, gid)
+        elif self.as_root and path.stat().st_uid != uid:
+            # a home from before per-workspace uids (the shared sandbox user): it moves to the
+            # workspace's own uid, with everything in it
+            for parent, dirs, files in os.walk(path):
+                for entry in (*dirs, *files):
+                    os.lchown(os.path.join(parent, entry), uid, gid)
+            os.chown(path, uid, gid)
+        if self.prepare_home is not None:
+            self.prepare_home(path, uid, gid)
+        return path
+
+    def _program(self, spec: SessionSpec) -> list[str]:
+        if spec.subsystem == "sftp":
+            return [SFTP_SERVER]
+        if spec.subsystem is not None:
+            raise ValueError(f"unsupported subsystem {spec.subsystem!r}")
+        if spec.command is not None:
+            return [self.shell, "-c", spec.command]
+        return [self.shell, "-l"]
+
+    def _argv(self, spec: SessionSpec, home: Path) -> list[str]:
+        program = self._program(spec)
+        if self.bwrap is None:
+            return program
+        argv = [
+            self.bwrap,
+            "--ro-bind", "/", "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--perms", "1777", "--tmpfs", "/tmp",  # noqa: S108 - private, writable
+            "--tmpfs", str(self.data_dir),
+        ]  # fmt: skip
+        for parent in reversed(home.parents):
+            if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--bind", str(home), str(home)]
+        if self.as_root:
+            passwd, group = self._identity_files(spec, home)
+            argv += ["--ro-bind", str(passwd), "/etc/passwd", "--ro-bind", str(group), "/etc/group"]
+        if spec.agent_path:
+            agent_dir = str(Path(spec.agent_path).parent)
+            argv += ["--bind", agent_dir, agent_dir]
+        if spec.credential_socket:  # this session's sandbox only
+            argv += ["--bind", spec.credential_socket, spec.credential_socket]
+        argv += [
+            "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--cap-drop", "ALL",
+        ]  # fmt: skip
+        netns = self.netns(spec.workspace)
+        if netns is None and self.network:
+            argv += ["--unshare-net"]
+        inner = ["/bin/sh", "-c", 'cd "$HOME" && exec "$@"', "sh"]
+        if spec.sudo:
+            # root of its own user namespace: owns the workspace, nothing outside it
+            inner += ["unshare", "--user", "--map-root-user", "--"]
+        if not self.as_root:
+            return [*argv, "--", *inner, *program]
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+        uid, gid = self.ids(spec.workspace)
+        drop = [
+            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--",
+        ]  # fmt: skip
+        enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
+        return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _identity_files(self, spec: SessionSpec, home: Path) -> tuple[Path, Path]:
+        """The host's passwd and group plus the workspace uid under the session user's name
+        (``ssh``, ``git`` and ``id`` look it up), regenerated for each session."""
+        uid, gid = self.ids(spec.workspace)
+        name = spec.username if _USER_NAME.match(spec.username) else f"ws{uid}"
+        etc = (
+            self.data_dir / "sandbox-etc" / hashlib.sha256(spec.workspace.encode()).hexdigest()[:16]
+        )
+        etc.mkdir(parents=True, exist_ok=True, mode=0o755)
+        host_passwd = Path("/etc/passwd").read_text()
+        host_group = Path("/etc/group").read_text()
+        taken = {line.split(":", 1)[0] for line in host_passwd.splitlines()}
+        passwd, group = host_passwd, host_group
+        if name not in taken:
+            passwd += f"{name}:x:{uid}:{gid}:{name}:{home}:{self.shell}\n"
+            group += f"{name}:x:{gid}:\n"
+        paths = (etc / f"passwd-{name}", etc / f"group-{name}")
+        for path, text in zip(paths, (passwd, group), strict=True):
+            if not path.is_file() or path.read_text() != text:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(text)
+                tmp.chmod(0o644)
+                tmp.replace(path)
+        return paths
+
+    def _env(self, spec: SessionSpec, home: Path) -> dict[str, str]:
+        user = spec.username
+        env = {
+            "HOME": str(home),
+            "USER": user,
+            "LOGNAME": user,
+            "SHELL": self.shell,
+            "PATH": _session_path(home),
+            "STOCKADE_WORKSPACE": spec.workspace,
+            "STOCKADE_SESSION_ID": spec.session_id,
+        }
+        if spec.term_type:
+            env["TERM"] = spec.term_type
+        if spec.agent_path:
+            env["SSH_AUTH_SOCK"] = spec.agent_path
+        if spec.client is not None:
+            client_ip, client_port, server_ip, server_port = spec.client
+            env["SSH_CLIENT"] = f"{client_ip} {client_port} {server_port}"
+            env["SSH_CONNECTION"] = f"{client_ip} {client_port} {server_ip} {server_port}"
+        env.update(spec.env)
+        if spec.credential_socket:
+            env["STOCKADE_SOCKET"] = spec.credential_socket
+            owner = spec.workspace_config.get("owner")
+            if owner is not None and owner != spec.username:
+                # a shared workspace: its owner runs as the same uid and could read the environ
+                env.pop("STOCKADE_TOKEN", None)
+        return env
+
+    def _grant_agent(self, spec: SessionSpec) -> None:
+        if not self.as_root:
+            return
+        uid, gid = self.ids(spec.workspace)
+        if spec.agent_path:
+            path = Path(spec.agent_path)
+            os.chown(path.parent, uid, gid)
+            os.chown(path, uid, gid)
+        if spec.credential_socket:
+            os.chown(spec.credential_socket, uid, gid)
+            os.chmod(spec.credential_socket, 0o600)
+
+    def _spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        home: Path,
+        fds: tuple[int, int, int],
+        tty: bool,
+        ids: tuple[int, int],
+    ) -> subprocess.Popen[bytes]:
+        drop = self.bwrap is None and self.as_root
+        if self.as_root:  # /dev/stdout and /dev/stderr reopen as the session's uid
+            for fd in set(fds):
+                os.fchown(fd, *ids)
+        return subprocess.Popen(
+            argv,
+            stdin=fds[0],
+            stdout=fds[1],
+            stderr=fds[2],
+            env=env,
+            cwd=home,
+            start_new_session=True,
+            preexec_fn=_take_terminal if tty else None,
+            user=ids[0] if drop else None,
+            group=ids[1] if drop else None,
+            extra_groups=[] if drop else None,
+        )
+
+    async def open(self, spec: SessionSpec) -> LocalWorkload:
+        home = self.home(spec.workspace)
+        ids = self.ids(spec.workspace)
+        argv = self._argv(spec, home)
+        env = self._env(spec, home)
+        self._grant_agent(spec)
+        if spec.term_type is not None and spec.subsystem is None:
+            master, slave = pty.openpty()
+            try:
+                _set_winsize(slave, *spec.term_size)
+                proc = self._spawn(argv, env, home, (slave, slave, slave), True, ids)
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return LocalWorkload(proc, FdWriter(os.dup(master)), FdReader(master), None, master)
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        _grow_pipe(out_r)
+        try:
+            proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False, ids)
+        except BaseException:
+            for fd in (in_w, out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+        return LocalWorkload(proc, FdWriter(in_w), FdReader(out_r), FdReader(err_r), None)

@@ -1,0 +1,145 @@
+"""The sandbox runtime (bubblewrap) keeps workspaces apart: own uid, own network namespace,
+writable /tmp, and no silent fallback to running unsandboxed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.core.errors import ToolMissing
+from stockade.workspace import SandboxBackend, SessionSpec
+from tests.conftest import IN_CI
+
+IS_ROOT = os.geteuid() == 0
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not IS_ROOT and not IN_CI, reason="per-workspace uids need root"),
+]
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[SandboxBackend]:
+    sandbox = SandboxBackend(  # noqa: S604 - the sessions' login shell
+        root=tmp_path / "homes", data_dir=tmp_path, sandbox="auto", shell="/bin/sh", network=True
+    )
+    names = [f"sbx-{tmp_path.name}-{n}" for n in ("a", "b")]
+    try:
+        yield sandbox
+    finally:
+        for name in names:
+            sandbox.remove_netns(name)
+
+
+def _spec(
+    backend: SandboxBackend, tmp: Path, ws: str, user: str, cmd: str, **kw: Any
+) -> SessionSpec:
+    return SessionSpec(
+        session_id=os.urandom(6).hex(), username=user, workspace=f"sbx-{tmp.name}-{ws}",
+        workspace_config={"owner": kw.pop("owner", user)}, command=cmd, **kw,
+    )  # fmt: skip
+
+
+async def _run(backend: SandboxBackend, spec: SessionSpec) -> str:
+    work = await backend.open(spec)
+    out = b""
+    while chunk := await work.read_stdout():
+        out += chunk
+    await work.wait()
+    await work.close()
+    return out.decode()
+
+
+async def test_own_uid_name_tmp_and_stderr(backend: SandboxBackend, tmp_path: Path) -> None:
+    cmd = (
+        "id -u; id -un; touch /tmp/x && echo tmp-ok; stat -c %a /tmp;"
+        "echo e > /dev/stderr && echo stderr-ok; grep CapEff /proc/self/status"
+    )
+    a = (await _run(backend, _spec(backend, tmp_path, "a", "ann", cmd))).split("\n")
+    b = (await _run(backend, _spec(backend, tmp_path, "b", "ben", cmd))).split("\n")
+    assert a[0] != b[0]
+    assert 0 not in {int(a[0]), int(b[0])}
+    assert 65534 not in {int(a[0]), int(b[0])}
+    assert a[1] == "ann"
+    assert b[1] == "ben"
+    assert "tmp-ok" in a
+    assert "1777" in a
+    assert "stderr-ok" in a
+    assert "CapEff:\t0000000000000000" in a
+    again = await _run(backend, _spec(backend, tmp_path, "a", "ann", "id -u"))
+    assert again.strip() == a[0]  # stable
+
+
+async def test_environ_theft_fails_across_workspaces(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    secret = "sandbox-token-" + os.urandom(6).hex()
+    holder = await backend.open(
+        _spec(backend, tmp_path, "a", "ann", "sleep 30", env={"STOCKADE_TOKEN": secret})
+    )
+    await asyncio.sleep(0.3)
+    thief = "cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c sandbox-token-; true"
+    out = await _run(backend, _spec(backend, tmp_path, "b", "ben", thief))
+    assert out.split()[0] == "0"
+    assert secret not in out
+    await holder.close()
+
+
+async def test_admin_token_is_kept_out_of_a_shared_workspace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    sock_path = tmp_path / "cred.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    try:
+        out = await _run(
+            backend,
+            _spec(backend, tmp_path, "a", "root-admin", "echo t=$STOCKADE_TOKEN s=$STOCKADE_SOCKET",
+                  owner="ann", env={"STOCKADE_TOKEN": "admin-secret"},
+                  credential_socket=str(sock_path)),
+        )  # fmt: skip
+    finally:
+        listener.close()
+    assert "admin-secret" not in out
+    assert f"s={sock_path}" in out
+
+
+async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    host = socket.create_server(("127.0.0.1", 0))
+    port = host.getsockname()[1]
+    try:
+        probe = f"busybox nc -w 2 127.0.0.1 {port} </dev/null && echo reached || echo refused"
+        out = await _run(backend, _spec(backend, tmp_path, "a", "ann", probe))
+    finally:
+        host.close()
+    assert out.strip().endswith("refused")
+    server = await backend.open(
+        _spec(backend, tmp_path, "a", "ann", "echo in-the-sandbox | busybox nc -l -p 7071")
+    )
+    sock = None
+    for _ in range(50):
+        try:
+            sock = await backend.open_connection_in(f"sbx-{tmp_path.name}-a", "127.0.0.1", 7071)
+            break
+        except ConnectionRefusedError:
+            await asyncio.sleep(0.1)
+    assert sock is not None
+    reader, writer = await asyncio.open_connection(sock=sock)
+    assert (await reader.read(100)).strip() == b"in-the-sandbox"
+    writer.close()
+    await server.close()
+
+
+def test_auto_without_bubblewrap_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(ToolMissing, match="bubblewrap"):
+        SandboxBackend(root=tmp_path, data_dir=tmp_path, sandbox="auto", shell="/bin/sh")  # noqa: S604
