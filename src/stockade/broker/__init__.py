@@ -10,10 +10,9 @@
 
 :func:`create_app` builds the FastAPI app (``POST /v1/credentials/{git,docker,kubernetes}``,
 OpenAPI at ``/openapi.json``); :class:`VaultBackend` and :class:`KubernetesBackend` answer it;
-:mod:`stockade.broker.helpers` holds the console-script helpers.
+:mod:`stockade.helpers` holds the credential helpers.
 
-This module imports its names lazily: the helpers import ``stockade.broker.helpers`` and must
-not pay for FastAPI, uvicorn or hvac at start-up.
+This module imports its names lazily, so importing it stays cheap.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from typing import Any
 
 from stockade.core.errors import InvalidInput
 from stockade.core.logging import get_logger
+from stockade.helpers import fallback_source
 
 __all__ = [
     "EXEC_API_VERSION",
@@ -217,7 +218,7 @@ def _kubeconfig(
     return doc
 
 
-#: Name of the copy of ``helpers.py`` in ``~/.stockade/bin``.
+#: Name of the copy of the Python fallback helpers in ``~/.stockade/bin``.
 HELPERS_COPY = "stockade_credential_helpers.py"
 
 
@@ -225,7 +226,7 @@ def _install_wrappers(root: int, home: Path, python: str, owner: _Owner) -> None
     """``.stockade/bin/<kind>-credential-stockade`` scripts running a copy of helpers.py (standard
     library only) with ``python``. The copy lives in the home because a sandbox may show
     nothing else of this host's files (bubblewrap gives sessions a private /tmp, for one)."""
-    helpers = Path(__file__).with_name("helpers.py").read_text(encoding="utf-8")
+    helpers = fallback_source().read_text(encoding="utf-8")
     source = shlex.quote(str(home / ".stockade" / "bin" / HELPERS_COPY))
     with (
         _opendir(".stockade", parent=root, owner=owner, create=True) as state,
