@@ -16,24 +16,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .errors import InvalidInput
 
 __all__ = [
+    "MAX_BATCH_FAILURES",
     "MAX_EVENT_BYTES",
     "STREAMS",
     "STREAM_AUTH",
     "SUBJECT_AUTHZ_DECISION",
     "SUBJECT_AUTH_FAILED",
+    "SUBJECT_AUTH_FAILED_BATCH",
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
     "SUBJECT_SESSION_ENDED",
+    "SUBJECT_SESSION_KILL",
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
     "SUBJECT_SHIELD_UNBAN",
     "AuthFailed",
+    "AuthFailedBatch",
+    "AuthFailedItem",
     "AuthSucceeded",
     "CredentialRequest",
     "DecisionRecord",
     "Event",
     "SessionEnded",
+    "SessionKill",
     "SessionStarted",
     "ShieldBan",
     "ShieldUnban",
@@ -43,10 +49,14 @@ __all__ = [
 MAX_EVENT_BYTES = 64 * 1024
 
 SUBJECT_AUTH_FAILED = "stockade.auth.failed"
+#: Many failures in one message (:class:`AuthFailedBatch`); in :data:`STREAM_AUTH` too.
+SUBJECT_AUTH_FAILED_BATCH = "stockade.auth.failed.batch"
 SUBJECT_AUTH_SUCCEEDED = "stockade.auth.succeeded"
 SUBJECT_AUTHZ_DECISION = "stockade.authz.decision"
 SUBJECT_SESSION_STARTED = "stockade.session.started"
 SUBJECT_SESSION_ENDED = "stockade.session.ended"
+#: Revocation: end a session now (user disabled, key removed, role changed, kill).
+SUBJECT_SESSION_KILL = "stockade.session.kill"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
@@ -174,3 +184,62 @@ class CredentialRequest(Event):
     allow: bool
     reason: str = ""
     backend_ms: float = 0.0
+
+
+#: Most failures one :class:`AuthFailedBatch` carries (stays well under MAX_EVENT_BYTES).
+MAX_BATCH_FAILURES = 128
+
+
+class AuthFailedItem(BaseModel):
+    """One failure inside an :class:`AuthFailedBatch`: the fields of :class:`AuthFailed`."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    at: datetime
+    client_ip: str = Field(max_length=64)
+    client_port: int = Field(ge=0, le=65535)
+    username: str = Field(max_length=256)
+    method: str = Field(max_length=32)
+    reason: str = Field(max_length=64)
+
+
+class AuthFailedBatch(Event):
+    """Failed authentication attempts of one gateway, published as one message.
+
+    Consumers count each item once: its identity is (stream sequence of the batch, index).
+    """
+
+    subject: ClassVar[str] = SUBJECT_AUTH_FAILED_BATCH
+    gateway_id: str = Field(max_length=128)
+    failures: list[AuthFailedItem] = Field(min_length=1, max_length=MAX_BATCH_FAILURES)
+
+    @classmethod
+    def of(cls, failures: list[AuthFailed]) -> AuthFailedBatch:
+        """One batch of ``failures`` (all of one gateway, at most MAX_BATCH_FAILURES)."""
+        return cls(
+            gateway_id=failures[0].gateway_id,
+            failures=[
+                AuthFailedItem(
+                    at=f.at,
+                    client_ip=f.client_ip,
+                    client_port=f.client_port,
+                    username=f.username,
+                    method=f.method,
+                    reason=f.reason,
+                )
+                for f in failures
+            ],
+        )
+
+
+class SessionKill(Event):
+    """End session ``session_id`` now; ``*`` with ``username`` means every session of that user.
+
+    The gateway closes the session; the broker refuses its credential requests from then on.
+    """
+
+    subject: ClassVar[str] = SUBJECT_SESSION_KILL
+    session_id: str = Field(max_length=64)
+    username: str | None = Field(default=None, max_length=256)
+    reason: str = Field(default="", max_length=256)
+    by: str = Field(default="", max_length=256)
