@@ -206,9 +206,7 @@ class VaultBackend:
             verify=verify,
             timeout=settings.timeout,
             headers=headers,
-            limits=httpx.Limits(
-                max_connections=connections, max_keepalive_connections=connections
-            ),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
             trust_env=False,
             follow_redirects=False,
         )
@@ -228,9 +226,7 @@ class VaultBackend:
         """One request to ``/v1/<path>``: the status and the decoded JSON body (None if empty)."""
         headers = {"X-Vault-Token": token} if token else None
         try:
-            response = await self._client.request(
-                method, f"/v1/{path}", headers=headers, json=body
-            )
+            response = await self._client.request(method, f"/v1/{path}", headers=headers, json=body)
             raw = response.content
             if len(raw) > MAX_RESPONSE_BYTES:
                 raise ValueError("response too large")

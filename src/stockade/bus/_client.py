@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +13,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from stockade.core.errors import BusUnavailable
@@ -254,6 +255,33 @@ class Bus:
             except nats.js.errors.NotFoundError:
                 return 0
         return int(raw.seq or 0)
+
+    @property
+    def epoch(self) -> int:
+        """The connection's epoch: it changes with every reconnect, and is -1 while disconnected.
+        Whoever keeps state fed by :meth:`subscribe` trusts it only while the epoch is the one
+        it subscribed in (core subscriptions miss what is published while disconnected)."""
+        if self.closed or not self._nc.is_connected:
+            return -1
+        return int(self._nc.stats.get("reconnects", 0))
+
+    async def subscribe(
+        self, subject: str, callback: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """A core subscription (no replay): ``callback(subject, data)`` for each message on
+        ``subject`` (wildcards allowed). Returns the coroutine function that unsubscribes."""
+
+        async def deliver(msg: Msg) -> None:
+            await callback(msg.subject, msg.data)
+
+        with mapped(f"subscribe {subject}"):
+            sub = await self._nc.subscribe(subject, cb=deliver)
+
+        async def unsubscribe() -> None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+        return unsubscribe
 
     def consumer(self, *, stream: str, durable: str, **options: Any) -> Consumer:
         """A durable pull consumer (see :class:`Consumer` for handler rules and ``options``)."""

@@ -38,7 +38,11 @@ __all__ = [
 #: File name of the static helper.
 STATIC_HELPER = "stockade-credential-helper"
 #: The names git, Docker and kubectl call a helper by (each a link to the static helper).
-HELPER_NAMES = ("git-credential-stockade", "docker-credential-stockade", "kubectl-credential-stockade")
+HELPER_NAMES = (
+    "git-credential-stockade",
+    "docker-credential-stockade",
+    "kubectl-credential-stockade",
+)
 #: Overrides where :func:`static_helper` looks (an absolute file path).
 _ENV_OVERRIDE = "STOCKADE_STATIC_HELPER"
 

@@ -220,7 +220,7 @@ def _over_unix(socket_path: str, path: str, payload: bytes, token: str) -> tuple
     except (OSError, ValueError) as exc:
         raise HelperError(
             f"cannot reach the broker at {_clean(socket_path, 200)}: "
-            f"{_clean(exc.strerror or str(exc) or type(exc).__name__, 120)}"
+            f"{_clean(getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__, 120)}"
         ) from exc
 
 
