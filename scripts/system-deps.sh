@@ -18,6 +18,7 @@ declare -A need=(
   [x86_64-w64-mingw32-gcc]=gcc-mingw-w64-x86-64-win32
   [fail2ban-regex]=fail2ban
   [psql]=postgresql-client
+  [busybox]=busybox-static
 )
 
 missing=()

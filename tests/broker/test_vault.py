@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import inspect
 import secrets
-from pathlib import Path
-
 import ssl
+from pathlib import Path
 
 import httpx
 import pytest
