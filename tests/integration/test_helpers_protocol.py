@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -292,12 +291,12 @@ async def test_a_peer_of_another_user_is_dropped(session: Session) -> None:
     # A socket in a directory anyone may enter, with mode 0666: only SO_PEERCRED stands
     # between the user nobody and the session's credentials.
     folder = Path(tempfile.mkdtemp(prefix="stockade-peer-", dir="/tmp"))
-    os.chmod(folder, 0o755)
+    os.chmod(folder, 0o755)  # noqa: S103 - the point of the test
     handle = await session.env.server.open_session_socket(
         session.sid, session.token, folder / "s.sock", os.getuid()
     )
     try:
-        os.chmod(handle.path, 0o666)
+        os.chmod(handle.path, 0o666)  # noqa: S103 - the point of the test
         helper = (session.helpers / "git-credential-stockade").resolve()  # outside the 0700 tmp
         role = ["git"] if helper.name == "stockade-credential-helper" else []
         got = await session.env.run(
@@ -347,7 +346,8 @@ async def test_a_killed_session_is_refused_on_the_next_request(session: Session)
             break
         await session.env.bus.flush()
     sessions = session.env.server.sessions
-    assert sessions is not None and sessions.is_dead(session.sid)
+    assert sessions is not None
+    assert sessions.is_dead(session.sid)
     got = await session.env.run(
         [str(session.helpers / "git-credential-stockade"), "get"],
         env={**session.environ(), "STOCKADE_CREDENTIAL_SOCKET": "", "STOCKADE_TOKEN": session.token,
@@ -368,8 +368,9 @@ async def test_static_helper_in_an_empty_sandbox(env: BrokerEnv) -> None:
     binary = static_helper()
     assert binary is not None, "the static helper is not built: run make venv (make helpers)"
     bwrap, busybox = shutil.which("bwrap"), shutil.which("busybox")
-    assert bwrap is not None and busybox is not None, "needs bubblewrap and busybox-static"
-    kind = subprocess.run(["file", "-L", busybox], capture_output=True, check=True).stdout
+    assert bwrap is not None, "needs bubblewrap"
+    assert busybox is not None, "needs busybox-static"
+    kind = (await env.run(["file", "-L", busybox], env={"PATH": "/usr/bin:/bin"})).stdout
     assert b"statically linked" in kind or b"static-pie" in kind, "busybox must be busybox-static"
     user = "sb" + secrets.token_hex(3)
     await env.add_user(user)
