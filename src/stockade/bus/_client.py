@@ -197,15 +197,16 @@ class Bus:
     async def read_stream(
         self,
         stream: str,
-        subject: str,
+        subject: str | Sequence[str],
         *,
         since: datetime,
         until_seq: int,
         batch: int = 1024,
         idle: float = 2.0,
     ) -> AsyncIterator[Delivery]:
-        """Yield the messages of ``stream`` on ``subject`` stored from ``since`` up to sequence
-        ``until_seq``, in order, without acknowledging anything (an ephemeral consumer).
+        """Yield the messages of ``stream`` on ``subject`` (one or several) stored from ``since``
+        up to sequence ``until_seq``, in order, without acknowledging anything (an ephemeral
+        consumer).
 
         Stops at ``until_seq``, or when nothing arrives for ``idle`` seconds."""
         config = api.ConsumerConfig(
@@ -213,10 +214,16 @@ class Bus:
             opt_start_time=since.astimezone(UTC),
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=30.0,
-            filter_subject=subject,
         )
+        subjects = [subject] if isinstance(subject, str) else sorted(subject)
+        if len(subjects) == 1:
+            config.filter_subject = subjects[0]
+        else:
+            config.filter_subjects = subjects
         with mapped(f"read {stream}"):
-            sub = await self._js.pull_subscribe(subject, stream=stream, config=config)
+            sub = await self._js.pull_subscribe(
+                subjects[0] if len(subjects) == 1 else "", stream=stream, config=config
+            )
         try:
             while True:
                 try:

@@ -33,23 +33,26 @@ import structlog
 from stockade.bus import Bus, Consumer, Delivery, PendingPut, Reject
 from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
 from stockade.core.events import (
+    MAX_BATCH_FAILURES,
     STREAM_AUTH,
     SUBJECT_AUTH_FAILED,
+    SUBJECT_AUTH_FAILED_BATCH,
     AuthFailed,
+    AuthFailedBatch,
     ShieldBan,
     ShieldUnban,
 )
 from stockade.core.logging import escape_peer
 from stockade.core.settings import ShieldSettings
 
-from ._detector import Detector, Failure, Outcome, Rules, Verdict
+from ._detector import Detector, Failure, Outcome, Rules
 from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
 from ._metrics import ShieldMetrics
 from ._model import Ban, overlaps_allowlist, parse_source, source_key
 from ._nft import Nft, NftablesEnforcer
 from ._store import BanStore
 
-__all__ = ["DURABLE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
+__all__ = ["DURABLE", "SEQ_SCALE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
 
 #: Name of the shield's durable consumer on :data:`STREAM_AUTH`.
 DURABLE = "shield"
@@ -58,6 +61,12 @@ _log = structlog.get_logger("stockade.shield")  # lazy: honours configure_loggin
 
 #: Seconds a flush waits for the server to confirm the ban writes of one chunk.
 WRITE_TIMEOUT = 10.0
+#: A failure's identity (dedupe key, a ban's ``trigger_seq``) is ``stream_seq * SEQ_SCALE +
+#: index``: its message's stream sequence and its index in an :class:`AuthFailedBatch` (0 for a
+#: single :class:`AuthFailed`), so a redelivered batch is counted once, item by item.
+SEQ_SCALE = 256
+assert MAX_BATCH_FAILURES <= SEQ_SCALE
+_SUBJECTS = (SUBJECT_AUTH_FAILED, SUBJECT_AUTH_FAILED_BATCH)
 
 
 class _PendingBan:
@@ -143,6 +152,7 @@ class Shield:
             stream=STREAM_AUTH, durable=self.durable, batch=self._batch, cumulative_ack=True
         )
         consumer.on(SUBJECT_AUTH_FAILED)(self._on_failed)
+        consumer.on(SUBJECT_AUTH_FAILED_BATCH)(self._on_failed)
         consumer.before_ack(self._flush)
         self._consumer = consumer
         await self._replay(consumer)
@@ -160,53 +170,75 @@ class Shield:
             self._ack_floor = (await consumer.state()).ack_floor
         except BusUnavailable:
             self._ack_floor = 0  # the consumer does not exist yet: nothing was acknowledged
-        last = await self.bus.last_sequence(STREAM_AUTH, SUBJECT_AUTH_FAILED)
+        last = max([await self.bus.last_sequence(STREAM_AUTH, subject) for subject in _SUBJECTS])
         if last == 0:
             return
         horizon = max(self.rules.window, self.rules.enum_window)
         since = datetime.now(UTC) - timedelta(seconds=horizon)
         async for delivery in self.bus.read_stream(
-            STREAM_AUTH, SUBJECT_AUTH_FAILED, since=since, until_seq=last
+            STREAM_AUTH, _SUBJECTS, since=since, until_seq=last
         ):
-            self.replayed += 1
             try:
-                verdict = self._decide(delivery)
+                failures = self._failures(delivery)
             except InvalidInput:
                 continue
-            if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
-                stored = self.deny_list.lookup(verdict.source)
-                if stored is None or stored.trigger_seq < delivery.stream_seq:
-                    await self._issue_ban(verdict.ban, delivery)
-                    if len(self._pending) >= 1024:
-                        await self._flush()
-            self.detector.commit(verdict)
+            self.replayed += len(failures)
+            for failure in failures:
+                verdict = self.detector.decide(failure, self.deny_list.lookup)
+                if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
+                    stored = self.deny_list.lookup(verdict.source)
+                    if stored is None or stored.trigger_seq < failure.seq:
+                        await self._issue_ban(verdict.ban, delivery)
+                        if len(self._pending) >= 1024:
+                            await self._flush()
+                self.detector.commit(verdict)
         await self._flush()
 
-    def _decide(self, delivery: Delivery) -> Verdict:
+    def _failures(self, delivery: Delivery) -> list[Failure]:
+        """The failures one message carries (raises InvalidInput for a malformed one)."""
+        base = delivery.stream_seq * SEQ_SCALE
+        stored_at = delivery.timestamp.timestamp()
+        if delivery.subject == SUBJECT_AUTH_FAILED_BATCH:
+            batch = AuthFailedBatch.from_bytes(delivery.data)
+            return [
+                Failure(
+                    seq=base + index,
+                    at=min(item.at.timestamp(), stored_at),  # never after the server stored it
+                    ip=item.client_ip,
+                    username=item.username,
+                    reason=item.reason,
+                )
+                for index, item in enumerate(batch.failures)
+            ]
         event = AuthFailed.from_bytes(delivery.data)
-        failure = Failure(
-            seq=delivery.stream_seq,
-            at=delivery.timestamp.timestamp(),
-            ip=event.client_ip,
-            username=event.username,
-            reason=event.reason,
-        )
-        return self.detector.decide(failure, self.deny_list.lookup)
+        return [Failure(base, stored_at, event.client_ip, event.username, event.reason)]
 
     async def _on_failed(self, delivery: Delivery) -> None:
         try:
-            verdict = self._decide(delivery)
+            failures = self._failures(delivery)
         except InvalidInput as exc:
             self.metrics.events_consumed += 1
             self.metrics.events_malformed += 1
             _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
             raise Reject(f"malformed: {exc}") from exc
-        if verdict.ban is not None:
-            await self._issue_ban(verdict.ban, delivery)
-        elif verdict.outcome is Outcome.ALLOWLISTED:
-            self.metrics.allowlisted += 1
-        self.detector.commit(verdict)
-        self.metrics.events_consumed += 1
+        detector = self.detector
+        lookup = self.deny_list.lookup
+        for failure in failures:
+            try:
+                verdict = detector.decide(failure, lookup)
+            except InvalidInput as exc:  # one bad address does not lose the rest of a batch
+                self.metrics.events_malformed += 1
+                _log.warning("event_malformed", seq=failure.seq, error=escape_peer(str(exc)))
+                if delivery.subject == SUBJECT_AUTH_FAILED:
+                    self.metrics.events_consumed += 1
+                    raise Reject(f"malformed: {exc}") from exc
+                continue
+            if verdict.ban is not None:
+                await self._issue_ban(verdict.ban, delivery)
+            elif verdict.outcome is Outcome.ALLOWLISTED:
+                self.metrics.allowlisted += 1
+            detector.commit(verdict)
+        self.metrics.events_consumed += len(failures)
 
     async def _issue_ban(self, ban: Ban, delivery: Delivery) -> None:
         """Mirror ``ban`` in the deny-list and send its write; :meth:`_flush` awaits it."""
