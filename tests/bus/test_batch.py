@@ -62,8 +62,8 @@ async def test_full_batches_in_order(bus: Bus) -> None:
     assert await batcher.flush(seconds=10)
     assert (batcher.published, batcher.pending, batcher.dropped) == (300, 0, 0)
     batches = await _batches(bus, gateway)
-    assert [len(b.failures) for b in batches] == [128, 128, 44]
-    ports = [item.client_port for b in batches for item in b.failures]
+    assert [len(b) for b in batches] == [128, 128, 44]
+    ports = [port for b in batches for port in b.client_port]
     assert ports == list(range(300))
     await batcher.aclose()
 
@@ -89,7 +89,7 @@ async def test_gateways_never_share_a_batch_and_close_flushes(bus: Bus) -> None:
     await batcher.aclose()
     assert batcher.published == 3
     batches = await _batches(bus, gateway)
-    assert sorted((b.gateway_id, len(b.failures)) for b in batches) == [
+    assert sorted((b.gateway_id, len(b)) for b in batches) == [
         (gateway + "-a", 1),
         (gateway + "-b", 2),
     ]

@@ -9,9 +9,9 @@ malformed, oversized or of another schema version.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInput
 
@@ -33,7 +33,6 @@ __all__ = [
     "SUBJECT_SHIELD_UNBAN",
     "AuthFailed",
     "AuthFailedBatch",
-    "AuthFailedItem",
     "AuthSucceeded",
     "CredentialRequest",
     "DecisionRecord",
@@ -190,46 +189,71 @@ class CredentialRequest(Event):
 MAX_BATCH_FAILURES = 128
 
 
-class AuthFailedItem(BaseModel):
-    """One failure inside an :class:`AuthFailedBatch`: the fields of :class:`AuthFailed`."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    at: datetime
-    client_ip: str = Field(max_length=64)
-    client_port: int = Field(ge=0, le=65535)
-    username: str = Field(max_length=256)
-    method: str = Field(max_length=32)
-    reason: str = Field(max_length=64)
+_Ip = Annotated[str, Field(max_length=64)]
+_Port = Annotated[int, Field(ge=0, le=65535)]
+_User = Annotated[str, Field(max_length=256)]
+_Method = Annotated[str, Field(max_length=32)]
+_Reason = Annotated[str, Field(max_length=64)]
 
 
 class AuthFailedBatch(Event):
     """Failed authentication attempts of one gateway, published as one message.
 
-    Consumers count each item once: its identity is (stream sequence of the batch, index).
+    Columns, one entry per failure, all of the same length: ``at`` (epoch seconds), then the
+    fields of :class:`AuthFailed`. Columns of plain values parse without building an object per
+    failure. Consumers count each failure once: its identity is (stream sequence, index).
     """
 
     subject: ClassVar[str] = SUBJECT_AUTH_FAILED_BATCH
     gateway_id: str = Field(max_length=128)
-    failures: list[AuthFailedItem] = Field(min_length=1, max_length=MAX_BATCH_FAILURES)
+    times: list[float] = Field(min_length=1, max_length=MAX_BATCH_FAILURES)
+    client_ip: list[_Ip] = Field(max_length=MAX_BATCH_FAILURES)
+    client_port: list[_Port] = Field(max_length=MAX_BATCH_FAILURES)
+    username: list[_User] = Field(max_length=MAX_BATCH_FAILURES)
+    method: list[_Method] = Field(max_length=MAX_BATCH_FAILURES)
+    reason: list[_Reason] = Field(max_length=MAX_BATCH_FAILURES)
+
+    @model_validator(mode="after")
+    def _columns_align(self) -> Self:
+        n = len(self.times)
+        for name in ("client_ip", "client_port", "username", "method", "reason"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"column {name} has {len(getattr(self, name))} entries, not {n}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.times)
 
     @classmethod
     def of(cls, failures: list[AuthFailed]) -> AuthFailedBatch:
         """One batch of ``failures`` (all of one gateway, at most MAX_BATCH_FAILURES)."""
         return cls(
             gateway_id=failures[0].gateway_id,
-            failures=[
-                AuthFailedItem(
-                    at=f.at,
-                    client_ip=f.client_ip,
-                    client_port=f.client_port,
-                    username=f.username,
-                    method=f.method,
-                    reason=f.reason,
-                )
-                for f in failures
-            ],
+            times=[f.at.timestamp() for f in failures],
+            client_ip=[f.client_ip for f in failures],
+            client_port=[f.client_port for f in failures],
+            username=[f.username for f in failures],
+            method=[f.method for f in failures],
+            reason=[f.reason for f in failures],
         )
+
+    def failures(self) -> list[AuthFailed]:
+        """The batch as single events (tools and audit; consumers read the columns)."""
+        return [
+            AuthFailed(
+                at=datetime.fromtimestamp(at, UTC),
+                client_ip=ip,
+                client_port=port,
+                username=user,
+                method=method,
+                reason=reason,
+                gateway_id=self.gateway_id,
+            )
+            for at, ip, port, user, method, reason in zip(
+                self.times, self.client_ip, self.client_port, self.username, self.method,
+                self.reason, strict=True,
+            )
+        ]  # fmt: skip
 
 
 class SessionKill(Event):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,7 +45,7 @@ from stockade.core.events import (
 from stockade.core.logging import escape_peer
 from stockade.core.settings import ShieldSettings
 
-from ._detector import Detector, Failure, Outcome, Rules
+from ._detector import Detector, Failure, Outcome, Rules, Verdict
 from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
 from ._metrics import ShieldMetrics
 from ._model import Ban, overlaps_allowlist, parse_source, source_key
@@ -201,44 +201,58 @@ class Shield:
         if delivery.subject == SUBJECT_AUTH_FAILED_BATCH:
             batch = AuthFailedBatch.from_bytes(delivery.data)
             return [
-                Failure(
-                    seq=base + index,
-                    at=min(item.at.timestamp(), stored_at),  # never after the server stored it
-                    ip=item.client_ip,
-                    username=item.username,
-                    reason=item.reason,
+                Failure(base + index, min(at, stored_at), ip, user, reason)
+                for index, (at, ip, user, reason) in enumerate(
+                    zip(batch.times, batch.client_ip, batch.username, batch.reason, strict=True)
                 )
-                for index, item in enumerate(batch.failures)
             ]
         event = AuthFailed.from_bytes(delivery.data)
         return [Failure(base, stored_at, event.client_ip, event.username, event.reason)]
 
+    def _malformed(self, delivery: Delivery, exc: InvalidInput) -> Reject:
+        self.metrics.events_consumed += 1
+        self.metrics.events_malformed += 1
+        _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
+        return Reject(f"malformed: {exc}")
+
     async def _on_failed(self, delivery: Delivery) -> None:
+        """One message: a single failure, or a batch read column by column (the hot path:
+        :meth:`Detector.observe` builds nothing for failures that change no ban)."""
+        base = delivery.stream_seq * SEQ_SCALE
+        stored_at = delivery.timestamp.timestamp()
+        rows: Iterator[tuple[float, str, str, str]]
         try:
-            failures = self._failures(delivery)
+            if delivery.subject == SUBJECT_AUTH_FAILED_BATCH:
+                batch = AuthFailedBatch.from_bytes(delivery.data)
+                rows = zip(batch.times, batch.client_ip, batch.username, batch.reason, strict=True)
+            else:
+                event = AuthFailed.from_bytes(delivery.data)
+                rows = iter([(stored_at, event.client_ip, event.username, event.reason)])
         except InvalidInput as exc:
-            self.metrics.events_consumed += 1
-            self.metrics.events_malformed += 1
-            _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
-            raise Reject(f"malformed: {exc}") from exc
-        detector = self.detector
+            raise self._malformed(delivery, exc) from exc
+        observe = self.detector.observe
         lookup = self.deny_list.lookup
-        for failure in failures:
+        counted = 0
+        for index, (at, ip, user, reason) in enumerate(rows):
+            counted += 1
             try:
-                verdict = detector.decide(failure, lookup)
+                outcome = observe(base + index, at if at < stored_at else stored_at, ip, user,
+                                  reason, lookup)  # fmt: skip
             except InvalidInput as exc:  # one bad address does not lose the rest of a batch
-                self.metrics.events_malformed += 1
-                _log.warning("event_malformed", seq=failure.seq, error=escape_peer(str(exc)))
                 if delivery.subject == SUBJECT_AUTH_FAILED:
-                    self.metrics.events_consumed += 1
-                    raise Reject(f"malformed: {exc}") from exc
+                    raise self._malformed(delivery, exc) from exc
+                self.metrics.events_malformed += 1
+                _log.warning("event_malformed", seq=base + index, error=escape_peer(str(exc)))
                 continue
-            if verdict.ban is not None:
-                await self._issue_ban(verdict.ban, delivery)
-            elif verdict.outcome is Outcome.ALLOWLISTED:
+            if outcome is Outcome.COUNTED or outcome is Outcome.ALREADY_BANNED:
+                continue
+            if isinstance(outcome, Verdict):
+                assert outcome.ban is not None
+                await self._issue_ban(outcome.ban, delivery)
+                self.detector.commit(outcome)
+            elif outcome is Outcome.ALLOWLISTED:
                 self.metrics.allowlisted += 1
-            detector.commit(verdict)
-        self.metrics.events_consumed += len(failures)
+        self.metrics.events_consumed += counted
 
     async def _issue_ban(self, ban: Ban, delivery: Delivery) -> None:
         """Mirror ``ban`` in the deny-list and send its write; :meth:`_flush` awaits it."""
