@@ -23,6 +23,7 @@ stores the bans it decided.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,9 @@ WRITE_TIMEOUT = 10.0
 SEQ_SCALE = 256
 assert MAX_BATCH_FAILURES <= SEQ_SCALE
 _SUBJECTS = (SUBJECT_AUTH_FAILED, SUBJECT_AUTH_FAILED_BATCH)
+#: Ban writes awaited once this many are in flight within one chunk (nats-py allows 4000
+#: unacknowledged publishes; past that each one waits in a semaphore queue).
+_CONFIRM_EVERY = 1024
 
 
 class _PendingBan:
@@ -263,6 +267,9 @@ class Shield:
             _log.warning("ban_write_failed", source=ban.source, error=str(exc))
             put = None
         self._pending.append(_PendingBan(ban, delivery.timestamp.timestamp(), put))
+        if len(self._pending) >= _CONFIRM_EVERY:  # keep nats-py's in-flight window unblocked
+            with contextlib.suppress(BusUnavailable):  # unconfirmed ones stay for the hook
+                await self._flush()
         _log.info(
             "source_banned",
             source=ban.source,
