@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from stockade.core.errors import InvalidInput, TokenRejected
@@ -70,7 +70,7 @@ class SessionSocket:
         self._sessions = sessions
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
-        self._protocols: set[H11Protocol] = set()
+        self._protocols: set[HttpToolsProtocol] = set()
         self._cancel_watch: Any = None
         self._drained = asyncio.Event()
         self._closed = False
@@ -167,8 +167,8 @@ def _bind(
     return sock, (bound.st_dev, bound.st_ino)
 
 
-class _PeerCheckedProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, dropping peers that run as neither allowed user."""
+class _PeerCheckedProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), dropping peers that run as neither allowed user."""
 
     def __init__(self, *, handle: SessionSocket, allowed: frozenset[int], **options: Any) -> None:
         super().__init__(**options)
@@ -203,7 +203,7 @@ class UnixListeners:
     def __init__(self, app: Any, *, sessions: LiveSessions) -> None:
         self._config = uvicorn.Config(
             app,
-            http="h11",
+            http="httptools",
             lifespan="off",
             log_level="warning",
             access_log=False,
