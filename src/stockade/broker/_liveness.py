@@ -67,7 +67,7 @@ class LiveSessions:
         self,
         identity: TokenVerifier,
         *,
-        max_age: float = 30.0,
+        max_age: float = 5.0,
         max_entries: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

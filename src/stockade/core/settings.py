@@ -343,7 +343,7 @@ class BrokerSocketSettings(_Section):
     carries its session token). Unset: none. Per-session sockets need no setting."""
     mode: int = Field(default=0o660, ge=0, le=0o777)
     """Permission bits of the shared socket."""
-    liveness_max_age: float = Field(default=30.0, ge=0, le=3600)
+    liveness_max_age: float = Field(default=5.0, ge=0, le=3600)
     """Seconds a verified session token is trusted from memory, while the bus (which announces
     session ends and kills) is connected; then the store is asked again. 0: always the store."""
 
