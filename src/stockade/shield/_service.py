@@ -137,6 +137,7 @@ class Shield:
         self._stop = asyncio.Event()
         self._ack_floor = 0
         self._pending: list[_PendingBan] = []
+        self._ban_log: Any = _log  # bound once at start: a lazy logger binds on every call
         self.replayed = 0
 
     def __repr__(self) -> str:
@@ -149,6 +150,7 @@ class Shield:
         return self._store
 
     async def start(self) -> None:
+        self._ban_log = _log.bind()  # logging is configured by now
         await self.bus.ensure_streams()
         self._store = await BanStore.open(self.bus, strike_memory=self.rules.strike_memory)
         self._sync = await BanSync.start(self.bus, [self.deny_list, *self.enforcers])
@@ -270,7 +272,7 @@ class Shield:
         if len(self._pending) >= _CONFIRM_EVERY:  # keep nats-py's in-flight window unblocked
             with contextlib.suppress(BusUnavailable):  # unconfirmed ones stay for the hook
                 await self._flush()
-        _log.info(
+        self._ban_log.info(
             "source_banned",
             source=ban.source,
             strikes=ban.strikes,
