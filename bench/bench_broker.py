@@ -65,7 +65,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def openbao(tmp: Path) -> Iterator[tuple[str, str]]:
+def openbao(tmp: Path) -> Iterator[tuple[str, str, int]]:
     port, token = _free_port(), "root-" + secrets.token_hex(8)
     with (tmp / "bao.log").open("wb") as log:
         proc = subprocess.Popen(
@@ -83,7 +83,7 @@ def openbao(tmp: Path) -> Iterator[tuple[str, str]]:
                         break
                 except OSError:
                     time.sleep(0.1)
-            yield addr, token
+            yield addr, token, proc.pid
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -237,6 +237,7 @@ async def load(mode: str, url: str, ca: str, token: str) -> dict[str, float]:
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
+        "count": len(latencies),
         "p50": latencies[len(latencies) // 2] * 1000,
         "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "errors": errors,
@@ -254,10 +255,16 @@ def load_in_child(mode: str, url: str, ca: str, token: str) -> dict[str, float]:
     return doc
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-broker-") as name, openbao(Path(name)) as bao:
         tmp = Path(name)
-        addr, vault_token = bao
+        addr, vault_token, bao_pid = bao
         password = secrets.token_urlsafe(24)
         kv_put(
             addr, vault_token, f"stockade/bench/git/{HOST}", {"username": "u", "password": password}
@@ -312,8 +319,12 @@ def main() -> None:
                     goal="<= 3x",
                     met=subject / anchor <= 3,
                 )
+            bao_cpu = _cpu_seconds(bao_pid)
             direct = load_in_child("direct", addr, "", vault_token)
+            bao_direct_cpu = _cpu_seconds(bao_pid) - bao_cpu
+            ours, bao_cpu = time.process_time(), _cpu_seconds(bao_pid)
             stats = load_in_child("broker", running.url, str(running.ca), running.token)
+            ours, bao_cpu = time.process_time() - ours, _cpu_seconds(bao_pid) - bao_cpu
             direct2 = load_in_child("direct", addr, "", vault_token)  # before and after: fair
             direct_rps = (direct["rps"] + direct2["rps"]) / 2
             direct_p99 = (direct["p99"] + direct2["p99"]) / 2
@@ -326,6 +337,14 @@ def main() -> None:
                 ratio=stats["rps"] / direct_rps,
                 goal=">= 0.5x",
                 met=stats["rps"] / direct_rps >= 0.5,
+            )
+            requests = stats["count"]
+            record(
+                "broker CPU per credential request (load-independent)",
+                value=f"broker {ours / requests * 1e6:.0f} us + OpenBao "
+                f"{bao_cpu / requests * 1e6:.0f} us",
+                anchor=f"OpenBao alone {bao_direct_cpu / direct['count'] * 1e6:.0f} us per read",
+                ratio=(ours + bao_cpu) / requests / (bao_direct_cpu / direct["count"]),
             )
             record(
                 f"broker POST /v1/credentials/git, OpenBao, {CONCURRENCY} clients (p99)",
