@@ -5,10 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps up test lint typecheck unit bench proto clean
+.PHONY: venv system-deps helpers up test lint typecheck unit bench proto clean
 
 # Idempotent and fast when nothing changed: reinstalls only when pyproject.toml is newer.
-venv: system-deps $(STAMP)
+venv: system-deps $(STAMP) helpers
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -18,6 +18,21 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
+
+# The static credential helper (Rust, standard library only): a static-pie binary that
+# stockade.helpers.static_helper() finds in the package's bin/ (ignored by git).
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo $(HOME)/.cargo/bin/cargo)
+HELPER_SRC := src/stockade/helpers/rust
+HELPER_TARGET := x86_64-unknown-linux-gnu
+HELPER_BIN := src/stockade/helpers/bin/stockade-credential-helper
+
+helpers: $(HELPER_BIN)
+
+$(HELPER_BIN): $(HELPER_SRC)/Cargo.toml $(wildcard $(HELPER_SRC)/src/*.rs)
+	cd $(HELPER_SRC) && RUSTFLAGS='-C target-feature=+crt-static' $(CARGO) build -q --release \
+	  --offline --target $(HELPER_TARGET) --target-dir $(abspath build/helpers)
+	@mkdir -p $(dir $@)
+	install -m 0755 build/helpers/$(HELPER_TARGET)/release/stockade-credential-helper $@
 
 up: venv
 	$(BIN)/stockade up
@@ -33,8 +48,9 @@ typecheck: venv
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# `make bench ARGS=gateway` runs one module (ARGS: module names, e.g. "broker shield").
 bench: venv
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
 
 # Regenerates the gRPC modules from proto/ (committed; run after editing a .proto).
 proto: venv

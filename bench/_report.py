@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-__all__ = ["Row", "record"]
+__all__ = ["Row", "format_row", "record"]
 
 #: Where rows go while ``python -m bench`` runs (set by the runner for each module).
 RESULTS_ENV = "STOCKADE_BENCH_RESULTS"
@@ -43,12 +43,17 @@ def record(
     set (``None`` for figures that are only measured)."""
     row = Row(module or os.environ.get("STOCKADE_BENCH_MODULE", ""), benchmark, value, anchor,
               ratio, goal, met)  # fmt: skip
-    shown = f"{ratio:.2f}x" if ratio is not None else "-"
-    verdict = {True: "met", False: "MISSED", None: ""}[met]
-    print(f"   {benchmark}: {value} | anchor {anchor or '-'} | {shown} | goal {goal} {verdict}",
-          flush=True)  # fmt: skip
+    print(format_row(row), flush=True)
     path = os.environ.get(RESULTS_ENV)
     if path:
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(asdict(row)) + "\n")
     return row
+
+
+def format_row(row: Row) -> str:
+    """One report line: ``   benchmark: value | anchor A | ratio | goal G met``."""
+    shown = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+    verdict = {True: "met", False: "MISSED", None: ""}[row.met]
+    return (f"   {row.benchmark}: {row.value} | anchor {row.anchor or '-'} | {shown} | "
+            f"goal {row.goal} {verdict}").rstrip()  # fmt: skip

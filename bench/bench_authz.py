@@ -15,6 +15,7 @@ from pathlib import Path
 
 import regorus
 
+from bench._report import record
 from stockade.authz import (
     Authorizer,
     Context,
@@ -97,16 +98,22 @@ async def _measure() -> None:
     finally:
         await authorizer.stop()
     raw_rate, logged_rate, quiet_rate = rates["raw"], rates["logged"], rates["quiet"]
-    print(f"raw regorus eval_rule:           {raw_rate:>9,.0f} decisions/s")
-    print(
-        f"Authorizer.decide (log on):      {logged_rate:>9,.0f} decisions/s "
-        f"({logged_rate / raw_rate:.0%} of raw, goal >= 70%)"
+    anchor = f"raw regorus eval_rule {raw_rate:,.0f}/s"
+    record(
+        "Authorizer.decide, decision log on",
+        value=f"{logged_rate:,.0f} decisions/s",
+        anchor=anchor,
+        ratio=logged_rate / raw_rate,
+        goal=">= 0.7x",
+        met=logged_rate / raw_rate >= 0.7,
     )
-    print(
-        f"Authorizer.decide (log off):     {quiet_rate:>9,.0f} decisions/s "
-        f"({quiet_rate / raw_rate:.0%} of raw)"
+    record(
+        "Authorizer.decide, decision log off",
+        value=f"{quiet_rate:,.0f} decisions/s",
+        anchor=anchor,
+        ratio=quiet_rate / raw_rate,
     )
-    print(f"decision records published:      {sink.records:>9,} (folded)")
+    record("decision records published (folded)", value=f"{sink.records:,}")
 
 
 def main() -> None:

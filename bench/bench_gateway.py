@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._report import record
 from stockade.authz import Authorizer
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
@@ -124,10 +125,9 @@ async def _latency_part(tmp: Path, key: Path, sshd_port: int, gw_port: int) -> N
     through = await _latency(_ssh(tmp, key, gw_port, "bench", "true"))
     p50d, p99d, p50g, p99g = (_pct(direct, 0.5), _pct(direct, 0.99),
                               _pct(through, 0.5), _pct(through, 0.99))  # fmt: skip
-    print(f"login+exec true p50: gateway {p50g:.1f} ms, sshd {p50d:.1f} ms "
-          f"({p50g / p50d:.2f}x sshd)")  # fmt: skip
-    print(f"login+exec true p99: gateway {p99g:.1f} ms, sshd {p99d:.1f} ms "
-          f"({p99g / p99d:.2f}x sshd)")  # fmt: skip
+    for cut, ours, theirs in (("p50", p50g, p50d), ("p99", p99g, p99d)):
+        record(f"ssh login+exec true ({cut})", value=f"gateway {ours:.1f} ms",
+               anchor=f"sshd {theirs:.1f} ms", ratio=ours / theirs)  # fmt: skip
 
 
 async def _bulk_part(tmp: Path, key: Path, bulk_key: Path, sshd_port: int, gw_port: int) -> None:
@@ -141,8 +141,9 @@ async def _bulk_part(tmp: Path, key: Path, bulk_key: Path, sshd_port: int, gw_po
         print(f"bulk {BULK_MB} MB stream, round {round_no}: gateway {through:.0f} MB/s, "
               f"sshd {direct:.0f} MB/s ({through / direct:.0%} of sshd)", flush=True)  # fmt: skip
     ratios.sort()
-    print(f"bulk {BULK_MB} MB stream: gateway {ratios[0]:.0%}..{ratios[-1]:.0%} of sshd over "
-          f"{BULK_ROUNDS} interleaved rounds (median {ratios[len(ratios) // 2]:.0%})")  # fmt: skip
+    record(f"bulk {BULK_MB} MB stream, {BULK_ROUNDS} interleaved rounds (median)",
+           value=f"gateway {ratios[0]:.0%}..{ratios[-1]:.0%} of sshd",
+           anchor="sshd (same client, same round)", ratio=ratios[len(ratios) // 2])  # fmt: skip
 
 
 async def _idle_part(tmp: Path, key: Path, gw_port: int, gateway: Gateway) -> None:
@@ -160,7 +161,7 @@ async def _idle_part(tmp: Path, key: Path, gw_port: int, gateway: Gateway) -> No
     after = _rss_kb()
     count = len(gateway._conns)
     growth = (after - before) / max(1, count)
-    print(f"idle connections: {count}; RSS growth {growth:.0f} KiB per idle session")
+    record(f"idle sessions ({count})", value=f"{growth:.0f} KiB RSS per idle session")
     for proc in idle:
         proc.terminate()
     for proc in idle:
@@ -198,7 +199,7 @@ async def _run(tmp: Path, key: Path, sshd_port: int) -> None:
             if "idle" in PARTS:
                 await _idle_part(tmp, key, gw_port, gateway)
         finally:
-            await gateway.stop(grace=0)
+            await gateway.stop(grace=5)  # sessions end and return their connections first
             await bus.close()
             await store.close()
 

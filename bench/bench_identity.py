@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import insert, text
 
+from bench._report import record
 from stockade.core.settings import IdentitySettings
 from stockade.identity import IdentityService, KeyRing
 from stockade.store import SshKeyRow, Store, UserRow
@@ -134,12 +135,11 @@ async def _measure(label: str, url: str, keys_dir: Path) -> None:
             if i >= WARMUP:
                 latencies.append(elapsed)
         p50, p99 = _pct(latencies, 0.50) * 1e3, _pct(latencies, 0.99) * 1e3
-        print(
-            f"   lookup_key {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
-            f"mean {statistics.fmean(latencies) * 1e3:.2f} ms "
-            f"({USERS} users, {USERS * KEYS_PER_USER} keys loaded in {loaded:.1f}s, "
-            f"{LOOKUPS} lookups)",
-            flush=True,
+        record(
+            f"identity lookup_key, {label} ({USERS} users, {USERS * KEYS_PER_USER} keys)",
+            value=f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean "
+            f"{statistics.fmean(latencies) * 1e3:.2f} ms ({LOOKUPS} lookups; loaded in "
+            f"{loaded:.1f}s)",
         )
     finally:
         await store.close()
@@ -158,7 +158,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         await _measure("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", Path(tmp) / "keys")
         if not _pg_reachable():
-            print(f"   lookup_key postgresql: skipped ({PG_URL} unreachable)")
+            record("identity lookup_key, postgresql", value=f"skipped: {PG_URL} unreachable")
             return
         schema = f"bench_{uuid.uuid4().hex[:12]}"
         admin = Store(PG_URL)

@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench._report import record
 from stockade.authz import Authorizer, Context, Resource, Subject, build_input
 from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing
@@ -65,7 +66,6 @@ async def _fixed_rate(decide: Callable[[], Awaitable[Any]]) -> list[float]:
 def _report(name: str, latencies: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(latencies, n=100)
     p50, p99 = cuts[49] * 1000, cuts[98] * 1000
-    print(f"  {name:<28} p50 {p50:7.3f} ms   p99 {p99:7.3f} ms   ({len(latencies)} decisions)")
     return p50, p99
 
 
@@ -102,7 +102,6 @@ async def main() -> None:
             port = ours.recv()
             authorizer = Authorizer(settings=AuthzSettings())
             doc = _input()
-            print(f"authz at a fixed {RATE} decisions/s for {SECONDS:.0f}s")
             local = _report(
                 "in-process (anchor)", await _fixed_rate(lambda: authorizer.decide_async(doc))
             )
@@ -114,10 +113,13 @@ async def main() -> None:
                 remote = _report(
                     "gRPC + mutual TLS", await _fixed_rate(lambda: client.decide_async(doc))
                 )
-            print(
-                f"  ratio gRPC/in-process: p50 {remote[0] / local[0]:.1f}x,"
-                f" p99 {remote[1] / local[1]:.1f}x"
-            )
+            for i, cut in enumerate(("p50", "p99")):
+                record(
+                    f"authz decide at {RATE}/s, gRPC + mutual TLS ({cut})",
+                    value=f"{remote[i]:.3f} ms",
+                    anchor=f"in-process {local[i]:.3f} ms",
+                    ratio=remote[i] / local[i],
+                )
         finally:
             ours.send("stop")
             proc.join(timeout=30)

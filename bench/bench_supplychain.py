@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bench._report import record
 from stockade.supplychain import Osslsigncode, create_catalog, load_certificate
 from stockade.supplychain._signing import sign_files
 
@@ -90,7 +91,6 @@ def _bench_catalog(work: Path, pfx: Path) -> None:
                 pass
     sums = min(_time_sha256sum(root) for _ in range(2))
     gib = total / (1 << 30)
-    print(f"   sha256sum: {gib / sums:.2f} GiB/s over {gib:.0f} GiB ({TREE_FILES} files)")
     for workers in (1, None):
         runs = []
         for _ in range(2):
@@ -99,9 +99,13 @@ def _bench_catalog(work: Path, pfx: Path) -> None:
             runs.append(time.perf_counter() - started)
         ours = min(runs)
         label = "1 thread" if workers == 1 else f"{os.cpu_count()} threads"
-        print(
-            f"   catalog create ({label}): {gib / ours:.2f} GiB/s"
-            f" ({sums / ours:.0%} of sha256sum; goal >= 80%)"
+        record(
+            f"catalog create, {label} ({gib:.0f} GiB, {TREE_FILES} files)",
+            value=f"{gib / ours:.2f} GiB/s",
+            anchor=f"sha256sum {gib / sums:.2f} GiB/s",
+            ratio=sums / ours,
+            goal=">= 0.8x",
+            met=sums / ours >= 0.8,
         )
     shutil.rmtree(root)
 
@@ -141,10 +145,11 @@ def _bench_signing(work: Path, pfx: Path) -> None:
             if failed:
                 raise RuntimeError(f"{failed[0].source}: {failed[0].error}")
             rates[workers] = max(rates[workers], len(inputs) / elapsed)
-    print(f"   sign+verify, 1 worker: {rates[1]:.1f} files/s")
-    print(
-        f"   sign+verify, 2 workers: {rates[2]:.1f} files/s"
-        f" ({rates[2] / rates[1]:.2f}x vs 1 worker; {os.cpu_count()} CPUs)"
+    record(
+        f"sign+verify, 2 workers ({os.cpu_count()} CPUs)",
+        value=f"{rates[2]:.1f} files/s",
+        anchor=f"1 worker {rates[1]:.1f} files/s",
+        ratio=rates[2] / rates[1],
     )
 
 

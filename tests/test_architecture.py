@@ -57,7 +57,16 @@ def test_closure_is_transitive_and_core_is_under_everything() -> None:
     assert allowed["authz"] == {"core"}
     assert allowed["identity"] == {"store", "core"}
     assert allowed["gateway"] == {"identity", "store", "authz", "workspace", "bus", "core"}
-    assert allowed["broker"] == {"identity", "store", "authz", "tls", "audit", "bus", "core"}
+    assert allowed["broker"] == {
+        "identity",
+        "store",
+        "authz",
+        "tls",
+        "audit",
+        "bus",
+        "helpers",
+        "core",
+    }
     assert allowed["rpc"] == {"identity", "store", "authz", "audit", "bus", "tls", "core"}
     assert allowed["console"] >= {"broker", "tls", "identity"}
 

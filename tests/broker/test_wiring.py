@@ -14,6 +14,7 @@ import pytest
 from stockade.broker import KubeCluster, workspace_config
 from stockade.broker._wiring import MAX_CONFIG_BYTES
 from stockade.core.errors import InvalidInput
+from stockade.helpers import HELPER_NAMES, static_helper
 
 API = "https://127.0.0.1:8443"
 
@@ -214,3 +215,33 @@ def test_home_itself_must_not_be_a_symlink(tmp_path: Path, outside: Path) -> Non
     link.symlink_to(outside)
     with pytest.raises(InvalidInput, match="not a directory"):
         workspace_config(link, API, None)
+
+
+def test_helper_binary_installs_the_static_helper(tmp_path: Path, ca: Path) -> None:
+    binary = static_helper()
+    assert binary is not None, "the static helper is not built: run make venv (make helpers)"
+    home = tmp_path / "home"
+    home.mkdir()
+    bin_dir = home / ".stockade" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "git-credential-stockade").write_text("#!/bin/sh\necho stale\n")  # replaced
+    for _ in range(2):  # idempotent
+        workspace_config(home, API, ca, helper_binary=binary)
+    assert sorted(p.name for p in bin_dir.iterdir()) == [
+        "docker-credential-stockade",
+        "git-credential-stockade",
+        "kubectl-credential-stockade",
+        "stockade-credential-helper",
+    ]
+    for name in HELPER_NAMES:
+        assert os.readlink(bin_dir / name) == "stockade-credential-helper"
+    assert (bin_dir / "stockade-credential-helper").read_bytes() == binary.read_bytes()
+    assert git_helpers(home) == ["", str(bin_dir / "git-credential-stockade")]
+    version = subprocess.run(
+        [str(bin_dir / "docker-credential-stockade"), "version"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    assert version.stdout == b"docker-credential-stockade (Stockade)\n"

@@ -17,6 +17,7 @@ from broker.fixtures import env, openbao
 from broker.harness import BrokerEnv
 
 from stockade.broker import KubeCluster, workspace_config
+from stockade.core.events import SessionEnded
 from stockade.tls import DevCA
 
 __all__ = ["env", "openbao"]
@@ -178,6 +179,15 @@ async def test_kubectl_sends_the_token_from_the_exec_plugin(
     assert events[0]["target"] == "loop"
 
     await env.identity.end_session(sid, reason="logout")
+    # The broker holds liveness in memory; the end is announced on the bus, as the gateway does.
+    await env.bus.publish(SessionEnded(session_id=sid, username=user, reason="logout"))
+    sessions = env.server.sessions
+    assert sessions is not None
+    for _ in range(200):  # bounded
+        if sessions.is_dead(sid):
+            break
+        await env.bus.flush()
+    assert sessions.is_dead(sid)
     endpoint.authorizations.clear()
     result = await env.run(
         ["kubectl", "version", "-o", "json", "--request-timeout=20s"], env=session, cwd=home

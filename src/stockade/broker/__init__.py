@@ -5,15 +5,16 @@
     server = BrokerServer.from_settings(settings, identity=identity, authz=authorizer,
                                         publisher=bus, ca=dev_ca)
     await server.start()                                   # https://127.0.0.1:8443
-    workspace_config(home, server.url, server.ca_path)     # per new session
+    workspace_config(home, server.url, server.ca_path,     # per new session
+                     helper_binary=static_helper())
+    sock = await server.open_session_socket(session_id, token, path, uid)  # mount it in
     await server.stop()
 
 :func:`create_app` builds the FastAPI app (``POST /v1/credentials/{git,docker,kubernetes}``,
 OpenAPI at ``/openapi.json``); :class:`VaultBackend` and :class:`KubernetesBackend` answer it;
-:mod:`stockade.broker.helpers` holds the console-script helpers.
+:mod:`stockade.helpers` holds the credential helpers.
 
-This module imports its names lazily: the helpers import ``stockade.broker.helpers`` and must
-not pay for FastAPI, uvicorn or hvac at start-up.
+This module imports its names lazily, so importing it stays cheap.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ if TYPE_CHECKING:
 
     from ._app import ACTION, create_app
     from ._kubernetes import KubernetesBackend
+    from ._liveness import LiveSessions
     from ._server import BrokerServer, build_backends
+    from ._sockets import SessionSocket
     from ._types import (
         Credential,
         CredentialBackend,
@@ -47,7 +50,9 @@ __all__ = [
     "EventPublisher",
     "KubeCluster",
     "KubernetesBackend",
+    "LiveSessions",
     "PolicyDecider",
+    "SessionSocket",
     "TokenVerifier",
     "VaultBackend",
     "build_backends",
@@ -64,6 +69,8 @@ _WHERE = {
     "EventPublisher": "._types",
     "KubeCluster": "._wiring",
     "KubernetesBackend": "._kubernetes",
+    "LiveSessions": "._liveness",
+    "SessionSocket": "._sockets",
     "PolicyDecider": "._types",
     "TokenVerifier": "._types",
     "VaultBackend": "._vault",

@@ -59,6 +59,7 @@ from ._models import (
 from ._routing import Router, normalize_host, normalize_registry, validate_cluster
 from ._types import (
     KINDS,
+    SESSION_STATE,
     ClaimsLike,
     Credential,
     CredentialBackend,
@@ -66,6 +67,7 @@ from ._types import (
     EventPublisher,
     Kind,
     PolicyDecider,
+    SessionBinding,
     TokenVerifier,
 )
 
@@ -159,7 +161,16 @@ class _Broker:
         self.publisher = publisher
         self.settings = settings
 
-    async def authenticate(self, bearer: HTTPAuthorizationCredentials | None) -> ClaimsLike:
+    async def authenticate(
+        self, bearer: HTTPAuthorizationCredentials | None, request: Request
+    ) -> ClaimsLike:
+        """The caller's claims: its per-session socket's session (no token needed; a token sent
+        anyway is ignored), else the bearer token's."""
+        state = request.scope.get("state")
+        binding = state.get(SESSION_STATE) if isinstance(state, dict) else None
+        if binding is not None:
+            bound: SessionBinding = binding
+            return await bound.authenticate(audience=self.settings.audience)
         if bearer is None or not bearer.credentials:
             raise TokenRejected("missing", "send Authorization: Bearer $STOCKADE_TOKEN")
         if len(bearer.credentials) > 8192:
@@ -240,7 +251,7 @@ class _Broker:
         target = ""
         backend_ms = 0.0
         try:
-            claims = await self.authenticate(bearer)
+            claims = await self.authenticate(bearer, request)
             target = normalize()
             await self.authorize(
                 claims, kind, target, request.client.host if request.client else None
@@ -298,7 +309,7 @@ class _Broker:
         source_ip = request.client.host if request.client else None
         started = time.perf_counter()
         try:
-            claims = await self.authenticate(bearer)
+            claims = await self.authenticate(bearer, request)
             found: dict[str, str] = {}
             for name in self.router.backends_for("docker"):
                 listed = await self._list(name, claims.sub)

@@ -5,8 +5,13 @@
     server = BrokerServer.from_settings(settings, identity=identity, authz=authorizer,
                                         publisher=bus, ca=dev_ca)
     await server.start()          # bound, TLS ready; server.url is https://127.0.0.1:8443
+    sock = await server.open_session_socket(session_id, token, path, uid)   # per session
     ...
+    await sock.close()            # when the session ends (also done on its end/kill event)
     await server.stop()           # stops serving, closes the backends it created
+
+With a bus, verified sessions are held in memory and dropped on ``stockade.session.ended`` /
+``stockade.session.kill`` (:class:`~stockade.broker._liveness.LiveSessions`).
 
 The server never installs signal handlers: the embedding process owns them.
 """
@@ -24,14 +29,17 @@ from typing import Any
 
 import uvicorn
 
-from stockade.core.errors import BackendError, ConfigError
+from stockade.bus import Bus
+from stockade.core.errors import BackendError, BusUnavailable, ConfigError, TokenRejected
 from stockade.core.logging import get_logger
 from stockade.core.settings import Settings
 from stockade.tls import DevCA, IssuedCert
 
 from ._app import create_app
 from ._kubernetes import KubernetesBackend
-from ._types import CredentialBackend, EventPublisher, PolicyDecider, TokenVerifier
+from ._liveness import LiveSessions
+from ._sockets import SessionSocket, UnixListeners
+from ._types import ClaimsLike, CredentialBackend, EventPublisher, PolicyDecider, TokenVerifier
 from ._vault import VaultBackend
 
 __all__ = ["BrokerServer", "build_backends"]
@@ -56,6 +64,14 @@ def build_backends(settings: Settings) -> dict[str, CredentialBackend]:
     return backends
 
 
+class _NoIdentity:
+    """The verifier of an app built without :meth:`BrokerServer.from_settings`: session sockets
+    then take claims only (their liveness still comes from the bus)."""
+
+    async def verify_token(self, token: str, *, audience: str | None = None) -> ClaimsLike:
+        raise TokenRejected("unverifiable", "this broker has no token verifier for sockets")
+
+
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn without its signal handling: the process embedding it owns the signals."""
 
@@ -69,7 +85,9 @@ class BrokerServer:
 
     ``app`` is an ASGI app (see :func:`create_app`); ``tls`` the certificate and key to serve
     (from :meth:`DevCA.issue`). ``port`` 0 picks a free port; read :attr:`port` after
-    :meth:`start`. Backends passed as ``owned`` are closed by :meth:`stop`.
+    :meth:`start`. Backends passed as ``owned`` are closed by :meth:`stop`. ``sessions`` is the
+    app's token verifier when it holds liveness in memory; with ``bus`` it follows session ends
+    and kills there. ``socket_path`` adds the shared unix socket (mode ``socket_mode``).
     """
 
     def __init__(
@@ -80,12 +98,22 @@ class BrokerServer:
         host: str = "127.0.0.1",
         port: int = 0,
         owned: Mapping[str, CredentialBackend] | None = None,
+        sessions: LiveSessions | None = None,
+        bus: Bus | None = None,
+        socket_path: Path | None = None,
+        socket_mode: int = 0o660,
     ) -> None:
         self.app = app
         self.tls = tls
         self.host = host
         self._requested_port = port
         self._owned = dict(owned or {})
+        self.sessions = sessions
+        self._bus = bus
+        self._socket_path = socket_path
+        self._socket_mode = socket_mode
+        self._unix: UnixListeners | None = None
+        self.shared_socket: SessionSocket | None = None
         self._server: _EmbeddedServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
@@ -108,8 +136,10 @@ class BrokerServer:
         ``127.0.0.1`` and ``::1``. Raises :class:`ConfigError` for bad broker or vault settings.
         """
         backends = build_backends(settings)
+        sockets = settings.broker.sockets
+        sessions = LiveSessions(identity, max_age=sockets.liveness_max_age)
         app = create_app(
-            identity=identity,
+            identity=sessions,
             authz=authz,
             backends=backends,
             publisher=publisher,
@@ -122,7 +152,15 @@ class BrokerServer:
             names.insert(0, settings.broker.host)
         tls = ca.issue("broker", sans=names, client=False)  # a server, never a gRPC caller
         return cls(
-            app, tls=tls, host=settings.broker.host, port=settings.broker.port, owned=backends
+            app,
+            tls=tls,
+            host=settings.broker.host,
+            port=settings.broker.port,
+            owned=backends,
+            sessions=sessions,
+            bus=publisher if isinstance(publisher, Bus) else None,
+            socket_path=sockets.path,
+            socket_mode=sockets.mode,
         )
 
     def __repr__(self) -> str:
@@ -202,7 +240,40 @@ class BrokerServer:
                     f"the broker did not start within {_START_TIMEOUT:g}s on {self.url}"
                 )
             await asyncio.sleep(0.01)
+        if self.sessions is not None and self._bus is not None:
+            try:
+                await self.sessions.attach(self._bus)
+            except BusUnavailable as exc:
+                _log.warning("session_events_unavailable", error=str(exc), fallback="store")
+        if self._socket_path is not None:
+            self.shared_socket = await self._listeners().open_shared(
+                self._socket_path, mode=self._socket_mode
+            )
         _log.info("broker_started", url=self.url)
+
+    def _listeners(self) -> UnixListeners:
+        if self._unix is None:
+            if self.sessions is None:
+                self.sessions = LiveSessions(_NoIdentity(), max_age=0)
+            self._unix = UnixListeners(self.app, sessions=self.sessions)
+        return self._unix
+
+    async def open_session_socket(
+        self,
+        session_id: str,
+        token_or_claims: str | ClaimsLike,
+        path: Path,
+        uid: int | None,
+        *,
+        gid: int | None = None,
+    ) -> SessionSocket:
+        """A unix socket at ``path`` for session ``session_id`` only (mode 0600, owner ``uid``):
+        its requests need no token, and are checked live on each one. Closed by the returned
+        handle's ``close()``, by :meth:`stop`, and when the bus says the session ended or was
+        killed. Raises :class:`~stockade.core.errors.InvalidInput` for an unusable path."""
+        if self._task is None:
+            raise RuntimeError("BrokerServer.open_session_socket needs start() first")
+        return await self._listeners().open_session(session_id, token_or_claims, path, uid, gid=gid)
 
     async def _cleanup(self) -> None:
         if self._socket is not None:
@@ -213,6 +284,12 @@ class BrokerServer:
 
     async def stop(self) -> None:
         """Stop serving (open requests get a few seconds) and close owned backends."""
+        unix, self._unix = self._unix, None
+        if unix is not None:
+            await unix.close()
+        self.shared_socket = None
+        if self.sessions is not None:
+            await self.sessions.detach()
         task, server = self._task, self._server
         if task is not None and server is not None:
             server.should_exit = True

@@ -17,6 +17,7 @@ from stockade.core.events import EventPublisher
 
 __all__ = [
     "KINDS",
+    "SESSION_STATE",
     "ClaimsLike",
     "Credential",
     "CredentialBackend",
@@ -25,6 +26,7 @@ __all__ = [
     "EventPublisher",
     "Kind",
     "PolicyDecider",
+    "SessionBinding",
     "TokenVerifier",
 ]
 
@@ -46,6 +48,17 @@ class ClaimsLike(Protocol):
     def roles(self) -> tuple[str, ...]: ...
     @property
     def groups(self) -> tuple[str, ...]: ...
+
+
+#: Key of the request state under which a per-session socket names its session (a
+#: :class:`SessionBinding`); set by the socket listener only, never from request data.
+SESSION_STATE = "stockade_session"
+
+
+class SessionBinding(Protocol):
+    """What a per-session socket tells the app about its requests."""
+
+    async def authenticate(self, *, audience: str | None) -> ClaimsLike: ...
 
 
 class TokenVerifier(Protocol):

@@ -1,26 +1,22 @@
-"""The ``vault`` backend: credentials read from Vault or OpenBao KV v2 with hvac.
+"""The ``vault`` backend: credentials read from Vault or OpenBao KV v2 over its HTTP API.
 
 Paths come from templates in :class:`~stockade.core.settings.VaultSettings` (documented
 defaults ``secret/data/stockade/{user}/git/{host}``, ``.../docker/{registry}``,
-``.../kubernetes/{cluster}``). hvac is synchronous: its calls run in this backend's own small
-thread pool. Every hvac and ``requests`` exception is mapped here, by :func:`map_vault_error`,
-to :class:`~stockade.core.errors.SecretsBackendUnavailable`; nothing from hvac leaves this module.
+``.../kubernetes/{cluster}``). One async httpx client per backend keeps its connections to Vault
+alive between requests; nothing is cached but the login token: every credential is read from
+Vault when it is asked for. Every httpx exception and every Vault error status is mapped here, by
+:func:`map_vault_error`, to :class:`~stockade.core.errors.SecretsBackendUnavailable`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ssl
 import string
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import hvac
-import hvac.exceptions
-import requests
+import httpx
 
 from stockade.core.errors import ConfigError, NotFound, SecretsBackendUnavailable, StockadeError
 from stockade.core.logging import get_logger
@@ -29,9 +25,8 @@ from stockade.core.settings import VaultSettings
 from ._routing import validate_user
 from ._types import Credential, CredentialQuery, Kind
 
-__all__ = ["MAX_LISTED", "PLACEHOLDERS", "VaultBackend", "map_vault_error"]
+__all__ = ["MAX_LISTED", "PLACEHOLDERS", "VaultBackend", "VaultStatusError", "map_vault_error"]
 
-_T = TypeVar("_T")
 _log = get_logger("stockade.broker.vault")
 
 #: Placeholders each path template may use (``{user}`` is always allowed).
@@ -44,38 +39,72 @@ _TARGET_FIELD: dict[Kind, str] = {"git": "host", "docker": "registry", "kubernet
 _SECRET_FIELD: dict[Kind, str] = {"git": "password", "docker": "secret", "kubernetes": "token"}
 #: At most this many entries are read for one ``list`` (``docker-credential-* list``).
 MAX_LISTED = 200
+#: Largest Vault answer read (a KV secret, a listing).
+MAX_RESPONSE_BYTES = 1 << 20
 
-#: hvac's exception classes and what each means for the caller, most specific first.
-_VAULT_ERRORS: dict[type[BaseException], str] = {
-    hvac.exceptions.InvalidPath: "Vault has no such path",
-    hvac.exceptions.Unauthorized: "Vault rejected the broker's login (unauthorized)",
-    hvac.exceptions.Forbidden: "Vault denied the broker access; check the broker's Vault policy",
-    hvac.exceptions.VaultDown: "Vault is sealed or down",
-    hvac.exceptions.VaultNotInitialized: "Vault is not initialized",
-    hvac.exceptions.RateLimitExceeded: "Vault rate limit exceeded",
-    hvac.exceptions.InternalServerError: "Vault internal error",
-    hvac.exceptions.BadGateway: "Vault answered bad gateway",
-    hvac.exceptions.InvalidRequest: "Vault rejected the request as invalid",
-    hvac.exceptions.ParamValidationError: "Vault rejected the request parameters",
-    hvac.exceptions.PreconditionFailed: "Vault precondition failed (namespace or consistency)",
-    hvac.exceptions.UnsupportedOperation: "Vault does not support the operation",
-    hvac.exceptions.UnexpectedError: "Vault answered unexpectedly",
-    hvac.exceptions.VaultError: "Vault error",
-    requests.exceptions.SSLError: "TLS to Vault failed; set vault.ca_cert",
-    requests.exceptions.ConnectionError: "cannot connect to Vault",
-    requests.exceptions.Timeout: "Vault did not answer in time",
-    requests.exceptions.RequestException: "HTTP request to Vault failed",
+
+class VaultStatusError(Exception):
+    """Vault answered an HTTP error status (never carries the response body)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"Vault answered HTTP {status}")
+        self.status = status
+
+
+#: Vault's error statuses and what each means for the caller.
+_STATUS_MESSAGES: dict[int, str] = {
+    400: "Vault rejected the request as invalid",
+    401: "Vault rejected the broker's login (unauthorized)",
+    403: "Vault denied the broker access; check the broker's Vault policy",
+    404: "Vault has no such path",
+    405: "Vault does not support the operation",
+    412: "Vault precondition failed (namespace or consistency)",
+    429: "Vault rate limit exceeded",
+    500: "Vault internal error",
+    501: "Vault is not initialized",
+    502: "Vault answered bad gateway",
+    503: "Vault is sealed or down",
+}
+
+#: httpx's exception classes and what each means, most specific first.
+_HTTPX_ERRORS: dict[type[BaseException], str] = {
+    httpx.ConnectTimeout: "Vault did not answer in time",
+    httpx.ConnectError: "cannot connect to Vault",
+    httpx.TimeoutException: "Vault did not answer in time",
+    httpx.RemoteProtocolError: "Vault broke the HTTP protocol",
+    httpx.NetworkError: "the connection to Vault failed",
+    httpx.TooManyRedirects: "Vault redirected too often",
+    httpx.HTTPError: "HTTP request to Vault failed",
+    httpx.InvalidURL: "vault.addr is not a valid URL",
+    httpx.CookieConflict: "Vault set conflicting cookies",
+    httpx.StreamError: "the HTTP stream to Vault was misused",
     ValueError: "Vault answered with malformed data",
 }
 
 
-def map_vault_error(exc: BaseException, *, addr: str) -> SecretsBackendUnavailable:
-    """The :class:`SecretsBackendUnavailable` for ``exc`` from hvac or requests.
+def _tls_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
-    The message names what failed and how to fix it; hvac's own text (which may quote request
-    URLs) is not copied into it.
+
+def map_vault_error(exc: BaseException, *, addr: str) -> SecretsBackendUnavailable:
+    """The :class:`SecretsBackendUnavailable` for ``exc`` from httpx or a Vault status.
+
+    The message names what failed and how to fix it; the library's own text (which may quote
+    request URLs) is not copied into it.
     """
-    for cls, message in _VAULT_ERRORS.items():
+    if isinstance(exc, VaultStatusError):
+        message = _STATUS_MESSAGES.get(exc.status, f"Vault answered HTTP {exc.status}")
+        return SecretsBackendUnavailable(f"{message} ({addr})")
+    if _tls_failure(exc):
+        return SecretsBackendUnavailable(f"TLS to Vault failed; set vault.ca_cert ({addr})")
+    for cls, message in _HTTPX_ERRORS.items():
         if isinstance(exc, cls):
             return SecretsBackendUnavailable(f"{message} ({addr})")
     return SecretsBackendUnavailable(f"Vault call failed: {type(exc).__name__} ({addr})")
@@ -134,12 +163,13 @@ class VaultBackend:
 
     Options are validated once, here: an unknown placeholder, a missing AppRole id or Kubernetes
     role is a :class:`ConfigError` naming the setting. Login happens on first use and again
-    once when Vault answers 403 (an expired AppRole or Kubernetes login token).
+    once when Vault answers 403 (an expired AppRole or Kubernetes login token). ``connections``
+    bounds the kept-alive connections to Vault.
     """
 
     name = "vault"
 
-    def __init__(self, settings: VaultSettings, *, workers: int = 8) -> None:
+    def __init__(self, settings: VaultSettings, *, connections: int = 32) -> None:
         if not settings.addr:
             raise ConfigError("vault.addr is unset: set VAULT_ADDR to enable the vault backend")
         self._settings = settings
@@ -160,38 +190,71 @@ class VaultBackend:
             )
         if method == "kubernetes" and not settings.kubernetes_role:
             raise ConfigError("vault.kubernetes_role is needed for Kubernetes auth")
-        self._client = hvac.Client(
-            url=self._addr,
-            verify=str(settings.ca_cert) if settings.ca_cert else True,
+        if not self._addr.startswith(("http://", "https://")):
+            raise ConfigError(f"vault.addr must be an http(s) URL, got {self._addr!r}")
+        verify: ssl.SSLContext | bool = True
+        if settings.ca_cert is not None:
+            try:
+                verify = ssl.create_default_context(cafile=str(settings.ca_cert))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"vault.ca_cert {settings.ca_cert}: {exc}") from exc
+        headers = {"X-Vault-Request": "true"}
+        if settings.namespace:
+            headers["X-Vault-Namespace"] = settings.namespace
+        self._client = httpx.AsyncClient(
+            base_url=self._addr,
+            verify=verify,
             timeout=settings.timeout,
-            namespace=settings.namespace,
+            headers=headers,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+            trust_env=False,
+            follow_redirects=False,
         )
-        self._login_lock = threading.Lock()
-        self._logged_in = False
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stockade-vault")
+        self._login_lock = asyncio.Lock()
+        self._token: str | None = None
         self._closed = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else self._settings.auth_method
         return f"<VaultBackend {self._addr} {state}>"
 
+    # -- HTTP --------------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, path: str, *, token: str | None, body: dict[str, Any] | None = None
+    ) -> tuple[int, Any]:
+        """One request to ``/v1/<path>``: the status and the decoded JSON body (None if empty)."""
+        headers = {"X-Vault-Token": token} if token else None
+        try:
+            response = await self._client.request(method, f"/v1/{path}", headers=headers, json=body)
+            raw = response.content
+            if len(raw) > MAX_RESPONSE_BYTES:
+                raise ValueError("response too large")
+            return response.status_code, (response.json() if raw.strip() else None)
+        except StockadeError:
+            raise
+        except Exception as exc:
+            raise map_vault_error(exc, addr=self._addr) from exc
+
     # -- login -------------------------------------------------------------------------------
 
-    def _login(self, *, force: bool = False) -> None:
-        with self._login_lock:
-            if self._logged_in and not force:
-                return
+    async def _login(self, *, stale: str | None = None) -> str:
+        """The Vault token to use; logs in again when the current one is ``stale``."""
+        async with self._login_lock:
+            if self._token is not None and self._token != stale:
+                return self._token
             settings = self._settings
             if settings.auth_method == "token":
                 assert settings.token is not None
-                self._client.token = settings.token.get_secret_value()
-            elif settings.auth_method == "approle":
+                self._token = settings.token.get_secret_value()
+                return self._token
+            if settings.auth_method == "approle":
                 assert settings.approle_secret_id is not None
-                self._client.auth.approle.login(
-                    role_id=settings.approle_role_id,
-                    secret_id=settings.approle_secret_id.get_secret_value(),
-                    mount_point=settings.approle_mount,
-                )
+                mount = settings.approle_mount
+                body = {
+                    "role_id": settings.approle_role_id,
+                    "secret_id": settings.approle_secret_id.get_secret_value(),
+                }
             else:
                 try:
                     jwt = settings.kubernetes_jwt_file.read_text().strip()
@@ -200,38 +263,36 @@ class VaultBackend:
                         f"cannot read vault.kubernetes_jwt_file {settings.kubernetes_jwt_file}: "
                         f"{exc.strerror}"
                     ) from exc
-                self._client.auth.kubernetes.login(
-                    role=settings.kubernetes_role, jwt=jwt, mount_point=settings.kubernetes_mount
+                mount = settings.kubernetes_mount
+                body = {"role": settings.kubernetes_role, "jwt": jwt}
+            status, doc = await self._send("POST", f"auth/{mount}/login", token=None, body=body)
+            if status != 200:
+                raise map_vault_error(VaultStatusError(status), addr=self._addr)
+            auth = doc.get("auth") if isinstance(doc, dict) else None
+            token = auth.get("client_token") if isinstance(auth, dict) else None
+            if not isinstance(token, str) or not token:
+                raise SecretsBackendUnavailable(
+                    f"Vault answered a login without a client token ({self._addr})"
                 )
-            self._logged_in = True
+            self._token = token
+            return token
 
-    @contextlib.contextmanager
-    def _mapped(self) -> Iterator[None]:
-        try:
-            yield
-        except StockadeError:
-            raise
-        except Exception as exc:
-            raise map_vault_error(exc, addr=self._addr) from exc
-
-    def _call(self, func: Callable[[], _T]) -> _T:
-        """Run ``func`` logged in; after a 403 with a login method, log in again once."""
-        with self._mapped():
-            self._login()
-            try:
-                return func()
-            except hvac.exceptions.Forbidden:
-                if self._settings.auth_method == "token":
-                    raise
-                _log.info("vault_relogin", addr=self._addr)
-                self._login(force=True)
-                return func()
-
-    async def _run(self, func: Callable[[], _T]) -> _T:
+    async def _call(self, method: str, path: str) -> Any:
+        """``method`` on ``path`` logged in: the JSON body, or None for a 404. After a 403 with
+        a login method, logs in again once."""
         if self._closed:
             raise SecretsBackendUnavailable("the vault backend is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._call, func)
+        token = await self._login()
+        status, doc = await self._send(method, path, token=token)
+        if status == 403 and self._settings.auth_method != "token":
+            _log.info("vault_relogin", addr=self._addr)
+            token = await self._login(stale=token)
+            status, doc = await self._send(method, path, token=token)
+        if status == 404:
+            return None
+        if status != 200:
+            raise map_vault_error(VaultStatusError(status), addr=self._addr)
+        return doc
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -259,7 +320,7 @@ class VaultBackend:
     async def get(self, query: CredentialQuery) -> Credential:
         """The credential stored for ``query``; raises NotFound or SecretsBackendUnavailable."""
         path = self.path_for(query)
-        fields = self._fields(await self._run(lambda: self._client.read(path)), path)
+        fields = self._fields(await self._call("GET", path), path)
         if fields is None:
             raise NotFound("credential", f"{query.kind}/{query.target}")
         secret_field = _SECRET_FIELD[query.kind]
@@ -284,30 +345,27 @@ class VaultBackend:
         if template is None:
             return {}
         folder = template.format_map({"user": validate_user(user)})
-        target_template = self._templates[kind]
-
-        def read_all() -> dict[str, str]:
-            listing = self._client.list(folder)
-            if not listing:
-                return {}
-            keys = listing.get("data", {}).get("keys", []) if isinstance(listing, dict) else []
-            found: dict[str, str] = {}
-            for key in keys[:MAX_LISTED]:
-                if not isinstance(key, str) or key.endswith("/"):
-                    continue
-                path = target_template.format_map({"user": user, _TARGET_FIELD[kind]: key})
-                fields = self._fields(self._client.read(path), path)
-                if fields is not None:
-                    username = fields.get("username", "")
-                    found[key] = username if isinstance(username, str) else ""
-            return found
-
-        return await self._run(read_all)
+        listing = await self._call("LIST", folder)
+        if not isinstance(listing, dict):
+            return {}
+        data = listing.get("data")
+        keys = data.get("keys", []) if isinstance(data, dict) else []
+        if not isinstance(keys, list):
+            raise SecretsBackendUnavailable(f"Vault answered a malformed listing for {folder}")
+        found: dict[str, str] = {}
+        for key in keys[:MAX_LISTED]:
+            if not isinstance(key, str) or key.endswith("/"):
+                continue
+            path = self._templates[kind].format_map({"user": user, _TARGET_FIELD[kind]: key})
+            fields = self._fields(await self._call("GET", path), path)
+            if fields is not None:
+                username = fields.get("username", "")
+                found[key] = username if isinstance(username, str) else ""
+        return found
 
     async def aclose(self) -> None:
-        """Release the thread pool and the HTTP session."""
+        """Close the connections to Vault."""
         if self._closed:
             return
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        await asyncio.to_thread(self._client.adapter.close)
+        await self._client.aclose()

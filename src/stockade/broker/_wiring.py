@@ -47,6 +47,7 @@ from typing import Any
 
 from stockade.core.errors import InvalidInput
 from stockade.core.logging import get_logger
+from stockade.helpers import HELPER_NAMES, STATIC_HELPER, fallback_source
 
 __all__ = [
     "EXEC_API_VERSION",
@@ -130,12 +131,17 @@ def _read(dir_fd: int, name: str) -> str | None:
 
 def _write(dir_fd: int, name: str, text: str, *, mode: int, owner: _Owner) -> None:
     """Replace ``name`` in ``dir_fd`` with ``text`` atomically (a symlink there is replaced)."""
+    _write_bytes(dir_fd, name, text.encode("utf-8", "surrogateescape"), mode=mode, owner=owner)
+
+
+def _write_bytes(dir_fd: int, name: str, data: bytes, *, mode: int, owner: _Owner) -> None:
+    """Replace ``name`` in ``dir_fd`` with ``data`` atomically (a symlink there is replaced)."""
     tmp = f".{name}.{secrets.token_hex(6)}.tmp"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8", "surrogateescape"))
+            handle.write(data)
             os.fchmod(handle.fileno(), mode)
             if owner is not None:
                 os.fchown(handle.fileno(), *owner)
@@ -217,7 +223,7 @@ def _kubeconfig(
     return doc
 
 
-#: Name of the copy of ``helpers.py`` in ``~/.stockade/bin``.
+#: Name of the copy of the Python fallback helpers in ``~/.stockade/bin``.
 HELPERS_COPY = "stockade_credential_helpers.py"
 
 
@@ -225,7 +231,7 @@ def _install_wrappers(root: int, home: Path, python: str, owner: _Owner) -> None
     """``.stockade/bin/<kind>-credential-stockade`` scripts running a copy of helpers.py (standard
     library only) with ``python``. The copy lives in the home because a sandbox may show
     nothing else of this host's files (bubblewrap gives sessions a private /tmp, for one)."""
-    helpers = Path(__file__).with_name("helpers.py").read_text(encoding="utf-8")
+    helpers = fallback_source().read_text(encoding="utf-8")
     source = shlex.quote(str(home / ".stockade" / "bin" / HELPERS_COPY))
     with (
         _opendir(".stockade", parent=root, owner=owner, create=True) as state,
@@ -237,6 +243,28 @@ def _install_wrappers(root: int, home: Path, python: str, owner: _Owner) -> None
             _write(bin_dir, f"{kind}-credential-stockade", script, mode=0o755, owner=owner)
 
 
+def _install_static(root: int, binary: Path, owner: _Owner) -> None:
+    """``.stockade/bin/stockade-credential-helper`` (a copy of the static helper) and the three
+    helper names as symlinks to it: it picks its role from the name it is called by."""
+    data = binary.read_bytes()
+    with (
+        _opendir(".stockade", parent=root, owner=owner, create=True) as state,
+        _opendir("bin", parent=state, owner=owner, create=True) as bin_dir,
+    ):
+        _write_bytes(bin_dir, STATIC_HELPER, data, mode=0o755, owner=owner)
+        for name in HELPER_NAMES:
+            tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+            os.symlink(STATIC_HELPER, tmp, dir_fd=bin_dir)
+            try:
+                if owner is not None:
+                    os.chown(tmp, *owner, dir_fd=bin_dir, follow_symlinks=False)
+                os.replace(tmp, name, src_dir_fd=bin_dir, dst_dir_fd=bin_dir)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp, dir_fd=bin_dir)
+                raise
+
+
 def workspace_config(
     home: Path,
     api_url: str,
@@ -246,6 +274,7 @@ def workspace_config(
     owner: tuple[int, int] | None = None,
     helper_dir: Path | None = None,
     helper_python: str | None = None,
+    helper_binary: Path | None = None,
 ) -> None:
     """Configure git, Docker and kubectl in ``home`` to use the Stockade credential helpers.
 
@@ -256,7 +285,10 @@ def workspace_config(
     created. ``helper_dir`` makes git's helper and kubectl's exec command absolute paths in that
     directory (for sessions whose ``PATH`` lacks it). ``helper_python`` (an interpreter path such
     as ``/usr/bin/python3``) writes wrapper scripts running ``helpers.py`` with it into
-    ``~/.stockade/bin`` and uses that as ``helper_dir``. Idempotent; never writes a secret.
+    ``~/.stockade/bin`` and uses that as ``helper_dir``. ``helper_binary`` (the static helper,
+    :func:`stockade.helpers.static_helper`) is copied there instead, with the three helper names
+    linked to it: it needs nothing from the workspace image and talks to the session's unix
+    socket (``STOCKADE_CREDENTIAL_SOCKET``). Idempotent; never writes a secret.
     Raises :class:`InvalidInput` for a non-https ``api_url`` or a missing ``home``.
     """
     if not api_url.startswith("https://"):
@@ -273,7 +305,10 @@ def workspace_config(
     try:
         git_helper = "stockade"
         kube_command = "kubectl-credential-stockade"
-        if helper_python is not None:
+        if helper_binary is not None:
+            helper_dir = home / ".stockade" / "bin"
+            _step("helpers", home, lambda: _install_static(root, helper_binary, owner))
+        elif helper_python is not None:
             helper_dir = home / ".stockade" / "bin"
             _step("helpers", home, lambda: _install_wrappers(root, home, helper_python, owner))
         if helper_dir is not None:

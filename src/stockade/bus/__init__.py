@@ -18,6 +18,7 @@ Every nats-py exception is mapped to :class:`~stockade.core.errors.BusUnavailabl
 :mod:`stockade.bus._consumer` for what a handler's return or exception means.
 """
 
+from ._batch import FailureBatcher
 from ._client import Bus
 from ._consumer import (
     AckHook,
@@ -39,6 +40,7 @@ __all__ = [
     "ConsumerState",
     "Delivery",
     "EmbeddedNats",
+    "FailureBatcher",
     "Handler",
     "KeyValueStore",
     "KvEntry",

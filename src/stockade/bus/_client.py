@@ -14,7 +14,6 @@ import nats.js.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 
 from stockade.core.errors import BusUnavailable
@@ -162,31 +161,6 @@ class Bus:
         with mapped(f"publish {event.subject}"):
             await self._nc.publish(event.subject, event.to_bytes())
 
-    async def subscribe(
-        self, subject: str, handler: Callable[[bytes], Awaitable[None]]
-    ) -> Callable[[], Awaitable[None]]:
-        """A core (not durable) subscription: ``handler`` gets each message's data, in order;
-        an exception in it is logged, never raised into the client. Returns the coroutine
-        function that unsubscribes."""
-
-        async def deliver(msg: Msg) -> None:
-            try:
-                await handler(msg.data)
-            except Exception as exc:  # one bad message must not stop the subscription
-                _log.error("bus_handler_failed", subject=subject, error=repr(exc))
-
-        try:
-            sub = await self._nc.subscribe(subject, cb=deliver)
-            await self._nc.flush()
-        except NatsError as exc:
-            raise BusUnavailable(f"cannot subscribe to {subject}: {exc}") from exc
-
-        async def unsubscribe() -> None:
-            with contextlib.suppress(NatsError):
-                await sub.unsubscribe()
-
-        return unsubscribe
-
     async def flush(self, *, seconds: int = 5) -> None:
         """Wait (up to ``seconds``) until the server has seen everything published so far."""
         with mapped("flush"):
@@ -223,15 +197,16 @@ class Bus:
     async def read_stream(
         self,
         stream: str,
-        subject: str,
+        subject: str | Sequence[str],
         *,
         since: datetime,
         until_seq: int,
         batch: int = 1024,
         idle: float = 2.0,
     ) -> AsyncIterator[Delivery]:
-        """Yield the messages of ``stream`` on ``subject`` stored from ``since`` up to sequence
-        ``until_seq``, in order, without acknowledging anything (an ephemeral consumer).
+        """Yield the messages of ``stream`` on ``subject`` (one or several) stored from ``since``
+        up to sequence ``until_seq``, in order, without acknowledging anything (an ephemeral
+        consumer).
 
         Stops at ``until_seq``, or when nothing arrives for ``idle`` seconds."""
         config = api.ConsumerConfig(
@@ -239,10 +214,16 @@ class Bus:
             opt_start_time=since.astimezone(UTC),
             ack_policy=api.AckPolicy.NONE,
             inactive_threshold=30.0,
-            filter_subject=subject,
         )
+        subjects = [subject] if isinstance(subject, str) else sorted(subject)
+        if len(subjects) == 1:
+            config.filter_subject = subjects[0]
+        else:
+            config.filter_subjects = subjects
         with mapped(f"read {stream}"):
-            sub = await self._js.pull_subscribe(subject, stream=stream, config=config)
+            sub = await self._js.pull_subscribe(
+                subjects[0] if len(subjects) == 1 else "", stream=stream, config=config
+            )
         try:
             while True:
                 try:
@@ -281,6 +262,36 @@ class Bus:
             except nats.js.errors.NotFoundError:
                 return 0
         return int(raw.seq or 0)
+
+    @property
+    def epoch(self) -> int:
+        """The connection's epoch: it changes with every reconnect, and is -1 while disconnected.
+        Whoever keeps state fed by :meth:`subscribe` trusts it only while the epoch is the one
+        it subscribed in (core subscriptions miss what is published while disconnected)."""
+        if self.closed or not self._nc.is_connected:
+            return -1
+        return int(self._nc.stats.get("reconnects", 0))
+
+    async def subscribe(
+        self, subject: str, callback: Callable[[str, bytes], Awaitable[None]]
+    ) -> Callable[[], Awaitable[None]]:
+        """A core subscription (no replay): ``callback(subject, data)`` for each message on
+        ``subject`` (wildcards allowed). Returns the coroutine function that unsubscribes."""
+
+        async def deliver(msg: Msg) -> None:
+            try:
+                await callback(msg.subject, msg.data)
+            except Exception as exc:  # one bad message must not stop the subscription
+                _log.error("bus_handler_failed", subject=msg.subject, error=repr(exc))
+
+        with mapped(f"subscribe {subject}"):
+            sub = await self._nc.subscribe(subject, cb=deliver)
+
+        async def unsubscribe() -> None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+        return unsubscribe
 
     def consumer(self, *, stream: str, durable: str, **options: Any) -> Consumer:
         """A durable pull consumer (see :class:`Consumer` for handler rules and ``options``)."""

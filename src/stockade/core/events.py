@@ -9,18 +9,20 @@ malformed, oversized or of another schema version.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal, Protocol, Self
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInput
 
 __all__ = [
+    "MAX_BATCH_FAILURES",
     "MAX_EVENT_BYTES",
     "STREAMS",
     "STREAM_AUTH",
     "SUBJECT_AUTHZ_DECISION",
     "SUBJECT_AUTH_FAILED",
+    "SUBJECT_AUTH_FAILED_BATCH",
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
@@ -32,6 +34,7 @@ __all__ = [
     "SUBJECT_SHIELD_BAN",
     "SUBJECT_SHIELD_UNBAN",
     "AuthFailed",
+    "AuthFailedBatch",
     "AuthSucceeded",
     "CredentialRequest",
     "DecisionRecord",
@@ -50,6 +53,8 @@ __all__ = [
 MAX_EVENT_BYTES = 64 * 1024
 
 SUBJECT_AUTH_FAILED = "stockade.auth.failed"
+#: Many failures in one message (:class:`AuthFailedBatch`); in :data:`STREAM_AUTH` too.
+SUBJECT_AUTH_FAILED_BATCH = "stockade.auth.failed.batch"
 SUBJECT_AUTH_SUCCEEDED = "stockade.auth.succeeded"
 SUBJECT_AUTHZ_DECISION = "stockade.authz.decision"
 SUBJECT_SESSION_STARTED = "stockade.session.started"
@@ -177,6 +182,8 @@ class SessionKill(Event):
 
     subject: ClassVar[str] = SUBJECT_SESSION_KILL
     session_id: str = Field(max_length=64)
+    """The session, or ``*`` with ``username``: every session of that user."""
+    username: str | None = Field(default=None, max_length=256)
     reason: str = Field(default="killed", max_length=64)
     """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace``)."""
     message: str = Field(default="session terminated by an administrator", max_length=256)
@@ -246,3 +253,74 @@ class FileTransfer(Event):
     sha256: str = Field(max_length=64)
     complete: bool = True
     """False when the transfer stopped before the file's last byte."""
+
+
+#: Most failures one :class:`AuthFailedBatch` carries (stays well under MAX_EVENT_BYTES).
+MAX_BATCH_FAILURES = 128
+
+
+_Ip = Annotated[str, Field(max_length=64)]
+_Port = Annotated[int, Field(ge=0, le=65535)]
+_User = Annotated[str, Field(max_length=256)]
+_Method = Annotated[str, Field(max_length=32)]
+_Reason = Annotated[str, Field(max_length=64)]
+
+
+class AuthFailedBatch(Event):
+    """Failed authentication attempts of one gateway, published as one message.
+
+    Columns, one entry per failure, all of the same length: ``at`` (epoch seconds), then the
+    fields of :class:`AuthFailed`. Columns of plain values parse without building an object per
+    failure. Consumers count each failure once: its identity is (stream sequence, index).
+    """
+
+    subject: ClassVar[str] = SUBJECT_AUTH_FAILED_BATCH
+    gateway_id: str = Field(max_length=128)
+    times: list[float] = Field(min_length=1, max_length=MAX_BATCH_FAILURES)
+    client_ip: list[_Ip] = Field(max_length=MAX_BATCH_FAILURES)
+    client_port: list[_Port] = Field(max_length=MAX_BATCH_FAILURES)
+    username: list[_User] = Field(max_length=MAX_BATCH_FAILURES)
+    method: list[_Method] = Field(max_length=MAX_BATCH_FAILURES)
+    reason: list[_Reason] = Field(max_length=MAX_BATCH_FAILURES)
+
+    @model_validator(mode="after")
+    def _columns_align(self) -> Self:
+        n = len(self.times)
+        for name in ("client_ip", "client_port", "username", "method", "reason"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"column {name} has {len(getattr(self, name))} entries, not {n}")
+        return self
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @classmethod
+    def of(cls, failures: list[AuthFailed]) -> AuthFailedBatch:
+        """One batch of ``failures`` (all of one gateway, at most MAX_BATCH_FAILURES)."""
+        return cls(
+            gateway_id=failures[0].gateway_id,
+            times=[f.at.timestamp() for f in failures],
+            client_ip=[f.client_ip for f in failures],
+            client_port=[f.client_port for f in failures],
+            username=[f.username for f in failures],
+            method=[f.method for f in failures],
+            reason=[f.reason for f in failures],
+        )
+
+    def failures(self) -> list[AuthFailed]:
+        """The batch as single events (tools and audit; consumers read the columns)."""
+        return [
+            AuthFailed(
+                at=datetime.fromtimestamp(at, UTC),
+                client_ip=ip,
+                client_port=port,
+                username=user,
+                method=method,
+                reason=reason,
+                gateway_id=self.gateway_id,
+            )
+            for at, ip, port, user, method, reason in zip(
+                self.times, self.client_ip, self.client_port, self.username, self.method,
+                self.reason, strict=True,
+            )
+        ]  # fmt: skip

@@ -46,6 +46,7 @@ __all__ = [
     "AuthzSettings",
     "BrokerKubernetesSettings",
     "BrokerSettings",
+    "BrokerSocketSettings",
     "BusSettings",
     "CredentialRoute",
     "GatewaySettings",
@@ -500,6 +501,17 @@ class BrokerKubernetesSettings(_Section):
     """Seconds to wait for the API server."""
 
 
+class BrokerSocketSettings(_Section):
+    path: Path | None = None
+    """The broker's shared unix socket for credential requests (plain HTTP; each request
+    carries its session token). Unset: none. Per-session sockets need no setting."""
+    mode: int = Field(default=0o660, ge=0, le=0o777)
+    """Permission bits of the shared socket."""
+    liveness_max_age: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds a verified session token is trusted from memory, while the bus (which announces
+    session ends and kills) is connected; then the store is asked again. 0: always the store."""
+
+
 class BrokerSettings(_Section):
     host: str = "127.0.0.1"
     """Address the HTTPS credential/admin API listens on."""
@@ -519,6 +531,8 @@ class BrokerSettings(_Section):
     """Refuse to hand out a credential (503) when its audit event cannot be published."""
     max_body_bytes: int = Field(default=16384, ge=1024, le=1 << 20)
     """Largest request body accepted; larger ones answer 413."""
+    sockets: BrokerSocketSettings = BrokerSocketSettings()
+    """Unix-socket listeners (shared socket, session liveness held in memory)."""
 
 
 class VaultSettings(_Section):

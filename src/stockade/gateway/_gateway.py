@@ -102,9 +102,9 @@ class EventSource(Protocol):
     """Bus subscriptions the gateway listens to (``stockade.bus.Bus`` satisfies it)."""
 
     async def subscribe(
-        self, subject: str, handler: Callable[[bytes], Awaitable[None]]
+        self, subject: str, callback: Callable[[str, bytes], Awaitable[None]]
     ) -> Callable[[], Awaitable[None]]:
-        """Call ``handler`` with each message's data; returns an unsubscribe coroutine."""
+        """Call ``callback(subject, data)`` for each message; returns an unsubscribe coroutine."""
         ...
 
 
@@ -334,7 +334,7 @@ class Gateway:
             return
         live = self._live
 
-        async def on_kill(data: bytes) -> None:
+        async def on_kill(_subject: str, data: bytes) -> None:
             try:
                 event = SessionKill.from_bytes(data)
             except InvalidInput as exc:
@@ -342,7 +342,7 @@ class Gateway:
                 return
             await live.kill(event)
 
-        async def on_identity(data: bytes) -> None:
+        async def on_identity(_subject: str, data: bytes) -> None:
             try:
                 event = IdentityChanged.from_bytes(data)
             except InvalidInput as exc:

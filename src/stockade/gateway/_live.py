@@ -120,11 +120,14 @@ class LiveRegistry:
 
     async def kill(self, event: SessionKill) -> None:
         """Apply a ``stockade.session.kill`` (ignored unless this gateway holds the session)."""
-        live = self._by_id.get(event.session_id)
-        if live is None:
-            return
-        _log.info("session_killed", session=event.session_id, reason=event.reason, by=event.by)
-        await live.terminate(event.reason or "killed", event.message or KILL_MESSAGE)
+        if event.session_id == "*":
+            targets = [v for v in self._by_id.values() if v.principal.username == event.username]
+        else:
+            found = self._by_id.get(event.session_id)
+            targets = [] if found is None else [found]
+        for live in targets:
+            _log.info("session_killed", session=live.session_id, reason=event.reason, by=event.by)
+            await live.terminate(event.reason or "killed", event.message or KILL_MESSAGE)
 
     async def identity_changed(self, event: IdentityChanged) -> None:
         """Apply an ``stockade.identity.changed`` to the user's live connections."""

@@ -25,11 +25,12 @@ from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
 from ._metrics import ShieldMetrics
 from ._model import Ban, is_allowlisted, parse_source, source_key
 from ._nft import Nft, NftablesEnforcer, NftError
-from ._service import DURABLE, Shield, build_enforcers, manual_ban, manual_unban
+from ._service import DURABLE, SEQ_SCALE, Shield, build_enforcers, manual_ban, manual_unban
 from ._store import BanStore
 
 __all__ = [
     "DURABLE",
+    "SEQ_SCALE",
     "Ban",
     "BanStore",
     "BanSync",

@@ -233,6 +233,70 @@ class Detector:
         )
         return Verdict(Outcome.BANNED, source, failure, weight, ban)
 
+    def observe(
+        self, seq: int, at: float, ip: str, username: str, reason: str, bans: BanLookup
+    ) -> Outcome | Verdict:
+        """:meth:`decide` and :meth:`commit` in one step, without building a :class:`Failure` or
+        a :class:`Verdict`, for every failure that has nothing to store (the hot path).
+
+        Returns the :class:`Outcome` of a failure it has committed, or the ``BANNED`` verdict
+        (not committed: store its ban, then :meth:`commit` it). Raises
+        :class:`~stockade.core.errors.InvalidInput` when ``ip`` is no address.
+        """
+        source = self._keys.get(ip)
+        if source is None:
+            source = self.source_of(ip)
+        if seq in self._seen:
+            return Outcome.DUPLICATE
+        if not source:
+            self._mark(seq, at)
+            return Outcome.ALLOWLISTED
+        rules = self.rules
+        current = bans(source)
+        if current is not None:
+            if current.until > at:
+                self._mark(seq, at)
+                return Outcome.ALREADY_BANNED
+            if seq <= current.trigger_seq:
+                self._mark(seq, at)
+                return Outcome.IGNORED
+        weight = rules.weights.get(reason, rules.default_weight)
+        state = self._states.get(source)
+        total = weight
+        distinct = 1
+        if state is not None:
+            state.evict(at, rules.window, rules.enum_window)
+            total += state.total
+            distinct = len(state.user_counts) + (username not in state.user_counts)
+        if (weight > 0 and total >= rules.threshold - 1e-9) or (
+            rules.enum_usernames and distinct >= rules.enum_usernames
+        ):
+            return self.decide(Failure(seq, at, ip, username, reason), bans)
+        self._mark(seq, at)
+        if state is None:
+            state = self._states[source] = _SourceState()
+        if weight > 0:
+            state.failures.append((at, weight))
+            state.total += weight
+        state.users.append((at, username))
+        counts = state.user_counts
+        counts[username] = counts.get(username, 0) + 1
+        if at > state.last_at:
+            state.last_at = at
+        return Outcome.COUNTED
+
+    def _mark(self, seq: int, at: float) -> None:
+        """The bookkeeping every committed failure gets: seen, latest time, the sweep."""
+        seen = self._seen
+        seen[seq] = None
+        if len(seen) > self._remember:
+            seen.popitem(last=False)
+        if at > self._latest:
+            self._latest = at
+        self._commits += 1
+        if self._commits % 4096 == 0:
+            self._sweep()
+
     def commit(self, verdict: Verdict) -> None:
         """Record ``verdict`` (after its ban, if any, was stored)."""
         failure = verdict.failure

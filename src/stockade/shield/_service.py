@@ -23,8 +23,9 @@ stores the bans it decided.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,9 +34,12 @@ import structlog
 from stockade.bus import Bus, Consumer, Delivery, PendingPut, Reject
 from stockade.core.errors import BusUnavailable, InvalidInput, StockadeError
 from stockade.core.events import (
+    MAX_BATCH_FAILURES,
     STREAM_AUTH,
     SUBJECT_AUTH_FAILED,
+    SUBJECT_AUTH_FAILED_BATCH,
     AuthFailed,
+    AuthFailedBatch,
     ShieldBan,
     ShieldUnban,
 )
@@ -49,7 +53,7 @@ from ._model import Ban, overlaps_allowlist, parse_source, source_key
 from ._nft import Nft, NftablesEnforcer
 from ._store import BanStore
 
-__all__ = ["DURABLE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
+__all__ = ["DURABLE", "SEQ_SCALE", "Shield", "build_enforcers", "manual_ban", "manual_unban"]
 
 #: Name of the shield's durable consumer on :data:`STREAM_AUTH`.
 DURABLE = "shield"
@@ -58,6 +62,15 @@ _log = structlog.get_logger("stockade.shield")  # lazy: honours configure_loggin
 
 #: Seconds a flush waits for the server to confirm the ban writes of one chunk.
 WRITE_TIMEOUT = 10.0
+#: A failure's identity (dedupe key, a ban's ``trigger_seq``) is ``stream_seq * SEQ_SCALE +
+#: index``: its message's stream sequence and its index in an :class:`AuthFailedBatch` (0 for a
+#: single :class:`AuthFailed`), so a redelivered batch is counted once, item by item.
+SEQ_SCALE = 256
+assert MAX_BATCH_FAILURES <= SEQ_SCALE
+_SUBJECTS = (SUBJECT_AUTH_FAILED, SUBJECT_AUTH_FAILED_BATCH)
+#: Ban writes awaited once this many are in flight within one chunk (nats-py allows 4000
+#: unacknowledged publishes; past that each one waits in a semaphore queue).
+_CONFIRM_EVERY = 1024
 
 
 class _PendingBan:
@@ -124,6 +137,7 @@ class Shield:
         self._stop = asyncio.Event()
         self._ack_floor = 0
         self._pending: list[_PendingBan] = []
+        self._ban_log: Any = _log  # bound once at start: a lazy logger binds on every call
         self.replayed = 0
 
     def __repr__(self) -> str:
@@ -136,6 +150,7 @@ class Shield:
         return self._store
 
     async def start(self) -> None:
+        self._ban_log = _log.bind()  # logging is configured by now
         await self.bus.ensure_streams()
         self._store = await BanStore.open(self.bus, strike_memory=self.rules.strike_memory)
         self._sync = await BanSync.start(self.bus, [self.deny_list, *self.enforcers])
@@ -143,6 +158,7 @@ class Shield:
             stream=STREAM_AUTH, durable=self.durable, batch=self._batch, cumulative_ack=True
         )
         consumer.on(SUBJECT_AUTH_FAILED)(self._on_failed)
+        consumer.on(SUBJECT_AUTH_FAILED_BATCH)(self._on_failed)
         consumer.before_ack(self._flush)
         self._consumer = consumer
         await self._replay(consumer)
@@ -160,53 +176,89 @@ class Shield:
             self._ack_floor = (await consumer.state()).ack_floor
         except BusUnavailable:
             self._ack_floor = 0  # the consumer does not exist yet: nothing was acknowledged
-        last = await self.bus.last_sequence(STREAM_AUTH, SUBJECT_AUTH_FAILED)
+        last = max([await self.bus.last_sequence(STREAM_AUTH, subject) for subject in _SUBJECTS])
         if last == 0:
             return
         horizon = max(self.rules.window, self.rules.enum_window)
         since = datetime.now(UTC) - timedelta(seconds=horizon)
         async for delivery in self.bus.read_stream(
-            STREAM_AUTH, SUBJECT_AUTH_FAILED, since=since, until_seq=last
+            STREAM_AUTH, _SUBJECTS, since=since, until_seq=last
         ):
-            self.replayed += 1
             try:
-                verdict = self._decide(delivery)
+                failures = self._failures(delivery)
             except InvalidInput:
                 continue
-            if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
-                stored = self.deny_list.lookup(verdict.source)
-                if stored is None or stored.trigger_seq < delivery.stream_seq:
-                    await self._issue_ban(verdict.ban, delivery)
-                    if len(self._pending) >= 1024:
-                        await self._flush()
-            self.detector.commit(verdict)
+            self.replayed += len(failures)
+            for failure in failures:
+                verdict = self.detector.decide(failure, self.deny_list.lookup)
+                if verdict.ban is not None and delivery.stream_seq > self._ack_floor:
+                    stored = self.deny_list.lookup(verdict.source)
+                    if stored is None or stored.trigger_seq < failure.seq:
+                        await self._issue_ban(verdict.ban, delivery)
+                        if len(self._pending) >= 1024:
+                            await self._flush()
+                self.detector.commit(verdict)
         await self._flush()
 
-    def _decide(self, delivery: Delivery) -> Verdict:
+    def _failures(self, delivery: Delivery) -> list[Failure]:
+        """The failures one message carries (raises InvalidInput for a malformed one)."""
+        base = delivery.stream_seq * SEQ_SCALE
+        stored_at = delivery.timestamp.timestamp()
+        if delivery.subject == SUBJECT_AUTH_FAILED_BATCH:
+            batch = AuthFailedBatch.from_bytes(delivery.data)
+            return [
+                Failure(base + index, min(at, stored_at), ip, user, reason)
+                for index, (at, ip, user, reason) in enumerate(
+                    zip(batch.times, batch.client_ip, batch.username, batch.reason, strict=True)
+                )
+            ]
         event = AuthFailed.from_bytes(delivery.data)
-        failure = Failure(
-            seq=delivery.stream_seq,
-            at=delivery.timestamp.timestamp(),
-            ip=event.client_ip,
-            username=event.username,
-            reason=event.reason,
-        )
-        return self.detector.decide(failure, self.deny_list.lookup)
+        return [Failure(base, stored_at, event.client_ip, event.username, event.reason)]
+
+    def _malformed(self, delivery: Delivery, exc: InvalidInput) -> Reject:
+        self.metrics.events_consumed += 1
+        self.metrics.events_malformed += 1
+        _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
+        return Reject(f"malformed: {exc}")
 
     async def _on_failed(self, delivery: Delivery) -> None:
+        """One message: a single failure, or a batch read column by column (the hot path:
+        :meth:`Detector.observe` builds nothing for failures that change no ban)."""
+        base = delivery.stream_seq * SEQ_SCALE
+        stored_at = delivery.timestamp.timestamp()
+        rows: Iterator[tuple[float, str, str, str]]
         try:
-            verdict = self._decide(delivery)
+            if delivery.subject == SUBJECT_AUTH_FAILED_BATCH:
+                batch = AuthFailedBatch.from_bytes(delivery.data)
+                rows = zip(batch.times, batch.client_ip, batch.username, batch.reason, strict=True)
+            else:
+                event = AuthFailed.from_bytes(delivery.data)
+                rows = iter([(stored_at, event.client_ip, event.username, event.reason)])
         except InvalidInput as exc:
-            self.metrics.events_consumed += 1
-            self.metrics.events_malformed += 1
-            _log.warning("event_malformed", seq=delivery.stream_seq, error=escape_peer(str(exc)))
-            raise Reject(f"malformed: {exc}") from exc
-        if verdict.ban is not None:
-            await self._issue_ban(verdict.ban, delivery)
-        elif verdict.outcome is Outcome.ALLOWLISTED:
-            self.metrics.allowlisted += 1
-        self.detector.commit(verdict)
-        self.metrics.events_consumed += 1
+            raise self._malformed(delivery, exc) from exc
+        observe = self.detector.observe
+        lookup = self.deny_list.lookup
+        counted = 0
+        for index, (at, ip, user, reason) in enumerate(rows):
+            counted += 1
+            try:
+                outcome = observe(base + index, at if at < stored_at else stored_at, ip, user,
+                                  reason, lookup)  # fmt: skip
+            except InvalidInput as exc:  # one bad address does not lose the rest of a batch
+                if delivery.subject == SUBJECT_AUTH_FAILED:
+                    raise self._malformed(delivery, exc) from exc
+                self.metrics.events_malformed += 1
+                _log.warning("event_malformed", seq=base + index, error=escape_peer(str(exc)))
+                continue
+            if outcome is Outcome.COUNTED or outcome is Outcome.ALREADY_BANNED:
+                continue
+            if isinstance(outcome, Verdict):
+                assert outcome.ban is not None
+                await self._issue_ban(outcome.ban, delivery)
+                self.detector.commit(outcome)
+            elif outcome is Outcome.ALLOWLISTED:
+                self.metrics.allowlisted += 1
+        self.metrics.events_consumed += counted
 
     async def _issue_ban(self, ban: Ban, delivery: Delivery) -> None:
         """Mirror ``ban`` in the deny-list and send its write; :meth:`_flush` awaits it."""
@@ -217,7 +269,10 @@ class Shield:
             _log.warning("ban_write_failed", source=ban.source, error=str(exc))
             put = None
         self._pending.append(_PendingBan(ban, delivery.timestamp.timestamp(), put))
-        _log.info(
+        if len(self._pending) >= _CONFIRM_EVERY:  # keep nats-py's in-flight window unblocked
+            with contextlib.suppress(BusUnavailable):  # unconfirmed ones stay for the hook
+                await self._flush()
+        self._ban_log.info(
             "source_banned",
             source=ban.source,
             strikes=ban.strikes,

@@ -1,11 +1,16 @@
 """Credential helpers for git, Docker and kubectl: console scripts that import the standard library
 only (``json``, ``os``, ``socket``, ``ssl``), so they start fast.
 
-Each helper presents the session JWT to the broker and prints what its caller's protocol wants;
-nothing is ever written to disk.
+Each helper asks the broker and prints what its caller's protocol wants; nothing is ever written
+to disk. These are the fallback for the static helper (:func:`stockade.helpers.static_helper`),
+with the same behaviour, messages and exit codes.
 
 Environment:
 
+``STOCKADE_CREDENTIAL_SOCKET``
+    The broker's unix socket (absolute path). When set, plain HTTP/1.1 goes over it and nothing
+    else below is needed: a per-session socket identifies the session by itself. The token, when
+    set, is still sent (the broker's shared socket needs it).
 ``STOCKADE_TOKEN``
     The session JWT (the gateway sets it in every session).
 ``STOCKADE_API``
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["docker_main", "git_main", "kubectl_main"]
 
+ENV_SOCKET = "STOCKADE_CREDENTIAL_SOCKET"
 ENV_TOKEN = "STOCKADE_TOKEN"  # noqa: S105 - a variable name
 ENV_API = "STOCKADE_API"
 ENV_CA = "STOCKADE_CA"
@@ -161,49 +167,22 @@ def _read_response(stream: IO[bytes]) -> tuple[int, bytes]:
 
 
 def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST ``body`` as JSON to the broker's ``path`` with the session token.
+    """POST ``body`` as JSON to the broker's ``path``: over ``STOCKADE_CREDENTIAL_SOCKET`` when
+    set, else over TLS to ``STOCKADE_API`` with the session token.
 
     Returns the decoded JSON object. Raises :class:`Missing` on 404 and :class:`HelperError`
     with a one-line message for everything else that is not a 200. HTTP/1.1 is spoken directly
-    over an ``ssl`` socket: ``http.client`` would cost the helper its ``email`` imports.
+    over the socket: ``http.client`` would cost the helper its ``email`` imports.
     """
     token = os.environ.get(ENV_TOKEN, "").strip()
-    api = os.environ.get(ENV_API, "").strip()
-    if not token:
-        raise HelperError(f"{ENV_TOKEN} is not set; run inside a Stockade session")
-    if not api:
-        raise HelperError(f"{ENV_API} is not set; run inside a Stockade session")
     if any(ch in token for ch in "\r\n\0 "):
         raise HelperError(f"{ENV_TOKEN} contains characters a token cannot have")
-    host, port, prefix = split_api(api)
-    import socket
-    import ssl
-
     payload = json.dumps(body).encode()
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    head = (
-        f"POST {prefix}{path} HTTP/1.1\r\nHost: {authority}\r\n"
-        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        f"Accept: application/json\r\nContent-Length: {len(payload)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    try:
-        context = ssl.create_default_context(cafile=_ca_file())
-        with (
-            socket.create_connection((host, port), timeout=TIMEOUT) as raw,
-            context.wrap_socket(raw, server_hostname=host) as tls,
-            tls.makefile("rb") as stream,
-        ):
-            tls.sendall(head.encode() + payload)
-            status, data = _read_response(stream)
-    except ssl.SSLError as exc:
-        raise HelperError(
-            f"TLS to the broker failed ({_clean(str(exc), 120)}); set {ENV_CA} to its CA file"
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise HelperError(
-            f"cannot reach the broker at {authority}: {_clean(str(exc) or type(exc).__name__, 120)}"
-        ) from exc
+    socket_path = os.environ.get(ENV_SOCKET, "")
+    if socket_path:
+        status, data = _over_unix(socket_path, path, payload, token)
+    else:
+        status, data = _over_tls(path, payload, token)
     if status == 404:
         raise Missing()
     if status != 200:
@@ -215,6 +194,64 @@ def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise HelperError("broker answered with malformed JSON")
     return doc
+
+
+def _head(path: str, authority: str, token: str, length: int) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}"
+        f"Content-Type: application/json\r\nAccept: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n"
+    ).encode()
+
+
+def _over_unix(socket_path: str, path: str, payload: bytes, token: str) -> tuple[int, bytes]:
+    if not socket_path.startswith("/"):
+        raise HelperError(f"{ENV_SOCKET} must be an absolute path")
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+            raw.settimeout(TIMEOUT)
+            raw.connect(socket_path)
+            with raw.makefile("rb") as stream:
+                raw.sendall(_head(path, "stockade", token, len(payload)) + payload)
+                return _read_response(stream)
+    except (OSError, ValueError) as exc:
+        raise HelperError(
+            f"cannot reach the broker at {_clean(socket_path, 200)}: "
+            f"{_clean(getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__, 120)}"
+        ) from exc
+
+
+def _over_tls(path: str, payload: bytes, token: str) -> tuple[int, bytes]:
+    api = os.environ.get(ENV_API, "").strip()
+    if not token:
+        raise HelperError(f"{ENV_TOKEN} is not set; run inside a Stockade session")
+    if not api:
+        raise HelperError(f"{ENV_API} is not set; run inside a Stockade session")
+    host, port, prefix = split_api(api)
+    import socket
+    import ssl
+
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        context = ssl.create_default_context(cafile=_ca_file())
+        with (
+            socket.create_connection((host, port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+            tls.makefile("rb") as stream,
+        ):
+            tls.sendall(_head(prefix + path, authority, token, len(payload)) + payload)
+            return _read_response(stream)
+    except ssl.SSLError as exc:
+        raise HelperError(
+            f"TLS to the broker failed ({_clean(str(exc), 120)}); set {ENV_CA} to its CA file"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise HelperError(
+            f"cannot reach the broker at {authority}: {_clean(str(exc) or type(exc).__name__, 120)}"
+        ) from exc
 
 
 def _read_input(stream: IO[bytes]) -> str:

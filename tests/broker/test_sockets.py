@@ -1,0 +1,111 @@
+"""The broker's unix sockets: the shared one (a token per request) and per-session ones opened
+with claims; plain HTTP, real identity, NATS and OpenBao."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broker.harness import BrokerEnv, OpenBao, broker_env
+from stockade.core.errors import InvalidInput
+from stockade.core.events import SessionKill
+from stockade.core.settings import BrokerSocketSettings
+
+GIT = {"protocol": "https", "host": "git.example.com"}
+
+
+async def _user(env: BrokerEnv) -> tuple[str, str, str]:
+    user = "u" + secrets.token_hex(4)
+    await env.add_user(user)
+    assert env.bao is not None
+    env.bao.kv_put(f"stockade/{user}/git/git.example.com", {"username": "u", "password": "pw"})
+    sid, token = await env.session_token(user)
+    return user, sid, token
+
+
+def _client(path: Path) -> httpx.AsyncClient:
+    transport = httpx.AsyncHTTPTransport(uds=str(path))
+    return httpx.AsyncClient(transport=transport, base_url="http://stockade", timeout=30)
+
+
+async def test_the_shared_socket_needs_a_token(
+    tmp_path: Path, nats_url: str, openbao: OpenBao
+) -> None:
+    path = tmp_path / "broker.sock"
+    async with broker_env(
+        tmp_path, nats_url, openbao, sockets=BrokerSocketSettings(path=path, mode=0o660)
+    ) as env:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        _user_name, _sid, token = await _user(env)
+        async with _client(path) as client:
+            ok = await client.post(
+                "/v1/credentials/git", json=GIT, headers={"Authorization": f"Bearer {token}"}
+            )
+            assert ok.status_code == 200
+            assert ok.json()["password"] == "pw"
+            anonymous = await client.post("/v1/credentials/git", json=GIT)
+            assert (anonymous.status_code, anonymous.json()["reason"]) == (401, "missing")
+    assert not path.exists()
+
+
+async def test_a_session_socket_opened_with_claims(env: BrokerEnv) -> None:
+    user, sid, token = await _user(env)
+    claims = await env.identity.verify_token(token)
+    handle = await env.server.open_session_socket(sid, claims, env.tmp / "c.sock", os.getuid())
+    assert stat.S_IMODE(os.stat(handle.path).st_mode) == 0o600
+    async with _client(handle.path) as client:
+        assert (await client.post("/v1/credentials/git", json=GIT)).status_code == 200
+        await env.bus.publish(SessionKill(session_id=sid, username=user, reason="test"))
+        for _ in range(400):  # bounded: the event arrives, open connections get a grace
+            if handle.closed and not handle.path.exists():
+                break
+            await env.bus.flush()
+            await asyncio.sleep(0.01)
+        assert handle.closed
+        assert not handle.path.exists()
+        with pytest.raises(httpx.TransportError):
+            await client.post("/v1/credentials/git", json=GIT)
+
+
+async def test_a_session_ended_in_the_store_is_refused_on_a_claims_socket(
+    env: BrokerEnv,
+) -> None:
+    _user_name, sid, token = await _user(env)
+    claims = await env.identity.verify_token(token)
+    handle = await env.server.open_session_socket(sid, claims, env.tmp / "d.sock", os.getuid())
+    try:
+        await env.identity.end_session(sid)  # no event: the first check asks the store
+        async with _client(handle.path) as client:
+            refused = await client.post("/v1/credentials/git", json=GIT)
+        assert (refused.status_code, refused.json()["reason"]) == (401, "session_ended")
+    finally:
+        await handle.close()
+
+
+async def test_a_token_of_another_session_is_refused(env: BrokerEnv) -> None:
+    _user_name, sid, _token = await _user(env)
+    _other, _sid2, other_token = await _user(env)
+    handle = await env.server.open_session_socket(sid, other_token, env.tmp / "e.sock", os.getuid())
+    try:
+        async with _client(handle.path) as client:
+            refused = await client.post("/v1/credentials/git", json=GIT)
+        assert (refused.status_code, refused.json()["reason"]) == (401, "session_ended")
+    finally:
+        await handle.close()
+
+
+async def test_a_path_that_is_not_a_socket_is_left_alone(env: BrokerEnv) -> None:
+    _user_name, sid, token = await _user(env)
+    target = env.tmp / "precious"
+    target.write_text("keep me")
+    with pytest.raises(InvalidInput, match="not a socket"):
+        await env.server.open_session_socket(sid, token, target, os.getuid())
+    assert target.read_text() == "keep me"
+    with pytest.raises(InvalidInput, match="absolute"):
+        await env.server.open_session_socket(sid, token, Path("relative.sock"), os.getuid())
