@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -145,7 +146,7 @@ class StreamResult:
 
 
 def _pump(
-    src: IO[bytes],
+    src: io.BufferedIOBase,
     dst: IO[bytes],
     transform: Any,
     before: list[Any],
@@ -185,7 +186,7 @@ def _pump(
 
 
 def encrypt_stream(
-    src: IO[bytes], dst: IO[bytes], *, digest: str, size: int, where: str
+    src: io.BufferedIOBase, dst: IO[bytes], *, digest: str, size: int, where: str
 ) -> StreamResult:
     """Encrypt one layer blob from ``src`` into ``dst``.
 
@@ -209,7 +210,7 @@ def encrypt_stream(
 
 
 def decrypt_stream(
-    src: IO[bytes],
+    src: io.BufferedIOBase,
     dst: IO[bytes],
     *,
     digest: str,

@@ -133,11 +133,15 @@ def _info(index: int, layer: dict[str, Any], where: str) -> LayerInfo:
     )
 
 
-def inspect_image(ref: ImageRef, platform: Platform | None = None) -> tuple[ResolvedImage, list[LayerInfo]]:
+def inspect_image(
+    ref: ImageRef, platform: Platform | None = None
+) -> tuple[ResolvedImage, list[LayerInfo]]:
     """The image's manifest and, per layer, whether it is encrypted and for whom."""
     layout = Layout(ref.path)
     image = layout.resolve(ref.tag, platform)
-    return image, [_info(n, layer, f"layer {n} ({layer['digest']})") for n, layer in enumerate(image.layers)]
+    return image, [
+        _info(n, layer, f"layer {n} ({layer['digest']})") for n, layer in enumerate(image.layers)
+    ]
 
 
 def _write_manifest(
@@ -188,7 +192,9 @@ def encrypt_image(
             writer.adopt_blob(tmp, result.digest)
             private = result.private.to_json()
             annotations = {
-                k: v for k, v in layer.get("annotations", {}).items() if not k.startswith(ENC_PREFIX)
+                k: v
+                for k, v in layer.get("annotations", {}).items()
+                if not k.startswith(ENC_PREFIX)
             }
             if jwe:
                 wrapped = _keys.wrap_jwe(private, jwe)

@@ -131,7 +131,9 @@ def _pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
 
 
 def _thumbprint(key: PublicKey) -> str:
-    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return str(jose_jwk.JWK.from_pem(pem).thumbprint())
 
 
@@ -300,7 +302,9 @@ def unwrap_jwe(raw: bytes, keys: list[DecryptionKey], where: str) -> bytes | Non
         recipients = _jwe_recipients(document)
     except ValueError as exc:
         raise InvalidInput(where, f"the JWE does not parse ({exc})") from None
-    shared = {k: v for k, v in document.items() if k not in {"recipients", "header", "encrypted_key"}}
+    shared = {
+        k: v for k, v in document.items() if k not in {"recipients", "header", "encrypted_key"}
+    }
     for recipient in recipients:
         kid = (recipient.get("header") or {}).get("kid")
         ordered = sorted(keys, key=lambda k: k.thumbprint != kid)
@@ -332,7 +336,9 @@ def wrap_pkcs7(plaintext: bytes, recipients: list[Recipient]) -> bytes:
     for recipient in recipients:
         cert = recipient.certificate
         if cert is None or not isinstance(recipient.public_key, rsa.RSAPublicKey):
-            raise InvalidInput(f"--encryption-key pkcs7:{recipient.source}", "needs an RSA certificate")
+            raise InvalidInput(
+                f"--encryption-key pkcs7:{recipient.source}", "needs an RSA certificate"
+            )
         wrapped = recipient.public_key.encrypt(content_key, padding.PKCS1v15())
         infos.append(
             _der.seq(
@@ -396,7 +402,9 @@ def _parse_pkcs7(raw: bytes, where: str) -> _Envelope:
             raise _der.DerError("no encrypted content")
         body = eci[2]
         sealed = (
-            b"".join(child.content for child in body.children()) if body.constructed else body.content
+            b"".join(child.content for child in body.children())
+            if body.constructed
+            else body.content
         )
         return _Envelope(recipients, algorithm, nonce, sealed)
     except (_der.DerError, ValueError, IndexError):
@@ -450,7 +458,7 @@ def unwrap_pkcs7(raw: bytes, keys: list[DecryptionKey], where: str) -> bytes | N
             if key.certificates and not any(
                 c.issuer.public_bytes() == issuer
                 and c.serial_number == serial
-                and c.public_key().public_numbers() == key.private_key.public_key().public_numbers()
+                and c.public_key() == key.private_key.public_key()
                 for c in key.certificates
             ):
                 continue

@@ -59,7 +59,15 @@ _LAYER_BASES = (
 LAYER_MEDIA_TYPES = frozenset(
     base + suffix
     for base in _LAYER_BASES
-    for suffix in ("", "+gzip", "+zstd", ".gzip", "+encrypted", "+gzip+encrypted", "+zstd+encrypted")
+    for suffix in (
+        "",
+        "+gzip",
+        "+zstd",
+        ".gzip",
+        "+encrypted",
+        "+gzip+encrypted",
+        "+zstd+encrypted",
+    )
 )
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _MAX_JSON = 4 << 20
@@ -268,13 +276,17 @@ class Layout:
                 raise NotFound(f"platform in {nested_where}", str(wanted))
             descriptor = matches[0]
         if descriptor["mediaType"] not in MANIFEST_MEDIA_TYPES:
-            raise InvalidInput(where, f"media type {descriptor['mediaType']!r} is not an image manifest")
+            raise InvalidInput(
+                where, f"media type {descriptor['mediaType']!r} is not an image manifest"
+            )
         manifest_where = f"manifest {descriptor['digest']}"
         manifest = self.read_json_blob(descriptor, manifest_where)
         layers = manifest.get("layers")
         config = manifest.get("config")
         if manifest.get("schemaVersion") != 2 or not isinstance(layers, list):
-            raise InvalidInput(manifest_where, "not an image manifest (schemaVersion 2 with layers)")
+            raise InvalidInput(
+                manifest_where, "not an image manifest (schemaVersion 2 with layers)"
+            )
         _check_descriptor(config, f"{manifest_where} config")
         for n, layer in enumerate(layers):
             _check_descriptor(layer, f"{manifest_where} layer {n}")
@@ -347,7 +359,11 @@ class LayoutWriter:
                 digest.update(chunk)
                 handle.write(chunk)
         if count != descriptor["size"]:
-            raise InvalidInput(where, f"blob is truncated or overlong: {count} bytes, descriptor says {descriptor['size']}")
+            raise InvalidInput(
+                where,
+                f"blob is truncated or overlong: {count} bytes,"
+                f" its descriptor says {descriptor['size']}",
+            )
         if "sha256:" + digest.hexdigest() != descriptor["digest"]:
             raise IntegrityError(f"{where}: blob digest does not match its descriptor")
         self.adopt_blob(tmp, descriptor["digest"])
@@ -372,6 +388,6 @@ class LayoutWriter:
         for leftover in (self.tmp / "blobs").glob("*.tmp"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
-        os.chmod(self.tmp, 0o755)
+        os.chmod(self.tmp, 0o755)  # noqa: S103 - a layout is public data, like skopeo's
         os.rename(self.tmp, self.dest)
         self._done = True
