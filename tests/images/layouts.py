@@ -167,3 +167,49 @@ def make_key(directory: Path, name: str, kind: str) -> KeyFiles:
     cert_path = directory / f"{name}.crt"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return KeyFiles(private, public, cert_path)
+
+
+DPKG_STATUS = b"""Package: base-files
+Status: install ok installed
+Priority: required
+Section: admin
+Installed-Size: 340
+Maintainer: Santiago Vila <sanvila@debian.org>
+Architecture: amd64
+Version: 12.4+deb12u5
+Description: Debian base system miscellaneous files
+
+Package: libc6
+Status: install ok installed
+Priority: optional
+Section: libs
+Installed-Size: 12000
+Maintainer: GNU Libc Maintainers <debian-glibc@lists.debian.org>
+Architecture: amd64
+Source: glibc
+Version: 2.36-9+deb12u4
+Description: GNU C Library: Shared libraries
+
+"""
+OS_RELEASE = (
+    b'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\n'
+    b'VERSION_ID="12"\nID=debian\n'
+)
+
+
+def dist_info(name: str, version: str) -> dict[str, bytes]:
+    """Files of an installed Python distribution (what Syft's python cataloger reads)."""
+    base = f"usr/lib/python3/dist-packages/{name}-{version}.dist-info"
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: test\n"
+    return {f"{base}/METADATA": meta.encode(), f"{base}/RECORD": f"{name}/__init__.py,,\n".encode()}
+
+
+def debian_python_layout(root: Path, python: tuple[str, str] = ("requests", "2.31.0")) -> Path:
+    """An image with a Debian package database in one layer and a dist-info in another."""
+    return write_layout(
+        root,
+        [
+            {"etc/os-release": OS_RELEASE, "var/lib/dpkg/status": DPKG_STATUS},
+            dist_info(*python),
+        ],
+    )

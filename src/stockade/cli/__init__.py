@@ -10,9 +10,11 @@ from . import (
     applocker,
     catalog,
     image,
+    images,
     node,
     package,
     policy,
+    sbom,
     sessions,
     shield,
     token,
@@ -57,6 +59,8 @@ app.add_typer(shield.app, name="shield")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(image.app, name="image")
+app.add_typer(images.app, name="images")
+app.command("sbom")(sbom.sbom)
 
 
 def main() -> None:
