@@ -10,20 +10,23 @@ are JSON as ocicrypt marshals them (byte strings in standard base64)::
         {"symkey": B64, "digest": "sha256:...", "cipheroptions": {"nonce": B64}}
 
 ``digest`` is the digest of the unencrypted layer blob. Data moves in fixed-size chunks through
-one reused buffer, so memory stays flat whatever the layer's size. Decryption checks the
-ciphertext's digest and size against its descriptor, the HMAC, and the plaintext's digest
-against the private options; the output is usable only when :func:`decrypt_stream` returns.
+bounded queues between a reader, a cipher and a writer thread, so memory stays flat whatever the
+layer's size. Decryption checks the ciphertext's digest and size against its descriptor, the
+HMAC, and the plaintext's digest against the private options; the output is usable only when :func:`decrypt_stream` returns.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import io
 import json
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -145,44 +148,96 @@ class StreamResult:
     private: PrivateOptions
 
 
+_DEPTH = 4  # chunks in flight per queue: memory stays under (2 * _DEPTH + 3) * CHUNK
+
+
 def _pump(
     src: io.BufferedIOBase,
     dst: IO[bytes],
     transform: Any,
     before: list[Any],
+    middle: tuple[list[Any], list[Any]],
     after: list[Any],
-    limit: int | None,
+    limit: int,
     where: str,
-) -> tuple[int, int]:
-    """Move ``src`` to ``dst`` through ``transform``; hash input with ``before``, output with
-    ``after``. Returns (bytes in, bytes out). ``limit`` bounds the input (truncation and excess
-    are the caller's to judge from the count)."""
-    inbuf = bytearray(CHUNK)
-    outbuf = bytearray(CHUNK + 16)
-    inview = memoryview(inbuf)
-    outview = memoryview(outbuf)
+) -> int:
+    """Move ``src`` to ``dst`` through ``transform`` in three threads, returning bytes read.
+
+    A reader thread reads chunks and feeds them to the ``before`` hashes; this thread feeds the
+    ``middle[0]`` hashes, transforms, and feeds ``middle[1]`` with the output; a writer thread
+    feeds the ``after`` hashes and writes. hashlib and hmac release the GIL on large updates, so
+    the hashing of two stages overlaps on two cores. Queues are bounded, so memory is too.
+    """
+    inbox: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
+    outbox: queue.Queue[bytes | None] = queue.Queue(_DEPTH)
+    stop = threading.Event()
+    errors: list[BaseException] = []
     total = 0
-    while True:
-        n = src.readinto(inbuf)
-        if not n:
-            break
-        total += n
-        if limit is not None and total > limit:
-            raise InvalidInput(where, f"blob is larger than its descriptor's size {limit}")
-        chunk = inview[:n]
-        for h in before:
-            h.update(chunk)
-        m = transform.update_into(chunk, outbuf)
-        out = outview[:m]
-        for h in after:
-            h.update(out)
-        dst.write(out)
-    tail = transform.finalize()
-    if tail:  # CTR is a stream mode; nothing is buffered, but stay correct if that changes
-        for h in after:
-            h.update(tail)
-        dst.write(tail)
-    return total, total
+
+    def reader() -> None:
+        nonlocal total
+        try:
+            while not stop.is_set():
+                chunk = src.read(CHUNK)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise InvalidInput(where, f"blob is larger than its descriptor's size {limit}")
+                for h in before:
+                    h.update(chunk)
+                inbox.put(chunk)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            inbox.put(None)
+
+    def writer() -> None:
+        failed = False
+        while (chunk := outbox.get()) is not None:
+            if failed:
+                continue  # keep draining so the producer never blocks
+            try:
+                for h in after:
+                    h.update(chunk)
+                dst.write(chunk)
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()
+                failed = True
+
+    threads = [
+        threading.Thread(target=reader, daemon=True),
+        threading.Thread(target=writer, daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while (chunk := inbox.get()) is not None:
+            if stop.is_set():
+                continue
+            for h in middle[0]:
+                h.update(chunk)
+            out = transform.update(chunk)
+            for h in middle[1]:
+                h.update(out)
+            outbox.put(out)
+        tail = transform.finalize()
+        if tail:  # CTR buffers nothing; stay correct if a mode ever does
+            for h in middle[1]:
+                h.update(tail)
+            outbox.put(tail)
+    finally:
+        stop.set()  # after a clean end the reader is done already; otherwise it stops now
+        while threads[0].is_alive():  # unblock a reader waiting on a full inbox
+            with contextlib.suppress(queue.Empty):
+                inbox.get(timeout=0.05)
+        outbox.put(None)
+        for thread in threads:
+            thread.join()
+    if errors:
+        raise errors[0]
+    return total
 
 
 def encrypt_stream(
@@ -199,7 +254,7 @@ def encrypt_stream(
     plain_hash = hashlib.sha256()
     mac = hmac.new(symkey, digestmod="sha256")
     out_hash = hashlib.sha256()
-    count, _ = _pump(src, dst, encryptor, [plain_hash], [mac, out_hash], size, where)
+    count = _pump(src, dst, encryptor, [plain_hash], ([], [mac]), [out_hash], size, where)
     _check_input(where, digest, size, "sha256:" + plain_hash.hexdigest(), count)
     return StreamResult(
         digest="sha256:" + out_hash.hexdigest(),
@@ -229,7 +284,7 @@ def decrypt_stream(
     in_hash = hashlib.sha256()
     mac = hmac.new(private.symkey, digestmod="sha256")
     plain_hash = hashlib.sha256()
-    count, _ = _pump(src, dst, decryptor, [in_hash, mac], [plain_hash], size, where)
+    count = _pump(src, dst, decryptor, [in_hash], ([mac], []), [plain_hash], size, where)
     _check_input(where, digest, size, "sha256:" + in_hash.hexdigest(), count)
     if not hmac.compare_digest(mac.digest(), public.hmac):
         raise IntegrityError(f"{where}: HMAC check failed (ciphertext or key options altered)")
