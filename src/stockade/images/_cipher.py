@@ -12,7 +12,8 @@ are JSON as ocicrypt marshals them (byte strings in standard base64)::
 ``digest`` is the digest of the unencrypted layer blob. Data moves in fixed-size chunks through
 bounded queues between a reader, a cipher and a writer thread, so memory stays flat whatever the
 layer's size. Decryption checks the ciphertext's digest and size against its descriptor, the
-HMAC, and the plaintext's digest against the private options; the output is usable only when :func:`decrypt_stream` returns.
+HMAC, and the plaintext's digest against the private options; the output is usable only when
+:func:`decrypt_stream` returns.
 """
 
 from __future__ import annotations
