@@ -106,7 +106,7 @@ def main() -> None:
         started = time.monotonic()
         for n in range(ROUNDS):
             if n and time.monotonic() - started > 200:
-                break  # one round already took long (a loaded machine): stay inside make bench's limit
+                break  # the first round was slow (loaded machine): stay inside the time limit
             for who in ("stockade", "skopeo"):
                 clean(f"{who}-enc", f"{who}-dec")
                 src, enc_dir, dec_dir = (
