@@ -136,3 +136,22 @@ def test_missing_path(tmp_path: Path) -> None:
     code, _, err = run("images", "inventory", "--manifests", str(tmp_path / "nope"))
     assert code == 2
     assert "no such file" in err
+
+
+def test_cluster_unreachable_is_one_line(tmp_path: Path) -> None:
+    """The Kubernetes adapter against a refused loopback port: exit 1, one line, no traceback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:PORT'}\n"
+        "contexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\n"
+        "users:\n- name: u\n  user: {}\n".replace("PORT", str(port))
+    )
+    code, _, err = run("images", "inventory", "--cluster", "--kubeconfig", str(kubeconfig))
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "kubectl get nodes failed" in err

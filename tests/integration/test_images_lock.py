@@ -109,3 +109,19 @@ def test_lock_copy_tampering_is_detected_textually(tmp_path: Path) -> None:
     old = set(re.findall(r"sha256:[0-9a-f]{64}", RUNTIME.read_text()))
     new = set(re.findall(r"sha256:[0-9a-f]{64}", lock.read_text()))
     assert 0 < len(old - new) <= 8
+
+
+def test_runtime_set_excludes_dev_tools() -> None:
+    """`make up` installs runtime.lock only: no test, lint or lock tooling reaches production."""
+    runtime = pins(RUNTIME)
+    for tool in (
+        "pytest",
+        "mypy",
+        "ruff",
+        "import-linter",
+        "pip-tools",
+        "cyclonedx-bom",
+        "schemathesis",
+    ):
+        assert tool not in runtime, f"{tool} is in runtime.lock"
+        assert tool in pins(DEV)

@@ -6,6 +6,7 @@ decrypts. Every round trip must end with the original layer digests.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -151,3 +152,36 @@ def test_only_selected_layer_for_skopeo(tmp_path: Path, keys: dict[str, KeyFiles
         return [layer["mediaType"] for layer in read_manifest(p)["layers"]]
 
     assert kinds(ours) == kinds(theirs)
+
+
+def test_skopeo_encrypted_layer_tampered_fails_our_hmac(
+    tmp_path: Path, keys: dict[str, KeyFiles]
+) -> None:
+    """A flipped byte in a skopeo-encrypted layer, digest and manifest recomputed: HMAC fails."""
+    from tests.images.layouts import blob, replace_blob
+
+    src = source(tmp_path)
+    enc = tmp_path / "enc"
+    skopeo("--encryption-key", f"jwe:{keys['rsa'].public}", f"oci:{src}:v1", f"oci:{enc}:v1")
+    old = layer_digests(enc)[0]
+    data = bytearray(blob(enc, old))
+    data[-1] ^= 0x01
+    replace_blob(enc, old, bytes(data))
+    result = CliRunner().invoke(
+        app,
+        [
+            "image",
+            "decrypt",
+            f"oci:{enc}:v1",
+            f"oci:{tmp_path}/dec",
+            "--key",
+            str(keys["rsa"].private),
+        ],
+    )
+    assert result.exit_code == 1
+    assert "HMAC" in result.stderr
+    assert not (tmp_path / "dec").exists()
+    inspected = CliRunner().invoke(app, ["image", "inspect", f"oci:{enc}:v1", "--json"])
+    assert inspected.exit_code == 0
+    recipients = json.loads(inspected.stdout)["layers"][0]["recipients"]
+    assert [r["algorithm"] for r in recipients] == ["RSA-OAEP"]

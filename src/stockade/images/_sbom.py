@@ -56,7 +56,12 @@ __all__ = [
 Backend = Literal["syft", "trivy"]
 OutputKind = Literal["cyclonedx-json", "cyclonedx-xml", "spdx-json"]
 CLEARANCE_PROPERTY = "stockade:clearance"
-SPEC_VERSIONS = {"1.4": SchemaVersion.V1_4, "1.5": SchemaVersion.V1_5, "1.6": SchemaVersion.V1_6}
+SPEC_VERSIONS = {
+    "1.4": SchemaVersion.V1_4,
+    "1.5": SchemaVersion.V1_5,
+    "1.6": SchemaVersion.V1_6,
+    "1.7": SchemaVersion.V1_7,
+}
 _CLEARANCE_VALUES = frozenset({"approved", "rejected", "pending"})
 _TIMEOUT = 600
 
