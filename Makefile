@@ -3,21 +3,28 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps helpers up test lint typecheck unit bench proto clean
+.PHONY: venv venv-runtime system-deps helpers up test lint typecheck unit bench proto clean lock sbom
 
-# Idempotent and fast when nothing changed: reinstalls only when pyproject.toml is newer.
-venv: system-deps $(STAMP) helpers
+# Installs are locked: every package (ours excepted) comes from a lock file with hashes, installed
+# with pip's --require-hashes, then Stockade itself with --no-deps (no build isolation: the build
+# tools come from their own lock). `make up` installs the runtime set only; `make venv` (and so
+# `make test`) the dev set, which pins the runtime packages at the same versions.
+# Idempotent and fast when nothing changed: reinstalls only when a lock or pyproject.toml is newer.
+LOCK_RUNTIME := requirements/runtime.lock
+LOCK_DEV := requirements/dev.lock
+LOCK_BUILD := requirements/build.lock
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+PIP_LOCKED := $(BIN)/python -m pip install -q --require-hashes --only-binary :all: -r
+COMPILE := $(BIN)/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+
+venv: system-deps $(DEV_STAMP) helpers
+
+venv-runtime: system-deps $(RUNTIME_STAMP) helpers
 
 system-deps:
 	@bash scripts/system-deps.sh
-
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
 
 # The static credential helper (Rust, standard library only): a static-pie binary that
 # stockade.helpers.static_helper() finds in the package's bin/ (ignored by git).
@@ -34,8 +41,42 @@ $(HELPER_BIN): $(HELPER_SRC)/Cargo.toml $(wildcard $(HELPER_SRC)/src/*.rs)
 	@mkdir -p $(dir $@)
 	install -m 0755 build/helpers/$(HELPER_TARGET)/release/stockade-credential-helper $@
 
-up: venv
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): $(LOCK_RUNTIME) $(LOCK_BUILD) pyproject.toml | $(BIN)/python
+	@$(PIP_LOCKED) $(LOCK_BUILD)
+	@$(PIP_LOCKED) $(LOCK_RUNTIME)
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(DEV_STAMP): $(LOCK_DEV) $(LOCK_BUILD) pyproject.toml | $(BIN)/python
+	@$(PIP_LOCKED) $(LOCK_BUILD)
+	@$(PIP_LOCKED) $(LOCK_DEV)
+	@$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@ $(RUNTIME_STAMP)
+
+up: venv-runtime
 	$(BIN)/stockade up
+
+# Regenerates the lock files from pyproject.toml (run after changing a dependency).
+lock: venv
+	$(COMPILE) --output-file $(LOCK_RUNTIME) pyproject.toml
+	$(COMPILE) --allow-unsafe --extra dev --constraint $(LOCK_RUNTIME) --output-file $(LOCK_DEV) pyproject.toml
+	$(COMPILE) --allow-unsafe --output-file $(LOCK_BUILD) requirements/build.in
+
+# The CycloneDX SBOM of Stockade's own runtime environment: a fresh venv from the runtime lock,
+# described by cyclonedx-bom, validated against CycloneDX 1.6.
+SBOM_VENV := build/runtime-venv
+sbom: venv
+	rm -rf $(SBOM_VENV)
+	$(PYTHON) -m venv $(SBOM_VENV)
+	$(SBOM_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: -r $(LOCK_BUILD)
+	$(SBOM_VENV)/bin/python -m pip install -q --require-hashes --only-binary :all: -r $(LOCK_RUNTIME)
+	$(SBOM_VENV)/bin/python -m pip install -q --no-deps --no-build-isolation .
+	$(BIN)/cyclonedx-py environment --pyproject pyproject.toml --spec-version 1.6 --output-format JSON \
+	  --output-reproducible --validate -o build/stockade-runtime.cdx.json $(SBOM_VENV)/bin/python
+	@echo "wrote build/stockade-runtime.cdx.json"
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -48,7 +89,6 @@ typecheck: venv
 test: lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# `make bench ARGS=gateway` runs one module (ARGS: module names, e.g. "broker shield").
 bench: venv
 	$(BIN)/python -m bench $(ARGS)
 
@@ -64,4 +104,4 @@ proto: venv
 	sed -i "s/raise NotImplementedError('Method not implemented!')/raise RuntimeError('method not implemented by this servicer')/" src/stockade/rpc/_gen/*_grpc.py
 
 clean:
-	rm -rf $(VENV) .stockade .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .stockade .pytest_cache .mypy_cache .ruff_cache

@@ -10,10 +10,13 @@ from . import (
     applocker,
     blueprints,
     catalog,
+    image,
+    images,
     node,
     package,
     pod_security,
     policy,
+    sbom,
     sessions,
     shield,
     token,
@@ -59,6 +62,9 @@ app.add_typer(sessions.app, name="sessions")
 app.add_typer(workspaces.app, name="workspaces")
 app.add_typer(blueprints.app, name="blueprints")
 app.add_typer(pod_security.app, name="pod-security")
+app.add_typer(image.app, name="image")
+app.add_typer(images.app, name="images")
+app.command("sbom")(sbom.sbom)
 
 
 def main() -> None:
