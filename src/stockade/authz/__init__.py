@@ -11,13 +11,22 @@ from ._authorizer import Authorizer
 from ._decision import Decision
 from ._decision_log import DecisionSink
 from ._input import Context, Resource, Subject, build_input, parse_input
-from ._testing import PolicyTestResult, format_test_results, run_policy_tests
+from ._testing import (
+    CoverageReport,
+    FileCoverage,
+    PolicyTestResult,
+    format_test_results,
+    run_policy_tests,
+    run_policy_tests_with_coverage,
+)
 
 __all__ = [
     "Authorizer",
     "Context",
+    "CoverageReport",
     "Decision",
     "DecisionSink",
+    "FileCoverage",
     "PolicyTestResult",
     "Resource",
     "Subject",
@@ -25,4 +34,5 @@ __all__ = [
     "format_test_results",
     "parse_input",
     "run_policy_tests",
+    "run_policy_tests_with_coverage",
 ]
