@@ -375,7 +375,7 @@ class KubernetesCluster(_Section):
     @classmethod
     def _server(cls, value: str) -> str:
         if not re.fullmatch(r"https://[^\s/@]+(/[^\s]*)?", value):
-            raise ValueError(f"expected an https:// URL without credentials, got {value!r}")
+            raise ValueError("expected an https:// URL (host[:port]) without credentials")
         return value
 
 
@@ -649,6 +649,7 @@ def _check_env_names() -> None:
 
 
 _SECRET_WORDS = ("token", "secret", "password")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -676,9 +677,9 @@ def load_settings(**overrides: Any) -> Settings:
         else:
             origin = f"env {env_name(named)}"
         secret = any(word in key for word in _SECRET_WORDS)
+        got = _URL_PASSWORD.sub(r"\g<1>[secure]@", repr(first["input"]))
         raise ConfigError(
-            f"setting {key} ({origin}): {first['msg']}"
-            + (f" (got {first['input']!r})" if not secret else "")
+            f"setting {key} ({origin}): {first['msg']}" + (f" (got {got})" if not secret else "")
         ) from None
     except SettingsError as exc:  # a STOCKADE_* value that should be JSON and is not
         text = str(exc)
