@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from stockade.core import Settings, StockadeError, load_settings
 from stockade.core.logging import configure_logging
@@ -155,7 +156,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=False)
     for row in cells:
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # literal text: "[secure]" is no markup
     if console.is_terminal:
         console.print(table)
         return
@@ -165,7 +166,8 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
             longest = max((len(line) for line in cell.splitlines()), default=0)
             widths[index] = max(widths[index], longest)
     needed = sum(widths) + 3 * len(widths) + 1
-    console.print(table, width=max(needed, len(title), 80))
+    wide = Console(file=sys.stdout, width=max(needed, len(title), 80), highlight=False)
+    wide.print(table)
 
 
 def read_text_arg(value: str, *, field: str) -> str:
