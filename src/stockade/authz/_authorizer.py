@@ -151,8 +151,10 @@ class Authorizer:
             raise
         except Exception as exc:
             message, location = describe_error(exc)
-            raise PolicyError(message, location=location) from None
-        if value is None:
+            if message != "not a valid rule path":
+                raise PolicyError(message, location=location) from None
+            value = None
+        if value is None or value == {}:  # regorus answers {} for an undefined rule path
             raise PolicyError(
                 f"policy bundle {bundle.root} declares no {ROLES_RULE}; add"
                 ' roles := {"admin", ...} to package stockade'
