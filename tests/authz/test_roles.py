@@ -32,7 +32,7 @@ def test_custom_bundle_brings_its_own_roles(tmp_path: Path) -> None:
 
 def test_bundle_without_roles_is_a_policy_error(tmp_path: Path) -> None:
     root = _bundle(tmp_path / "b", "")
-    with pytest.raises(PolicyError, match="data.stockade.roles"):
+    with pytest.raises(PolicyError, match=r"data\.stockade\.roles"):
         Authorizer(settings=AuthzSettings(), bundle_dir=root).roles()
 
 

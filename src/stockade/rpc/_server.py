@@ -11,6 +11,7 @@ Two listeners share one ``grpc.aio`` server:
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import stat
 from pathlib import Path
@@ -70,14 +71,20 @@ class RpcServer:
                 f"cannot listen on {self._host}:{self._requested_port} for the internal API"
                 f" ({exc}); pick another port with STOCKADE_API__PORT"
             ) from None
+        bound: Path | None = None
         if self.admin_socket is not None:
             self.admin_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.admin_socket.parent, 0o700)
             _claim_socket(self.admin_socket)
-            self._server.add_insecure_port(f"unix:{self.admin_socket}")
+            # gRPC unlinks the path it bound when it shuts down, whoever holds that path by
+            # then: bind a private name and rename it into place, so only our stop() (which
+            # checks the inode) ever removes the admin socket.
+            bound = self.admin_socket.with_name(f".{self.admin_socket.name}.{secrets.token_hex(4)}")
+            self._server.add_insecure_port(f"unix:{bound}")
         await self._server.start()
-        if self.admin_socket is not None:
-            os.chmod(self.admin_socket, 0o600)
+        if self.admin_socket is not None and bound is not None:
+            os.chmod(bound, 0o600)
+            os.rename(bound, self.admin_socket)
             info = os.stat(self.admin_socket)
             self._socket_id = (info.st_dev, info.st_ino)
         log.info("rpc.listening", host=self._host, port=self.port, admin=str(self.admin_socket))
