@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -48,7 +49,10 @@ def test_fresh_home(tmp_path: Path, ca: Path) -> None:
     assert kube["clusters"] == [
         {
             "name": "prod",
-            "cluster": {"server": "https://10.0.0.1:6443", "certificate-authority": str(ca)},
+            "cluster": {
+                "server": "https://10.0.0.1:6443",
+                "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
+            },
         }
     ]
     assert kube["contexts"] == [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -37,11 +38,12 @@ class Server:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[str] | None = None
         self.banner: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [STOCKADE, "up"],
-            env=_env(self.data_dir),
+            env={**_env(self.data_dir), **self.extra_env},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -280,3 +282,39 @@ def test_status_reports_what_runs_and_probes_it(server: Server) -> None:
     assert after.returncode == 1
     assert json.loads(after.stdout)["running"] is False
     assert not (server.data_dir / "run" / "status.json").exists()
+
+
+def test_session_kubeconfig_from_broker_clusters(server: Server, tmp_path: Path) -> None:
+    ca = tmp_path / "prod-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIBprodCA\n-----END CERTIFICATE-----\n")
+    server.extra_env = {
+        "STOCKADE_BROKER__CLUSTERS": json.dumps(
+            [
+                {"name": "prod", "server": "https://10.0.0.1:6443", "ca_file": str(ca)},
+                {"name": "dev", "server": "https://dev.example:443"},
+            ]
+        )
+    }
+    server.start()
+    port = server.listening("SSH gateway")
+    key = tmp_path / "erin"
+    pub = _keygen(key)
+    assert cli(server.data_dir, "users", "add", "erin", "--ssh-key", str(pub)).returncode == 0
+    result = subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "erin@127.0.0.1", "cat ~/.kube/config",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kube = json.loads(result.stdout)
+    clusters = {c["name"]: c["cluster"] for c in kube["clusters"]}
+    assert clusters["prod"]["server"] == "https://10.0.0.1:6443"
+    assert base64.b64decode(clusters["prod"]["certificate-authority-data"]) == ca.read_bytes()
+    assert clusters["dev"] == {"server": "https://dev.example:443"}
+    users = {u["name"]: u["user"]["exec"] for u in kube["users"]}
+    assert users["stockade@prod"]["args"] == ["--cluster", "prod"]
+    assert "token" not in result.stdout.lower()  # configuration only: the helper brings tokens
