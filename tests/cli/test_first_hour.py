@@ -302,3 +302,36 @@ def test_status_when_nothing_runs(tmp_path: Path) -> None:
     assert doc["running"] is False
     assert doc["data_dir"] == str((tmp_path / "data").resolve())
     assert "not running" in invoke("status").stdout
+
+
+def test_token_issue_accepts_a_unique_session_prefix(tmp_path: Path) -> None:
+    import asyncio
+
+    from stockade.cli._runtime import keyring_for
+    from stockade.core import load_settings
+    from stockade.identity import IdentityService
+    from stockade.store import Store
+
+    assert invoke("users", "add", "alice").exit_code == 0
+    cfg = load_settings()
+
+    async def sessions() -> None:
+        store = Store(cfg.database_url)
+        identity = IdentityService(store=store, settings=cfg.identity, keyring=keyring_for(cfg))
+        try:
+            for sid in ("s-7f3a9c01aa", "s-7f3a9c02bb"):
+                await identity.start_session(
+                    sid, username="alice", workspace="ws", client_ip="127.0.0.1", client_port=1
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(sessions())
+    issued = invoke("token", "issue", "alice", "--session", "s-7f3a9c02", "--direct")
+    assert issued.exit_code == 0, issued.output
+    claims = json.loads(invoke("token", "verify", issued.stdout.strip(), "--json").stdout)
+    assert claims["sid"] == "s-7f3a9c02bb"
+    line = one_error_line(invoke("token", "issue", "alice", "--session", "s-7f3a9c", "--direct"))
+    assert "s-7f3a9c01aa" in line
+    assert "s-7f3a9c02bb" in line
+    one_error_line(invoke("token", "issue", "alice", "--session", "s-nope", "--direct"))

@@ -10,7 +10,16 @@ import typer
 from stockade.core import InvalidInput, TokenRejected, parse_duration
 
 from ._admin import admin_identity
-from ._common import JSON_OPTION, console, fail, handle_errors, print_json, run_async, settings
+from ._common import (
+    JSON_OPTION,
+    console,
+    fail,
+    handle_errors,
+    print_json,
+    resolve_prefix,
+    run_async,
+    settings,
+)
 
 __all__ = ["app"]
 
@@ -23,7 +32,8 @@ def issue(
     user: str,
     ttl: Annotated[str, typer.Option(help="Lifetime, e.g. 90s, 15m, 1h.")] = "15m",
     session: Annotated[
-        str | None, typer.Option(help="Bind the token to a live session id.")
+        str | None,
+        typer.Option(help="Bind the token to a live session (its id or a unique prefix)."),
     ] = None,
     audience: Annotated[str | None, typer.Option(help="aud claim (default from settings).")] = None,
     direct: Annotated[bool, typer.Option("--direct", help="Use the store directly.")] = False,
@@ -33,8 +43,14 @@ def issue(
 
     async def run() -> str:
         async with admin_identity(settings(), direct=direct) as identity:
+            session_id = session
+            if session is not None:
+                live = await identity.list_sessions(active_only=True, username=user)
+                session_id = resolve_prefix(
+                    session, (s.session_id for s in live), kind=f"live session of {user}"
+                )
             return await identity.issue_token(
-                user, session_id=session, ttl=lifetime, audience=audience
+                user, session_id=session_id, ttl=lifetime, audience=audience
             )
 
     typer.echo(run_async(run()))
