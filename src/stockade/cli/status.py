@@ -7,7 +7,8 @@ runs and every listener answers, 1 otherwise (nothing running, or a listener dow
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -18,10 +19,18 @@ __all__ = ["status"]
 
 
 @handle_errors
-def status(as_json: bool = JSON_OPTION) -> None:
+def status(
+    as_json: bool = JSON_OPTION,
+    data_dir_option: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="State directory of the instance (env STOCKADE_DATA_DIR)."),
+    ] = None,
+) -> None:
     """Show whether stockade up runs on this data dir, what it serves and whether each
     listener answers; exit 1 when it does not run or a listener is down."""
     cfg = settings()
+    if data_dir_option is not None:
+        cfg = cfg.model_copy(update={"data_dir": data_dir_option})
     data_dir = cfg.data_dir
     holder = lock_holder(data_dir)
     document = read_status(data_dir) if holder is not None else None
