@@ -218,3 +218,17 @@ def test_home_itself_must_not_be_a_symlink(tmp_path: Path, outside: Path) -> Non
     link.symlink_to(outside)
     with pytest.raises(InvalidInput, match="not a directory"):
         workspace_config(link, API, None)
+
+
+def test_unreadable_cluster_ca_skips_only_the_kubeconfig(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("hello")
+    clusters = {"prod": KubeCluster("https://10.0.0.1:6443", bad)}
+    workspace_config(home, API, ca, clusters=clusters)
+    assert not (home / ".kube" / "config").exists()  # no kubeconfig trusting the wrong thing
+    assert git_helpers(home) == ["", "stockade"]  # the rest of the wiring still happened
+    missing = {"prod": KubeCluster("https://10.0.0.1:6443", tmp_path / "absent.pem")}
+    workspace_config(home, API, ca, clusters=missing)
+    assert not (home / ".kube" / "config").exists()

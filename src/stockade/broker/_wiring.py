@@ -194,13 +194,11 @@ def _ca_data(clusters: Mapping[str, KubeCluster]) -> dict[str, str]:
         try:
             data = cluster.ca_file.read_bytes()
         except OSError as exc:
-            raise InvalidInput(
-                f"broker.clusters {name} ca_file", f"cannot read {cluster.ca_file}: {exc.strerror}"
+            raise _Unsafe(
+                f"cluster {name}: cannot read {cluster.ca_file} ({exc.strerror})"
             ) from None
         if b"-----BEGIN CERTIFICATE-----" not in data or len(data) > MAX_CONFIG_BYTES:
-            raise InvalidInput(
-                f"broker.clusters {name} ca_file", f"{cluster.ca_file} is not a PEM CA bundle"
-            )
+            raise _Unsafe(f"cluster {name}: {cluster.ca_file} is not a PEM CA bundle")
         out[name] = base64.b64encode(data).decode("ascii")
     return out
 
@@ -292,7 +290,6 @@ def workspace_config(
             "helper_python", f"expected an absolute interpreter path, got {helper_python!r}"
         )
     ca_text = ca_path.read_text(encoding="ascii") if ca_path is not None else None
-    cluster_cas = _ca_data(clusters or {})
     try:
         root = os.open(home, _DIR_FLAGS)
     except OSError as exc:
@@ -325,10 +322,8 @@ def workspace_config(
                 doc = _load_json(_read(folder, "config"))
                 if doc is None:
                     raise _Unsafe("config is not JSON (a YAML kubeconfig is left alone)")
-                text = (
-                    json.dumps(_kubeconfig(doc, clusters, kube_command, cluster_cas), indent=2)
-                    + "\n"
-                )
+                cas = _ca_data(clusters)  # unreadable: this part is skipped, with a warning
+                text = json.dumps(_kubeconfig(doc, clusters, kube_command, cas), indent=2) + "\n"
                 _write(folder, "config", text, mode=0o600, owner=owner)
 
         def ca(text: str) -> None:
