@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -49,7 +50,10 @@ def test_fresh_home(tmp_path: Path, ca: Path) -> None:
     assert kube["clusters"] == [
         {
             "name": "prod",
-            "cluster": {"server": "https://10.0.0.1:6443", "certificate-authority": str(ca)},
+            "cluster": {
+                "server": "https://10.0.0.1:6443",
+                "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode(),
+            },
         }
     ]
     assert kube["contexts"] == [
@@ -245,3 +249,17 @@ def test_helper_binary_installs_the_static_helper(tmp_path: Path, ca: Path) -> N
         check=True,
     )
     assert version.stdout == b"docker-credential-stockade (Stockade)\n"
+
+
+def test_unreadable_cluster_ca_skips_only_the_kubeconfig(tmp_path: Path, ca: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    bad = tmp_path / "not-a-ca.pem"
+    bad.write_text("hello")
+    clusters = {"prod": KubeCluster("https://10.0.0.1:6443", bad)}
+    workspace_config(home, API, ca, clusters=clusters)
+    assert not (home / ".kube" / "config").exists()  # no kubeconfig trusting the wrong thing
+    assert git_helpers(home) == ["", "stockade"]  # the rest of the wiring still happened
+    missing = {"prod": KubeCluster("https://10.0.0.1:6443", tmp_path / "absent.pem")}
+    workspace_config(home, API, ca, clusters=missing)
+    assert not (home / ".kube" / "config").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -37,11 +38,12 @@ class Server:
         self.data_dir = data_dir
         self.proc: subprocess.Popen[str] | None = None
         self.banner: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [STOCKADE, "up"],
-            env=_env(self.data_dir),
+            env={**_env(self.data_dir), **self.extra_env},
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -181,7 +183,7 @@ def test_admin_commands_work_with_nothing_running(tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["roles"] == ["contractor"]
     token = cli(data, "token", "issue", "bob", "--ttl", "5m")
     assert token.returncode == 0, token.stderr
-    verified = cli(data, "token", "verify", "-", stdin=token.stdout)
+    verified = cli(data, "token", "verify", "--json", "-", stdin=token.stdout)
     assert verified.returncode == 0, verified.stderr
     assert json.loads(verified.stdout)["sub"] == "bob"
 
@@ -236,3 +238,83 @@ def test_shield_metrics_on_the_broker(server: Server) -> None:
     assert response.status == 200
     assert "stockade_shield_events_consumed_total" in body
     assert "stockade_shield_active_bans" in body
+
+
+def test_second_up_on_same_data_dir_exits_2_naming_the_holder(server: Server) -> None:
+    server.start()
+    assert server.proc is not None
+    second = subprocess.run(
+        [STOCKADE, "up"],
+        env=_env(server.data_dir),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert second.returncode == 2, second.stderr
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert f"pid {server.proc.pid}" in lines[0]
+    # the refused instance touched nothing of the first: its admin socket still answers
+    assert cli(server.data_dir, "users", "add", "carol").returncode == 0
+    assert (server.data_dir / "run" / "admin.sock").exists()
+
+
+def test_status_reports_what_runs_and_probes_it(server: Server) -> None:
+    server.start()
+    assert server.proc is not None
+    result = cli(server.data_dir, "status", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["running"] is True
+    assert doc["pid"] == server.proc.pid
+    assert doc["healthy"] is True
+    assert doc["versions"]["stockade"]
+    services = {item["service"]: item for item in doc["listeners"]}
+    assert services["SSH gateway"]["state"] == "up"
+    assert services["credential broker (HTTPS)"]["state"] == "up"
+    assert services["admin API (gRPC, unix socket 0600)"]["state"] == "up"
+    assert doc["nft_table"].startswith("stockade_")
+    table = cli(server.data_dir, "status")
+    assert "SSH gateway" in table.stdout
+    server.stop()
+    after = cli(server.data_dir, "status", "--json")
+    assert after.returncode == 1
+    assert json.loads(after.stdout)["running"] is False
+    assert not (server.data_dir / "run" / "status.json").exists()
+
+
+def test_session_kubeconfig_from_broker_clusters(server: Server, tmp_path: Path) -> None:
+    ca = tmp_path / "prod-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIBprodCA\n-----END CERTIFICATE-----\n")
+    server.extra_env = {
+        "STOCKADE_BROKER__CLUSTERS": json.dumps(
+            [
+                {"name": "prod", "server": "https://10.0.0.1:6443", "ca_file": str(ca)},
+                {"name": "dev", "server": "https://dev.example:443"},
+            ]
+        )
+    }
+    server.start()
+    port = server.listening("SSH gateway")
+    key = tmp_path / "erin"
+    pub = _keygen(key)
+    assert cli(server.data_dir, "users", "add", "erin", "--ssh-key", str(pub)).returncode == 0
+    result = subprocess.run(
+        [
+            "ssh", "-F", "/dev/null", "-i", str(key), "-p", str(port),
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
+            "erin@127.0.0.1", "cat ~/.kube/config",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    kube = json.loads(result.stdout)
+    clusters = {c["name"]: c["cluster"] for c in kube["clusters"]}
+    assert clusters["prod"]["server"] == "https://10.0.0.1:6443"
+    assert base64.b64decode(clusters["prod"]["certificate-authority-data"]) == ca.read_bytes()
+    assert clusters["dev"] == {"server": "https://dev.example:443"}
+    users = {u["name"]: u["user"]["exec"] for u in kube["users"]}
+    assert users["stockade@prod"]["args"] == ["--cluster", "prod"]
+    assert "token" not in result.stdout.lower()  # configuration only: the helper brings tokens

@@ -13,14 +13,23 @@ from ._decision import Decision
 from ._decision_log import DecisionSink
 from ._input import Context, Resource, Subject, build_input, parse_input
 from ._obligations import ObligationError, Obligations, parse_obligations
-from ._testing import PolicyTestResult, format_test_results, run_policy_tests
+from ._testing import (
+    CoverageReport,
+    FileCoverage,
+    PolicyTestResult,
+    format_test_results,
+    run_policy_tests,
+    run_policy_tests_with_coverage,
+)
 
 __all__ = [
     "Authorizer",
     "AuthzAPI",
     "Context",
+    "CoverageReport",
     "Decision",
     "DecisionSink",
+    "FileCoverage",
     "ObligationError",
     "Obligations",
     "PolicyTestResult",
@@ -31,4 +40,5 @@ __all__ = [
     "parse_input",
     "parse_obligations",
     "run_policy_tests",
+    "run_policy_tests_with_coverage",
 ]

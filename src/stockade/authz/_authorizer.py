@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,11 @@ from ._input import Context, Resource, Subject, build_input
 __all__ = ["Authorizer"]
 
 _log = get_logger("stockade.authz")
+
+_RULE_PATH = re.compile(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+#: Where a bundle declares the roles it knows.
+ROLES_RULE = "data.stockade.roles"
 
 #: A request every bundle must be able to evaluate before it is put in service.
 _PROBE = build_input(
@@ -113,6 +119,51 @@ class Authorizer:
         if self._log is not None:
             self._log.record(input_doc, decision)
         return decision
+
+    def query(self, input_doc: Mapping[str, Any], rule: str) -> Any:
+        """The raw value of ``rule`` (a ``data.`` path such as ``data.stockade.obligations``)
+        for ``input_doc``; ``None`` when undefined. Unlike :meth:`decide` this raises
+        :class:`~stockade.core.errors.PolicyError` when evaluation fails (it serves ``stockade
+        policy eval --query``, a debugging aid, never an access decision)."""
+        if not _RULE_PATH.fullmatch(rule):
+            raise PolicyError(f"--query: {rule!r} is not a rule path such as {DECISION_RULE}")
+        engine = self._pool.engine_for(self._bundle)
+        try:
+            engine.set_input(input_doc)
+            return engine.eval_rule(rule)
+        except Exception as exc:
+            message, location = describe_error(exc)
+            if message == "not a valid rule path":
+                return None
+            raise PolicyError(message, location=location) from None
+
+    def roles(self) -> frozenset[str]:
+        """The roles the bundle in service declares (``data.stockade.roles``, a set of strings).
+
+        Callers refuse any other role, so a typo never silently grants nothing. Raises
+        :class:`~stockade.core.errors.PolicyError` when the bundle declares none or the value is
+        not a set (or array) of strings.
+        """
+        bundle = self._bundle
+        try:
+            value = self._pool.engine_for(bundle).eval_rule(ROLES_RULE)
+        except PolicyError:
+            raise
+        except Exception as exc:
+            message, location = describe_error(exc)
+            if message != "not a valid rule path":
+                raise PolicyError(message, location=location) from None
+            value = None
+        if value is None or value == {}:  # regorus answers {} for an undefined rule path
+            raise PolicyError(
+                f"policy bundle {bundle.root} declares no {ROLES_RULE}; add"
+                ' roles := {"admin", ...} to package stockade'
+            )
+        if not isinstance(value, set | frozenset | list | tuple) or not all(
+            isinstance(role, str) and role for role in value
+        ):
+            raise PolicyError(f"{ROLES_RULE} must be a set of role names, got {value!r}")
+        return frozenset(value)
 
     async def decide_async(self, input_doc: Mapping[str, Any]) -> Decision:
         """:meth:`decide` for callers written against the remote (gRPC) authz interface."""

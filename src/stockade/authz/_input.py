@@ -42,19 +42,26 @@ def _strings(value: Sequence[str] | str, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _json_like(value: Any, where: str) -> Any:
+#: Deepest nesting of objects and arrays accepted in ``context`` extras: policies read a level
+#: or two, and the evaluator (regorus) recurses over the document.
+MAX_DEPTH = 32
+
+
+def _json_like(value: Any, where: str, depth: int = 0) -> Any:
     """Copy ``value`` as plain JSON types (dict/list/str/int/float/bool/None) or reject it."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
+    if depth >= MAX_DEPTH:
+        raise InvalidInput(where, f"nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInput(where, f"keys must be strings, got {key!r}")
-            out[key] = _json_like(item, f"{where}.{key}")
+            out[key] = _json_like(item, f"{where}.{key}", depth + 1)
         return out
     if isinstance(value, list | tuple):
-        return [_json_like(item, where) for item in value]
+        return [_json_like(item, where, depth + 1) for item in value]
     raise InvalidInput(where, f"{type(value).__name__} is not a JSON value")
 
 
@@ -216,8 +223,10 @@ def parse_input(data: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(data, str | bytes):
         try:
             doc = json.loads(data)
-        except ValueError as exc:
+        except ValueError as exc:  # UnicodeDecodeError of bytes too
             raise InvalidInput("input", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("input", "nested too deeply to parse") from None
     else:
         doc = data
     if not isinstance(doc, Mapping):

@@ -19,7 +19,14 @@ import regorus
 from ._bundle import DEFAULT_BUNDLE_DIR, read_bundle
 from ._engine import compile_engine, describe_error
 
-__all__ = ["PolicyTestResult", "format_test_results", "run_policy_tests"]
+__all__ = [
+    "CoverageReport",
+    "FileCoverage",
+    "PolicyTestResult",
+    "format_test_results",
+    "run_policy_tests",
+    "run_policy_tests_with_coverage",
+]
 
 Outcome = Literal["pass", "fail", "error"]
 _RULE_PREFIX = "test_"
@@ -76,17 +83,111 @@ def _discover(engine: regorus.Engine) -> Iterator[tuple[str, str, int]]:
                 yield path, module["source"]["file"], int(head["span"]["line"])
 
 
+@dataclass(frozen=True, slots=True)
+class FileCoverage:
+    """Lines of one policy file that the tests evaluated (``covered``) or could have and did
+    not (``not_covered``); lines that evaluate nothing (comments, braces) are in neither."""
+
+    covered: tuple[int, ...]
+    not_covered: tuple[int, ...]
+
+    @property
+    def percent(self) -> float:
+        total = len(self.covered) + len(self.not_covered)
+        return 100.0 * len(self.covered) / total if total else 100.0
+
+
+def _ranges(lines: Sequence[int]) -> list[dict[str, dict[str, int]]]:
+    out: list[dict[str, dict[str, int]]] = []
+    for line in sorted(lines):
+        if out and out[-1]["end"]["row"] == line - 1:
+            out[-1]["end"]["row"] = line
+        else:
+            out.append({"start": {"row": line}, "end": {"row": line}})
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class CoverageReport:
+    """Coverage of a bundle's policy files (``*_test.rego`` excluded) by its tests."""
+
+    files: dict[str, FileCoverage]
+
+    @property
+    def percent(self) -> float:
+        covered = sum(len(f.covered) for f in self.files.values())
+        total = covered + sum(len(f.not_covered) for f in self.files.values())
+        return 100.0 * covered / total if total else 100.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """OPA's ``opa test --coverage`` JSON: row ranges, line counts and percentages."""
+        return {
+            "files": {
+                path: {
+                    "covered": _ranges(f.covered),
+                    "not_covered": _ranges(f.not_covered),
+                    "covered_lines": len(f.covered),
+                    "not_covered_lines": len(f.not_covered),
+                    "coverage": round(f.percent, 2),
+                }
+                for path, f in sorted(self.files.items())
+            },
+            "covered_lines": sum(len(f.covered) for f in self.files.values()),
+            "not_covered_lines": sum(len(f.not_covered) for f in self.files.values()),
+            "coverage": round(self.percent, 2),
+        }
+
+
+def _merge_coverage(
+    engine: regorus.Engine, covered: dict[str, set[int]], seen: dict[str, set[int]]
+) -> None:
+    report = json.loads(engine.get_coverage_report_as_json())
+    for entry in report.get("files", []):
+        path = str(entry["path"])
+        covered.setdefault(path, set()).update(int(n) for n in entry.get("covered", []))
+        seen.setdefault(path, set()).update(int(n) for n in entry.get("not_covered", []))
+
+
 def run_policy_tests(bundle_dir: Path | None = None) -> list[PolicyTestResult]:
     """Run every ``test_*`` rule of the bundle (default: the shipped one), by file and line.
 
     Raises :class:`~stockade.core.errors.PolicyError` (``file:line``) when the bundle does not
     compile.
     """
+    return _run(bundle_dir, None)
+
+
+def run_policy_tests_with_coverage(
+    bundle_dir: Path | None = None,
+) -> tuple[list[PolicyTestResult], CoverageReport]:
+    """:func:`run_policy_tests`, also recording which lines of each policy file the tests hit."""
+    covered: dict[str, set[int]] = {}
+    seen: dict[str, set[int]] = {}
+    results = _run(bundle_dir, (covered, seen))
+    files = {
+        path: FileCoverage(
+            covered=tuple(sorted(covered.get(path, set()))),
+            not_covered=tuple(sorted(lines - covered.get(path, set()))),
+        )
+        for path, lines in seen.items()
+        if not path.endswith("_test.rego")
+    }
+    for path, lines in covered.items():
+        if path not in files and not path.endswith("_test.rego"):
+            files[path] = FileCoverage(covered=tuple(sorted(lines)), not_covered=())
+    return results, CoverageReport(files=files)
+
+
+def _run(
+    bundle_dir: Path | None, coverage: tuple[dict[str, set[int]], dict[str, set[int]]] | None
+) -> list[PolicyTestResult]:
     compiled = compile_engine(read_bundle(bundle_dir or DEFAULT_BUNDLE_DIR))
     results = []
     for path, file, line in sorted(_discover(compiled), key=lambda t: (t[1], t[2])):
         engine: regorus.Engine = compiled.clone()  # type: ignore[attr-defined]  # not in the .pyi
         engine.set_gather_prints(True)
+        if coverage is not None:
+            engine.set_enable_coverage(True)
         started = time.perf_counter()
         try:
             value = engine.eval_rule(path)
@@ -98,6 +199,8 @@ def run_policy_tests(bundle_dir: Path | None = None) -> list[PolicyTestResult]:
             outcome = "pass" if value is True else "fail"
             message = "" if value is True else ("undefined" if value is None else repr(value))
         duration = time.perf_counter() - started
+        if coverage is not None:
+            _merge_coverage(engine, *coverage)
         results.append(
             PolicyTestResult(
                 name=path,

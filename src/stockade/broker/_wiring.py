@@ -10,7 +10,8 @@
 ``~/.kube/config``
     for each given cluster, a cluster, a context and a user ``stockade@<cluster>`` whose exec
     plugin is ``kubectl-credential-stockade --cluster <cluster>`` (JSON, which kubectl reads as
-    YAML; an existing JSON kubeconfig is merged, another one is left alone).
+    YAML; an existing JSON kubeconfig is merged, another one is left alone). The cluster's CA is
+    embedded (``certificate-authority-data``), so a sandbox need not see the host's file.
 ``~/.stockade/ca.pem``
     a copy of the CA certificate that signed the broker's (public, not a secret), where the
     helpers look when ``STOCKADE_CA`` is unset.
@@ -33,6 +34,7 @@ with a warning — the user loses the helper configuration, nothing outside the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import json
@@ -188,15 +190,37 @@ def _named(items: Any, name: str, value: dict[str, Any]) -> list[Any]:
     return [*kept, value]
 
 
+def _ca_data(clusters: Mapping[str, KubeCluster]) -> dict[str, str]:
+    """Each cluster's CA bundle, base64 for ``certificate-authority-data``: read here (as the
+    host, before the session starts) so a sandbox that cannot see the file still trusts it."""
+    out: dict[str, str] = {}
+    for name, cluster in clusters.items():
+        if cluster.ca_file is None:
+            continue
+        try:
+            data = cluster.ca_file.read_bytes()
+        except OSError as exc:
+            raise _Unsafe(
+                f"cluster {name}: cannot read {cluster.ca_file} ({exc.strerror})"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in data or len(data) > MAX_CONFIG_BYTES:
+            raise _Unsafe(f"cluster {name}: {cluster.ca_file} is not a PEM CA bundle")
+        out[name] = base64.b64encode(data).decode("ascii")
+    return out
+
+
 def _kubeconfig(
-    doc: dict[str, Any], clusters: Mapping[str, KubeCluster], command: str
+    doc: dict[str, Any],
+    clusters: Mapping[str, KubeCluster],
+    command: str,
+    ca_data: Mapping[str, str],
 ) -> dict[str, Any]:
     doc.setdefault("apiVersion", "v1")
     doc.setdefault("kind", "Config")
     for name, cluster in clusters.items():
         spec: dict[str, Any] = {"server": cluster.server}
-        if cluster.ca_file is not None:
-            spec["certificate-authority"] = str(cluster.ca_file)
+        if name in ca_data:
+            spec["certificate-authority-data"] = ca_data[name]
         user = f"stockade@{name}"
         doc["clusters"] = _named(doc.get("clusters"), name, {"name": name, "cluster": spec})
         doc["users"] = _named(
@@ -333,7 +357,8 @@ def workspace_config(
                 doc = _load_json(_read(folder, "config"))
                 if doc is None:
                     raise _Unsafe("config is not JSON (a YAML kubeconfig is left alone)")
-                text = json.dumps(_kubeconfig(doc, clusters, kube_command), indent=2) + "\n"
+                cas = _ca_data(clusters)  # unreadable: this part is skipped, with a warning
+                text = json.dumps(_kubeconfig(doc, clusters, kube_command, cas), indent=2) + "\n"
                 _write(folder, "config", text, mode=0o600, owner=owner)
 
         def ca(text: str) -> None:

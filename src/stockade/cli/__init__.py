@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+from typing import Annotated, Any
+
 import typer
+import typer.core
 
 from stockade import __version__
 
@@ -10,6 +15,7 @@ from . import (
     applocker,
     blueprints,
     catalog,
+    config,
     image,
     images,
     node,
@@ -19,6 +25,7 @@ from . import (
     sbom,
     sessions,
     shield,
+    status,
     token,
     users,
     workspaces,
@@ -29,13 +36,29 @@ app = typer.Typer(
     name="stockade",
     help="Zero-trust access and supply-chain security for shared developer workspaces.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"stockade {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print Stockade's version and exit.",
+        ),
+    ] = False,
+) -> None:
     """Zero-trust access and supply-chain security for shared developer workspaces.
 
     Configuration comes from STOCKADE_* variables and ./stockade.toml (or $STOCKADE_CONFIG);
@@ -65,6 +88,58 @@ app.add_typer(pod_security.app, name="pod-security")
 app.add_typer(image.app, name="image")
 app.add_typer(images.app, name="images")
 app.command("sbom")(sbom.sbom)
+app.add_typer(config.app, name="config")
+app.command("status")(status.status)
+
+
+_DOUBLE_BACKTICKS = re.compile(r"``([^`]+)``")
+
+
+def _plain_help(text: str | None) -> str | None:
+    """Help text as a terminal shows it: ``x`` (reStructuredText in docstrings) becomes 'x', and
+    the lines of a paragraph are joined (the terminal wraps them)."""
+    if text is None:
+        return None
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    joined = "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+    return _DOUBLE_BACKTICKS.sub(r"'\1'", joined)
+
+
+def _tidy_help(group: typer.Typer) -> None:
+    """Rewrite the help of every command and group once, at import (docstrings stay as written
+    for the API docs)."""
+    if _text(group.info.help) is not None:
+        group.info.help = _plain_help(_text(group.info.help))
+    for command in group.registered_commands:
+        doc = _text(command.help) or (
+            inspect.getdoc(command.callback) if command.callback else None
+        )
+        command.help = _plain_help(doc)
+    for sub in group.registered_groups:
+        if _text(sub.help) is not None:
+            sub.help = _plain_help(_text(sub.help))
+        if sub.typer_instance is not None:
+            _tidy_help(sub.typer_instance)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None  # typer's Default(...) placeholders: unset
+
+
+_tidy_help(app)
+
+# typer 0.29's rich help prints a value type after boolean flags ("--json <bool>"), though a flag
+# takes no value; click's own help never does. Flags show no type.
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    if self.is_flag and self.metavar is None:
+        return None
+    return _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from stockade.core import Settings, StockadeError, load_settings
 from stockade.core.logging import configure_logging
@@ -26,12 +27,14 @@ from stockade.core.logging import configure_logging
 __all__ = [
     "JSON_OPTION",
     "console",
+    "describe_os_error",
     "err_console",
     "fail",
     "handle_errors",
     "print_json",
     "print_table",
     "read_text_arg",
+    "resolve_prefix",
     "run_async",
     "settings",
 ]
@@ -52,7 +55,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def handle_errors(func: Callable[P, T]) -> Callable[P, T]:
-    """Map :class:`StockadeError` to one stderr line and its exit code."""
+    """Map :class:`StockadeError` to one stderr line and its exit code.
+
+    The last guard against a traceback: an ``OSError`` (a file that cannot be read or written),
+    a ``UnicodeError`` (bytes that are not UTF-8 text) or a ``RecursionError`` (input nested
+    too deeply) that escaped its command is one line too, naming the file when known, exit 2.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -60,8 +68,44 @@ def handle_errors(func: Callable[P, T]) -> Callable[P, T]:
             return func(*args, **kwargs)
         except StockadeError as exc:
             raise fail(str(exc), exc.exit_code) from None
+        except OSError as exc:
+            raise fail(describe_os_error(exc)) from None
+        except UnicodeError as exc:
+            raise fail(f"not UTF-8 text: {exc}") from None
+        except RecursionError:
+            raise fail("input is nested too deeply") from None
 
     return wrapper
+
+
+def describe_os_error(exc: OSError) -> str:
+    """``FILE: reason`` for an OSError (``exc.filename`` when it names one)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+def resolve_prefix(prefix: str, candidates: Iterable[str], *, kind: str) -> str:
+    """The one candidate equal to ``prefix``, else the only one starting with it.
+
+    No match is a :class:`NotFound` (exit 2); several are an :class:`InvalidInput` (exit 2) that
+    lists them whole. Used by every command that takes an id or fingerprint.
+    """
+    from stockade.core import InvalidInput, NotFound
+
+    pool = list(dict.fromkeys(candidates))
+    if prefix in pool:
+        return prefix
+    if not prefix:
+        raise InvalidInput(kind, "empty; give an id or a unique prefix of one")
+    matches = [c for c in pool if c.startswith(prefix)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise NotFound(kind, prefix)
+    shown = ", ".join(sorted(matches)[:20]) + (" ..." if len(matches) > 20 else "")
+    raise InvalidInput(kind, f"{prefix!r} matches {len(matches)}: {shown}; give more characters")
 
 
 def run_async(coro: Awaitable[T]) -> T:
@@ -102,13 +146,28 @@ def print_json(data: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Render a rich table of ``rows`` under ``columns``."""
+    """Render a table of ``rows`` under ``columns``; cells wrap, never truncate.
+
+    On a terminal long cells fold onto more lines within its width; piped, the table is as wide
+    as its widest row, so ids and fingerprints stay whole on one line for ``grep`` and ``cut``.
+    """
+    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
-    console.print(table)
+        table.add_column(column, overflow="fold", no_wrap=False)
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # literal text: "[secure]" is no markup
+    if console.is_terminal:
+        console.print(table)
+        return
+    widths = [len(c) for c in columns]
+    for row in cells:
+        for index, cell in enumerate(row[: len(widths)]):
+            longest = max((len(line) for line in cell.splitlines()), default=0)
+            widths[index] = max(widths[index], longest)
+    needed = sum(widths) + 3 * len(widths) + 1
+    wide = Console(file=sys.stdout, width=max(needed, len(title), 80), highlight=False)
+    wide.print(table)
 
 
 def read_text_arg(value: str, *, field: str) -> str:
@@ -116,9 +175,17 @@ def read_text_arg(value: str, *, field: str) -> str:
     from stockade.core import InvalidInput
 
     if value == "-":
-        return sys.stdin.read()
-    path = Path(value)
+        data, where = sys.stdin.buffer.read(), "stdin"
+    else:
+        path = Path(value)
+        try:
+            data, where = path.read_bytes(), str(path)
+        except OSError as exc:
+            raise InvalidInput(field, f"cannot read {path}: {exc.strerror}") from exc
     try:
-        return path.read_text()
-    except OSError as exc:
-        raise InvalidInput(field, f"cannot read {path}: {exc.strerror}") from exc
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            field,
+            f"{where} is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r})",
+        ) from None

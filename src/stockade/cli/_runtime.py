@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stockade.authz import Authorizer
-from stockade.broker import BrokerServer, workspace_config
+from stockade.broker import BrokerServer, KubeCluster, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
 from stockade.gateway import Gateway
@@ -148,7 +148,12 @@ class Runtime:
             )
 
         if settings.shield.enabled:
-            self.shield = Shield(self.bus, settings.shield, ports=[gateway_settings.port])
+            self.shield = Shield(
+                self.bus,
+                settings.shield.model_copy(update={"nft_table": settings.nft_table}),
+                ports=[gateway_settings.port],
+                owner=settings.instance_id,
+            )
             stack.push_async_callback(self.shield.stop)
             await self.shield.start()
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
@@ -205,6 +210,9 @@ class Runtime:
             home,
             self.broker.url,
             self.broker.ca_path,
+            clusters={
+                c.name: KubeCluster(c.server, c.ca_file) for c in self.settings.broker.clusters
+            },
             owner=(uid, gid),
             helper_python=_SYSTEM_PYTHON,
         )

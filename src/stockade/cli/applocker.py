@@ -13,11 +13,13 @@ from stockade.cli._common import err_console, handle_errors
 from stockade.core import InvalidInput
 from stockade.supplychain import (
     build_policy,
+    load_signer_certificate,
     merge_policy,
     parse_collections,
     parse_policy,
     path_rule,
     policy_xml,
+    publisher_rule,
 )
 
 __all__ = ["app"]
@@ -26,6 +28,10 @@ app = typer.Typer(help="AppLocker policies.", no_args_is_help=True, add_completi
 
 
 def _write(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise InvalidInput(
+            str(path), f"its directory {path.parent} does not exist; create it or pick another -o"
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -55,10 +61,22 @@ def rules(
     merge: Annotated[
         Path | None, typer.Option("--merge", help="Existing policy XML to merge into.")
     ] = None,
+    publisher_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--publisher-from",
+            help="Signing certificate (PEM or DER): also let SID run files it signed.",
+        ),
+    ] = None,
 ) -> None:
-    """Write an AppLocker policy: Windows default allow rules plus SID may run PATH."""
+    """Write an AppLocker policy: Windows default allow rules plus SID may run PATH, and, with
+    --publisher-from, files signed by that certificate's publisher."""
     chosen = parse_collections(collection)
-    policy = build_policy(chosen, [path_rule(c, sid, path) for c in chosen], mode=mode)
+    rules = [path_rule(c, sid, path) for c in chosen]
+    if publisher_from is not None:
+        signer = load_signer_certificate(publisher_from)
+        rules += [publisher_rule(c, sid, signer) for c in chosen]
+    policy = build_policy(chosen, rules, mode=mode)
     if merge is not None:
         try:
             text = merge.read_text(encoding="utf-8-sig")

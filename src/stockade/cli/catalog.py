@@ -1,4 +1,4 @@
-"""``stockade catalog create``: a signed catalog for a directory tree."""
+"""``stockade catalog create|verify``: a signed catalog for a directory tree, and its check."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from stockade.cli.package import (
     PasswordFileOption,
     PasswordOption,
     TtyProgress,
+    print_verify_report,
     signing_certificate,
 )
-from stockade.supplychain import ExclusionList, create_catalog
+from stockade.core import InvalidInput
+from stockade.supplychain import ExclusionList, create_catalog, verify_package
 
 __all__ = ["app"]
 
@@ -50,3 +52,29 @@ def create(
             directory, cert, exclusions=exclusions, cdf=cdf, workers=jobs, progress=progress
         )
     err_console.print(f"{directory}: catalogued {len(catalog.files)} files", markup=False)
+
+
+@app.command()
+@handle_errors
+def verify(
+    directory: Annotated[Path, typer.Argument(help="Tree holding catalog.json and its .p7s.")],
+    ca: Annotated[
+        Path | None, typer.Option("--ca", help="PEM of the CA the signer must chain to.")
+    ] = None,
+    no_anchor: Annotated[
+        bool,
+        typer.Option(
+            "--no-anchor",
+            help="Without --ca: check integrity only, whoever signed (fails closed otherwise).",
+        ),
+    ] = False,
+    jobs: JobsOption = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check DIR against its signed catalog: the signature, every hash, missing and extra files,
+    and the Authenticode signature of each file listed as signed. Exit 1 on any problem."""
+    if not directory.is_dir():
+        raise InvalidInput(str(directory), "not a directory; pass the tree catalog create wrote")
+    with TtyProgress() as progress:
+        report = verify_package(directory, ca=ca, workers=jobs, progress=progress)
+    print_verify_report(report, json_output=json_output, no_anchor=no_anchor)

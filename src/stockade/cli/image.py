@@ -36,7 +36,8 @@ app = typer.Typer(
 PlatformOption = Annotated[
     str | None,
     typer.Option(
-        "--platform", help="OS/ARCH[/VARIANT] to pick from an image index (default: this host)."
+        "--platform",
+        help="OS/ARCH or OS/ARCH/VARIANT to pick from an image index (default: this host).",
     ),
 ]
 

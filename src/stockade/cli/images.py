@@ -10,7 +10,7 @@ import typer
 
 from stockade.cli._common import JSON_OPTION, handle_errors, print_json, print_table
 from stockade.core.errors import InvalidInput
-from stockade.images._inventory import cluster_nodes, collect_inventory
+from stockade.images import cluster_nodes, collect_inventory
 
 __all__ = ["app"]
 

@@ -14,13 +14,14 @@ from stockade.cli._common import err_console, fail, handle_errors, print_json
 from stockade.supplychain import (
     CodeSigningCertificate,
     ExclusionList,
+    VerifyReport,
     build_package,
     load_certificate,
     read_password,
     verify_package,
 )
 
-__all__ = ["TtyProgress", "app", "signing_certificate"]
+__all__ = ["TtyProgress", "app", "print_verify_report", "signing_certificate"]
 
 app = typer.Typer(
     help="Build and verify signed packages.", no_args_is_help=True, add_completion=False
@@ -191,6 +192,12 @@ def verify(
     """
     with TtyProgress() as progress:
         report = verify_package(target, ca=ca, workers=jobs, progress=progress)
+    print_verify_report(report, json_output=json_output, no_anchor=no_anchor)
+
+
+def print_verify_report(report: VerifyReport, *, json_output: bool, no_anchor: bool) -> None:
+    """Print a verification report (problems on stderr, one per line) and exit 1 unless it
+    holds and is anchored (or ``no_anchor``)."""
     if json_output:
         print_json(
             {

@@ -11,12 +11,12 @@ import typer
 from stockade.cli._common import fail, handle_errors
 from stockade.core.errors import InvalidInput
 from stockade.core.files import write_private
-from stockade.images import load_decryption_keys
-from stockade.images._sbom import (
+from stockade.images import (
     ImageSource,
     annotate_clearance,
     load_bom,
     load_clearance,
+    load_decryption_keys,
     merge_boms,
     render_bom,
     scan,
@@ -91,7 +91,7 @@ def sbom(
             raw = scan(target, backend=backend, keys=keys)  # type: ignore[arg-type]
             sources.append((target, load_bom(raw, f"{backend} output for {target}")))
         if manifests:
-            from stockade.images._inventory import images_in_manifests
+            from stockade.images import images_in_manifests
 
             for item in images_in_manifests(manifests):
                 sources.append((item.reference, ImageSource(item.reference)))

@@ -12,7 +12,8 @@ import typer
 from stockade.core import Settings, configure_logging
 
 from ._common import console, handle_errors, print_table, run_async, settings
-from ._runtime import Runtime
+from ._instance import InstanceLock, remove_status, write_status
+from ._runtime import Runtime, prepare_data_dir
 
 __all__ = ["up"]
 
@@ -28,6 +29,11 @@ def _with_overrides(base: Settings, data_dir: Path | None, ssh_port: int | None)
 
 async def _serve(config: Settings) -> None:
     configure_logging(config.log.level, config.log.json_output)
+    with InstanceLock(prepare_data_dir(config)):  # a second instance exits 2, naming our PID
+        await _serve_locked(config)
+
+
+async def _serve_locked(config: Settings) -> None:
     runtime = Runtime(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -35,6 +41,11 @@ async def _serve(config: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await runtime.start()
     try:
+        write_status(
+            config.data_dir,
+            [(item.what, item.where) for item in runtime.listeners],
+            nft_table=config.nft_table,
+        )
         print_table(
             "stockade up",
             ["service", "listening on"],
@@ -44,6 +55,7 @@ async def _serve(config: Settings) -> None:
         await stop.wait()
         console.print("stopping ...", highlight=False)
     finally:
+        remove_status(config.data_dir)
         await runtime.stop()
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
 from .errors import InvalidInput
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION", "format_duration", "parse_duration"]
+
+#: The longest duration accepted anywhere (100 years): a ban, a token lifetime or a setting past
+#: it is a typo, and far larger values overflow dates (``timedelta`` ends at 999999999 days).
+MAX_DURATION = timedelta(days=36500)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+)([smhdw])")
@@ -17,17 +22,25 @@ def parse_duration(value: str | int | float | timedelta, *, field: str = "durati
     """Parse ``value`` into a positive :class:`timedelta`.
 
     Accepts a timedelta, a number of seconds, or a string of ``<int><unit>`` parts with units
-    s, m, h, d, w (``1h30m``). Raises :class:`InvalidInput` naming ``field`` otherwise.
+    s, m, h, d, w (``1h30m``), up to :data:`MAX_DURATION`. Raises :class:`InvalidInput` naming
+    ``field`` otherwise.
     """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
         raise InvalidInput(field, f"expected a duration such as 15m, got {value!r}")
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            seconds = math.inf
+    elif not isinstance(value, str):
+        raise InvalidInput(field, f"expected a duration such as 15m, got {value!r}")
     else:
         text = value.strip().lower()
-        if text.isdigit():
+        if len(text) > 64:
+            raise InvalidInput(field, f"{value[:64]!r}... is too long for a duration")
+        if text.isascii() and text.isdigit():
             seconds = float(text)
         else:
             pos = 0
@@ -41,8 +54,12 @@ def parse_duration(value: str | int | float | timedelta, *, field: str = "durati
                 raise InvalidInput(
                     field, f"{value!r} is not a duration; use forms like 30s, 15m, 1h30m, 7d"
                 )
-    if seconds <= 0:
+    if math.isnan(seconds) or seconds <= 0:
         raise InvalidInput(field, f"duration must be positive, got {value!r}")
+    if seconds > MAX_DURATION.total_seconds():
+        raise InvalidInput(
+            field, f"{value!r} is longer than the {MAX_DURATION.days}d (100 years) maximum"
+        )
     return timedelta(seconds=seconds)
 
 

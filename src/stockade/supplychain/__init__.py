@@ -16,11 +16,14 @@ Programs used at the edge: ``osslsigncode`` (Authenticode), ``openssl cms`` (cat
 
 from ._applocker import (
     build_policy,
+    load_signer_certificate,
     merge_policy,
     parse_collections,
     parse_policy,
     path_rule,
     policy_xml,
+    publisher_name,
+    publisher_rule,
 )
 from ._catalog import Catalog, CatalogEntry
 from ._nodekeys import (
@@ -76,12 +79,15 @@ __all__ = [
     "list_authorized_keys",
     "load_certificate",
     "load_public_key",
+    "load_signer_certificate",
     "merge_policy",
     "node_key_comment",
     "parse_collections",
     "parse_policy",
     "path_rule",
     "policy_xml",
+    "publisher_name",
+    "publisher_rule",
     "read_password",
     "remove_tagged_keys",
     "safe_extract",

@@ -18,7 +18,11 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from stockade.core import InvalidInput
 
@@ -27,11 +31,14 @@ __all__ = [
     "PathRule",
     "build_policy",
     "default_rules",
+    "load_signer_certificate",
     "merge_policy",
     "parse_collections",
     "parse_policy",
     "path_rule",
     "policy_xml",
+    "publisher_name",
+    "publisher_rule",
 ]
 
 Collection = Literal["Exe", "Msi", "Script"]
@@ -54,6 +61,8 @@ class PathRule:
     path: str
     action: Literal["Allow", "Deny"] = "Allow"
     publisher: bool = False
+    publisher_name: str = "*"
+    """The signer a publisher rule allows (``*``: any signer, as Windows' default MSI rule)."""
 
     def element(self) -> ET.Element:
         """The rule as an AppLocker XML element."""
@@ -73,7 +82,7 @@ class PathRule:
             condition = ET.SubElement(
                 conditions,
                 "FilePublisherCondition",
-                {"PublisherName": "*", "ProductName": "*", "BinaryName": "*"},
+                {"PublisherName": self.publisher_name, "ProductName": "*", "BinaryName": "*"},
             )
             ET.SubElement(
                 condition,
@@ -209,6 +218,74 @@ def path_rule(collection: Collection, sid: str, path: str, action: str = "Allow"
         sid,
         path,
         "Allow" if action == "Allow" else "Deny",
+    )
+
+
+#: Subject attributes of the signing certificate that name the publisher, in AppLocker's order
+#: (``O=CONTOSO LTD, L=REDMOND, S=WASHINGTON, C=US``: what Get-AppLockerFileInformation shows).
+_PUBLISHER_PARTS = (
+    ("O", NameOID.ORGANIZATION_NAME),
+    ("L", NameOID.LOCALITY_NAME),
+    ("S", NameOID.STATE_OR_PROVINCE_NAME),
+    ("C", NameOID.COUNTRY_NAME),
+)
+
+
+def _quoted(value: str) -> str:
+    value = value.strip().upper()
+    if any(c in value for c in ',="+<>#;'):
+        return '"' + value.replace('"', '""') + '"'
+    return value
+
+
+def publisher_name(certificate: x509.Certificate) -> str:
+    """The AppLocker publisher of files signed with ``certificate`` (its subject's O, L, S and
+    C, upper case; the CN when the subject has no O)."""
+    subject = certificate.subject
+    parts: list[str] = []
+    for label, oid in _PUBLISHER_PARTS:
+        for attribute in subject.get_attributes_for_oid(oid):
+            parts.append(f"{label}={_quoted(str(attribute.value))}")
+    if not subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
+        common = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if not common:
+            raise InvalidInput("--publisher-from", "the certificate's subject has no O or CN")
+        parts.insert(0, f"CN={_quoted(str(common[0].value))}")
+    return ", ".join(parts)
+
+
+def load_signer_certificate(path: Path) -> x509.Certificate:
+    """The signing certificate in ``path`` (PEM or DER; the first one of a PEM bundle)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(str(path), f"cannot read the certificate ({exc.strerror})") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)[0]
+        return x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise InvalidInput(
+            str(path), "not a PEM or DER X.509 certificate; export the signer's certificate"
+        ) from None
+
+
+def publisher_rule(collection: Collection, sid: str, certificate: x509.Certificate) -> PathRule:
+    """A FilePublisherRule letting ``sid`` run ``collection`` files signed with ``certificate``
+    (any product, file name and version), with a deterministic (UUIDv5) id."""
+    if not _SID.match(sid):
+        raise InvalidInput("--sid", f"{sid!r} is not a SID like S-1-5-93-2-2")
+    name = publisher_name(certificate)
+    rid = str(uuid.uuid5(_NAMESPACE, f"{collection}|Allow|{sid.upper()}|publisher|{name}"))
+    return PathRule(
+        collection,
+        rid,
+        f"Stockade: files signed by {name} for {sid}",
+        f"Allows {sid} to run {collection} files signed by {name} (written by stockade).",
+        sid,
+        "",
+        publisher=True,
+        publisher_name=name,
     )
 
 

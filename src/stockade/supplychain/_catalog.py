@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from stockade.core import InvalidInput, ToolMissing
 
-from ._signing import CodeSigningCertificate
+from ._signing import CodeSigningCertificate, source_date_epoch
 
 __all__ = [
     "CATALOG_NAME",
@@ -110,9 +110,9 @@ class CatalogEntry:
 
 def _created_now() -> datetime:
     """Now, or ``SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if epoch.isdigit():
-        return datetime.fromtimestamp(int(epoch), UTC)
+    epoch = source_date_epoch()
+    if epoch is not None:
+        return datetime.fromtimestamp(epoch, UTC)
     return datetime.now(UTC).replace(microsecond=0)
 
 
@@ -173,7 +173,11 @@ def _check_relpath(path: str, source: str) -> None:
 
 
 def sign_catalog(data: bytes, cert: CodeSigningCertificate) -> bytes:
-    """A detached DER CMS signature over ``data`` by ``cert``, carrying its chain."""
+    """A detached DER CMS signature over ``data`` by ``cert``, carrying its chain.
+
+    With ``SOURCE_DATE_EPOCH`` set it carries no signed attributes (so no signing time): the
+    signature then depends only on the data and the key (deterministic for RSA).
+    """
     builder = (
         pkcs7.PKCS7SignatureBuilder()
         .set_data(data)
@@ -181,10 +185,10 @@ def sign_catalog(data: bytes, cert: CodeSigningCertificate) -> bytes:
     )
     for extra in cert.chain:
         builder = builder.add_certificate(extra)
-    return builder.sign(
-        serialization.Encoding.DER,
-        [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary],
-    )
+    options = [pkcs7.PKCS7Options.DetachedSignature, pkcs7.PKCS7Options.Binary]
+    if source_date_epoch() is not None:
+        options.append(pkcs7.PKCS7Options.NoAttributes)
+    return builder.sign(serialization.Encoding.DER, options)
 
 
 def _openssl() -> str:

@@ -392,5 +392,5 @@ def verify_package(
         raise InvalidInput(str(target), "not a zip archive or a directory")
     with tempfile.TemporaryDirectory(prefix="stockade-unpack-") as tmp:
         root = Path(tmp) / "package"
-        safe_extract(target, root, limits)
+        safe_extract(target, root, limits, first=CATALOG_NAME)
         return _verify_tree(root, ca, tool, workers, progress)

@@ -36,6 +36,7 @@ __all__ = [
     "load_certificate",
     "read_password",
     "sign_files",
+    "source_date_epoch",
 ]
 
 #: osslsigncode signs PowerShell files (.ps1 .psm1 .psd1 .ps1xml .cdxml) from this version on.
@@ -140,6 +141,25 @@ def load_certificate(
     )
 
 
+def source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` (reproducible-builds.org) as seconds, None when unset.
+
+    With it set, the catalog's ``created``, its CMS signature (no signed attributes, so no
+    signing time) and every Authenticode signing time (``osslsigncode -time``) come from it, so
+    two builds of one tree with one RSA key are byte-identical. ECDSA signatures are randomized
+    and RFC 3161 timestamps vary: builds with either differ, by design.
+    """
+    text = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not text:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        raise InvalidInput(
+            "SOURCE_DATE_EPOCH",
+            f"expected whole seconds since 1970 (e.g. 1700000000), got {text!r}",
+        )
+    return int(text)
+
+
 @dataclass(frozen=True)
 class SignResult:
     """The outcome of signing one file: ``error`` is empty when it was signed and verified."""
@@ -202,6 +222,9 @@ class Osslsigncode:
             cmd += ["-n", description]
         if timestamp_url:
             cmd += ["-ts", timestamp_url]
+        epoch = source_date_epoch()
+        if epoch is not None:
+            cmd += ["-time", str(epoch)]
         cmd += ["-in", str(source), "-out", str(output)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:

@@ -49,9 +49,11 @@ class ZipLimits:
     max_total_bytes: int = 8 << 30
     """Most uncompressed bytes in total (8 GiB)."""
     max_ratio: float = 200.0
-    """Highest uncompressed/compressed ratio of one entry above ``ratio_floor`` bytes."""
+    """Highest uncompressed/compressed ratio of one entry above ``ratio_floor`` bytes, and of
+    the whole archive (all entries, small ones included) once its total passes ``ratio_floor``:
+    a thousand small entries of zeros are a bomb as surely as one large one."""
     ratio_floor: int = 1 << 20
-    """Entries smaller than this are not held to ``max_ratio`` (tiny files compress well)."""
+    """Entries (and archives) smaller than this are not held to ``max_ratio``."""
 
 
 def write_deterministic_zip(files: Iterable[tuple[str, Path]], out: Path) -> None:
@@ -102,10 +104,18 @@ def _entry_problem(info: zipfile.ZipInfo) -> str:
     return ""
 
 
-def safe_extract(archive_path: Path, target: Path, limits: ZipLimits | None = None) -> list[str]:
+def safe_extract(
+    archive_path: Path,
+    target: Path,
+    limits: ZipLimits | None = None,
+    *,
+    first: str | None = None,
+) -> list[str]:
     """Extract ``archive_path`` into ``target`` (created, must be empty); return the file names.
 
     Raises :class:`UnsafeArchive` naming the first offending entry before writing anything.
+    ``first`` names an entry that must exist and is extracted before any other (a package's
+    ``catalog.json``): an archive without it is refused before anything is written.
     """
     limits = limits or ZipLimits()
     label = str(archive_path)
@@ -119,6 +129,7 @@ def safe_extract(archive_path: Path, target: Path, limits: ZipLimits | None = No
             raise UnsafeArchive(label, "*", f"more than {limits.max_entries} entries")
         seen: set[str] = set()
         total = 0
+        compressed = 0
         for info in infos:
             problem = _entry_problem(info)
             if problem:
@@ -132,6 +143,7 @@ def safe_extract(archive_path: Path, target: Path, limits: ZipLimits | None = No
                 raise UnsafeArchive(
                     label, info.filename, f"total size over the {limits.max_total_bytes} byte limit"
                 )
+            compressed += info.compress_size
             if info.file_size > limits.ratio_floor:
                 ratio = info.file_size / max(info.compress_size, 1)
                 if ratio > limits.max_ratio:
@@ -140,6 +152,20 @@ def safe_extract(archive_path: Path, target: Path, limits: ZipLimits | None = No
                         info.filename,
                         f"compression ratio {ratio:.0f}:1 over the {limits.max_ratio:.0f}:1 limit",
                     )
+        if total > limits.ratio_floor:
+            ratio = total / max(compressed, 1)
+            if ratio > limits.max_ratio:
+                raise UnsafeArchive(
+                    label,
+                    "*",
+                    f"archive compression ratio {ratio:.0f}:1 ({total} bytes from {compressed})"
+                    f" over the {limits.max_ratio:.0f}:1 limit",
+                )
+        if first is not None:
+            leading = [i for i in infos if i.filename == first]
+            if not leading or leading[0].is_dir():
+                raise UnsafeArchive(label, first, "missing: not a Stockade package")
+            infos = [*leading, *(i for i in infos if i.filename != first)]
         target.mkdir(parents=True, exist_ok=True)
         root = target.resolve()
         names: list[str] = []

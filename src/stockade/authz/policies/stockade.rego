@@ -37,6 +37,10 @@ package stockade
 
 import rego.v1
 
+# The roles this bundle gives meaning to. `stockade users` refuses any other (a typo such as
+# "contracter" would silently grant nothing); a custom bundle declares its own.
+roles := {"admin", "auditor", "contractor", "developer", "sudoer", "tunneler"}
+
 # Rules read input fields directly: build_input always sends the full shape, and every helper
 # rule costs an evaluation step in regorus, so the allow path uses as few as possible. Only the
 # fallback reason uses object.get, to stay defined whatever the input holds.

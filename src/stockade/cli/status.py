@@ -1,0 +1,102 @@
+"""``stockade status``: what runs, where, and whether each listener answers.
+
+Reads the status file ``stockade up`` writes in its data dir (``run/status.json``), checks that
+the process still holds the data dir's lock, and probes every listener. Exit 0 when an instance
+runs and every listener answers, 1 otherwise (nothing running, or a listener down).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._common import JSON_OPTION, console, handle_errors, print_json, print_table, settings
+from ._instance import lock_holder, probe_listener, read_status
+
+__all__ = ["status"]
+
+
+@handle_errors
+def status(
+    as_json: bool = JSON_OPTION,
+    data_dir_option: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="State directory of the instance (env STOCKADE_DATA_DIR)."),
+    ] = None,
+) -> None:
+    """Show whether stockade up runs on this data dir, what it serves and whether each
+    listener answers; exit 1 when it does not run or a listener is down."""
+    cfg = settings()
+    if data_dir_option is not None:
+        cfg = cfg.model_copy(update={"data_dir": data_dir_option})
+    data_dir = cfg.data_dir
+    holder = lock_holder(data_dir)
+    document = read_status(data_dir) if holder is not None else None
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir.resolve()),
+        "running": holder is not None,
+        "pid": holder or None,
+        "started": None,
+        "versions": {},
+        "nft_table": cfg.nft_table,
+        "listeners": [],
+        "healthy": False,
+    }
+    if document is not None:
+        report["pid"] = document.get("pid", report["pid"])
+        report["started"] = document.get("started")
+        report["versions"] = document.get("versions", {})
+        report["nft_table"] = document.get("nft_table", report["nft_table"])
+        for item in document["listeners"]:
+            if not isinstance(item, dict):
+                continue
+            address = str(item.get("address", ""))
+            probe = probe_listener(address)
+            report["listeners"].append(
+                {
+                    "service": str(item.get("service", "")),
+                    "address": address,
+                    "state": probe.state,
+                    "detail": probe.detail,
+                }
+            )
+        report["healthy"] = all(item["state"] != "down" for item in report["listeners"])
+    if as_json:
+        print_json(report)
+    else:
+        _print(report, starting=holder is not None and document is None)
+    if not report["healthy"]:
+        raise typer.Exit(1)
+
+
+def _print(report: dict[str, Any], *, starting: bool) -> None:
+    if not report["running"]:
+        console.print(f"stockade up is not running on {report['data_dir']}", markup=False)
+        return
+    if starting:
+        console.print(
+            f"stockade up (pid {report['pid']}) holds {report['data_dir']} but has not"
+            " written its status yet (starting?)",
+            markup=False,
+        )
+        return
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(report["versions"].items()))
+    console.print(
+        f"stockade up: pid {report['pid']}, since {report['started']}, data dir"
+        f" {report['data_dir']} ({versions}); nft table inet {report['nft_table']}",
+        markup=False,
+    )
+    print_table(
+        "listeners",
+        ["service", "address", "state"],
+        (
+            [
+                item["service"],
+                item["address"],
+                item["state"] + (f" ({item['detail']})" if item["detail"] else ""),
+            ]
+            for item in report["listeners"]
+        ),
+    )
