@@ -24,6 +24,7 @@ __all__ = [
     "SUBJECT_AUTH_SUCCEEDED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
+    "SUBJECT_SERVICE_REJECTED",
     "SUBJECT_SESSION_ENDED",
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
@@ -33,6 +34,7 @@ __all__ = [
     "CredentialRequest",
     "DecisionRecord",
     "Event",
+    "ServiceCallRejected",
     "SessionEnded",
     "SessionStarted",
     "ShieldBan",
@@ -50,6 +52,8 @@ SUBJECT_SESSION_ENDED = "stockade.session.ended"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
+#: A service-to-service call refused for its projected token (``stockade.tls``'s checks).
+SUBJECT_SERVICE_REJECTED = "stockade.service.rejected"
 #: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
 SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
@@ -64,6 +68,7 @@ STREAMS: dict[str, list[str]] = {
         "stockade.session.>",
         "stockade.shield.>",
         "stockade.credential.>",
+        "stockade.service.>",
     ],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
@@ -174,3 +179,14 @@ class CredentialRequest(Event):
     allow: bool
     reason: str = ""
     backend_ms: float = 0.0
+
+
+class ServiceCallRejected(Event):
+    """A gRPC call between services refused: no token, a bad one, or a method not allowed."""
+
+    subject: ClassVar[str] = SUBJECT_SERVICE_REJECTED
+    method: str = Field(max_length=256)
+    reason: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    peer: str = Field(max_length=128)
+    caller: str = Field(default="", max_length=256)
