@@ -27,7 +27,7 @@ import uvicorn
 from stockade.core.errors import BackendError, ConfigError
 from stockade.core.logging import get_logger
 from stockade.core.settings import Settings
-from stockade.tls import DevCA, IssuedCert
+from stockade.tls import CertificateFiles, DevCA, IssuedCert, ReloadingServerContext
 
 from ._app import create_app
 from ._kubernetes import KubernetesBackend
@@ -169,23 +169,24 @@ class BrokerServer:
         if self._task is not None:
             raise RuntimeError("BrokerServer is already started")
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                self.tls.cert, self.tls.key
-            )
-        except (OSError, ssl.SSLError) as exc:
+            # Re-read on every handshake when the files change (rotation without a restart).
+            context = ReloadingServerContext(
+                CertificateFiles(self.tls.cert, self.tls.key, self.tls.ca)
+            ).context
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"broker TLS certificate {self.tls.cert}: {exc}") from exc
         sock = self._bind()
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
-            ssl_certfile=str(self.tls.cert),
-            ssl_keyfile=str(self.tls.key),
             log_level="warning",
             access_log=False,
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
         )
+        config.load()
+        config.ssl = context
         server = _EmbeddedServer(config)
         self._server = server
         self._socket = sock

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import httpx
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from stockade.core import InvalidInput, SecretsBackendUnavailable, get_logger, write_private
@@ -163,6 +164,17 @@ def _leaf(chain: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificates(chain)[0]
 
 
+def _issued(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Whether ``ca`` signed ``cert`` (or is it): by signature, not by name."""
+    if cert == ca:
+        return True
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def _split_bundle(pem: bytes) -> list[bytes]:
     return [
         c.public_bytes(serialization.Encoding.PEM) for c in x509.load_pem_x509_certificates(pem)
@@ -257,12 +269,14 @@ class CertificateRenewer:
     def prune(self) -> None:
         """Drop from the bundle every CA except the one that issued the current certificate."""
         cert, key = self.cert_path.read_bytes(), self.key_path.read_bytes()
-        issuer = _leaf(cert).issuer
+        chain = x509.load_pem_x509_certificates(cert)
         keep = [
             pem
             for pem in _split_bundle(self.ca_path.read_bytes())
-            if x509.load_pem_x509_certificate(pem).subject == issuer
+            if _issued(chain[-1], x509.load_pem_x509_certificate(pem))
         ]
+        if not keep:
+            raise InvalidInput(str(self.ca_path), "no CA in the bundle issued the certificate")
         self._publish(cert, key, b"".join(keep))
 
     def _bundle(self, new_ca: bytes) -> bytes:
