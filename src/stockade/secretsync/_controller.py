@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from stockade.core import StockadeError, get_logger
+from stockade.core import SecretsBackendUnavailable, StockadeError, get_logger
 
 from ._kube import KubernetesAdapter, KubernetesError, SecretObject
 from ._resource import (
@@ -160,6 +160,8 @@ class SecretSyncController:
             return await self._fail(resource, "SecretPathMissing", str(exc))
         except TemplateError as exc:
             return await self._fail(resource, exc.reason, str(exc))
+        except SecretsBackendUnavailable as exc:
+            return await self._fail(resource, "VaultUnavailable", str(exc))
         existing = await self._kube.get_secret(resource.namespace, dest.name)
         ours = existing is not None and existing.owner_uid == resource.uid and bool(resource.uid)
         if existing is None and not dest.create:

@@ -86,7 +86,10 @@ class VaultSecretSpec(_Model):
     @field_validator("refresh_after")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value, field="refreshAfter")
+        try:
+            parse_duration(value, field="refreshAfter")
+        except InvalidInput as exc:
+            raise ValueError(str(exc)) from None
         return value
 
     @field_validator("path")
