@@ -231,3 +231,64 @@ async def test_two_rotations_zero_failed_calls(env: Env, pki: OpenBaoPKISource) 
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def _asgi_ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def _https_probe(port: int, ca: Path) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        assert tls.recv(64).startswith(b"HTTP/1.1 200")
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_broker_https_rotates_without_restart(tmp_path: Path, pki: OpenBaoPKISource) -> None:
+    """The broker's uvicorn serves a renewed certificate on the next handshake, then OpenBao's."""
+    from stockade.broker import BrokerServer
+    from stockade.tls import IssuedCert
+
+    certs = CertificateRenewer(
+        DevCASource(DevCA(tmp_path / "dev-ca")), tmp_path / "broker", common_name="localhost"
+    )
+    await certs.ensure()
+    server = BrokerServer(
+        _asgi_ok, tls=IssuedCert(cert=certs.cert_path, key=certs.key_path, ca=certs.ca_path)
+    )
+    await server.start()
+    failures: list[str] = []
+    serials: set[int] = set()
+    stop = asyncio.Event()
+
+    async def requests() -> None:
+        while not stop.is_set():
+            try:
+                serials.add(await asyncio.to_thread(_https_probe, server.port, certs.ca_path))
+            except (OSError, AssertionError) as exc:
+                failures.append(repr(exc))
+            await asyncio.sleep(0.01)
+
+    runner = asyncio.create_task(requests())
+    try:
+        await _until(lambda: _true(len(serials) == 1), "the first request")
+        await certs.renew()
+        await _until(lambda: _true(len(serials) == 2), "the renewed certificate")
+        probe = await pki.issue("probe", sans=["localhost"], ttl=timedelta(minutes=5))
+        certs.trust(probe.ca)
+        await certs.renew(pki)
+        await _until(lambda: _true(len(serials) == 3), "the OpenBao certificate")
+    finally:
+        stop.set()
+        await runner
+        await server.stop()
+    assert failures == []

@@ -223,3 +223,12 @@ async def test_admin_socket_and_health_exempt(env: Env) -> None:
         with pytest.raises(aio.AioRpcError) as caught:
             await stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5)
         assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+async def test_health_not_serving_once_stopping(env: Env) -> None:
+    await env.server.health.enter_graceful_shutdown()
+    async with env.channel(None) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -169,3 +169,35 @@ def test_issued_material_repr_hides_key(tmp_path: Path) -> None:
     shown = repr(IssuedMaterial(cert=cert, key=key, ca=ca.ca_cert_path.read_bytes()))
     assert "PRIVATE" not in shown
     assert "[secure]" in shown
+
+
+async def test_run_renews_when_due_then_waits(tmp_path: Path) -> None:
+    offset = timedelta(0)
+    from datetime import UTC, datetime
+
+    renewer = CertificateRenewer(
+        DevCASource(DevCA(tmp_path / "ca")),
+        tmp_path / "svc",
+        common_name="localhost",
+        lifetime=timedelta(hours=3),
+        clock=lambda: datetime.now(UTC) + offset,
+    )
+    await renewer.ensure()
+    first = renewer.current()
+    assert first is not None
+    offset = timedelta(hours=2, minutes=1)  # past two thirds of 3 h
+    stop = asyncio.Event()
+    task = asyncio.create_task(renewer.run(stop))
+    try:
+        for _ in range(200):
+            if renewer.renewals >= 2:
+                break
+            await asyncio.sleep(0.02)
+        offset = timedelta(0)
+        assert renewer.renewals >= 2  # ensure() at start, then run()'s renewal
+        current = renewer.current()
+        assert current is not None
+        assert current.serial_number != first.serial_number
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
