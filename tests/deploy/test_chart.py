@@ -440,3 +440,36 @@ def test_notes_tell_how_to_log_in(chart: helm.Chart) -> None:
     notes = next(text for path, text in out.items() if path.endswith("NOTES.txt"))
     assert "ssh -p 22 alice@" in notes
     assert "kubectl -n stockade get service stockade-ssh" in notes
+
+
+async def test_rendered_allow_lists_drive_the_verifier(chart: helm.Chart, tmp_path: Path) -> None:
+    """The chart's service-auth ConfigMap is what ServiceTokenVerifier.from_settings loads."""
+    from tls.jwks import serve_issuer
+
+    from stockade.core.settings import ServiceTokenSettings
+    from stockade.tls import ServiceTokenRejected, ServiceTokenVerifier
+
+    objects = _render(chart, {})
+    config = _by(objects, "ConfigMap", "stockade-service-auth")["data"]["service-auth.json"]
+    allow = tmp_path / "service-auth.json"
+    allow.write_text(config)
+    with serve_issuer() as issuer:
+        settings = ServiceTokenSettings(
+            enabled=True,
+            issuer=issuer.url,
+            jwks_url=issuer.url + "/jwks.json",
+            namespace="stockade",
+            allow_file=allow,
+        )
+        verifier = ServiceTokenVerifier.from_settings(settings, "identity")
+        try:
+            assert verifier.audience == "stockade-identity"
+            broker = issuer.token(audience="stockade-identity", service_account="stockade-broker")
+            gateway = issuer.token(audience="stockade-identity", service_account="stockade-gateway")
+            verify = "/stockade.identity.v1.Identity/VerifyToken"
+            assert await verifier.verify(broker, verify)
+            with pytest.raises(ServiceTokenRejected, match="method-not-allowed"):
+                await verifier.verify(gateway, verify)
+            assert await verifier.verify(gateway, "/stockade.identity.v1.Identity/StartSession")
+        finally:
+            await verifier.aclose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from stockade.tls import (
     RejectionStatus,
     ServiceTokenRejected,
     ServiceTokenVerifier,
+    load_allow_list,
 )
 from tls.jwks import Issuer, serve_issuer
 
@@ -249,3 +251,44 @@ async def test_issuer_unreachable_fails_closed() -> None:
 def test_allow_list_names_methods() -> None:
     with pytest.raises(InvalidInput, match="not a gRPC method name"):
         MethodAllowList({"StartSession": ["stockade-gateway"]})
+
+
+def test_allow_list_file(tmp_path: Path) -> None:
+    path = tmp_path / "service-auth.json"
+    path.write_text(
+        '{"authz": {"audience": "stockade-authz", '
+        '"allow": {"/stockade.authz.v1.Authz/Decide": ["stockade-gateway"]}}}'
+    )
+    audience, allow = load_allow_list(path, "authz")
+    assert audience == "stockade-authz"
+    assert allow.allows("/stockade.authz.v1.Authz/Decide", "stockade-gateway")
+    assert not allow.allows("/stockade.authz.v1.Authz/Decide", "stockade-broker")
+    audience, allow = load_allow_list(path, "audit")  # not named: nobody may call it
+    assert audience == "stockade-audit"
+    assert allow.accounts == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("not json", "cannot read"),
+        ("[]", "JSON object"),
+        ('{"authz": {"allow": {}}}', "authz"),
+        ('{"authz": {"audience": "a", "allow": {"/x.Y/Z": "gw"}}}', "/x.Y/Z"),
+        ('{"authz": {"audience": "a", "allow": {"Decide": ["gw"]}}}', "not a gRPC method"),
+    ],
+)
+def test_allow_list_file_errors(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "service-auth.json"
+    path.write_text(text)
+    with pytest.raises(InvalidInput, match=where):
+        load_allow_list(path, "authz")
+
+
+def test_method_rule_narrows_service_wildcard() -> None:
+    allow = MethodAllowList(
+        {"/s.Identity/*": ["gateway", "broker"], "/s.Identity/VerifyToken": ["broker"]}
+    )
+    assert allow.allows("/s.Identity/GetUser", "gateway")
+    assert not allow.allows("/s.Identity/VerifyToken", "gateway")
+    assert allow.allows("/s.Identity/VerifyToken", "broker")

@@ -26,6 +26,7 @@ from ._service_token import (
     ServiceIdentity,
     ServiceTokenRejected,
     ServiceTokenVerifier,
+    load_allow_list,
     vault_jwt_login,
 )
 
@@ -48,5 +49,6 @@ __all__ = [
     "TlsMaterial",
     "grpc_channel_credentials",
     "grpc_server_credentials",
+    "load_allow_list",
     "vault_jwt_login",
 ]

@@ -29,6 +29,7 @@ Keys come from ``jwks_url`` when configured, else from the issuer's OIDC discove
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from stockade.core import (
     TokenRejected,
     get_logger,
 )
+from stockade.core.settings import ServiceTokenSettings
 
 __all__ = [
     "MethodAllowList",
@@ -54,6 +56,7 @@ __all__ = [
     "ServiceIdentity",
     "ServiceTokenRejected",
     "ServiceTokenVerifier",
+    "load_allow_list",
     "vault_jwt_login",
 ]
 
@@ -117,11 +120,38 @@ class MethodAllowList:
         self.accounts = frozenset(a for accounts in self._rules.values() for a in accounts)
 
     def allows(self, method: str, service_account: str) -> bool:
+        """Whether ``service_account`` may call ``method``: a rule naming the method decides
+        alone (so ``VerifyToken: [broker]`` narrows a service-wide ``*``), else the ``*`` rule."""
         exact = self._rules.get(method)
-        if exact is not None and service_account in exact:
-            return True
+        if exact is not None:
+            return service_account in exact
         service = method.rsplit("/", 1)[0] + "/*"
         return service_account in self._rules.get(service, frozenset())
+
+
+def load_allow_list(path: Path, service: str) -> tuple[str, MethodAllowList]:
+    """``(audience, allow-list)`` of ``service`` from the chart's ``service-auth.json``.
+
+    The file maps each callee to ``{"audience": str, "allow": {method: [service accounts]}}``;
+    a service the file does not name gets an empty allow-list (every call refused).
+    Raises :class:`InvalidInput` naming the file and the bad entry.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(str(path), f"cannot read the service allow-lists: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput(str(path), "must be a JSON object of callee -> rules")
+    entry = doc.get(service, {"audience": f"stockade-{service}", "allow": {}})
+    audience, rules = (
+        (entry.get("audience"), entry.get("allow")) if isinstance(entry, dict) else (None, None)
+    )
+    if not isinstance(audience, str) or not isinstance(rules, dict):
+        raise InvalidInput(f"{path}: {service}", "needs an audience string and an allow object")
+    for method, accounts in rules.items():
+        if not isinstance(accounts, list) or not all(isinstance(a, str) for a in accounts):
+            raise InvalidInput(f"{path}: {service}: {method}", "must list service-account names")
+    return audience, MethodAllowList(rules)
 
 
 class ServiceTokenVerifier:
@@ -168,6 +198,19 @@ class ServiceTokenVerifier:
 
     def __repr__(self) -> str:
         return f"<ServiceTokenVerifier aud={self.audience} iss={self.issuer}>"
+
+    @classmethod
+    def from_settings(cls, settings: ServiceTokenSettings, service: str) -> ServiceTokenVerifier:
+        """The verifier of ``service`` (``identity``, ``authz``, ...) from the settings tree."""
+        audience, allow = load_allow_list(settings.allow_file, service)
+        return cls(
+            issuer=settings.issuer,
+            audience=settings.audience or audience,
+            namespace=settings.namespace,
+            allow=allow,
+            jwks_url=settings.jwks_url,
+            min_refresh=settings.min_refresh,
+        )
 
     async def aclose(self) -> None:
         if self._owns_http:
