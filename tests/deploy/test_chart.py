@@ -439,6 +439,7 @@ def test_notes_tell_how_to_log_in(chart: helm.Chart) -> None:
     out = chart.render({}, name="stockade", namespace="stockade", is_install=True)
     notes = next(text for path, text in out.items() if path.endswith("NOTES.txt"))
     assert "ssh -p 22 alice@" in notes
+    assert "stockade users add alice --role admin --ssh-key -" in notes
     assert "kubectl -n stockade get service stockade-ssh" in notes
 
 

@@ -84,8 +84,8 @@ def _decision(reply: authz_pb2.DecideResponse) -> Decision:
 class AuthzClient:
     """Remote :class:`Authorizer` with the same ``decide_async``; fails closed.
 
-    ``max_batch`` 1 sends one ``Decide`` per decision; above 1 concurrent decisions share
-    ``BatchDecide`` calls (see the module docstring).
+    Concurrent decisions share ``BatchDecide`` calls of up to ``max_batch`` (see the module
+    docstring); a decision alone goes out as one ``Decide``. ``max_batch`` 1 never batches.
     """
 
     def __init__(
@@ -94,7 +94,7 @@ class AuthzClient:
         *,
         target: str,
         timeout: float = 2.0,
-        max_batch: int = 1,
+        max_batch: int = 64,
         max_in_flight: int = 2,
         linger: float = 0.0,
     ) -> None:
