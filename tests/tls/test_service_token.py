@@ -292,3 +292,15 @@ def test_method_rule_narrows_service_wildcard() -> None:
     assert allow.allows("/s.Identity/GetUser", "gateway")
     assert not allow.allows("/s.Identity/VerifyToken", "gateway")
     assert allow.allows("/s.Identity/VerifyToken", "broker")
+
+
+async def test_algorithm_must_match_the_key(verifier: ServiceTokenVerifier, issuer: Issuer) -> None:
+    """An EC key's kid with an RSA algorithm in the header (algorithm confusion) is refused."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = jwt.encode(
+        {"iss": issuer.url}, rsa_key, algorithm="RS256", headers={"kid": issuer.published[0]}
+    )
+    assert await _rejected(verifier, token, OPEN_SESSION) == "malformed"

@@ -281,6 +281,10 @@ class ServiceTokenVerifier:
         if not isinstance(kid, str) or not kid:
             raise ServiceTokenRejected("malformed", "the token header has no kid")
         key = await self._key(kid)
+        if key.algorithm_name and alg != key.algorithm_name:
+            raise ServiceTokenRejected(
+                "malformed", f"algorithm {alg} does not match key {kid!r} ({key.algorithm_name})"
+            )
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
