@@ -227,6 +227,7 @@ async def test_two_rotations_zero_failed_calls(env: Env, pki: OpenBaoPKISource) 
     assert load.calls > calls_before_end + 50
     assert env.server_files.reloads >= 4
     assert env.server_files.error is None
+    assert env.server.tls_error is None
 
 
 async def _true(value: bool) -> bool:
@@ -287,6 +288,13 @@ async def test_broker_https_rotates_without_restart(tmp_path: Path, pki: OpenBao
         certs.trust(probe.ca)
         await certs.renew(pki)
         await _until(lambda: _true(len(serials) == 3), "the OpenBao certificate")
+        # Garbage in the certificate file: the OpenBao certificate keeps serving, flagged.
+        certs.cert_path.resolve().write_bytes(b"not a certificate")
+        before = len(serials)
+        await asyncio.sleep(0.3)
+        assert len(serials) == before
+        assert server.tls_error is not None
+        assert "previous" in server.tls_error
     finally:
         stop.set()
         await runner

@@ -90,6 +90,7 @@ class BrokerServer:
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
         self._port: int | None = None
+        self._tls_files: CertificateFiles | None = None
 
     @classmethod
     def from_settings(
@@ -143,6 +144,11 @@ class BrokerServer:
         return f"https://{host}:{self.port}"
 
     @property
+    def tls_error(self) -> str | None:
+        """Why the last certificate change was refused (the old one still serves), else None."""
+        return None if self._tls_files is None else self._tls_files.error
+
+    @property
     def ca_path(self) -> Path:
         """The CA certificate clients must trust (``STOCKADE_CA``)."""
         return self.tls.ca
@@ -170,9 +176,8 @@ class BrokerServer:
             raise RuntimeError("BrokerServer is already started")
         try:
             # Re-read on every handshake when the files change (rotation without a restart).
-            context = ReloadingServerContext(
-                CertificateFiles(self.tls.cert, self.tls.key, self.tls.ca)
-            ).context
+            self._tls_files = CertificateFiles(self.tls.cert, self.tls.key, self.tls.ca)
+            context = ReloadingServerContext(self._tls_files).context
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"broker TLS certificate {self.tls.cert}: {exc}") from exc
         sock = self._bind()

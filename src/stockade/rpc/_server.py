@@ -96,6 +96,12 @@ class RpcServer:
             os.chmod(self.admin_socket, 0o600)
         log.info("rpc.listening", host=self._host, port=self.port, admin=str(self.admin_socket))
 
+    @property
+    def tls_error(self) -> str | None:
+        """Why the last certificate change was refused (the old one still serves), else None;
+        for ``stockade status``."""
+        return self._tls.error
+
     async def stop(self, grace: float = 2.0) -> None:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
