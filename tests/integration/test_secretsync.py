@@ -337,3 +337,47 @@ async def test_path_outside_policy_condition(env: Env) -> None:
 def test_path_escaping_the_mount_refused(env: Env) -> None:
     with pytest.raises(InvalidInput, match=r"spec\.path"):
         _resource(env, path="apps/../../sys/x")
+
+
+async def test_without_hmac_status_holds_no_mac_but_restarts_on_change(env: Env) -> None:
+    env.bao.put(env.path, {"password": "one"})
+    env.kube.apply(
+        _resource(
+            env,
+            hmacSecretData=False,
+            refreshPolicy="OnChange",
+            rolloutRestartTargets=[{"kind": "StatefulSet", "name": "db"}],
+        )
+    )
+    await env.controller.reconcile(_stored(env))
+    assert _stored(env).status.secret_mac == ""
+    env.bao.put(env.path, {"password": "two"})
+    forced = _stored(env).model_copy(update={"annotations": {FORCE_SYNC_ANNOTATION: "now"}})
+    await env.controller.reconcile(forced)
+    restarts = [w for w in env.kube.writes if w.verb == "restart"]
+    assert [(w.name, w.detail) for w in restarts] == [("db", "StatefulSet")]
+
+
+async def test_drift_seen_and_repaired_without_logging_values(env: Env) -> None:
+    import structlog
+
+    env.bao.put(env.path, {"password": "from-vault"})
+    env.kube.apply(_resource(env))
+    await env.controller.reconcile(_stored(env))
+    env.kube.secrets[(NS, "app-db")] = SecretObject(
+        NS,
+        "app-db",
+        {"password": "hand-edited"},
+        labels=_secret(env).labels,  # type: ignore[union-attr]
+    )
+    stale = _stored(env).model_copy(
+        update={"status": _stored(env).status.model_copy(update={"last_synced_at": None})}
+    )
+    with structlog.testing.capture_logs() as logs:
+        await env.controller.reconcile(stale)
+    assert any(e["event"] == "secretsync.drift" for e in logs)
+    assert "hand-edited" not in repr(logs)
+    assert "from-vault" not in repr(logs)
+    secret = _secret(env)
+    assert secret is not None
+    assert secret.data == {"password": "from-vault"}

@@ -12,7 +12,7 @@
    is seen without logging a value); write only when they differ, create only when
    ``destination.create`` is set, and never take over a Secret we did not create unless
    ``destination.overwrite`` is set;
-4. when the data changed after a previous sync, restart the ``rolloutRestartTargets``;
+4. when an existing Secret's data changed, restart the ``rolloutRestartTargets``;
 5. write the status once: HMAC, generation, force-sync value seen, conditions.
 
 :meth:`SecretSyncController.finalize` (the VaultSecret is being deleted) removes the Secret only
@@ -207,8 +207,8 @@ class SecretSyncController:
                     await self._kube.replace_secret(wanted, resource if created else None)
         except KubernetesError as exc:
             return await self._fail(resource, "KubernetesError", str(exc))
-        data_changed = bool(resource.status.secret_mac) and mac != resource.status.secret_mac
-        if data_changed:
+        # Restart only when a Secret that pods already read now holds other data.
+        if existing is not None and changed:
             for target in spec.rollout_restart_targets:
                 await self._kube.restart(
                     resource.namespace, target.kind, target.name, self._clock()
