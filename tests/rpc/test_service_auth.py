@@ -232,3 +232,64 @@ async def test_health_not_serving_once_stopping(env: Env) -> None:
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
     assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_rejection_audited_on_the_real_bus(
+    tmp_path: Path, issuer: Issuer, nats_url: str
+) -> None:
+    """A refused call lands in the audit stream (JetStream) as ServiceCallRejected."""
+    from datetime import timedelta
+
+    from stockade.bus import Bus
+    from stockade.core.events import SUBJECT_SERVICE_REJECTED, utcnow
+
+    bus = await Bus.connect(nats_url, name="service-auth-test")
+    await bus.ensure_streams()
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.migrate()
+    identity = IdentityService(
+        store=store, settings=IdentitySettings(), keyring=KeyRing(tmp_path / "keys")
+    )
+    issued = DevCA(tmp_path / "tls").issue("api")
+    tls = CertificateFiles(issued.cert, issued.key, issued.ca)
+    verifier = ServiceTokenVerifier(
+        issuer=issuer.url,
+        audience="stockade-api",
+        namespace="stockade",
+        allow=MethodAllowList({DECIDE: ["stockade-gateway"]}),
+        jwks_url=issuer.url + "/jwks.json",
+    )
+    server = RpcServer(
+        identity=identity,
+        authorizer=Authorizer(settings=AuthzSettings()),
+        tls=tls,
+        interceptors=[ServiceAuthInterceptor(verifier, publisher=bus)],
+    )
+    since = utcnow() - timedelta(seconds=1)
+    await server.start()
+    try:
+        token = tmp_path / "token"
+        token.write_text(issuer.token(audience="stockade-api", namespace="intruders"))
+        async with mtls_channel(
+            "127.0.0.1", server.port, tls, token=ProjectedToken(token)
+        ) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await _decide(channel)
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        last = await bus.last_sequence("STOCKADE_AUDIT", SUBJECT_SERVICE_REJECTED)
+        events = [
+            ServiceCallRejected.from_bytes(d.data)
+            async for d in bus.read_stream(
+                "STOCKADE_AUDIT", SUBJECT_SERVICE_REJECTED, since=since, until_seq=last
+            )
+        ]
+        assert [(e.method, e.reason, e.status) for e in events][-1] == (
+            DECIDE,
+            "wrong-namespace",
+            "PERMISSION_DENIED",
+        )
+    finally:
+        await server.stop(0)
+        await verifier.aclose()
+        await store.close()
+        await bus.close()
