@@ -33,7 +33,7 @@ from stockade.bus import Bus
 from stockade.core.errors import BackendError, BusUnavailable, ConfigError, TokenRejected
 from stockade.core.logging import get_logger
 from stockade.core.settings import Settings
-from stockade.tls import DevCA, IssuedCert
+from stockade.tls import CertificateFiles, DevCA, IssuedCert, ReloadingServerContext
 
 from ._app import create_app
 from ._kubernetes import KubernetesBackend
@@ -118,6 +118,7 @@ class BrokerServer:
         self._task: asyncio.Task[None] | None = None
         self._socket: socket.socket | None = None
         self._port: int | None = None
+        self._tls_files: CertificateFiles | None = None
 
     @classmethod
     def from_settings(
@@ -181,6 +182,11 @@ class BrokerServer:
         return f"https://{host}:{self.port}"
 
     @property
+    def tls_error(self) -> str | None:
+        """Why the last certificate change was refused (the old one still serves), else None."""
+        return None if self._tls_files is None else self._tls_files.error
+
+    @property
     def ca_path(self) -> Path:
         """The CA certificate clients must trust (``STOCKADE_CA``)."""
         return self.tls.ca
@@ -207,23 +213,23 @@ class BrokerServer:
         if self._task is not None:
             raise RuntimeError("BrokerServer is already started")
         try:
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
-                self.tls.cert, self.tls.key
-            )
-        except (OSError, ssl.SSLError) as exc:
+            # Re-read on every handshake when the files change (rotation without a restart).
+            self._tls_files = CertificateFiles(self.tls.cert, self.tls.key, self.tls.ca)
+            context = ReloadingServerContext(self._tls_files).context
+        except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError(f"broker TLS certificate {self.tls.cert}: {exc}") from exc
         sock = self._bind()
         self._port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             self.app,
-            ssl_certfile=str(self.tls.cert),
-            ssl_keyfile=str(self.tls.key),
             log_level="warning",
             access_log=False,
             lifespan="off",
             server_header=False,
             timeout_graceful_shutdown=5,
         )
+        config.load()
+        config.ssl = context
         server = _EmbeddedServer(config)
         self._server = server
         self._socket = sock

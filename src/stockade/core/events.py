@@ -28,6 +28,7 @@ __all__ = [
     "SUBJECT_DEAD_LETTER_PREFIX",
     "SUBJECT_FILE_TRANSFER",
     "SUBJECT_IDENTITY_CHANGED",
+    "SUBJECT_SERVICE_REJECTED",
     "SUBJECT_SESSION_ENDED",
     "SUBJECT_SESSION_KILL",
     "SUBJECT_SESSION_STARTED",
@@ -42,6 +43,7 @@ __all__ = [
     "EventPublisher",
     "FileTransfer",
     "IdentityChanged",
+    "ServiceCallRejected",
     "SessionEnded",
     "SessionKill",
     "SessionStarted",
@@ -68,6 +70,8 @@ SUBJECT_IDENTITY_CHANGED = "stockade.identity.changed"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
+#: A service-to-service call refused for its projected token (``stockade.tls``'s checks).
+SUBJECT_SERVICE_REJECTED = "stockade.service.rejected"
 #: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
 SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
@@ -83,6 +87,7 @@ STREAMS: dict[str, list[str]] = {
         "stockade.shield.>",
         "stockade.credential.>",
         "stockade.identity.>",
+        "stockade.service.>",
     ],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
@@ -324,3 +329,14 @@ class AuthFailedBatch(Event):
                 self.reason, strict=True,
             )
         ]  # fmt: skip
+
+
+class ServiceCallRejected(Event):
+    """A gRPC call between services refused: no token, a bad one, or a method not allowed."""
+
+    subject: ClassVar[str] = SUBJECT_SERVICE_REJECTED
+    method: str = Field(max_length=256)
+    reason: str = Field(max_length=64)
+    status: str = Field(max_length=32)
+    peer: str = Field(max_length=128)
+    caller: str = Field(default="", max_length=256)

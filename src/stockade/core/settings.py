@@ -59,9 +59,11 @@ __all__ = [
     "LogSettings",
     "Origin",
     "PreAuthSettings",
+    "ServiceTokenSettings",
     "Settings",
     "ShieldSettings",
     "StoreSettings",
+    "TlsSettings",
     "VaultSettings",
     "WorkspaceSettings",
     "config_file",
@@ -645,6 +647,41 @@ class WorkspaceSettings(_Section):
     credential socket for the helpers, since ``STOCKADE_API`` over TCP is then out of reach."""
 
 
+class ServiceTokenSettings(_Section):
+    enabled: bool = False
+    """Require a projected service-account token on every internal gRPC call (services split
+    across Pods). Off for ``stockade up``, where the services share one process."""
+    issuer: str = "https://kubernetes.default.svc.cluster.local"
+    """The cluster's service-account token issuer (``iss``); its JWKS verifies the tokens."""
+    jwks_url: str | None = None
+    """The issuer's JWKS URL. Unset: found through the issuer's OIDC discovery document."""
+    audience: str | None = None
+    """The audience callers request for this service. Unset: ``stockade-<service>``."""
+    namespace: str = "default"
+    """The namespace the release runs in; tokens of other namespaces are refused."""
+    allow_file: Path = Path("/etc/stockade/service-auth.json")
+    """JSON allow-lists, per callee: ``{"identity": {"audience": ..., "allow": {method: [sa]}}}``
+    (the chart's ``service-auth`` ConfigMap)."""
+    token_dir: Path = Path("/var/run/secrets/stockade/tokens")
+    """Where this service's projected tokens are, one file per callee (``identity``, ``vault``)."""
+    min_refresh: float = Field(default=30.0, gt=0, le=3600)
+    """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
+
+
+class TlsSettings(_Section):
+    source: Literal["dev-ca", "files", "openbao-pki"] = "dev-ca"
+    """Where service certificates come from: the data dir's dev CA, files another agent renews
+    (cert-manager's Secret volume), or OpenBao's PKI engine renewed by Stockade itself."""
+    directory: Path | None = None
+    """Directory of ``tls.crt``/``tls.key``/``ca.crt``. Unset: ``tls`` in the data dir."""
+    pki_mount: str = "pki"
+    """Mount of OpenBao's PKI engine (``source = "openbao-pki"``)."""
+    pki_role: str = "stockade"
+    """PKI role issuing service certificates (``<pki_mount>/issue/<pki_role>``)."""
+    lifetime_hours: int = Field(default=2160, ge=1, le=87600)
+    """Lifetime requested for issued certificates; renewed at two thirds of it."""
+
+
 class _AliasSource(PydanticBaseSettingsSource):
     """Reads :data:`ENV_ALIASES` from the environment into their nested places."""
 
@@ -727,6 +764,8 @@ class Settings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     vault: VaultSettings = VaultSettings()
     workspace: WorkspaceSettings = WorkspaceSettings()
+    service_tokens: ServiceTokenSettings = ServiceTokenSettings()
+    tls: TlsSettings = TlsSettings()
 
     @classmethod
     def settings_customise_sources(

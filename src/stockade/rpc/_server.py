@@ -6,6 +6,11 @@ Two listeners share one ``grpc.aio`` server:
   are re-read when their files change), for services split across processes;
 - a unix socket inside a 0700 directory of the data dir, for the ``stockade`` CLI on the same
   host: file permissions are the authentication, as with Docker's socket.
+
+Both answer the standard health service (``grpc.health.v1.Health``): ``""`` and each served
+service are ``SERVING`` from :meth:`RpcServer.start` until :meth:`RpcServer.stop` begins, when
+they turn ``NOT_SERVING`` so load balancers drain the server first. ``interceptors`` (e.g.
+:class:`ServiceAuthInterceptor` for projected service-account tokens) run on every call.
 """
 
 from __future__ import annotations
@@ -14,18 +19,24 @@ import os
 import secrets
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
+from grpc_health.v1 import _async as health_aio  # what health.aio re-exports
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stockade.authz import Authorizer
 from stockade.core import BackendError, get_logger
 from stockade.identity import IdentityService
-from stockade.tls import CertificateFiles, grpc_channel_credentials, grpc_server_credentials
+from stockade.tls import CertificateFiles, ProjectedToken, grpc_server_credentials
 
 from ._authz import AuthzServicer
-from ._gen import authz_pb2_grpc, identity_pb2_grpc
+from ._channel import ReloadingChannel
+from ._gen import authz_pb2, authz_pb2_grpc, identity_pb2, identity_pb2_grpc
 from ._identity import IdentityServicer
+from ._service_auth import service_token_credentials
 
 __all__ = ["RpcServer", "admin_channel", "mtls_channel"]
 
@@ -47,12 +58,22 @@ class RpcServer:
         host: str = "127.0.0.1",
         port: int = 0,
         admin_socket: Path | None = None,
+        interceptors: Sequence[aio.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         # SO_REUSEPORT (gRPC's default on Linux) would let a second instance bind the same port
         # silently and take half of the connections.
-        self._server = aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = aio.server(
+            options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors)
+        )
         identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(identity), self._server)
         authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self._services = [
+            "",
+            identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name,
+            authz_pb2.DESCRIPTOR.services_by_name["Authz"].full_name,
+        ]
         self._tls = tls
         self._host = host
         self._requested_port = port
@@ -82,6 +103,8 @@ class RpcServer:
             bound = self.admin_socket.with_name(f".{self.admin_socket.name}.{secrets.token_hex(4)}")
             self._server.add_insecure_port(f"unix:{bound}")
         await self._server.start()
+        for name in self._services:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.admin_socket is not None and bound is not None:
             os.chmod(bound, 0o600)
             os.rename(bound, self.admin_socket)
@@ -89,7 +112,14 @@ class RpcServer:
             self._socket_id = (info.st_dev, info.st_ino)
         log.info("rpc.listening", host=self._host, port=self.port, admin=str(self.admin_socket))
 
+    @property
+    def tls_error(self) -> str | None:
+        """Why the last certificate change was refused (the old one still serves), else None;
+        for ``stockade status``."""
+        return self._tls.error
+
     async def stop(self, grace: float = 2.0) -> None:
+        await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         if self.admin_socket is not None and self._socket_id is not None:
             # only the socket this server created: another instance may have bound the path since
@@ -123,13 +153,26 @@ def _claim_socket(path: Path) -> None:
     )
 
 
-def mtls_channel(host: str, port: int, tls: CertificateFiles) -> aio.Channel:
-    """A client channel to another service, authenticated both ways by the dev CA."""
+def mtls_channel(
+    host: str,
+    port: int,
+    tls: CertificateFiles,
+    *,
+    token: ProjectedToken | None = None,
+    server_name: str = SERVER_NAME,
+) -> aio.Channel:
+    """A client channel to another service, authenticated both ways by certificates.
+
+    The channel follows rotation of ``tls``'s files (new CA bundle, new client certificate: see
+    :class:`ReloadingChannel`); with ``token``, every call also presents that projected
+    service-account token (re-read each call).
+    """
     address = f"[{host}]" if ":" in host else host
-    return aio.secure_channel(
+    return ReloadingChannel(
         f"{address}:{port}",
-        grpc_channel_credentials(tls),
-        options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+        tls,
+        call_credentials=None if token is None else service_token_credentials(token),
+        options=[("grpc.ssl_target_name_override", server_name)],
     )
 
 

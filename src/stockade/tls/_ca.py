@@ -119,6 +119,24 @@ class DevCA:
             existing = x509.load_pem_x509_certificate(cert_path.read_bytes())
             if existing.not_valid_after_utc - datetime.now(UTC) > _RENEW_BEFORE:
                 return issued
+        cert_pem, key_pem = self.mint(
+            name, sans=sans, server=server, client=client, lifetime=lifetime
+        )
+        write_private(key_path, key_pem)
+        write_private(cert_path, cert_pem, mode=0o644)
+        return issued
+
+    def mint(
+        self,
+        name: str,
+        *,
+        sans: list[str] | None = None,
+        server: bool = True,
+        client: bool = True,
+        lifetime: timedelta = _LEAF_LIFETIME,
+    ) -> tuple[bytes, bytes]:
+        """A fresh leaf (PEM certificate, PEM PKCS#8 key) signed by the CA; nothing written."""
+        self.ensure()
         ca_cert, ca_key = self._load()
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.now(UTC)
@@ -144,10 +162,7 @@ class DevCA:
             )
             .sign(ca_key, hashes.SHA256())
         )
-        write_private(key_path, _key_pem(key))
-        chain = cert.public_bytes(serialization.Encoding.PEM)
-        write_private(cert_path, chain, mode=0o644)
-        return issued
+        return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -4,11 +4,12 @@
 hands out fresh bytes only when one of them changed, and only when the new pair is consistent
 (the key matches the certificate); a half-rotated pair keeps the previous material in use.
 gRPC servers use it through :func:`grpc_server_credentials`, whose fetcher gRPC calls before
-handshakes.
+handshakes; Python TLS servers (uvicorn, the broker) through :class:`ReloadingServerContext`.
 """
 
 from __future__ import annotations
 
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,13 @@ from cryptography.hazmat.primitives import serialization
 
 from stockade.core import get_logger
 
-__all__ = ["CertificateFiles", "TlsMaterial", "grpc_channel_credentials", "grpc_server_credentials"]
+__all__ = [
+    "CertificateFiles",
+    "ReloadingServerContext",
+    "TlsMaterial",
+    "grpc_channel_credentials",
+    "grpc_server_credentials",
+]
 
 log = get_logger("stockade.tls")
 
@@ -44,14 +51,31 @@ def _consistent(material: TlsMaterial) -> bool:
 
 
 class CertificateFiles:
-    """A certificate/key/CA triple on disk, reloaded when the files change."""
+    """A certificate/key/CA triple on disk, reloaded when the files change.
+
+    A change that does not load (garbage, a key that does not match the certificate, a missing
+    file) keeps the previous material in use; it is logged once per distinct file state (not
+    on every handshake) and shown by :attr:`error` until a good set replaces it.
+    """
 
     def __init__(self, cert: Path, key: Path, ca: Path) -> None:
         self._paths = (cert, key, ca)
         self._lock = threading.Lock()
         self._stamp = _stamp(*self._paths)
         self._material = self._read()
+        if not _consistent(self._material):
+            raise ValueError(f"{cert}: the key {key} does not match the certificate")
+        self._bad_stamp: tuple[tuple[int, int], ...] | None = None
+        self.error: str | None = None
         self.reloads = 0
+
+    def __repr__(self) -> str:
+        return f"<CertificateFiles {self._paths[0]} reloads={self.reloads} error={self.error!r}>"
+
+    @property
+    def paths(self) -> tuple[Path, Path, Path]:
+        """(certificate, key, CA bundle)."""
+        return self._paths
 
     def _read(self) -> TlsMaterial:
         cert, key, ca = (p.read_bytes() for p in self._paths)
@@ -61,25 +85,44 @@ class CertificateFiles:
     def material(self) -> TlsMaterial:
         return self._material
 
+    @property
+    def serial(self) -> int:
+        """Serial number of the certificate in use."""
+        return x509.load_pem_x509_certificate(self._material.cert).serial_number
+
     def changed(self) -> TlsMaterial | None:
         """New material if the files changed and are consistent, else None."""
         with self._lock:
             try:
                 stamp = _stamp(*self._paths)
-                if stamp == self._stamp:
-                    return None
+            except OSError as exc:
+                self._reject((), f"cannot stat: {exc}")
+                return None
+            if stamp in (self._stamp, self._bad_stamp):
+                return None
+            try:
                 fresh = self._read()
+                x509.load_pem_x509_certificates(fresh.ca)
                 if not _consistent(fresh):
-                    log.warning("tls.reload.inconsistent", cert=str(self._paths[0]))
+                    self._reject(stamp, "the key does not match the certificate")
                     return None
-            except (OSError, ValueError) as exc:
-                log.warning("tls.reload.failed", cert=str(self._paths[0]), error=str(exc))
+            except (OSError, ValueError, TypeError) as exc:
+                self._reject(stamp, str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
                 return None
             self._stamp = stamp
+            self._bad_stamp = None
             self._material = fresh
+            self.error = None
             self.reloads += 1
             log.info("tls.reloaded", cert=str(self._paths[0]))
             return fresh
+
+    def _reject(self, stamp: tuple[tuple[int, int], ...], why: str) -> None:
+        if stamp == self._bad_stamp:
+            return
+        self._bad_stamp = stamp
+        self.error = f"{self._paths[0]}: {why}; the previous certificate stays in use"
+        log.error("tls.reload.rejected", cert=str(self._paths[0]), error=why)
 
 
 def grpc_server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
@@ -108,3 +151,40 @@ def grpc_channel_credentials(files: CertificateFiles) -> grpc.ChannelCredentials
     return grpc.ssl_channel_credentials(
         root_certificates=material.ca, private_key=material.key, certificate_chain=material.cert
     )
+
+
+class ReloadingServerContext:
+    """A server :class:`ssl.SSLContext` whose certificate and CA follow :class:`CertificateFiles`.
+
+    Hand :attr:`context` to the TLS server (uvicorn's ``Config.ssl``). On every handshake its
+    SNI callback (OpenSSL calls it for each ClientHello, with or without SNI) asks the files
+    whether they changed and, when they did, switches the connection to a context built from the
+    new material; open connections keep theirs. A bad change keeps the previous context (see
+    :class:`CertificateFiles`). ``require_client_cert`` asks for certificates from the bundle's CAs.
+    """
+
+    def __init__(self, files: CertificateFiles, *, require_client_cert: bool = False) -> None:
+        self._files = files
+        self._require_client = require_client_cert
+        self._current = self._build()
+        self.context = self._build()
+        self.context.sni_callback = self._on_hello
+
+    def _build(self) -> ssl.SSLContext:
+        cert, key, _ = self._files.paths
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(cert, key)
+        if self._require_client:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cadata=self._files.material.ca.decode("ascii"))
+        return ctx
+
+    def _on_hello(self, sock: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+        if self._files.changed() is not None:
+            try:
+                self._current = self._build()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._files.error = f"{self._files.paths[0]}: {exc}; the previous one stays"
+                log.error("tls.reload.rejected", cert=str(self._files.paths[0]), error=str(exc))
+        sock.context = self._current

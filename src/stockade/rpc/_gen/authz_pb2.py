@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61uthz.proto\x12\x11stockade.authz.v1\"#\n\rDecideRequest\x12\x12\n\ninput_json\x18\x01 \x01(\t\"J\n\x0e\x44\x65\x63ideResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x18\n\x10obligations_json\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t2V\n\x05\x41uthz\x12M\n\x06\x44\x65\x63ide\x12 .stockade.authz.v1.DecideRequest\x1a!.stockade.authz.v1.DecideResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61uthz.proto\x12\x11stockade.authz.v1\"#\n\rDecideRequest\x12\x12\n\ninput_json\x18\x01 \x01(\t\"J\n\x0e\x44\x65\x63ideResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x18\n\x10obligations_json\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"H\n\x12\x42\x61tchDecideRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .stockade.authz.v1.DecideRequest\"K\n\x13\x42\x61tchDecideResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.stockade.authz.v1.DecideResponse2\xb4\x01\n\x05\x41uthz\x12M\n\x06\x44\x65\x63ide\x12 .stockade.authz.v1.DecideRequest\x1a!.stockade.authz.v1.DecideResponse\x12\\\n\x0b\x42\x61tchDecide\x12%.stockade.authz.v1.BatchDecideRequest\x1a&.stockade.authz.v1.BatchDecideResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DECIDEREQUEST']._serialized_end=69
   _globals['_DECIDERESPONSE']._serialized_start=71
   _globals['_DECIDERESPONSE']._serialized_end=145
-  _globals['_AUTHZ']._serialized_start=147
-  _globals['_AUTHZ']._serialized_end=233
+  _globals['_BATCHDECIDEREQUEST']._serialized_start=147
+  _globals['_BATCHDECIDEREQUEST']._serialized_end=219
+  _globals['_BATCHDECIDERESPONSE']._serialized_start=221
+  _globals['_BATCHDECIDERESPONSE']._serialized_end=296
+  _globals['_AUTHZ']._serialized_start=299
+  _globals['_AUTHZ']._serialized_end=479
 # @@protoc_insertion_point(module_scope)

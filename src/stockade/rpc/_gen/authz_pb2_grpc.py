@@ -39,12 +39,23 @@ class AuthzStub:
                 request_serializer=authz__pb2.DecideRequest.SerializeToString,
                 response_deserializer=authz__pb2.DecideResponse.FromString,
                 _registered_method=True)
+        self.BatchDecide = channel.unary_unary(
+                '/stockade.authz.v1.Authz/BatchDecide',
+                request_serializer=authz__pb2.BatchDecideRequest.SerializeToString,
+                response_deserializer=authz__pb2.BatchDecideResponse.FromString,
+                _registered_method=True)
 
 
 class AuthzServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Decide(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def BatchDecide(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_AuthzServicer_to_server(servicer, server):
                     servicer.Decide,
                     request_deserializer=authz__pb2.DecideRequest.FromString,
                     response_serializer=authz__pb2.DecideResponse.SerializeToString,
+            ),
+            'BatchDecide': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchDecide,
+                    request_deserializer=authz__pb2.BatchDecideRequest.FromString,
+                    response_serializer=authz__pb2.BatchDecideResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Authz:
             '/stockade.authz.v1.Authz/Decide',
             authz__pb2.DecideRequest.SerializeToString,
             authz__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchDecide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.authz.v1.Authz/BatchDecide',
+            authz__pb2.BatchDecideRequest.SerializeToString,
+            authz__pb2.BatchDecideResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,11 +34,13 @@ class AuthzStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuthzAsyncStub: ...
     Decide: _grpc.UnaryUnaryMultiCallable[_authz_pb2.DecideRequest, _authz_pb2.DecideResponse]
+    BatchDecide: _grpc.UnaryUnaryMultiCallable[_authz_pb2.BatchDecideRequest, _authz_pb2.BatchDecideResponse]
 
 @_typing.type_check_only
 class AuthzAsyncStub(AuthzStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Decide: _aio.UnaryUnaryMultiCallable[_authz_pb2.DecideRequest, _authz_pb2.DecideResponse]  # type: ignore[assignment]
+    BatchDecide: _aio.UnaryUnaryMultiCallable[_authz_pb2.BatchDecideRequest, _authz_pb2.BatchDecideResponse]  # type: ignore[assignment]
 
 class AuthzServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,5 +49,12 @@ class AuthzServicer(metaclass=_abc_1.ABCMeta):
         request: _authz_pb2.DecideRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_authz_pb2.DecideResponse, _abc.Awaitable[_authz_pb2.DecideResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BatchDecide(
+        self,
+        request: _authz_pb2.BatchDecideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_authz_pb2.BatchDecideResponse, _abc.Awaitable[_authz_pb2.BatchDecideResponse]]: ...
 
 def add_AuthzServicer_to_server(servicer: AuthzServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
