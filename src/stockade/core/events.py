@@ -25,9 +25,12 @@ __all__ = [
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
     "SUBJECT_SESSION_ENDED",
+    "SUBJECT_SESSION_KILL",
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
     "SUBJECT_SHIELD_UNBAN",
+    "SUBJECT_SHIELD_USER_BAN",
+    "SUBJECT_WORKTRACE_ALERT",
     "AuthFailed",
     "AuthSucceeded",
     "CredentialRequest",
@@ -36,7 +39,10 @@ __all__ = [
     "SessionEnded",
     "SessionStarted",
     "ShieldBan",
+    "SessionKill",
     "ShieldUnban",
+    "UserBan",
+    "WorktraceAlert",
     "utcnow",
 ]
 
@@ -50,6 +56,12 @@ SUBJECT_SESSION_ENDED = "stockade.session.ended"
 SUBJECT_SHIELD_BAN = "stockade.shield.ban"
 SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
+#: Worktrace detections (rule matches, attack paths, anomalies).
+SUBJECT_WORKTRACE_ALERT = "stockade.worktrace.alert"
+#: End a live session now (the gateway consumes it).
+SUBJECT_SESSION_KILL = "stockade.session.kill"
+#: Ban a user (not a source address) from logging in for a while.
+SUBJECT_SHIELD_USER_BAN = "stockade.shield.user_ban"
 #: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
 SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
@@ -64,6 +76,7 @@ STREAMS: dict[str, list[str]] = {
         "stockade.session.>",
         "stockade.shield.>",
         "stockade.credential.>",
+        "stockade.worktrace.>",
     ],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
@@ -174,3 +187,54 @@ class CredentialRequest(Event):
     allow: bool
     reason: str = ""
     backend_ms: float = 0.0
+
+
+class WorktraceAlert(Event):
+    """A Worktrace detection, tied to the workspace, user and session it happened in.
+
+    ``kind`` is ``rule`` (``rule_id`` names the rule), ``attack_path`` (``rule_id`` names the
+    path, ``rules`` its rules, ``confidence`` is ``1 - prod(1 - c_i)``) or ``anomaly`` (a rare
+    process ancestry; ``confidence`` is its rarity). ``event`` is the matching Tetragon event
+    (``{"truncated": true, ...}`` when it is too large to carry).
+    """
+
+    subject: ClassVar[str] = SUBJECT_WORKTRACE_ALERT
+    alert_id: str = Field(max_length=64)
+    kind: Literal["rule", "attack_path", "anomaly"]
+    rule_id: str = Field(max_length=128)
+    name: str = Field(max_length=512)
+    confidence: float = Field(ge=0, le=1)
+    workspace: str | None = Field(default=None, max_length=253)
+    username: str | None = Field(default=None, max_length=256)
+    session_id: str | None = Field(default=None, max_length=128)
+    blueprint: str | None = Field(default=None, max_length=253)
+    pod_namespace: str | None = Field(default=None, max_length=253)
+    pod_name: str | None = Field(default=None, max_length=253)
+    node: str = Field(default="", max_length=253)
+    binary: str = Field(default="", max_length=4096)
+    arguments: str = Field(default="", max_length=8192)
+    ancestry: list[str] = Field(default_factory=list, max_length=64)
+    rules: list[str] = Field(default_factory=list, max_length=64)
+    event_type: str = Field(default="", max_length=64)
+    event_time: datetime | None = None
+    event: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionKill(Event):
+    """End the live session ``session_id`` now; ``by`` says who asked (``worktrace``, an admin)."""
+
+    subject: ClassVar[str] = SUBJECT_SESSION_KILL
+    session_id: str = Field(min_length=1, max_length=128)
+    username: str | None = Field(default=None, max_length=256)
+    reason: str = Field(max_length=512)
+    by: str = Field(max_length=256)
+
+
+class UserBan(Event):
+    """Refuse logins of ``username`` until ``until`` (the ``ShieldBan`` of a user)."""
+
+    subject: ClassVar[str] = SUBJECT_SHIELD_USER_BAN
+    username: str = Field(min_length=1, max_length=256)
+    until: datetime
+    reason: str = Field(max_length=512)
+    by: str = Field(max_length=256)
