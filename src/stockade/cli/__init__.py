@@ -17,6 +17,7 @@ from . import (
     token,
     users,
     workspaces,
+    worktrace,
 )
 from .up import up
 
@@ -55,6 +56,7 @@ app.add_typer(applocker.app, name="applocker")
 app.add_typer(shield.app, name="shield")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(worktrace.app, name="worktrace")
 
 
 def main() -> None:

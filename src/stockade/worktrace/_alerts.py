@@ -61,9 +61,7 @@ class BusAlertSink:
                 _log.warning("worktrace.alert_publish_failed", rule=alert.rule_id, error=str(exc))
 
 
-async def read_alerts(
-    bus: Bus, *, since: datetime, limit: int = 10_000
-) -> list[WorktraceAlert]:
+async def read_alerts(bus: Bus, *, since: datetime, limit: int = 10_000) -> list[WorktraceAlert]:
     """Alerts stored since ``since`` (oldest first, at most ``limit``)."""
     last = await bus.last_sequence(AUDIT_STREAM, SUBJECT_WORKTRACE_ALERT)
     if last == 0:

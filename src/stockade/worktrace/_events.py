@@ -129,7 +129,7 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
 def _obj(value: Any, where: str) -> dict[str, Any]:
     if type(value) is not dict:
         raise _bad(where, value, "an object")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 class Pod:
@@ -174,9 +174,7 @@ class Pod:
             img = container.get("image")
             if img is not None:
                 image = _s(_obj(img, f"{where}.container.image"), "name", f"{where}.image")
-        return cls(
-            _s(obj, "namespace", where), _s(obj, "name", where), labels, cid, cname, image
-        )
+        return cls(_s(obj, "namespace", where), _s(obj, "name", where), labels, cid, cname, image)
 
 
 class Process:
@@ -461,7 +459,7 @@ def _truncated(value: Any, where: str) -> TruncatedBytes:
 def _string(value: Any, where: str) -> str:
     if type(value) is not str:
         raise _bad(where, value, "a string")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 #: Every ``KprobeArgument`` kind of Tetragon's API and how its value is read. Kinds Worktrace

@@ -13,6 +13,7 @@ twice. A file truncated in place (copytruncate) is read again from its start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -197,10 +198,8 @@ class NatsSource:
 
     async def stop(self) -> None:
         if self._sub is not None:
-            try:
+            with contextlib.suppress(Exception):  # already closed with the connection
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
-            except Exception:  # already closed with the connection
-                pass
             self._sub = None
         self._queue.put_nowait(None)
 

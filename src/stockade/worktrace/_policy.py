@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jsonschema
 import yaml
@@ -90,8 +90,12 @@ def _syscall_selector(rule: CompiledRule) -> dict[str, Any] | None:
     return {"matchArgs": match} if match else None
 
 
-def _kprobe(call: str, args: Sequence[tuple[int, str]], selectors: list[dict[str, Any]] | None,
-            rule_ids: Sequence[str]) -> dict[str, Any]:
+def _kprobe(
+    call: str,
+    args: Sequence[tuple[int, str]],
+    selectors: list[dict[str, Any]] | None,
+    rule_ids: Sequence[str],
+) -> dict[str, Any]:
     probe: dict[str, Any] = {"call": call, "syscall": call.startswith("sys_")}
     if args:
         probe["args"] = [{"index": i, "type": t} for i, t in args]
@@ -188,7 +192,7 @@ class PolicyValidator:
     """Validates TracingPolicy / TracingPolicyNamespaced documents against Tetragon's schemas
     in ``schema_dir`` (``pkg/tracingpolicy/schemas`` of the Tetragon tree)."""
 
-    FILES = {
+    FILES: ClassVar[dict[str, str]] = {
         "TracingPolicy": "tracingpolicy-cilium.io.json",
         "TracingPolicyNamespaced": "tracingpolicynamespaced-cilium.io.json",
     }

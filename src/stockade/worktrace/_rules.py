@@ -84,15 +84,81 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
 #: Tetragon's argument types (``spec.kprobes[].args[].type`` of the TracingPolicy schema).
 ARG_TYPES = frozenset(
-    "auto int sint8 int8 uint8 sint16 int16 uint16 uint32 sint32 int32 ulong uint64 size_t long "
-    "sint64 int64 char_buf char_iovec skb sock sockaddr socket sockaddr_un string fd file "
-    "filename path nop bpf_attr perf_event bpf_map user_namespace capability kiocb iov_iter cred "
-    "const_buf load_info module syscall64 kernel_cap_t cap_inheritable cap_permitted "
-    "cap_effective linux_binprm data_loc net_device bpf_cmd dentry bpf_prog".split()
+    [
+        "auto",
+        "int",
+        "sint8",
+        "int8",
+        "uint8",
+        "sint16",
+        "int16",
+        "uint16",
+        "uint32",
+        "sint32",
+        "int32",
+        "ulong",
+        "uint64",
+        "size_t",
+        "long",
+        "sint64",
+        "int64",
+        "char_buf",
+        "char_iovec",
+        "skb",
+        "sock",
+        "sockaddr",
+        "socket",
+        "sockaddr_un",
+        "string",
+        "fd",
+        "file",
+        "filename",
+        "path",
+        "nop",
+        "bpf_attr",
+        "perf_event",
+        "bpf_map",
+        "user_namespace",
+        "capability",
+        "kiocb",
+        "iov_iter",
+        "cred",
+        "const_buf",
+        "load_info",
+        "module",
+        "syscall64",
+        "kernel_cap_t",
+        "cap_inheritable",
+        "cap_permitted",
+        "cap_effective",
+        "linux_binprm",
+        "data_loc",
+        "net_device",
+        "bpf_cmd",
+        "dentry",
+        "bpf_prog",
+    ]
 )
 INT_TYPES = frozenset(
-    "int sint8 int8 uint8 sint16 int16 uint16 uint32 sint32 int32 ulong uint64 size_t long "
-    "sint64 int64 syscall64".split()
+    [
+        "int",
+        "sint8",
+        "int8",
+        "uint8",
+        "sint16",
+        "int16",
+        "uint16",
+        "uint32",
+        "sint32",
+        "int32",
+        "ulong",
+        "uint64",
+        "size_t",
+        "long",
+        "sint64",
+        "int64",
+        "syscall64",
+    ]
 )
 STRING_TYPES = frozenset({"string", "char_buf", "filename"})
 PATH_TYPES = frozenset({"file", "path", "fd", "linux_binprm", "dentry"})
@@ -602,4 +668,3 @@ class RuleSource:
             return
         self._failed = digest
         _log.error("worktrace.rules_reload_failed", error=error, keeping=self.current.revision)
-

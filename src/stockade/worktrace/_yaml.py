@@ -46,7 +46,9 @@ def _build(node: yaml.Node, path: Path, lines: dict[Path, int], where: str) -> A
                     f"{where}:{key_node.start_mark.line + 1}", f"key {key!r} is not a string"
                 )
             if key in out:
-                raise InvalidInput(f"{where}:{key_node.start_mark.line + 1}", f"duplicate key {key}")
+                raise InvalidInput(
+                    f"{where}:{key_node.start_mark.line + 1}", f"duplicate key {key}"
+                )
             lines[(*path, key)] = key_node.start_mark.line + 1
             out[key] = _build(value_node, (*path, key), lines, where)
         return out
@@ -54,7 +56,7 @@ def _build(node: yaml.Node, path: Path, lines: dict[Path, int], where: str) -> A
         return [_build(item, (*path, i), lines, where) for i, item in enumerate(node.value)]
     constructor = yaml.SafeLoader("")
     try:
-        return constructor.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+        return constructor.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{where}:{node.start_mark.line + 1}", str(exc)) from None
 
