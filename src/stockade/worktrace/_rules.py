@@ -287,7 +287,10 @@ class RuleSpec(_Model):
 
 
 def _duration(value: Any) -> timedelta:
-    return parse_duration(value, field="time_window")
+    try:
+        return parse_duration(value, field="time_window")
+    except InvalidInput as exc:
+        raise ValueError(exc.problem) from None
 
 
 class AttackPathSpec(_Model):
