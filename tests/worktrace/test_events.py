@@ -67,7 +67,8 @@ def test_book_kprobe_arguments_are_typed() -> None:
     assert file_arg.value.path == "/usr/share/elasticsearch/config/elasticsearch.keystore"
     assert isinstance(truncated.value, TruncatedBytes)
     assert truncated.value.orig_size == 65536
-    assert size.kind == "size_arg" and size.value == 65536
+    assert size.kind == "size_arg"
+    assert size.value == 65536
     write = parse_event(by_name["process_kprobe.json"])
     assert write.args[1].kind == "bytes_arg"
     assert write.args[1].value.startswith(b"daemon:x:2:2:")
@@ -102,15 +103,23 @@ def test_every_listed_argument_kind() -> None:
     ]
     event = parse_line(line(kprobe_event("__x64_sys_whatever", args)))
     values = [a.value for a in event.args]
-    assert values[0] == "hello" and values[1] == -3
-    assert isinstance(values[2], FileArg) and values[2].permission == "-rw-r-----"
-    assert isinstance(values[4], Sock) and (values[4].daddr, values[4].dport) == ("10.96.0.1", 443)
-    assert isinstance(values[5], Cred) and values[5].effective == ("CAP_SYS_ADMIN",)
-    assert isinstance(values[6], Capability) and values[6].value == 21
+    assert values[0] == "hello"
+    assert values[1] == -3
+    assert isinstance(values[2], FileArg)
+    assert values[2].permission == "-rw-r-----"
+    assert isinstance(values[4], Sock)
+    assert (values[4].daddr, values[4].dport) == ("10.96.0.1", 443)
+    assert isinstance(values[5], Cred)
+    assert values[5].effective == ("CAP_SYS_ADMIN",)
+    assert isinstance(values[6], Capability)
+    assert values[6].value == 21
     assert values[7] == b"\x00\x01abc"
-    assert isinstance(values[8], TruncatedBytes) and values[8].orig_size == 9000
-    assert isinstance(values[9], UserNamespace) and values[9].inum == 4026532000
-    assert isinstance(values[10], KernelModule) and values[10].signature_ok is False
+    assert isinstance(values[8], TruncatedBytes)
+    assert values[8].orig_size == 9000
+    assert isinstance(values[9], UserNamespace)
+    assert values[9].inum == 4026532000
+    assert isinstance(values[10], KernelModule)
+    assert values[10].signature_ok is False
     assert values[11] == -9000000000
     assert event.args[12].label == "flags"
 

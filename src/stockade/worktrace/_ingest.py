@@ -193,6 +193,7 @@ class NatsSource:
 
         try:
             self._sub = await self.bus.nc.subscribe(self.subject, queue=self.queue_group, cb=_on)
+            await self.bus.nc.flush()  # the server knows the subscription before we return
         except Exception as exc:  # nats-py errors, mapped at the boundary
             raise BusUnavailable(f"NATS subscribe {self.subject}: {exc}") from exc
 
