@@ -174,3 +174,17 @@ def test_process_table_is_bounded() -> None:
     for _ in range(500):
         engine.feed(line(exec_event("/usr/bin/true")))
     assert engine.stats()["processes"] <= 64
+
+
+def test_hostile_exec_id_cycle_does_not_loop(tmp_path: Path) -> None:
+    (tmp_path / "none.yaml").write_text("rules: []\n")
+    engine = Engine(load_rules(tmp_path), anomaly=AnomalyConfig(learning_events=0, depth=8))
+    a = exec_event("/usr/bin/a", parent_exec_id="Yg==")
+    a["process_exec"]["process"]["exec_id"] = "YQ=="
+    b = exec_event("/usr/bin/b", parent_exec_id="YQ==")
+    b["process_exec"]["process"]["exec_id"] = "Yg=="
+    b["process_exec"].pop("parent")
+    a["process_exec"].pop("parent")
+    engine.feed(line(a))
+    alerts = engine.feed(line(b))
+    assert [len(x.ancestry) for x in alerts] == [16]  # b, a, b, a, ...: bounded walks

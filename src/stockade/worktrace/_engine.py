@@ -29,8 +29,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from ._events import (
     EventShapeError,
     FileArg,
@@ -200,14 +198,13 @@ class Alert:
 
 
 def _embed(event: TraceEvent) -> dict[str, Any]:
-    raw = event.raw
-    if len(orjson.dumps(raw)) <= MAX_ALERT_EVENT_BYTES:
-        return raw
+    if len(event.line) <= MAX_ALERT_EVENT_BYTES:
+        return event.raw
     return {"truncated": True, "type": event.type, "function": event.function}
 
 
 class _Proc:
-    __slots__ = ("binary", "parent", "pid", "session", "uid")
+    __slots__ = ("ancestry", "binary", "parent", "pid", "session", "uid")
 
     def __init__(
         self, pid: int | None, uid: int | None, binary: str, parent: str, session: Any
@@ -217,6 +214,7 @@ class _Proc:
         self.binary = binary
         self.parent = parent
         self.session = session
+        self.ancestry: tuple[str, ...] | None = None  # basenames, this process first
 
 
 def _session_from_labels(labels: Mapping[str, str]) -> SessionInfo | None:
@@ -254,7 +252,7 @@ class Engine:
         self._procs: dict[str, _Proc] = {}
         self._pid_uid: dict[int, int] = {}
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-        self._ancestries: dict[str, dict[str, int]] = {}
+        self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
         self._learned: dict[str, int] = {}
         self.events = 0
         self.unknown = 0
@@ -353,8 +351,8 @@ class Engine:
 
     def _context(self, event: TraceEvent, entry: _Proc) -> SessionInfo | None:
         pod = event.process.pod
-        if pod is not None and pod.labels:
-            info = _session_from_labels(pod.labels)
+        if pod is not None and pod.pod_labels:
+            info = _session_from_labels(pod.pod_labels)
             if info is not None:
                 return info
         session: SessionInfo | None = entry.session
@@ -370,6 +368,25 @@ class Engine:
             chain.append(found.binary)
             parent = found.parent
         return chain
+
+    def _ancestry_key(self, entry: _Proc, depth: int) -> tuple[str, ...]:
+        """Basenames of the process and its ancestors (``depth`` at most), cached per process.
+
+        Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
+        key = entry.ancestry
+        if key is not None:
+            return key
+        procs = self._procs
+        names = [entry.binary.rpartition("/")[2]]
+        current = procs.get(entry.parent) if entry.parent else None
+        while current is not None and len(names) < depth:
+            if current.ancestry is not None:
+                names.extend(current.ancestry[: depth - len(names)])
+                break
+            names.append(current.binary.rpartition("/")[2])
+            current = procs.get(current.parent) if current.parent else None
+        key = entry.ancestry = tuple(names)
+        return key
 
     # --- matching -----------------------------------------------------------------------
 
@@ -547,7 +564,7 @@ class Engine:
 
     def _score(self, event: TraceEvent, entry: _Proc) -> Alert | None:
         pod = event.process.pod
-        blueprint = pod.labels.get(LABEL_BLUEPRINT) if pod is not None else None
+        blueprint = pod.pod_labels.get(LABEL_BLUEPRINT) if pod is not None else None
         session = None
         if blueprint is None:
             session = entry.session
@@ -555,8 +572,7 @@ class Engine:
             if blueprint is None:
                 return None
         config = self.anomaly
-        chain = self._ancestry(entry, config.depth)
-        key = ">".join(b.rpartition("/")[2] for b in reversed(chain))
+        key = self._ancestry_key(entry, config.depth)
         counts = self._ancestries.get(blueprint)
         if counts is None:
             counts = self._ancestries[blueprint] = {}
@@ -573,7 +589,7 @@ class Engine:
         return Alert(
             kind="anomaly",
             rule_id="rare-ancestry",
-            name=f"Rare process ancestry for blueprint {blueprint}: {key}",
+            name=f"Rare process ancestry for blueprint {blueprint}: {'>'.join(reversed(key))}",
             confidence=score,
             event=event,
             session=session or self._context(event, entry),
