@@ -248,6 +248,8 @@ class Engine:
         self.sessions = sessions if sessions is not None else LocalSessions()
         self.image_files = image_files or {}
         self.anomaly = anomaly or AnomalyConfig()
+        self._anomalies = self.anomaly.enabled
+        self._session_pids = self.sessions._by_pid  # the live map: a register shows at once
         self._max_processes = max_processes
         self._procs: dict[str, _Proc] = {}
         self._pid_uid: dict[int, int] = {}
@@ -278,7 +280,7 @@ class Engine:
     def feed(self, line: bytes | str) -> Sequence[Alert]:
         """Parse one export line and :meth:`process` it; unknown and malformed lines are
         counted (``unknown``, ``malformed``) and raise nothing."""
-        if not line or line.isspace():
+        if not line:
             return _NONE
         try:
             event = parse_line(line)
@@ -286,6 +288,8 @@ class Engine:
             self.unknown += 1
             return _NONE
         except EventShapeError as exc:
+            if not line.strip():  # a blank line is nothing, not a malformed event
+                return _NONE
             self.malformed += 1
             self.last_error = str(exc)
             return _NONE
@@ -293,25 +297,25 @@ class Engine:
 
     def process(self, event: TraceEvent) -> Sequence[Alert]:
         self.events += 1
-        rules = self.rules
-        proc = event.process
-        entry = self._remember(proc, event.parent)
+        rules = self._rules if self._source is None else self._source.current
+        entry = self._remember(event.process, event.parent)
         kind = event.type
-        hits: list[CompiledRule] | None = None
+        alerts: list[Alert] | None = None
         if kind == "process_exec":
             hits = self._match_exec(rules, event, entry)
-        elif kind == "process_kprobe" or kind == "process_lsm" or kind == "process_tracepoint":
-            hits = self._match_kprobe(rules, event, entry)
+            if hits:
+                alerts = self._on_hits(rules, hits, event, entry)
+            if self._anomalies:
+                anomaly = self._score(event, entry)
+                if anomaly is not None:
+                    alerts = alerts or []
+                    alerts.append(anomaly)
         elif kind == "process_exit":
-            self._forget(proc)
-        alerts: list[Alert] | None = None
-        if hits:
-            alerts = self._on_hits(rules, hits, event, entry)
-        if kind == "process_exec" and self.anomaly.enabled:
-            anomaly = self._score(event, entry)
-            if anomaly is not None:
-                alerts = alerts or []
-                alerts.append(anomaly)
+            self._forget(event.process)
+        else:
+            hits = self._match_kprobe(rules, event, entry)
+            if hits:
+                alerts = self._on_hits(rules, hits, event, entry)
         if not alerts:
             return _NONE
         self.alerts += len(alerts)
@@ -329,14 +333,15 @@ class Engine:
                 del procs[key]
         parent_id = proc.parent_exec_id
         parent_entry = procs.get(parent_id) if parent_id else None
+        sessions = self._session_pids
         if parent_entry is None and parent is not None and parent.exec_id:
             parent_entry = _Proc(parent.pid, parent.uid, parent.binary, parent.parent_exec_id, None)
-            if self.sessions:
-                parent_entry.session = self.sessions.get(parent.pid)
+            if sessions:
+                parent_entry.session = sessions.get(parent.pid)  # type: ignore[arg-type]
             procs[parent.exec_id] = parent_entry
         session = None
-        if self.sessions:
-            session = self.sessions.get(proc.pid) or (
+        if sessions:
+            session = sessions.get(proc.pid) or (  # type: ignore[arg-type]
                 parent_entry.session if parent_entry is not None else None
             )
         entry = _Proc(proc.pid, proc.uid, proc.binary, parent_id, session)
@@ -394,10 +399,9 @@ class Engine:
         return rule.global_ or event.process.pod is not None or entry.session is not None
 
     def _match_exec(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
-        proc = event.process
-        binary = proc.binary
+        binary = event.process.binary
         hits: list[CompiledRule] = []
-        candidates = rules.exec_by_binary.get(binary.rpartition("/")[2])
+        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
         if candidates:
             for rule in candidates:
                 if self._process_matches(rule, event) and self._scoped(rule, event, entry):
@@ -572,14 +576,15 @@ class Engine:
             if blueprint is None:
                 return None
         config = self.anomaly
-        key = self._ancestry_key(entry, config.depth)
+        key = entry.ancestry or self._ancestry_key(entry, config.depth)
         counts = self._ancestries.get(blueprint)
         if counts is None:
             counts = self._ancestries[blueprint] = {}
-        seen = self._learned.get(blueprint, 0)
+            self._learned[blueprint] = 0
         count = counts.get(key, 0)
         if count or len(counts) < config.max_ancestries:
             counts[key] = count + 1
+        seen = self._learned[blueprint]
         if seen < config.learning_events:
             self._learned[blueprint] = seen + 1
             return None
@@ -614,6 +619,9 @@ def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:
     if cond.daddr is not None:
         if not isinstance(value, Sock):
             return False
+        exact = cond.daddr_exact
+        if exact is not None and ":" not in value.daddr:  # IPv4 text is canonical as written
+            return value.daddr in exact
         try:
             address = ipaddress.ip_address(value.daddr)
         except ValueError:

@@ -80,8 +80,10 @@ class UnknownEvent(ValueError):
         self.kind = kind
 
 
-class _S(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Base of the models: keyword construction, zero values omitted when encoded."""
+class _S(msgspec.Struct, kw_only=True, omit_defaults=True, gc=False):
+    """Base of the models: keyword construction, zero values omitted when encoded, and not
+    tracked by the garbage collector (decoded events hold no reference cycles), which keeps
+    collections from scanning every event in flight."""
 
 
 class Image(_S):
@@ -313,9 +315,10 @@ _ONE_KIND = len(_ARG_KINDS) - 1
 _astuple = msgspec.structs.astuple
 
 
-def _arg(raw: _Argument, where: str) -> KprobeArg:
+def _arg(raw: _Argument, owner: str, index: int) -> KprobeArg:
     unset = _astuple(raw).count(None)  # in C: exactly one kind set, or the event is malformed
     if unset != _ONE_KIND:
+        where = f"{owner}.args[{index}]" if index >= 0 else f"{owner}.return"
         if unset == len(_ARG_KINDS):
             raise EventShapeError(where, "no argument kind")
         kinds = [k for k in _ARG_KINDS if getattr(raw, k) is not None]
@@ -328,6 +331,7 @@ def _arg(raw: _Argument, where: str) -> KprobeArg:
         try:
             value = int(value)
         except ValueError:
+            where = f"{owner}.args[{index}]" if index >= 0 else f"{owner}.return"
             raise EventShapeError(f"{where}.{kind}", f"{value[:32]!r} is not an integer") from None
     elif kind in _PATH_KINDS and value.path and value.path[0] != "/":
         value.path = "/" + value.path  # Tetragon before 1.0 dropped the leading slash
@@ -485,6 +489,9 @@ def _unknown_kind(line: bytes) -> UnknownEvent | EventShapeError:
     return EventShapeError("event", "no event type")
 
 
+_HOOK_KINDS = ("process_kprobe", "process_lsm", "process_tracepoint", "process_uprobe")
+
+
 def _build(resp: _Response, line: bytes) -> TraceEvent:
     node, time = resp.node_name, resp.time
     body = resp.process_exec
@@ -495,8 +502,10 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
     exit_ = resp.process_exit
     if exit_ is not None:
         return TraceEvent("process_exit", exit_.process, exit_.parent, node, time, line=line)
-    for kind in ("process_kprobe", "process_lsm", "process_tracepoint", "process_uprobe"):
-        hook: _Hook | None = getattr(resp, kind)
+    for kind in _HOOK_KINDS:
+        hook: _Hook | None = (
+            resp.process_kprobe if kind == "process_kprobe" else getattr(resp, kind)
+        )
         if hook is None:
             continue
         if kind == "process_tracepoint":
@@ -505,7 +514,13 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
             function = hook.symbol or hook.path
         else:
             function = normalize_function(hook.function_name)
-        args = tuple(_arg(a, f"{kind}.args[{i}]") for i, a in enumerate(hook.args))
+        raw_args = hook.args
+        if not raw_args:
+            args: tuple[KprobeArg, ...] = ()
+        elif len(raw_args) == 1:
+            args = (_arg(raw_args[0], kind, 0),)
+        else:
+            args = tuple([_arg(a, kind, i) for i, a in enumerate(raw_args)])
         return TraceEvent(
             kind,
             hook.process,
@@ -514,7 +529,7 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
             time=time,
             function=function,
             args=args,
-            ret=None if hook.ret is None else _arg(hook.ret, f"{kind}.return"),
+            ret=None if hook.ret is None else _arg(hook.ret, kind, -1),
             action=hook.action,
             policy_name=hook.policy_name,
             line=line,

@@ -333,7 +333,18 @@ def literal_suffix(pattern: str) -> str:
 class CompiledArg:
     """One syscall argument condition, at ``position`` in the event's argument list."""
 
-    __slots__ = ("daddr", "dport", "index", "mask", "path", "position", "spec", "type", "values")
+    __slots__ = (
+        "daddr",
+        "daddr_exact",
+        "dport",
+        "index",
+        "mask",
+        "path",
+        "position",
+        "spec",
+        "type",
+        "values",
+    )
 
     def __init__(self, spec: SyscallArgSpec, position: int) -> None:
         self.spec = spec
@@ -349,6 +360,10 @@ class CompiledArg:
             if spec.daddr is None
             else tuple(ipaddress.ip_network(d, strict=False) for d in spec.daddr)
         )
+        #: When every network is one host: their canonical texts, matched without parsing.
+        self.daddr_exact: frozenset[str] | None = None
+        if self.daddr is not None and all(n.prefixlen == n.max_prefixlen for n in self.daddr):
+            self.daddr_exact = frozenset(str(n.network_address) for n in self.daddr)
 
 
 class CompiledRule:
