@@ -6,8 +6,8 @@
                           responder=AlertResponder(authorizer, bus), settings=settings.worktrace)
     await worktrace.run(FileFollower(export_path))    # until the source ends or stop()
 
-Matching runs in the event loop (it is pure CPU and never waits); each batch's alerts are
-emitted before the next batch is read. Hot reload polls the rule files every
+Matching runs in the event loop (it is pure CPU and never waits); an alert is emitted as soon as
+its event is matched, before the rest of the batch. Hot reload polls the rule files every
 ``reload_interval`` seconds.
 """
 
@@ -79,13 +79,10 @@ class Worktrace:
         feed = self.engine.feed
         try:
             async for batch in source:
-                alerts: list[Alert] = []
                 for line in batch:
                     found = feed(line)
-                    if found:
-                        alerts.extend(found)
-                if alerts:
-                    await self._emit(alerts)
+                    if found:  # emitted at once, not after the rest of the batch
+                        await self._emit(list(found))
                 if self._stop.is_set():
                     break
         finally:
