@@ -31,6 +31,7 @@ from stockade.worktrace import (
     RuleSet,
     alert_rows,
     dump_policies,
+    image_files,
     iter_lines,
     load_rules,
     read_alerts,
@@ -141,12 +142,17 @@ def scan(
     anomalies: Annotated[
         bool, typer.Option(help="Score rare ancestries (after the learning phase).")
     ] = False,
+    sbom: Annotated[
+        list[str] | None,
+        typer.Option(help="IMAGE=CYCLONEDX.json: the image's file list (repeatable)."),
+    ] = None,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run the rules over an export offline and print the alerts; exit 1 when any fired."""
     cfg = settings()
     engine = Engine(
         _ruleset(rules, cfg),
+        image_files=image_files(sbom or []),
         anomaly=AnomalyConfig(
             enabled=anomalies,
             learning_events=cfg.worktrace.learning_events,

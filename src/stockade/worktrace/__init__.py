@@ -46,6 +46,7 @@ from ._ingest import FileFollower, NatsSource, iter_lines, stdin_batches
 from ._policy import PolicyValidator, dump_policies, tracing_policies
 from ._respond import ACTION, AlertResponder, Response, respond_input
 from ._rules import DEFAULT_RULES_DIR, AttackPath, CompiledRule, RuleSet, RuleSource, load_rules
+from ._sbom import image_files, load_sbom, sbom_files
 from ._service import Worktrace
 
 __all__ = [
@@ -82,13 +83,16 @@ __all__ = [
     "Worktrace",
     "alert_rows",
     "dump_policies",
+    "image_files",
     "iter_lines",
     "load_rules",
+    "load_sbom",
     "parse_event",
     "parse_line",
     "rarity",
     "read_alerts",
     "respond_input",
+    "sbom_files",
     "stdin_batches",
     "to_event",
     "tracing_policies",
