@@ -66,6 +66,24 @@ async def test_rotation_during_a_burst_loses_and_duplicates_nothing(tmp_path: Pa
     assert follower.rotations >= 8
 
 
+def test_follower_behind_two_rotations_reads_the_missed_file(tmp_path: Path) -> None:
+    path = tmp_path / "tetragon.log"
+    (tmp_path / "tetragon-old.log").write_bytes(b"history\n")  # there before: not read
+    path.write_bytes(b"1\n")
+    follower = FileFollower(path)
+    assert follower.poll() == [b"1"]
+    with path.open("ab") as handle:
+        handle.write(b"2\n")
+    path.rename(tmp_path / "tetragon-a.log")
+    path.write_bytes(b"3\n")
+    path.rename(tmp_path / "tetragon-b.log")  # rotated again before the follower looked
+    path.write_bytes(b"4\n")
+    assert follower.poll() == [b"2"]  # the rest of the file it has open
+    assert follower.poll() == [b"3", b"4"]  # the missed file whole, then the new one
+    assert (follower.rotations, follower.missed_rotations) == (1, 1)
+    assert follower.poll() == []
+
+
 def test_partial_line_waits_for_its_newline(tmp_path: Path) -> None:
     path = tmp_path / "tetragon.log"
     with open(path, "wb") as handle:
@@ -113,19 +131,22 @@ async def test_nats_source_delivers_published_events(nats_url: str) -> None:
     publisher = await nats.connect(nats_url)
     source = NatsSource(bus, "tetragon.test.events")
     await source.start()
+    batches = source.__aiter__()
     try:
+        for _ in range(200):  # until the subscription is live end to end (bounded)
+            await publisher.publish("tetragon.test.events", b"probe")
+            await publisher.flush()
+            await asyncio.sleep(0.05)
+            if source.received:
+                break
+        assert source.received, "the subscription never received anything"
         for n in range(50):
             await publisher.publish("tetragon.test.events", b'{"n": %d}' % n)
         await publisher.flush()
         got: list[bytes] = []
-
-        async def run() -> None:
-            async for batch in source:
-                got.extend(batch)
-                if len(got) >= 50:
-                    return
-
-        await asyncio.wait_for(run(), 10)
+        async with asyncio.timeout(10):
+            while len(got) < 50:
+                got.extend(b for b in await batches.__anext__() if b != b"probe")
         assert got == [b'{"n": %d}' % n for n in range(50)]
     finally:
         await source.stop()

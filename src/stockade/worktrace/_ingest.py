@@ -6,8 +6,11 @@ a batch is whatever arrived together, so a burst costs one wake-up, not one per 
 :class:`FileFollower` follows ``tetragon.log`` the way Tetragon's exporter writes it: the
 exporter (lumberjack) renames the full file away (``tetragon-<time>.log``) and creates a new
 one. When the path names another file than the one open, the follower first reads the old
-file to its end, then opens the new one from its start: no line is lost and none is read
-twice. A file truncated in place (copytruncate) is read again from its start.
+file to its end, then any rotated file it never had open (it fell more than one rotation
+behind: they are found beside the export by name and read whole, oldest first), then opens
+the new one from its start: no line is lost and none is read twice. Rotated files present
+when the follower starts are history and are not read. A file truncated in place
+(copytruncate) is read again from its start.
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ class FileFollower:
         self.rotations = 0
         self.truncations = 0
         self.oversized = 0
+        self.missed_rotations = 0
         self._fd: int | None = None
+        #: Files read to their end (inodes, oldest first); backups present at start count as read.
+        self._seen: dict[tuple[int, int], None] = {inode: None for _, inode, _ in self._backups()}
         self._ino: tuple[int, int] | None = None
         self._pos = 0
         self._pending = b""
@@ -87,8 +93,37 @@ class FileFollower:
                 self.oversized += 1
             out.extend(line for line in lines if line)
 
+    def _backups(self) -> list[tuple[int, tuple[int, int], Path]]:
+        """Rotated files beside the export (``tetragon-<time>.log``): (mtime, inode, path)."""
+        stem, suffix = self.path.stem, self.path.suffix
+        found = []
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return []
+        for name in names:
+            if not (name.startswith(stem + "-") and name.endswith(suffix)):
+                continue
+            path = self.path.parent / name
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            found.append((st.st_mtime_ns, (st.st_dev, st.st_ino), path))
+        return sorted(found)
+
+    def _drain_file(self, path: Path) -> list[bytes]:
+        """Every line of a whole rotated file we never had open (we fell behind a rotation)."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return []
+        lines = data.split(b"\n")
+        return [line for line in lines if line]
+
     def _check_rotation(self) -> list[bytes]:
-        """Lines left in a rotated-away file, after switching to the new one."""
+        """Lines left in a rotated-away file (and in any rotated file we missed while we were
+        behind), after switching to the new one."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -102,7 +137,20 @@ class FileFollower:
             os.close(self._fd)
             self._fd = None
             self.rotations += 1
-            self._open(at_end=False)
+            if self._ino is not None:
+                self._seen[self._ino] = None
+            # Open the new file before looking for missed ones: should it rotate away now, we
+            # still hold it, and it is not taken for a missed file.
+            opened = self._open(at_end=False)
+            current = self._ino if opened else None
+            for _, inode, path in self._backups():  # oldest first
+                if inode in self._seen or inode == current:
+                    continue
+                tail.extend(self._drain_file(path))  # rotated away before we opened it
+                self._seen[inode] = None
+                self.missed_rotations += 1
+            while len(self._seen) > 256:
+                del self._seen[next(iter(self._seen))]
             return tail
         if st.st_size < self._pos:
             assert self._fd is not None
@@ -180,12 +228,14 @@ class NatsSource:
         self.subject = subject
         self.queue_group = queue
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_pending)
+        self.received = 0
         self.dropped = 0
         self._sub: object | None = None
 
     async def start(self) -> None:
         async def _on(msg: object) -> None:
             data: bytes = msg.data  # type: ignore[attr-defined]
+            self.received += 1
             try:
                 self._queue.put_nowait(data)
             except asyncio.QueueFull:
