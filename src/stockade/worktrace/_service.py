@@ -58,7 +58,7 @@ class Worktrace:
             ),
         )
         self.sinks = list(sinks)
-        self.responder = responder
+        self.responder = responder if self.settings.respond else None
         self.on_alert = on_alert
         self._stop = asyncio.Event()
 
