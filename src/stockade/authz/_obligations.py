@@ -18,6 +18,7 @@ max_session_seconds    int     hard limit on the session's length (> 0)
 require_mfa            bool    a second factor (TOTP) before the login completes
 kill_session           bool    Worktrace response: end the session the alert names
 ban_user               bool    Worktrace response: disable the user and ban the source
+ban_seconds            int     Worktrace response: how long ``ban_user`` lasts (> 0)
 patch:<json-pointer>   any     a JSON patch ``replace``/``add`` at that pointer when a workspace
                                Pod is provisioned (``workspace.provision``)
 =====================  ======  ===============================================================
@@ -65,6 +66,7 @@ class Obligations:
     kill_session: bool = False
     ban_user: bool = False
     max_session_seconds: int | None = None
+    ban_seconds: int | None = None
     patches: tuple[tuple[str, Any], ...] = ()
     """``(json_pointer, value)`` pairs from ``patch:<pointer>`` obligations, sorted by pointer."""
 
@@ -103,11 +105,9 @@ def parse_obligations(raw: Mapping[str, Any]) -> Obligations:
             if type(value) is not bool:
                 raise ObligationError(f"obligation {key} must be a boolean, not {_kind(value)}")
             values[key] = value
-        elif key == "max_session_seconds":
+        elif key in ("max_session_seconds", "ban_seconds"):
             if type(value) is not int or value <= 0:
-                raise ObligationError(
-                    f"obligation max_session_seconds must be a positive integer, not {value!r}"
-                )
+                raise ObligationError(f"obligation {key} must be a positive integer, not {value!r}")
             values[key] = value
         elif key.startswith(_PATCH_PREFIX):
             pointer = key[len(_PATCH_PREFIX) :]

@@ -29,6 +29,7 @@ from . import (
     token,
     users,
     workspaces,
+    worktrace,
 )
 from .up import up
 
@@ -140,6 +141,7 @@ def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
 
 
 typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+app.add_typer(worktrace.app, name="worktrace")
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ __all__ = [
     "SUBJECT_SESSION_STARTED",
     "SUBJECT_SHIELD_BAN",
     "SUBJECT_SHIELD_UNBAN",
+    "SUBJECT_SHIELD_USER_BAN",
+    "SUBJECT_WORKTRACE_ALERT",
     "AuthFailed",
     "AuthFailedBatch",
     "AuthSucceeded",
@@ -49,6 +51,8 @@ __all__ = [
     "SessionStarted",
     "ShieldBan",
     "ShieldUnban",
+    "UserBan",
+    "WorktraceAlert",
     "utcnow",
 ]
 
@@ -72,6 +76,10 @@ SUBJECT_SHIELD_UNBAN = "stockade.shield.unban"
 SUBJECT_CREDENTIAL_REQUEST = "stockade.credential.request"
 #: A service-to-service call refused for its projected token (``stockade.tls``'s checks).
 SUBJECT_SERVICE_REJECTED = "stockade.service.rejected"
+#: Worktrace detections (rule matches, attack paths, anomalies).
+SUBJECT_WORKTRACE_ALERT = "stockade.worktrace.alert"
+#: Ban a user (not a source address) from logging in for a while.
+SUBJECT_SHIELD_USER_BAN = "stockade.shield.user_ban"
 #: Consumers copy messages they can never handle to ``<prefix>.<durable>`` (bus dead letters).
 SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
@@ -88,6 +96,7 @@ STREAMS: dict[str, list[str]] = {
         "stockade.credential.>",
         "stockade.identity.>",
         "stockade.service.>",
+        "stockade.worktrace.>",
     ],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
@@ -189,8 +198,8 @@ class SessionKill(Event):
     session_id: str = Field(max_length=64)
     """The session, or ``*`` with ``username``: every session of that user."""
     username: str | None = Field(default=None, max_length=256)
-    reason: str = Field(default="killed", max_length=64)
-    """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace``)."""
+    reason: str = Field(default="killed", max_length=256)
+    """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace: ...``)."""
     message: str = Field(default="session terminated by an administrator", max_length=256)
     by: str = Field(default="", max_length=128)
     """Who asked (an admin's name, ``identity``, ``worktrace``)."""
@@ -340,3 +349,44 @@ class ServiceCallRejected(Event):
     status: str = Field(max_length=32)
     peer: str = Field(max_length=128)
     caller: str = Field(default="", max_length=256)
+
+
+class WorktraceAlert(Event):
+    """A Worktrace detection, tied to the workspace, user and session it happened in.
+
+    ``kind`` is ``rule`` (``rule_id`` names the rule), ``attack_path`` (``rule_id`` names the
+    path, ``rules`` its rules, ``confidence`` is ``1 - prod(1 - c_i)``) or ``anomaly`` (a rare
+    process ancestry; ``confidence`` is its rarity). ``event`` is the matching Tetragon event
+    (``{"truncated": true, ...}`` when it is too large to carry).
+    """
+
+    subject: ClassVar[str] = SUBJECT_WORKTRACE_ALERT
+    alert_id: str = Field(max_length=64)
+    kind: Literal["rule", "attack_path", "anomaly"]
+    rule_id: str = Field(max_length=128)
+    name: str = Field(max_length=512)
+    confidence: float = Field(ge=0, le=1)
+    workspace: str | None = Field(default=None, max_length=253)
+    username: str | None = Field(default=None, max_length=256)
+    session_id: str | None = Field(default=None, max_length=128)
+    blueprint: str | None = Field(default=None, max_length=253)
+    pod_namespace: str | None = Field(default=None, max_length=253)
+    pod_name: str | None = Field(default=None, max_length=253)
+    node: str = Field(default="", max_length=253)
+    binary: str = Field(default="", max_length=4096)
+    arguments: str = Field(default="", max_length=8192)
+    ancestry: list[str] = Field(default_factory=list, max_length=64)
+    rules: list[str] = Field(default_factory=list, max_length=64)
+    event_type: str = Field(default="", max_length=64)
+    event_time: datetime | None = None
+    event: dict[str, Any] = Field(default_factory=dict)
+
+
+class UserBan(Event):
+    """Refuse logins of ``username`` until ``until`` (the ``ShieldBan`` of a user)."""
+
+    subject: ClassVar[str] = SUBJECT_SHIELD_USER_BAN
+    username: str = Field(min_length=1, max_length=256)
+    until: datetime
+    reason: str = Field(max_length=512)
+    by: str = Field(max_length=256)

@@ -66,6 +66,7 @@ __all__ = [
     "TlsSettings",
     "VaultSettings",
     "WorkspaceSettings",
+    "WorktraceSettings",
     "config_file",
     "env_name",
     "instance_id",
@@ -682,6 +683,37 @@ class TlsSettings(_Section):
     """Lifetime requested for issued certificates; renewed at two thirds of it."""
 
 
+class WorktraceSettings(_Section):
+    """Worktrace: detections from Tetragon's export (TOML section ``[worktrace]``)."""
+
+    enabled: bool = False
+    """Run Worktrace inside ``stockade up`` (needs a Tetragon export to read)."""
+    rules: list[Path] = []
+    """Rule files or directories; empty: the default rule set shipped with Stockade."""
+    export_file: Path | None = None
+    """Tetragon's JSON export to follow across rotation
+    (``/var/run/cilium/tetragon/tetragon.log``)."""
+    nats_subject: str | None = None
+    """Read events from this NATS subject instead of (or as well as) the export file."""
+    reload_interval: float = Field(default=1.0, gt=0)
+    """Seconds between looks at the rule files for changes (hot reload)."""
+    poll_interval: float = Field(default=0.005, gt=0, le=1)
+    """Seconds an idle file follower sleeps between looks at the export."""
+    anomalies: bool = True
+    """Score the rarity of process ancestries per blueprint."""
+    learning_events: int = Field(default=1000, ge=0)
+    """Execs of a blueprint that only teach the ancestry counts before rarity alerts start."""
+    anomaly_threshold: float = Field(default=1.0, gt=0, le=1)
+    """Rarity (``1 / (1 + ln(1 + count))``) from which an exec raises an anomaly alert; 1.0: only
+    ancestries never seen before."""
+    ancestry_depth: int = Field(default=4, ge=1, le=16)
+    """Processes (the exec and its ancestors) that make up an ancestry."""
+    respond: bool = True
+    """Ask policy (action ``worktrace.respond``) how to answer each alert."""
+    ban_seconds: float = Field(default=3600.0, gt=0)
+    """Length of a ``ban_user`` response unless policy says ``ban_seconds``."""
+
+
 class _AliasSource(PydanticBaseSettingsSource):
     """Reads :data:`ENV_ALIASES` from the environment into their nested places."""
 
@@ -766,6 +798,7 @@ class Settings(BaseSettings):
     workspace: WorkspaceSettings = WorkspaceSettings()
     service_tokens: ServiceTokenSettings = ServiceTokenSettings()
     tls: TlsSettings = TlsSettings()
+    worktrace: WorktraceSettings = WorktraceSettings()
 
     @classmethod
     def settings_customise_sources(

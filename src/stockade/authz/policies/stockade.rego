@@ -88,7 +88,7 @@ obligations := {
 	"require_mfa": false,
 } if {
 	startswith(input.action, "ssh.")
-} else := {}
+} else := worktrace_obligations
 
 ssh_to_workspace if {
 	startswith(input.action, "ssh.")
@@ -178,4 +178,44 @@ denials contains msg if {
 denials contains "identity.manage requires role admin" if {
 	input.action == "identity.manage"
 	not "admin" in input.context.user.roles
+}
+
+# --- Worktrace responses (issue 15; merged by the lead) ---
+#
+# input.action == "worktrace.respond": Worktrace asks how to answer one alert.
+#   input.resource  {"kind": "session", "name": session id or "", "owner": user or null,
+#                    "labels": {"kind", "rule", "workspace"?, "pod"?}}
+#   input.context.alert  {"id", "kind": "rule" | "attack_path" | "anomaly", "rule", "name",
+#                         "confidence": number, "rules": [rule ids of an attack path]}
+# The decision allows; its obligations say what to apply:
+#   kill_session  bool  end the session: any alert of confidence >= 0.9 with a session
+#   ban_user      bool  refuse the user's logins for a while: attack paths of confidence >= 0.97
+# Anomalies never kill or ban on their own. The ssh obligations rule above falls through to
+# worktrace_obligations (its final else), so the two never conflict.
+
+allow if input.action == "worktrace.respond"
+
+default worktrace_obligations := {}
+
+worktrace_obligations := {
+	"kill_session": worktrace_kill,
+	"ban_user": worktrace_ban,
+} if input.action == "worktrace.respond"
+
+default worktrace_kill := false
+
+worktrace_kill if {
+	input.context.alert.kind in {"rule", "attack_path"}
+	input.context.alert.confidence >= 0.9
+	is_string(input.context.session_id)
+	input.context.session_id != ""
+}
+
+default worktrace_ban := false
+
+worktrace_ban if {
+	input.context.alert.kind == "attack_path"
+	input.context.alert.confidence >= 0.97
+	is_string(input.resource.owner)
+	input.resource.owner != ""
 }

@@ -1,0 +1,631 @@
+"""The detection engine: correlate each event, match rules, assemble attack paths, score rarity.
+
+:meth:`Engine.process` takes one :class:`TraceEvent` and returns the alerts it raises (usually
+none: the shared empty tuple). It keeps, bounded:
+
+- a process table (``exec_id`` -> pid, uid, binary, parent, session) filled from the events, for
+  ancestries and the local process-tree correlation;
+- per scope (session, else workspace, else Pod, else node) and attack path, the time and
+  confidence of each of the path's rules last seen; a path whose every rule was seen within its
+  ``time_window`` raises an alert scored ``1 - prod(1 - c_i)`` and starts over;
+- per blueprint, how often each process ancestry (``bash>python3>curl``) was executed. The first
+  ``learning_events`` execs of a blueprint only count; after that an ancestry seen ``count`` times
+  before scores ``1 / (1 + ln(1 + count))`` and an exec scoring at least ``anomaly_threshold``
+  raises an anomaly alert.
+
+Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
+``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
+a process whose pid, or an ancestor's, was registered in :class:`LocalSessions` belongs to that
+session. A rule that is not ``global`` is only matched for events with a Pod or a session.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ._events import (
+    EventShapeError,
+    FileArg,
+    Process,
+    Sock,
+    TraceEvent,
+    UnknownEvent,
+    parse_line,
+)
+from ._rules import CompiledArg, CompiledRule, RuleSet, RuleSource
+
+__all__ = [
+    "LABEL_BLUEPRINT",
+    "LABEL_SESSION",
+    "LABEL_USER",
+    "LABEL_WORKSPACE",
+    "Alert",
+    "AnomalyConfig",
+    "Engine",
+    "LocalSessions",
+    "SessionInfo",
+    "rarity",
+]
+
+LABEL_WORKSPACE = "stockade.dev/workspace"
+LABEL_USER = "stockade.dev/user"
+LABEL_SESSION = "stockade.dev/session"
+LABEL_BLUEPRINT = "stockade.dev/blueprint"
+
+#: A raw event larger than this (serialised) is summarised in the alert instead of embedded.
+MAX_ALERT_EVENT_BYTES = 32 * 1024
+_NONE: tuple[Alert, ...] = ()
+_PATH_KINDS = frozenset({"file_arg", "path_arg", "linux_binprm_arg"})
+
+
+def rarity(count: int) -> float:
+    """Rarity of something seen ``count`` times before: ``1 / (1 + ln(1 + count))``."""
+    return 1.0 / (1.0 + math.log1p(count))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """Who and where a process belongs to."""
+
+    workspace: str | None = None
+    username: str | None = None
+    session_id: str | None = None
+    blueprint: str | None = None
+
+
+class LocalSessions:
+    """Sessions of the local backends (Podman, sandbox) by the pid of their first process.
+
+    The gateway registers a session's shell pid; every process descending from it (as seen in
+    the exec events) belongs to the session. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, SessionInfo] = {}
+        self._lock = threading.Lock()
+
+    def register(self, pid: int, info: SessionInfo) -> None:
+        with self._lock:
+            self._by_pid[pid] = info
+
+    def unregister(self, pid: int) -> None:
+        with self._lock:
+            self._by_pid.pop(pid, None)
+
+    def get(self, pid: int | None) -> SessionInfo | None:
+        return None if pid is None else self._by_pid.get(pid)
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+
+@dataclass(frozen=True, slots=True)
+class AnomalyConfig:
+    """Rarity scoring of process ancestries; ``enabled=False`` turns it off."""
+
+    enabled: bool = True
+    learning_events: int = 1000
+    threshold: float = 1.0
+    depth: int = 4
+    max_ancestries: int = 50_000
+
+
+class Alert:
+    """One detection: a rule match, an attack path or an anomaly, with its context."""
+
+    __slots__ = (
+        "alert_id",
+        "ancestry",
+        "arguments",
+        "binary",
+        "confidence",
+        "event",
+        "event_time",
+        "event_type",
+        "kind",
+        "name",
+        "node",
+        "pod_name",
+        "pod_namespace",
+        "rule_id",
+        "rules",
+        "session",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        rule_id: str,
+        name: str,
+        confidence: float,
+        event: TraceEvent,
+        session: SessionInfo | None,
+        ancestry: list[str],
+        rules: Sequence[str] = (),
+    ) -> None:
+        self.alert_id = uuid.uuid4().hex
+        self.kind = kind
+        self.rule_id = rule_id
+        self.name = name
+        self.confidence = confidence
+        self.session = session or SessionInfo()
+        process = event.process
+        pod = process.pod
+        self.pod_namespace = pod.namespace if pod else None
+        self.pod_name = pod.name if pod else None
+        self.node = event.node_name
+        self.binary = process.binary
+        self.arguments = process.arguments
+        self.ancestry = ancestry
+        self.rules = list(rules)
+        self.event_type = event.type
+        self.event_time = event.timestamp()
+        self.event = _embed(event)
+
+    def __repr__(self) -> str:
+        return f"<Alert {self.kind} {self.rule_id} {self.confidence:.3f} {self.binary}>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The alert as JSON-ready data (the fields of ``WorktraceAlert``)."""
+        return {
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "rule_id": self.rule_id,
+            "name": self.name,
+            "confidence": self.confidence,
+            "workspace": self.session.workspace,
+            "username": self.session.username,
+            "session_id": self.session.session_id,
+            "blueprint": self.session.blueprint,
+            "pod_namespace": self.pod_namespace,
+            "pod_name": self.pod_name,
+            "node": self.node,
+            "binary": self.binary,
+            "arguments": self.arguments,
+            "ancestry": self.ancestry,
+            "rules": self.rules,
+            "event_type": self.event_type,
+            "event_time": self.event_time,
+            "event": self.event,
+        }
+
+
+def _embed(event: TraceEvent) -> dict[str, Any]:
+    if len(event.line) <= MAX_ALERT_EVENT_BYTES:
+        return event.raw
+    return {"truncated": True, "type": event.type, "function": event.function}
+
+
+class _Proc:
+    __slots__ = ("ancestry", "binary", "parent", "pid", "session", "uid")
+
+    def __init__(
+        self, pid: int | None, uid: int | None, binary: str, parent: str, session: Any
+    ) -> None:
+        self.pid = pid
+        self.uid = uid
+        self.binary = binary
+        self.parent = parent
+        self.session = session
+        self.ancestry: tuple[str, ...] | None = None  # basenames, this process first
+
+
+def _session_from_labels(labels: Mapping[str, str]) -> SessionInfo | None:
+    workspace = labels.get(LABEL_WORKSPACE)
+    user = labels.get(LABEL_USER)
+    session = labels.get(LABEL_SESSION)
+    if workspace is None and user is None and session is None:
+        return None
+    return SessionInfo(workspace, user, session, labels.get(LABEL_BLUEPRINT))
+
+
+class Engine:
+    """Matches events against the rules in service (a :class:`RuleSet`, or a
+    :class:`RuleSource` whose current set is read per event, so a hot reload applies at once).
+
+    ``image_files`` maps an image name (as in ``pod.container.image.name``) to the files its SBOM
+    lists, for ``not_in_image`` rules. Not thread-safe: one engine per ingestion loop.
+    """
+
+    def __init__(
+        self,
+        rules: RuleSet | RuleSource,
+        *,
+        sessions: LocalSessions | None = None,
+        image_files: Mapping[str, frozenset[str]] | None = None,
+        anomaly: AnomalyConfig | None = None,
+        max_processes: int = 200_000,
+    ) -> None:
+        self._source = rules if isinstance(rules, RuleSource) else None
+        self._rules = rules if isinstance(rules, RuleSet) else rules.current
+        self.sessions = sessions if sessions is not None else LocalSessions()
+        self.image_files = image_files or {}
+        self.anomaly = anomaly or AnomalyConfig()
+        self._anomalies = self.anomaly.enabled
+        self._session_pids = self.sessions._by_pid  # the live map: a register shows at once
+        self._max_processes = max_processes
+        self._procs: dict[str, _Proc] = {}
+        self._pid_uid: dict[int, int] = {}
+        self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
+        self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
+        self._learned: dict[str, int] = {}
+        self.events = 0
+        self.unknown = 0
+        self.malformed = 0
+        self.alerts = 0
+        self.last_error = ""
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._source.current if self._source is not None else self._rules
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "events": self.events,
+            "unknown": self.unknown,
+            "malformed": self.malformed,
+            "alerts": self.alerts,
+            "processes": len(self._procs),
+        }
+
+    # --- entry points -------------------------------------------------------------------
+
+    def feed(self, line: bytes | str) -> Sequence[Alert]:
+        """Parse one export line and :meth:`process` it; unknown and malformed lines are
+        counted (``unknown``, ``malformed``) and raise nothing."""
+        if not line:
+            return _NONE
+        try:
+            event = parse_line(line)
+        except UnknownEvent:
+            self.unknown += 1
+            return _NONE
+        except EventShapeError as exc:
+            if not line.strip():  # a blank line is nothing, not a malformed event
+                return _NONE
+            self.malformed += 1
+            self.last_error = str(exc)
+            return _NONE
+        return self.process(event)
+
+    def process(self, event: TraceEvent) -> Sequence[Alert]:
+        self.events += 1
+        rules = self._rules if self._source is None else self._source.current
+        entry = self._remember(event.process, event.parent)
+        kind = event.type
+        alerts: list[Alert] | None = None
+        if kind == "process_exec":
+            hits = self._match_exec(rules, event, entry)
+            if hits:
+                alerts = self._on_hits(rules, hits, event, entry)
+            if self._anomalies:
+                anomaly = self._score(event, entry)
+                if anomaly is not None:
+                    alerts = alerts or []
+                    alerts.append(anomaly)
+        elif kind == "process_exit":
+            self._forget(event.process)
+        else:
+            hits = self._match_kprobe(rules, event, entry)
+            if hits:
+                alerts = self._on_hits(rules, hits, event, entry)
+        if not alerts:
+            return _NONE
+        self.alerts += len(alerts)
+        return alerts
+
+    # --- process table and correlation ----------------------------------------------------
+
+    def _remember(self, proc: Process, parent: Process | None) -> _Proc:
+        procs = self._procs
+        entry = procs.get(proc.exec_id)
+        if entry is not None:
+            return entry
+        if len(procs) >= self._max_processes:  # drop the oldest eighth (insertion order)
+            for key in list(procs)[: self._max_processes // 8]:
+                del procs[key]
+        parent_id = proc.parent_exec_id
+        parent_entry = procs.get(parent_id) if parent_id else None
+        sessions = self._session_pids
+        if parent_entry is None and parent is not None and parent.exec_id:
+            parent_entry = _Proc(parent.pid, parent.uid, parent.binary, parent.parent_exec_id, None)
+            if sessions:
+                parent_entry.session = sessions.get(parent.pid)  # type: ignore[arg-type]
+            procs[parent.exec_id] = parent_entry
+        session = None
+        if sessions:
+            session = sessions.get(proc.pid) or (  # type: ignore[arg-type]
+                parent_entry.session if parent_entry is not None else None
+            )
+        entry = _Proc(proc.pid, proc.uid, proc.binary, parent_id, session)
+        procs[proc.exec_id] = entry
+        if proc.pid is not None and proc.uid is not None:
+            self._pid_uid[proc.pid] = proc.uid
+        return entry
+
+    def _forget(self, proc: Process) -> None:
+        if proc.pid is not None:
+            self._pid_uid.pop(proc.pid, None)
+
+    def _context(self, event: TraceEvent, entry: _Proc) -> SessionInfo | None:
+        pod = event.process.pod
+        if pod is not None and pod.pod_labels:
+            info = _session_from_labels(pod.pod_labels)
+            if info is not None:
+                return info
+        session: SessionInfo | None = entry.session
+        return session
+
+    def _ancestry(self, entry: _Proc, depth: int) -> list[str]:
+        chain = [entry.binary]
+        parent = entry.parent
+        while parent and len(chain) < depth:
+            found = self._procs.get(parent)
+            if found is None:
+                break
+            chain.append(found.binary)
+            parent = found.parent
+        return chain
+
+    def _ancestry_key(self, entry: _Proc, depth: int) -> tuple[str, ...]:
+        """Basenames of the process and its ancestors (``depth`` at most), cached per process.
+
+        Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
+        key = entry.ancestry
+        if key is not None:
+            return key
+        procs = self._procs
+        names = [entry.binary.rpartition("/")[2]]
+        current = procs.get(entry.parent) if entry.parent else None
+        while current is not None and len(names) < depth:
+            if current.ancestry is not None:
+                names.extend(current.ancestry[: depth - len(names)])
+                break
+            names.append(current.binary.rpartition("/")[2])
+            current = procs.get(current.parent) if current.parent else None
+        key = entry.ancestry = tuple(names)
+        return key
+
+    # --- matching -----------------------------------------------------------------------
+
+    def _scoped(self, rule: CompiledRule, event: TraceEvent, entry: _Proc) -> bool:
+        return rule.global_ or event.process.pod is not None or entry.session is not None
+
+    def _match_exec(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
+        binary = event.process.binary
+        hits: list[CompiledRule] = []
+        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
+        if candidates:
+            for rule in candidates:
+                if self._process_matches(rule, event) and self._scoped(rule, event, entry):
+                    hits.append(rule)
+        if rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes):
+            for rule in rules.exec_by_path:
+                pattern = rule.path
+                if (
+                    pattern is not None
+                    and pattern.match(binary)
+                    and self._process_matches(rule, event)
+                    and self._scoped(rule, event, entry)
+                ):
+                    hits.append(rule)
+        if rules.exec_not_in_image and self.image_files:
+            for rule in rules.exec_not_in_image:
+                if self._process_matches(rule, event) and self._scoped(rule, event, entry):
+                    hits.append(rule)
+        return hits
+
+    def _process_matches(self, rule: CompiledRule, event: TraceEvent) -> bool:
+        proc = event.process
+        if rule.path is not None and rule.binaries is not None and not rule.path.match(proc.binary):
+            return False
+        if rule.arg_globs:
+            argv = proc.arguments.split()
+            for index, pattern in rule.arg_globs:
+                if index is None:
+                    if not any(pattern.match(arg) for arg in argv):
+                        return False
+                elif index >= len(argv) or not pattern.match(argv[index]):
+                    return False
+        if rule.parents is not None:
+            parent = event.parent
+            if parent is None or parent.binary.rpartition("/")[2] not in rule.parents:
+                return False
+        if rule.capabilities:
+            caps = proc.cap_effective
+            if caps is None or not rule.capabilities.issubset(caps):
+                return False
+        if rule.not_in_image:
+            pod = proc.pod
+            files = self.image_files.get(pod.image) if pod is not None else None
+            if files is None or proc.binary in files:
+                return False
+        return True
+
+    def _match_kprobe(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
+        hits: list[CompiledRule] = []
+        function = event.function
+        bindings = rules.syscall_rules.get(function)
+        if bindings:
+            base = event.process.binary.rpartition("/")[2]
+            for binding in bindings:
+                rule = binding.rule
+                if rule.syscall_binaries is not None and base not in rule.syscall_binaries:
+                    continue
+                if all(_arg_matches(cond, event.args) for cond in binding.args) and self._scoped(
+                    rule, event, entry
+                ):
+                    hits.append(rule)
+        file_rules = rules.file_rules.get(function)
+        if file_rules:
+            for arg in event.args:
+                if arg.kind not in _PATH_KINDS:
+                    continue
+                path = arg.value.path
+                for rule in file_rules:
+                    pattern = rule.file_path
+                    if (
+                        pattern is not None
+                        and path.startswith(rule.file_prefixes)
+                        and pattern.match(path)
+                        and (not rule.foreign_proc or self._foreign(path, event.process))
+                        and self._scoped(rule, event, entry)
+                        and rule not in hits
+                    ):
+                        hits.append(rule)
+        return hits
+
+    def _foreign(self, path: str, proc: Process) -> bool:
+        """``/proc/<pid>/...`` of a process of another user (or whose user is unknown)."""
+        parts = path.split("/", 3)
+        if len(parts) < 3 or not parts[2].isdigit():
+            return False
+        pid = int(parts[2])
+        if pid == proc.pid:
+            return False
+        owner = self._pid_uid.get(pid)
+        return owner is None or owner != proc.uid
+
+    # --- alerts, attack paths, anomalies --------------------------------------------------
+
+    def _on_hits(
+        self, rules: RuleSet, hits: list[CompiledRule], event: TraceEvent, entry: _Proc
+    ) -> list[Alert] | None:
+        session = self._context(event, entry)
+        alerts: list[Alert] = []
+        ancestry: list[str] | None = None
+        for rule in hits:
+            if rule.report:
+                ancestry = ancestry or self._ancestry(entry, 16)
+                alerts.append(
+                    Alert(
+                        kind="rule",
+                        rule_id=rule.id,
+                        name=rule.name,
+                        confidence=rule.confidence,
+                        event=event,
+                        session=session,
+                        ancestry=ancestry,
+                    )
+                )
+            for path in rules.paths_by_rule.get(rule.id, ()):
+                scored = self._advance(path, rule, event, session)
+                if scored is not None:
+                    ancestry = ancestry or self._ancestry(entry, 16)
+                    alerts.append(
+                        Alert(
+                            kind="attack_path",
+                            rule_id=path.id,
+                            name=path.name,
+                            confidence=scored,
+                            event=event,
+                            session=session,
+                            ancestry=ancestry,
+                            rules=path.rules,
+                        )
+                    )
+        return alerts
+
+    def _scope(self, event: TraceEvent, session: SessionInfo | None) -> str:
+        if session is not None:
+            if session.session_id:
+                return f"session:{session.session_id}"
+            if session.workspace:
+                return f"workspace:{session.workspace}"
+        pod = event.process.pod
+        if pod is not None:
+            return f"pod:{pod.namespace}/{pod.name}"
+        return f"node:{event.node_name}"
+
+    def _advance(
+        self, path: Any, rule: CompiledRule, event: TraceEvent, session: SessionInfo | None
+    ) -> float | None:
+        key = (self._scope(event, session), path.id)
+        seen = self._paths.setdefault(key, {})
+        now = event.timestamp()
+        seen[rule.id] = (now, rule.confidence)
+        for rule_id, (at, _) in list(seen.items()):
+            if now - at > path.window:
+                del seen[rule_id]
+        if len(seen) < len(path.rules):
+            return None
+        if path.ordered:
+            times = [seen[r][0] for r in path.rules]
+            if times != sorted(times):
+                return None
+        product = 1.0
+        for _, confidence in seen.values():
+            product *= 1.0 - confidence
+        del self._paths[key]
+        return 1.0 - product
+
+    def _score(self, event: TraceEvent, entry: _Proc) -> Alert | None:
+        pod = event.process.pod
+        blueprint = pod.pod_labels.get(LABEL_BLUEPRINT) if pod is not None else None
+        session = None
+        if blueprint is None:
+            session = entry.session
+            blueprint = session.blueprint if session is not None else None
+            if blueprint is None:
+                return None
+        config = self.anomaly
+        key = entry.ancestry or self._ancestry_key(entry, config.depth)
+        counts = self._ancestries.get(blueprint)
+        if counts is None:
+            counts = self._ancestries[blueprint] = {}
+            self._learned[blueprint] = 0
+        count = counts.get(key, 0)
+        if count or len(counts) < config.max_ancestries:
+            counts[key] = count + 1
+        seen = self._learned[blueprint]
+        if seen < config.learning_events:
+            self._learned[blueprint] = seen + 1
+            return None
+        score = rarity(count)
+        if score < config.threshold:
+            return None
+        return Alert(
+            kind="anomaly",
+            rule_id="rare-ancestry",
+            name=f"Rare process ancestry for blueprint {blueprint}: {'>'.join(reversed(key))}",
+            confidence=score,
+            event=event,
+            session=session or self._context(event, entry),
+            ancestry=self._ancestry(entry, 16),
+        )
+
+
+def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:
+    if cond.position >= len(args):
+        return False
+    value = args[cond.position].value
+    if cond.values is not None and value not in cond.values:
+        return False
+    if cond.mask is not None and not (isinstance(value, int) and value & cond.mask):
+        return False
+    if cond.path is not None:
+        text = value.path if isinstance(value, FileArg) else value
+        if not isinstance(text, str) or not cond.path.match(text):
+            return False
+    if cond.dport is not None and not (isinstance(value, Sock) and value.dport in cond.dport):
+        return False
+    if cond.daddr is not None:
+        if not isinstance(value, Sock):
+            return False
+        exact = cond.daddr_exact
+        if exact is not None and ":" not in value.daddr:  # IPv4 text is canonical as written
+            return value.daddr in exact
+        try:
+            address = ipaddress.ip_address(value.daddr)
+        except ValueError:
+            return False
+        if not any(address in net for net in cond.daddr):
+            return False
+    return True

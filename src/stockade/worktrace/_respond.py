@@ -1,0 +1,166 @@
+"""The obligation hook: policy may answer an alert with ``kill_session`` or ``ban_user``.
+
+Decide, then apply: :class:`AlertResponder` builds the policy input for action
+``worktrace.respond`` with :func:`stockade.authz.build_input` and asks an injected authorizer
+(anything with ``decide(input) -> Decision``: the in-process :class:`~stockade.authz.Authorizer`
+or the gRPC client). The obligations of an *allowed* decision say what to do:
+
+- ``kill_session: true`` -> a :class:`~stockade.core.events.SessionKill` on
+  ``stockade.session.kill`` (the gateway ends the session);
+- ``ban_user: true`` -> a :class:`~stockade.core.events.UserBan` on ``stockade.shield.user_ban``
+  lasting ``ban_seconds`` (or the obligation ``ban_seconds`` when policy gives one).
+
+Both subjects belong to the audit stream, and the decision itself goes to the decision log, so
+every response is audited. A deny, an ill-typed obligation or an alert without a session (for a
+kill) or a user (for a ban) applies nothing and says why in :class:`Response`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from stockade.authz import Context, Decision, Resource, Subject, build_input
+from stockade.core.errors import BusUnavailable
+from stockade.core.events import Event, SessionKill, UserBan
+from stockade.core.logging import get_logger
+
+from ._engine import Alert
+
+__all__ = ["ACTION", "AlertResponder", "Authorizer", "Publisher", "Response", "respond_input"]
+
+#: The policy action asked for every alert.
+ACTION = "worktrace.respond"
+
+_log = get_logger("stockade.worktrace")
+
+
+class Authorizer(Protocol):
+    def decide(self, input_doc: Mapping[str, Any]) -> Decision: ...
+
+
+class Publisher(Protocol):
+    async def publish(self, event: Event, *, ack_timeout: float = ...) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What was decided for one alert and what was published."""
+
+    alert_id: str
+    decision: Decision
+    published: list[Event] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def respond_input(alert: Alert) -> dict[str, Any]:
+    """The ``worktrace.respond`` policy input for ``alert``.
+
+    ``resource`` is the session (``owner`` its user, ``labels`` the workspace, rule and kind);
+    ``context.alert`` carries ``id``, ``kind``, ``rule``, ``name``, ``confidence`` and
+    ``rules`` (of an attack path).
+    """
+    info = alert.session
+    labels = {"kind": alert.kind, "rule": alert.rule_id}
+    if info.workspace:
+        labels["workspace"] = info.workspace
+    if alert.pod_name:
+        labels["pod"] = f"{alert.pod_namespace}/{alert.pod_name}"
+    return build_input(
+        ACTION,
+        Resource(kind="session", name=info.session_id or "", owner=info.username, labels=labels),
+        Context(
+            user=Subject(name=info.username or "unknown"),
+            session_id=info.session_id,
+            extra={
+                "alert": {
+                    "id": alert.alert_id,
+                    "kind": alert.kind,
+                    "rule": alert.rule_id,
+                    "name": alert.name,
+                    "confidence": float(alert.confidence),
+                    "rules": list(alert.rules),
+                }
+            },
+        ),
+    )
+
+
+class AlertResponder:
+    """Asks policy how to answer each alert and publishes the resulting actions."""
+
+    def __init__(
+        self,
+        authz: Authorizer,
+        bus: Publisher,
+        *,
+        ban_seconds: float = 3600.0,
+        by: str = "worktrace",
+    ) -> None:
+        self.authz = authz
+        self.bus = bus
+        self.ban_seconds = ban_seconds
+        self.by = by
+
+    def decide(self, alert: Alert) -> tuple[Decision, list[Event], list[str]]:
+        """The decision and the events it calls for (nothing is published here)."""
+        decision = self.authz.decide(respond_input(alert))
+        events: list[Event] = []
+        skipped: list[str] = []
+        if not decision.allow:
+            skipped.append("denied: " + "; ".join(decision.reasons))
+            return decision, events, skipped
+        # typed once by authz: an ill-typed obligation already made the decision a deny
+        obligations = decision.obligations
+        kill, ban = obligations.kill_session, obligations.ban_user
+        seconds = obligations.ban_seconds or self.ban_seconds
+        reason = f"worktrace {alert.kind} {alert.rule_id} ({alert.confidence:.2f})"
+        info = alert.session
+        if kill:
+            if info.session_id:
+                events.append(
+                    SessionKill(
+                        session_id=info.session_id,
+                        username=info.username,
+                        reason=reason[:256],
+                        message=f"session ended by Worktrace: {reason}"[:256],
+                        by=self.by,
+                    )
+                )
+            else:
+                skipped.append("kill_session: the alert has no session")
+        if ban:
+            if info.username:
+                events.append(
+                    UserBan(
+                        username=info.username,
+                        until=datetime.now(UTC) + timedelta(seconds=float(seconds)),
+                        reason=reason,
+                        by=self.by,
+                    )
+                )
+            else:
+                skipped.append("ban_user: the alert has no user")
+        return decision, events, skipped
+
+    async def respond(self, alert: Alert) -> Response:
+        """Decide and publish; a publish failure is logged and reported in ``skipped``."""
+        decision, events, skipped = self.decide(alert)
+        published: list[Event] = []
+        for event in events:
+            try:
+                await self.bus.publish(event)
+            except BusUnavailable as exc:
+                skipped.append(f"{event.subject}: {exc}")
+                _log.error("worktrace.response_failed", subject=event.subject, error=str(exc))
+            else:
+                published.append(event)
+                _log.warning(
+                    "worktrace.response",
+                    subject=event.subject,
+                    alert=alert.alert_id,
+                    rule=alert.rule_id,
+                )
+        return Response(alert.alert_id, decision, published, skipped)
