@@ -6,10 +6,12 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from stockade.store import Base, Store
+from stockade.store._engine import _alembic_config
 
 
 def _diff(connection: Connection) -> list[Any]:
@@ -28,8 +30,8 @@ async def test_migrate_is_idempotent_and_records_head(store: Store) -> None:
     async with store.engine.connect() as conn:
         version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar()
         tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
-    assert version == "r0001"
-    assert {"users", "ssh_keys", "workspaces", "sessions"} <= tables
+    assert version == ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert {"users", "ssh_keys", "workspaces", "sessions", "audit_events"} <= tables
 
 
 async def test_diff_detects_a_model_change(store: Store) -> None:

@@ -1,0 +1,124 @@
+"""Appending records to the chain: one transaction per batch, deduplicated, then chained.
+
+Only one writer should run per store (the audit service); a second one is still safe: on
+PostgreSQL the batch holds an advisory lock, on SQLite ``BEGIN IMMEDIATE`` serializes writers,
+and each batch reads the chain head inside its transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, text, tuple_
+
+from stockade.core.logging import get_logger
+from stockade.store import AuditEventRow, Store
+
+from ._schema import GENESIS, AuditRecord, chain_hash
+
+__all__ = ["AppendedRow", "AuditWriter"]
+
+_log = get_logger("stockade.audit")
+#: Arbitrary constant: the PostgreSQL advisory lock held while a batch is chained.
+_CHAIN_LOCK = 0x5707_A0D1
+
+
+@dataclass(frozen=True, slots=True)
+class AppendedRow:
+    """A row as written: its chain position, content digest and chain hash."""
+
+    id: int
+    digest: str
+    hash: str
+
+
+class AuditWriter:
+    """Appends :class:`AuditRecord` batches to ``audit_events``."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._head: tuple[int, str] | None = None
+
+    async def head(self) -> tuple[int, str]:
+        """``(id, chain hash)`` of the newest row; ``(0, GENESIS)`` when empty."""
+        async with self._store.transaction(readonly=True) as session:
+            row = (
+                await session.execute(
+                    select(AuditEventRow.id, AuditEventRow.hash)
+                    .order_by(AuditEventRow.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        return (int(row[0]), str(row[1])) if row else (0, GENESIS)
+
+    async def append(self, records: Sequence[AuditRecord]) -> list[AppendedRow]:
+        """Write the records not stored yet (by ``(stream, stream_seq)``) in one transaction,
+        chained after the newest row; returns the rows written, in order. Committed when it
+        returns."""
+        if not records:
+            return []
+        written: list[AppendedRow] = []
+        async with self._store.transaction() as session:
+            if self._store.dialect == "postgresql":
+                await session.execute(text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK})"))
+            keys = {(r.stream, r.stream_seq) for r in records}
+            stored: set[tuple[str, int]] = set(
+                (
+                    await session.execute(
+                        select(AuditEventRow.stream, AuditEventRow.stream_seq).where(
+                            tuple_(AuditEventRow.stream, AuditEventRow.stream_seq).in_(sorted(keys))
+                        )
+                    )
+                ).tuples()
+            )
+            row = (
+                await session.execute(
+                    select(AuditEventRow.id, AuditEventRow.hash)
+                    .order_by(AuditEventRow.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            last_id, last_hash = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+            if self._head is not None and self._head != (last_id, last_hash):
+                _log.warning(
+                    "audit_head_moved",
+                    expected_id=self._head[0],
+                    found_id=last_id,
+                    detail="the newest audit row changed outside this writer; run audit verify",
+                )
+            values = []
+            for record in records:
+                key = (record.stream, record.stream_seq)
+                if key in stored:
+                    continue
+                stored.add(key)
+                digest = record.digest()
+                prev_hash = last_hash
+                last_id += 1
+                last_hash = chain_hash(prev_hash, last_id, digest)
+                written.append(AppendedRow(last_id, digest, last_hash))
+                values.append(
+                    {
+                        "id": last_id,
+                        "stream": record.stream,
+                        "stream_seq": record.stream_seq,
+                        "subject": record.subject,
+                        "v": record.v,
+                        "at": record.at,
+                        "received_at": record.received_at,
+                        "action": record.action,
+                        "user": record.user,
+                        "decision": record.decision,
+                        "source_ip": record.source_ip,
+                        "session_id": record.session_id,
+                        "count": record.count,
+                        "payload": record.payload,
+                        "prev_hash": prev_hash,
+                        "hash": last_hash,
+                    }
+                )
+            if values:
+                await session.execute(insert(AuditEventRow), values)
+        self._head = (last_id, last_hash)
+        return written
