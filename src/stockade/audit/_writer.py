@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, text, tuple_
+from sqlalchemy import insert, select, text
 
 from stockade.core.logging import get_logger
 from stockade.store import AuditEventRow, Store
@@ -62,16 +62,17 @@ class AuditWriter:
         async with self._store.transaction() as session:
             if self._store.dialect == "postgresql":
                 await session.execute(text(f"SELECT pg_advisory_xact_lock({_CHAIN_LOCK})"))
-            keys = {(r.stream, r.stream_seq) for r in records}
-            stored: set[tuple[str, int]] = set(
-                (
-                    await session.execute(
-                        select(AuditEventRow.stream, AuditEventRow.stream_seq).where(
-                            tuple_(AuditEventRow.stream, AuditEventRow.stream_seq).in_(sorted(keys))
-                        )
+            by_stream: dict[str, set[int]] = {}
+            for record in records:
+                by_stream.setdefault(record.stream, set()).add(record.stream_seq)
+            stored: set[tuple[str, int]] = set()
+            for stream, seqs in by_stream.items():
+                found = await session.execute(
+                    select(AuditEventRow.stream_seq).where(
+                        AuditEventRow.stream == stream, AuditEventRow.stream_seq.in_(sorted(seqs))
                     )
-                ).tuples()
-            )
+                )
+                stored.update((stream, int(seq)) for (seq,) in found)
             row = (
                 await session.execute(
                     select(AuditEventRow.id, AuditEventRow.hash)

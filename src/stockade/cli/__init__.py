@@ -8,6 +8,7 @@ from stockade import __version__
 
 from . import (
     applocker,
+    audit,
     catalog,
     node,
     package,
@@ -55,6 +56,7 @@ app.add_typer(applocker.app, name="applocker")
 app.add_typer(shield.app, name="shield")
 app.add_typer(sessions.app, name="sessions")
 app.add_typer(workspaces.app, name="workspaces")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:
