@@ -122,6 +122,7 @@ class AuditService:
             durable=durable,
             batch=self._settings.batch,
             cumulative_ack=True,
+            resume_at_floor=True,
             poll_interval=self._poll,
         )
         pending = self._pending.setdefault(durable, [])

@@ -178,6 +178,7 @@ class Consumer:
         retry_delay: float = 1.0,
         poll_interval: float = 1.0,
         cumulative_ack: bool = False,
+        resume_at_floor: bool = False,
     ) -> None:
         self._bus = bus
         self.stream = stream
@@ -188,6 +189,7 @@ class Consumer:
         self._retry_delay = retry_delay
         self._poll = poll_interval
         self.cumulative_ack = cumulative_ack
+        self.resume_at_floor = resume_at_floor
         self._handlers: list[tuple[str, Handler]] = []
         self._by_subject: dict[str, Handler | None] = {}
         self._hooks: list[AckHook] = []
@@ -265,6 +267,8 @@ class Consumer:
         consumer's ack policy: such a consumer is replaced by one that starts after its
         acknowledged floor (what was delivered and not acknowledged is delivered again)."""
         js = self._bus.js
+        if self.resume_at_floor and await self._resume_at_floor(config):
+            return
         try:
             await js.add_consumer(self.stream, config=config)
             return
@@ -287,6 +291,36 @@ class Consumer:
                 opt_start_seq=floor + 1,
             )
         await js.add_consumer(self.stream, config=config)
+
+    async def _resume_at_floor(self, config: api.ConsumerConfig) -> bool:
+        """``resume_at_floor``: when the durable consumer has messages delivered and not
+        acknowledged (a previous process died holding them), replace it by one starting right
+        after its acknowledged floor. Otherwise, with ``cumulative_ack``, this process's first
+        acknowledgement would also acknowledge the dead process's messages before their
+        redelivery. Only for a consumer that one process at a time runs. True when replaced."""
+        js = self._bus.js
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        if not info.num_ack_pending:
+            return False
+        floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        _log.warning(
+            "consumer_resumed_at_floor",
+            durable=self.durable,
+            unacknowledged=int(info.num_ack_pending),
+            resume_after=floor,
+        )
+        await js.delete_consumer(self.stream, self.durable)
+        if floor:
+            config = dataclasses.replace(
+                config,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1,
+            )
+        await js.add_consumer(self.stream, config=config)
+        return True
 
     async def state(self) -> ConsumerState:
         """The consumer's acknowledged floor and pending counts as the server sees them."""
