@@ -63,7 +63,8 @@ async def test_untouched_store_verifies(store: Store, tmp_path: Path) -> None:
 async def test_empty_store_verifies(store: Store, tmp_path: Path) -> None:
     chain = await write_chain(store, tmp_path, 0)
     report = await _verify(chain)
-    assert report.ok and report.rows == 0
+    assert report.ok
+    assert report.rows == 0
 
 
 async def test_edited_row_named(store: Store, tmp_path: Path) -> None:
@@ -102,7 +103,8 @@ async def test_deleted_unsigned_row_named(store: Store, tmp_path: Path) -> None:
 async def _insert(store: Store, row: dict[str, object]) -> None:
     columns = ", ".join(f'"{c}"' for c in row)
     values = ", ".join(f":{c}" for c in row)
-    await _sql(store, f"INSERT INTO audit_events ({columns}) VALUES ({values})", **row)
+    statement = f"INSERT INTO audit_events ({columns}) VALUES ({values})"  # noqa: S608 - ours
+    await _sql(store, statement, **row)
 
 
 def _forged(row_id: int, prev: str) -> dict[str, object]:
