@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 from sqlalchemy import text
 
@@ -38,10 +40,8 @@ async def bus(nats_url: str) -> Bus:
     for stream in (ev.STREAM_AUTH, ev.STREAM_AUDIT, ev.STREAM_AUDIT_HEADS, "STOCKADE_DEADLETTER"):
         await connected.js.purge_stream(stream)
     for stream, durable in (("STOCKADE_AUTH", "audit-auth"), ("STOCKADE_AUDIT", "audit")):
-        try:
+        with contextlib.suppress(nats.js.errors.NotFoundError):  # absent
             await connected.js.delete_consumer(stream, durable)
-        except Exception:
-            pass
     yield connected  # type: ignore[misc]
     await connected.close()
 
