@@ -17,7 +17,7 @@ from stockade.core import events as ev
 from stockade.core.settings import AuditSettings
 from stockade.store import Store
 
-from .conftest import sample_event
+from .samples import sample_event
 
 
 async def _count(store: Store) -> int:

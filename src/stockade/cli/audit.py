@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from stockade.audit import (
     AuditQuery,
@@ -22,7 +23,7 @@ from stockade.audit import (
 )
 from stockade.store import Store
 
-from ._common import JSON_OPTION, fail, handle_errors, print_json, print_table, run_async, settings
+from ._common import JSON_OPTION, console, fail, handle_errors, print_json, run_async, settings
 
 __all__ = ["app"]
 
@@ -60,24 +61,20 @@ def _summary(event: dict[str, Any]) -> str:
 
 
 def _table(events: list[dict[str, Any]]) -> None:
-    print_table(
-        "Audit events (newest first)",
-        ["id", "at", "action", "user", "decision", "source", "session", "count", "detail"],
-        [
-            [
-                e["id"],
-                e["at"],
-                e["action"],
-                e["user"],
-                e["decision"],
-                e["source_ip"],
-                e["session_id"],
-                e["count"],
-                _summary(e),
-            ]
-            for e in events
-        ],
-    )
+    """A table on a terminal (values fold, never cut); one plain line per event when piped."""
+    if not sys.stdout.isatty():
+        for event in events:
+            sys.stdout.write(_text(event) + "\n")
+        return
+    table = Table(title="Audit events (newest first)", title_justify="left")
+    for column in ("id", "at", "action", "user", "decision", "source", "session", "count"):
+        table.add_column(column, overflow="fold")
+    table.add_column("detail", overflow="fold")
+    for e in events:
+        cells = [e["id"], e["at"], e["action"], e["user"], e["decision"], e["source_ip"]]
+        cells += [e["session_id"], e["count"], _summary(e)]
+        table.add_row(*("" if c is None else str(c) for c in cells))
+    console.print(table)
 
 
 @app.command("search")
