@@ -31,7 +31,13 @@ from stockade.tls import DevCA, IssuedCert
 
 from ._app import create_app
 from ._kubernetes import KubernetesBackend
-from ._types import CredentialBackend, EventPublisher, PolicyDecider, TokenVerifier
+from ._types import (
+    AuditSearcher,
+    CredentialBackend,
+    EventPublisher,
+    PolicyDecider,
+    TokenVerifier,
+)
 from ._vault import VaultBackend
 
 __all__ = ["BrokerServer", "build_backends"]
@@ -101,6 +107,7 @@ class BrokerServer:
         publisher: EventPublisher | None,
         ca: DevCA,
         metrics: Callable[[], str] | None = None,
+        audit: AuditSearcher | None = None,
     ) -> BrokerServer:
         """Build backends, app and certificate from the settings tree.
 
@@ -115,6 +122,7 @@ class BrokerServer:
             publisher=publisher,
             settings=settings.broker,
             metrics=metrics,
+            audit=audit,
         )
         names = ["localhost", "127.0.0.1", "::1"]
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - names for the certificate, not a bind

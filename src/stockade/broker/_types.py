@@ -17,6 +17,7 @@ from stockade.core.events import Event
 
 __all__ = [
     "KINDS",
+    "AuditSearcher",
     "ClaimsLike",
     "Credential",
     "CredentialBackend",
@@ -79,6 +80,18 @@ class EventPublisher(Protocol):
     """Where audit events go (``stockade.bus.Bus`` satisfies it)."""
 
     def publish(self, event: Event) -> Awaitable[object]: ...
+
+
+class AuditSearcher(Protocol):
+    """The audit store's search (``stockade.audit.AuditSearch`` satisfies it).
+
+    ``search_params`` takes the HTTP query parameters as given (``user``, ``action``,
+    ``decision``, ``source``, ``session``, ``since``, ``until``, ``limit``, ``before``), validates
+    them (raising :class:`~stockade.core.errors.InvalidInput` naming the parameter) and answers
+    ``{"events": [...], "next_before": int | None}``, newest first.
+    """
+
+    async def search_params(self, params: Mapping[str, str]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,3 +182,17 @@ denials contains "identity.manage requires role admin" if {
 	input.action == "identity.manage"
 	not "admin" in input.context.user.roles
 }
+
+# --- Audit trail (issue 11): who may search the audit store ---
+
+# audit.search: role auditor reads the audit trail and nothing else (admins may anyway).
+allow if {
+	input.action == "audit.search"
+	"auditor" in input.context.user.roles
+}
+
+denials contains "audit.search requires role admin or auditor" if {
+	input.action == "audit.search"
+	not "auditor" in input.context.user.roles
+	not "admin" in input.context.user.roles
+}
