@@ -11,7 +11,16 @@ from ._gateway import ALGORITHMS, Gateway, upstream_public_key
 from ._limits import Admission, ConnectionLimits
 from ._ports import AuthzPort, DenyList, EventPublisher, IdentityPort
 from ._proxy_protocol import ProxyAddresses
-from ._recorder import CastRecorder, iter_cast, play_cast
+from ._recorder import (
+    CastRecorder,
+    RecordingSweeper,
+    compress_cast,
+    export_cast,
+    iter_cast,
+    play_cast,
+    resolve_cast,
+    sweep_recordings,
+)
 from ._server import GatewayServer
 from ._target import Target, parse_target
 from .backends.ssh import parse_upstream
@@ -28,10 +37,15 @@ __all__ = [
     "GatewayServer",
     "IdentityPort",
     "ProxyAddresses",
+    "RecordingSweeper",
     "Target",
+    "compress_cast",
+    "export_cast",
     "iter_cast",
     "parse_target",
     "parse_upstream",
     "play_cast",
+    "resolve_cast",
+    "sweep_recordings",
     "upstream_public_key",
 ]
