@@ -190,8 +190,16 @@ def _decision(subject: str, data: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _source(data: Mapping[str, Any]) -> str | None:
-    value = _text(data, "client_ip", "source_ip", "source")
+def _source(subject: str, data: Mapping[str, Any]) -> str | None:
+    names = (
+        ("client_ip", "source_ip", "source")
+        if subject.startswith("stockade.shield.")
+        else (
+            "client_ip",
+            "source_ip",
+        )
+    )
+    value = _text(data, *names)
     if value is None:
         return None
     try:  # one spelling per address, so a search by IP finds it
@@ -241,7 +249,7 @@ def record_from_event(
         action=_action(subject, parsed),
         user=_text(parsed, "username", "user", "actor") or "",
         decision=_decision(subject, parsed),
-        source_ip=_source(parsed),
+        source_ip=_source(subject, parsed),
         session_id=_text(parsed, "session_id"),
         count=count,
         payload=canonical_json(parsed),
