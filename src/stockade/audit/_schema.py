@@ -16,6 +16,7 @@ Hashes (SHA-256, lower-case hex):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -200,8 +201,11 @@ def _source(subject: str, data: Mapping[str, Any]) -> str | None:
         )
     )
     value = _text(data, *names)
-    if value is None:
-        return None
+    return None if value is None else _normalized_ip(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized_ip(value: str) -> str:
     try:  # one spelling per address, so a search by IP finds it
         return str(ipaddress.ip_address(value))
     except ValueError:

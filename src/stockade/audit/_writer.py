@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import Table, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockade.core.logging import get_logger
 from stockade.store import AuditEventRow, Store
@@ -22,6 +24,9 @@ __all__ = ["AppendedRow", "AuditWriter"]
 _log = get_logger("stockade.audit")
 #: Arbitrary constant: the PostgreSQL advisory lock held while a batch is chained.
 _CHAIN_LOCK = 0x5707_A0D1
+_TABLE = cast(Table, AuditEventRow.__table__)
+_TABLE_NAME = AuditEventRow.__tablename__
+_COLUMNS = [column.name for column in _TABLE.columns]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +124,21 @@ class AuditWriter:
                         "hash": last_hash,
                     }
                 )
-            if values:
-                await session.execute(insert(AuditEventRow), values)
+            if values and self._store.dialect == "postgresql":
+                await _copy(session, values)
+            elif values:
+                await session.execute(insert(_TABLE), values)
         self._head = (last_id, last_hash)
         return written
+
+
+async def _copy(session: AsyncSession, values: list[dict[str, object]]) -> None:
+    """PostgreSQL: the batch in one COPY on the transaction's own connection (several times
+    faster than a multi-row INSERT; the unique constraint still applies)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.copy_records_to_table(
+        _TABLE_NAME, records=[tuple(v[c] for c in _COLUMNS) for v in values], columns=_COLUMNS
+    )
