@@ -324,3 +324,17 @@ async def test_daily_sweep_is_audited_on_the_bus(tmp_path: Path, nats_url: str) 
     assert event.directory == str(tmp_path)
     assert sweeper.sweeps == 1
     await bus.close()
+
+
+def test_fast_json_string_matches_json_dumps() -> None:
+    import random
+
+    from stockade.gateway._recorder import _json_string
+
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(0, 128)] + ["é", "€", "\u2028", "😀", "\\", '"']
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+        assert _json_string(text) == json.dumps(text, ensure_ascii=False), repr(text)
+    terminal = '\x1b[1;32mok\x1b[0m\r\n\ttab "q" back\\slash \x07\x08'
+    assert _json_string(terminal) == json.dumps(terminal, ensure_ascii=False)
