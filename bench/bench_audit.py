@@ -308,7 +308,7 @@ async def _copy(source: Path, fd: int, recorder: CastRecorder | None) -> float:
     """What a session's pump does: read the process's output from a pipe (``cat``), write it
     to the channel (here /dev/null), and hand each read to the recorder."""
     started = time.perf_counter()
-    proc = subprocess.Popen(["cat", str(source)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(["cat", str(source)], stdout=subprocess.PIPE)  # noqa: ASYNC220
     assert proc.stdout is not None
     pipe = proc.stdout.fileno()
     reads = 0
