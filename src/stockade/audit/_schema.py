@@ -7,9 +7,10 @@ searches are indexed (action, user, decision, source IP, session, fold count).
 Hashes (SHA-256, lower-case hex):
 
 - the *content digest* of a row covers every column except ``id``, ``prev_hash`` and ``hash``:
-  ``sha256(json.dumps([stream, stream_seq, subject, v, at, received_at, action, user, decision,
-  source_ip, session_id, count, payload]))`` with sorted keys, no spaces, UTF-8, timestamps as
-  ISO 8601 UTC with microseconds;
+  SHA-256 of the UTF-8 concatenation, for each of ``stream, stream_seq, subject, v, at,
+  received_at, action, user, decision, source_ip, session_id, count, payload``, of
+  ``f"{len(value)}:{value}"`` (numbers in decimal, times ISO 8601 UTC with microseconds) or
+  ``~`` for a null;
 - the *chain hash* of row ``n`` is ``sha256(f"{prev_hash}:{n}:{content digest}")`` where
   ``prev_hash`` is row ``n-1``'s chain hash (64 zeros for row 1).
 """
@@ -98,27 +99,26 @@ class AuditRecord:
     session_id: str | None
     count: int
     payload: str
-    """Canonical JSON of the event."""
+    """The event's JSON, as published."""
 
     def digest(self) -> str:
         """The content digest (see the module docstring)."""
-        text = canonical_json(
-            [
-                self.stream,
-                self.stream_seq,
-                self.subject,
-                self.v,
-                iso(self.at),
-                iso(self.received_at),
-                self.action,
-                self.user,
-                self.decision,
-                self.source_ip,
-                self.session_id,
-                self.count,
-                self.payload,
-            ]
+        fields = (
+            self.stream,
+            str(self.stream_seq),
+            self.subject,
+            str(self.v),
+            iso(self.at),
+            iso(self.received_at),
+            self.action,
+            self.user,
+            self.decision,
+            self.source_ip,
+            self.session_id,
+            str(self.count),
+            self.payload,
         )
+        text = "".join("~" if f is None else f"{len(f)}:{f}" for f in fields)
         return hashlib.sha256(text.encode()).hexdigest()
 
     @classmethod
@@ -226,7 +226,8 @@ def record_from_event(
     if model is not None:
         model.from_bytes(data)  # validates the shape; the stored payload keeps every field
     try:
-        parsed = json.loads(data)
+        text = data.decode()
+        parsed = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidInput(subject, "event is not JSON") from exc
     if not isinstance(parsed, dict):
@@ -256,7 +257,7 @@ def record_from_event(
         source_ip=_source(subject, parsed),
         session_id=_text(parsed, "session_id"),
         count=count,
-        payload=canonical_json(parsed),
+        payload=text,
     )
     for name, limit in _LIMITS.items():
         value = getattr(record, name)
