@@ -123,6 +123,7 @@ class AuditService:
             batch=self._settings.batch,
             cumulative_ack=True,
             resume_at_floor=True,
+            linger=0.02,
             poll_interval=self._poll,
         )
         pending = self._pending.setdefault(durable, [])

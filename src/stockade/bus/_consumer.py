@@ -179,6 +179,7 @@ class Consumer:
         poll_interval: float = 1.0,
         cumulative_ack: bool = False,
         resume_at_floor: bool = False,
+        linger: float = 0.0,
     ) -> None:
         self._bus = bus
         self.stream = stream
@@ -190,6 +191,7 @@ class Consumer:
         self._poll = poll_interval
         self.cumulative_ack = cumulative_ack
         self.resume_at_floor = resume_at_floor
+        self._linger = linger
         self._handlers: list[tuple[str, Handler]] = []
         self._by_subject: dict[str, Handler | None] = {}
         self._hooks: list[AckHook] = []
@@ -378,10 +380,28 @@ class Consumer:
                 chunk, ended = self._take(first, self._batch - handled)
             else:
                 chunk, ended = self._take(queue.get_nowait(), self._batch - handled)
+            chunk, ended = await self._fill(chunk, ended, handled)
             if chunk:
                 await self._handle_chunk(chunk)
                 handled += len(chunk)
         return handled
+
+    async def _fill(self, chunk: list[Msg], ended: bool, handled: int) -> tuple[list[Msg], bool]:
+        """``linger``: wait up to that long for more of the request's messages to join a chunk
+        that is not full (fewer, larger chunks: one store transaction and one ack each)."""
+        if self._linger <= 0 or ended:
+            return chunk, ended
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._linger
+        while not ended and handled + len(chunk) < self._batch:
+            try:
+                async with asyncio.timeout_at(until):
+                    msg = await self._queue.get()
+            except TimeoutError:
+                break
+            more, ended = self._take(msg, self._batch - handled - len(chunk))
+            chunk.extend(more)
+        return chunk, ended
 
     def _take(self, first: Msg, limit: int) -> tuple[list[Msg], bool]:
         """``first`` and what else is queued (up to ``limit`` messages), and whether a status
