@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
+
 from stockade.core import events as ev
 from stockade.core.errors import InvalidInput
 
@@ -227,8 +229,8 @@ def record_from_event(
         model.from_bytes(data)  # validates the shape; the stored payload keeps every field
     try:
         text = data.decode()
-        parsed = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        parsed = pydantic_core.from_json(data)  # several times faster than json.loads
+    except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput(subject, "event is not JSON") from exc
     if not isinstance(parsed, dict):
         raise InvalidInput(subject, "event is not a JSON object")
