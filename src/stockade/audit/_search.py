@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import pydantic_core
 from sqlalchemy import Select, func, select
 
 from stockade.core.durations import parse_duration
@@ -206,7 +206,7 @@ def export_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "source_ip": row["source_ip"],
         "session_id": row["session_id"],
         "count": int(row["count"]),
-        "event": json.loads(row["payload"]),
+        "event": pydantic_core.from_json(row["payload"]),
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
     }

@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -537,7 +538,7 @@ def create_app(
         responses={k: v for k, v in _ERRORS.items() if k not in (400, 404, 413)},
         tags=["audit"],
     )
-    async def audit_search(request: Request, bearer: _Bearer) -> JSONResponse:
+    async def audit_search(request: Request, bearer: _Bearer) -> Response:
         """Audit events, newest first: filters ``user``, ``action`` (``ssh.*`` for a prefix),
         ``decision`` (allow/deny), ``source`` (an IP), ``session``, ``since``/``until`` (a
         duration ago such as ``1h``, or ISO 8601); ``limit`` (1-1000) and ``before`` (the
@@ -556,7 +557,8 @@ def create_app(
             raise InvalidInput(repeated, "given more than once")
         searched = time.perf_counter()
         page = await audit.search_params(dict(items))
-        response = JSONResponse(page, headers=_NO_STORE)
+        body = pydantic_core.to_json(page)  # several times faster than json.dumps on large pages
+        response = Response(body, media_type="application/json", headers=_NO_STORE)
         done = time.perf_counter()
         response.headers["Server-Timing"] = (
             f"auth;dur={(searched - started) * 1000:.3f}, "
