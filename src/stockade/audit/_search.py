@@ -18,10 +18,10 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import pydantic_core
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, exc, func, select
 
 from stockade.core.durations import parse_duration
-from stockade.core.errors import InvalidInput
+from stockade.core.errors import InvalidInput, StoreUnavailable
 from stockade.store import AuditEventRow, Store
 
 from ._schema import SCHEMA, iso
@@ -217,6 +217,24 @@ class AuditSearch:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        self._autocommit = (
+            store.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if store.dialect == "postgresql"
+            else None
+        )
+
+    async def _fetch(self, statement: Select[Any]) -> list[Any]:
+        """Run one read. On PostgreSQL outside a transaction (one round trip instead of
+        BEGIN, query, COMMIT: a single SELECT sees one snapshot anyway)."""
+        if self._autocommit is None:
+            async with self._store.transaction(readonly=True) as session:
+                return list((await session.execute(statement)).mappings().all())
+        try:
+            async with self._autocommit.connect() as conn:
+                return list((await conn.execute(statement)).mappings().all())
+        except (exc.SQLAlchemyError, OSError) as err:
+            reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:300]
+            raise StoreUnavailable(f"audit search failed: {reason}") from err
 
     def __repr__(self) -> str:
         return f"AuditSearch({self._store!r})"
@@ -227,8 +245,7 @@ class AuditSearch:
         if query.before is not None:
             statement = statement.where(_T.id < query.before)
         statement = statement.order_by(_T.id.desc()).limit(query.limit + 1)
-        async with self._store.transaction(readonly=True) as session:
-            rows = (await session.execute(statement)).mappings().all()
+        rows = await self._fetch(statement)
         events = [export_record(row) for row in rows[: query.limit]]
         more = len(rows) > query.limit
         return AuditPage(events, events[-1]["id"] if more and events else None)
@@ -261,8 +278,7 @@ class AuditSearch:
         after = 0
         while True:
             statement = query.where(_select()).where(_T.id > after).order_by(_T.id).limit(page)
-            async with self._store.transaction(readonly=True) as session:
-                rows = (await session.execute(statement)).mappings().all()
+            rows = await self._fetch(statement)
             for row in rows:
                 yield export_record(row)
             if len(rows) < page:
@@ -287,8 +303,7 @@ class AuditSearch:
         stop = stop or asyncio.Event()
         while not stop.is_set():
             statement = query.where(_select()).where(_T.id > after).order_by(_T.id).limit(1000)
-            async with self._store.transaction(readonly=True) as session:
-                rows = (await session.execute(statement)).mappings().all()
+            rows = await self._fetch(statement)
             for row in rows:
                 after = int(row["id"])
                 yield export_record(row)
