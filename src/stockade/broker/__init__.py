@@ -25,12 +25,13 @@ TYPE_CHECKING = False  # typing costs milliseconds the helpers do not have
 if TYPE_CHECKING:
     from typing import Any
 
-    from ._app import ACTION, create_app
+    from ._app import ACTION, AUDIT_ACTION, create_app
     from ._kubernetes import KubernetesBackend
     from ._liveness import LiveSessions
     from ._server import BrokerServer, build_backends
     from ._sockets import SessionSocket
     from ._types import (
+        AuditSearcher,
         Credential,
         CredentialBackend,
         CredentialQuery,
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTION",
+    "AUDIT_ACTION",
+    "AuditSearcher",
     "BrokerServer",
     "Credential",
     "CredentialBackend",
@@ -62,6 +65,8 @@ __all__ = [
 
 _WHERE = {
     "ACTION": "._app",
+    "AUDIT_ACTION": "._app",
+    "AuditSearcher": "._types",
     "BrokerServer": "._server",
     "Credential": "._types",
     "CredentialBackend": "._types",

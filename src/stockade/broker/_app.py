@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import pydantic_core
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,6 +61,7 @@ from ._routing import Router, normalize_host, normalize_registry, validate_clust
 from ._types import (
     KINDS,
     SESSION_STATE,
+    AuditSearcher,
     ClaimsLike,
     Credential,
     CredentialBackend,
@@ -71,12 +73,14 @@ from ._types import (
     TokenVerifier,
 )
 
-__all__ = ["ACTION", "BodyLimit", "create_app"]
+__all__ = ["ACTION", "AUDIT_ACTION", "BodyLimit", "create_app"]
 
 _log = get_logger("stockade.broker")
 
 #: The authz action of every credential request.
 ACTION = "credential.get"
+#: The authz action of an audit search (roles admin and auditor in the shipped policy).
+AUDIT_ACTION = "audit.search"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _BEARER = HTTPBearer(auto_error=False, description="The session JWT ($STOCKADE_TOKEN).")
 _Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
@@ -195,6 +199,23 @@ class _Broker:
         decision = await answer if inspect.isawaitable(answer) else answer
         if not decision.allow:
             raise PermissionDenied(ACTION, list(decision.reasons))
+
+    async def authorize_audit(self, claims: ClaimsLike, source_ip: str | None) -> None:
+        subject = Subject(name=claims.sub, roles=claims.roles, groups=claims.groups)
+        doc = build_input(
+            AUDIT_ACTION,
+            Resource(kind="audit", name="events"),
+            Context(
+                user=subject,
+                source_ip=source_ip,
+                auth_method="token",
+                session_id=claims.sid,
+            ),
+        )
+        answer = self.authz.decide(doc)
+        decision = await answer if inspect.isawaitable(answer) else answer
+        if not decision.allow:
+            raise PermissionDenied(AUDIT_ACTION, list(decision.reasons))
 
     async def audit(
         self,
@@ -374,11 +395,15 @@ def create_app(
     publisher: EventPublisher | None,
     settings: BrokerSettings | None = None,
     metrics: Callable[[], str] | None = None,
+    audit: AuditSearcher | None = None,
 ) -> FastAPI:
     """The broker's ASGI app.
 
     ``metrics`` renders Prometheus text for ``GET /metrics`` (counters only, never a secret;
     SSH Shield's in ``stockade up``); without it the route answers 404.
+
+    ``audit`` answers ``GET /v1/audit/search`` (policy action ``audit.search``); without it
+    the route answers 503.
 
     ``backends`` maps backend names (``vault``, ``kubernetes``) to instances; the routing table
     and limits come from ``settings`` (default :class:`BrokerSettings`). ``publisher`` receives
@@ -518,6 +543,39 @@ def create_app(
             token=credential.secret, expiration_timestamp=_expiry(claims, credential)
         )
         return JSONResponse(answer.model_dump(mode="json"), headers=_NO_STORE)
+
+    @app.get(
+        "/v1/audit/search",
+        responses={k: v for k, v in _ERRORS.items() if k not in (400, 404, 413)},
+        tags=["audit"],
+    )
+    async def audit_search(request: Request, bearer: _Bearer) -> Response:
+        """Audit events, newest first: filters ``user``, ``action`` (``ssh.*`` for a prefix),
+        ``decision`` (allow/deny), ``source`` (an IP), ``session``, ``since``/``until`` (a
+        duration ago such as ``1h``, or ISO 8601); ``limit`` (1-1000) and ``before`` (the
+        ``next_before`` of the previous page). Allowed by policy action ``audit.search``.
+        The ``Server-Timing`` header says how long authentication and policy (``auth``), the
+        search with its JSON (``search``) and both (``total``) took in the broker."""
+        started = time.perf_counter()
+        claims = await broker.authenticate(bearer, request)
+        await broker.authorize_audit(claims, request.client.host if request.client else None)
+        if audit is None:
+            raise SecretsBackendUnavailable("audit search unavailable: no audit store configured")
+        items = request.query_params.multi_items()
+        names = [name for name, _ in items]
+        if len(set(names)) != len(names):
+            repeated = next(n for n in names if names.count(n) > 1)
+            raise InvalidInput(repeated, "given more than once")
+        searched = time.perf_counter()
+        page = await audit.search_params(dict(items))
+        body = pydantic_core.to_json(page)  # several times faster than json.dumps on large pages
+        response = Response(body, media_type="application/json", headers=_NO_STORE)
+        done = time.perf_counter()
+        response.headers["Server-Timing"] = (
+            f"auth;dur={(searched - started) * 1000:.3f}, "
+            f"search;dur={(done - searched) * 1000:.3f}, total;dur={(done - started) * 1000:.3f}"
+        )
+        return response
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -39,7 +39,14 @@ from ._app import create_app
 from ._kubernetes import KubernetesBackend
 from ._liveness import LiveSessions
 from ._sockets import SessionSocket, UnixListeners
-from ._types import ClaimsLike, CredentialBackend, EventPublisher, PolicyDecider, TokenVerifier
+from ._types import (
+    AuditSearcher,
+    ClaimsLike,
+    CredentialBackend,
+    EventPublisher,
+    PolicyDecider,
+    TokenVerifier,
+)
 from ._vault import VaultBackend
 
 __all__ = ["BrokerServer", "build_backends"]
@@ -130,6 +137,7 @@ class BrokerServer:
         publisher: EventPublisher | None,
         ca: DevCA,
         metrics: Callable[[], str] | None = None,
+        audit: AuditSearcher | None = None,
     ) -> BrokerServer:
         """Build backends, app and certificate from the settings tree.
 
@@ -146,6 +154,7 @@ class BrokerServer:
             publisher=publisher,
             settings=settings.broker,
             metrics=metrics,
+            audit=audit,
         )
         names = ["localhost", "127.0.0.1", "::1"]
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - names for the certificate, not a bind

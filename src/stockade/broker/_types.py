@@ -18,6 +18,7 @@ from stockade.core.events import EventPublisher
 __all__ = [
     "KINDS",
     "SESSION_STATE",
+    "AuditSearcher",
     "ClaimsLike",
     "Credential",
     "CredentialBackend",
@@ -86,6 +87,18 @@ class PolicyDecider(Protocol):
     its gRPC client (``stockade.rpc.AuthzClient``) answers with an awaitable."""
 
     def decide(self, input_doc: Mapping[str, Any]) -> DecisionLike | Awaitable[DecisionLike]: ...
+
+
+class AuditSearcher(Protocol):
+    """The audit store's search (``stockade.audit.AuditSearch`` satisfies it).
+
+    ``search_params`` takes the HTTP query parameters as given (``user``, ``action``,
+    ``decision``, ``source``, ``session``, ``since``, ``until``, ``limit``, ``before``), validates
+    them (raising :class:`~stockade.core.errors.InvalidInput` naming the parameter) and answers
+    ``{"events": [...], "next_before": int | None}``, newest first.
+    """
+
+    async def search_params(self, params: Mapping[str, str]) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,8 @@ class Consumer:
         retry_delay: float = 1.0,
         poll_interval: float = 1.0,
         cumulative_ack: bool = False,
+        resume_at_floor: bool = False,
+        linger: float = 0.0,
     ) -> None:
         self._bus = bus
         self.stream = stream
@@ -188,6 +190,8 @@ class Consumer:
         self._retry_delay = retry_delay
         self._poll = poll_interval
         self.cumulative_ack = cumulative_ack
+        self.resume_at_floor = resume_at_floor
+        self._linger = linger
         self._handlers: list[tuple[str, Handler]] = []
         self._by_subject: dict[str, Handler | None] = {}
         self._hooks: list[AckHook] = []
@@ -265,6 +269,8 @@ class Consumer:
         consumer's ack policy: such a consumer is replaced by one that starts after its
         acknowledged floor (what was delivered and not acknowledged is delivered again)."""
         js = self._bus.js
+        if self.resume_at_floor and await self._resume_at_floor(config):
+            return
         try:
             await js.add_consumer(self.stream, config=config)
             return
@@ -287,6 +293,36 @@ class Consumer:
                 opt_start_seq=floor + 1,
             )
         await js.add_consumer(self.stream, config=config)
+
+    async def _resume_at_floor(self, config: api.ConsumerConfig) -> bool:
+        """``resume_at_floor``: when the durable consumer has messages delivered and not
+        acknowledged (a previous process died holding them), replace it by one starting right
+        after its acknowledged floor. Otherwise, with ``cumulative_ack``, this process's first
+        acknowledgement would also acknowledge the dead process's messages before their
+        redelivery. Only for a consumer that one process at a time runs. True when replaced."""
+        js = self._bus.js
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            return False
+        if not info.num_ack_pending:
+            return False
+        floor = int(info.ack_floor.stream_seq if info.ack_floor else 0)
+        _log.warning(
+            "consumer_resumed_at_floor",
+            durable=self.durable,
+            unacknowledged=int(info.num_ack_pending),
+            resume_after=floor,
+        )
+        await js.delete_consumer(self.stream, self.durable)
+        if floor:
+            config = dataclasses.replace(
+                config,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=floor + 1,
+            )
+        await js.add_consumer(self.stream, config=config)
+        return True
 
     async def state(self) -> ConsumerState:
         """The consumer's acknowledged floor and pending counts as the server sees them."""
@@ -344,10 +380,28 @@ class Consumer:
                 chunk, ended = self._take(first, self._batch - handled)
             else:
                 chunk, ended = self._take(queue.get_nowait(), self._batch - handled)
+            chunk, ended = await self._fill(chunk, ended, handled)
             if chunk:
                 await self._handle_chunk(chunk)
                 handled += len(chunk)
         return handled
+
+    async def _fill(self, chunk: list[Msg], ended: bool, handled: int) -> tuple[list[Msg], bool]:
+        """``linger``: wait up to that long for more of the request's messages to join a chunk
+        that is not full (fewer, larger chunks: one store transaction and one ack each)."""
+        if self._linger <= 0 or ended:
+            return chunk, ended
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._linger
+        while not ended and handled + len(chunk) < self._batch:
+            try:
+                async with asyncio.timeout_at(until):
+                    msg = await self._queue.get()
+            except TimeoutError:
+                break
+            more, ended = self._take(msg, self._batch - handled - len(chunk))
+            chunk.extend(more)
+        return chunk, ended
 
     def _take(self, first: Msg, limit: int) -> tuple[list[Msg], bool]:
         """``first`` and what else is queued (up to ``limit`` messages), and whether a status

@@ -13,6 +13,7 @@ from stockade import __version__
 
 from . import (
     applocker,
+    audit,
     blueprints,
     catalog,
     config,
@@ -142,6 +143,7 @@ def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
 
 typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 app.add_typer(worktrace.app, name="worktrace")
+app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

@@ -16,11 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
-from stockade.gateway import Gateway
+from stockade.gateway import Gateway, RecordingSweeper
 from stockade.identity import IdentityService, KeyRing
 from stockade.rpc import RpcServer
 from stockade.shield import Shield
@@ -73,6 +74,8 @@ class Runtime:
     shield: Shield | None = None
     gateway: Gateway | None = None
     broker: BrokerServer | None = None
+    audit: AuditService | None = None
+    sweeper: RecordingSweeper | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
@@ -111,6 +114,22 @@ class Runtime:
         )
         stack.push_async_callback(self.bus.close)
         await self.bus.ensure_streams()
+
+        # --- audit store (issue 11): every event of the bus, chained and signed ---
+        if settings.audit.enabled:
+            self.audit = AuditService(
+                bus=self.bus, store=self.store, settings=settings.audit, data_dir=data_dir
+            )
+            stack.push_async_callback(self.audit.stop)
+            await self.audit.start()
+            self.listeners.append(Listener("audit store", f"signed heads: {self.audit.heads_file}"))
+        if settings.gateway.recording_keep is not None:
+            self.sweeper = RecordingSweeper(
+                data_dir / "recordings", settings.gateway.recording_keep, publisher=self.bus
+            )
+            stack.push_async_callback(self.sweeper.stop)
+            await self.sweeper.start()
+        # --- end audit store ---
 
         self.identity = IdentityService(
             store=self.store,
@@ -166,6 +185,7 @@ class Runtime:
             publisher=self.bus,
             ca=ca,
             metrics=self.shield.metrics_text if self.shield else None,
+            audit=AuditSearch(self.store),
         )
         stack.push_async_callback(self.broker.stop)
         await self.broker.start()

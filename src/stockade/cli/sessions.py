@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from stockade.core import InvalidInput, NotFound
-from stockade.gateway import iter_cast, play_cast
+from stockade.gateway import export_cast, play_cast, resolve_cast
 
 from ._admin import admin_identity
 from ._common import JSON_OPTION, handle_errors, print_json, print_table, run_async, settings
@@ -49,7 +48,7 @@ def _recording(session_id: str, direct: bool) -> Path:
     recording = run_async(lookup())
     if not recording:
         raise NotFound("recording of session", session_id)
-    path = Path(recording)
+    path = resolve_cast(Path(recording))  # also once compressed (.cast.gz)
     if not path.is_file():
         raise NotFound("recording file", str(path))
     return path
@@ -123,9 +122,7 @@ def export(
 ) -> None:
     """Write a session's recording as an asciicast v2 file (``asciinema play`` reads it)."""
     path = _recording(session_id, direct)
-    for _ in iter_cast(path):  # validate before copying
-        pass
-    shutil.copyfile(path, output)
+    export_cast(path, output)  # validated, decompressed, up to the last whole event
     typer.echo(str(output))
 
 

@@ -19,15 +19,21 @@ __all__ = [
     "MAX_BATCH_FAILURES",
     "MAX_EVENT_BYTES",
     "STREAMS",
+    "STREAM_AUDIT",
+    "STREAM_AUDIT_HEADS",
     "STREAM_AUTH",
+    "SUBJECT_AUDIT_HEAD",
     "SUBJECT_AUTHZ_DECISION",
     "SUBJECT_AUTH_FAILED",
     "SUBJECT_AUTH_FAILED_BATCH",
     "SUBJECT_AUTH_SUCCEEDED",
+    "SUBJECT_BLUEPRINT_CHANGED",
     "SUBJECT_CREDENTIAL_REQUEST",
     "SUBJECT_DEAD_LETTER_PREFIX",
     "SUBJECT_FILE_TRANSFER",
     "SUBJECT_IDENTITY_CHANGED",
+    "SUBJECT_POLICY_RELOADED",
+    "SUBJECT_RECORDINGS_SWEPT",
     "SUBJECT_SERVICE_REJECTED",
     "SUBJECT_SESSION_ENDED",
     "SUBJECT_SESSION_KILL",
@@ -36,15 +42,19 @@ __all__ = [
     "SUBJECT_SHIELD_UNBAN",
     "SUBJECT_SHIELD_USER_BAN",
     "SUBJECT_WORKTRACE_ALERT",
+    "AuditHead",
     "AuthFailed",
     "AuthFailedBatch",
     "AuthSucceeded",
+    "BlueprintChanged",
     "CredentialRequest",
     "DecisionRecord",
     "Event",
     "EventPublisher",
     "FileTransfer",
     "IdentityChanged",
+    "PolicyReloaded",
+    "RecordingsSwept",
     "ServiceCallRejected",
     "SessionEnded",
     "SessionKill",
@@ -85,11 +95,19 @@ SUBJECT_DEAD_LETTER_PREFIX = "stockade.deadletter"
 
 #: The stream of authentication events (what SSH Shield consumes).
 STREAM_AUTH = "STOCKADE_AUTH"
+#: The stream of every other audited event (what the audit store consumes, with STREAM_AUTH).
+STREAM_AUDIT = "STOCKADE_AUDIT"
+#: The audit store's signed chain heads (witnesses kept outside the store).
+STREAM_AUDIT_HEADS = "STOCKADE_AUDIT_HEADS"
+SUBJECT_POLICY_RELOADED = "stockade.policy.reloaded"
+SUBJECT_BLUEPRINT_CHANGED = "stockade.blueprint.changed"
+SUBJECT_RECORDINGS_SWEPT = "stockade.recording.swept"
+SUBJECT_AUDIT_HEAD = "stockade.audithead.signed"
 
 #: JetStream streams: name -> subjects. Created idempotently by the bus at start.
 STREAMS: dict[str, list[str]] = {
     STREAM_AUTH: ["stockade.auth.>"],
-    "STOCKADE_AUDIT": [
+    STREAM_AUDIT: [
         "stockade.authz.>",
         "stockade.session.>",
         "stockade.shield.>",
@@ -97,7 +115,11 @@ STREAMS: dict[str, list[str]] = {
         "stockade.identity.>",
         "stockade.service.>",
         "stockade.worktrace.>",
+        "stockade.policy.>",
+        "stockade.blueprint.>",
+        "stockade.recording.>",
     ],
+    STREAM_AUDIT_HEADS: ["stockade.audithead.>"],
     "STOCKADE_DEADLETTER": ["stockade.deadletter.>"],
 }
 
@@ -390,3 +412,56 @@ class UserBan(Event):
     until: datetime
     reason: str = Field(max_length=512)
     by: str = Field(max_length=256)
+
+
+class PolicyReloaded(Event):
+    """The authz bundle was (re)loaded, or a reload failed and the old bundle stays."""
+
+    subject: ClassVar[str] = SUBJECT_POLICY_RELOADED
+    source: str = Field(max_length=1024)
+    """The bundle's directory, or ``builtin``."""
+    digest: str = Field(default="", max_length=128)
+    """SHA-256 of the bundle's files as loaded."""
+    ok: bool = True
+    error: str = Field(default="", max_length=1024)
+
+
+class BlueprintChanged(Event):
+    """A workspace blueprint was created, updated or deleted."""
+
+    subject: ClassVar[str] = SUBJECT_BLUEPRINT_CHANGED
+    actor: str = Field(max_length=256)
+    name: str = Field(max_length=256)
+    action: Literal["create", "update", "delete"]
+    digest: str = Field(default="", max_length=128)
+    """SHA-256 of the blueprint as stored after the change (empty on delete)."""
+
+
+class RecordingsSwept(Event):
+    """The recording retention sweep ran (daily): what it removed."""
+
+    subject: ClassVar[str] = SUBJECT_RECORDINGS_SWEPT
+    directory: str = Field(max_length=4096)
+    keep_seconds: int = Field(ge=0)
+    removed: list[str] = Field(default_factory=list, max_length=1000)
+    """Names of the files removed (at most 1000 listed; ``removed_count`` is the total)."""
+    removed_count: int = Field(default=0, ge=0)
+    removed_bytes: int = Field(default=0, ge=0)
+
+
+class AuditHead(Event):
+    """A signed head of the audit store's hash chain (see ``stockade.audit``)."""
+
+    subject: ClassVar[str] = SUBJECT_AUDIT_HEAD
+    first: int = Field(ge=1)
+    """The first row this head covers (the row after the previous head)."""
+    last: int = Field(ge=1)
+    """The row whose chain hash this head signs."""
+    chain_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    digests: str
+    """Base64 of the 16-byte content digests of rows ``first`` to ``last`` (to locate a row
+    rewritten with a recomputed chain)."""
+    key_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """SHA-256 of the raw Ed25519 public key."""
+    signature: str
+    """Base64 Ed25519 signature over the head's canonical form (see ``stockade.audit``)."""

@@ -47,6 +47,7 @@ from .errors import ConfigError, InvalidInput
 __all__ = [
     "ENV_ALIASES",
     "ApiSettings",
+    "AuditSettings",
     "AuthzSettings",
     "BrokerKubernetesSettings",
     "BrokerSettings",
@@ -361,6 +362,11 @@ class GatewaySettings(_Section):
     """``STOCKADE_API`` given to sessions. Unset: ``https://<broker.host>:<broker.port>``."""
     recording_max_bytes: int = Field(default=1 << 30, ge=4096)
     """Largest session recording; output past it is not recorded (the file says so)."""
+    recording_keep: Annotated[timedelta, BeforeValidator(lambda v: _duration(v))] | None = None
+    """How long recordings are kept (``90d``); a daily sweep removes older ones and says so in
+    an audit event. Unset: kept forever."""
+    recording_compress: Literal["none", "gzip"] = "none"
+    """Compress a finished recording (``.cast.gz``); ``sessions play``/``export`` read both."""
     stop_grace: float = Field(default=30.0, ge=0, le=3600)
     """Seconds sessions get to finish on shutdown before they are closed with a message."""
     upstream_connect_timeout: float = Field(default=10.0, gt=0, le=120)
@@ -714,6 +720,24 @@ class WorktraceSettings(_Section):
     """Length of a ``ban_user`` response unless policy says ``ban_seconds``."""
 
 
+class AuditSettings(_Section):
+    """The audit store: every event of the bus in one hash-chained table (``[audit]``)."""
+
+    enabled: bool = True
+    """Run the audit consumer inside ``stockade up``."""
+    batch: int = Field(default=512, ge=1, le=10000)
+    """Events written per transaction at most (one acknowledgement per batch)."""
+    head_every_rows: int = Field(default=1000, ge=1, le=2000)
+    """Sign the chain head after this many new rows..."""
+    head_every_seconds: float = Field(default=10.0, gt=0, le=3600)
+    """...or this many seconds after the first unsigned row, whichever comes first."""
+    heads_file: Path | None = None
+    """Append-only file of signed heads. Unset: ``audit/heads.jsonl`` in the data dir."""
+    key_file: Path | None = None
+    """Ed25519 key signing the heads (0600, outside the store). Unset: ``keys/audit_heads.pem``
+    in the data dir (created on first start)."""
+
+
 class _AliasSource(PydanticBaseSettingsSource):
     """Reads :data:`ENV_ALIASES` from the environment into their nested places."""
 
@@ -799,6 +823,7 @@ class Settings(BaseSettings):
     service_tokens: ServiceTokenSettings = ServiceTokenSettings()
     tls: TlsSettings = TlsSettings()
     worktrace: WorktraceSettings = WorktraceSettings()
+    audit: AuditSettings = AuditSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -14,7 +14,16 @@ from ._login import Login
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
 from ._ports import DenyList
 from ._proxy_protocol import ProxyAddresses
-from ._recorder import CastRecorder, iter_cast, play_cast
+from ._recorder import (
+    CastRecorder,
+    RecordingSweeper,
+    compress_cast,
+    export_cast,
+    iter_cast,
+    play_cast,
+    resolve_cast,
+    sweep_recordings,
+)
 from ._server import GatewayServer
 from .backends.ssh import parse_upstream
 
@@ -30,11 +39,16 @@ __all__ = [
     "GatewayServer",
     "Login",
     "ProxyAddresses",
+    "RecordingSweeper",
     "Refusal",
     "SessionPlan",
+    "compress_cast",
+    "export_cast",
     "iter_cast",
     "parse_upstream",
     "plan_session",
     "play_cast",
+    "resolve_cast",
+    "sweep_recordings",
     "upstream_public_key",
 ]

@@ -5,9 +5,19 @@ SQLite (default, a file in the data dir, WAL mode) or PostgreSQL (asyncpg). Call
 """
 
 from ._engine import Store, async_url
-from ._models import Base, BlueprintRow, SessionRow, SshKeyRow, UserRow, UtcDateTime, WorkspaceRow
+from ._models import (
+    AuditEventRow,
+    Base,
+    BlueprintRow,
+    SessionRow,
+    SshKeyRow,
+    UserRow,
+    UtcDateTime,
+    WorkspaceRow,
+)
 
 __all__ = [
+    "AuditEventRow",
     "Base",
     "BlueprintRow",
     "SessionRow",

@@ -17,17 +17,20 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from stockade.core.logging import REDACTED
 
 __all__ = [
+    "AuditEventRow",
     "Base",
     "BlueprintRow",
     "SessionRow",
@@ -190,3 +193,54 @@ class BlueprintRow(Base):
 
     def __repr__(self) -> str:
         return f"BlueprintRow(name={self.name!r})"
+
+
+#: 64-bit ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit (and the rowid).
+_AuditId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class AuditEventRow(Base):
+    """One audited event, append-only, in a hash chain (``stockade.audit`` writes and checks it).
+
+    ``id`` is the row's position in the chain (1, 2, 3, ...: assigned by the writer, never
+    reused); ``(stream, stream_seq)`` is the bus message it came from (unique: a redelivery
+    never makes a second row). ``hash`` = SHA-256 over ``prev_hash``, ``id`` and the row's
+    content digest; ``payload`` is the event's canonical JSON. The indexed columns are copies of
+    payload fields, also under the hash, so a search cannot be fooled either.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        UniqueConstraint("stream", "stream_seq"),
+        Index("ix_audit_events_user_id", "user", "id"),
+        Index("ix_audit_events_action_id", "action", "id"),
+        Index("ix_audit_events_session_id_id", "session_id", "id"),
+        Index("ix_audit_events_source_ip_id", "source_ip", "id"),
+        Index("ix_audit_events_decision_id", "decision", "id"),
+        Index("ix_audit_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(_AuditId, primary_key=True, autoincrement=False)
+    stream: Mapped[str] = mapped_column(String(64))
+    stream_seq: Mapped[int] = mapped_column(BigInteger)
+    subject: Mapped[str] = mapped_column(String(128))
+    v: Mapped[int] = mapped_column(Integer)
+    """Schema version of the event (``v``)."""
+    at: Mapped[datetime] = mapped_column()
+    """When the event happened (the event's ``at``)."""
+    received_at: Mapped[datetime] = mapped_column()
+    """When the bus stored the message."""
+    action: Mapped[str] = mapped_column(String(128))
+    user: Mapped[str] = mapped_column(String(256))
+    decision: Mapped[str | None] = mapped_column(String(8))
+    """``allow``, ``deny``, or None for events that decide nothing."""
+    source_ip: Mapped[str | None] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    """How many identical decisions this row stands for (authz folding)."""
+    payload: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+    def __repr__(self) -> str:
+        return f"AuditEventRow(id={self.id!r}, action={self.action!r}, user={self.user!r})"

@@ -219,3 +219,17 @@ worktrace_ban if {
 	is_string(input.resource.owner)
 	input.resource.owner != ""
 }
+
+# --- Audit trail (issue 11): who may search the audit store ---
+
+# audit.search: role auditor reads the audit trail and nothing else (admins may anyway).
+allow if {
+	input.action == "audit.search"
+	"auditor" in input.context.user.roles
+}
+
+denials contains "audit.search requires role admin or auditor" if {
+	input.action == "audit.search"
+	not "auditor" in input.context.user.roles
+	not "admin" in input.context.user.roles
+}
