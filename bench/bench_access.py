@@ -41,17 +41,18 @@ REPO = Path(__file__).resolve().parent.parent
 KEX = "curve25519-sha256"
 MLKEM = "mlkem768x25519-sha256"
 
-LOGINS_C1 = 40  # per server, interleaved one by one
+LOGINS_C1 = 30  # per server, interleaved one by one
 CONCURRENCY = 32
 ROUNDS_C32 = 2  # rounds of 32 workers x PER_WORKER logins, alternating servers
 PER_WORKER = 3
-IDLE_SSH = 100  # ``ssh -N`` connections held per server for the per-connection PSS
+WARM_UP = 8  # ssh -N connections opened and closed before the baseline
+IDLE_SSH = 150  # ``ssh -N`` connections held per server for the per-connection PSS
 SESSIONS = int(os.environ.get("STOCKADE_BENCH_ACCESS_SESSIONS", "10000"))
 CLIENT_PROCS = 10  # asyncssh client processes for the SESSIONS figure
 FLOOD_SOURCES = [f"127.0.0.{n}" for n in range(10, 60)]
 FLOOD_PER_SOURCE = 40
-FLOOD_LOGINS = 25
-MLKEM_LOGINS = 30
+FLOOD_LOGINS = 20
+MLKEM_LOGINS = 20
 USER = "bench"  # a developer (not recorded)
 
 
@@ -121,6 +122,17 @@ def descendants(root: int) -> list[int]:
         out.append(pid)
         todo.extend(tree.get(pid, []))
     return out
+
+
+def tree_rss_kib(root: int) -> int:
+    """VmRSS in KiB summed over ``root`` and its descendants (shared pages counted in full)."""
+    total = 0
+    for pid in descendants(root):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
 
 
 def tree_pss_kib(root: int) -> tuple[int, int]:
@@ -464,16 +476,19 @@ async def _memory(tmp: Path, key: Path, sshd: int, sshd_port: int, gw: int, gw_p
         ("sshd", sshd, _ssh(tmp, key, sshd_port, "root", "-N")),
         ("gateway", gw, _ssh(tmp, key, gw_port, USER, "-N")),
     ):
+        await _release(await _hold_ssh_n([cmd] * WARM_UP))
         before, _ = await _settled_pss(root)
+        rss_before = tree_rss_kib(root)
         procs = await _hold_ssh_n([cmd] * IDLE_SSH)
         try:
             after, count = await _settled_pss(root)
+            rss = (tree_rss_kib(root) - rss_before) / IDLE_SSH
         finally:
             await _release(procs)
         growth[name] = (after - before) / IDLE_SSH
         print(
-            f"   {name}: PSS {before} -> {after} KiB over {count} processes "
-            f"with {IDLE_SSH} idle ssh -N",
+            f"   {name}: PSS {before} -> {after} KiB over {count} processes with {IDLE_SSH} "
+            f"idle ssh -N (for reference, RSS counting shared pages in full: {rss:.0f} KiB each)",
             flush=True,
         )
     ratio = growth["gateway"] / growth["sshd"]
@@ -717,8 +732,10 @@ async def _run(tmp: Path, key: Path, sshd: subprocess.Popen[bytes], sshd_port: i
         "preauth": {"per_source_max_startups": 256, "max_startups": [1000, 30, 2000]},
     }
     with _gateway(tmp, "gw", users, **settings) as (gw_port, gw_pid):
-        await _latency(tmp, key, sshd.pid, sshd_port, gw_pid, gw_port)
+        # memory first, on a fresh gateway (after a warm-up): the latency runs would leave a
+        # high-water mark in its allocator that new connections reuse, hiding their cost
         await _memory(tmp, key, sshd.pid, sshd_port, gw_pid, gw_port)
+        await _latency(tmp, key, sshd.pid, sshd_port, gw_pid, gw_port)
         await _mlkem(key, gw_port)
         await _sessions(tmp, key, gw_pid, gw_port)
     # the flood shape and limits of tests/integration/test_gateway_flood.py
