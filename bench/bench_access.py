@@ -15,6 +15,10 @@ runs in its own process (``python -m bench.bench_access serve CONFIG``: real ide
 SQLite, the default Rego bundle, an embedded NATS for events and identity publishing), so the
 load generator in this process does not compete with its event loop. Every process this module
 starts is in a process group of its own and is killed in ``finally``.
+
+Memory is measured first, on a fresh gateway after a warm-up (the latency runs would leave a
+high-water mark in its allocator that new connections reuse). The run takes about 6 minutes on
+2 cores, most of it the 10,000 logins (``STOCKADE_BENCH_ACCESS_SESSIONS=N`` holds N instead).
 """
 
 from __future__ import annotations
