@@ -470,6 +470,11 @@ class Gateway:
             gateway_id=self.gateway_id,
             boot_id=self.boot_id,
             ttl=_token_ttl(login),
+            recording=(
+                str(self.data_dir / "recordings" / "{session_id}.cast")
+                if login.obligations.record_session
+                else None
+            ),
         )
         try:
             opened = await self._identity.open_session(login.principal, request)
@@ -502,7 +507,7 @@ class Gateway:
                 exit_status=live.exit_status,
                 bytes_in=live.bytes_in,
                 bytes_out=live.bytes_out,
-                recording=live.recording,
+                recording=live.recording or "",  # "": nothing was recorded after all
                 reason=reason,
             )
         except StockadeError as exc:

@@ -88,7 +88,7 @@ class GatewayServer(asyncssh.SSHServer):
             _log.info("connection_failed", conn=flow.conn_id, client=flow.client_ip, error=str(exc))
             if "timeout" in str(exc).lower():
                 flow.timed_out = True
-            elif flow.close_reason is None and isinstance(exc, asyncssh.ProtocolError):
+            elif flow.close_reason is None and isinstance(exc, asyncssh.Error):
                 flow.close_reason = "protocol_error"
         flow.connection_closed()
 

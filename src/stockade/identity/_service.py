@@ -464,6 +464,15 @@ class IdentityService:
                     boot_id=check_text(request.boot_id, field="boot_id", limit=64),
                     kind=request.kind if request.kind in ("session", "connection") else "session",
                     fingerprint=principal.fingerprint,
+                    recording=(
+                        None
+                        if request.recording is None
+                        else check_text(
+                            request.recording.replace("{session_id}", session_id),
+                            field="recording",
+                            limit=4096,
+                        )
+                    ),
                 )
             )
             token = self._session_token(row, session_id, lifetime)
@@ -768,7 +777,8 @@ class IdentityService:
                 row.exit_status = exit_status
                 row.bytes_in = bytes_in
                 row.bytes_out = bytes_out
-                row.recording = recording
+                if recording is not None:  # "" clears the path stored at start: nothing recorded
+                    row.recording = recording or None
                 row.end_reason = reason
             return _session(row)
 

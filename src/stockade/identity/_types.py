@@ -133,6 +133,9 @@ class SessionRequest:
     kind: str = "session"
     ttl: int = 86400
     """Lifetime of the session token (seconds); it is revoked when the session ends anyway."""
+    recording: str | None = None
+    """The recording the session will write (policy said ``record_session``; ``{session_id}``
+    is replaced by the new id), stored at once so a crash leaves a findable, playable cast."""
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
                 boot_id=request.boot_id,
                 kind=request.kind or "session",
                 ttl=request.ttl_seconds or 86400,
+                recording=_opt(request, "recording"),
             ),
         )
         return pb.OpenedSession(session_id=opened.session_id, token=opened.token)
@@ -363,6 +364,7 @@ class IdentityClient:
                     boot_id=request.boot_id,
                     kind=request.kind,
                     ttl_seconds=request.ttl,
+                    recording=request.recording,
                 ),
                 timeout=self._timeout,
             )

@@ -1024,12 +1024,15 @@ class OpenSessionRequest(_message.Message):
     BOOT_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    RECORDING_FIELD_NUMBER: _builtins.int
     client_ip: _builtins.str
     client_port: _builtins.int
     gateway_id: _builtins.str
     boot_id: _builtins.str
     kind: _builtins.str
     ttl_seconds: _builtins.int
+    recording: _builtins.str
+    """The recording path, "{session_id}" replaced by the new id (absent: not recorded)."""
     @_builtins.property
     def principal(self) -> Global___Principal: ...
     def __init__(
@@ -1042,12 +1045,15 @@ class OpenSessionRequest(_message.Message):
         boot_id: _builtins.str = ...,
         kind: _builtins.str = ...,
         ttl_seconds: _builtins.int = ...,
+        recording: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["principal", b"principal"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_recording", b"_recording", "principal", b"principal", "recording", b"recording"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "client_ip", b"client_ip", "client_port", b"client_port", "gateway_id", b"gateway_id", "kind", b"kind", "principal", b"principal", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recording", b"_recording", "boot_id", b"boot_id", "client_ip", b"client_ip", "client_port", b"client_port", "gateway_id", b"gateway_id", "kind", b"kind", "principal", b"principal", "recording", b"recording", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__recording: _TypeAlias = _typing.Literal["recording"]  # noqa: Y015
+    _WhichOneofArgType__recording: _TypeAlias = _typing.Literal["_recording", b"_recording"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__recording) -> _WhichOneofReturnType__recording | None: ...
 
 Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
 
