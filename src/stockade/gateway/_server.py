@@ -34,11 +34,26 @@ _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _gateway_internal(address: str) -> bool:
-    """True for addresses that reach the gateway host itself or its link."""
+    """True for addresses that reach the gateway host itself or its link: loopback, link-local,
+    unspecified, multicast, and every address assigned to one of the host's interfaces (a
+    service bound to all interfaces answers on those too)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return True
+    return _assigned_here(ip)
+
+
+def _assigned_here(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True when ``ip`` is an address of this host: binding a socket to it succeeds."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
 
 
 class GatewayServer(asyncssh.SSHServer):
