@@ -482,6 +482,15 @@ class Gateway:
             return
         live.session_id, live.token = opened.session_id, opened.token
         self._live.add(live)
+        limit = login.obligations.max_session_seconds
+        if limit:
+            # the limit is the session's (the connection's), not each channel's: a multiplexed
+            # connection opening a new channel after the last one hit it must end too
+            message = f"session time limit of {limit} seconds reached"
+            live.deadline = asyncio.get_running_loop().call_later(
+                limit,
+                lambda: self._background(live.terminate("max_session_seconds", message)),
+            )
         live.opened.set_result(True)
         await self._publish(
             SessionStarted(session_id=live.session_id, username=login.username,
@@ -495,6 +504,8 @@ class Gateway:
     async def _session_closed(self, live: LiveConnection) -> None:
         """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out."""
         self._live.discard(live)
+        if live.deadline is not None:
+            live.deadline.cancel()
         reason = live.end_reason or "exited"
         try:
             await self._identity.end_session(

@@ -60,6 +60,8 @@ class LiveConnection:
         self.bytes_out = 0
         self.recording: str | None = None
         self.ended = asyncio.Event()
+        self.deadline: asyncio.TimerHandle | None = None
+        """Ends the connection at its login's ``max_session_seconds`` (cancelled at close)."""
         self._channel_numbers = 0
 
     @property
