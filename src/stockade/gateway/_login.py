@@ -288,7 +288,8 @@ class LoginFlow:
         self.begin(username)
         self.attempts += 1
         try:
-            ok = await self.services.identity.verify_totp(username, code.strip())
+            # the code is the user's, whatever workspace the target names (``mona+lab``)
+            ok = await self.services.identity.verify_totp(username.partition("+")[0], code.strip())
         except StockadeError as exc:
             _log.warning("identity_unavailable", conn=self.conn_id, error=str(exc))
             ok = False
