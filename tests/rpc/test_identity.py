@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from stockade.authz import Authorizer
-from stockade.core import PermissionDenied
+from stockade.core import InvalidInput, PermissionDenied
 from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing, PasswordHasher, SessionRequest
 from stockade.rpc import IdentityClient, RpcServer, mtls_channel
@@ -121,8 +121,8 @@ async def test_another_services_certificate_is_no_password_oracle(
 async def test_the_gateway_certificate_opens_sessions_with_the_users_own_roles(
     served: Served, tmp_path: Path
 ) -> None:
-    """A gateway may open sessions; the token's roles come from the user's row, whatever roles
-    the principal it sends claims; SetRoles and KillSession stay an admin's."""
+    """A gateway may open sessions; a principal claiming roles the user lacks is refused, the
+    token's roles are the user's row's; SetRoles and KillSession stay an admin's."""
     await served.identity.add_user("gil", ssh_keys=[_pubkey(tmp_path, "g")])
     fingerprint = (await served.identity.get_user("gil")).keys[0].fingerprint
     principal = await served.identity.authenticate_key("gil", fingerprint)
@@ -130,7 +130,9 @@ async def test_the_gateway_certificate_opens_sessions_with_the_users_own_roles(
     inflated = dataclasses.replace(principal, roles=("admin",))  # type: ignore[type-var]
     async with mtls_channel("127.0.0.1", served.server.port, served.client("gateway")) as channel:
         client = IdentityClient(channel, target="gateway")
-        opened = await client.open_session(inflated, _request())  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput):  # identity checks the roles against the user's
+            await client.open_session(inflated, _request())  # type: ignore[arg-type]
+        opened = await client.open_session(principal, _request())  # type: ignore[arg-type]
         claims = await client.verify_token(opened.token)
         assert claims.roles == ()
         for attempt in (
