@@ -437,16 +437,23 @@ async def test_forward_channels_per_connection_are_bounded(tmp_path: Path, nats_
     async with server, gateway_env(tmp_path / "gw", nats_url, forward_to_loopback=True) as env:
         key = _key(await env.add_user("tara", "tunneler"))
         async with await _connect(env, "tara", client_keys=[key]) as conn:
-            opened = 0
+            writers = []
             for _ in range(40):
-                try:
-                    await conn.open_connection("127.0.0.1", target)
-                    opened += 1
-                except asyncssh.ChannelOpenError:
-                    pass
+                with contextlib.suppress(asyncssh.ChannelOpenError):
+                    writers.append((await conn.open_connection("127.0.0.1", target))[1])
+            opened = len(writers)
             gate.set()
+            for writer in writers:
+                writer.close()
             limit = env.gateway.settings.max_channels_per_connection
             assert opened <= limit, f"{opened} forward channels open on one connection"
+            # closed forwards give their slots back: many short ones in a row all open
+            await asyncio.sleep(0.5)
+            for _ in range(2 * limit):
+                reader, writer = await conn.open_connection("127.0.0.1", target)
+                assert await asyncio.wait_for(reader.read(10), 10) == b""
+                writer.close()
+                await asyncio.sleep(0.05)
 
 
 # -- forwards ------------------------------------------------------------------------------
