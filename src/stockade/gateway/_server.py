@@ -222,14 +222,38 @@ class GatewayServer(asyncssh.SSHServer):
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
-        allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
-        if not allowed:
+        """A direct-tcpip channel holds one of the connection's ``max_channels`` slots until it
+        closes, as a session channel does."""
+        if not self._may_open_channel():
             raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
+                asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels on this connection"
             )
-        address = await self._resolve_forward(dest_host, dest_port)
-        assert self._conn is not None
-        return await self._conn.forward_connection(address, dest_port)
+        try:
+            allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
+            if not allowed:
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
+                )
+            address = await self._resolve_forward(dest_host, dest_port)
+            assert self._conn is not None
+            forwarder = await self._conn.forward_connection(address, dest_port)
+        except BaseException:
+            self._channel_closed()
+            raise
+        lost = forwarder.connection_lost
+        released = False
+
+        def connection_lost(exc: Exception | None) -> None:
+            nonlocal released
+            try:
+                lost(exc)
+            finally:
+                if not released:
+                    released = True
+                    self._channel_closed()
+
+        forwarder.connection_lost = connection_lost  # type: ignore[method-assign]
+        return forwarder
 
     async def _resolve_forward(self, dest_host: str, dest_port: int) -> str:
         """The address to connect to, resolved once (no second lookup to rebind); loopback,
