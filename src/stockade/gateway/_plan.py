@@ -89,7 +89,9 @@ def plan_session(obligations: Obligations, request: ChannelRequest) -> SessionPl
     limit = obligations.max_session_seconds
     return SessionPlan(
         record=record,
-        record_input=record and obligations.record_input and request.term_type is not None,
+        # every recorded channel's input, PTY or not: ``ssh host sh`` reading commands from
+        # stdin is as interactive as a shell, and without it only the output was recorded
+        record_input=record and obligations.record_input,
         audit_transfer=audit_transfer,
         agent=request.agent_requested and obligations.agent_forwarding,
         sudo=obligations.sudo,
