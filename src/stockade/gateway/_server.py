@@ -29,6 +29,10 @@ __all__ = ["GatewayServer"]
 
 _log = get_logger("stockade.gateway.server")
 
+#: Distinct forwards remembered per connection for re-deciding them when roles change (bounded
+#: memory; a policy deciding on the role alone needs only the first).
+_MAX_TRACKED_FORWARDS = 256
+
 #: Listen addresses ``ssh -R`` may ask for.
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -212,6 +216,8 @@ class GatewayServer(asyncssh.SSHServer):
         )
         if not live.still_open():
             return False, "the session is being ended"
+        if decision.allow and len(live.forwards) < _MAX_TRACKED_FORWARDS:
+            live.forwards.add((action, host, port))
         return decision.allow, "; ".join(decision.reasons) or "not allowed by policy"
 
     def connection_requested(
