@@ -653,3 +653,22 @@ async def test_agent_is_not_reachable_without_the_obligation(tmp_path: Path, nat
     lines = str(result.stdout).split()
     assert lines[0] == "[]", result.stdout
     assert "agent forwarding denied" in str(result.stderr)
+
+
+async def test_stop_right_after_a_logout_records_the_end_and_keeps_the_books(
+    env: GatewayEnv, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A connection that closed just before ``stop()`` (its end still being recorded) must be
+    recorded as ended, and closed in the pre-auth books as authenticated (it was cancelled and
+    counted as a crash of an unauthenticated connection, which raised)."""
+    key = _key(await env.add_user("sam"))
+    conn = await _connect(env, "sam", client_keys=[key])
+    assert (await conn.run("true", check=False)).exit_status == 0
+    conn.close()
+    await conn.wait_closed()
+    await env.gateway.stop(grace=0)
+    err = capfd.readouterr().err
+    assert "no unauthenticated connection" not in err, err[-2000:]
+    rows = await env.identity.list_sessions(username="sam")
+    assert rows
+    assert not any(row.live for row in rows), "a session stayed live after the gateway stopped"
