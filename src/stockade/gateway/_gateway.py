@@ -451,9 +451,12 @@ class Gateway:
             await self._publish_failure(ip, port, admission.value)
             return
         outcome = Outcome.CRASH
+        authenticated: list[bool] = []
         try:
-            outcome = await self._run_ssh(sock, conn_id, ip, port)
+            outcome = await self._run_ssh(sock, conn_id, ip, port, authenticated)
         finally:
+            if authenticated:  # cancelled (stop) or failed after the login: still authenticated
+                outcome = Outcome.AUTHENTICATED
             self._limits.release(ip)
             penalty = self._preauth.closed(ip, outcome)
             if penalty is not None:
@@ -502,8 +505,8 @@ class Gateway:
             self._background(live.terminate("gateway_stopped", STOP_MESSAGE))
 
     async def _session_closed(self, live: LiveConnection) -> None:
-        """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out."""
-        self._live.discard(live)
+        """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out.
+        ``live`` leaves the registry only once its end is recorded, so ``stop()`` waits for it."""
         if live.deadline is not None:
             live.deadline.cancel()
         reason = live.end_reason or "exited"
@@ -519,6 +522,7 @@ class Gateway:
         except StockadeError as exc:
             _log.warning("session_not_ended", session=live.session_id, error=str(exc))
         finally:
+            self._live.discard(live)
             live.ended.set()
         await self._publish(
             SessionEnded(session_id=live.session_id, username=live.login.username,
@@ -526,8 +530,11 @@ class Gateway:
         )  # fmt: skip
         _log.info("session_ended", session=live.session_id, reason=reason)
 
-    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> Outcome:
-        """Serve one admitted connection; how it ended, for the pre-auth penalties."""
+    async def _run_ssh(
+        self, sock: socket.socket, conn_id: int, ip: str, port: int, authenticated: list[bool]
+    ) -> Outcome:
+        """Serve one admitted connection; how it ended, for the pre-auth penalties
+        (``authenticated`` gets an entry once it logged in, even if this is cancelled later)."""
         assert self._login_services is not None
         assert self._channel_services is not None
         flow = LoginFlow(self._login_services, conn_id, ip, port)
@@ -541,6 +548,7 @@ class Gateway:
         async def on_login(live: LiveConnection) -> None:
             lives.append(live)
             self._preauth.authenticated(ip)
+            authenticated.append(True)
             await self._logged_in(live)
 
         def factory() -> GatewayServer:
