@@ -573,3 +573,20 @@ def test_odd_scp_commands_are_refused(command: str, message: str) -> None:
     with pytest.raises(InvalidInput) as err:
         scp_command(command)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("scp -t .", "command -p scp -t -- ."),
+        ("scp -r -p -t ~/a\\ b", "command -p scp -r -p -t -- ~/'a b'"),
+        ("scp -f ~ 'x;id' \"-o\"", "command -p scp -f -- ~ 'x;id' -o"),
+        ("scp -d -t -- ~/", "command -p scp -d -t -- ~/"),
+    ],
+)
+def test_shell_command_runs_the_system_scp_with_quoted_paths(command: str, expected: str) -> None:
+    """The audited transfer runs this, never the command as sent: ``command -p`` finds the
+    system's scp whatever the workspace's PATH holds."""
+    request = scp_command(command)
+    assert request is not None
+    assert request.shell_command() == expected

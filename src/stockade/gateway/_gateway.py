@@ -451,9 +451,12 @@ class Gateway:
             await self._publish_failure(ip, port, admission.value)
             return
         outcome = Outcome.CRASH
+        authenticated: list[bool] = []
         try:
-            outcome = await self._run_ssh(sock, conn_id, ip, port)
+            outcome = await self._run_ssh(sock, conn_id, ip, port, authenticated)
         finally:
+            if authenticated:  # cancelled (stop) or failed after the login: still authenticated
+                outcome = Outcome.AUTHENTICATED
             self._limits.release(ip)
             penalty = self._preauth.closed(ip, outcome)
             if penalty is not None:
@@ -487,6 +490,15 @@ class Gateway:
             return
         live.session_id, live.token = opened.session_id, opened.token
         self._live.add(live)
+        limit = login.obligations.max_session_seconds
+        if limit:
+            # the limit is the session's (the connection's), not each channel's: a multiplexed
+            # connection opening a new channel after the last one hit it must end too
+            message = f"session time limit of {limit} seconds reached"
+            live.deadline = asyncio.get_running_loop().call_later(
+                limit,
+                lambda: self._background(live.terminate("max_session_seconds", message)),
+            )
         live.opened.set_result(True)
         await self._publish(
             SessionStarted(session_id=live.session_id, username=login.username,
@@ -498,8 +510,10 @@ class Gateway:
             self._background(live.terminate("gateway_stopped", STOP_MESSAGE))
 
     async def _session_closed(self, live: LiveConnection) -> None:
-        """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out."""
-        self._live.discard(live)
+        """The connection of ``live`` closed: the registry row ends, ``session.ended`` goes out.
+        ``live`` leaves the registry only once its end is recorded, so ``stop()`` waits for it."""
+        if live.deadline is not None:
+            live.deadline.cancel()
         reason = live.end_reason or "exited"
         try:
             await self._identity.end_session(
@@ -513,6 +527,7 @@ class Gateway:
         except StockadeError as exc:
             _log.warning("session_not_ended", session=live.session_id, error=str(exc))
         finally:
+            self._live.discard(live)
             live.ended.set()
         await self._publish(
             SessionEnded(session_id=live.session_id, username=live.login.username,
@@ -520,8 +535,11 @@ class Gateway:
         )  # fmt: skip
         _log.info("session_ended", session=live.session_id, reason=reason)
 
-    async def _run_ssh(self, sock: socket.socket, conn_id: int, ip: str, port: int) -> Outcome:
-        """Serve one admitted connection; how it ended, for the pre-auth penalties."""
+    async def _run_ssh(
+        self, sock: socket.socket, conn_id: int, ip: str, port: int, authenticated: list[bool]
+    ) -> Outcome:
+        """Serve one admitted connection; how it ended, for the pre-auth penalties
+        (``authenticated`` gets an entry once it logged in, even if this is cancelled later)."""
         assert self._login_services is not None
         assert self._channel_services is not None
         flow = LoginFlow(self._login_services, conn_id, ip, port)
@@ -535,6 +553,7 @@ class Gateway:
         async def on_login(live: LiveConnection) -> None:
             lives.append(live)
             self._preauth.authenticated(ip)
+            authenticated.append(True)
             await self._logged_in(live)
 
         def factory() -> GatewayServer:

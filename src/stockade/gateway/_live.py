@@ -5,8 +5,8 @@ shells, commands and forwards on it share its session id and token). Revocations
 events and are applied here: a ``stockade.session.kill`` ends the session it names; an
 ``stockade.identity.changed`` ends every connection of a disabled or removed user, every
 connection that logged in with a removed key, and re-decides ``ssh.connect`` for a user whose
-roles changed (a deny ends the connection; an allow updates the roles later channel requests are
-decided with).
+roles changed, and each forward it opened (a deny ends the connection; an allow updates the roles
+later channel requests are decided with).
 """
 
 from __future__ import annotations
@@ -60,6 +60,11 @@ class LiveConnection:
         self.bytes_out = 0
         self.recording: str | None = None
         self.ended = asyncio.Event()
+        self.forwards: set[tuple[str, str, int]] = set()
+        """``(action, host, port)`` of every forward policy allowed on this connection (``-R``
+        listeners live on; ``-L`` clients open channels again): re-decided when roles change."""
+        self.deadline: asyncio.TimerHandle | None = None
+        """Ends the connection at its login's ``max_session_seconds`` (cancelled at close)."""
         self._channel_numbers = 0
 
     @property
@@ -163,4 +168,19 @@ class LiveRegistry:
             why = "; ".join(decision.reasons) or "policy no longer allows this session"
             await live.terminate("revoked", f"access withdrawn: {why}")
             return
+        for action, host, port in sorted(live.forwards):
+            forward = await decide(
+                self._authz,
+                action,
+                principal,
+                source_ip=live.login.client_ip,
+                auth_method=live.login.method,
+                mfa=live.login.mfa,
+                session_id=live.session_id,
+                extra={"host": host, "port": port},
+            )
+            if not forward.allow:
+                why = "; ".join(forward.reasons) or f"policy no longer allows {action}"
+                await live.terminate("revoked", f"access withdrawn: {why}")
+                return
         live.principal = principal

@@ -10,9 +10,12 @@ throws every verdict away.
 
 Counting rule (it feeds SSH Shield): a rejected signature-free key *query* is not a strike (an
 agent offering several keys is not an attack) but it counts toward ``max_auth_failures`` as
-OpenSSH's MaxAuthTries does; a failed password, a failed TOTP code, a key whose signed request
-fails, and a connection that ends unauthenticated are one strike each, published as
-``stockade.auth.failed``.
+OpenSSH's MaxAuthTries does; a failed password, a failed TOTP code, and a connection that ends
+unauthenticated (reason ``bad_signature`` when a key passed its query but never logged in) are
+one strike each, published as ``stockade.auth.failed``. asyncssh verifies signatures itself
+after a True, so a failed signature is seen only as the same key asked about again: every
+repeat after the first (query, then signed request) costs an attempt, so forged signatures are
+bounded by ``max_auth_failures`` too.
 
 ``require_mfa``: the decision on the first credential says whether a TOTP code must come first;
 keyboard-interactive is offered, and a right code lets the next credential through. (OpenSSH
@@ -79,6 +82,9 @@ class _Verdict:
     fingerprint: str
     login: Login | None
     reason: str | None
+    uses: int = 0
+    """How often the verdict answered again (an honest client asks once more: the signed
+    request after its query)."""
 
 
 @dataclass
@@ -216,6 +222,14 @@ class LoginFlow:
         self.begin(username)
         for verdict in self._verdicts:
             if verdict.username == username and verdict.fingerprint == fingerprint:
+                verdict.uses += 1
+                if verdict.uses > 1:
+                    # asked again after the signed request: a signature that failed (or a
+                    # replayed query); each costs an attempt, as in OpenSSH's MaxAuthTries
+                    self.attempts += 1
+                    if self.exhausted:
+                        self._accepted = None
+                        return False
                 self._accepted = verdict.login
                 return verdict.login is not None
         self.attempts += 1
@@ -274,7 +288,8 @@ class LoginFlow:
         self.begin(username)
         self.attempts += 1
         try:
-            ok = await self.services.identity.verify_totp(username, code.strip())
+            # the code is the user's, whatever workspace the target names (``mona+lab``)
+            ok = await self.services.identity.verify_totp(username.partition("+")[0], code.strip())
         except StockadeError as exc:
             _log.warning("identity_unavailable", conn=self.conn_id, error=str(exc))
             ok = False

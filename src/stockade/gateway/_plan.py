@@ -79,6 +79,10 @@ def plan_session(obligations: Obligations, request: ChannelRequest) -> SessionPl
         return Refusal(f"subsystem {request.subsystem!r} is not offered")
     if obligations.privileged:
         return Refusal("privileged sessions are not available on this workspace backend")
+    if obligations.kill_session or obligations.ban_user or obligations.patches:
+        # duties of other enforcers (Worktrace responses, Pod provisioning): on a session
+        # request nobody would meet them, so the request is refused rather than run
+        return Refusal("policy attached an obligation a session cannot meet")
     record = obligations.record_session
     audit_transfer = False
     if record and request.subsystem == "sftp":
@@ -89,7 +93,9 @@ def plan_session(obligations: Obligations, request: ChannelRequest) -> SessionPl
     limit = obligations.max_session_seconds
     return SessionPlan(
         record=record,
-        record_input=record and obligations.record_input and request.term_type is not None,
+        # every recorded channel's input, PTY or not: ``ssh host sh`` reading commands from
+        # stdin is as interactive as a shell, and without it only the output was recorded
+        record_input=record and obligations.record_input,
         audit_transfer=audit_transfer,
         agent=request.agent_requested and obligations.agent_forwarding,
         sudo=obligations.sudo,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import shlex
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -85,6 +86,34 @@ class ScpRequest:
         mode = "-t" if self.direction == "upload" else "-f"
         paths = [_expand_tilde(path, home) for path in self.paths]
         return ["scp", *flags, mode, "--", *paths]
+
+    def shell_command(self) -> str:
+        """The command line for a POSIX shell that runs the *system's* scp: ``command -p`` looks
+        it up in the standard PATH, never the workspace's (whose ``~/.stockade/bin`` comes first
+        and is the user's to write), and skips shell functions; paths are quoted, a leading
+        ``~`` or ``~/`` is left for the shell to expand."""
+        flags = [
+            flag
+            for flag, on in (
+                ("-v", self.verbose),
+                ("-r", self.recursive),
+                ("-p", self.preserve),
+                ("-d", self.target_is_directory),
+            )
+            if on
+        ]
+        mode = "-t" if self.direction == "upload" else "-f"
+        paths = [_quote_path(path) for path in self.paths]
+        return " ".join(["command", "-p", "scp", *flags, mode, "--", *paths])
+
+
+def _quote_path(path: str) -> str:
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~/"
+    return shlex.quote(path)
 
 
 def _expand_tilde(path: str, home: str) -> str:

@@ -29,16 +29,35 @@ __all__ = ["GatewayServer"]
 
 _log = get_logger("stockade.gateway.server")
 
+#: Distinct forwards remembered per connection for re-deciding them when roles change (bounded
+#: memory; a policy deciding on the role alone needs only the first).
+_MAX_TRACKED_FORWARDS = 256
+
 #: Listen addresses ``ssh -R`` may ask for.
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _gateway_internal(address: str) -> bool:
-    """True for addresses that reach the gateway host itself or its link."""
+    """True for addresses that reach the gateway host itself or its link: loopback, link-local,
+    unspecified, multicast, and every address assigned to one of the host's interfaces (a
+    service bound to all interfaces answers on those too)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return True
+    return _assigned_here(ip)
+
+
+def _assigned_here(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True when ``ip`` is an address of this host: binding a socket to it succeeds."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
 
 
 class GatewayServer(asyncssh.SSHServer):
@@ -197,6 +216,8 @@ class GatewayServer(asyncssh.SSHServer):
         )
         if not live.still_open():
             return False, "the session is being ended"
+        if decision.allow and len(live.forwards) < _MAX_TRACKED_FORWARDS:
+            live.forwards.add((action, host, port))
         return decision.allow, "; ".join(decision.reasons) or "not allowed by policy"
 
     def connection_requested(
@@ -207,14 +228,38 @@ class GatewayServer(asyncssh.SSHServer):
         return self._forward(dest_host, dest_port)
 
     async def _forward(self, dest_host: str, dest_port: int) -> Any:
-        allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
-        if not allowed:
+        """A direct-tcpip channel holds one of the connection's ``max_channels`` slots until it
+        closes, as a session channel does."""
+        if not self._may_open_channel():
             raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
+                asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels on this connection"
             )
-        address = await self._resolve_forward(dest_host, dest_port)
-        assert self._conn is not None
-        return await self._conn.forward_connection(address, dest_port)
+        try:
+            allowed, why = await self._decide_forward("ssh.direct-tcpip", dest_host, dest_port)
+            if not allowed:
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
+                )
+            address = await self._resolve_forward(dest_host, dest_port)
+            assert self._conn is not None
+            forwarder = await self._conn.forward_connection(address, dest_port)
+        except BaseException:
+            self._channel_closed()
+            raise
+        lost = forwarder.connection_lost
+        released = False
+
+        def connection_lost(exc: Exception | None) -> None:
+            nonlocal released
+            try:
+                lost(exc)
+            finally:
+                if not released:
+                    released = True
+                    self._channel_closed()
+
+        forwarder.connection_lost = connection_lost  # type: ignore[method-assign]
+        return forwarder
 
     async def _resolve_forward(self, dest_host: str, dest_port: int) -> str:
         """The address to connect to, resolved once (no second lookup to rebind); loopback,

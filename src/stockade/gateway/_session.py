@@ -277,7 +277,10 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
             username=live.principal.username,
             workspace=live.principal.workspace.name,
             workspace_config=live.principal.workspace.config,
-            command=request.command,
+            # an audited transfer is not recorded: it runs the system's scp as parsed, never
+            # the command line as sent (a workspace's own "scp" first on PATH would run
+            # anything, unrecorded)
+            command=request.transfer.shell_command() if plan.audit_transfer else request.command,
             subsystem=request.subsystem,
             term_type=request.term_type,
             term_size=(width or 80, height or 24, pixwidth, pixheight),

@@ -432,8 +432,9 @@ class IdentityService:
 
     async def open_session(self, principal: Principal, request: SessionRequest) -> OpenedSession:
         """Record a live session of ``principal`` and issue its token (``sid`` bound), in one
-        transaction: the user must still exist and be enabled, and a key login's key must still
-        be theirs. :class:`InvalidInput` names what changed."""
+        transaction: the user must still exist and be enabled, a key login's key must still be
+        theirs, and their roles and groups must still be the principal's (the login was decided
+        with them). :class:`InvalidInput` names what changed."""
         ip, port = check_endpoint(request.client_ip, request.client_port)
         lifetime = min(int(request.ttl), self._keyring.max_ttl)
         if lifetime <= 0:
@@ -449,6 +450,12 @@ class IdentityService:
                 )
                 if owner != row.id:
                     raise InvalidInput("fingerprint", "the key is no longer registered")
+            if tuple(row.roles) != tuple(principal.roles) or tuple(row.groups) != tuple(
+                principal.groups
+            ):
+                # the login was decided with roles that are no longer the user's (changed
+                # between authenticate and now: the roles_changed event found no session)
+                raise InvalidInput("roles", "the user's roles changed during the login")
             session.add(
                 SessionRow(
                     id=session_id,

@@ -75,6 +75,26 @@ def require_admin(context: Ctx, method: str) -> None:
     raise PermissionDenied("identity.manage", [f"{method} needs an admin certificate ({who})"])
 
 
+#: Certificate common names of gateways. Only a gateway (or an admin) asks the login questions
+#: (a password or TOTP oracle otherwise), opens, starts, ends and sweeps sessions, or mints a
+#: session token: a gateway is trusted to have authenticated the user it names, so any other
+#: service's certificate could otherwise become any user, admins included.
+GATEWAY_NAMES = frozenset({"gateway"})
+
+
+def require_gateway(context: Ctx, method: str) -> None:
+    """Deny ``method`` unless the caller is on the admin socket or presents a gateway or admin
+    certificate."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return  # the admin unix socket
+    names = {name.decode() for name in auth.get("x509_common_name", [])}
+    if names & (GATEWAY_NAMES | ADMIN_NAMES):
+        return
+    who = ", ".join(sorted(names)) or "no name"
+    raise PermissionDenied("identity.session", [f"{method} needs a gateway certificate ({who})"])
+
+
 def _opt(msg: Any, field: str) -> Any:
     return getattr(msg, field) if msg.HasField(field) else None
 
@@ -89,6 +109,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def AuthenticateKey(
         self, request: pb.AuthenticateKeyRequest, context: Ctx
     ) -> pb.AuthenticateResponse:
+        require_gateway(context, "AuthenticateKey")
         result = await self._id.authenticate_key(request.target, request.fingerprint)
         return authenticated_to_pb(result)
 
@@ -96,11 +117,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def AuthenticatePassword(
         self, request: pb.AuthenticatePasswordRequest, context: Ctx
     ) -> pb.AuthenticateResponse:
+        require_gateway(context, "AuthenticatePassword")
         result = await self._id.authenticate_password(request.target, request.password)
         return authenticated_to_pb(result)
 
     @rpc_errors_to_status
     async def OpenSession(self, request: pb.OpenSessionRequest, context: Ctx) -> pb.OpenedSession:
+        require_gateway(context, "OpenSession")
         opened = await self._id.open_session(
             principal_from_pb(request.principal),
             SessionRequest(
@@ -119,6 +142,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def EndStaleSessions(
         self, request: pb.EndStaleSessionsRequest, context: Ctx
     ) -> pb.SessionList:
+        require_gateway(context, "EndStaleSessions")
         ended = await self._id.end_stale_sessions(request.gateway_id, request.boot_id)
         return pb.SessionList(sessions=[session_to_pb(s) for s in ended])
 
@@ -199,6 +223,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def VerifyPassword(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
+        require_gateway(context, "VerifyPassword")
         return pb.CheckResult(ok=await self._id.verify_password(request.name, request.secret))
 
     @rpc_errors_to_status
@@ -215,12 +240,14 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def VerifyTotp(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
+        require_gateway(context, "VerifyTotp")
         return pb.CheckResult(ok=await self._id.verify_totp(request.name, request.secret))
 
     @rpc_errors_to_status
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
         if not request.HasField("session_id"):  # session tokens are the gateway's business
             require_admin(context, "IssueToken")
+        require_gateway(context, "IssueToken")
         token = await self._id.issue_token(
             request.username,
             session_id=_opt(request, "session_id"),
@@ -273,6 +300,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
+        require_gateway(context, "StartSession")
         info = await self._id.start_session(
             request.id,
             username=request.username,
@@ -284,6 +312,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def EndSession(self, request: pb.EndSessionRequest, context: Ctx) -> pb.Session:
+        require_gateway(context, "EndSession")
         info = await self._id.end_session(
             request.id,
             exit_status=_opt(request, "exit_status"),
