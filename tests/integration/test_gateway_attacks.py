@@ -672,3 +672,16 @@ async def test_stop_right_after_a_logout_records_the_end_and_keeps_the_books(
     rows = await env.identity.list_sessions(username="sam")
     assert rows
     assert not any(row.live for row in rows), "a session stayed live after the gateway stopped"
+
+
+async def test_a_client_that_hangs_up_after_a_refusal_is_not_penalised(env: GatewayEnv) -> None:
+    """A refused client closing its connection is no parser crash: the next login from the same
+    address is served (a crash penalty here locked honest users out for 90 s)."""
+    key = _key(await env.add_user("alice"))
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    for _ in range(3):
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _connect(env, "alice", client_keys=[stranger])
+    conn = await _connect(env, "alice", client_keys=[key])
+    async with conn:
+        assert (await conn.run("true", check=False)).exit_status == 0

@@ -263,11 +263,19 @@ async def test_garbage_and_stalled_handshakes_do_not_block_others(env: GatewayEn
     key = await env.add_user("olga")
     stalled = []
     for _attempt in range(5):  # TCP connected, SSH banner sent, then nothing
-        _, writer = await asyncio.open_connection("127.0.0.1", env.port)
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", env.port, local_addr=("127.0.0.4", 0)
+        )
         writer.write(b"SSH-2.0-stall\r\n")
         stalled.append(writer)
-    silent_reader, silent = await asyncio.open_connection("127.0.0.1", env.port)
-    garbage_reader, garbage = await asyncio.open_connection("127.0.0.1", env.port)
+    # from other addresses than the user's: a source sending garbage is penalised (and stalls
+    # time out), as OpenSSH's PerSourcePenalties would
+    silent_reader, silent = await asyncio.open_connection(
+        "127.0.0.1", env.port, local_addr=("127.0.0.5", 0)
+    )
+    garbage_reader, garbage = await asyncio.open_connection(
+        "127.0.0.1", env.port, local_addr=("127.0.0.3", 0)
+    )
     garbage.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + os.urandom(4096))
     result = await env.run(env.ssh_cmd("olga", "echo still-serving", key=key))
     assert result.stdout == b"still-serving\n", result.stderr

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 from gateway.harness import GatewayEnv, ended_sessions, eventually, gateway_env
 
+from stockade.core.settings import PreAuthSettings
+
 pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture
 async def env(tmp_path: Path, nats_url: str) -> AsyncIterator[GatewayEnv]:
-    async with gateway_env(tmp_path, nats_url) as env:
+    # 200 logins at once from one address: beyond the per-source pre-auth default (64), which
+    # protects against exactly this from a stranger
+    preauth = PreAuthSettings(per_source_max_startups=256)
+    async with gateway_env(tmp_path, nats_url, preauth=preauth) as env:
         yield env
 
 

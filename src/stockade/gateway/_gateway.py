@@ -291,10 +291,14 @@ class Gateway:
             await asyncio.wait(ended, timeout=3)
             for waiter in ended:
                 waiter.cancel()
+        # the connections are closed: their tasks end by themselves; cancelling one in the middle
+        # of a store transaction would leave its database connection to the garbage collector
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+            await asyncio.wait(list(self._tasks), timeout=1)
         _log.info("gateway_stopped")
 
     # -- internals -----------------------------------------------------------------------

@@ -33,6 +33,16 @@ _log = get_logger("stockade.gateway.server")
 #: memory; a policy deciding on the role alone needs only the first).
 _MAX_TRACKED_FORWARDS = 256
 
+#: What the peer's bytes do to asyncssh's parser (PerSourcePenalties' ``crash``); a client that
+#: merely hangs up (``ConnectionLost``, its own disconnect) is not one.
+_PARSER_ERRORS = (
+    asyncssh.ProtocolError,
+    asyncssh.ProtocolNotSupported,
+    asyncssh.KeyExchangeFailed,
+    asyncssh.MACError,
+    asyncssh.CompressionError,
+)
+
 #: Listen addresses ``ssh -R`` may ask for.
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
@@ -107,7 +117,7 @@ class GatewayServer(asyncssh.SSHServer):
             _log.info("connection_failed", conn=flow.conn_id, client=flow.client_ip, error=str(exc))
             if "timeout" in str(exc).lower():
                 flow.timed_out = True
-            elif flow.close_reason is None and isinstance(exc, asyncssh.Error):
+            elif flow.close_reason is None and isinstance(exc, _PARSER_ERRORS):
                 flow.close_reason = "protocol_error"
         flow.connection_closed()
 
