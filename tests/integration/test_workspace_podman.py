@@ -302,23 +302,22 @@ async def test_an_impostor_agent_is_refused(runtime: PodmanRuntime) -> None:
         if path.exists():
             break
         await asyncio.sleep(0.01)
-    impostor = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        impostor.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
-    finally:
-        os.close(dir_fd)
-    impostor.send(b"H")
-    work = await opening
-    out = b""
-    while chunk := await work.read_stdout():
-        out += chunk
-    await work.close()
-    assert out.strip() == b"real"
-    impostor.setblocking(False)
-    loop = asyncio.get_running_loop()
-    assert await asyncio.wait_for(loop.sock_recv(impostor, 16), 10) == b""
-    impostor.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as impostor:  # closed on failure too
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            impostor.connect(f"/proc/self/fd/{dir_fd}/{path.name}")
+        finally:
+            os.close(dir_fd)
+        impostor.send(b"H")
+        work = await opening
+        out = b""
+        while chunk := await work.read_stdout():
+            out += chunk
+        await work.close()
+        assert out.strip() == b"real"
+        impostor.setblocking(False)
+        loop = asyncio.get_running_loop()
+        assert await asyncio.wait_for(loop.sock_recv(impostor, 16), 10) == b""
 
 
 async def test_a_restarted_runtime_reuses_the_running_pod(

@@ -92,6 +92,8 @@ app.add_typer(images.app, name="images")
 app.command("sbom")(sbom.sbom)
 app.add_typer(config.app, name="config")
 app.command("status")(status.status)
+app.add_typer(worktrace.app, name="worktrace")
+app.add_typer(audit.app, name="audit")
 
 
 _DOUBLE_BACKTICKS = re.compile(r"``([^`]+)``")
@@ -142,8 +144,6 @@ def _flag_type(self: typer.core.TyperOption, ctx: Any) -> str | None:
 
 
 typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
-app.add_typer(worktrace.app, name="worktrace")
-app.add_typer(audit.app, name="audit")
 
 
 def main() -> None:

@@ -190,8 +190,11 @@ def build_busybox_image(
     busybox = shutil.which("busybox")
     if busybox is None:
         raise ToolMissing("busybox", "busybox-static")
-    for sub in ("bin", "etc", "tmp", "proc", "dev", "sys", "home", "run", "root"):
+    rootfs.mkdir(parents=True, exist_ok=True)
+    rootfs.chmod(0o755)  # modes set explicitly: a process umask (stockade up's is 077) must not
+    for sub in ("bin", "etc", "tmp", "proc", "dev", "sys", "home", "run", "root"):  # leak in
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
+        (rootfs / sub).chmod(0o700 if sub == "root" else 0o755)
     shutil.copy2(busybox, rootfs / "bin" / "busybox")
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
     for applet in applets.stdout.split():
@@ -202,6 +205,9 @@ def build_busybox_image(
         shutil.copy2(source, rootfs / "bin" / name)
     (rootfs / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (rootfs / "etc" / "group").write_text("root:x:0:\n")
+    for item in [*(rootfs / "bin").iterdir(), rootfs / "etc" / "passwd", rootfs / "etc" / "group"]:
+        if not item.is_symlink():
+            item.chmod(0o755 if item.parent.name == "bin" else 0o644)
     (rootfs / "tmp").chmod(0o1777)
     tar = rootfs.with_suffix(".tar")
     subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tar), "."], check=True)
@@ -660,6 +666,7 @@ class PodmanRuntime:
             shutil.copy2(self.agent, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
         (layout.pub / "s").mkdir(exist_ok=True, mode=0o711)
+        (layout.pub / "s").chmod(0o711)  # whatever the process umask
         with contextlib.suppress(FileNotFoundError):
             layout.socket.unlink()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
