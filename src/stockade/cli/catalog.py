@@ -9,9 +9,11 @@ import typer
 
 from stockade.cli._common import err_console, handle_errors
 from stockade.cli.package import (
+    CaOption,
     CertificateOption,
     ExcludeFileOption,
     JobsOption,
+    NoAnchorOption,
     NoDefaultExcludesOption,
     PasswordEnvOption,
     PasswordFileOption,
@@ -58,16 +60,8 @@ def create(
 @handle_errors
 def verify(
     directory: Annotated[Path, typer.Argument(help="Tree holding catalog.json and its .p7s.")],
-    ca: Annotated[
-        Path | None, typer.Option("--ca", help="PEM of the CA the signer must chain to.")
-    ] = None,
-    no_anchor: Annotated[
-        bool,
-        typer.Option(
-            "--no-anchor",
-            help="Without --ca: check integrity only, whoever signed (fails closed otherwise).",
-        ),
-    ] = False,
+    ca: CaOption = None,
+    no_anchor: NoAnchorOption = False,
     jobs: JobsOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:

@@ -67,6 +67,16 @@ NoDefaultExcludesOption = Annotated[
 JobsOption = Annotated[
     int | None, typer.Option("--jobs", "-j", min=1, help="Parallel workers (default: CPUs).")
 ]
+CaOption = Annotated[
+    Path | None, typer.Option("--ca", help="PEM of the CA the signer must chain to.")
+]
+NoAnchorOption = Annotated[
+    bool,
+    typer.Option(
+        "--no-anchor",
+        help="Without --ca: check integrity only, whoever signed (fails closed otherwise).",
+    ),
+]
 
 
 class TtyProgress:
@@ -172,16 +182,8 @@ def build(
 @handle_errors
 def verify(
     target: Annotated[Path, typer.Argument(help="Package zip or unpacked directory.")],
-    ca: Annotated[
-        Path | None, typer.Option("--ca", help="PEM of the CA the signer must chain to.")
-    ] = None,
-    no_anchor: Annotated[
-        bool,
-        typer.Option(
-            "--no-anchor",
-            help="Without --ca: check integrity only, whoever signed (fails closed otherwise).",
-        ),
-    ] = False,
+    ca: CaOption = None,
+    no_anchor: NoAnchorOption = False,
     jobs: JobsOption = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
