@@ -553,6 +553,8 @@ def parse_line(line: bytes | str) -> TraceEvent:
         raise _shape_error(exc) from None
     except msgspec.DecodeError as exc:
         raise EventShapeError("line", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise EventShapeError("line", "nested too deeply") from None
     return _build(resp, data)
 
 
