@@ -24,6 +24,7 @@ holding their zero value.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -143,6 +144,17 @@ class Process(_S):
     cap: Capabilities | None = None
     tid: int | None = None
     in_init_tree: bool | None = None
+
+    def __post_init__(self) -> None:
+        binary = self.binary
+        if (
+            ("//" in binary or "/." in binary)
+            and binary.startswith("/")
+            and not binary.startswith("/memfd:")
+        ):
+            # /dev//shm/x, /tmp/../dev/shm/x: match rules on the path the kernel resolved
+            # (a memfd's name is text, not a path: "/memfd:../../bin/ls" stays as it is)
+            self.binary = "/" + posixpath.normpath(binary).lstrip("/")
 
     @property
     def basename(self) -> str:
