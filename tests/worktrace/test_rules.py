@@ -74,6 +74,14 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         exec_event("/usr/bin/nsenter", "--target=1 --mount --uts --ipc --net --pid bash"),
         exec_event("/usr/bin/nsenter", "--help"),
     ),
+    "nsenter-busybox": (
+        exec_event("/bin/busybox", "nsenter -t 1 -m sh"),
+        exec_event("/bin/busybox", "ls -t /tmp"),
+    ),
+    "loader-exec-writable": (
+        exec_event("/lib64/ld-linux-x86-64.so.2", "/dev/shm/x"),
+        exec_event("/lib64/ld-linux-x86-64.so.2", "--list /usr/bin/python3"),
+    ),
     "setns": (
         kprobe_event("__x64_sys_setns", [{"int_arg": 3}]),
         kprobe_event("__x64_sys_sethostname", [{"int_arg": 3}]),

@@ -32,6 +32,7 @@ def to_event(alert: Alert) -> WorktraceAlert:
     data = alert.to_dict()
     data["event_time"] = datetime.fromtimestamp(alert.event_time, UTC)
     data["confidence"] = min(1.0, max(0.0, float(alert.confidence)))
+    data["name"] = alert.name[:512]  # an anomaly's name embeds the user's binary names
     data["arguments"] = alert.arguments[:8192]
     data["ancestry"] = [b[:4096] for b in alert.ancestry[:64]]
     return WorktraceAlert.model_validate(data)

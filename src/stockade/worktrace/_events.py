@@ -24,6 +24,7 @@ holding their zero value.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -143,6 +144,17 @@ class Process(_S):
     cap: Capabilities | None = None
     tid: int | None = None
     in_init_tree: bool | None = None
+
+    def __post_init__(self) -> None:
+        binary = self.binary
+        if (
+            ("//" in binary or "/." in binary)
+            and binary.startswith("/")
+            and not binary.startswith("/memfd:")
+        ):
+            # /dev//shm/x, /tmp/../dev/shm/x: match rules on the path the kernel resolved
+            # (a memfd's name is text, not a path: "/memfd:../../bin/ls" stays as it is)
+            self.binary = "/" + posixpath.normpath(binary).lstrip("/")
 
     @property
     def basename(self) -> str:
@@ -553,6 +565,8 @@ def parse_line(line: bytes | str) -> TraceEvent:
         raise _shape_error(exc) from None
     except msgspec.DecodeError as exc:
         raise EventShapeError("line", f"not JSON ({exc})") from None
+    except RecursionError:
+        raise EventShapeError("line", "nested too deeply") from None
     return _build(resp, data)
 
 

