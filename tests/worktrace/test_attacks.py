@@ -142,6 +142,10 @@ def test_bash_dev_tcp_reverse_shell_held(engine_rules: Any) -> None:
     assert "reverse-shell-connect" in rule_ids(fresh(engine_rules), probe)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: no rule ties a shell to a socket an interpreter dup2()ed onto its stdio",
+)
 def test_python_socket_reverse_shell_broke(engine_rules: Any) -> None:
     """BROKE: python -c 'socket...; os.dup2(s.fileno(), 0..2); pty.spawn("sh")' connects
     from python3 (not a shell) and then execs a shell: nothing fires."""
@@ -228,6 +232,10 @@ def test_long_binary_names_do_not_break_the_alert_event_broke(engine_rules: Any)
 # --- the followed file ------------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the follower opens the export without O_NOFOLLOW (needs its directory)",
+)
 def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None:
     """BROKE (needs write access to the export's directory): a swap of the export for a
     symlink to another file is followed into it (``os.open`` without ``O_NOFOLLOW``)."""
@@ -245,6 +253,9 @@ def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None
     assert not any(b"secret" in x for x in lines)
 
 
+@pytest.mark.xfail(
+    strict=True, reason="open: truncation is seen only when the file shrinks below the offset"
+)
 def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path, engine_rules: Any) -> None:
     """BROKE (the writer's doing, not the user's): a copytruncate followed by a longer write
     before the next poll leaves the size above the offset, so the truncation goes unseen and
