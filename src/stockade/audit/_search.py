@@ -63,13 +63,17 @@ def parse_time(value: str, *, option: str, now: datetime | None = None) -> datet
         return now - parse_duration(text, field=option)
     except InvalidInput:
         pass
+    except OverflowError:
+        raise InvalidInput(option, f"{value!r} is too far in the past") from None
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00: valid ISO, not representable in UTC
+        raise InvalidInput(option, f"{value!r} is out of range in UTC") from None
     except ValueError:
         raise InvalidInput(
             option, f"{value!r} is neither a duration (30m, 1h, 7d) nor an ISO 8601 time"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _bounded(value: str, option: str, limit: int) -> str:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from stockade.audit import (
     AuditQuery,
@@ -51,6 +52,17 @@ def _line(event: dict[str, Any]) -> str:
     return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _safe(value: object) -> str:
+    """``value`` as one line: control characters (newlines, ANSI escapes) escaped, never cut.
+    Usernames and reasons come from SSH clients; a raw newline would forge a second event."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _summary(event: dict[str, Any]) -> str:
     details = event["event"]
     for name in ("reason", "target", "workspace", "path", "kind"):
@@ -73,7 +85,7 @@ def _table(events: list[dict[str, Any]]) -> None:
     for e in events:
         cells = [e["id"], e["at"], e["action"], e["user"], e["decision"], e["source_ip"]]
         cells += [e["session_id"], e["count"], _summary(e)]
-        table.add_row(*("" if c is None else str(c) for c in cells))
+        table.add_row(*(Text("" if c is None else _safe(c)) for c in cells))
     console.print(table)
 
 
@@ -144,7 +156,7 @@ async def _follow(searcher: AuditSearch, query: AuditQuery, after: int, as_json:
 def _text(e: dict[str, Any]) -> str:
     fields = [str(e["id"]), e["at"], e["action"], e["user"] or "-", e["decision"] or "-"]
     fields += [e["source_ip"] or "-", e["session_id"] or "-", _summary(e)]
-    return "  ".join(fields)
+    return "  ".join(_safe(f) for f in fields)
 
 
 @app.command("export")
