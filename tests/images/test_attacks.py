@@ -482,3 +482,19 @@ def test_encrypt_of_an_encrypted_layer(encrypted: Path, tmp_path: Path, ec_key: 
     # Without --encrypt-layer, encrypted layers pass through unchanged (not double-wrapped).
     encrypt(encrypted, out, f"jwe:{ec_key.public}")
     assert read_manifest(out)["layers"] == read_manifest(encrypted)["layers"]
+
+
+# --- sbom inputs ------------------------------------------------------------------------------
+
+
+def test_deeply_nested_bom_and_clearance_name_the_file(tmp_path: Path) -> None:
+    from stockade.core.errors import InvalidInput
+    from stockade.images import load_bom, load_clearance
+
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with pytest.raises(InvalidInput, match=r"bom\.json"):
+        load_bom(deep, "bom.json")
+    path = tmp_path / "clearance.json"
+    path.write_bytes(deep)
+    with pytest.raises(InvalidInput, match=r"clearance\.json"):
+        load_clearance(path)
