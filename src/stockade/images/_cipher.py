@@ -132,7 +132,7 @@ class PrivateOptions:
 def _load(raw: bytes, where: str, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput(where, f"{what} are not JSON") from None
     if not isinstance(doc, dict):
         raise InvalidInput(where, f"{what} are not a JSON object")

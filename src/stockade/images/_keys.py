@@ -259,7 +259,7 @@ def _parse_jwe(raw: bytes, where: str) -> dict[str, Any]:
         if not isinstance(document, dict) or "ciphertext" not in document:
             raise ValueError("not a JWE JSON object")
         return document
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput(where, "the JWE does not parse") from None
 
 
@@ -269,7 +269,7 @@ def _protected(document: dict[str, Any]) -> dict[str, Any]:
         padded = value + "=" * (-len(value) % 4)
         parsed = json.loads(base64.urlsafe_b64decode(padded)) if value else {}
         return parsed if isinstance(parsed, dict) else {}
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return {}
 
 

@@ -10,12 +10,14 @@ beside the destination and renames it into place only on success, so a failure l
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform as host_platform
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,10 +166,11 @@ class Layout:
         self.root = root
         marker = root / "oci-layout"
         try:
-            layout = json.loads(marker.read_bytes()[:4096])
+            with _open_regular(marker) as handle:
+                layout = json.loads(handle.read(4096))
         except FileNotFoundError:
             raise InvalidInput(str(root), "not an OCI image layout (no oci-layout file)") from None
-        except (OSError, ValueError, UnicodeDecodeError):
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput(str(marker), "is not JSON") from None
         if not isinstance(layout, dict) or layout.get("imageLayoutVersion") != "1.0.0":
             raise InvalidInput(str(marker), "imageLayoutVersion is not 1.0.0")
@@ -176,7 +179,7 @@ class Layout:
 
     def _json_file(self, path: Path) -> dict[str, Any]:
         try:
-            with path.open("rb") as handle:
+            with _open_regular(path) as handle:
                 raw = handle.read(_MAX_JSON + 1)
         except FileNotFoundError:
             raise InvalidInput(str(path), "missing") from None
@@ -186,7 +189,7 @@ class Layout:
             raise InvalidInput(str(path), f"larger than {_MAX_JSON} bytes")
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput(str(path), "is not JSON") from None
         if not isinstance(doc, dict):
             raise InvalidInput(str(path), "is not a JSON object")
@@ -209,7 +212,7 @@ class Layout:
         """Open a blob for streaming (checks are the reader's job: size and digest)."""
         path = self.blob_path(descriptor["digest"], where)
         try:
-            return path.open("rb")
+            return _open_regular(path)
         except FileNotFoundError:
             raise InvalidInput(where, f"blob {descriptor['digest']} is missing") from None
         except OSError as exc:
@@ -229,7 +232,7 @@ class Layout:
             raise IntegrityError(f"{where}: blob digest {actual} does not match its descriptor")
         try:
             doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InvalidInput(where, "blob is not JSON") from None
         if not isinstance(doc, dict):
             raise InvalidInput(where, "blob is not a JSON object")
@@ -255,6 +258,8 @@ class Layout:
             ]
             if not entries:
                 raise NotFound(f"tag in {self.root}", tag)
+            if len(entries) > 1:
+                raise InvalidInput(where, f"tag {tag!r} names {len(entries)} manifests; refused")
         elif len(entries) != 1:
             raise InvalidInput(
                 str(self.root),
@@ -298,6 +303,19 @@ class Layout:
         assert isinstance(config, dict)
         self.read_json_blob(config, f"{manifest_where} config")
         return ResolvedImage(descriptor=descriptor, manifest=manifest, config=config)
+
+
+def _open_regular(path: Path) -> Any:
+    """Open ``path`` for reading only if it is a regular file (a FIFO or device would block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "is not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_descriptor(entry: object, where: str) -> None:

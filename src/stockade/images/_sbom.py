@@ -166,7 +166,7 @@ def load_bom(raw: bytes, where: str) -> Bom:
     """A CycloneDX JSON document (1.4 to 1.7) in the library's model."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput(where, "is not JSON") from None
     if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":
         raise InvalidInput(where, "is not a CycloneDX JSON BOM")
@@ -270,7 +270,7 @@ def load_clearance(path: Path) -> dict[str, str]:
         doc = json.loads(path.read_bytes())
     except OSError as exc:
         raise InvalidInput(f"--clearance {path}", f"cannot read ({exc.strerror})") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput(f"--clearance {path}", "is not JSON") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"--clearance {path}", "must be an object of purl -> status")
