@@ -100,7 +100,7 @@ def test_authz_forbids_io_libraries() -> None:
             "cycle",
         ),
         (
-            lambda t: t.replace("logins (issue 14) | `store` |", "logins (issue 14) | `stor` |"),
+            lambda t: t.replace("OIDC logins | `store` |", "OIDC logins | `stor` |"),
             "'stor'",
         ),
         (lambda t: t.replace("## Packages", "## Parts"), "no '## Packages' section"),
