@@ -145,7 +145,7 @@ async def _follow(searcher: AuditSearch, query: AuditQuery, after: int, as_json:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(RuntimeError):  # not the main thread: Ctrl-C still ends it
             loop.add_signal_handler(sig, stop.set)
     show: Callable[[dict[str, Any]], str] = _line if as_json else _text
     async for event in searcher.follow(query, after=after, stop=stop):
