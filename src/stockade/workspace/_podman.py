@@ -399,6 +399,10 @@ def _short(path: str) -> str:
     raise InvalidInput("socket path", f"{path!r} is longer than a unix socket path may be")
 
 
+_LEADER_WAIT = 10.0
+"""Seconds a connection to a session socket waits for the session leader's pid."""
+
+
 class _SessionProxy:
     """A unix socket inside one session's directory that forwards to a host socket, for the
     session's own processes only (peer pid checked against the session's process tree)."""
@@ -409,6 +413,13 @@ class _SessionProxy:
         self.pod = pod
         self.leader: int | None = None
         self.server: asyncio.AbstractServer | None = None
+        self._known = asyncio.Event()
+
+    def set_leader(self, pid: int | None) -> None:
+        """Record the session leader (``None``: the session never started). Connections that
+        arrived before the agent reported the pid wait for this, then get their verdict."""
+        self.leader = pid
+        self._known.set()
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -419,6 +430,9 @@ class _SessionProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
+        # The leader can run and connect before the agent's "started" reply is read here.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._known.wait(), _LEADER_WAIT)
         allowed = self.leader is not None and descends_from(
             _peer_pid(sock), self.leader, self.pod.container_pid
         )
@@ -898,6 +912,8 @@ class PodmanRuntime:
             link.exits.pop(ident, None)
             if not exited.done():
                 exited.set_result(127 << 8)
+            for proxy in proxies:
+                proxy.set_leader(None)
             await workload.close()
             if isinstance(exc, OSError | TimeoutError | ConnectionError):
                 raise BackendError(
@@ -906,5 +922,5 @@ class PodmanRuntime:
             raise
         workload.pid = pid
         for proxy in proxies:
-            proxy.leader = pid
+            proxy.set_leader(pid)
         return workload
