@@ -24,15 +24,17 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
 import yaml
 
 from stockade.core.errors import InvalidInput
 
 from ._engine import LABEL_WORKSPACE
 from ._rules import FILE_HOOKS, CompiledRule, RuleSet, literal_suffix
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["MAX_SELECTORS", "PolicyValidator", "dump_policies", "tracing_policies"]
 
@@ -207,6 +209,8 @@ class PolicyValidator:
                 raise InvalidInput(str(path), f"cannot read the schema: {exc.strerror}") from None
             except ValueError as exc:
                 raise InvalidInput(str(path), f"not JSON: {exc}") from None
+            import jsonschema  # slow to import; only the validator needs it
+
             jsonschema.Draft7Validator.check_schema(schema)
             self._validators[kind] = jsonschema.Draft7Validator(schema)
 
