@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from stockade.authz import Authorizer
 from stockade.core.errors import InvalidInput
@@ -232,13 +233,16 @@ def test_long_binary_names_do_not_break_the_alert_event_broke(engine_rules: Any)
 # --- the followed file ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the follower opens the export without O_NOFOLLOW (needs its directory)",
-)
+def _drain(follower: FileFollower, polls: int = 3) -> list[bytes]:
+    lines: list[bytes] = []
+    for _ in range(polls):
+        lines.extend(follower.poll())
+    return lines
+
+
 def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None:
-    """BROKE (needs write access to the export's directory): a swap of the export for a
-    symlink to another file is followed into it (``os.open`` without ``O_NOFOLLOW``)."""
+    """Was BROKE (needs write access to the export's directory): a swap of the export for a
+    symlink to another file was followed into it (``os.open`` without ``O_NOFOLLOW``)."""
     export = tmp_path / "tetragon.log"
     export.write_bytes(b"")
     follower = FileFollower(export)
@@ -247,28 +251,92 @@ def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None
     secret.write_bytes(b"root:$6$secret:19000:0:99999:7:::\n")
     export.unlink()
     os.symlink(secret, export)
-    lines: list[bytes] = []
-    for _ in range(3):
-        lines.extend(follower.poll())
+    with capture_logs() as logs:
+        lines = _drain(follower)
     assert not any(b"secret" in x for x in lines)
+    refusals = [e for e in logs if e["event"] == "worktrace.export_refused"]
+    assert len(refusals) == 1  # once, not once per poll
+    assert "symlink" in refusals[0]["reason"]
+    assert refusals[0]["path"] == str(export)
+    export.unlink()  # the real export comes back: followed again from its start
+    export.write_bytes(b"after\n")
+    assert _drain(follower) == [b"after"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: truncation is seen only when the file shrinks below the offset"
-)
-def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path, engine_rules: Any) -> None:
-    """BROKE (the writer's doing, not the user's): a copytruncate followed by a longer write
-    before the next poll leaves the size above the offset, so the truncation goes unseen and
-    the new line is read from the old offset (lost)."""
+def test_export_that_is_a_symlink_from_the_start_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    export = tmp_path / "tetragon.log"
+    os.symlink(secret, export)
+    follower = FileFollower(export)
+    assert _drain(follower) == []
+    assert follower.refused == 3
+
+
+def test_export_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO would block the open (no writer) or feed whatever a writer sends: refused."""
+    export = tmp_path / "tetragon.log"
+    os.mkfifo(export)
+    follower = FileFollower(export)
+    with capture_logs() as logs:
+        assert _drain(follower) == []
+    (refusal,) = [e for e in logs if e["event"] == "worktrace.export_refused"]
+    assert "FIFO" in refusal["reason"]
+
+
+def test_symlinked_rotated_file_is_not_drained(tmp_path: Path) -> None:
+    """A ``tetragon-<time>.log`` symlink planted beside the export is not taken for a rotated
+    file the follower missed (which it reads whole)."""
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(b"one\n")
+    follower = FileFollower(export)
+    assert follower.poll() == [b"one"]
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    os.symlink(secret, tmp_path / "tetragon-2026-12-01T10-00-00.000.log")
+    export.rename(tmp_path / "tetragon-2026-12-01T10-00-01.000.log")
+    export.write_bytes(b"two\n")
+    lines = _drain(follower)
+    assert lines == [b"two"]
+
+
+def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path) -> None:
+    """Was BROKE (the writer's doing, not the user's): a copytruncate followed by a longer
+    write before the next poll left the size above the offset, so the truncation went unseen
+    and the new line was read from the old offset (lost)."""
     export = tmp_path / "tetragon.log"
     export.write_bytes(b"")
     follower = FileFollower(export)
     follower.poll()
+    first = line(exec_event("/usr/bin/true"))
     with export.open("ab") as out:
-        out.write(line(exec_event("/usr/bin/true")) + b"\n")
-    assert len(follower.poll()) == 1
-    export.write_bytes(line(exec_event("/usr/bin/false")) + b"\n")  # truncated and rewritten
-    assert len(follower.poll()) == 1
+        out.write(first + b"\n")
+    assert follower.poll() == [first]
+    rewritten = [line(exec_event("/usr/bin/false")), line(exec_event("/usr/bin/env"))]
+    assert len(rewritten[0]) > len(first)
+    with export.open("r+b") as out:  # copytruncate: the same inode, emptied, written again
+        out.truncate(0)
+        out.write(b"".join(x + b"\n" for x in rewritten))
+    assert _drain(follower) == rewritten  # each seen once: none lost, none duplicated
+    assert follower.truncations == 1
+
+
+def test_truncate_and_rewrite_a_long_file_between_polls(tmp_path: Path) -> None:
+    """The same past the fingerprint's first bytes: the bytes before the offset are checked."""
+    export = tmp_path / "tetragon.log"
+    before = [b"%05d" % n + b"x" * 200 for n in range(50)]
+    export.write_bytes(b"".join(x + b"\n" for x in before))
+    follower = FileFollower(export)
+    assert follower.poll() == before
+    after = [b"%05d" % n + b"y" * 200 for n in range(80)]
+    with export.open("r+b") as out:
+        out.truncate(0)
+        out.write(b"".join(x + b"\n" for x in after))
+    assert _drain(follower) == after
+    with export.open("ab") as out:  # plain appends afterwards are read once, from the offset
+        out.write(b"tail\n")
+    assert _drain(follower) == [b"tail"]
+    assert follower.truncations == 1
 
 
 # --- rules YAML ------------------------------------------------------------------------
