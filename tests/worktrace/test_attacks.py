@@ -269,10 +269,11 @@ def test_git_fetch_over_ssh_is_benign(engine_rules: Any) -> None:
     assert not set().union(*fired_over(engine_rules, events))
 
 
-def test_stderr_only_redirect_after_connect_is_benign(engine_rules: Any) -> None:
-    """A connected program that sends only its stderr elsewhere (``dup2(fd, 2)``)."""
+def test_stdout_and_stderr_redirect_after_connect_is_benign(engine_rules: Any) -> None:
+    """A connected program that sends its stdout and stderr to a log (``dup2(fd, 1..2)``)."""
     py = "/usr/bin/python3"
-    events = [at(connect(py), 9000), at(dup(4, 2, binary=py), 9000)]
+    events = [at(connect(py), 9000), at(dup(4, 1, binary=py), 9000)]
+    events.append(at(dup(4, 2, binary=py), 9000))
     events.append(at(exec_event("/bin/sh", "-c true"), 9001, parent_pid=9000))
     assert not set().union(*fired_over(engine_rules, events))
 

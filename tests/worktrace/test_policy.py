@@ -80,11 +80,11 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
     }
     assert "selectors" not in calls["tcp_connect"]  # one rule wants every connect
     assert "reverse-shell-stdio" in calls["tcp_connect"]["message"]
-    for dup in ("sys_dup2", "sys_dup3"):  # reverse-shell-stdio: oldfd, newfd onto stdin/stdout
+    for dup in ("sys_dup2", "sys_dup3"):  # reverse-shell-stdio: oldfd, newfd onto stdin
         assert calls[dup]["syscall"] is True
         assert calls[dup]["args"] == [{"index": 0, "type": "int"}, {"index": 1, "type": "int"}]
         assert calls[dup]["selectors"] == [
-            {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0", "1"]}]}
+            {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]}
         ]
     assert calls["sys_dup2"]["ignore"] == {"callNotFound": True}  # arm64 has only dup3
     assert "ignore" not in calls["sys_dup3"]
@@ -106,7 +106,7 @@ def test_stdio_rule_keeps_a_dup_rules_own_selector(
     assert set(calls) == {"sys_dup3", "sys_dup2", "tcp_connect"}
     assert calls["sys_dup3"]["selectors"] == [
         {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["255"]}]},
-        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0", "1"]}]},
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]},
     ]
     assert validator.errors(doc) == []
 

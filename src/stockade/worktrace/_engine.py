@@ -14,12 +14,15 @@ none: the shared empty tuple). It keeps, bounded:
   raises an anomaly alert.
 
 For ``stdio_socket`` rules it also keeps, per node and pid, the processes that opened an outbound
-TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin or
-stdout (``dup2``/``dup3`` onto fd 0 or 1): a shell executed by such a process, or by its child,
-is a reverse shell (``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying
+TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
+(``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
+process, or by its child, is a reverse shell (``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying
 on the process that both connected and replaced its stdio leaves out the usual benign shapes: a
 program that connected and then spawns a shell with pipes (the ``dup2`` happens in the forked
-child, which connected nothing), an sshd session child, git running ssh. Both tables forget a
+child, which connected nothing), an sshd session child, git running ssh, a connected program
+sending its stdout or stderr to a log. Tetragon's events do not say what the old descriptor
+was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
+``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
 pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them).
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
@@ -266,7 +269,7 @@ class Engine:
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
         self._learned: dict[str, int] = {}
         #: (node, pid) of processes with an outbound TCP connection, and of those among them
-        #: that then replaced their own stdin/stdout (insertion-ordered, bounded).
+        #: that then replaced their own stdin (insertion-ordered, bounded).
         self._connected: dict[tuple[str, int], None] = {}
         self._stdio_socket: dict[tuple[str, int], None] = {}
         self.events = 0
@@ -371,7 +374,7 @@ class Engine:
         return entry
 
     def _track_stdio(self, event: TraceEvent, newfd_position: int | None) -> None:
-        """Note an outbound TCP connection, or a stdin/stdout replaced after one."""
+        """Note an outbound TCP connection, or a stdin replaced after one."""
         pid = event.process.pid
         if pid is None:
             return

@@ -11,7 +11,7 @@
   every call and the engine filters;
 - file rules become their hook (``fd_install`` by default) with ``Prefix``/``Postfix`` selectors;
 - a process rule with ``stdio_socket`` needs every ``tcp_connect`` and the ``dup2``/``dup3`` calls
-  whose new descriptor is stdin or stdout (a ``newfd`` selector); ``sys_dup2`` is ignored where
+  whose new descriptor is stdin (a ``newfd`` selector); ``sys_dup2`` is ignored where
   the architecture has no such syscall (arm64 has only ``dup3``).
 
 Rules that are not ``global`` go into a policy whose ``podSelector`` requires the
@@ -116,7 +116,7 @@ def _kprobe(
 
 
 def _stdio_selector(call: str) -> dict[str, Any] | None:
-    """What a ``stdio_socket`` rule needs of ``call``: every connect; a dup onto stdin/stdout."""
+    """What a ``stdio_socket`` rule needs of ``call``: every connect; a dup onto stdin."""
     if call == "tcp_connect":
         return None
     values = [str(fd) for fd in sorted(STDIO_FDS)]

@@ -15,8 +15,8 @@ A rules file holds ``rules`` and ``attack_paths``::
           parent: [bash]             # parent's basename
           capabilities: [CAP_SYS_ADMIN]           # all in the effective set
           not_in_image: false        # true: binary absent from the image's SBOM file list
-          stdio_socket: false        # true: its (or its parent's) stdin/stdout were dup2()ed
-                                     # over by a process that had connected out over TCP
+          stdio_socket: false        # true: its (or its parent's) stdin was dup2()ed over
+                                     # by a process that had connected out over TCP
         file:                        # paths opened (kprobe ``fd_install`` by default)
           path: ["*/release_agent"]
           foreign_proc: false        # /proc/<pid>/... of a process of another user
@@ -176,9 +176,11 @@ STDIO_HOOKS: dict[str, list[tuple[int, str]]] = {
     "sys_dup3": [(0, "int"), (1, "int")],
 }
 #: The argument index of the new descriptor of the ``dup`` calls, and the descriptors that make
-#: a replaced stdio (stdin, stdout).
+#: a replaced stdio: stdin (a shell reading its commands from the connection). Not stdout or
+#: stderr alone: connected programs send those to logs; ``ssh -n`` or a daemon's ``/dev/null``
+#: redirect of stdin alone, before it runs shells, is the rare benign match left.
 STDIO_NEWFD_INDEX = 1
-STDIO_FDS = frozenset({0, 1})
+STDIO_FDS = frozenset({0})
 
 
 #: File hooks: the argument list the TracingPolicy asks for, and the position of the file.
@@ -210,8 +212,8 @@ class ProcessSpec(_Model):
     capabilities: list[str] = []
     not_in_image: bool = False
     stdio_socket: bool = False
-    """The process, or its parent, had its stdin or stdout replaced (``dup2``/``dup3`` onto
-    fd 0 or 1) by a process after that same process had opened an outbound TCP connection:
+    """The process, or its parent, had its stdin replaced (``dup2``/``dup3`` onto fd 0) by a
+    process after that same process had opened an outbound TCP connection:
     the shape of a reverse shell (``socket(); connect(); dup2(s, 0..2); exec sh``)."""
 
     @model_validator(mode="after")
