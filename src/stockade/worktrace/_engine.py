@@ -16,11 +16,12 @@ none: the shared empty tuple). It keeps, bounded:
 For ``stdio_socket`` rules it also keeps, per node and pid, the processes that opened an outbound
 TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
 (``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
-process, or by its child, is a reverse shell (``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying
-on the process that both connected and replaced its stdio leaves out the usual benign shapes: a
-program that connected and then spawns a shell with pipes (the ``dup2`` happens in the forked
-child, which connected nothing), an sshd session child, git running ssh, a connected program
-sending its stdout or stderr to a log. Tetragon's events do not say what the old descriptor
+process, or by its child, is a reverse shell
+(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying on the process
+that both connected and replaced its stdin leaves out the usual benign shapes: a program that
+connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
+connected nothing), an sshd session child, git running ssh, a connected program sending its
+stdout or stderr to a log. Tetragon's events do not say what the old descriptor
 was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
 ``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
 pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them).
