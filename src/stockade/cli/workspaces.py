@@ -34,7 +34,10 @@ def _row(ws: Any) -> dict[str, Any]:
 def add(
     name: str,
     owner: Annotated[str, typer.Option(help="The user who owns it.")],
-    backend: Annotated[Literal["local", "ssh"], typer.Option(help="local or ssh.")] = "local",
+    backend: Annotated[
+        Literal["local", "ssh", "container"],
+        typer.Option(help="local (sandbox), ssh (upstream sshd) or container (Podman Pod)."),
+    ] = "local",
     upstream: Annotated[str | None, typer.Option(help="ssh backend: host:port.")] = None,
     login: Annotated[str | None, typer.Option(help="ssh backend: upstream user.")] = None,
     direct: Annotated[bool, DIRECT] = False,
