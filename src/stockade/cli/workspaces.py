@@ -7,10 +7,23 @@ from typing import Annotated, Any, Literal
 import typer
 
 from stockade.core import InvalidInput
+from stockade.core.errors import AlreadyExists, NotFound
 from stockade.gateway import parse_upstream, upstream_public_key
+from stockade.identity import Workspace
+from stockade.workspace import claim_homes, guard_homes
 
 from ._admin import admin_identity
-from ._common import JSON_OPTION, handle_errors, print_json, print_table, run_async, settings
+from ._common import (
+    JSON_OPTION,
+    PurgeHome,
+    ReuseHome,
+    handle_errors,
+    home_choice,
+    print_json,
+    print_table,
+    run_async,
+    settings,
+)
 
 __all__ = ["app"]
 
@@ -41,9 +54,12 @@ def add(
     upstream: Annotated[str | None, typer.Option(help="ssh backend: host:port.")] = None,
     login: Annotated[str | None, typer.Option(help="ssh backend: upstream user.")] = None,
     direct: Annotated[bool, DIRECT] = False,
+    reuse_home: ReuseHome = False,
+    purge: PurgeHome = False,
 ) -> None:
     """Register workspace NAME. For ``--backend ssh`` also prints the gateway's key to add to
-    the upstream user's authorized_keys."""
+    the upstream user's authorized_keys. A home left by an earlier workspace of the same name is
+    refused unless ``--reuse-home`` or ``--purge`` is given."""
     config: dict[str, Any] = {}
     if backend == "ssh":
         if not upstream or not login:
@@ -53,11 +69,23 @@ def add(
     elif upstream or login:
         raise InvalidInput("--upstream/--login", "only for --backend ssh")
 
-    async def run() -> None:
-        async with admin_identity(settings(), direct=direct) as identity:
-            await identity.add_workspace(name, owner=owner, backend=backend, config=config)
+    data_dir = settings().data_dir
+    choice = home_choice(reuse_home, purge)
 
-    run_async(run())
+    async def run() -> Workspace:
+        async with admin_identity(settings(), direct=direct) as identity:
+            try:  # the name must be free before any home is purged for it
+                await identity.get_workspace(name)
+            except NotFound:
+                pass
+            else:
+                raise AlreadyExists("workspace", name)
+            guard_homes(data_dir, name, owner, choice=choice)
+            return await identity.add_workspace(name, owner=owner, backend=backend, config=config)
+
+    ws = run_async(run())
+    stamp = ws.created_at.isoformat()
+    claim_homes(data_dir, name, owner, owner_id=f"workspace:{name}:{owner}@{stamp}")
     typer.echo(f"workspace {name} added ({backend})")
     if backend == "ssh":
         typer.echo("add this key to the upstream user's authorized_keys:")

@@ -29,7 +29,7 @@ from ._blueprint import (
     resolve,
 )
 from ._fdio import CHUNK, FdReader, FdWriter
-from ._home import check_home, claim_home
+from ._home import check_home, claim_home, claim_homes, guard_homes, workspace_homes
 from ._kubernetes import (
     KubeRequest,
     KubernetesRuntime,
@@ -102,9 +102,11 @@ __all__ = [
     "check_home",
     "check_object",
     "claim_home",
+    "claim_homes",
     "connect_in_netns",
     "delete_requests",
     "exec_argv",
+    "guard_homes",
     "label_value",
     "load_blueprint",
     "object_name",
@@ -116,4 +118,5 @@ __all__ = [
     "select_runtime",
     "translate_for_podman",
     "validate_object",
+    "workspace_homes",
 ]

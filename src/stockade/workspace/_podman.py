@@ -49,6 +49,7 @@ from stockade.core.logging import get_logger
 
 from ._blueprint import DEFAULT_BLUEPRINT, Blueprint
 from ._fdio import FdReader, FdWriter
+from ._home import home_digest
 from ._names import object_name
 from ._nsenter import connect_in_netns
 from ._pss import check_object
@@ -636,7 +637,7 @@ class PodmanRuntime:
         return DEFAULT_BLUEPRINT
 
     def layout(self, workspace: str) -> PodmanLayout:
-        digest = hashlib.sha256(workspace.encode()).hexdigest()[:16]
+        digest = home_digest(workspace)
         return PodmanLayout(
             runtime=self.podman.base / "pods" / digest, homes=self.data_dir / "homes" / digest
         )
