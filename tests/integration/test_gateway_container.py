@@ -281,6 +281,15 @@ async def test_a_tunnelers_forward_reaches_a_listener_inside_the_container(env: 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+    # the gateway host's own addresses stay refused, whatever namespace a forward leaves from
+    addresses = (await env.gw.run(["hostname", "-I"])).stdout.decode().split()
+    for target in ("0.0.0.0", "169.254.1.1", *addresses[:2]):
+        shown = f"[{target}]" if ":" in target else target
+        refused = await env.gw.run(
+            env.gw.ssh_cmd("tina+tina-box", key=key, options=["-v", "-W", f"{shown}:{env.gw.port}"])
+        )
+        assert refused.returncode != 0
+        assert b"address of the gateway host" in refused.stderr, refused.stderr
     # a developer without the tunneler role gets no forward at all
     key = await env.user("dora", workspace="dora-box")
     denied = await env.gw.run(
