@@ -281,6 +281,21 @@ async def test_a_tunnelers_forward_reaches_a_listener_inside_the_container(env: 
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+    # a forward alone (ssh -N, no shell) starts the workspace's Pod and enters it
+    key_n = await env.user("nora", "tunneler", workspace="nora-box")
+    assert "nora-box" not in env.runtime._pods
+    local_n = free_port()
+    lone = await asyncio.create_subprocess_exec(
+        *env.gw.ssh_cmd("nora+nora-box", key=key_n, options=["-N", "-L", f"{local_n}:127.0.0.1:1"]),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL, env=CLEAN_ENV,
+    )  # fmt: skip
+    try:
+        assert await _read_forward(local_n, within=3.0) == b""  # nothing listens on port 1
+        assert env.runtime._pods["nora-box"].container_pid > 0
+    finally:
+        lone.kill()
+        await lone.wait()
     # the gateway host's own addresses stay refused, whatever namespace a forward leaves from
     addresses = (await env.gw.run(["hostname", "-I"])).stdout.decode().split()
     for target in ("0.0.0.0", "169.254.1.1", *addresses[:2]):

@@ -26,6 +26,7 @@ from ._live import LiveConnection
 from ._login import LoginFlow
 from ._policy import decide
 from ._session import ChannelServices, ChannelSession
+from .backends import SessionSpec
 
 __all__ = ["GatewayServer"]
 
@@ -301,10 +302,16 @@ class GatewayServer(asyncssh.SSHServer):
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
                 f"ssh.direct-tcpip denied: {dest_host} is an address of the gateway host",
             )
+        live = self._live
+        workspace = live.principal.workspace
+        spec = SessionSpec(
+            session_id=live.session_id,
+            username=live.principal.username,
+            workspace=workspace.name,
+            workspace_config={**workspace.config, "owner": workspace.owner},
+        )
         try:
-            sock = await backend.open_connection_in(
-                self._live.principal.workspace.name, address, dest_port
-            )
+            sock = await backend.open_forward(spec, address, dest_port)
         except (OSError, StockadeError) as exc:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
         _, peer = await asyncio.get_running_loop().create_connection(SSHForwarder, sock=sock)

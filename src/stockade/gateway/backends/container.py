@@ -165,6 +165,14 @@ class ContainerBackend:
         (``ssh -L``/``-W``); the workspace's Pod must be running."""
         return await self.runtime.open_connection_in(workspace, host, port)
 
+    async def open_forward(self, spec: SessionSpec, host: str, port: int) -> socket.socket:
+        """A forward of the session ``spec`` describes: its workspace's Pod is created or
+        reused first (so ``ssh -N -L`` needs no shell), then the connection leaves from the
+        container's network namespace."""
+        runtime = self.runtime
+        await runtime.ensure(spec)
+        return await runtime.open_connection_in(spec.workspace, host, port)
+
     async def close(self) -> None:
         """Stop the idle reaper and drop the agent links (Pods keep running)."""
         if self._reaper is not None:
