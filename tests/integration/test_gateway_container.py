@@ -48,23 +48,6 @@ pytestmark = [
 GIT_HOST = "git.example.test"
 
 
-def copy_with_libraries(binary: Path, rootfs: Path) -> None:
-    """``binary`` and every shared library ``ldd`` names, at the same paths under ``rootfs``."""
-    done = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True)
-    files = [binary]
-    for line in done.stdout.splitlines():
-        parts = line.split()
-        path = parts[2] if "=>" in parts and len(parts) > 3 else parts[0]
-        if path.startswith("/"):
-            files.append(Path(path))
-    for item in files:
-        dest = rootfs / item.relative_to("/")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.parent.chmod(0o755)
-        shutil.copy(item, dest)  # symlinks followed: the file itself
-        dest.chmod(0o755)
-
-
 @pytest.fixture(scope="module")
 def podman_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("gw-container")
@@ -80,11 +63,11 @@ def podman_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def image(podman_dir: Path) -> str:
-    rootfs = podman_dir / "rootfs"
-    for tool in ("/usr/bin/git", "/usr/bin/ssh-add"):
-        copy_with_libraries(Path(tool), rootfs)
     tag = DEFAULT_BLUEPRINT.effective_image
-    build_busybox_image(PodmanRuntime(data_dir=podman_dir).podman, rootfs, tag)
+    build_busybox_image(
+        PodmanRuntime(data_dir=podman_dir).podman, podman_dir / "rootfs", tag,
+        programs=[Path("/usr/bin/git"), Path("/usr/bin/ssh-add")],
+    )  # fmt: skip
     return tag
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
@@ -10,7 +12,13 @@ from stockade.core import InvalidInput
 from stockade.core.errors import AlreadyExists, NotFound
 from stockade.gateway import parse_upstream, upstream_public_key
 from stockade.identity import Workspace
-from stockade.workspace import claim_homes, guard_homes
+from stockade.workspace import (
+    DEFAULT_BLUEPRINT,
+    PodmanRuntime,
+    build_busybox_image,
+    claim_homes,
+    guard_homes,
+)
 
 from ._admin import admin_identity
 from ._common import (
@@ -127,3 +135,24 @@ def remove(name: str, direct: Annotated[bool, DIRECT] = False) -> None:
 
     run_async(run())
     typer.echo(f"workspace {name} removed")
+
+
+@app.command("build-image")
+@handle_errors
+def build_image(
+    program: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--program", "-p", help="A program of this host to add, with its shared libraries."
+        ),
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Image name (default: the blueprints').")] = None,
+) -> None:
+    """Build the ``container`` workspaces' image from busybox-static (plus ``--program`` files,
+    e.g. ``/usr/bin/git``) into Stockade's private Podman storage; no registry is involved."""
+    data_dir = settings().data_dir
+    name = tag or DEFAULT_BLUEPRINT.effective_image
+    runtime = PodmanRuntime(data_dir=data_dir)
+    with tempfile.TemporaryDirectory(prefix="stockade-rootfs-", dir=data_dir) as tmp:
+        build_busybox_image(runtime.podman, Path(tmp) / "rootfs", name, programs=program or [])
+    typer.echo(f"image {name} built")

@@ -47,6 +47,7 @@ from ._podman import (
     PodmanWorkload,
     build_agent,
     build_busybox_image,
+    copy_with_libraries,
     translate_for_podman,
 )
 from ._pss import CHECKS, Level, Violation, check_object
@@ -104,6 +105,7 @@ __all__ = [
     "claim_home",
     "claim_homes",
     "connect_in_netns",
+    "copy_with_libraries",
     "delete_requests",
     "exec_argv",
     "guard_homes",

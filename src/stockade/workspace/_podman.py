@@ -36,7 +36,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,6 +62,7 @@ __all__ = [
     "PodmanWorkload",
     "build_agent",
     "build_busybox_image",
+    "copy_with_libraries",
     "translate_for_podman",
 ]
 
@@ -206,15 +207,44 @@ def translate_for_podman(
     return translated, dirs
 
 
+def copy_with_libraries(program: Path, rootfs: Path) -> None:
+    """``program`` and every shared library ``ldd`` names for it, copied to the same paths
+    under ``rootfs`` (symlinks resolved), world-readable and executable."""
+    if not program.is_absolute() or not program.is_file():
+        raise InvalidInput("program", f"{program} is not an absolute path to a file")
+    done = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False)
+    files = [program]
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        parts = line.split()
+        path = parts[2] if "=>" in parts and len(parts) > 3 else (parts[0] if parts else "")
+        if path.startswith("/"):
+            files.append(Path(path))
+    for item in files:
+        dest = rootfs / item.relative_to("/")
+        for parent in reversed(dest.relative_to(rootfs).parents[:-1]):
+            (rootfs / parent).mkdir(exist_ok=True)
+            (rootfs / parent).chmod(0o755)
+        shutil.copy(item, dest)
+        dest.chmod(0o755)
+
+
 def build_busybox_image(
-    podman: Podman, rootfs: Path, tag: str, *, extra: Mapping[str, Path] | None = None
+    podman: Podman,
+    rootfs: Path,
+    tag: str,
+    *,
+    extra: Mapping[str, Path] | None = None,
+    programs: Sequence[Path] = (),
 ) -> None:
     """Build ``tag`` from busybox-static: a root filesystem of ``/bin/busybox`` and its applets
-    (plus ``extra`` programs, name -> file, into ``/bin``), imported (no registry involved)."""
+    (plus ``extra`` programs, name -> file, into ``/bin``, and ``programs`` of this host with
+    their shared libraries at their own paths), imported (no registry involved)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise ToolMissing("busybox", "busybox-static")
     rootfs.mkdir(parents=True, exist_ok=True)
+    for program in programs:
+        copy_with_libraries(program, rootfs)
     rootfs.chmod(0o755)  # modes set explicitly: a process umask (stockade up's is 077) must not
     for sub in ("bin", "etc", "tmp", "proc", "dev", "sys", "home", "run", "root"):  # leak in
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
