@@ -182,6 +182,10 @@ class ContainerBackend:
             self._reaper = None
         if self._runtime is not None:
             await self._runtime.close()
+        if self._socket_dir is not None:
+            with contextlib.suppress(OSError):  # left when a session's socket is still there
+                self._socket_dir.rmdir()
+            self._socket_dir = None
 
     def __repr__(self) -> str:
         state: Any = "not started" if self._runtime is None else self._runtime.data_dir
