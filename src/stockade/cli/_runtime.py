@@ -18,15 +18,17 @@ from pathlib import Path
 
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
-from stockade.broker import BrokerServer, KubeCluster, workspace_config
+from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
-from stockade.gateway import Gateway, RecordingSweeper
+from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
+from stockade.helpers import static_helper
 from stockade.identity import IdentityService, KeyRing
 from stockade.rpc import RpcServer
 from stockade.shield import Shield
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA
+from stockade.workspace import PodmanRuntime, UidAllocator
 
 __all__ = ["Listener", "Runtime", "keyring_for", "prepare_data_dir"]
 
@@ -197,6 +199,10 @@ class Runtime:
             gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
 
         if gateway_settings.enabled:
+            container = ContainerBackend(
+                data_dir=data_dir, runtime=self._podman_runtime, sockets=self._session_socket
+            )
+            stack.push_async_callback(container.close)
             self.gateway = Gateway(
                 settings=gateway_settings,
                 identity=self.identity,
@@ -207,6 +213,7 @@ class Runtime:
                 data_dir=data_dir,
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
+                extra_backends={"container": container},
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()
@@ -222,6 +229,26 @@ class Runtime:
             if port.isdigit():
                 ports.add(int(port))
         return ports
+
+    def _podman_runtime(self) -> PodmanRuntime:
+        """The Podman runtime of ``container`` workspaces (built at their first session)."""
+        ws = self.settings.workspace
+        data_dir = self.settings.data_dir
+        return PodmanRuntime(
+            data_dir=data_dir,
+            uids=UidAllocator(
+                data_dir / "workspace-uids.json", first=ws.uid_first, count=ws.uid_count
+            ),
+            idle_timeout=ws.idle_timeout,
+            network=ws.podman_network,
+            credential_helper=static_helper(),
+        )
+
+    async def _session_socket(
+        self, session_id: str, token: str, path: Path, uid: int | None
+    ) -> SessionSocket:
+        assert self.broker is not None
+        return await self.broker.open_session_socket(session_id, token, path, uid)
 
     def _credential_helpers(self, home: Path, uid: int, gid: int) -> None:
         """Point git, Docker and kubectl in a workspace home at the credential helpers."""
