@@ -21,6 +21,7 @@ declare -A need=(
   [podman]=podman
   [runc]=runc
   [busybox]=busybox-static
+  [catatonit]=catatonit
   [gcc]=gcc
 )
 
