@@ -22,6 +22,7 @@ declare -A need=(
   [runc]=runc
   [busybox]=busybox-static
   [gcc]=gcc
+  [chromium]=chromium
 )
 
 missing=()
