@@ -95,7 +95,10 @@ def test_authz_forbids_io_libraries() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda t: t.replace("| `supplychain` |", "| `supply2` |"), "src/stockade/supplychain is not in"),
+        (
+            lambda t: t.replace("| `supplychain` |", "| `supply2` |"),
+            "src/stockade/supplychain is not in",
+        ),
         (
             lambda t: t.replace("| `bus` |", "| `bus` |", 1).replace("| NATS |", "| `shield` |"),
             "cycle",
