@@ -329,7 +329,10 @@ def create_console(
             return refused
         if user.disabled:
             return refused
-        cookie, session = sessions.open(user.name, tuple(user.roles))
+        try:
+            cookie, session = sessions.open(user.name, tuple(user.roles))
+        except InvalidInput as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503, headers=_NO_STORE)
         who = _Who(user.name, tuple(user.roles), tuple(user.groups), session, cookie)
         try:
             await decide(who, VIEW_ACTION, Resource(kind="console", name="login"), request)
@@ -401,9 +404,7 @@ def create_console(
         row = await one_session(store, session_id)
         path = recording_path(row["recording"], recordings)
 
-        async def live() -> bool:
-            if await request.is_disconnected():
-                return False
+        async def live() -> bool:  # a closed page cancels the stream itself
             return await identity.is_session_live(session_id)
 
         async def stream() -> AsyncIterator[bytes]:
@@ -419,13 +420,15 @@ def create_console(
     async def session_kill(request: Request, who: _Who) -> Response:
         session_id = request.path_params["session_id"]
         fields = await form(request, who)
-        row = await one_session(store, session_id)
-        await decide(
-            who,
-            KILL_ACTION,
-            Resource(kind="session", name=session_id, owner=row["username"]),
-            request,
-        )
+        try:
+            row: dict[str, Any] | None = await one_session(store, session_id)
+        except NotFound:
+            row = None  # decided (and audited) all the same, then 404
+        owner = row["username"] if row else None
+        await decide(who, KILL_ACTION, Resource(kind="session", name=session_id[:64], owner=owner),
+                     request)  # fmt: skip
+        if row is None:
+            raise NotFound("session", session_id[:64])
         if fields.get("confirm") != "yes":
             raise InvalidInput("confirm", "tick the box to confirm the kill")
         if not row["live"]:
