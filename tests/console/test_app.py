@@ -278,3 +278,26 @@ async def test_audit_export_and_search_filters_are_validated(env: Env) -> None:
     assert exported.headers["content-type"].startswith("application/x-ndjson")
     for line in exported.text.splitlines():
         json.loads(line)
+
+
+async def test_a_kill_needs_the_confirmation_then_ends_the_session(env: Env) -> None:
+    token = await env.sign_in("ada")
+    opened = await env.identity.open_session(
+        await _principal(env, "ada"),
+        SessionRequest(client_ip="127.0.0.1", client_port=1, gateway_id="g", boot_id="b"),
+    )
+    url = f"{PREFIX}/sessions/{opened.session_id}/kill"
+    unconfirmed = await env.client.post(url, data={"csrf": token})
+    assert unconfirmed.status_code == 400
+    assert await env.identity.is_session_live(opened.session_id)
+    done = await env.client.post(url, data={"csrf": token, "confirm": "yes"})
+    assert done.status_code == 303
+    assert not await env.identity.is_session_live(opened.session_id)
+    info = await env.identity.get_session(opened.session_id)
+    assert info.end_reason == "killed"
+    again = await env.client.post(url, data={"csrf": token, "confirm": "yes"})
+    assert again.status_code == 400
+    unknown = await env.client.post(
+        f"{PREFIX}/sessions/{'9' * 32}/kill", data={"csrf": token, "confirm": "yes"}
+    )
+    assert unknown.status_code == 404

@@ -259,8 +259,8 @@ def test_ban_unban_auditor_csrf_one_time_code_and_logout(
     # Ban from the form, then it is in `stockade shield list`.
     page.goto(f"{origin}/console/shield")
     page.get_by_label("Source (IP or CIDR)").fill(source)
-    page.get_by_label("For").fill("2h")
-    page.get_by_label("Reason").fill("seen probing")
+    page.get_by_label("For", exact=True).fill("2h")
+    page.get_by_label("Reason", exact=True).fill("seen probing")
     page.get_by_role("button", name="Ban", exact=True).click()
     page.wait_for_url(re.compile(r".*/console/shield$"))
     assert source in page.locator("table").inner_text()
