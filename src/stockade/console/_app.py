@@ -153,10 +153,11 @@ class _SecurityHeaders:
 
 def _when(value: Any) -> str:
     if isinstance(value, str):
+        text: str = value
         try:
-            value = datetime.fromisoformat(value)
+            value = datetime.fromisoformat(text)
         except ValueError:
-            return value
+            return text
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, UTC)
     if isinstance(value, datetime):
