@@ -14,7 +14,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pytest
@@ -48,10 +48,20 @@ def browser() -> Iterator[Browser]:
 class Console:
     """A signed-in browser context whose every request is recorded."""
 
-    def __init__(self, browser: Browser, url: str, *, width: int = 1280, height: int = 800):
+    def __init__(
+        self,
+        browser: Browser,
+        url: str,
+        *,
+        width: int = 1280,
+        height: int = 800,
+        scheme: Literal["light", "dark"] = "light",
+    ) -> None:
         self.origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
         self.context: BrowserContext = browser.new_context(
-            ignore_https_errors=True, viewport={"width": width, "height": height}
+            ignore_https_errors=True,
+            viewport={"width": width, "height": height},
+            color_scheme=scheme,
         )
         self.requests: list[str] = []
         self.context.on("request", lambda request: self.requests.append(request.url))
@@ -167,12 +177,17 @@ def test_recorded_session_plays_in_the_console(
     ).stdout.split()[1]  # fmt: skip
     assert fingerprint in users  # whole, never shortened
     assert console.foreign() == [], console.foreign()
+
+    light = console.page.evaluate("getComputedStyle(document.body).backgroundColor")
     console.close()
 
-    # A phone: the sessions page fits 390 px without a horizontal scroll of the page itself.
-    phone = Console(browser, _login_url(server, "ada"), width=390, height=844)
+    # A phone in dark mode: the page fits 390 px without a horizontal scroll of the page itself,
+    # and follows the system's colour scheme.
+    phone = Console(browser, _login_url(server, "ada"), width=390, height=844, scheme="dark")
     width = phone.page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390, width
+    dark = phone.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (light, dark) == ("rgb(255, 255, 255)", "rgb(13, 17, 23)")
     phone.page.screenshot(path=str(tmp_path / "sessions-phone.png"))
     assert phone.foreign() == [], phone.foreign()
     phone.close()
