@@ -301,3 +301,18 @@ async def test_a_kill_needs_the_confirmation_then_ends_the_session(env: Env) -> 
         f"{PREFIX}/sessions/{'9' * 32}/kill", data={"csrf": token, "confirm": "yes"}
     )
     assert unknown.status_code == 404
+
+
+async def test_htmx_gets_the_rows_only_and_a_history_restore_the_whole_page(env: Env) -> None:
+    await env.sign_in("otto")
+    for path in ("sessions", "audit"):
+        whole = await env.client.get(f"{PREFIX}/{path}")
+        rows = await env.client.get(f"{PREFIX}/{path}", headers={"HX-Request": "true"})
+        restored = await env.client.get(
+            f"{PREFIX}/{path}",
+            headers={"HX-Request": "true", "HX-History-Restore-Request": "true"},
+        )
+        assert "<html" in whole.text
+        assert "<html" not in rows.text
+        assert "<html" in restored.text
+        assert rows.headers["vary"] == "HX-Request"

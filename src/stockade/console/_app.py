@@ -91,7 +91,7 @@ _HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-_NO_STORE = {"Cache-Control": "no-store"}
+_NO_STORE = {"Cache-Control": "no-store", "Vary": "HX-Request"}
 _HERE = Path(__file__).parent
 _MAX_FORM = 16 << 10
 
@@ -379,7 +379,7 @@ def create_console(
         query = SessionFilter.parse(params, parse_time=parse_time)
         listed = await session_page(store, query)
         keep = {k: v for k, v in params.items() if k != "page" and v}
-        name = "sessions_rows.html" if request.headers.get("hx-request") else "sessions.html"
+        name = "sessions_rows.html" if _partial(request) else "sessions.html"
         return page(name, request, who, listed=listed, filters=params, keep=keep,
                     page_size=PAGE_SIZE, encode=urllib.parse.urlencode)  # fmt: skip
 
@@ -462,7 +462,7 @@ def create_console(
             {**e, "detail": json.dumps(e, indent=2, sort_keys=True, ensure_ascii=False)}
             for e in found["events"]
         ]
-        name = "audit_rows.html" if request.headers.get("hx-request") else "audit.html"
+        name = "audit_rows.html" if _partial(request) else "audit.html"
         nxt = found.get("next_before")
         return page(name, request, who, rows=rows, filters=params, next_before=nxt,
                     encode=urllib.parse.urlencode)  # fmt: skip
@@ -578,6 +578,12 @@ def create_console(
 
     app = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_allowed})
     return _SecurityHeaders(app)
+
+
+def _partial(request: Request) -> bool:
+    """An htmx swap of the rows only (a history restore wants the whole page)."""
+    headers = request.headers
+    return bool(headers.get("hx-request")) and not headers.get("hx-history-restore-request")
 
 
 def _audit_kwargs(params: Mapping[str, str]) -> dict[str, Any]:
