@@ -17,6 +17,7 @@ from . import (
     blueprints,
     catalog,
     config,
+    console,
     image,
     images,
     node,
@@ -94,6 +95,7 @@ app.add_typer(config.app, name="config")
 app.command("status")(status.status)
 app.add_typer(worktrace.app, name="worktrace")
 app.add_typer(audit.app, name="audit")
+app.add_typer(console.app, name="console")
 
 
 _DOUBLE_BACKTICKS = re.compile(r"``([^`]+)``")

@@ -20,6 +20,7 @@ from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats
+from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
 from stockade.core import Settings, get_logger
 from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
 from stockade.helpers import static_helper
@@ -180,6 +181,17 @@ class Runtime:
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
             self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
 
+        # --- web console (issue 12): pages under /console/ on the broker's TLS listener ---
+        console = create_console(
+            identity=self.identity,
+            authz=self.authorizer,
+            store=self.store,
+            sessions=Sessions(await self.bus.key_value(LOGIN_BUCKET)),
+            recordings=data_dir / "recordings",
+            publisher=self.bus,
+            bans=self.shield.store if self.shield else None,
+            shield_settings=settings.shield,
+        )
         self.broker = BrokerServer.from_settings(
             settings,
             identity=self.identity,
@@ -188,10 +200,12 @@ class Runtime:
             ca=ca,
             metrics=self.shield.metrics_text if self.shield else None,
             audit=AuditSearch(self.store),
+            mounts={PREFIX: console},
         )
         stack.push_async_callback(self.broker.stop)
         await self.broker.start()
         self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
+        self.listeners.append(Listener("web console", f"{self.broker.url}{PREFIX}/"))
         if settings.vault.addr is None:
             log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
 
