@@ -317,7 +317,16 @@ class GatewaySettings(_Section):
     extra_hosts: list[str] = []
     """More addresses to listen on with the same port, e.g. ``["::1"]`` for IPv6 as well."""
     gateway_id: str | None = None
-    """Name of this gateway in events (``gateway_id``). Unset: the host name."""
+    """Name of this gateway in events and in the session registry (``gateway_id``); unique per
+    gateway process. Unset: ``<host name>-<instance id>`` (the instance id is derived from the
+    data dir), so two gateways on one host never share a name."""
+    heartbeat_interval: float = Field(default=1.0, ge=0.1, le=60)
+    """Seconds between two heartbeats of this gateway into the session registry. Each beat also
+    ends the sessions of gateways whose heartbeat is older than ``heartbeat_timeout``."""
+    heartbeat_timeout: float = Field(default=3.0, ge=1.0, le=3600)
+    """Seconds without a heartbeat after which a gateway counts as dead: the next beat of any
+    other gateway ends its sessions (reason ``gateway_lost``) and revokes their tokens. At least
+    twice ``heartbeat_interval``."""
     handshake_timeout: float = Field(default=15.0, gt=0, le=300)
     """Seconds from TCP accept until the client's first authentication request (version
     exchange and key exchange); a stalled handshake is closed and reported."""
@@ -375,6 +384,16 @@ class GatewaySettings(_Section):
     """Also present an ECDSA (NIST P-256) host key, for old clients that lack Ed25519."""
     preauth: PreAuthSettings = PreAuthSettings()
     """Limits before authentication: MaxStartups, per-source limits and penalties."""
+
+    @model_validator(mode="after")
+    def _heartbeat_window(self) -> GatewaySettings:
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}) must be at least twice"
+                f" heartbeat_interval ({self.heartbeat_interval:g}), or one late beat would"
+                " end a live gateway's sessions"
+            )
+        return self
 
 
 def _duration(value: Any) -> timedelta:

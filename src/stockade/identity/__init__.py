@@ -13,6 +13,7 @@ from ._target import MAX_TARGET_LEN, Target, parse_target
 from ._tokens import Claims, KeyRing
 from ._types import (
     AuthFailure,
+    Heartbeat,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_TARGET_LEN",
     "AuthFailure",
     "Claims",
+    "Heartbeat",
     "IdentityAPI",
     "IdentityService",
     "KeyRing",

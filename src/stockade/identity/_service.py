@@ -33,12 +33,14 @@ from stockade.core.events import (
     EventPublisher,
     IdentityChange,
     IdentityChanged,
+    SessionEnded,
     SessionKill,
 )
 from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
 from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
+from ._gateways import GATEWAY_LOST, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
 from ._passwords import (
     PasswordHasher,
@@ -52,6 +54,7 @@ from ._target import parse_target
 from ._tokens import Claims, KeyRing
 from ._types import (
     AuthFailure,
+    Heartbeat,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -522,6 +525,40 @@ class IdentityService:
         if ended:
             _log.warning("stale sessions ended", gateway=gateway_id, count=len(ended))
         return ended
+
+    async def heartbeat(
+        self, gateway_id: str, boot_id: str, *, stale_after: float, stopping: bool = False
+    ) -> Heartbeat:
+        """Record that boot ``boot_id`` of ``gateway_id`` is alive (or, ``stopping``, ended on
+        purpose) and end the sessions of every boot whose last beat is older than
+        ``stale_after`` seconds (reason ``gateway_lost``; their tokens stop verifying). Each
+        ended session gets its ``session.ended`` and a ``session.kill`` (should its gateway
+        still be alive behind a partition, it closes them)."""
+        beat = await record_heartbeat(
+            self._store,
+            gateway_id,
+            boot_id,
+            stale_after=stale_after,
+            stopping=stopping,
+            to_info=_session,
+        )
+        if beat.ended:
+            _log.warning("sessions of dead gateways ended", by=gateway_id, count=len(beat.ended))
+        for info in beat.ended:
+            await self._publish(
+                SessionEnded(
+                    session_id=info.session_id, username=info.username, reason=GATEWAY_LOST
+                )
+            )
+            await self._publish(
+                SessionKill(
+                    session_id=info.session_id,
+                    reason=GATEWAY_LOST,
+                    message="the gateway holding this session stopped answering",
+                    by="identity",
+                )
+            )
+        return beat
 
     def _session_token(self, row: UserRow, session_id: str, lifetime: int) -> str:
         now = int(self._keyring.now())

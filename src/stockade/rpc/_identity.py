@@ -18,6 +18,7 @@ from stockade.core import InvalidInput, PermissionDenied
 from stockade.identity import (
     AuthFailure,
     Claims,
+    Heartbeat,
     IdentityService,
     OpenedSession,
     Principal,
@@ -145,6 +146,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         require_gateway(context, "EndStaleSessions")
         ended = await self._id.end_stale_sessions(request.gateway_id, request.boot_id)
         return pb.SessionList(sessions=[session_to_pb(s) for s in ended])
+
+    @rpc_errors_to_status
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
+        require_gateway(context, "Heartbeat")
+        beat = await self._id.heartbeat(
+            request.gateway_id,
+            request.boot_id,
+            stale_after=request.stale_after,
+            stopping=request.stopping,
+        )
+        return pb.HeartbeatResponse(alive=beat.alive, ended=[session_to_pb(s) for s in beat.ended])
 
     @rpc_errors_to_status
     async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
@@ -408,6 +420,22 @@ class IdentityClient:
             )
         )
         return [session_from_pb(s) for s in reply.sessions]
+
+    async def heartbeat(
+        self, gateway_id: str, boot_id: str, *, stale_after: float, stopping: bool = False
+    ) -> Heartbeat:
+        reply = await self._call(
+            self._stub.Heartbeat(
+                pb.HeartbeatRequest(
+                    gateway_id=gateway_id,
+                    boot_id=boot_id,
+                    stale_after=stale_after,
+                    stopping=stopping,
+                ),
+                timeout=self._timeout,
+            )
+        )
+        return Heartbeat(alive=reply.alive, ended=tuple(session_from_pb(s) for s in reply.ended))
 
     async def set_roles(self, name: str, roles: Iterable[str]) -> User:
         reply = await self._call(

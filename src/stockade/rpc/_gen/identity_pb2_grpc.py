@@ -54,6 +54,11 @@ class IdentityStub:
                 request_serializer=identity__pb2.EndStaleSessionsRequest.SerializeToString,
                 response_deserializer=identity__pb2.SessionList.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/stockade.identity.v1.Identity/Heartbeat',
+                request_serializer=identity__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=identity__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
         self.SetRoles = channel.unary_unary(
                 '/stockade.identity.v1.Identity/SetRoles',
                 request_serializer=identity__pb2.SetRolesRequest.SerializeToString,
@@ -223,6 +228,12 @@ class IdentityServicer:
         raise RuntimeError('method not implemented by this servicer')
 
     def EndStaleSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,6 +435,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.EndStaleSessions,
                     request_deserializer=identity__pb2.EndStaleSessionsRequest.FromString,
                     response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=identity__pb2.HeartbeatRequest.FromString,
+                    response_serializer=identity__pb2.HeartbeatResponse.SerializeToString,
             ),
             'SetRoles': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoles,
@@ -679,6 +695,33 @@ class Identity:
             '/stockade.identity.v1.Identity/EndStaleSessions',
             identity__pb2.EndStaleSessionsRequest.SerializeToString,
             identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/Heartbeat',
+            identity__pb2.HeartbeatRequest.SerializeToString,
+            identity__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,
