@@ -32,6 +32,7 @@ from . import (
     workspaces,
     worktrace,
 )
+from .serve import serve
 from .up import up
 
 app = typer.Typer(
@@ -75,6 +76,7 @@ def version() -> None:
 
 
 app.command("up")(up)
+app.command("serve")(serve)
 app.add_typer(users.app, name="users")
 app.add_typer(token.app, name="token")
 app.add_typer(policy.app, name="policy")

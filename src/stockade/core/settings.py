@@ -59,6 +59,7 @@ __all__ = [
     "KubernetesCluster",
     "LogSettings",
     "Origin",
+    "PeerSettings",
     "PreAuthSettings",
     "ServiceTokenSettings",
     "Settings",
@@ -694,6 +695,35 @@ class ServiceTokenSettings(_Section):
     """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
 
 
+def _peer_address(value: Any) -> Any:
+    if value is None:
+        return None
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in text:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:7443), got {text!r}")
+    return text
+
+
+PeerAddress = Annotated[str | None, BeforeValidator(_peer_address)]
+
+
+class PeerSettings(_Section):
+    """Where ``stockade serve`` reaches the services it does not run itself: gRPC over mutual
+    TLS, each address ``host:port`` of that service's ``api`` listener. ``stockade up`` runs
+    every service in one process and needs none."""
+
+    identity: PeerAddress = None
+    """The identity service (``stockade serve identity``), for gateways and brokers."""
+    authz: PeerAddress = None
+    """The authz service (``stockade serve authz``), for gateways and brokers."""
+    server_name: str = "localhost"
+    """The name peers' server certificates are checked against (a SAN of theirs)."""
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    """Seconds a call to a peer may take before it fails (authz: fails closed, a deny)."""
+
+
 class TlsSettings(_Section):
     source: Literal["dev-ca", "files", "openbao-pki"] = "dev-ca"
     """Where service certificates come from: the data dir's dev CA, files another agent renews
@@ -841,6 +871,7 @@ class Settings(BaseSettings):
     workspace: WorkspaceSettings = WorkspaceSettings()
     service_tokens: ServiceTokenSettings = ServiceTokenSettings()
     tls: TlsSettings = TlsSettings()
+    peers: PeerSettings = PeerSettings()
     worktrace: WorktraceSettings = WorktraceSettings()
     audit: AuditSettings = AuditSettings()
 
