@@ -55,8 +55,8 @@ def test_closure_is_transitive_and_core_is_under_everything() -> None:
     allowed = GEN.closure(GEN.parse_table(DOC))
     assert allowed["core"] == set()
     assert allowed["authz"] == {"core"}
-    assert allowed["identity"] == {"store", "core"}
-    assert allowed["gateway"] == {"identity", "store", "authz", "workspace", "bus", "core"}
+    assert allowed["identity"] == {"store", "tls", "core"}  # tls: OIDC providers' JWKS
+    assert allowed["gateway"] == {"identity", "store", "tls", "authz", "workspace", "bus", "core"}
     assert allowed["broker"] == {
         "identity",
         "store",

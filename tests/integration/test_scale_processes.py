@@ -356,6 +356,8 @@ def test_every_service_in_its_own_process_and_two_gateways_share_one_state(
     finally:
         live.kill()
         live.wait(timeout=10)
+        if live.stdout is not None:
+            live.stdout.close()
     for service in list(cluster.services.values()):
         if service.proc is not None:
             assert service.stop() == 0, service.name

@@ -58,6 +58,7 @@ __all__ = [
     "IdentitySettings",
     "KubernetesCluster",
     "LogSettings",
+    "OidcSettings",
     "Origin",
     "PeerSettings",
     "PreAuthSettings",
@@ -116,6 +117,53 @@ class BusSettings(_Section):
     """Seconds to wait for NATS (and for the embedded server to become ready)."""
 
 
+class OidcSettings(_Section):
+    """Logins with ID tokens of an OpenID Connect provider (Keycloak, Hydra, OpenBao's
+    ``identity/oidc/provider``): identity checks the token's signature against the issuer's
+    JWKS, ``iss``, ``aud`` (``client_id``), ``exp``/``nbf``/``iat`` and, in the
+    authorization-code flow, ``nonce``; the ``groups`` claim maps to Stockade roles."""
+
+    enabled: bool = False
+    """Accept OIDC logins (``issuer`` and ``client_id`` must be set)."""
+    issuer: str | None = None
+    """The provider's issuer URL, exactly as in its tokens' ``iss``."""
+    client_id: str | None = None
+    """Stockade's client id at the provider: the ``aud`` its ID tokens must name."""
+    jwks_url: str | None = None
+    """The provider's JWKS URL. Unset: from its discovery document
+    (``<issuer>/.well-known/openid-configuration``)."""
+    username_claim: str = "preferred_username"
+    """The claim naming the Stockade user (it must pass the username grammar)."""
+    groups_claim: str = "groups"
+    """The claim listing the user's groups at the provider."""
+    group_roles: dict[str, list[str]] = {}
+    """Provider group → Stockade roles, e.g. ``{"platform-admins" = ["admin"]}``. A user's roles
+    are the union over their groups, replaced at every login; groups not listed give none."""
+    require_role: bool = True
+    """Refuse a login whose groups map to no role (instead of a user with no role)."""
+    create_users: bool = True
+    """Create the Stockade user at their first OIDC login (else only existing users log in)."""
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]] = [
+        "RS256",
+        "ES256",
+        "EdDSA",
+    ]
+    """Signature algorithms accepted in ID tokens (never ``none`` or HMAC)."""
+    leeway: float = Field(default=30.0, ge=0, le=300)
+    """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    max_age: float = Field(default=600.0, gt=0, le=86400)
+    """Oldest ID token (``iat``) accepted, in seconds: a login uses a fresh token."""
+    min_refresh: float = Field(default=30.0, gt=0, le=3600)
+    """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcSettings:
+        if self.enabled and not (self.issuer and self.client_id):
+            missing = "issuer" if not self.issuer else "client_id"
+            raise ValueError(f"{missing} must be set when OIDC logins are enabled")
+        return self
+
+
 class IdentitySettings(_Section):
     issuer: str = "stockade"
     """``iss`` of every issued JWT, checked on verification."""
@@ -129,6 +177,8 @@ class IdentitySettings(_Section):
     """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
     min_rsa_bits: int = Field(default=3072, ge=2048)
     """Smallest RSA SSH key accepted."""
+    oidc: OidcSettings = OidcSettings()
+    """Logins with ID tokens of an OpenID Connect provider (off by default)."""
 
 
 class AuthzSettings(_Section):

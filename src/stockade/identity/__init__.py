@@ -7,6 +7,7 @@ gRPC when split); it keeps its state in :class:`stockade.store.Store` and its si
 
 from ._api import IdentityAPI
 from ._keys import ParsedKey, fingerprint, parse_public_key
+from ._oidc import OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import PasswordHasher, TotpEnrollment, totp_code
 from ._service import IdentityService
 from ._target import MAX_TARGET_LEN, Target, parse_target
@@ -32,6 +33,9 @@ __all__ = [
     "IdentityAPI",
     "IdentityService",
     "KeyRing",
+    "OidcIdentity",
+    "OidcLogin",
+    "OidcVerifier",
     "OpenedSession",
     "ParsedKey",
     "PasswordHasher",

@@ -20,6 +20,7 @@ from stockade.identity import (
     Claims,
     Heartbeat,
     IdentityService,
+    OidcLogin,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -272,6 +273,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def VerifyToken(self, request: pb.VerifyTokenRequest, context: Ctx) -> pb.Claims:
         claims = await self._id.verify_token(request.token, audience=_opt(request, "audience"))
         return pb.Claims(claims_json=claims_to_json(claims))
+
+    @rpc_errors_to_status
+    async def LoginOidc(self, request: pb.OidcLoginRequest, context: Ctx) -> pb.OidcLoginResponse:
+        # any caller: the ID token is the credential (verified against the provider's JWKS)
+        login = await self._id.login_oidc(request.id_token, nonce=_opt(request, "nonce"))
+        return pb.OidcLoginResponse(user=user_to_pb(login.user), token=login.token)
 
     @rpc_errors_to_status
     async def GetJwks(self, request: pb.Empty, context: Ctx) -> pb.Jwks:
@@ -581,6 +588,15 @@ class IdentityClient:
             request.audience = audience
         reply = await self._call(self._stub.VerifyToken(request, timeout=self._timeout))
         return claims_from_json(reply.claims_json)
+
+    async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
+        """:meth:`IdentityService.login_oidc` over gRPC."""
+        request = pb.OidcLoginRequest(id_token=id_token)
+        if nonce is not None:
+            request.nonce = nonce
+        reply = await self._call(self._stub.LoginOidc(request, timeout=self._timeout))
+        claims = await self.verify_token(reply.token)
+        return OidcLogin(user=user_from_pb(reply.user), token=reply.token, claims=claims)
 
     async def fetch_jwks(self) -> dict[str, Any]:
         """The public JWKS (``jwks()`` of the in-process service)."""

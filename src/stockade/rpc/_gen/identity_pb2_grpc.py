@@ -59,6 +59,11 @@ class IdentityStub:
                 request_serializer=identity__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=identity__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.LoginOidc = channel.unary_unary(
+                '/stockade.identity.v1.Identity/LoginOidc',
+                request_serializer=identity__pb2.OidcLoginRequest.SerializeToString,
+                response_deserializer=identity__pb2.OidcLoginResponse.FromString,
+                _registered_method=True)
         self.SetRoles = channel.unary_unary(
                 '/stockade.identity.v1.Identity/SetRoles',
                 request_serializer=identity__pb2.SetRolesRequest.SerializeToString,
@@ -234,6 +239,12 @@ class IdentityServicer:
         raise RuntimeError('method not implemented by this servicer')
 
     def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def LoginOidc(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -440,6 +451,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=identity__pb2.HeartbeatRequest.FromString,
                     response_serializer=identity__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'LoginOidc': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoginOidc,
+                    request_deserializer=identity__pb2.OidcLoginRequest.FromString,
+                    response_serializer=identity__pb2.OidcLoginResponse.SerializeToString,
             ),
             'SetRoles': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoles,
@@ -722,6 +738,33 @@ class Identity:
             '/stockade.identity.v1.Identity/Heartbeat',
             identity__pb2.HeartbeatRequest.SerializeToString,
             identity__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoginOidc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/LoginOidc',
+            identity__pb2.OidcLoginRequest.SerializeToString,
+            identity__pb2.OidcLoginResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ class IdentityStub:
     OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]
     EndStaleSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_identity_pb2.HeartbeatRequest, _identity_pb2.HeartbeatResponse]
+    LoginOidc: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OidcLoginRequest, _identity_pb2.OidcLoginResponse]
     SetRoles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]
     KillSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]
     LookupKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]
@@ -77,6 +78,7 @@ class IdentityAsyncStub(IdentityStub):
     OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]  # type: ignore[assignment]
     EndStaleSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
     Heartbeat: _aio.UnaryUnaryMultiCallable[_identity_pb2.HeartbeatRequest, _identity_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    LoginOidc: _aio.UnaryUnaryMultiCallable[_identity_pb2.OidcLoginRequest, _identity_pb2.OidcLoginResponse]  # type: ignore[assignment]
     SetRoles: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]  # type: ignore[assignment]
     KillSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     LookupKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]  # type: ignore[assignment]
@@ -142,6 +144,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.HeartbeatResponse, _abc.Awaitable[_identity_pb2.HeartbeatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LoginOidc(
+        self,
+        request: _identity_pb2.OidcLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.OidcLoginResponse, _abc.Awaitable[_identity_pb2.OidcLoginResponse]]: ...
 
     @_abc_1.abstractmethod
     def SetRoles(
