@@ -100,7 +100,7 @@ def test_authz_forbids_io_libraries() -> None:
             "cycle",
         ),
         (
-            lambda t: t.replace("OIDC logins | `store` |", "OIDC logins | `stor` |"),
+            lambda t: t.replace("mapped to roles) | `store`,", "mapped to roles) | `stor`,"),
             "'stor'",
         ),
         (lambda t: t.replace("## Packages", "## Parts"), "no '## Packages' section"),
