@@ -31,10 +31,16 @@ from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.files import write_private
 from stockade.gateway import Gateway, RecordingSweeper
 from stockade.identity import IdentityAPI, IdentityService, KeyRing
-from stockade.rpc import AuthzClient, IdentityClient, RpcServer, mtls_channel
+from stockade.rpc import (
+    AuthzClient,
+    IdentityClient,
+    RpcServer,
+    ServiceAuthInterceptor,
+    mtls_channel,
+)
 from stockade.shield import BanSync, DenyList, Shield
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA
+from stockade.tls import CertificateFiles, DevCA, ProjectedToken, ServiceTokenVerifier
 
 __all__ = ["SERVICES", "Listener", "Runtime", "keyring_for", "prepare_data_dir", "service_tls"]
 
@@ -201,7 +207,16 @@ class Runtime:
 
         ca = DevCA(settings.tls.directory or data_dir / "tls")
         self._tls = service_tls(settings, "api" if self.embedded else _cert_name(local))
+        interceptors = []
+        if settings.service_tokens.enabled and (self.identity or self.authorizer):
+            # projected service-account tokens on every call (services split across Pods)
+            verifier = ServiceTokenVerifier.from_settings(
+                settings.service_tokens, "identity" if self.identity else "authz"
+            )
+            stack.push_async_callback(verifier.aclose)
+            interceptors.append(ServiceAuthInterceptor(verifier, publisher=self.bus))
         self.rpc = RpcServer(
+            interceptors=interceptors,
             identity=self.identity,
             authorizer=self.authorizer,
             tls=self._tls,
@@ -316,10 +331,12 @@ class Runtime:
         assert address is not None  # _check_peers
         assert self._tls is not None  # _start
         host, _, port = str(address).rpartition(":")
+        tokens = self.settings.service_tokens
         channel = mtls_channel(
             host.removeprefix("[").removesuffix("]"),
             int(port),
             self._tls,
+            token=ProjectedToken(tokens.token_dir / peer) if tokens.enabled else None,
             server_name=self.settings.peers.server_name,
         )
         self._stack.push_async_callback(channel.close, None)
