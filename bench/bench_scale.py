@@ -101,10 +101,12 @@ async def _logins(key: Path, known: Path, ports: list[int]) -> tuple[float, int]
         for i in counter:
             proc = await asyncio.create_subprocess_exec(
                 *_ssh(key, ports[i % len(ports)], known, "true"),
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            if await proc.wait() != 0:
+            _, err = await proc.communicate()
+            if proc.returncode != 0:
                 failures += 1
+                print(f"login {i} failed: {err.decode(errors='replace').strip()[:300]}")
 
     begin = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CLIENTS)))
@@ -159,6 +161,15 @@ def _kill_to_ended(gw_a: Serve, key: Path, known: Path, db: Path) -> float:
         gw_a.proc = None
 
 
+def _print_warnings(tmp: Path) -> None:
+    """The services' last warnings, to explain failed logins in ``bench/logs/scale.log``."""
+    for name in ("gateway-a", "gateway-b", "identity", "authz"):
+        log = tmp / f"{name}.log"
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        for line in [x for x in lines if '"warning"' in x or '"error"' in x][-8:]:
+            print(f"{name}: {line[:400]}")
+
+
 def _run(tmp: Path, nats_url: str) -> None:
     DevCA(tmp / "tls").ensure()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKADE_", "VAULT_"))}
@@ -202,6 +213,8 @@ def _run(tmp: Path, nats_url: str) -> None:
             ratio=two / one,
             goal="report (2x: the gateway was the bottleneck)",
         )
+        if fail_one or fail_two:
+            _print_warnings(tmp)
         times = []
         db = tmp / "identity" / "stockade.db"
         for _ in range(KILLS):
