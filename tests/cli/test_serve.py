@@ -19,6 +19,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in ("STOCKADE_BUS__URL", "STOCKADE_PEERS__IDENTITY", "STOCKADE_PEERS__AUTHZ"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STOCKADE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("STOCKADE_TLS__DIRECTORY", str(tmp_path / "tls"))
     monkeypatch.chdir(tmp_path)
     _common.settings.cache_clear()
     yield
@@ -63,6 +64,12 @@ def test_authz_peer_is_needed_too(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_malformed_peer_address(bad: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STOCKADE_PEERS__IDENTITY", bad)
     _one_line_error(["serve", "gateway"], "peers.identity")
+
+
+def test_split_services_need_one_shared_ca(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STOCKADE_TLS__DIRECTORY", raising=False)
+    monkeypatch.setenv("STOCKADE_BUS__URL", "nats://127.0.0.1:1")
+    _one_line_error(["serve", "authz"], "STOCKADE_TLS__DIRECTORY")
 
 
 def test_a_split_service_needs_an_external_bus() -> None:

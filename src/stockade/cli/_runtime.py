@@ -138,6 +138,12 @@ class Runtime:
                     f"peers.{peer}: {who} needs the {peer} service's address (host:port of"
                     f" `stockade serve {peer}`); set STOCKADE_PEERS__{peer.upper()}"
                 )
+        tls = self.settings.tls
+        if not self.embedded and tls.source == "dev-ca" and tls.directory is None:
+            raise ConfigError(
+                "tls.directory: split services must trust one CA; set STOCKADE_TLS__DIRECTORY"
+                ' to the dev CA\'s directory shared by them (or tls.source = "files")'
+            )
         if not self.embedded and self.settings.bus.url is None:
             raise ConfigError(
                 "bus.url: `stockade serve` needs an external NATS server shared by every"
@@ -275,6 +281,8 @@ class Runtime:
 
         if gateway_settings.api_url is None and self.broker is not None:
             gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
+        elif gateway_settings.api_url is None and "gateway" in local:
+            log.warning("gateway.api_url is unset; sessions reach no broker (set it to its URL)")
 
         if "gateway" in local and gateway_settings.enabled:
             deny_list: DenyList | None = self.shield.deny_list if self.shield else None
