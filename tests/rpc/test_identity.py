@@ -143,3 +143,27 @@ async def test_the_gateway_certificate_opens_sessions_with_the_users_own_roles(
                 await attempt
     assert (await served.identity.get_user("gil")).roles == ()
     assert await served.identity.is_session_live(opened.session_id)
+
+
+async def test_another_services_certificate_cannot_declare_gateways_dead(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a heartbeat ends the sessions of silent gateways; only a gateway may send one."""
+    async with mtls_channel("127.0.0.1", served.server.port, served.client("shield")) as channel:
+        client = IdentityClient(channel, target="shield")
+        with pytest.raises(PermissionDenied):
+            await client.heartbeat("gw", "boot", stale_after=1)
+
+
+async def test_a_gateway_heartbeat_round_trips(served: Served, tmp_path: Path) -> None:
+    principal = await _admin_principal(served, tmp_path)
+    await served.identity.heartbeat("gw", "b1", stale_after=3)
+    opened = await served.identity.open_session(principal, _request())  # type: ignore[arg-type]
+    async with mtls_channel("127.0.0.1", served.server.port, served.client("gateway")) as channel:
+        client = IdentityClient(channel, target="gateway")
+        beat = await client.heartbeat("gw2", "b2", stale_after=3)
+        assert beat.alive
+        assert beat.ended == ()
+        with pytest.raises(InvalidInput):
+            await client.heartbeat("gw2", "b2", stale_after=0.001)
+    assert await served.identity.is_session_live(opened.session_id)

@@ -33,6 +33,7 @@ from . import (
     workspaces,
     worktrace,
 )
+from .serve import serve
 from .up import up
 
 app = typer.Typer(
@@ -76,6 +77,7 @@ def version() -> None:
 
 
 app.command("up")(up)
+app.command("serve")(serve)
 app.add_typer(users.app, name="users")
 app.add_typer(token.app, name="token")
 app.add_typer(policy.app, name="policy")

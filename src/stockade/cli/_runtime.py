@@ -1,37 +1,55 @@
-"""The composition root: ``stockade up`` builds every service here, in one process.
+"""The composition root: ``stockade up`` builds every service here, in one process, and
+``stockade serve SERVICE`` builds one of them, reaching the others through their gRPC clients.
 
 Each service receives its collaborators through its constructor (docs/architecture.md); this
-module is the only place that knows which concrete objects those are. Start order is store, bus,
-identity, authz, internal API; stop order is the reverse, and a failure while starting stops
-whatever had already started.
+module is the only place that knows which concrete objects those are. A collaborator that runs
+in this process is the object itself; one that runs elsewhere is its client (``IdentityClient``,
+``AuthzClient`` over mutual TLS to the address in ``peers``, ``BanSync`` for the deny-list): the
+services see the same Protocols either way, and nothing inside them asks which. Start order is
+store, bus, audit, identity, authz, internal API, shield, broker, gateway; stop order is the
+reverse, and a failure while starting stops whatever had already started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
-from stockade.core import Settings, get_logger
+from stockade.core import ConfigError, Settings, get_logger
+from stockade.core.errors import BackendError
+from stockade.core.files import write_private
 from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
 from stockade.helpers import static_helper
-from stockade.identity import IdentityService, KeyRing
-from stockade.rpc import RpcServer
-from stockade.shield import Shield
+from stockade.identity import IdentityAPI, IdentityService, KeyRing
+from stockade.rpc import (
+    AuthzClient,
+    IdentityClient,
+    RpcServer,
+    ServiceAuthInterceptor,
+    mtls_channel,
+)
+from stockade.shield import BanSync, DenyList, Shield
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA
+from stockade.tls import CertificateFiles, DevCA, ProjectedToken, ServiceTokenVerifier
 from stockade.workspace import PodmanRuntime, UidAllocator
 
-__all__ = ["Listener", "Runtime", "keyring_for", "prepare_data_dir"]
+__all__ = ["SERVICES", "Listener", "Runtime", "keyring_for", "prepare_data_dir", "service_tls"]
+
+#: What ``stockade serve`` can run on its own; ``stockade up`` runs all of them.
+SERVICES: tuple[str, ...] = ("identity", "authz", "broker", "shield", "audit", "gateway")
 
 log = get_logger("stockade.up")
 
@@ -65,9 +83,11 @@ def keyring_for(settings: Settings) -> KeyRing:
 
 @dataclass
 class Runtime:
-    """Every service of ``stockade up``, started and stopped together."""
+    """The services of ``stockade up`` (``services`` unset: all of them) or of
+    ``stockade serve`` (one of :data:`SERVICES`), started and stopped together."""
 
     settings: Settings
+    services: frozenset[str] = frozenset(SERVICES)
     store: Store | None = None
     nats: EmbeddedNats | None = None
     bus: Bus | None = None
@@ -81,23 +101,70 @@ class Runtime:
     sweeper: RecordingSweeper | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    _identity_api: IdentityAPI | None = None
+    _authz_api: AuthzClient | None = None
+    _tls: CertificateFiles | None = None
+
+    def __post_init__(self) -> None:
+        unknown = self.services - set(SERVICES)
+        if unknown or not self.services:
+            raise ConfigError(
+                f"unknown service {', '.join(sorted(unknown)) or '(none)'};"
+                f" expected one of {', '.join(SERVICES)}"
+            )
+
+    @property
+    def embedded(self) -> bool:
+        """Every service in this process (``stockade up``)."""
+        return self.services == frozenset(SERVICES)
 
     async def start(self) -> None:
         try:
+            self._check_peers()
             await self._start()
         except BaseException:
             await self.stop()
             raise
 
+    def _check_peers(self) -> None:
+        """Fail before starting anything when a needed peer has no address (one line each)."""
+        peers = self.settings.peers
+        needs: dict[str, set[str]] = {
+            "identity": {"gateway", "broker"},
+            "authz": {"gateway", "broker"},
+        }
+        for peer, users in needs.items():
+            if peer in self.services or not users & self.services:
+                continue
+            if getattr(peers, peer) is None:
+                who = " and ".join(sorted(users & self.services))
+                raise ConfigError(
+                    f"peers.{peer}: {who} needs the {peer} service's address (host:port of"
+                    f" `stockade serve {peer}`); set STOCKADE_PEERS__{peer.upper()}"
+                )
+        tls = self.settings.tls
+        if not self.embedded and tls.source == "dev-ca" and tls.directory is None:
+            raise ConfigError(
+                "tls.directory: split services must trust one CA; set STOCKADE_TLS__DIRECTORY"
+                ' to the dev CA\'s directory shared by them (or tls.source = "files")'
+            )
+        if not self.embedded and self.settings.bus.url is None:
+            raise ConfigError(
+                "bus.url: `stockade serve` needs an external NATS server shared by every"
+                " service; set STOCKADE_BUS__URL (the embedded one is for `stockade up`)"
+            )
+
     async def _start(self) -> None:
         settings = self.settings
         data_dir = prepare_data_dir(settings)
         stack = self._stack
+        local = self.services
 
-        self.store = Store(settings.database_url, echo=settings.store.echo)
-        stack.push_async_callback(self.store.close)
-        await self.store.migrate()
-        self.listeners.append(Listener("store", _without_userinfo(settings.database_url)))
+        if local & {"identity", "audit"}:
+            self.store = Store(settings.database_url, echo=settings.store.echo)
+            stack.push_async_callback(self.store.close)
+            await self.store.migrate()
+            self.listeners.append(Listener("store", _without_userinfo(settings.database_url)))
 
         url = settings.bus.url
         if url is None:
@@ -111,7 +178,7 @@ class Runtime:
             self.listeners.append(Listener("event bus (external)", _without_userinfo(url)))
         self.bus = await Bus.connect(
             url,
-            name="stockade",
+            name="stockade" if self.embedded else f"stockade-{'-'.join(sorted(local))}",
             connect_timeout=settings.bus.connect_timeout,
             token=self.nats.token if self.nats else None,
         )
@@ -119,14 +186,15 @@ class Runtime:
         await self.bus.ensure_streams()
 
         # --- audit store (issue 11): every event of the bus, chained and signed ---
-        if settings.audit.enabled:
+        if "audit" in local and settings.audit.enabled:
+            assert self.store is not None
             self.audit = AuditService(
                 bus=self.bus, store=self.store, settings=settings.audit, data_dir=data_dir
             )
             stack.push_async_callback(self.audit.stop)
             await self.audit.start()
             self.listeners.append(Listener("audit store", f"signed heads: {self.audit.heads_file}"))
-        if settings.gateway.recording_keep is not None:
+        if "gateway" in local and settings.gateway.recording_keep is not None:
             self.sweeper = RecordingSweeper(
                 data_dir / "recordings", settings.gateway.recording_keep, publisher=self.bus
             )
@@ -134,42 +202,60 @@ class Runtime:
             await self.sweeper.start()
         # --- end audit store ---
 
-        self.identity = IdentityService(
-            store=self.store,
-            settings=settings.identity,
-            keyring=keyring_for(settings),
-            publisher=self.bus,
-        )
-        self.authorizer = Authorizer(settings=settings.authz, decision_sink=self.bus)
-        stack.push_async_callback(self.authorizer.stop)
-        await self.authorizer.start()
+        if "identity" in local:
+            assert self.store is not None
+            self.identity = IdentityService(
+                store=self.store,
+                settings=settings.identity,
+                keyring=keyring_for(settings),
+                publisher=self.bus,
+            )
+        if "authz" in local:
+            self.authorizer = Authorizer(settings=settings.authz, decision_sink=self.bus)
+            stack.push_async_callback(self.authorizer.stop)
+            await self.authorizer.start()
 
-        ca = DevCA(data_dir / "tls")
-        issued = ca.issue("api")
+        ca = DevCA(settings.tls.directory or data_dir / "tls")
+        self._tls = service_tls(settings, "api" if self.embedded else _cert_name(local))
+        interceptors = []
+        if settings.service_tokens.enabled and (self.identity or self.authorizer):
+            # projected service-account tokens on every call (services split across Pods)
+            verifier = ServiceTokenVerifier.from_settings(
+                settings.service_tokens, "identity" if self.identity else "authz"
+            )
+            stack.push_async_callback(verifier.aclose)
+            interceptors.append(ServiceAuthInterceptor(verifier, publisher=self.bus))
         self.rpc = RpcServer(
+            interceptors=interceptors,
             identity=self.identity,
             authorizer=self.authorizer,
-            tls=CertificateFiles(issued.cert, issued.key, issued.ca),
+            tls=self._tls,
             host=settings.api.host,
             port=settings.api.port,
-            admin_socket=settings.admin_socket,
+            admin_socket=settings.admin_socket if self.identity is not None else None,
         )
         stack.push_async_callback(self.rpc.stop)
         await self.rpc.start()
+        served: list[str] = [name for name in ("identity", "authz") if name in local]
         self.listeners.append(
-            Listener("internal API (gRPC, mutual TLS)", f"{settings.api.host}:{self.rpc.port}")
+            Listener(
+                f"internal API (gRPC, mutual TLS: {', '.join(served) or 'health only'})",
+                f"{settings.api.host}:{self.rpc.port}",
+            )
         )
-        self.listeners.append(
-            Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
-        )
+        if self.rpc.admin_socket is not None:
+            self.listeners.append(
+                Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
+            )
 
         gateway_settings = settings.gateway
-        if gateway_settings.port == 0:  # pick it now: nftables rules need the real port
+        if gateway_settings.port == 0 and "gateway" in local:
+            # pick it now: nftables rules need the real port
             gateway_settings = gateway_settings.model_copy(
                 update={"port": _free_port(gateway_settings.host)}
             )
 
-        if settings.shield.enabled:
+        if "shield" in local and settings.shield.enabled:
             self.shield = Shield(
                 self.bus,
                 settings.shield.model_copy(update={"nft_table": settings.nft_table}),
@@ -181,49 +267,64 @@ class Runtime:
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
             self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
 
-        # --- web console (issue 12): pages under /console/ on the broker's TLS listener ---
-        console = create_console(
-            identity=self.identity,
-            authz=self.authorizer,
-            store=self.store,
-            sessions=Sessions(await self.bus.key_value(LOGIN_BUCKET)),
-            recordings=data_dir / "recordings",
-            publisher=self.bus,
-            bans=self.shield.store if self.shield else None,
-            shield_settings=settings.shield,
-        )
-        self.broker = BrokerServer.from_settings(
-            settings,
-            identity=self.identity,
-            authz=self.authorizer,
-            publisher=self.bus,
-            ca=ca,
-            metrics=self.shield.metrics_text if self.shield else None,
-            audit=AuditSearch(self.store),
-            mounts={PREFIX: console},
-        )
-        stack.push_async_callback(self.broker.stop)
-        await self.broker.start()
-        self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
-        self.listeners.append(Listener("web console", f"{self.broker.url}{PREFIX}/"))
-        if settings.vault.addr is None:
-            log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
+        if "broker" in local:
+            mounts: dict[str, Any] = {}
+            if self.identity is not None and self.authorizer is not None and self.store:
+                # --- web console (issue 12): pages under /console/ on the broker's listener;
+                # it reads the store and identity directly, so it runs beside them only ---
+                mounts[PREFIX] = create_console(
+                    identity=self.identity,
+                    authz=self.authorizer,
+                    store=self.store,
+                    sessions=Sessions(await self.bus.key_value(LOGIN_BUCKET)),
+                    recordings=data_dir / "recordings",
+                    publisher=self.bus,
+                    bans=self.shield.store if self.shield else None,
+                    shield_settings=settings.shield,
+                )
+            self.broker = BrokerServer.from_settings(
+                settings,
+                identity=self.identity_api,
+                authz=self.authz_api,
+                publisher=self.bus,
+                ca=ca,
+                metrics=self.shield.metrics_text if self.shield else None,
+                audit=AuditSearch(self.store) if self.store is not None else None,
+                mounts=mounts,
+            )
+            stack.push_async_callback(self.broker.stop)
+            await self.broker.start()
+            self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
+            if mounts:
+                self.listeners.append(Listener("web console", f"{self.broker.url}{PREFIX}/"))
+            else:
+                log.info("console_not_served", reason="needs identity and authz in this process")
+            if settings.vault.addr is None:
+                log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
 
-        if gateway_settings.api_url is None:
+        if gateway_settings.api_url is None and self.broker is not None:
             gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
+        elif gateway_settings.api_url is None and "gateway" in local:
+            log.warning("gateway.api_url is unset; sessions reach no broker (set it to its URL)")
 
-        if gateway_settings.enabled:
+        if "gateway" in local and gateway_settings.enabled:
             container = ContainerBackend(
                 data_dir=data_dir, runtime=self._podman_runtime, sockets=self._session_socket
             )
             stack.push_async_callback(container.close)
+            deny_list: DenyList | None = self.shield.deny_list if self.shield else None
+            if deny_list is None and settings.shield.enabled:
+                # the shield runs elsewhere: follow its ban store (NATS KV) here
+                deny_list = DenyList()
+                sync = await BanSync.start(self.bus, [deny_list])
+                stack.push_async_callback(sync.stop)
             self.gateway = Gateway(
                 settings=gateway_settings,
-                identity=self.identity,
-                authz=self.authorizer,
+                identity=self.identity_api,
+                authz=self.authz_api,
                 publisher=self.bus,
                 events=self.bus,
-                deny_list=self.shield.deny_list if self.shield else None,
+                deny_list=deny_list,
                 data_dir=data_dir,
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
@@ -234,6 +335,48 @@ class Runtime:
             for host, port in self.gateway.listening:
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self.listeners.append(Listener("SSH gateway", shown))
+
+    @property
+    def identity_api(self) -> IdentityAPI:
+        """Identity as the other services see it: the service here, else its gRPC client."""
+        if self.identity is not None:
+            return self.identity
+        if self._identity_api is None:
+            self._identity_api = IdentityClient(
+                self._peer_channel("identity"),
+                target=str(self.settings.peers.identity),
+                timeout=self.settings.peers.timeout,
+            )
+        return self._identity_api
+
+    @property
+    def authz_api(self) -> Authorizer | AuthzClient:
+        """Authz as the other services see it: the authorizer here, else its gRPC client."""
+        if self.authorizer is not None:
+            return self.authorizer
+        if self._authz_api is None:
+            self._authz_api = AuthzClient(
+                self._peer_channel("authz"),
+                target=str(self.settings.peers.authz),
+                timeout=self.settings.peers.timeout,
+            )
+        return self._authz_api
+
+    def _peer_channel(self, peer: str) -> Any:
+        address = getattr(self.settings.peers, peer)
+        assert address is not None  # _check_peers
+        assert self._tls is not None  # _start
+        host, _, port = str(address).rpartition(":")
+        tokens = self.settings.service_tokens
+        channel = mtls_channel(
+            host.removeprefix("[").removesuffix("]"),
+            int(port),
+            self._tls,
+            token=ProjectedToken(tokens.token_dir / peer) if tokens.enabled else None,
+            server_name=self.settings.peers.server_name,
+        )
+        self._stack.push_async_callback(channel.close, None)
+        return channel
 
     def _reserved_ports(self) -> set[int]:
         """Every port this process listens on: ``ssh -R`` may take none of them."""
@@ -261,16 +404,26 @@ class Runtime:
     async def _session_socket(
         self, session_id: str, token: str, path: Path, uid: int | None
     ) -> SessionSocket:
-        assert self.broker is not None
+        if self.broker is None:
+            raise BackendError(
+                "container workspaces need the broker in the gateway's process for their"
+                " per-session credential sockets; run them under `stockade up`"
+            )
         return await self.broker.open_session_socket(session_id, token, path, uid)
 
     def _credential_helpers(self, home: Path, uid: int, gid: int) -> None:
         """Point git, Docker and kubectl in a workspace home at the credential helpers."""
-        assert self.broker is not None
+        if self.broker is not None:
+            api_url, ca_path = self.broker.url, self.broker.ca_path
+        else:  # the broker runs elsewhere: gateway.api_url, certificates from the same CA
+            assert self.gateway is not None
+            assert self._tls is not None
+            api_url = self.gateway.settings.api_url or "https://127.0.0.1:8443"
+            ca_path = self._tls.paths[2]
         workspace_config(
             home,
-            self.broker.url,
-            self.broker.ca_path,
+            api_url,
+            ca_path,
             clusters={
                 c.name: KubeCluster(c.server, c.ca_file) for c in self.settings.broker.clusters
             },
@@ -280,6 +433,65 @@ class Runtime:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+
+def _cert_name(services: frozenset[str]) -> str:
+    """The certificate's common name: what identity's per-method checks know the caller as
+    (``gateway``, ``broker``, ...)."""
+    return "-".join(sorted(services))
+
+
+def service_tls(settings: Settings, name: str) -> CertificateFiles:
+    """This process's certificate (common name ``name``), key and CA bundle.
+
+    ``tls.source = "dev-ca"``: issued by the dev CA in ``tls.directory`` (the data dir's
+    ``tls`` when unset). Processes of one host share that directory's CA; each writes its own
+    leaf under its data dir, so two gateways never overwrite each other's key.
+    ``"files"``: ``tls.crt``/``tls.key``/``ca.crt`` in ``tls.directory`` (cert-manager's
+    Secret volume), re-read when they change.
+    """
+    tls = settings.tls
+    if tls.source == "files":
+        if tls.directory is None:
+            raise ConfigError('tls.directory: tls.source = "files" needs the certificate directory')
+        files = CertificateFiles(
+            tls.directory / "tls.crt", tls.directory / "tls.key", tls.directory / "ca.crt"
+        )
+        for path in files.paths:
+            if not path.is_file():
+                raise ConfigError(f"tls.directory: {path} is missing")
+        return files
+    if tls.source != "dev-ca":
+        raise ConfigError(
+            f"tls.source: {tls.source!r} is not wired into `stockade serve` yet;"
+            ' use "dev-ca" or "files"'
+        )
+    own = settings.data_dir / "tls"
+    ca = DevCA(tls.directory or own)
+    if ca.directory.resolve() == own.resolve():
+        issued = ca.issue(name)
+        return CertificateFiles(issued.cert, issued.key, issued.ca)
+    with _locked(ca.directory):
+        ca.ensure()
+    cert, key = own / f"{name}.pem", own / f"{name}.key"
+    if not (cert.exists() and key.exists()):
+        own.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cert_pem, key_pem = ca.mint(name)
+        write_private(key, key_pem)
+        write_private(cert, cert_pem, mode=0o644)
+    return CertificateFiles(cert, key, ca.ca_cert_path)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive lock on ``directory`` (two services creating one CA at once)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(directory / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: The interpreter sandboxed sessions run the credential helpers with: a system one, since the

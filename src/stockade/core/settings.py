@@ -58,7 +58,9 @@ __all__ = [
     "IdentitySettings",
     "KubernetesCluster",
     "LogSettings",
+    "OidcSettings",
     "Origin",
+    "PeerSettings",
     "PreAuthSettings",
     "ServiceTokenSettings",
     "Settings",
@@ -115,6 +117,53 @@ class BusSettings(_Section):
     """Seconds to wait for NATS (and for the embedded server to become ready)."""
 
 
+class OidcSettings(_Section):
+    """Logins with ID tokens of an OpenID Connect provider (Keycloak, Hydra, OpenBao's
+    ``identity/oidc/provider``): identity checks the token's signature against the issuer's
+    JWKS, ``iss``, ``aud`` (``client_id``), ``exp``/``nbf``/``iat`` and, in the
+    authorization-code flow, ``nonce``; the ``groups`` claim maps to Stockade roles."""
+
+    enabled: bool = False
+    """Accept OIDC logins (``issuer`` and ``client_id`` must be set)."""
+    issuer: str | None = None
+    """The provider's issuer URL, exactly as in its tokens' ``iss``."""
+    client_id: str | None = None
+    """Stockade's client id at the provider: the ``aud`` its ID tokens must name."""
+    jwks_url: str | None = None
+    """The provider's JWKS URL. Unset: from its discovery document
+    (``<issuer>/.well-known/openid-configuration``)."""
+    username_claim: str = "preferred_username"
+    """The claim naming the Stockade user (it must pass the username grammar)."""
+    groups_claim: str = "groups"
+    """The claim listing the user's groups at the provider."""
+    group_roles: dict[str, list[str]] = {}
+    """Provider group → Stockade roles, e.g. ``{"platform-admins" = ["admin"]}``. A user's roles
+    are the union over their groups, replaced at every login; groups not listed give none."""
+    require_role: bool = True
+    """Refuse a login whose groups map to no role (instead of a user with no role)."""
+    create_users: bool = True
+    """Create the Stockade user at their first OIDC login (else only existing users log in)."""
+    algorithms: list[Literal["RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"]] = [
+        "RS256",
+        "ES256",
+        "EdDSA",
+    ]
+    """Signature algorithms accepted in ID tokens (never ``none`` or HMAC)."""
+    leeway: float = Field(default=30.0, ge=0, le=300)
+    """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
+    max_age: float = Field(default=600.0, gt=0, le=86400)
+    """Oldest ID token (``iat``) accepted, in seconds: a login uses a fresh token."""
+    min_refresh: float = Field(default=30.0, gt=0, le=3600)
+    """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcSettings:
+        if self.enabled and not (self.issuer and self.client_id):
+            missing = "issuer" if not self.issuer else "client_id"
+            raise ValueError(f"{missing} must be set when OIDC logins are enabled")
+        return self
+
+
 class IdentitySettings(_Section):
     issuer: str = "stockade"
     """``iss`` of every issued JWT, checked on verification."""
@@ -128,6 +177,8 @@ class IdentitySettings(_Section):
     """Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``."""
     min_rsa_bits: int = Field(default=3072, ge=2048)
     """Smallest RSA SSH key accepted."""
+    oidc: OidcSettings = OidcSettings()
+    """Logins with ID tokens of an OpenID Connect provider (off by default)."""
 
 
 class AuthzSettings(_Section):
@@ -317,7 +368,16 @@ class GatewaySettings(_Section):
     extra_hosts: list[str] = []
     """More addresses to listen on with the same port, e.g. ``["::1"]`` for IPv6 as well."""
     gateway_id: str | None = None
-    """Name of this gateway in events (``gateway_id``). Unset: the host name."""
+    """Name of this gateway in events and in the session registry (``gateway_id``); unique per
+    gateway process. Unset: ``<host name>-<instance id>`` (the instance id is derived from the
+    data dir), so two gateways on one host never share a name."""
+    heartbeat_interval: float = Field(default=1.0, ge=0.1, le=60)
+    """Seconds between two heartbeats of this gateway into the session registry. Each beat also
+    ends the sessions of gateways whose heartbeat is older than ``heartbeat_timeout``."""
+    heartbeat_timeout: float = Field(default=3.0, ge=1.0, le=3600)
+    """Seconds without a heartbeat after which a gateway counts as dead: the next beat of any
+    other gateway ends its sessions (reason ``gateway_lost``) and revokes their tokens. At least
+    twice ``heartbeat_interval``."""
     handshake_timeout: float = Field(default=15.0, gt=0, le=300)
     """Seconds from TCP accept until the client's first authentication request (version
     exchange and key exchange); a stalled handshake is closed and reported."""
@@ -375,6 +435,16 @@ class GatewaySettings(_Section):
     """Also present an ECDSA (NIST P-256) host key, for old clients that lack Ed25519."""
     preauth: PreAuthSettings = PreAuthSettings()
     """Limits before authentication: MaxStartups, per-source limits and penalties."""
+
+    @model_validator(mode="after")
+    def _heartbeat_window(self) -> GatewaySettings:
+        if self.heartbeat_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout:g}) must be at least twice"
+                f" heartbeat_interval ({self.heartbeat_interval:g}), or one late beat would"
+                " end a live gateway's sessions"
+            )
+        return self
 
 
 def _duration(value: Any) -> timedelta:
@@ -677,6 +747,35 @@ class ServiceTokenSettings(_Section):
     """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
 
 
+def _peer_address(value: Any) -> Any:
+    if value is None:
+        return None
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in text:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:7443), got {text!r}")
+    return text
+
+
+PeerAddress = Annotated[str | None, BeforeValidator(_peer_address)]
+
+
+class PeerSettings(_Section):
+    """Where ``stockade serve`` reaches the services it does not run itself: gRPC over mutual
+    TLS, each address ``host:port`` of that service's ``api`` listener. ``stockade up`` runs
+    every service in one process and needs none."""
+
+    identity: PeerAddress = None
+    """The identity service (``stockade serve identity``), for gateways and brokers."""
+    authz: PeerAddress = None
+    """The authz service (``stockade serve authz``), for gateways and brokers."""
+    server_name: str = "localhost"
+    """The name peers' server certificates are checked against (a SAN of theirs)."""
+    timeout: float = Field(default=5.0, gt=0, le=120)
+    """Seconds a call to a peer may take before it fails (authz: fails closed, a deny)."""
+
+
 class TlsSettings(_Section):
     source: Literal["dev-ca", "files", "openbao-pki"] = "dev-ca"
     """Where service certificates come from: the data dir's dev CA, files another agent renews
@@ -824,6 +923,7 @@ class Settings(BaseSettings):
     workspace: WorkspaceSettings = WorkspaceSettings()
     service_tokens: ServiceTokenSettings = ServiceTokenSettings()
     tls: TlsSettings = TlsSettings()
+    peers: PeerSettings = PeerSettings()
     worktrace: WorktraceSettings = WorktraceSettings()
     audit: AuditSettings = AuditSettings()
 

@@ -40,6 +40,7 @@ from stockade.core.settings import GatewaySettings
 from stockade.identity import IdentityAPI, SessionRequest
 
 from ._admission import Outcome, PreAuthLimits, Verdict
+from ._heartbeat import HeartbeatLoop, default_gateway_id
 from ._limits import Admission, ConnectionLimits
 from ._live import LiveConnection, LiveRegistry
 from ._login import Login, LoginFlow, LoginServices
@@ -154,8 +155,16 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
-        self.gateway_id = settings.gateway_id or socket.gethostname()
+        self.gateway_id = settings.gateway_id or default_gateway_id(data_dir)
         self.boot_id = uuid.uuid4().hex
+        self.heartbeat = HeartbeatLoop(
+            identity,
+            gateway_id=self.gateway_id,
+            boot_id=lambda: self.boot_id,
+            interval=settings.heartbeat_interval,
+            timeout=settings.heartbeat_timeout,
+            on_dead=self._declared_dead,
+        )
         self._identity = identity
         self._authz = authz
         self._publisher = publisher
@@ -206,6 +215,7 @@ class Gateway:
             raise RuntimeError("gateway already started")
         settings = self.settings
         await self._end_stale_sessions()
+        await self.heartbeat.beat()  # registered before the first session can open
         host_keys = [load_or_create_key(self._state_dir / _ED25519_HOST_KEY[0], "ssh-ed25519")]
         if settings.ecdsa_host_key:
             host_keys.append(
@@ -258,6 +268,7 @@ class Gateway:
         self._reserved.update(p for _h, p in self.listening)
         for sock in self._listeners:
             self._accept_tasks.append(asyncio.create_task(self._accept_loop(sock)))
+        self.heartbeat.start()
         _log.info("gateway_listening", addresses=self.listening, gateway_id=self.gateway_id,
                   boot_id=self.boot_id)  # fmt: skip
 
@@ -302,6 +313,7 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1)
+        await self.heartbeat.stop()
         _log.info("gateway_stopped")
 
     # -- internals -----------------------------------------------------------------------
@@ -335,6 +347,15 @@ class Gateway:
             await self._publish(
                 SessionEnded(session_id=info.session_id, username=info.username, reason="crashed")
             )
+
+    async def _declared_dead(self) -> None:
+        """Our heartbeat went stale and another gateway ended our sessions in the registry:
+        close them here too (their tokens no longer verify) and carry on as a new boot."""
+        live = self._live.values()
+        self.boot_id = uuid.uuid4().hex
+        ending = [s.terminate("gateway_lost", "this gateway lost its registry") for s in live]
+        if ending:
+            await asyncio.wait([asyncio.ensure_future(e) for e in ending], timeout=2)
 
     async def _subscribe(self) -> None:
         if self._events is None:

@@ -7,12 +7,14 @@ gRPC when split); it keeps its state in :class:`stockade.store.Store` and its si
 
 from ._api import IdentityAPI
 from ._keys import ParsedKey, fingerprint, parse_public_key
+from ._oidc import OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import PasswordHasher, TotpEnrollment, totp_code
 from ._service import IdentityService
 from ._target import MAX_TARGET_LEN, Target, parse_target
 from ._tokens import Claims, KeyRing
 from ._types import (
     AuthFailure,
+    Heartbeat,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -27,9 +29,13 @@ __all__ = [
     "MAX_TARGET_LEN",
     "AuthFailure",
     "Claims",
+    "Heartbeat",
     "IdentityAPI",
     "IdentityService",
     "KeyRing",
+    "OidcIdentity",
+    "OidcLogin",
+    "OidcVerifier",
     "OpenedSession",
     "ParsedKey",
     "PasswordHasher",

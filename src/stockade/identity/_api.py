@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from ._tokens import Claims
-from ._types import AuthFailure, OpenedSession, Principal, SessionInfo, SessionRequest
+from ._types import AuthFailure, Heartbeat, OpenedSession, Principal, SessionInfo, SessionRequest
 
 __all__ = ["IdentityAPI"]
 
@@ -62,6 +62,13 @@ class IdentityAPI(Protocol):
 
     async def end_stale_sessions(self, gateway_id: str, boot_id: str) -> list[SessionInfo]:
         """End what an earlier boot of ``gateway_id`` left open (reason ``crashed``)."""
+        ...
+
+    async def heartbeat(
+        self, gateway_id: str, boot_id: str, *, stale_after: float, stopping: bool = False
+    ) -> Heartbeat:
+        """Record a beat of this gateway boot; end the sessions of boots silent for longer
+        than ``stale_after`` seconds. ``alive`` False: this boot was declared dead."""
         ...
 
     async def get_session(self, session_id: str) -> SessionInfo:

@@ -33,13 +33,16 @@ from stockade.core.events import (
     EventPublisher,
     IdentityChange,
     IdentityChanged,
+    SessionEnded,
     SessionKill,
 )
 from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
 from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
+from ._gateways import GATEWAY_LOST, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
+from ._oidc import OIDC_GROUP, OidcLogin, OidcVerifier
 from ._passwords import (
     PasswordHasher,
     TotpEnrollment,
@@ -52,6 +55,7 @@ from ._target import parse_target
 from ._tokens import Claims, KeyRing
 from ._types import (
     AuthFailure,
+    Heartbeat,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -174,6 +178,7 @@ class IdentityService:
         self._keyring = keyring
         self._hasher = password_hasher or PasswordHasher()
         self._publisher = publisher
+        self._oidc: OidcVerifier | None = None
 
     def __repr__(self) -> str:
         return f"IdentityService(store={self._store!r}, keyring={self._keyring!r})"
@@ -522,6 +527,40 @@ class IdentityService:
         if ended:
             _log.warning("stale sessions ended", gateway=gateway_id, count=len(ended))
         return ended
+
+    async def heartbeat(
+        self, gateway_id: str, boot_id: str, *, stale_after: float, stopping: bool = False
+    ) -> Heartbeat:
+        """Record that boot ``boot_id`` of ``gateway_id`` is alive (or, ``stopping``, ended on
+        purpose) and end the sessions of every boot whose last beat is older than
+        ``stale_after`` seconds (reason ``gateway_lost``; their tokens stop verifying). Each
+        ended session gets its ``session.ended`` and a ``session.kill`` (should its gateway
+        still be alive behind a partition, it closes them)."""
+        beat = await record_heartbeat(
+            self._store,
+            gateway_id,
+            boot_id,
+            stale_after=stale_after,
+            stopping=stopping,
+            to_info=_session,
+        )
+        if beat.ended:
+            _log.warning("sessions of dead gateways ended", by=gateway_id, count=len(beat.ended))
+        for info in beat.ended:
+            await self._publish(
+                SessionEnded(
+                    session_id=info.session_id, username=info.username, reason=GATEWAY_LOST
+                )
+            )
+            await self._publish(
+                SessionKill(
+                    session_id=info.session_id,
+                    reason=GATEWAY_LOST,
+                    message="the gateway holding this session stopped answering",
+                    by="identity",
+                )
+            )
+        return beat
 
     def _session_token(self, row: UserRow, session_id: str, lifetime: int) -> str:
         now = int(self._keyring.now())
@@ -888,6 +927,52 @@ class IdentityService:
                 if live is None or live.ended_at is not None or live.username != claims.sub:
                     raise TokenRejected("session_ended")
             return dataclasses.replace(claims, roles=tuple(row.roles), groups=tuple(row.groups))
+
+    async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
+        """Log in with an ID token of the configured OIDC provider (``identity.oidc``).
+
+        The token is verified (:class:`OidcVerifier`: signature against the provider's JWKS,
+        ``iss``, ``aud``, ``exp``/``nbf``/``iat`` and, for the authorization-code flow, the
+        ``nonce`` sent with the request; the device-code flow passes None). The provider's
+        groups map to roles through ``oidc.group_roles``; the user is created at the first
+        login (marked with the group ``oidc``) and their roles replaced at every login. A local
+        user of the same name (no ``oidc`` group) is never taken over. Raises
+        :class:`TokenRejected` with the reason; returns the user and a Stockade token.
+        """
+        settings = self._settings.oidc
+        if not settings.enabled:
+            raise TokenRejected("oidc_disabled", "set identity.oidc.enabled")
+        if self._oidc is None:
+            self._oidc = OidcVerifier(settings)
+        who = await self._oidc.verify(id_token, nonce=nonce)
+        if not who.roles and settings.require_role:
+            raise TokenRejected("no_role", "none of the user's groups maps to a Stockade role")
+        try:
+            user = await self.get_user(who.username)
+        except NotFound:
+            if not settings.create_users:
+                raise TokenRejected("unknown_user", f"no user {who.username!r}") from None
+            try:
+                user = await self.add_user(
+                    who.username,
+                    display_name=who.display_name,
+                    email=who.email,
+                    roles=who.roles,
+                    groups=[OIDC_GROUP],
+                )
+            except AlreadyExists:  # a concurrent first login made it
+                user = await self.get_user(who.username)
+        if OIDC_GROUP not in user.groups:
+            _log.warning("oidc login refused: local user", user=who.username)
+            raise TokenRejected("not_oidc_user", "a local user of that name exists")
+        if user.disabled:
+            raise TokenRejected("user_disabled")
+        if tuple(user.roles) != tuple(who.roles):
+            user = await self.set_roles(who.username, who.roles)
+        token = await self.issue_token(who.username)
+        claims = await self.verify_token(token)
+        _log.info("oidc login", user=who.username, roles=list(who.roles))
+        return OidcLogin(user=user, token=token, claims=claims)
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set of every signing key that still verifies."""

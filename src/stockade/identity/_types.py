@@ -144,3 +144,15 @@ class OpenedSession:
 
     session_id: str
     token: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What :meth:`IdentityAPI.heartbeat` answers a gateway.
+
+    ``alive`` is False when this boot had already been declared dead (its heartbeat went stale:
+    its sessions are ended and it must not serve them); ``ended`` are the sessions of dead
+    gateways this heartbeat ended (reason ``gateway_lost``)."""
+
+    alive: bool
+    ended: tuple[SessionInfo, ...] = ()

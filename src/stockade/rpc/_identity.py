@@ -18,7 +18,9 @@ from stockade.core import InvalidInput, PermissionDenied
 from stockade.identity import (
     AuthFailure,
     Claims,
+    Heartbeat,
     IdentityService,
+    OidcLogin,
     OpenedSession,
     Principal,
     SessionInfo,
@@ -147,6 +149,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return pb.SessionList(sessions=[session_to_pb(s) for s in ended])
 
     @rpc_errors_to_status
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
+        require_gateway(context, "Heartbeat")
+        beat = await self._id.heartbeat(
+            request.gateway_id,
+            request.boot_id,
+            stale_after=request.stale_after,
+            stopping=request.stopping,
+        )
+        return pb.HeartbeatResponse(alive=beat.alive, ended=[session_to_pb(s) for s in beat.ended])
+
+    @rpc_errors_to_status
     async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
         require_admin(context, "SetRoles")
         return user_to_pb(await self._id.set_roles(request.name, list(request.roles)))
@@ -260,6 +273,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def VerifyToken(self, request: pb.VerifyTokenRequest, context: Ctx) -> pb.Claims:
         claims = await self._id.verify_token(request.token, audience=_opt(request, "audience"))
         return pb.Claims(claims_json=claims_to_json(claims))
+
+    @rpc_errors_to_status
+    async def LoginOidc(self, request: pb.OidcLoginRequest, context: Ctx) -> pb.OidcLoginResponse:
+        # any caller: the ID token is the credential (verified against the provider's JWKS)
+        login = await self._id.login_oidc(request.id_token, nonce=_opt(request, "nonce"))
+        return pb.OidcLoginResponse(user=user_to_pb(login.user), token=login.token)
 
     @rpc_errors_to_status
     async def GetJwks(self, request: pb.Empty, context: Ctx) -> pb.Jwks:
@@ -409,6 +428,22 @@ class IdentityClient:
         )
         return [session_from_pb(s) for s in reply.sessions]
 
+    async def heartbeat(
+        self, gateway_id: str, boot_id: str, *, stale_after: float, stopping: bool = False
+    ) -> Heartbeat:
+        reply = await self._call(
+            self._stub.Heartbeat(
+                pb.HeartbeatRequest(
+                    gateway_id=gateway_id,
+                    boot_id=boot_id,
+                    stale_after=stale_after,
+                    stopping=stopping,
+                ),
+                timeout=self._timeout,
+            )
+        )
+        return Heartbeat(alive=reply.alive, ended=tuple(session_from_pb(s) for s in reply.ended))
+
     async def set_roles(self, name: str, roles: Iterable[str]) -> User:
         reply = await self._call(
             self._stub.SetRoles(
@@ -553,6 +588,15 @@ class IdentityClient:
             request.audience = audience
         reply = await self._call(self._stub.VerifyToken(request, timeout=self._timeout))
         return claims_from_json(reply.claims_json)
+
+    async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
+        """:meth:`IdentityService.login_oidc` over gRPC."""
+        request = pb.OidcLoginRequest(id_token=id_token)
+        if nonce is not None:
+            request.nonce = nonce
+        reply = await self._call(self._stub.LoginOidc(request, timeout=self._timeout))
+        claims = await self.verify_token(reply.token)
+        return OidcLogin(user=user_from_pb(reply.user), token=reply.token, claims=claims)
 
     async def fetch_jwks(self) -> dict[str, Any]:
         """The public JWKS (``jwks()`` of the in-process service)."""

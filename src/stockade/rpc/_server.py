@@ -47,13 +47,14 @@ SERVER_NAME = "localhost"
 
 
 class RpcServer:
-    """Serves :class:`IdentityService` and :class:`Authorizer` until :meth:`stop`."""
+    """Serves :class:`IdentityService` and/or :class:`Authorizer` until :meth:`stop`; with
+    neither (``stockade serve gateway``, ``shield``, ...), only the health service."""
 
     def __init__(
         self,
         *,
-        identity: IdentityService,
-        authorizer: Authorizer,
+        identity: IdentityService | None,
+        authorizer: Authorizer | None,
         tls: CertificateFiles,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -65,15 +66,17 @@ class RpcServer:
         self._server = aio.server(
             options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors)
         )
-        identity_pb2_grpc.add_IdentityServicer_to_server(IdentityServicer(identity), self._server)
-        authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
+        self._services = [""]
+        if identity is not None:
+            identity_pb2_grpc.add_IdentityServicer_to_server(
+                IdentityServicer(identity), self._server
+            )
+            self._services.append(identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name)
+        if authorizer is not None:
+            authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
+            self._services.append(authz_pb2.DESCRIPTOR.services_by_name["Authz"].full_name)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        self._services = [
-            "",
-            identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name,
-            authz_pb2.DESCRIPTOR.services_by_name["Authz"].full_name,
-        ]
         self._tls = tls
         self._host = host
         self._requested_port = port

@@ -33,6 +33,7 @@ __all__ = [
     "AuditEventRow",
     "Base",
     "BlueprintRow",
+    "GatewayRow",
     "SessionRow",
     "SshKeyRow",
     "UserRow",
@@ -177,6 +178,24 @@ class SessionRow(Base):
 
     def __repr__(self) -> str:
         return f"SessionRow(id={self.id!r}, username={self.username!r})"
+
+
+class GatewayRow(Base):
+    """One boot of a gateway process and its last heartbeat. A boot whose ``seen_at`` is older
+    than the heartbeat timeout is declared dead by the next live gateway's heartbeat: its
+    sessions end (reason ``gateway_lost``) and ``ended_at`` is set, so it never comes back."""
+
+    __tablename__ = "gateways"
+
+    boot_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    gateway_id: Mapped[str] = mapped_column(String(128), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=_now)
+    seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    end_reason: Mapped[str] = mapped_column(String(64), default="")
+
+    def __repr__(self) -> str:
+        return f"GatewayRow(gateway_id={self.gateway_id!r}, boot_id={self.boot_id!r})"
 
 
 class BlueprintRow(Base):

@@ -5,6 +5,7 @@ OpenBao PKI), and verification of Kubernetes projected service-account tokens.
 """
 
 from ._ca import DevCA, IssuedCert
+from ._jwks import JwksCache
 from ._reload import (
     CertificateFiles,
     ReloadingServerContext,
@@ -38,6 +39,7 @@ __all__ = [
     "DevCASource",
     "IssuedCert",
     "IssuedMaterial",
+    "JwksCache",
     "MethodAllowList",
     "OpenBaoPKISource",
     "ProjectedToken",

@@ -28,7 +28,6 @@ Keys come from ``jwks_url`` when configured, else from the issuer's OIDC discove
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -48,6 +47,8 @@ from stockade.core import (
     get_logger,
 )
 from stockade.core.settings import ServiceTokenSettings
+
+from ._jwks import JwksCache
 
 __all__ = [
     "MethodAllowList",
@@ -185,16 +186,11 @@ class ServiceTokenVerifier:
         self.audience = audience
         self.namespace = namespace
         self.allow = allow
-        self._jwks_url = jwks_url
-        self._http = http or httpx.AsyncClient(timeout=5.0)
-        self._owns_http = http is None
+        self._jwks = JwksCache(
+            issuer=issuer, jwks_url=jwks_url, http=http, min_refresh=min_refresh, clock=clock
+        )
         self._leeway = leeway
-        self._min_refresh = min_refresh
         self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-        self.fetches = 0
 
     def __repr__(self) -> str:
         return f"<ServiceTokenVerifier aud={self.audience} iss={self.issuer}>"
@@ -212,57 +208,23 @@ class ServiceTokenVerifier:
             min_refresh=settings.min_refresh,
         )
 
-    async def aclose(self) -> None:
-        if self._owns_http:
-            await self._http.aclose()
+    @property
+    def fetches(self) -> int:
+        """How many times the issuer's JWKS was fetched."""
+        return self._jwks.fetches
 
-    async def _jwks_uri(self) -> str:
-        if self._jwks_url:
-            return self._jwks_url
-        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        response = await self._http.get(url)
-        response.raise_for_status()
-        doc = response.json()
-        if not isinstance(doc, dict) or doc.get("issuer") != self.issuer:
-            raise BackendError(f"OIDC discovery at {url} does not name issuer {self.issuer}")
-        uri = doc.get("jwks_uri")
-        if not isinstance(uri, str) or not uri:
-            raise BackendError(f"OIDC discovery at {url} has no jwks_uri")
-        return uri
+    async def aclose(self) -> None:
+        await self._jwks.aclose()
 
     async def refresh(self) -> None:
         """Fetch the issuer's JWKS now (raises :class:`BackendError` when unreachable)."""
-        try:
-            uri = await self._jwks_uri()
-            response = await self._http.get(uri)
-            response.raise_for_status()
-            keyset = jwt.PyJWKSet.from_dict(response.json())
-        except (httpx.HTTPError, ValueError, jwt.PyJWKSetError) as exc:
-            raise BackendError(f"cannot fetch the JWKS of {self.issuer}: {exc}") from None
-        finally:
-            self._fetched_at = self._clock()
-        self.fetches += 1
-        self._keys = {key.key_id: key for key in keyset.keys if key.key_id}
-        log.info("service_token.jwks", issuer=self.issuer, keys=sorted(self._keys))
+        await self._jwks.refresh()
 
     async def _key(self, kid: str) -> jwt.PyJWK:
-        key = self._keys.get(kid)
-        if key is not None:
-            return key
-        async with self._lock:
-            key = self._keys.get(kid)
-            if key is not None:
-                return key
-            recent = (
-                self._fetched_at is not None
-                and self._clock() - self._fetched_at < self._min_refresh
-            )
-            if not recent:
-                try:
-                    await self.refresh()
-                except BackendError as exc:
-                    raise ServiceTokenRejected("unknown-key", str(exc)) from None
-        key = self._keys.get(kid)
+        try:
+            key = await self._jwks.key(kid)
+        except BackendError as exc:
+            raise ServiceTokenRejected("unknown-key", str(exc)) from None
         if key is None:
             raise ServiceTokenRejected("unknown-key", f"no key {kid!r} in the issuer's JWKS")
         return key

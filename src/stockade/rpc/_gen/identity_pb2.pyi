@@ -1102,6 +1102,104 @@ class EndStaleSessionsRequest(_message.Message):
 Global___EndStaleSessionsRequest: _TypeAlias = EndStaleSessionsRequest  # noqa: Y015
 
 @_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    BOOT_ID_FIELD_NUMBER: _builtins.int
+    STALE_AFTER_FIELD_NUMBER: _builtins.int
+    STOPPING_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    boot_id: _builtins.str
+    stale_after: _builtins.float
+    stopping: _builtins.bool
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        boot_id: _builtins.str = ...,
+        stale_after: _builtins.float = ...,
+        stopping: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boot_id", b"boot_id", "gateway_id", b"gateway_id", "stale_after", b"stale_after", "stopping", b"stopping"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALIVE_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
+    alive: _builtins.bool
+    @_builtins.property
+    def ended(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    def __init__(
+        self,
+        *,
+        alive: _builtins.bool = ...,
+        ended: _abc.Iterable[Global___Session] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "ended", b"ended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class OidcLoginRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_TOKEN_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    id_token: _builtins.str
+    nonce: _builtins.str
+    def __init__(
+        self,
+        *,
+        id_token: _builtins.str = ...,
+        nonce: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_nonce", b"_nonce", "nonce", b"nonce"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_nonce", b"_nonce", "id_token", b"id_token", "nonce", b"nonce"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__nonce: _TypeAlias = _typing.Literal["nonce"]  # noqa: Y015
+    _WhichOneofArgType__nonce: _TypeAlias = _typing.Literal["_nonce", b"_nonce"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nonce) -> _WhichOneofReturnType__nonce | None: ...
+
+Global___OidcLoginRequest: _TypeAlias = OidcLoginRequest  # noqa: Y015
+
+@_typing.final
+class OidcLoginResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    @_builtins.property
+    def user(self) -> Global___User: ...
+    def __init__(
+        self,
+        *,
+        user: Global___User | None = ...,
+        token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OidcLoginResponse: _TypeAlias = OidcLoginResponse  # noqa: Y015
+
+@_typing.final
 class KillSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

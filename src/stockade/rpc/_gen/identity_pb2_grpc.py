@@ -54,6 +54,16 @@ class IdentityStub:
                 request_serializer=identity__pb2.EndStaleSessionsRequest.SerializeToString,
                 response_deserializer=identity__pb2.SessionList.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/stockade.identity.v1.Identity/Heartbeat',
+                request_serializer=identity__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=identity__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.LoginOidc = channel.unary_unary(
+                '/stockade.identity.v1.Identity/LoginOidc',
+                request_serializer=identity__pb2.OidcLoginRequest.SerializeToString,
+                response_deserializer=identity__pb2.OidcLoginResponse.FromString,
+                _registered_method=True)
         self.SetRoles = channel.unary_unary(
                 '/stockade.identity.v1.Identity/SetRoles',
                 request_serializer=identity__pb2.SetRolesRequest.SerializeToString,
@@ -223,6 +233,18 @@ class IdentityServicer:
         raise RuntimeError('method not implemented by this servicer')
 
     def EndStaleSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
+    def LoginOidc(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,6 +446,16 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.EndStaleSessions,
                     request_deserializer=identity__pb2.EndStaleSessionsRequest.FromString,
                     response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=identity__pb2.HeartbeatRequest.FromString,
+                    response_serializer=identity__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'LoginOidc': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoginOidc,
+                    request_deserializer=identity__pb2.OidcLoginRequest.FromString,
+                    response_serializer=identity__pb2.OidcLoginResponse.SerializeToString,
             ),
             'SetRoles': grpc.unary_unary_rpc_method_handler(
                     servicer.SetRoles,
@@ -679,6 +711,60 @@ class Identity:
             '/stockade.identity.v1.Identity/EndStaleSessions',
             identity__pb2.EndStaleSessionsRequest.SerializeToString,
             identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/Heartbeat',
+            identity__pb2.HeartbeatRequest.SerializeToString,
+            identity__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoginOidc(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/LoginOidc',
+            identity__pb2.OidcLoginRequest.SerializeToString,
+            identity__pb2.OidcLoginResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,8 @@ class IdentityStub:
     AuthenticatePassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.AuthenticatePasswordRequest, _identity_pb2.AuthenticateResponse]
     OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]
     EndStaleSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_identity_pb2.HeartbeatRequest, _identity_pb2.HeartbeatResponse]
+    LoginOidc: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OidcLoginRequest, _identity_pb2.OidcLoginResponse]
     SetRoles: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]
     KillSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]
     LookupKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]
@@ -75,6 +77,8 @@ class IdentityAsyncStub(IdentityStub):
     AuthenticatePassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.AuthenticatePasswordRequest, _identity_pb2.AuthenticateResponse]  # type: ignore[assignment]
     OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenedSession]  # type: ignore[assignment]
     EndStaleSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndStaleSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_identity_pb2.HeartbeatRequest, _identity_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    LoginOidc: _aio.UnaryUnaryMultiCallable[_identity_pb2.OidcLoginRequest, _identity_pb2.OidcLoginResponse]  # type: ignore[assignment]
     SetRoles: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRolesRequest, _identity_pb2.User]  # type: ignore[assignment]
     KillSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.KillSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     LookupKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.LookupKeyRequest, _identity_pb2.LookupKeyResponse]  # type: ignore[assignment]
@@ -133,6 +137,20 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.EndStaleSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _identity_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.HeartbeatResponse, _abc.Awaitable[_identity_pb2.HeartbeatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def LoginOidc(
+        self,
+        request: _identity_pb2.OidcLoginRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.OidcLoginResponse, _abc.Awaitable[_identity_pb2.OidcLoginResponse]]: ...
 
     @_abc_1.abstractmethod
     def SetRoles(

@@ -1,0 +1,87 @@
+"""``stockade serve SERVICE``: one service in its own process, its peers reached over gRPC.
+
+The same composition root as ``stockade up`` (:class:`~stockade.cli._runtime.Runtime`) with one
+service local; the others are their gRPC clients (mutual TLS, addresses in ``[peers]``), the
+event bus an external NATS server, and the store (identity, audit) a shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from stockade.core import Settings, configure_logging
+
+from ._common import console, fail, handle_errors, print_table, run_async, settings
+from ._instance import InstanceLock, remove_status, write_status
+from ._runtime import SERVICES, Runtime, prepare_data_dir
+
+__all__ = ["serve"]
+
+_HELP = f"""Run one Stockade service in this process: {", ".join(SERVICES)}.
+
+Every service answers gRPC health (grpc.health.v1) on api.host:api.port with mutual TLS;
+identity and authz serve their APIs there too. The services it does not run are reached
+at the addresses in the peers settings (STOCKADE_PEERS__IDENTITY, STOCKADE_PEERS__AUTHZ).
+
+identity: the store (store.url, PostgreSQL for several services) and the admin socket.
+
+authz: the policies; decisions logged on the bus.
+
+broker: HTTPS on broker.host:broker.port; needs peers.identity and peers.authz.
+
+gateway: SSH on gateway.host:gateway.port; needs peers.identity and peers.authz; follows the
+shield's ban store; heartbeats into identity, and ends the sessions of dead gateways.
+
+shield: failures in, bans out (the ban store on the bus).
+
+audit: every event of the bus chained and signed into the store.
+
+Every service needs bus.url (an external NATS server). Certificates: tls.source "dev-ca" with
+a tls.directory shared by the services of one host, or "files" (tls.crt, tls.key, ca.crt).
+Example: STOCKADE_PEERS__IDENTITY=127.0.0.1:7443 stockade serve gateway --data-dir gw-a
+"""
+
+
+async def _serve(config: Settings, service: str) -> None:
+    configure_logging(config.log.level, config.log.json_output)
+    with InstanceLock(prepare_data_dir(config)):  # one service per data dir
+        runtime = Runtime(config, services=frozenset({service}))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await runtime.start()
+        try:
+            listeners = [(item.what, item.where) for item in runtime.listeners]
+            write_status(config.data_dir, listeners, service=service, nft_table=config.nft_table)
+            print_table(f"stockade serve {service}", ["service", "listening on"], listeners)
+            console.print("ready; Ctrl-C to stop", highlight=False)
+            await stop.wait()
+            console.print("stopping ...", highlight=False)
+        finally:
+            remove_status(config.data_dir)
+            await runtime.stop()
+
+
+@handle_errors
+def serve(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICES)}.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="State directory of this service (env STOCKADE_DATA_DIR)."),
+    ] = None,
+) -> None:
+    if service not in SERVICES:
+        raise fail(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+    config = settings()
+    if data_dir is not None:
+        config = config.model_copy(update={"data_dir": data_dir})
+    run_async(_serve(config, service))
+
+
+serve.__doc__ = _HELP

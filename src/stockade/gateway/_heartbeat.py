@@ -1,0 +1,112 @@
+"""The gateway's heartbeat into the session registry, and its default, unique name.
+
+Every ``interval`` seconds the gateway calls ``identity.heartbeat``: the beat says this boot is
+alive and, in the same transaction, ends the sessions of every other gateway boot silent for
+longer than ``timeout`` (their tokens stop verifying at once). So a gateway killed with
+``kill -9`` has its sessions ended by any live gateway within ``timeout`` plus one interval.
+A failed beat (identity unreachable) is logged and retried at the next tick. A beat answered
+``alive=False`` means this boot was declared dead while it still ran (a partition, a long
+pause): its sessions were ended in the registry, so ``on_dead`` closes them here too and the
+gateway carries on under a new boot id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from stockade.core.errors import StockadeError
+from stockade.core.logging import get_logger
+from stockade.core.settings import instance_id
+from stockade.identity import IdentityAPI
+
+__all__ = ["HeartbeatLoop", "default_gateway_id"]
+
+_log = get_logger("stockade.gateway.heartbeat")
+
+
+def default_gateway_id(data_dir: Path) -> str:
+    """``<host name>-<instance id>``: unique per host and data dir (two gateways on one host
+    have two data dirs), stable across restarts so a restart ends what the last boot left."""
+    host = socket.gethostname()[:100] or "gateway"
+    return f"{host}-{instance_id(data_dir)[:12]}"
+
+
+class HeartbeatLoop:
+    """Beats for ``gateway_id`` / ``boot_id()`` until :meth:`stop` (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: IdentityAPI,
+        *,
+        gateway_id: str,
+        boot_id: Callable[[], str],
+        interval: float,
+        timeout: float,
+        on_dead: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._identity = identity
+        self._gateway_id = gateway_id
+        self._boot_id = boot_id
+        self._interval = interval
+        self._timeout = timeout
+        self._on_dead = on_dead
+        self._task: asyncio.Task[None] | None = None
+        self.beats = 0
+        self.failures = 0
+        self.ended_elsewhere = 0
+
+    async def beat(self) -> bool:
+        """One beat now; False when this boot had been declared dead (``on_dead`` ran)."""
+        result = await self._identity.heartbeat(
+            self._gateway_id, self._boot_id(), stale_after=self._timeout
+        )
+        self.beats += 1
+        if result.ended:
+            self.ended_elsewhere += len(result.ended)
+            _log.warning("dead_gateway_sessions_ended", count=len(result.ended),
+                         sessions=[s.session_id for s in result.ended][:20])  # fmt: skip
+        if not result.alive:
+            _log.error("gateway_declared_dead", gateway_id=self._gateway_id)
+            await self._on_dead()
+        return result.alive
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="gateway-heartbeat")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self._interval
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            try:
+                await asyncio.wait_for(self.beat(), timeout=max(self._interval, 1.0) * 2)
+            except (StockadeError, TimeoutError) as exc:
+                self.failures += 1
+                _log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
+            next_at = max(next_at, loop.time())  # after a slow beat, no burst to catch up
+
+    async def stop(self) -> None:
+        """Stop beating and mark this boot ended on purpose (best effort: a failure only means
+        another gateway will declare it dead, and its sessions are ended already)."""
+        if self.beats == 0 and self._task is None:
+            return  # never registered: nothing to end
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await asyncio.wait_for(
+                self._identity.heartbeat(
+                    self._gateway_id, self._boot_id(), stale_after=self._timeout, stopping=True
+                ),
+                timeout=2,
+            )
+        except (StockadeError, TimeoutError) as exc:
+            _log.warning("heartbeat_stop_failed", error=str(exc) or type(exc).__name__)

@@ -1,0 +1,114 @@
+"""Gateway heartbeats: each gateway boot beats into the ``gateways`` table; every beat also
+declares dead the boots whose last beat is older than ``stale_after`` and ends their sessions.
+
+So any live gateway ends a dead one's sessions within ``stale_after`` plus one beat interval,
+and no gateway's sessions are ended while it still beats. Clocks: every timestamp is taken by
+the identity process that writes it (never the gateway's), so only identity replicas' clocks
+need to agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select
+
+from stockade.core.errors import InvalidInput
+from stockade.store import GatewayRow, SessionRow, Store
+
+from ._types import Heartbeat, SessionInfo
+from ._validation import check_text
+
+__all__ = ["MIN_STALE_AFTER", "record_heartbeat"]
+
+#: The shortest heartbeat timeout a caller may ask for: a beat may be late by a scheduling hiccup.
+MIN_STALE_AFTER = 1.0
+#: The longest: a typo must not keep a dead gateway's sessions alive for days.
+MAX_STALE_AFTER = 3600.0
+#: Ended boots are forgotten after this long.
+KEEP_ENDED = timedelta(days=1)
+#: The end reason of sessions whose gateway stopped beating.
+GATEWAY_LOST = "gateway_lost"
+
+
+async def record_heartbeat(
+    store: Store,
+    gateway_id: str,
+    boot_id: str,
+    *,
+    stale_after: float,
+    stopping: bool,
+    to_info: Callable[[SessionRow], SessionInfo],
+) -> Heartbeat:
+    """Record a beat of ``(gateway_id, boot_id)`` and end the boots gone stale (one transaction).
+
+    ``stopping`` marks this boot ended on purpose (its sessions were ended by the gateway
+    itself), so nobody declares it dead later.
+    """
+    gateway_id = check_text(gateway_id, field="gateway_id", limit=128)
+    boot_id = check_text(boot_id, field="boot_id", limit=64)
+    if not gateway_id or not boot_id:
+        raise InvalidInput("boot_id", "a heartbeat names its gateway and boot")
+    if not MIN_STALE_AFTER <= stale_after <= MAX_STALE_AFTER:
+        raise InvalidInput(
+            "stale_after", f"must be between {MIN_STALE_AFTER:g} and {MAX_STALE_AFTER:g} seconds"
+        )
+    now = datetime.now(UTC)
+    async with store.transaction() as session:
+        row = await session.get(GatewayRow, boot_id, with_for_update=True)
+        alive = True
+        if row is None:
+            session.add(
+                GatewayRow(
+                    boot_id=boot_id,
+                    gateway_id=gateway_id,
+                    started_at=now,
+                    seen_at=now,
+                    ended_at=now if stopping else None,
+                    end_reason="stopped" if stopping else "",
+                )
+            )
+        elif row.gateway_id != gateway_id:
+            raise InvalidInput("boot_id", "this boot id belongs to another gateway")
+        elif row.ended_at is not None:
+            alive = stopping and row.end_reason == "stopped"
+        else:
+            row.seen_at = now
+            if stopping:
+                row.ended_at = now
+                row.end_reason = "stopped"
+        dead = list(
+            await session.scalars(
+                select(GatewayRow)
+                .where(
+                    GatewayRow.ended_at.is_(None),
+                    GatewayRow.seen_at < now - timedelta(seconds=stale_after),
+                    GatewayRow.boot_id != boot_id,
+                )
+                .with_for_update(skip_locked=True)
+            )
+        )
+        ended: list[SessionInfo] = []
+        for gone in dead:
+            gone.ended_at = now
+            gone.end_reason = "stale"
+            rows = await session.scalars(
+                select(SessionRow)
+                .where(
+                    SessionRow.gateway_id == gone.gateway_id,
+                    SessionRow.boot_id == gone.boot_id,
+                    SessionRow.ended_at.is_(None),
+                )
+                .with_for_update()
+            )
+            for live in rows:
+                live.ended_at = now
+                live.end_reason = GATEWAY_LOST
+                ended.append(to_info(live))
+        await session.execute(
+            delete(GatewayRow).where(
+                GatewayRow.ended_at.is_not(None), GatewayRow.ended_at < now - KEEP_ENDED
+            )
+        )
+    return Heartbeat(alive=alive, ended=tuple(ended))

@@ -1,0 +1,74 @@
+"""The gateway's heartbeat loop and default name, against a real identity service (SQLite)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from stockade.core.settings import IdentitySettings
+from stockade.gateway._heartbeat import HeartbeatLoop, default_gateway_id
+from stockade.identity import IdentityService, KeyRing
+from stockade.store import GatewayRow, Store
+
+
+def test_default_gateway_ids_are_unique_per_data_dir_and_stable(tmp_path: Path) -> None:
+    a, b = default_gateway_id(tmp_path / "a"), default_gateway_id(tmp_path / "b")
+    assert a != b  # two gateways on one host never end each other's sessions
+    assert a == default_gateway_id(tmp_path / "a")  # a restart ends what its last boot left
+    assert a.startswith(socket.gethostname()[:100] + "-")
+    assert len(a) <= 128  # the registry's column
+
+
+@pytest.fixture
+async def identity(tmp_path: Path) -> AsyncIterator[tuple[IdentityService, Store]]:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.migrate()
+    try:
+        yield (
+            IdentityService(
+                store=store, settings=IdentitySettings(), keyring=KeyRing(tmp_path / "keys")
+            ),
+            store,
+        )
+    finally:
+        await store.close()
+
+
+async def test_a_boot_declared_dead_learns_it_and_stopping_ends_the_row(
+    identity: tuple[IdentityService, Store],
+) -> None:
+    service, store = identity
+    dead: list[str] = []
+    boot = ["boot-1"]
+
+    async def on_dead() -> None:
+        dead.append(boot[0])
+        boot[0] = "boot-2"  # what Gateway._declared_dead does: carry on as a new boot
+
+    loop_a = HeartbeatLoop(service, gateway_id="gw-a", boot_id=lambda: boot[0], interval=1,
+                           timeout=3, on_dead=on_dead)  # fmt: skip
+    loop_b = HeartbeatLoop(service, gateway_id="gw-b", boot_id=lambda: "boot-b", interval=1,
+                           timeout=3, on_dead=on_dead)  # fmt: skip
+    assert await loop_a.beat()
+    assert await loop_b.beat()
+    async with store.transaction() as session:  # A paused for 10 s
+        await session.execute(
+            update(GatewayRow)
+            .where(GatewayRow.boot_id == "boot-1")
+            .values(seen_at=datetime.now(UTC) - timedelta(seconds=10))
+        )
+    assert await loop_b.beat()
+    assert not await loop_a.beat()
+    assert dead == ["boot-1"]
+    assert await loop_a.beat()  # the new boot is alive
+    await loop_a.stop()
+    async with store.transaction(readonly=True) as session:
+        row = await session.scalar(select(GatewayRow).where(GatewayRow.boot_id == "boot-2"))
+    assert row is not None
+    assert row.ended_at is not None
+    assert row.end_reason == "stopped"
