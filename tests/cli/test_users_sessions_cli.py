@@ -315,7 +315,7 @@ def test_sessions_play_limits_idle_time(recorded: Path, monkeypatch: pytest.Monk
     def play_recording_sleeps(*args: object, **kwargs: object) -> int:
         return original(*args, **{**kwargs, "sleep": slept.append})  # type: ignore[arg-type]
 
-    monkeypatch.setattr("stockade.cli.sessions.play_cast", play_recording_sleeps)
+    monkeypatch.setattr("stockade.gateway.play_cast", play_recording_sleeps)
     result = ok("sessions", "play", LONG_A, "-i", "0.25")
     assert "hello after a long pause" in result.stdout
     assert slept == [0.25, 0.25]  # 0.5 s and 99.5 s pauses, both cut to the limit
@@ -328,3 +328,45 @@ def test_sessions_play_limits_idle_time(recorded: Path, monkeypatch: pytest.Monk
     for bad in ("0", "-1", "nan", "inf"):
         line = one_error_line(invoke("sessions", "play", LONG_A, "-i", bad))
         assert "--idle-time-limit" in line
+
+
+# --- start-up: a command loads only its own group ---
+
+_PROBE = """
+import sys
+sys.argv = ["stockade", *sys.argv[1:]]
+from stockade.cli import main
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+heavy = sorted(m for m in sys.modules if m.split(".")[:2] in (
+    ["stockade", "supplychain"], ["stockade", "images"], ["stockade", "worktrace"],
+    ["stockade", "gateway"], ["stockade", "workspace"]) or m == "jsonschema")
+print("LOADED", ",".join(heavy))
+"""
+
+
+@pytest.mark.parametrize("argv", [["users", "list"], ["sessions", "list"], ["--version"]])
+def test_a_command_loads_only_what_it_needs(argv: list[str], tmp_path: Path) -> None:
+    import sys
+
+    env = {**os.environ, "STOCKADE_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    loaded = [line for line in done.stdout.splitlines() if line.startswith("LOADED")]
+    assert loaded == ["LOADED "], (done.stdout, done.stderr)
+
+
+def test_full_app_still_lists_every_group() -> None:
+    from stockade.cli import COMMANDS
+
+    help_text = invoke("--help", env={"COLUMNS": "200"}).stdout
+    for name in COMMANDS:
+        assert name in help_text

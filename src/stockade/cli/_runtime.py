@@ -9,7 +9,6 @@ whatever had already started.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import sys
@@ -22,11 +21,13 @@ from stockade.broker import BrokerServer, KubeCluster, workspace_config
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core import Settings, get_logger
 from stockade.gateway import Gateway, RecordingSweeper
-from stockade.identity import IdentityService, KeyRing
+from stockade.identity import IdentityService
 from stockade.rpc import RpcServer
 from stockade.shield import Shield
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA
+
+from ._datadir import keyring_for, prepare_data_dir
 
 __all__ = ["Listener", "Runtime", "keyring_for", "prepare_data_dir"]
 
@@ -39,25 +40,6 @@ class Listener:
 
     what: str
     where: str
-
-
-def prepare_data_dir(settings: Settings) -> Path:
-    """Create the data dir (0700) and make every file this process creates private (umask 077):
-    database, keys, recordings and sockets hold secrets or audit data."""
-    os.umask(0o077)
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data_dir, 0o700)
-    return data_dir
-
-
-def keyring_for(settings: Settings) -> KeyRing:
-    """The JWT signing keys in the data dir."""
-    return KeyRing(
-        settings.data_dir / "keys",
-        algorithm=settings.identity.algorithm,
-        leeway=settings.identity.leeway,
-    )
 
 
 @dataclass

@@ -15,7 +15,6 @@ from typing import Annotated, Any
 import typer
 
 from stockade.core import InvalidInput, NotFound, StockadeError
-from stockade.gateway import iter_cast, play_cast, resolve_cast
 from stockade.identity import SessionInfo
 
 from ._admin import AdminIdentity, admin_identity
@@ -85,6 +84,8 @@ def _recording(session_id: str, direct: bool) -> tuple[str, Path]:
     async def lookup() -> SessionInfo:
         async with admin_identity(settings(), direct=direct) as identity:
             return await find_session(identity, session_id)
+
+    from stockade.gateway import resolve_cast  # the gateway's imports only when a cast is read
 
     info = run_async(lookup())
     if not info.recording:
@@ -167,6 +168,7 @@ def play(
     if not idle_time_limit > 0 or idle_time_limit == float("inf"):
         raise InvalidInput("--idle-time-limit", "must be a positive number of seconds")
     _, path = _recording(session_id, direct)
+    from stockade.gateway import play_cast
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -191,6 +193,8 @@ def export(
     Exit 1 when the session was not recorded.
     """
     _, path = _recording(session_id, direct)
+    from stockade.gateway import iter_cast
+
     lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in iter_cast(path)]
     if output == "-":
         sys.stdout.write("".join(lines))
