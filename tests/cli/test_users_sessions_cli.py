@@ -370,3 +370,9 @@ def test_full_app_still_lists_every_group() -> None:
     help_text = invoke("--help", env={"COLUMNS": "200"}).stdout
     for name in COMMANDS:
         assert name in help_text
+
+
+def test_users_show_prints_names_literally() -> None:
+    ok("users", "add", "alice", "--display-name", "[red]Al[/red] [link=x]ice")
+    shown = ok("users", "show", "alice").stdout
+    assert "[red]Al[/red] [link=x]ice" in shown

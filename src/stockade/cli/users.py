@@ -203,7 +203,8 @@ def show(name: str, direct: Direct = False, json_output: bool = JSON_OPTION) -> 
     data = user_to_dict(user)
     for field in ("name", "display_name", "email", "roles", "groups", "disabled", "created_at"):
         value = data[field]
-        console.print(f"{field:>13}: {', '.join(value) if isinstance(value, list) else value}")
+        shown = ", ".join(value) if isinstance(value, list) else value
+        console.print(f"{field:>13}: {shown}", markup=False)  # names are data, not markup
     print_table(
         "SSH keys",
         ["fingerprint", "type", "bits", "comment"],
