@@ -57,14 +57,20 @@ def _row(info: Any) -> dict[str, Any]:
 PREFIX_POOL = 100_000
 
 
+#: Characters a prefix needs to name the session ``sessions kill`` ends.
+KILL_MIN_PREFIX = 6
+
+
 class NotRecorded(StockadeError):
     """The session exists but policy did not require a recording (exit 1: nothing to play)."""
 
     exit_code = 1
 
 
-async def find_session(identity: AdminIdentity, given: str) -> SessionInfo:
-    """The session ``given`` names whole or by a unique prefix."""
+async def find_session(identity: AdminIdentity, given: str, *, min_prefix: int = 1) -> SessionInfo:
+    """The session ``given`` names whole or by a unique prefix of at least ``min_prefix``
+    characters (commands that end something ask for more, so ``s-`` never names the only
+    session by accident)."""
     if not given:
         raise InvalidInput("session", "empty; give an id or a unique prefix of one")
     try:
@@ -73,6 +79,8 @@ async def find_session(identity: AdminIdentity, given: str) -> SessionInfo:
         pass
     except InvalidInput:
         raise InvalidInput("session", f"{given!r} is not a session id or a prefix of one") from None
+    if len(given) < min_prefix:
+        raise InvalidInput("session", f"give at least {min_prefix} characters of the id")
     pool = await identity.list_sessions(limit=PREFIX_POOL)
     if len(pool) >= PREFIX_POOL:
         raise NotFound("session", f"{given} (with this many sessions, give the full id)")
@@ -215,7 +223,7 @@ def kill(
 
     async def run() -> str:
         async with admin_identity(settings(), direct=direct) as identity:
-            info = await find_session(identity, session_id)
+            info = await find_session(identity, session_id, min_prefix=KILL_MIN_PREFIX)
             if info.ended_at is not None:
                 raise InvalidInput("session", f"{info.session_id} has already ended")
             await identity.kill_session(info.session_id, by=os.environ.get("USER", "admin"))

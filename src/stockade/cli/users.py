@@ -280,6 +280,8 @@ def resolve_fingerprint(given: str, fingerprints: list[str], *, user: str) -> st
     kind = f"ssh key of {user}"
     if not given.startswith("SHA256:") and not any(f.startswith(given) for f in fingerprints):
         given = "SHA256:" + given
+    if given not in fingerprints and len(given) < len("SHA256:") + 4:
+        raise InvalidInput("fingerprint", "give at least 4 characters after SHA256:")
     return resolve_prefix(given, fingerprints, kind=kind)
 
 
