@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv venv-runtime system-deps helpers up test lint typecheck unit bench proto clean lock sbom
+.PHONY: venv venv-runtime system-deps helpers console-assets up test lint typecheck unit bench proto clean lock sbom
 
 # Installs are locked: every package (ours excepted) comes from a lock file with hashes, installed
 # with pip's --require-hashes, then Stockade itself with --no-deps (no build isolation: the build
@@ -19,9 +19,9 @@ DEV_STAMP := $(VENV)/.dev-installed
 PIP_LOCKED := $(BIN)/python -m pip install -q --require-hashes --only-binary :all: -r
 COMPILE := $(BIN)/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
 
-venv: system-deps $(DEV_STAMP) helpers
+venv: system-deps $(DEV_STAMP) helpers console-assets
 
-venv-runtime: system-deps $(RUNTIME_STAMP) helpers
+venv-runtime: system-deps $(RUNTIME_STAMP) helpers console-assets
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -40,6 +40,24 @@ $(HELPER_BIN): $(HELPER_SRC)/Cargo.toml $(wildcard $(HELPER_SRC)/src/*.rs)
 	  --offline --target $(HELPER_TARGET) --target-dir $(abspath build/helpers)
 	@mkdir -p $(dir $@)
 	install -m 0755 build/helpers/$(HELPER_TARGET)/release/stockade-credential-helper $@
+
+# The web console's browser assets (htmx, asciinema-player): installed from the npm registry with
+# the committed lock (npm ci, no install scripts) into build/console-npm, and their built bundles
+# copied into the package's static/vendor/ (ignored by git), from where the broker serves them:
+# no page loads anything from another origin, and no other project's code is committed here.
+CONSOLE_NPM := build/console-npm
+CONSOLE_VENDOR := src/stockade/console/static/vendor
+CONSOLE_FILES := htmx.org/dist/htmx.min.js asciinema-player/dist/bundle/asciinema-player.min.js \
+  asciinema-player/dist/bundle/asciinema-player.css
+
+console-assets: $(CONSOLE_VENDOR)/.installed
+
+$(CONSOLE_VENDOR)/.installed: web/console/package.json web/console/package-lock.json
+	@mkdir -p $(CONSOLE_NPM) $(CONSOLE_VENDOR)
+	cp web/console/package.json web/console/package-lock.json $(CONSOLE_NPM)/
+	cd $(CONSOLE_NPM) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	for f in $(CONSOLE_FILES); do install -m 0644 $(CONSOLE_NPM)/node_modules/$$f $(CONSOLE_VENDOR)/; done
+	@touch $@
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

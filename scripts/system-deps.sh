@@ -21,7 +21,9 @@ declare -A need=(
   [podman]=podman
   [runc]=runc
   [busybox]=busybox-static
+  [catatonit]=catatonit
   [gcc]=gcc
+  [chromium]=chromium
 )
 
 missing=()

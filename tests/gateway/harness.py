@@ -194,6 +194,7 @@ async def gateway_env(
     *,
     bundle_dir: Path | None = None,
     rpc: bool = False,
+    extra_backends: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
@@ -254,6 +255,7 @@ async def gateway_env(
         publisher=bus,
         events=bus,
         data_dir=data_dir,
+        extra_backends=extra_backends,
     )
     await gateway.start()
     try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -207,3 +209,35 @@ def test_repr_hides_secrets_and_passwords() -> None:
     assert "[secure]" in shown
     store = Store("postgresql://admin:hunter2@db.example/stockade")
     assert "hunter2" not in repr(store)
+
+
+async def test_close_waits_for_running_transactions_and_leaks_no_connection(
+    store: Store,
+) -> None:
+    """A transaction that began before ``close`` must not open a connection on the disposed
+    engine: that connection would belong to a fresh pool nobody closes (seen as an aiosqlite
+    ResourceWarning in CI, when a gateway's last session ended during shutdown)."""
+    finished: list[str] = []
+
+    async def write(n: int) -> None:
+        try:
+            async with store.transaction() as session:
+                await asyncio.sleep(0.01)
+                await session.execute(text("SELECT 1"))
+            finished.append("ok")
+        except StoreUnavailable:
+            finished.append("closed")
+
+    tasks = [asyncio.create_task(write(n)) for n in range(20)]
+    await asyncio.sleep(0.005)
+    await store.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.gather(*tasks)
+        gc.collect()
+    assert len(finished) == 20
+    assert "ok" in finished
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    with pytest.raises(StoreUnavailable):
+        async with store.transaction():
+            pass

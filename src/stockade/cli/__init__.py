@@ -19,7 +19,7 @@ __all__ = ["app", "main"]
 
 #: Every command and group of ``stockade``: name -> (module of this package, attribute, kind).
 #: Modules are imported when a command needs them, so ``stockade users list`` does not pay for
-#: the supply-chain, image and Worktrace imports (jsonschema alone costs a second).
+#: the supply-chain, image and Worktrace imports.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "up": ("up", "up", "command"),
     "users": ("users", "app", "group"),
@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("status", "status", "command"),
     "worktrace": ("worktrace", "app", "group"),
     "audit": ("audit", "app", "group"),
+    "console": ("console", "app", "group"),
 }
 
 

@@ -14,14 +14,14 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from stockade.core import Settings, StockadeError, load_settings
+from stockade.core import InvalidInput, Settings, StockadeError, load_settings
 from stockade.core.logging import configure_logging
 
 __all__ = [
@@ -189,3 +189,22 @@ def read_text_arg(value: str, *, field: str) -> str:
             field,
             f"{where} is not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r})",
         ) from None
+
+
+ReuseHome = Annotated[
+    bool,
+    typer.Option(
+        "--reuse-home", help="Hand a home left by an earlier holder of the name to the new one."
+    ),
+]
+PurgeHome = Annotated[
+    bool,
+    typer.Option("--purge", help="Delete a home left by an earlier holder of the name first."),
+]
+
+
+def home_choice(reuse_home: bool, purge: bool) -> Literal["refuse", "reuse", "purge"]:
+    """What to do with a home an earlier holder of a name left (``--reuse-home``/``--purge``)."""
+    if reuse_home and purge:
+        raise InvalidInput("--reuse-home/--purge", "give one of them, not both")
+    return "reuse" if reuse_home else "purge" if purge else "refuse"

@@ -17,15 +17,18 @@ from pathlib import Path
 
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
-from stockade.broker import BrokerServer, KubeCluster, workspace_config
+from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats
+from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
 from stockade.core import Settings, get_logger
-from stockade.gateway import Gateway, RecordingSweeper
+from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
+from stockade.helpers import static_helper
 from stockade.identity import IdentityService
 from stockade.rpc import RpcServer
 from stockade.shield import Shield
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA
+from stockade.workspace import PodmanRuntime, UidAllocator
 
 from ._datadir import keyring_for, prepare_data_dir
 
@@ -160,6 +163,17 @@ class Runtime:
             enforcers = ", ".join(["denylist", *(e.name for e in self.shield.enforcers)])
             self.listeners.append(Listener("SSH Shield", f"enforcers: {enforcers}"))
 
+        # --- web console (issue 12): pages under /console/ on the broker's TLS listener ---
+        console = create_console(
+            identity=self.identity,
+            authz=self.authorizer,
+            store=self.store,
+            sessions=Sessions(await self.bus.key_value(LOGIN_BUCKET)),
+            recordings=data_dir / "recordings",
+            publisher=self.bus,
+            bans=self.shield.store if self.shield else None,
+            shield_settings=settings.shield,
+        )
         self.broker = BrokerServer.from_settings(
             settings,
             identity=self.identity,
@@ -168,10 +182,12 @@ class Runtime:
             ca=ca,
             metrics=self.shield.metrics_text if self.shield else None,
             audit=AuditSearch(self.store),
+            mounts={PREFIX: console},
         )
         stack.push_async_callback(self.broker.stop)
         await self.broker.start()
         self.listeners.append(Listener("credential broker (HTTPS)", self.broker.url))
+        self.listeners.append(Listener("web console", f"{self.broker.url}{PREFIX}/"))
         if settings.vault.addr is None:
             log.warning("no secrets backend configured; set VAULT_ADDR and VAULT_TOKEN")
 
@@ -179,6 +195,10 @@ class Runtime:
             gateway_settings = gateway_settings.model_copy(update={"api_url": self.broker.url})
 
         if gateway_settings.enabled:
+            container = ContainerBackend(
+                data_dir=data_dir, runtime=self._podman_runtime, sockets=self._session_socket
+            )
+            stack.push_async_callback(container.close)
             self.gateway = Gateway(
                 settings=gateway_settings,
                 identity=self.identity,
@@ -189,6 +209,7 @@ class Runtime:
                 data_dir=data_dir,
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
+                extra_backends={"container": container},
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()
@@ -204,6 +225,26 @@ class Runtime:
             if port.isdigit():
                 ports.add(int(port))
         return ports
+
+    def _podman_runtime(self) -> PodmanRuntime:
+        """The Podman runtime of ``container`` workspaces (built at their first session)."""
+        ws = self.settings.workspace
+        data_dir = self.settings.data_dir
+        return PodmanRuntime(
+            data_dir=data_dir,
+            uids=UidAllocator(
+                data_dir / "workspace-uids.json", first=ws.uid_first, count=ws.uid_count
+            ),
+            idle_timeout=ws.idle_timeout,
+            network=ws.podman_network,
+            credential_helper=static_helper(),
+        )
+
+    async def _session_socket(
+        self, session_id: str, token: str, path: Path, uid: int | None
+    ) -> SessionSocket:
+        assert self.broker is not None
+        return await self.broker.open_session_socket(session_id, token, path, uid)
 
     def _credential_helpers(self, home: Path, uid: int, gid: int) -> None:
         """Point git, Docker and kubectl in a workspace home at the credential helpers."""

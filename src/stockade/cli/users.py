@@ -15,14 +15,19 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from stockade.authz import Authorizer
-from stockade.core import InvalidInput, NotFound
+from stockade.core import InvalidInput
+from stockade.core.errors import AlreadyExists, NotFound
 from stockade.identity import SshKey, TotpEnrollment, User
+from stockade.workspace import claim_homes, guard_homes
 
 from ._admin import AdminIdentity, admin_identity
 from ._common import (
     JSON_OPTION,
+    PurgeHome,
+    ReuseHome,
     console,
     handle_errors,
+    home_choice,
     print_json,
     print_table,
     read_text_arg,
@@ -63,6 +68,14 @@ def _with_identity(direct: bool, action: Callable[[AdminIdentity], Awaitable[T]]
             return await action(identity)
 
     return run_async(run())
+
+
+async def _user_exists(identity: AdminIdentity, name: str) -> bool:
+    try:
+        await identity.get_user(name)
+    except NotFound:
+        return False
+    return True
 
 
 def key_to_dict(key: SshKey) -> dict[str, Any]:
@@ -142,24 +155,35 @@ def add(
     email: Annotated[str, typer.Option(help="E-mail address.")] = "",
     direct: Direct = False,
     json_output: bool = JSON_OPTION,
+    reuse_home: ReuseHome = False,
+    purge: PurgeHome = False,
 ) -> None:
     """Add a user with roles and SSH keys (all or nothing).
 
-    Each --role must be one the policy bundle declares (data.stockade.roles).
+    Each --role must be one the policy bundle declares (data.stockade.roles). A home left by
+    an earlier user of the same name is refused unless ``--reuse-home`` or ``--purge`` is given.
     """
     roles = check_roles(role or [], field="--role")
     lines = _key_lines(ssh_key or [])
-    user = _with_identity(
-        direct,
-        lambda identity: identity.add_user(
+    data_dir = settings().data_dir
+    choice = home_choice(reuse_home, purge)
+
+    async def create(identity: AdminIdentity) -> User:
+        if await _user_exists(identity, name):  # before any home is purged for the name
+            raise AlreadyExists("user", name)
+        guard_homes(data_dir, name, name, choice=choice)
+        return await identity.add_user(
             name,
             display_name=display_name,
             email=email,
             roles=roles,
             groups=group or [],
             ssh_keys=lines,
-        ),
-    )
+        )
+
+    user = _with_identity(direct, create)
+    # the user's default workspace bears their name: its homes are theirs from now on
+    claim_homes(data_dir, name, name, owner_id=f"user:{name}@{user.created_at.isoformat()}")
     if json_output:
         print_json(user_to_dict(user))
     else:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
 
 from stockade.core import InvalidInput
+from stockade.core.errors import AlreadyExists, NotFound
 from stockade.gateway import parse_upstream, upstream_public_key
+from stockade.identity import Workspace
+from stockade.workspace import (
+    DEFAULT_BLUEPRINT,
+    PodmanRuntime,
+    build_busybox_image,
+    claim_homes,
+    guard_homes,
+)
 
 from ._admin import admin_identity
-from ._common import JSON_OPTION, handle_errors, print_json, print_table, run_async, settings
+from ._common import (
+    JSON_OPTION,
+    PurgeHome,
+    ReuseHome,
+    handle_errors,
+    home_choice,
+    print_json,
+    print_table,
+    run_async,
+    settings,
+)
 
 __all__ = ["app"]
 
@@ -34,13 +55,19 @@ def _row(ws: Any) -> dict[str, Any]:
 def add(
     name: str,
     owner: Annotated[str, typer.Option(help="The user who owns it.")],
-    backend: Annotated[Literal["local", "ssh"], typer.Option(help="local or ssh.")] = "local",
+    backend: Annotated[
+        Literal["local", "ssh", "container"],
+        typer.Option(help="local (sandbox), ssh (upstream sshd) or container (Podman Pod)."),
+    ] = "local",
     upstream: Annotated[str | None, typer.Option(help="ssh backend: host:port.")] = None,
     login: Annotated[str | None, typer.Option(help="ssh backend: upstream user.")] = None,
     direct: Annotated[bool, DIRECT] = False,
+    reuse_home: ReuseHome = False,
+    purge: PurgeHome = False,
 ) -> None:
     """Register workspace NAME. For ``--backend ssh`` also prints the gateway's key to add to
-    the upstream user's authorized_keys."""
+    the upstream user's authorized_keys. A home left by an earlier workspace of the same name is
+    refused unless ``--reuse-home`` or ``--purge`` is given."""
     config: dict[str, Any] = {}
     if backend == "ssh":
         if not upstream or not login:
@@ -50,11 +77,23 @@ def add(
     elif upstream or login:
         raise InvalidInput("--upstream/--login", "only for --backend ssh")
 
-    async def run() -> None:
-        async with admin_identity(settings(), direct=direct) as identity:
-            await identity.add_workspace(name, owner=owner, backend=backend, config=config)
+    data_dir = settings().data_dir
+    choice = home_choice(reuse_home, purge)
 
-    run_async(run())
+    async def run() -> Workspace:
+        async with admin_identity(settings(), direct=direct) as identity:
+            try:  # the name must be free before any home is purged for it
+                await identity.get_workspace(name)
+            except NotFound:
+                pass
+            else:
+                raise AlreadyExists("workspace", name)
+            guard_homes(data_dir, name, owner, choice=choice)
+            return await identity.add_workspace(name, owner=owner, backend=backend, config=config)
+
+    ws = run_async(run())
+    stamp = ws.created_at.isoformat()
+    claim_homes(data_dir, name, owner, owner_id=f"workspace:{name}:{owner}@{stamp}")
     typer.echo(f"workspace {name} added ({backend})")
     if backend == "ssh":
         typer.echo("add this key to the upstream user's authorized_keys:")
@@ -96,3 +135,24 @@ def remove(name: str, direct: Annotated[bool, DIRECT] = False) -> None:
 
     run_async(run())
     typer.echo(f"workspace {name} removed")
+
+
+@app.command("build-image")
+@handle_errors
+def build_image(
+    program: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--program", "-p", help="A program of this host to add, with its shared libraries."
+        ),
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Image name (default: the blueprints').")] = None,
+) -> None:
+    """Build the ``container`` workspaces' image from busybox-static (plus ``--program`` files,
+    e.g. ``/usr/bin/git``) into Stockade's private Podman storage; no registry is involved."""
+    data_dir = settings().data_dir
+    name = tag or DEFAULT_BLUEPRINT.effective_image
+    runtime = PodmanRuntime(data_dir=data_dir)
+    with tempfile.TemporaryDirectory(prefix="stockade-rootfs-", dir=data_dir) as tmp:
+        build_busybox_image(runtime.podman, Path(tmp) / "rootfs", name, programs=program or [])
+    typer.echo(f"image {name} built")

@@ -650,8 +650,10 @@ class WorkspaceSettings(_Section):
     uid_count: int = Field(default=65536, ge=1)
     """How many workspace uids there are."""
     sandbox_network: bool = False
-    """Run each sandbox workspace in its own network namespace (loopback only). Needs the
-    credential socket for the helpers, since ``STOCKADE_API`` over TCP is then out of reach."""
+    """Run each sandbox workspace in its own network namespace (loopback only). Off by
+    default: sandbox sessions then share the gateway host's network (use ``container``
+    workspaces to isolate it). Needs the credential socket for the helpers, since
+    ``STOCKADE_API`` over TCP is then out of reach."""
 
 
 class ServiceTokenSettings(_Section):

@@ -25,6 +25,7 @@ from ._recorder import (
     sweep_recordings,
 )
 from ._server import GatewayServer
+from .backends.container import ContainerBackend
 from .backends.ssh import parse_upstream
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "CastRecorder",
     "ChannelRequest",
     "ConnectionLimits",
+    "ContainerBackend",
     "DenyList",
     "EventSource",
     "Gateway",

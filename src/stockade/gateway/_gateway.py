@@ -18,7 +18,7 @@ import ipaddress
 import itertools
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -131,7 +131,8 @@ class Gateway:
     satisfying :class:`~stockade.identity.IdentityAPI` / :class:`~stockade.authz.AuthzAPI`);
     ``publisher`` is the bus; ``events`` (the bus too) delivers kills and identity changes;
     ``deny_list`` is SSH Shield's, asked at every accept. ``backends`` replaces the default
-    workspace backends (``local``, ``ssh``). ``reserved_ports`` are Stockade's own listening
+    workspace backends (``local``, ``ssh``); ``extra_backends`` are added to them (``container``,
+    built by the composition root). ``reserved_ports`` are Stockade's own listening
     ports, which ``ssh -R`` may never take. State (host keys, the upstream client key, known
     upstream host keys, workspace homes, recordings) lives under ``data_dir``.
     """
@@ -149,6 +150,7 @@ class Gateway:
         prepare_home: HomeHook | None = None,
         backends: dict[str, WorkspaceBackend] | None = None,
         reserved_ports: Collection[int] = (),
+        extra_backends: Mapping[str, WorkspaceBackend] | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
@@ -161,6 +163,7 @@ class Gateway:
         self._deny_list = deny_list
         self._prepare_home = prepare_home
         self._backends = backends
+        self._extra_backends = dict(extra_backends or {})
         self._reserved = set(reserved_ports)
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
@@ -232,7 +235,7 @@ class Gateway:
         self._channel_services = ChannelServices(
             authz=self._authz,
             publisher=self._publisher,
-            backends=self._backends or self._default_backends(),
+            backends={**(self._backends or self._default_backends()), **self._extra_backends},
             recordings=self.data_dir / "recordings",
             recording_max_bytes=settings.recording_max_bytes,
             api_url=settings.api_url or "https://127.0.0.1:8443",

@@ -16,14 +16,17 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import asyncssh
+from asyncssh.forward import SSHForwarder
 
 from stockade.authz import AuthzAPI
+from stockade.core.errors import StockadeError
 from stockade.core.logging import escape_peer, get_logger
 
 from ._live import LiveConnection
 from ._login import LoginFlow
 from ._policy import decide
 from ._session import ChannelServices, ChannelSession
+from .backends import SessionSpec
 
 __all__ = ["GatewayServer"]
 
@@ -250,9 +253,14 @@ class GatewayServer(asyncssh.SSHServer):
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"ssh.direct-tcpip denied: {why}"
                 )
-            address = await self._resolve_forward(dest_host, dest_port)
+            assert self._live is not None
             assert self._conn is not None
-            forwarder = await self._conn.forward_connection(address, dest_port)
+            backend = self._channels.backends.get(self._live.principal.workspace.backend)
+            if getattr(backend, "forwards_from_workspace", False):
+                forwarder = await self._forward_inside(backend, dest_host, dest_port)
+            else:
+                address = await self._resolve_forward(dest_host, dest_port)
+                forwarder = await self._conn.forward_connection(address, dest_port)
         except BaseException:
             self._channel_closed()
             raise
@@ -268,8 +276,46 @@ class GatewayServer(asyncssh.SSHServer):
                     released = True
                     self._channel_closed()
 
-        forwarder.connection_lost = connection_lost  # type: ignore[method-assign]
+        forwarder.connection_lost = connection_lost
         return forwarder
+
+    async def _forward_inside(self, backend: Any, dest_host: str, dest_port: int) -> Any:
+        """A forward that leaves from the workspace's own network namespace (the ``container``
+        backend): ``127.0.0.1`` there is the workspace's loopback. The name is resolved here,
+        once; link-local, unspecified and multicast addresses and the gateway host's own
+        interface addresses stay refused."""
+        assert self._live is not None
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                dest_host, dest_port, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_CONNECT_FAILED, f"cannot resolve {dest_host!r}: {exc.strerror}"
+            ) from None
+        address = str(infos[0][4][0])
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if not ip.is_loopback and _gateway_internal(address):
+            _log.warning("forward_to_internal_refused", conn=self._flow.conn_id,
+                         host=escape_peer(dest_host), address=address)  # fmt: skip
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"ssh.direct-tcpip denied: {dest_host} is an address of the gateway host",
+            )
+        live = self._live
+        workspace = live.principal.workspace
+        spec = SessionSpec(
+            session_id=live.session_id,
+            username=live.principal.username,
+            workspace=workspace.name,
+            workspace_config={**workspace.config, "owner": workspace.owner},
+        )
+        try:
+            sock = await backend.open_forward(spec, address, dest_port)
+        except (OSError, StockadeError) as exc:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        _, peer = await asyncio.get_running_loop().create_connection(SSHForwarder, sock=sock)
+        return SSHForwarder(peer)
 
     async def _resolve_forward(self, dest_host: str, dest_port: int) -> str:
         """The address to connect to, resolved once (no second lookup to rebind); loopback,

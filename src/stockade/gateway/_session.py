@@ -272,11 +272,15 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         env["STOCKADE_TOKEN"] = live.token
         env["STOCKADE_API"] = services.api_url
         width, height, pixwidth, pixheight = request.term_size
+        workspace = live.principal.workspace
+        server = live.conn.get_extra_info("sockname") or ("", 0)
         return SessionSpec(
             session_id=live.session_id,
             username=live.principal.username,
-            workspace=live.principal.workspace.name,
-            workspace_config=live.principal.workspace.config,
+            workspace=workspace.name,
+            # runtimes tell a shared session (an admin in someone's workspace) by the owner
+            workspace_config={**workspace.config, "owner": workspace.owner},
+            client=(live.login.client_ip, live.login.client_port, str(server[0]), int(server[1])),
             # an audited transfer is not recorded: it runs the system's scp as parsed, never
             # the command line as sent (a workspace's own "scp" first on PATH would run
             # anything, unrecorded)

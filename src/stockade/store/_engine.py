@@ -48,6 +48,10 @@ _PG_CONSTRAINT = re.compile(r"^(?:uq|pk)_([a-z_]+?)_(name|fingerprint)$|^pk_(ses
 _PG_DETAIL_VALUE = re.compile(r"Key \([^)]*\)=\((.*)\) already exists")
 
 
+_CLOSE_DRAIN = 5.0
+"""Seconds :meth:`Store.close` waits for running transactions."""
+
+
 def async_url(url: str) -> tuple[URL, dict[str, Any]]:
     """Map a user-facing database URL to its async driver and the driver's connect arguments.
 
@@ -144,6 +148,11 @@ class Store:
         self._readers = async_sessionmaker(
             self._engine.execution_options(stockade_readonly=True), expire_on_commit=False
         )
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+        """Set while no transaction runs: :meth:`close` waits for it, so a transaction that
+        started before the close cannot open a connection on the disposed engine (a new pool
+        that nobody would ever close)."""
 
     def __repr__(self) -> str:
         return f"Store({self._url.render_as_string(hide_password=True)!r})"
@@ -173,9 +182,13 @@ class Store:
             if self._write_lock is None:
                 self._write_lock = asyncio.Lock()
             lock = self._write_lock
+        self._enter()
         try:
-            async with lock, factory() as session, session.begin():
-                yield session
+            async with lock:
+                if self._closed:
+                    raise StoreUnavailable("the store is closed")
+                async with factory() as session, session.begin():
+                    yield session
         except StockadeError:
             raise
         except exc.IntegrityError as err:
@@ -186,6 +199,19 @@ class Store:
             raise InvalidInput("database", f"constraint violated: {err.orig}") from err
         except (exc.SQLAlchemyError, OSError) as err:
             raise self._unavailable(err) from err
+        finally:
+            self._leave()
+
+    def _enter(self) -> None:
+        self._active += 1
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._active -= 1
+        if self._active == 0 and self._idle is not None:
+            self._idle.set()
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe to run concurrently)."""
@@ -201,9 +227,16 @@ class Store:
         except (exc.SQLAlchemyError, OSError) as err:
             raise self._unavailable(err) from err
 
-    async def close(self) -> None:
-        """Close every pooled connection; later transactions raise StoreUnavailable."""
+    async def close(self, *, drain: float = _CLOSE_DRAIN) -> None:
+        """Close every pooled connection; later transactions raise StoreUnavailable.
+
+        Transactions already running get ``drain`` seconds to finish first (those still
+        waiting for the SQLite write lock give up at once).
+        """
         self._closed = True
+        if self._active and self._idle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), drain)
         await self._engine.dispose()
 
     def _unavailable(self, err: BaseException) -> StoreUnavailable:

@@ -29,7 +29,7 @@ from ._blueprint import (
     resolve,
 )
 from ._fdio import CHUNK, FdReader, FdWriter
-from ._home import check_home, claim_home
+from ._home import check_home, claim_home, claim_homes, guard_homes, workspace_homes
 from ._kubernetes import (
     KubeRequest,
     KubernetesRuntime,
@@ -47,6 +47,7 @@ from ._podman import (
     PodmanWorkload,
     build_agent,
     build_busybox_image,
+    copy_with_libraries,
     translate_for_podman,
 )
 from ._pss import CHECKS, Level, Violation, check_object
@@ -102,9 +103,12 @@ __all__ = [
     "check_home",
     "check_object",
     "claim_home",
+    "claim_homes",
     "connect_in_netns",
+    "copy_with_libraries",
     "delete_requests",
     "exec_argv",
+    "guard_homes",
     "label_value",
     "load_blueprint",
     "object_name",
@@ -116,4 +120,5 @@ __all__ = [
     "select_runtime",
     "translate_for_podman",
     "validate_object",
+    "workspace_homes",
 ]

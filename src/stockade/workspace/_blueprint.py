@@ -44,7 +44,17 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 _MOUNT = re.compile(r"^/[A-Za-z0-9._/-]*$")
 #: Environment variables the runtime sets itself; a blueprint may not override them.
 RESERVED_ENV = frozenset(
-    {"HOME", "USER", "LOGNAME", "SHELL", "STOCKADE_TOKEN", "STOCKADE_SOCKET", "SSH_AUTH_SOCK"}
+    {
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "STOCKADE_TOKEN",
+        "STOCKADE_SOCKET",
+        "STOCKADE_CREDENTIAL_SOCKET",
+        "SSH_AUTH_SOCK",
+        "GIT_CONFIG_COUNT",
+    }
 )
 
 

@@ -36,7 +36,7 @@ import struct
 import subprocess
 import termios
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -49,6 +49,7 @@ from stockade.core.logging import get_logger
 
 from ._blueprint import DEFAULT_BLUEPRINT, Blueprint
 from ._fdio import FdReader, FdWriter
+from ._home import home_digest
 from ._names import object_name
 from ._nsenter import connect_in_netns
 from ._pss import check_object
@@ -61,11 +62,19 @@ __all__ = [
     "PodmanWorkload",
     "build_agent",
     "build_busybox_image",
+    "copy_with_libraries",
     "translate_for_podman",
 ]
 
 _log = get_logger("stockade.workspace.podman")
 AGENT_MOUNT = "/run/stockade"
+HELPER_DIR = f"{AGENT_MOUNT}/bin"
+#: The names git, Docker and kubectl call the static credential helper by.
+HELPER_NAMES = (
+    "git-credential-stockade",
+    "docker-credential-stockade",
+    "kubectl-credential-stockade",
+)
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 _SIGNALS = {
@@ -105,6 +114,22 @@ def build_agent(dest_dir: Path) -> Path:
     tmp.chmod(0o755)
     tmp.replace(binary)
     return binary
+
+
+def _install_helper(bin_dir: Path, helper: Path) -> None:
+    """The static helper in ``bin_dir`` (world-readable, root-owned), linked under each name."""
+    bin_dir.mkdir(exist_ok=True)
+    bin_dir.chmod(0o755)
+    target = bin_dir / "stockade-credential-helper"
+    if not target.is_file() or target.read_bytes() != helper.read_bytes():
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(helper, tmp)
+        tmp.chmod(0o755)
+        tmp.replace(target)
+    for name in HELPER_NAMES:
+        link = bin_dir / name
+        if not link.is_symlink():
+            link.symlink_to(target.name)
 
 
 def _home_of(pod: Mapping[str, Any]) -> str:
@@ -182,15 +207,44 @@ def translate_for_podman(
     return translated, dirs
 
 
+def copy_with_libraries(program: Path, rootfs: Path) -> None:
+    """``program`` and every shared library ``ldd`` names for it, copied to the same paths
+    under ``rootfs`` (symlinks resolved), world-readable and executable."""
+    if not program.is_absolute() or not program.is_file():
+        raise InvalidInput("program", f"{program} is not an absolute path to a file")
+    done = subprocess.run(["ldd", str(program)], capture_output=True, text=True, check=False)
+    files = [program]
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        parts = line.split()
+        path = parts[2] if "=>" in parts and len(parts) > 3 else (parts[0] if parts else "")
+        if path.startswith("/"):
+            files.append(Path(path))
+    for item in files:
+        dest = rootfs / item.relative_to("/")
+        for parent in reversed(dest.relative_to(rootfs).parents[:-1]):
+            (rootfs / parent).mkdir(exist_ok=True)
+            (rootfs / parent).chmod(0o755)
+        shutil.copy(item, dest)
+        dest.chmod(0o755)
+
+
 def build_busybox_image(
-    podman: Podman, rootfs: Path, tag: str, *, extra: Mapping[str, Path] | None = None
+    podman: Podman,
+    rootfs: Path,
+    tag: str,
+    *,
+    extra: Mapping[str, Path] | None = None,
+    programs: Sequence[Path] = (),
 ) -> None:
     """Build ``tag`` from busybox-static: a root filesystem of ``/bin/busybox`` and its applets
-    (plus ``extra`` programs, name -> file, into ``/bin``), imported (no registry involved)."""
+    (plus ``extra`` programs, name -> file, into ``/bin``, and ``programs`` of this host with
+    their shared libraries at their own paths), imported (no registry involved)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise ToolMissing("busybox", "busybox-static")
     rootfs.mkdir(parents=True, exist_ok=True)
+    for program in programs:
+        copy_with_libraries(program, rootfs)
     rootfs.chmod(0o755)  # modes set explicitly: a process umask (stockade up's is 077) must not
     for sub in ("bin", "etc", "tmp", "proc", "dev", "sys", "home", "run", "root"):  # leak in
         (rootfs / sub).mkdir(parents=True, exist_ok=True)
@@ -224,6 +278,8 @@ class Podman:
             raise ToolMissing("podman", "podman")
         if shutil.which("runc") is None:
             raise ToolMissing("runc", "runc")
+        if shutil.which("catatonit") is None and not Path("/usr/libexec/podman/catatonit").exists():
+            raise ToolMissing("catatonit", "catatonit")  # kube play's Pod infra (pause) process
         self.base = data_dir / "podman"
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         conf = self.base / "containers.conf"
@@ -583,6 +639,7 @@ class PodmanRuntime:
         network: Literal["none", "bridge"] = "none",
         shell: str = "/bin/sh",
         start_timeout: float = 30.0,
+        credential_helper: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.podman = Podman(self.data_dir)
@@ -593,6 +650,9 @@ class PodmanRuntime:
         self.shell = shell
         self.start_timeout = start_timeout
         self.agent = build_agent(self.podman.base / "agent")
+        self.credential_helper = credential_helper
+        """The static credential helper (:func:`stockade.helpers.static_helper`), mounted
+        read-only at ``/run/stockade/bin`` under the names git, Docker and kubectl call."""
         self._pods: dict[str, _Pod] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._next_ident = 1
@@ -607,7 +667,7 @@ class PodmanRuntime:
         return DEFAULT_BLUEPRINT
 
     def layout(self, workspace: str) -> PodmanLayout:
-        digest = hashlib.sha256(workspace.encode()).hexdigest()[:16]
+        digest = home_digest(workspace)
         return PodmanLayout(
             runtime=self.podman.base / "pods" / digest, homes=self.data_dir / "homes" / digest
         )
@@ -679,6 +739,8 @@ class PodmanRuntime:
         if not target.is_file() or target.stat().st_size != self.agent.stat().st_size:
             shutil.copy2(self.agent, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
+        if self.credential_helper is not None:
+            _install_helper(layout.pub / "bin", self.credential_helper)
         (layout.pub / "s").mkdir(exist_ok=True, mode=0o711)
         (layout.pub / "s").chmod(0o711)  # whatever the process umask
         with contextlib.suppress(FileNotFoundError):
@@ -823,6 +885,13 @@ class PodmanRuntime:
         env.update(spec.env)
         if spec.credential_socket:
             env["STOCKADE_SOCKET"] = f"{session_dir}/credentials.sock"
+            env["STOCKADE_CREDENTIAL_SOCKET"] = env["STOCKADE_SOCKET"]  # the helpers' name
+            if self.credential_helper is not None:
+                env["PATH"] = f"{env.get('PATH', _PATH)}:{HELPER_DIR}"
+                # git asks the helper through the environment: nothing written in the home
+                env["GIT_CONFIG_COUNT"] = "1"
+                env["GIT_CONFIG_KEY_0"] = "credential.helper"
+                env["GIT_CONFIG_VALUE_0"] = f"{HELPER_DIR}/git-credential-stockade"
         if spec.agent_path:
             env["SSH_AUTH_SOCK"] = f"{session_dir}/agent.sock"
         if spec.username != pod.owner and spec.credential_socket:

@@ -71,3 +71,11 @@ class UidAllocator:
             uids = state.get("uids", {})
             assert isinstance(uids, dict)
             return {str(k): int(v) for k, v in uids.items()}
+
+    def release(self, workspace: str) -> None:
+        """Forget ``workspace``'s uid (its home was purged): the name gets a new uid next time;
+        the old one is never handed out again."""
+        with self._locked() as state:
+            uids = state.setdefault("uids", {})
+            assert isinstance(uids, dict)
+            uids.pop(workspace, None)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-import kubernetes_validate
-import kubernetes_validate.utils
+from typing import TYPE_CHECKING, Any
 
 from stockade.core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import jsonschema
+
+# jsonschema and kubernetes-validate are imported where they are used: together they take
+# most of a second to import (jsonschema's format checks build a grammar), which every CLI
+# command would otherwise pay.
 
 __all__ = ["KUBERNETES_VERSION", "validate_object"]
 
@@ -56,11 +59,16 @@ def validate_object(obj: Mapping[str, Any], *, crd_schemas: Path | None = None) 
             schema = json.loads(schema_file.read_text())
         except (OSError, ValueError) as exc:
             raise InvalidInput(str(schema_file), f"cannot read the schema ({exc})") from None
+        import jsonschema  # (see the note at the imports)
+
         validator = jsonschema.Draft7Validator(schema)
         errors = sorted(validator.iter_errors(dict(obj)), key=lambda e: list(e.absolute_path))
         if errors:
             raise InvalidInput(f"{label}: {_path(errors[0])}", errors[0].message)
         return
+    import kubernetes_validate  # (see the note at the imports)
+    import kubernetes_validate.utils
+
     try:
         kubernetes_validate.validate(dict(obj), KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.utils.ValidationError as exc:

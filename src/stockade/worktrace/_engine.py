@@ -13,6 +13,19 @@ none: the shared empty tuple). It keeps, bounded:
   before scores ``1 / (1 + ln(1 + count))`` and an exec scoring at least ``anomaly_threshold``
   raises an anomaly alert.
 
+For ``stdio_socket`` rules it also keeps, per node and pid, the processes that opened an outbound
+TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
+(``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
+process, or by its child, is a reverse shell
+(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying on the process
+that both connected and replaced its stdin leaves out the usual benign shapes: a program that
+connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
+connected nothing), an sshd session child, git running ssh, a connected program sending its
+stdout or stderr to a log. Tetragon's events do not say what the old descriptor
+was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
+``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
+pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them).
+
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
 a process whose pid, or an ancestor's, was registered in :class:`LocalSessions` belongs to that
@@ -38,7 +51,7 @@ from ._events import (
     UnknownEvent,
     parse_line,
 )
-from ._rules import CompiledArg, CompiledRule, RuleSet, RuleSource
+from ._rules import STDIO_FDS, CompiledArg, CompiledRule, RuleSet, RuleSource
 
 __all__ = [
     "LABEL_BLUEPRINT",
@@ -256,6 +269,10 @@ class Engine:
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
         self._learned: dict[str, int] = {}
+        #: (node, pid) of processes with an outbound TCP connection, and of those among them
+        #: that then replaced their own stdin (insertion-ordered, bounded).
+        self._connected: dict[tuple[str, int], None] = {}
+        self._stdio_socket: dict[tuple[str, int], None] = {}
         self.events = 0
         self.unknown = 0
         self.malformed = 0
@@ -312,7 +329,14 @@ class Engine:
                     alerts.append(anomaly)
         elif kind == "process_exit":
             self._forget(event.process)
+            if self._connected:
+                key = (event.node_name, event.process.pid or 0)
+                self._connected.pop(key, None)
+                self._stdio_socket.pop(key, None)
         else:
+            stdio = rules.stdio_calls
+            if stdio and event.function in stdio:
+                self._track_stdio(event, stdio[event.function])
             hits = self._match_kprobe(rules, event, entry)
             if hits:
                 alerts = self._on_hits(rules, hits, event, entry)
@@ -349,6 +373,37 @@ class Engine:
         if proc.pid is not None and proc.uid is not None:
             self._pid_uid[proc.pid] = proc.uid
         return entry
+
+    def _track_stdio(self, event: TraceEvent, newfd_position: int | None) -> None:
+        """Note an outbound TCP connection, or a stdin replaced after one."""
+        pid = event.process.pid
+        if pid is None:
+            return
+        key = (event.node_name, pid)
+        if newfd_position is None:  # tcp_connect
+            _bounded_add(self._connected, key, self._max_processes)
+            return
+        args = event.args
+        if key not in self._connected or newfd_position >= len(args):
+            return
+        newfd = args[newfd_position].value
+        if type(newfd) is int and newfd in STDIO_FDS:
+            _bounded_add(self._stdio_socket, key, self._max_processes)
+
+    def _stdio_on_socket(self, event: TraceEvent) -> bool:
+        """The exec'ing process, or its parent, replaced its stdio after connecting out."""
+        marked = self._stdio_socket
+        if not marked:
+            return False
+        node = event.node_name
+        pid = event.process.pid
+        if pid is not None and (node, pid) in marked:
+            return True
+        parent = event.parent
+        if parent is not None and parent.pid is not None:
+            return (node, parent.pid) in marked
+        found = self._procs.get(event.process.parent_exec_id)
+        return found is not None and found.pid is not None and (node, found.pid) in marked
 
     def _forget(self, proc: Process) -> None:
         if proc.pid is not None:
@@ -442,6 +497,8 @@ class Engine:
             caps = proc.cap_effective
             if caps is None or not rule.capabilities.issubset(caps):
                 return False
+        if rule.stdio_socket and not self._stdio_on_socket(event):
+            return False
         if rule.not_in_image:
             pod = proc.pod
             files = self.image_files.get(pod.image) if pod is not None else None
@@ -600,6 +657,15 @@ class Engine:
             session=session or self._context(event, entry),
             ancestry=self._ancestry(entry, 16),
         )
+
+
+def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit: int) -> None:
+    if key in table:
+        return
+    if len(table) >= limit:  # drop the oldest eighth (insertion order)
+        for old in list(table)[: max(1, limit // 8)]:
+            del table[old]
+    table[key] = None
 
 
 def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:

@@ -10,14 +10,23 @@ file to its end, then any rotated file it never had open (it fell more than one 
 behind: they are found beside the export by name and read whole, oldest first), then opens
 the new one from its start: no line is lost and none is read twice. Rotated files present
 when the follower starts are history and are not read. A file truncated in place
-(copytruncate) is read again from its start.
+(copytruncate) is read again from its start: besides its size shrinking below the offset, the
+follower keeps a fingerprint of what it read (the file's first bytes and the bytes just before
+the offset) and checks it before each read, so a truncation followed by a longer rewrite
+between two looks is seen too.
+
+Only regular files are read: the export and the rotated files are opened with ``O_NOFOLLOW``
+(a symlink put in their place is refused, not followed into another file) and checked with
+``fstat`` (a FIFO or a device is refused), each refusal logged once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import stat
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,10 +34,16 @@ from typing import IO
 
 from stockade.bus import Bus
 from stockade.core.errors import BusUnavailable, InvalidInput
+from stockade.core.logging import get_logger
 
 __all__ = ["FileFollower", "NatsSource", "iter_lines", "stdin_batches"]
 
+_log = get_logger("stockade.worktrace")
+
 _CHUNK = 1 << 20
+#: Bytes of the file's start and of the bytes before the offset kept as its fingerprint.
+FINGERPRINT_BYTES = 128
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 #: A line longer than this without a newline is dropped (counted in ``oversized``).
 MAX_PENDING = 1 << 20
 
@@ -57,24 +72,80 @@ class FileFollower:
         self._pos = 0
         self._pending = b""
         self._closed = False
+        #: What was read: the file's first bytes and the bytes just before ``_pos``.
+        self._head = b""
+        self._tail = b""
+        self.refused = 0
+        self._refusal = ""  # the last refusal logged, so a refused path is logged once
 
     def close(self) -> None:
         self._closed = True
 
-    def _open(self, *, at_end: bool) -> bool:
+    def _refuse(self, path: Path, reason: str) -> None:
+        self.refused += 1
+        if reason != self._refusal:
+            self._refusal = reason
+            _log.error("worktrace.export_refused", path=str(path), reason=reason)
+
+    def _open_regular(self, path: Path) -> tuple[int, os.stat_result] | None:
+        """``path`` opened read-only if it is a regular file itself (not through a symlink);
+        None (and one log line) when it is something else, None when it is missing."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
-            return False
+            return None
         except OSError as exc:
-            raise InvalidInput(str(self.path), f"cannot open: {exc.strerror}") from None
+            if exc.errno == errno.ELOOP:
+                self._refuse(path, "a symlink, not the export file (refused, not followed)")
+                return None
+            raise InvalidInput(str(path), f"cannot open: {exc.strerror}") from None
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+            self._refuse(path, f"{kind} (mode {stat.filemode(st.st_mode)}), refused")
+            return None
+        return fd, st
+
+    def _open(self, *, at_end: bool) -> bool:
+        opened = self._open_regular(self.path)
+        if opened is None:
+            return False
+        fd, st = opened
+        self._refusal = ""
         self._fd = fd
         self._ino = (st.st_dev, st.st_ino)
         self._pos = st.st_size if at_end else 0
+        self._head = self._tail = b""
         if at_end:
             os.lseek(fd, self._pos, os.SEEK_SET)
+            self._head = os.pread(fd, min(FINGERPRINT_BYTES, self._pos), 0)
+            start = max(0, self._pos - FINGERPRINT_BYTES)
+            self._tail = os.pread(fd, self._pos - start, start)
         return True
+
+    def _unchanged(self) -> bool:
+        """Whether the open file still holds what was read up to the offset (not truncated
+        and rewritten in place since the last look)."""
+        assert self._fd is not None
+        if self._pos == 0:
+            return True
+        head = self._head
+        if head and os.pread(self._fd, len(head), 0) != head:
+            return False
+        tail = self._tail
+        if self._pos > len(head) and tail:
+            return os.pread(self._fd, len(tail), self._pos - len(tail)) == tail
+        return True
+
+    def _restart(self) -> None:
+        """Read the open file again from its start (it was truncated in place)."""
+        assert self._fd is not None
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        self._pos = 0
+        self._pending = b""
+        self._head = self._tail = b""
+        self.truncations += 1
 
     def _read_all(self) -> list[bytes]:
         """Every complete line from the open file's current position to its end."""
@@ -84,6 +155,12 @@ class FileFollower:
             chunk = os.read(self._fd, _CHUNK)
             if not chunk:
                 return out
+            if self._pos < FINGERPRINT_BYTES:
+                self._head += chunk[: FINGERPRINT_BYTES - self._pos]
+            if len(chunk) >= FINGERPRINT_BYTES:
+                self._tail = chunk[-FINGERPRINT_BYTES:]
+            else:
+                self._tail = (self._tail + chunk)[-FINGERPRINT_BYTES:]
             self._pos += len(chunk)
             data = self._pending + chunk if self._pending else chunk
             lines = data.split(b"\n")
@@ -106,8 +183,13 @@ class FileFollower:
                 continue
             path = self.path.parent / name
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a symlink or a FIFO planted beside the export
+                self._refuse(
+                    path, f"rotated file is not a regular file ({stat.filemode(st.st_mode)})"
+                )
                 continue
             found.append((st.st_mtime_ns, (st.st_dev, st.st_ino), path))
         return sorted(found)
@@ -115,17 +197,28 @@ class FileFollower:
     def _drain_file(self, path: Path) -> list[bytes]:
         """Every line of a whole rotated file we never had open (we fell behind a rotation)."""
         try:
-            data = path.read_bytes()
+            opened = self._open_regular(path)
+        except InvalidInput:
+            return []
+        if opened is None:
+            return []
+        fd, _ = opened
+        parts = []
+        try:
+            while chunk := os.read(fd, _CHUNK):
+                parts.append(chunk)
         except OSError:
             return []
-        lines = data.split(b"\n")
+        finally:
+            os.close(fd)
+        lines = b"".join(parts).split(b"\n")
         return [line for line in lines if line]
 
     def _check_rotation(self) -> list[bytes]:
         """Lines left in a rotated-away file (and in any rotated file we missed while we were
         behind), after switching to the new one."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)  # a symlink in its place is another file: reopen, refuse
         except FileNotFoundError:
             return []  # between the rename and the new file: look again later
         if (st.st_dev, st.st_ino) != self._ino:
@@ -153,11 +246,7 @@ class FileFollower:
                 del self._seen[next(iter(self._seen))]
             return tail
         if st.st_size < self._pos:
-            assert self._fd is not None
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            self._pos = 0
-            self._pending = b""
-            self.truncations += 1
+            self._restart()
         return []
 
     def poll(self) -> list[bytes]:
@@ -165,6 +254,8 @@ class FileFollower:
         if self._fd is None and not self._open(at_end=not self.from_start):
             return []
         self.from_start = True  # a file that appears later is read from its start
+        if not self._unchanged():  # truncated and rewritten past the offset since the last look
+            self._restart()
         lines = self._read_all()
         if lines:
             return lines

@@ -9,7 +9,10 @@
   ``Mask``, ``DPort``, ``DAddr``, ``Prefix``/``Postfix`` of the globs' literal parts). A rule with
   no condition, or more than Tetragon's 5 selectors, drops the selectors: Tetragon then emits
   every call and the engine filters;
-- file rules become their hook (``fd_install`` by default) with ``Prefix``/``Postfix`` selectors.
+- file rules become their hook (``fd_install`` by default) with ``Prefix``/``Postfix`` selectors;
+- a process rule with ``stdio_socket`` needs every ``tcp_connect`` and the ``dup2``/``dup3`` calls
+  whose new descriptor is stdin (a ``newfd`` selector); ``sys_dup2`` is ignored where
+  the architecture has no such syscall (arm64 has only ``dup3``).
 
 Rules that are not ``global`` go into a policy whose ``podSelector`` requires the
 ``stockade.dev/workspace`` label; global ones into a second policy without a selector.
@@ -24,15 +27,24 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import jsonschema
 import yaml
 
 from stockade.core.errors import InvalidInput
 
 from ._engine import LABEL_WORKSPACE
-from ._rules import FILE_HOOKS, CompiledRule, RuleSet, literal_suffix
+from ._rules import (
+    FILE_HOOKS,
+    STDIO_FDS,
+    STDIO_NEWFD_INDEX,
+    CompiledRule,
+    RuleSet,
+    literal_suffix,
+)
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["MAX_SELECTORS", "PolicyValidator", "dump_policies", "tracing_policies"]
 
@@ -105,16 +117,28 @@ def _kprobe(
     return probe
 
 
+def _stdio_selector(call: str) -> dict[str, Any] | None:
+    """What a ``stdio_socket`` rule needs of ``call``: every connect; a dup onto stdin."""
+    if call == "tcp_connect":
+        return None
+    values = [str(fd) for fd in sorted(STDIO_FDS)]
+    return {"matchArgs": [{"index": STDIO_NEWFD_INDEX, "operator": "Equal", "values": values}]}
+
+
 def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, Any]]:
     ids = {r.id for r in members}
+    stdio = [r for r in rules.stdio_rules if r.id in ids]
     probes: list[dict[str, Any]] = []
     for call, specs in rules.syscall_args.items():
         users = [b.rule for b in rules.syscall_rules.get(call, ()) if b.rule.id in ids]
-        if not users:
+        stdio_users = stdio if call in rules.stdio_calls else []
+        if not users and not stdio_users:
             continue
         selectors: list[dict[str, Any]] | None = []
-        for rule in users:
-            selector = _syscall_selector(rule)
+        wanted = [_syscall_selector(rule) for rule in users]
+        if stdio_users:
+            wanted.append(_stdio_selector(call))
+        for selector in wanted:
             if selector is None:
                 selectors = None
                 break
@@ -122,7 +146,10 @@ def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, 
             if selector not in selectors:
                 selectors.append(selector)
         args = [(a.index, a.type) for a in specs]
-        probes.append(_kprobe(call, args, selectors, [r.id for r in users]))
+        probe = _kprobe(call, args, selectors, [r.id for r in users + stdio_users])
+        if call == "sys_dup2" and stdio_users:
+            probe["ignore"] = {"callNotFound": True}
+        probes.append(probe)
     for hook, hook_rules in sorted(rules.file_rules.items()):
         users = [r for r in hook_rules if r.id in ids]
         if not users:
@@ -144,8 +171,9 @@ def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, 
 def tracing_policies(rules: RuleSet, *, name: str = "stockade-worktrace") -> list[dict[str, Any]]:
     """The TracingPolicy documents for ``rules`` (one for workspace Pods, one for global rules
     when any needs a kprobe)."""
-    scoped = [r for r in rules.rules if not r.global_ and r.kind != "process"]
-    global_ = [r for r in rules.rules if r.global_ and r.kind != "process"]
+    probed = [r for r in rules.rules if r.kind != "process" or r.stdio_socket]
+    scoped = [r for r in probed if not r.global_]
+    global_ = [r for r in probed if r.global_]
     docs: list[dict[str, Any]] = []
     probes = _kprobes(rules, scoped)
     if probes or not global_:
@@ -207,6 +235,8 @@ class PolicyValidator:
                 raise InvalidInput(str(path), f"cannot read the schema: {exc.strerror}") from None
             except ValueError as exc:
                 raise InvalidInput(str(path), f"not JSON: {exc}") from None
+            import jsonschema  # slow to import; only the validator needs it
+
             jsonschema.Draft7Validator.check_schema(schema)
             self._validators[kind] = jsonschema.Draft7Validator(schema)
 

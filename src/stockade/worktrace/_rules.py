@@ -15,6 +15,8 @@ A rules file holds ``rules`` and ``attack_paths``::
           parent: [bash]             # parent's basename
           capabilities: [CAP_SYS_ADMIN]           # all in the effective set
           not_in_image: false        # true: binary absent from the image's SBOM file list
+          stdio_socket: false        # true: its (or its parent's) stdin was dup2()ed over
+                                     # by a process that had connected out over TCP
         file:                        # paths opened (kprobe ``fd_install`` by default)
           path: ["*/release_agent"]
           foreign_proc: false        # /proc/<pid>/... of a process of another user
@@ -165,6 +167,22 @@ PATH_TYPES = frozenset({"file", "path", "fd", "linux_binprm", "dentry"})
 SOCK_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
 
 
+#: The kprobes a ``stdio_socket`` rule needs, with the arguments it reads: the outbound TCP
+#: connections (``tcp_connect``) and the replacement of a descriptor (``dup2``/``dup3``:
+#: ``oldfd``, ``newfd``).
+STDIO_HOOKS: dict[str, list[tuple[int, str]]] = {
+    "tcp_connect": [(0, "sock")],
+    "sys_dup2": [(0, "int"), (1, "int")],
+    "sys_dup3": [(0, "int"), (1, "int")],
+}
+#: The argument index of the new descriptor of the ``dup`` calls, and the descriptors that make
+#: a replaced stdio: stdin (a shell reading its commands from the connection). Not stdout or
+#: stderr alone: connected programs send those to logs; ``ssh -n`` or a daemon's ``/dev/null``
+#: redirect of stdin alone, before it runs shells, is the rare benign match left.
+STDIO_NEWFD_INDEX = 1
+STDIO_FDS = frozenset({0})
+
+
 #: File hooks: the argument list the TracingPolicy asks for, and the position of the file.
 FILE_HOOKS: dict[str, tuple[list[tuple[int, str]], int]] = {
     "fd_install": ([(0, "int"), (1, "file")], 1),
@@ -193,6 +211,10 @@ class ProcessSpec(_Model):
     parent: list[str] | None = None
     capabilities: list[str] = []
     not_in_image: bool = False
+    stdio_socket: bool = False
+    """The process, or its parent, had its stdin replaced (``dup2``/``dup3`` onto fd 0) by a
+    process after that same process had opened an outbound TCP connection:
+    the shape of a reverse shell (``socket(); connect(); dup2(s, 0..2); exec sh``)."""
 
     @model_validator(mode="after")
     def _something(self) -> ProcessSpec:
@@ -389,6 +411,7 @@ class CompiledRule:
         "path_prefixes",
         "report",
         "spec",
+        "stdio_socket",
         "syscall_binaries",
         "where",
     )
@@ -408,6 +431,7 @@ class CompiledRule:
         self.parents: frozenset[str] | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.not_in_image = False
+        self.stdio_socket = False
         self.file_path: re.Pattern[str] | None = None
         self.file_prefixes: tuple[str, ...] = ()
         self.file_hook = ""
@@ -425,6 +449,7 @@ class CompiledRule:
             self.parents = None if proc.parent is None else frozenset(proc.parent)
             self.capabilities = frozenset(proc.capabilities)
             self.not_in_image = proc.not_in_image
+            self.stdio_socket = proc.stdio_socket
         elif spec.file is not None:
             self.kind = "file"
             self.file_path = _glob(spec.file.path)
@@ -475,6 +500,10 @@ class RuleSet:
         self.syscall_rules: dict[str, list[SyscallBinding]] = {}
         self.syscall_args: dict[str, list[SyscallArgSpec]] = {}
         self.paths_by_rule: dict[str, list[AttackPath]] = {}
+        #: ``stdio_socket`` rules in the set; when any: each of their kprobes and the position
+        #: of the new descriptor in its events' arguments (``None`` for ``tcp_connect``).
+        self.stdio_rules = tuple(r for r in self.rules if r.stdio_socket)
+        self.stdio_calls: dict[str, int | None] = {}
         prefixes: list[str] = []
         for rule in self.rules:
             if rule.kind == "process":
@@ -496,23 +525,38 @@ class RuleSet:
 
     def _compile_syscalls(self) -> None:
         merged: dict[str, dict[int, SyscallArgSpec]] = {}
+        needs: list[tuple[CompiledRule, str, SyscallArgSpec]] = []
         for rule in self.rules:
             if rule.spec.syscall is None:
                 continue
             for call in rule.spec.syscall.call:
-                slots = merged.setdefault(call, {})
-                for arg in rule.spec.syscall.args:
-                    known = slots.get(arg.index)
-                    if known is not None and known.type != arg.type:
-                        raise InvalidInput(
-                            rule.where,
-                            f"rule {rule.id}: argument {arg.index} of {call} is {arg.type} here "
-                            f"but {known.type} in another rule",
-                        )
-                    slots.setdefault(arg.index, arg)
+                merged.setdefault(call, {})
+                needs.extend((rule, call, arg) for arg in rule.spec.syscall.args)
+        if self.stdio_rules:
+            for call, args in STDIO_HOOKS.items():
+                merged.setdefault(call, {})
+                needs.extend(
+                    (self.stdio_rules[0], call, SyscallArgSpec(index=i, type=t)) for i, t in args
+                )
+        for rule, call, arg in needs:
+            slots = merged[call]
+            known = slots.get(arg.index)
+            if known is not None and known.type != arg.type:
+                raise InvalidInput(
+                    rule.where,
+                    f"rule {rule.id}: argument {arg.index} of {call} is {arg.type} here "
+                    f"but {known.type} in another rule",
+                )
+            slots.setdefault(arg.index, arg)
         for call, slots in merged.items():
             ordered = [slots[i] for i in sorted(slots)]
             self.syscall_args[call] = ordered
+        if self.stdio_rules:
+            for call in STDIO_HOOKS:
+                indexes = [a.index for a in self.syscall_args[call]]
+                self.stdio_calls[call] = (
+                    None if call == "tcp_connect" else indexes.index(STDIO_NEWFD_INDEX)
+                )
         for rule in self.rules:
             if rule.spec.syscall is None:
                 continue

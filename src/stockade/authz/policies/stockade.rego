@@ -233,3 +233,28 @@ denials contains "audit.search requires role admin or auditor" if {
 	not "auditor" in input.context.user.roles
 	not "admin" in input.context.user.roles
 }
+
+# --- Web console (issue 12): who sees it and what they may do there ---
+#
+# console.view   every page and read (resource kind "console" with the page as name, or
+#                "session" with the session id): roles admin and auditor
+# console.ban    ban or unban a source (resource kind "shield.ban" / "shield.unban", name the
+#                source): admins only (the admin rule)
+# console.kill   kill a live session (resource kind "session"): admins only (the admin rule)
+# An auditor is read-only: every ban and kill is denied with a reason naming the role it needs.
+allow if {
+	input.action == "console.view"
+	"auditor" in input.context.user.roles
+}
+
+denials contains "console.view requires role admin or auditor" if {
+	input.action == "console.view"
+	not "auditor" in input.context.user.roles
+	not "admin" in input.context.user.roles
+}
+
+denials contains msg if {
+	input.action in {"console.ban", "console.kill"}
+	not "admin" in input.context.user.roles
+	msg := sprintf("%s requires role admin", [input.action])
+}
