@@ -344,7 +344,7 @@ except SystemExit as exit:
     code = exit.code
 heavy = sorted(m for m in sys.modules if m.split(".")[:2] in (
     ["stockade", "supplychain"], ["stockade", "images"], ["stockade", "worktrace"],
-    ["stockade", "gateway"], ["stockade", "workspace"]) or m == "jsonschema")
+    ["stockade", "gateway"], ["stockade", "console"]) or m == "jsonschema")
 print("LOADED", ",".join(heavy))
 """
 
