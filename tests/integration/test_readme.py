@@ -217,6 +217,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path, netns: str) -> None:
     assert "otpauth://totp/" in _output_of(walk, "totp enroll")
     assert "password=example-not-a-token" in _output_of(walk, "git credential fill")
     assert "203.0.113.7" in _output_of(walk, "shield ban")
+    assert "/console/login#code=" in _output_of(walk, "console login")
     ups = [text for name, text in walk.logs if name == "1"]
     assert len(ups) == 2
     assert all("ready; Ctrl-C to stop" in text for text in ups)
