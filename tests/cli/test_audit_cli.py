@@ -128,6 +128,41 @@ def test_session(env: str) -> None:
     ]
 
 
+def _register_sessions(*ids: str) -> None:
+    from stockade.cli._datadir import keyring_for
+    from stockade.core import load_settings
+    from stockade.identity import IdentityService
+
+    cfg = load_settings()
+
+    async def run() -> None:
+        store = Store(cfg.database_url)
+        await store.migrate()
+        identity = IdentityService(store=store, settings=cfg.identity, keyring=keyring_for(cfg))
+        try:
+            await identity.add_user("alice")
+            for sid in ids:
+                await identity.start_session(
+                    sid, username="alice", workspace="ws", client_ip="127.0.0.1", client_port=1
+                )
+        finally:
+            await store.close()
+
+    asyncio.run(run())
+
+
+def test_session_by_unique_prefix(env: str) -> None:
+    _register_sessions("s-9", "s-27")
+    assert [e["id"] for e in _search("--session", "s-9")] == [11, 10, 9]  # exact
+    by_prefix = _search("--session", "s-2")  # unique among identity's: s-27
+    assert {e["session_id"] for e in by_prefix} == {"s-27"}
+    result = runner.invoke(app, ["audit", "search", "--json", "--session", "s-"])
+    assert result.exit_code == 2, result.output
+    assert "s-9" in result.stderr
+    assert "s-27" in result.stderr
+    assert [e["id"] for e in _search("--session", "s-3")] != []  # unknown to identity: as given
+
+
 def test_since_and_until(env: str) -> None:
     assert _ids("--since", "3h") == [30, 29, 28]
     assert _ids("--until", "27h") == [3, 2, 1]

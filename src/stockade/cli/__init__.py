@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
+import os
 import re
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -11,38 +15,35 @@ import typer.core
 
 from stockade import __version__
 
-from . import (
-    applocker,
-    audit,
-    blueprints,
-    catalog,
-    config,
-    console,
-    image,
-    images,
-    node,
-    package,
-    pod_security,
-    policy,
-    sbom,
-    sessions,
-    shield,
-    status,
-    token,
-    users,
-    workspaces,
-    worktrace,
-)
-from .serve import serve
-from .up import up
+__all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="stockade",
-    help="Zero-trust access and supply-chain security for shared developer workspaces.",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-)
+#: Every command and group of ``stockade``: name -> (module of this package, attribute, kind).
+#: Modules are imported when a command needs them, so ``stockade users list`` does not pay for
+#: the supply-chain, image and Worktrace imports.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "up": ("up", "up", "command"),
+    "serve": ("serve", "serve", "command"),
+    "users": ("users", "app", "group"),
+    "token": ("token", "app", "group"),
+    "policy": ("policy", "app", "group"),
+    "package": ("package", "app", "group"),
+    "catalog": ("catalog", "app", "group"),
+    "node": ("node", "app", "group"),
+    "applocker": ("applocker", "app", "group"),
+    "shield": ("shield", "app", "group"),
+    "sessions": ("sessions", "app", "group"),
+    "workspaces": ("workspaces", "app", "group"),
+    "blueprints": ("blueprints", "app", "group"),
+    "pod-security": ("pod_security", "app", "group"),
+    "image": ("image", "app", "group"),
+    "images": ("images", "app", "group"),
+    "sbom": ("sbom", "sbom", "command"),
+    "config": ("config", "app", "group"),
+    "status": ("status", "status", "command"),
+    "worktrace": ("worktrace", "app", "group"),
+    "audit": ("audit", "app", "group"),
+    "console": ("console", "app", "group"),
+}
 
 
 def _print_version(value: bool) -> None:
@@ -51,7 +52,6 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     _version: Annotated[
         bool,
@@ -70,34 +70,43 @@ def _root(
     """
 
 
-@app.command()
 def version() -> None:
     """Print Stockade's version."""
     typer.echo(f"stockade {__version__}")
 
 
-app.command("up")(up)
-app.command("serve")(serve)
-app.add_typer(users.app, name="users")
-app.add_typer(token.app, name="token")
-app.add_typer(policy.app, name="policy")
-app.add_typer(package.app, name="package")
-app.add_typer(catalog.app, name="catalog")
-app.add_typer(node.app, name="node")
-app.add_typer(applocker.app, name="applocker")
-app.add_typer(shield.app, name="shield")
-app.add_typer(sessions.app, name="sessions")
-app.add_typer(workspaces.app, name="workspaces")
-app.add_typer(blueprints.app, name="blueprints")
-app.add_typer(pod_security.app, name="pod-security")
-app.add_typer(image.app, name="image")
-app.add_typer(images.app, name="images")
-app.command("sbom")(sbom.sbom)
-app.add_typer(config.app, name="config")
-app.command("status")(status.status)
-app.add_typer(worktrace.app, name="worktrace")
-app.add_typer(audit.app, name="audit")
-app.add_typer(console.app, name="console")
+def build(only: str | None = None) -> typer.Typer:
+    """The ``stockade`` app with every command, or with ``only`` that one (and ``version``)."""
+    root = typer.Typer(
+        name="stockade",
+        help="Zero-trust access and supply-chain security for shared developer workspaces.",
+        no_args_is_help=True,
+        add_completion=True,
+        pretty_exceptions_enable=False,
+    )
+    root.callback()(_root)
+    root.command("version")(version)
+    for name, (module_name, attr, kind) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        target = getattr(importlib.import_module(f"{__name__}.{module_name}"), attr)
+        if kind == "group":
+            root.add_typer(target, name=name)
+        else:
+            root.command(name)(target)
+    _tidy_help(root)
+    return root
+
+
+@functools.cache
+def _full() -> typer.Typer:
+    return build()
+
+
+def __getattr__(name: str) -> typer.Typer:
+    if name == "app":  # built on first use: importing a submodule does not import them all
+        return _full()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _DOUBLE_BACKTICKS = re.compile(r"``([^`]+)``")
@@ -134,8 +143,6 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None  # typer's Default(...) placeholders: unset
 
 
-_tidy_help(app)
-
 # typer 0.29's rich help prints a value type after boolean flags ("--json <bool>"), though a flag
 # takes no value; click's own help never does. Flags show no type.
 _display_type_rich = typer.core.TyperOption.display_type_rich
@@ -151,8 +158,16 @@ typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-ass
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
-
-
-__all__ = ["app", "main"]
+    """Console-script entry point: loads only the command group named first on the command
+    line (all of them for ``--help``, completion or a name that is no command)."""
+    args = sys.argv[1:]
+    first = args[0] if args else None
+    completing = any(key.startswith("_STOCKADE_COMPLETE") for key in os.environ)
+    if completing:
+        _full()()
+    elif first in COMMANDS:
+        build(first)()
+    elif first in {"--version", "version"}:
+        build("")()  # the root alone
+    else:
+        _full()()

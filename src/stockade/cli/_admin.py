@@ -17,7 +17,7 @@ from stockade.identity import IdentityService
 from stockade.rpc import IdentityClient, admin_channel
 from stockade.store import Store
 
-from ._runtime import keyring_for, prepare_data_dir
+from ._datadir import keyring_for, prepare_data_dir
 
 __all__ = ["AdminIdentity", "admin_identity"]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import shutil
 import socket
 import sys
@@ -33,7 +32,7 @@ from stockade.core.errors import BackendError
 from stockade.core.files import write_private
 from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
 from stockade.helpers import static_helper
-from stockade.identity import IdentityAPI, IdentityService, KeyRing
+from stockade.identity import IdentityAPI, IdentityService
 from stockade.rpc import (
     AuthzClient,
     IdentityClient,
@@ -45,6 +44,8 @@ from stockade.shield import BanSync, DenyList, Shield
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA, ProjectedToken, ServiceTokenVerifier
 from stockade.workspace import PodmanRuntime, UidAllocator
+
+from ._datadir import keyring_for, prepare_data_dir
 
 __all__ = ["SERVICES", "Listener", "Runtime", "keyring_for", "prepare_data_dir", "service_tls"]
 
@@ -60,25 +61,6 @@ class Listener:
 
     what: str
     where: str
-
-
-def prepare_data_dir(settings: Settings) -> Path:
-    """Create the data dir (0700) and make every file this process creates private (umask 077):
-    database, keys, recordings and sockets hold secrets or audit data."""
-    os.umask(0o077)
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(data_dir, 0o700)
-    return data_dir
-
-
-def keyring_for(settings: Settings) -> KeyRing:
-    """The JWT signing keys in the data dir."""
-    return KeyRing(
-        settings.data_dir / "keys",
-        algorithm=settings.identity.algorithm,
-        leeway=settings.identity.leeway,
-    )
 
 
 @dataclass

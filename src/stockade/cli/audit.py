@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
@@ -22,9 +23,11 @@ from stockade.audit import (
     load_public_key,
     verify_store,
 )
+from stockade.core import NotFound
 from stockade.store import Store
 
 from ._common import JSON_OPTION, console, fail, handle_errors, print_json, run_async, settings
+from .sessions import find_session
 
 __all__ = ["app"]
 
@@ -34,7 +37,9 @@ USER = typer.Option("--user", help="Only events of this user.")
 ACTION = typer.Option("--action", help="Only this action (ssh.connect; ssh.* for a prefix).")
 DECISION = typer.Option("--decision", help="Only allow or deny decisions.")
 SOURCE = typer.Option("--source", help="Only events from this IP address.")
-SESSION = typer.Option("--session", help="Only events of this session id.")
+SESSION = typer.Option(
+    "--session", help="Only events of this session: its id or a unique prefix of a known one."
+)
 SINCE = typer.Option("--since", help="From this time: a duration ago (1h, 7d) or ISO 8601.")
 UNTIL = typer.Option("--until", help="Up to this time: a duration ago or ISO 8601.")
 
@@ -89,6 +94,23 @@ def _table(events: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _session_id(given: str | None) -> str | None:
+    """``given`` whole, or the one session of identity's registry it is a unique prefix of;
+    an id identity never had is kept as given (the audit outlives session records)."""
+    if given is None:
+        return None
+    from ._admin import admin_identity
+
+    async def run() -> str:
+        async with admin_identity(settings()) as identity:
+            try:
+                return (await find_session(identity, given)).session_id
+            except NotFound:
+                return given
+
+    return run_async(run())
+
+
 @app.command("search")
 @handle_errors
 def search(
@@ -120,6 +142,8 @@ def search(
         limit=limit,
         before=before,
     )
+    if query.session_id is not None:  # checked by parse; now a prefix may name it
+        query = dataclasses.replace(query, session_id=_session_id(query.session_id))
 
     async def run() -> None:
         async with _store() as store:
@@ -180,6 +204,8 @@ def export(
         since=since,
         until=until,
     )
+    if query.session_id is not None:  # checked by parse; now a prefix may name it
+        query = dataclasses.replace(query, session_id=_session_id(query.session_id))
 
     async def run() -> int:
         count = 0

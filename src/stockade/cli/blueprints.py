@@ -33,7 +33,7 @@ from ._common import (
     run_async,
     settings,
 )
-from ._runtime import prepare_data_dir
+from ._datadir import prepare_data_dir
 
 __all__ = ["app"]
 

@@ -1,7 +1,12 @@
-"""``stockade sessions``: list, replay, export and kill SSH sessions."""
+"""``stockade sessions``: list, replay, export and kill SSH sessions.
+
+Every command that takes a session id accepts a unique prefix of one (as ``git`` does with
+commit ids); an ambiguous prefix is one error line listing the candidates (exit 2).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -9,11 +14,19 @@ from typing import Annotated, Any
 
 import typer
 
-from stockade.core import InvalidInput, NotFound
-from stockade.gateway import export_cast, play_cast, resolve_cast
+from stockade.core import InvalidInput, NotFound, StockadeError
+from stockade.identity import SessionInfo
 
-from ._admin import admin_identity
-from ._common import JSON_OPTION, handle_errors, print_json, print_table, run_async, settings
+from ._admin import AdminIdentity, admin_identity
+from ._common import (
+    JSON_OPTION,
+    handle_errors,
+    print_json,
+    print_table,
+    resolve_prefix,
+    run_async,
+    settings,
+)
 
 __all__ = ["app"]
 
@@ -39,19 +52,56 @@ def _row(info: Any) -> dict[str, Any]:
     }
 
 
-def _recording(session_id: str, direct: bool) -> Path:
-    async def lookup() -> str | None:
-        async with admin_identity(settings(), direct=direct) as identity:
-            info = await identity.get_session(session_id)
-        return info.recording
+#: How many sessions a prefix is resolved among; with more, a prefix is refused (full id only)
+#: rather than risk naming the wrong session.
+PREFIX_POOL = 100_000
 
-    recording = run_async(lookup())
-    if not recording:
-        raise NotFound("recording of session", session_id)
-    path = resolve_cast(Path(recording))  # also once compressed (.cast.gz)
+
+#: Characters a prefix needs to name the session ``sessions kill`` ends.
+KILL_MIN_PREFIX = 6
+
+
+class NotRecorded(StockadeError):
+    """The session exists but policy did not require a recording (exit 1: nothing to play)."""
+
+    exit_code = 1
+
+
+async def find_session(identity: AdminIdentity, given: str, *, min_prefix: int = 1) -> SessionInfo:
+    """The session ``given`` names whole or by a unique prefix of at least ``min_prefix``
+    characters (commands that end something ask for more, so ``s-`` never names the only
+    session by accident)."""
+    if not given:
+        raise InvalidInput("session", "empty; give an id or a unique prefix of one")
+    try:
+        return await identity.get_session(given)
+    except NotFound:
+        pass
+    except InvalidInput:
+        raise InvalidInput("session", f"{given!r} is not a session id or a prefix of one") from None
+    if len(given) < min_prefix:
+        raise InvalidInput("session", f"give at least {min_prefix} characters of the id")
+    pool = await identity.list_sessions(limit=PREFIX_POOL)
+    if len(pool) >= PREFIX_POOL:
+        raise NotFound("session", f"{given} (with this many sessions, give the full id)")
+    chosen = resolve_prefix(given, (s.session_id for s in pool), kind="session")
+    return next(s for s in pool if s.session_id == chosen)
+
+
+def _recording(session_id: str, direct: bool) -> tuple[str, Path]:
+    async def lookup() -> SessionInfo:
+        async with admin_identity(settings(), direct=direct) as identity:
+            return await find_session(identity, session_id)
+
+    from stockade.gateway import resolve_cast  # the gateway's imports only when a cast is read
+
+    info = run_async(lookup())
+    if not info.recording:
+        raise NotRecorded(f"session {info.session_id}: not recorded (policy did not require it)")
+    path = resolve_cast(Path(info.recording))  # also once compressed (.cast.gz)
     if not path.is_file():
-        raise NotFound("recording file", str(path))
-    return path
+        raise NotFound("recording file", f"{path} of session {info.session_id}")
+    return info.session_id, path
 
 
 @app.command("list")
@@ -59,10 +109,13 @@ def _recording(session_id: str, direct: bool) -> Path:
 def list_(
     active: Annotated[bool, typer.Option("--active", help="Only live sessions.")] = False,
     user: Annotated[str | None, typer.Option(help="Only this user's sessions.")] = None,
+    ids_only: Annotated[
+        bool, typer.Option("--ids", "-q", help="Print only the full session ids, one a line.")
+    ] = False,
     as_json: bool = JSON_OPTION,
     direct: Annotated[bool, DIRECT] = False,
 ) -> None:
-    """Sessions, newest first."""
+    """Sessions, newest first, with their full ids (any unique prefix of one names it)."""
 
     async def run() -> list[dict[str, Any]]:
         async with admin_identity(settings(), direct=direct) as identity:
@@ -70,6 +123,9 @@ def list_(
         return [_row(info) for info in rows]
 
     rows = run_async(run())
+    if ids_only:
+        sys.stdout.write("".join(f"{r['session_id']}\n" for r in rows))
+        return
     if as_json:
         print_json(rows)
         return
@@ -97,46 +153,80 @@ def list_(
 @app.command("play")
 @handle_errors
 def play(
-    session_id: str,
-    speed: Annotated[float, typer.Option(help="Playback speed factor.")] = 1.0,
+    session_id: Annotated[str, typer.Argument(help="Session id or a unique prefix of one.")],
+    speed: Annotated[float, typer.Option("--speed", "-s", help="Playback speed factor.")] = 1.0,
+    idle_time_limit: Annotated[
+        float,
+        typer.Option(
+            "--idle-time-limit",
+            "-i",
+            help="Shorten every pause longer than this many seconds to it (as asciinema -i).",
+        ),
+    ] = 2.0,
     direct: Annotated[bool, DIRECT] = False,
 ) -> None:
-    """Replay a recorded session in this terminal."""
-    if speed <= 0:
-        raise InvalidInput("--speed", "must be positive")
-    path = _recording(session_id, direct)
+    """Replay a recorded session in this terminal.
+
+    Only sessions whose decision carried the record_session obligation are recorded (in the
+    shipped policy bundle: users with role contractor). Exit 1 when the session exists but
+    was not recorded; exit 2 when no session has that id.
+    """
+    if not speed > 0 or speed == float("inf"):
+        raise InvalidInput("--speed", "must be a positive number")
+    if not idle_time_limit > 0 or idle_time_limit == float("inf"):
+        raise InvalidInput("--idle-time-limit", "must be a positive number of seconds")
+    _, path = _recording(session_id, direct)
+    from stockade.gateway import play_cast
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    play_cast(path, write, speed=speed)
+    play_cast(path, write, speed=speed, max_idle=idle_time_limit)
 
 
 @app.command("export")
 @handle_errors
 def export(
-    session_id: str,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the .cast.")],
+    session_id: Annotated[str, typer.Argument(help="Session id or a unique prefix of one.")],
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="Where to write the .cast; - for stdout.")
+    ],
     direct: Annotated[bool, DIRECT] = False,
 ) -> None:
-    """Write a session's recording as an asciicast v2 file (``asciinema play`` reads it)."""
-    path = _recording(session_id, direct)
-    export_cast(path, output)  # validated, decompressed, up to the last whole event
-    typer.echo(str(output))
+    """Write a session's recording as an asciicast v2 file (``asciinema play`` reads it).
+
+    The file is validated and decompressed, up to its last whole event. With -o - the cast
+    goes to stdout (nothing else is printed there); otherwise the path written is printed.
+    Exit 1 when the session was not recorded.
+    """
+    _, path = _recording(session_id, direct)
+    from stockade.gateway import iter_cast
+
+    lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in iter_cast(path)]
+    if output == "-":
+        sys.stdout.write("".join(lines))
+        sys.stdout.flush()
+        return
+    target = Path(output)
+    target.write_text("".join(lines), encoding="utf-8")
+    typer.echo(str(target))
 
 
 @app.command("kill")
 @handle_errors
-def kill(session_id: str, direct: Annotated[bool, DIRECT] = False) -> None:
+def kill(
+    session_id: Annotated[str, typer.Argument(help="Session id or a unique prefix of one.")],
+    direct: Annotated[bool, DIRECT] = False,
+) -> None:
     """End a live session: its token is revoked at once and the gateway closes it."""
 
-    async def run() -> None:
+    async def run() -> str:
         async with admin_identity(settings(), direct=direct) as identity:
-            info = await identity.get_session(session_id)
+            info = await find_session(identity, session_id, min_prefix=KILL_MIN_PREFIX)
             if info.ended_at is not None:
-                raise InvalidInput("session", f"{session_id} has already ended")
-            await identity.kill_session(session_id, by=os.environ.get("USER", "admin"))
+                raise InvalidInput("session", f"{info.session_id} has already ended")
+            await identity.kill_session(info.session_id, by=os.environ.get("USER", "admin"))
+        return info.session_id
 
-    run_async(run())
-    typer.echo(f"killed {session_id}")
+    typer.echo(f"killed {run_async(run())}")

@@ -1,4 +1,5 @@
-"""``stockade users``: add, list, show, disable, enable, remove users; their keys and passwords.
+"""``stockade users``: add, list, show, disable, enable, remove users; their roles, keys,
+passwords and TOTP.
 
 Every command is one transaction: through the running server's admin socket when it answers,
 otherwise directly on the store (``--direct`` forces that).
@@ -13,9 +14,10 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from stockade.authz import Authorizer
 from stockade.core import InvalidInput
 from stockade.core.errors import AlreadyExists, NotFound
-from stockade.identity import SshKey, User
+from stockade.identity import SshKey, TotpEnrollment, User
 from stockade.workspace import claim_homes, guard_homes
 
 from ._admin import AdminIdentity, admin_identity
@@ -29,17 +31,28 @@ from ._common import (
     print_json,
     print_table,
     read_text_arg,
+    resolve_prefix,
     run_async,
     settings,
 )
 
 __all__ = ["app", "key_to_dict", "user_to_dict"]
 
-app = typer.Typer(help="Manage users, their SSH keys and passwords.", no_args_is_help=True)
+app = typer.Typer(
+    help="Manage users, their roles, SSH keys, passwords and TOTP.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Manage a user's SSH public keys.", no_args_is_help=True)
 password_app = typer.Typer(help="Manage a user's password.", no_args_is_help=True)
+roles_app = typer.Typer(
+    help="Change a user's roles (only roles the policy bundle declares).", no_args_is_help=True
+)
+totp_app = typer.Typer(
+    help="Enrol or remove a user's TOTP authenticator (second factor).", no_args_is_help=True
+)
+app.add_typer(roles_app, name="roles")
 app.add_typer(keys_app, name="keys")
 app.add_typer(password_app, name="password")
+app.add_typer(totp_app, name="totp")
 
 T = TypeVar("T")
 
@@ -90,6 +103,27 @@ def user_to_dict(user: User) -> dict[str, Any]:
     }
 
 
+def known_roles() -> frozenset[str]:
+    """The roles the configured policy bundle declares (``data.stockade.roles``)."""
+    return Authorizer(settings=settings().authz).roles()
+
+
+def check_roles(roles: list[str], *, field: str) -> list[str]:
+    """``roles`` in order without repeats; an InvalidInput naming the first role the policy
+    bundle does not declare (a typo would otherwise grant nothing, silently)."""
+    wanted = list(dict.fromkeys(roles))
+    if not wanted:
+        return wanted
+    known = known_roles()
+    for role in wanted:
+        if role not in known:
+            declared = ", ".join(sorted(known))
+            raise InvalidInput(
+                field, f"unknown role {role!r}; the policy bundle declares {declared}"
+            )
+    return wanted
+
+
 def _key_lines(sources: list[str]) -> list[str]:
     lines: list[str] = []
     for source in sources:
@@ -124,8 +158,12 @@ def add(
     reuse_home: ReuseHome = False,
     purge: PurgeHome = False,
 ) -> None:
-    """Add a user with roles and SSH keys (all or nothing). A home left by an earlier user of
-    the same name is refused unless ``--reuse-home`` or ``--purge`` is given."""
+    """Add a user with roles and SSH keys (all or nothing).
+
+    Each --role must be one the policy bundle declares (data.stockade.roles). A home left by
+    an earlier user of the same name is refused unless ``--reuse-home`` or ``--purge`` is given.
+    """
+    roles = check_roles(role or [], field="--role")
     lines = _key_lines(ssh_key or [])
     data_dir = settings().data_dir
     choice = home_choice(reuse_home, purge)
@@ -138,7 +176,7 @@ def add(
             name,
             display_name=display_name,
             email=email,
-            roles=role or [],
+            roles=roles,
             groups=group or [],
             ssh_keys=lines,
         )
@@ -189,7 +227,8 @@ def show(name: str, direct: Direct = False, json_output: bool = JSON_OPTION) -> 
     data = user_to_dict(user)
     for field in ("name", "display_name", "email", "roles", "groups", "disabled", "created_at"):
         value = data[field]
-        console.print(f"{field:>13}: {', '.join(value) if isinstance(value, list) else value}")
+        shown = ", ".join(value) if isinstance(value, list) else value
+        console.print(f"{field:>13}: {shown}", markup=False)  # names are data, not markup
     print_table(
         "SSH keys",
         ["fingerprint", "type", "bits", "comment"],
@@ -246,9 +285,46 @@ def keys_remove(
     fingerprint: Annotated[str, typer.Argument(help="SHA256:... as `users show` prints it.")],
     direct: Direct = False,
 ) -> None:
-    """Remove one of a user's keys."""
-    _with_identity(direct, lambda identity: identity.remove_key(name, fingerprint))
-    console.print(f"removed key {fingerprint} from [bold]{name}[/]")
+    """Remove one of a user's keys (its fingerprint or a unique prefix of it; the SHA256:
+    may be left out). Live sessions that logged in with it end at once."""
+
+    async def run(identity: AdminIdentity) -> str:
+        user = await identity.get_user(name)
+        chosen = resolve_fingerprint(fingerprint, [k.fingerprint for k in user.keys], user=name)
+        await identity.remove_key(name, chosen)
+        return chosen
+
+    removed = _with_identity(direct, run)
+    console.print(f"removed key {removed} from [bold]{name}[/]", markup=False)
+
+
+def resolve_fingerprint(given: str, fingerprints: list[str], *, user: str) -> str:
+    """The one of ``fingerprints`` that ``given`` names whole or by a unique prefix, with or
+    without its ``SHA256:``."""
+    kind = f"ssh key of {user}"
+    if not given.startswith("SHA256:") and not any(f.startswith(given) for f in fingerprints):
+        given = "SHA256:" + given
+    if given not in fingerprints and len(given) < len("SHA256:") + 4:
+        raise InvalidInput("fingerprint", "give at least 4 characters after SHA256:")
+    return resolve_prefix(given, fingerprints, kind=kind)
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(name: str, direct: Direct = False, json_output: bool = JSON_OPTION) -> None:
+    """List a user's SSH keys: full SHA256 fingerprints, type, size, comment, when added."""
+    user = _with_identity(direct, lambda identity: identity.get_user(name))
+    if json_output:
+        print_json([key_to_dict(k) for k in user.keys])
+        return
+    print_table(
+        f"SSH keys of {user.name}",
+        ["fingerprint", "type", "bits", "comment", "added"],
+        (
+            [k.fingerprint, k.key_type, k.bits, k.comment, k.created_at.isoformat("T", "seconds")]
+            for k in user.keys
+        ),
+    )
 
 
 @password_app.command("set")
@@ -279,3 +355,110 @@ def password_clear(name: str, direct: Direct = False) -> None:
     """Remove a user's password (key login only)."""
     _with_identity(direct, lambda identity: identity.set_password(name, None))
     console.print(f"password cleared for [bold]{name}[/]")
+
+
+# -- roles ---------------------------------------------------------------------------------------
+
+RoleArgs = Annotated[
+    list[str], typer.Argument(help="Role names the policy bundle declares (data.stockade.roles).")
+]
+
+
+def _change_roles(name: str, direct: bool, change: Callable[[list[str]], list[str]]) -> None:
+    async def run(identity: AdminIdentity) -> User:
+        user = await identity.get_user(name)
+        wanted = change(list(user.roles))
+        if wanted == list(user.roles):
+            return user
+        return await identity.set_roles(name, wanted)
+
+    user = _with_identity(direct, run)
+    shown = ", ".join(user.roles) or "(none)"
+    console.print(f"roles of {user.name}: {shown}", markup=False)
+
+
+@roles_app.command("add")
+@handle_errors
+def roles_add(name: str, role: RoleArgs, direct: Direct = False) -> None:
+    """Give USER one or more roles; live sessions are re-decided at once."""
+    added = check_roles(role, field="ROLE")
+    _change_roles(name, direct, lambda current: [*current, *(r for r in added if r not in current)])
+
+
+@roles_app.command("remove")
+@handle_errors
+def roles_remove(name: str, role: RoleArgs, direct: Direct = False) -> None:
+    """Take one or more roles from USER (also roles the bundle no longer declares); live
+    sessions are re-decided at once and closed when no longer allowed."""
+
+    def change(current: list[str]) -> list[str]:
+        for r in role:
+            if r not in current:
+                raise NotFound("role", f"{r} of user {name} (has: {', '.join(current) or 'none'})")
+        return [r for r in current if r not in role]
+
+    _change_roles(name, direct, change)
+
+
+@roles_app.command("set")
+@handle_errors
+def roles_set(name: str, role: RoleArgs, direct: Direct = False) -> None:
+    """Replace USER's roles with exactly these; live sessions are re-decided at once."""
+    wanted = check_roles(role, field="ROLE")
+    _change_roles(name, direct, lambda _current: wanted)
+
+
+# -- TOTP ----------------------------------------------------------------------------------------
+
+
+def _group(secret: str) -> str:
+    return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
+
+
+@totp_app.command("enroll")
+@handle_errors
+def totp_enroll(
+    name: str,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Replace an enrolled authenticator (the old one stops)."),
+    ] = False,
+    direct: Direct = False,
+) -> None:
+    """Give USER a new TOTP secret and print it once, to this terminal only.
+
+    Prints the otpauth:// URI (paste it into a QR generator you trust, or an authenticator
+    that takes URIs) and the secret in groups of four for typing by hand. The secret never
+    appears in arguments or logs; it is stored sealed (AES-GCM) with the data dir's key.
+    """
+
+    async def run(identity: AdminIdentity) -> TotpEnrollment:
+        user = await identity.get_user(name)
+        if user.totp_enabled and not replace:
+            raise InvalidInput(
+                "--replace", f"{name} already has TOTP enrolled; pass --replace to change it"
+            )
+        return await identity.enable_totp(name)
+
+    enrollment = _with_identity(direct, run)
+    out = sys.stdout
+    out.write(f"TOTP enrolled for {name}. Shown once; add it to the authenticator now.\n")
+    out.write(f"uri:    {enrollment.uri}\n")
+    out.write(f"secret: {_group(enrollment.secret)}  (SHA1, 6 digits, 30 s)\n")
+    out.flush()
+
+
+@totp_app.command("disable")
+@handle_errors
+def totp_disable(name: str, direct: Direct = False) -> None:
+    """Remove USER's TOTP secret: codes stop being accepted, so where policy requires a second
+    factor (require_mfa) the user can no longer log in until enrolled again."""
+
+    async def run(identity: AdminIdentity) -> None:
+        user = await identity.get_user(name)
+        if not user.totp_enabled:
+            raise InvalidInput("user", f"{name} has no TOTP enrolled")
+        await identity.disable_totp(name)
+
+    _with_identity(direct, run)
+    console.print(f"TOTP disabled for {name}", markup=False)
