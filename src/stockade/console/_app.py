@@ -413,8 +413,20 @@ def create_console(
         async def live() -> bool:  # a closed page cancels the stream itself
             return await identity.is_session_live(session_id)
 
+        async def still_allowed() -> bool:
+            """The viewer is still signed in, enabled and holds every role the stream was
+            allowed with (no new decision each second: that would flood the audit trail)."""
+            try:
+                now = await signed_in(request)
+                ok = now.session is who.session and set(who.roles) <= set(now.roles)
+            except (_Denied, StockadeError):
+                ok = False
+            if not ok:
+                _log.info("console_live_revoked", user=who.user, session=session_id[:64])
+            return ok
+
         async def stream() -> AsyncIterator[bytes]:
-            async for chunk in tail_cast(path, live):
+            async for chunk in tail_cast(path, live, allowed=still_allowed):
                 yield chunk
 
         return StreamingResponse(
