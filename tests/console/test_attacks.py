@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from stockade.console import COOKIE, PREFIX
+from stockade.console import COOKIE, PREFIX, issue_login_code
 from stockade.identity import SessionRequest
 from stockade.store import SessionRow
 from tests.console.conftest import Env, _principal
@@ -173,3 +174,20 @@ async def test_an_audit_cursor_out_of_range_answers_400(env: Env, before: str) -
     answer = await env.client.get(f"{PREFIX}/audit?before={before}")
     assert answer.status_code == 400, answer.text
     assert "before" in answer.text
+
+
+async def test_the_console_is_not_served_over_plain_http(env: Env) -> None:
+    """The broker serves its app on unix sockets too (plain HTTP, one mounted in each workspace
+    for the credential helpers): from there a workspace reached the console's sign-in."""
+    code = await issue_login_code(env.codes, "ada")  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=env.app, client=("127.0.0.1", 5002))
+    async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as plain:
+        for path in ("login", "sessions", "static/login.js"):
+            answer = await plain.get(f"{PREFIX}/{path}")
+            assert answer.status_code == 404, path
+            assert answer.headers["x-frame-options"] == "DENY"
+        posted = await plain.post(f"{PREFIX}/login", json={"code": code})
+        assert posted.status_code == 404
+        assert "set-cookie" not in posted.headers
+    used = await env.client.post(f"{PREFIX}/login", json={"code": code})
+    assert used.status_code == 200  # the code was not spent by the plain-HTTP attempt

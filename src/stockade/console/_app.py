@@ -127,7 +127,9 @@ class _Who:
 
 
 class _SecurityHeaders:
-    """ASGI middleware: the console's security headers on every response."""
+    """ASGI middleware: the console's security headers on every response, and nothing but a 404
+    over plain HTTP (the broker also serves its app on unix sockets for the credential helpers,
+    one of them mounted in each workspace: the console is not for a workspace to reach)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -136,6 +138,9 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        inner = self.app
+        if scope.get("scheme") != "https":
+            inner = HTMLResponse("not found\n", status_code=404, headers=_NO_STORE)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -148,7 +153,7 @@ class _SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        await inner(scope, receive, with_headers)
 
 
 def _when(value: Any) -> str:
