@@ -191,3 +191,25 @@ async def test_the_console_is_not_served_over_plain_http(env: Env) -> None:
         assert "set-cookie" not in posted.headers
     used = await env.client.post(f"{PREFIX}/login", json={"code": code})
     assert used.status_code == 200  # the code was not spent by the plain-HTTP attempt
+
+
+async def test_forms_from_sandboxed_frames_plain_text_or_multipart_are_refused(env: Env) -> None:
+    """Held on review, kept as a guard: ``Origin: null`` (a sandboxed frame, a data: URL), the
+    content types a cross-site form may send without a preflight, and method overrides."""
+    token = await env.sign_in("ada")
+    body = f"csrf={token}&source=192.0.2.77"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for headers in (
+        {**form, "Origin": "null"},
+        {**form, "Origin": "https://console.test.evil.test"},
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "multipart/form-data; boundary=x"},
+    ):
+        answer = await env.client.post(f"{PREFIX}/shield/ban", content=body, headers=headers)
+        assert answer.status_code == 403, headers
+    for method, override in (("GET", "POST"), ("POST", "DELETE")):
+        answer = await env.client.request(
+            method, f"{PREFIX}/shield/ban?{body}", headers={"X-HTTP-Method-Override": override}
+        )
+        assert answer.status_code in (403, 405), (method, override)
+    assert await env.bans.all() == []
