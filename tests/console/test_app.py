@@ -6,88 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.routing import Mount
 
-from stockade.authz import Authorizer
-from stockade.bus import Bus
 from stockade.console import (
     COOKIE,
-    LOGIN_BUCKET,
     PREFIX,
-    Sessions,
-    create_console,
     issue_login_code,
 )
-from stockade.core.settings import AuthzSettings, IdentitySettings, ShieldSettings
-from stockade.identity import IdentityService, KeyRing, Principal, SessionRequest
-from stockade.shield import BanStore
-from stockade.store import SessionRow, Store
-
-BASE = "https://console.test"
-
-
-@dataclass
-class Env:
-    client: httpx.AsyncClient
-    identity: IdentityService
-    codes: object
-    store: Store
-    recordings: Path
-    bans: BanStore
-
-    async def sign_in(self, user: str) -> str:
-        code = await issue_login_code(self.codes, user)  # type: ignore[arg-type]
-        answer = await self.client.post(
-            f"{PREFIX}/login", json={"code": code}, headers={"Origin": BASE}
-        )
-        assert answer.status_code == 200, answer.text
-        page = await self.client.get(f"{PREFIX}/shield")
-        match = re.search(r'name="csrf" value="([^"]+)"', page.text)
-        assert match, page.text
-        return match.group(1)
-
-
-@pytest.fixture
-async def env(tmp_path: Path, nats_url: str) -> AsyncIterator[Env]:
-    store = Store(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
-    await store.migrate()
-    identity = IdentityService(
-        store=store, settings=IdentitySettings(), keyring=KeyRing(tmp_path / "keys")
-    )
-    await identity.add_user("ada", roles=["admin"])
-    await identity.add_user("otto", roles=["auditor"])
-    await identity.add_user("dev", roles=["developer"])
-    bus = await Bus.connect(nats_url, name="console-test")
-    bucket = f"{LOGIN_BUCKET}_{tmp_path.name[-20:].replace('.', '_')}"
-    codes = await bus.key_value(bucket)
-    bans = await BanStore.open(bus, strike_memory=3600)
-    recordings = tmp_path / "recordings"
-    recordings.mkdir()
-    app = create_console(
-        identity=identity,
-        authz=Authorizer(settings=AuthzSettings()),
-        store=store,
-        sessions=Sessions(codes),
-        recordings=recordings,
-        bans=bans,
-        shield_settings=ShieldSettings(),
-    )
-    mounted = Starlette(routes=[Mount(PREFIX, app=app)])  # as the broker mounts it
-    transport = httpx.ASGITransport(app=mounted, client=("127.0.0.1", 5000))
-    async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-        yield Env(client, identity, codes, store, recordings, bans)
-    for ban in await bans.all():
-        await bans.remove(ban.source)
-    await bus.close()
-    await store.close()
+from stockade.identity import SessionRequest
+from stockade.store import SessionRow
+from tests.console.conftest import Env, _principal
 
 
 async def test_a_code_works_once_and_never_for_a_forged_one(env: Env) -> None:
@@ -206,15 +137,6 @@ async def test_an_auditor_reads_but_cannot_ban_unban_or_kill(env: Env) -> None:
     assert kill.status_code == 403
     assert await env.identity.is_session_live(opened.session_id)
     assert await env.bans.all() == []
-
-
-async def _principal(env: Env, name: str) -> Principal:
-    user = await env.identity.get_user(name)
-    workspace = await env.identity.default_workspace(name)
-    return Principal(
-        username=user.name, roles=user.roles, groups=user.groups, auth_methods=(),
-        workspace=workspace, method="publickey",
-    )  # fmt: skip
 
 
 async def test_a_role_taken_away_counts_at_once_and_logout_ends_the_cookie(env: Env) -> None:

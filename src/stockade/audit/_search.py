@@ -30,6 +30,8 @@ __all__ = ["MAX_LIMIT", "AuditPage", "AuditQuery", "AuditSearch", "parse_time"]
 
 #: The largest page a search returns.
 MAX_LIMIT = 1000
+#: The largest row id the store holds (a signed 64-bit integer in SQLite and PostgreSQL).
+_MAX_ROW_ID = 2**63 - 1
 _T = AuditEventRow
 _COLUMNS = (
     _T.id,
@@ -141,7 +143,7 @@ class AuditQuery:
                 cursor = int(before)
             except ValueError:
                 raise InvalidInput(option("before"), f"{before!r} is not a row number") from None
-            if cursor < 1:
+            if not 1 <= cursor <= _MAX_ROW_ID:  # beyond it the database raises OverflowError
                 raise InvalidInput(option("before"), "must be a positive row number")
         return cls(
             user=_bounded(user, option("user"), 256) if user is not None else None,

@@ -127,7 +127,9 @@ class _Who:
 
 
 class _SecurityHeaders:
-    """ASGI middleware: the console's security headers on every response."""
+    """ASGI middleware: the console's security headers on every response, and nothing but a 404
+    over plain HTTP (the broker also serves its app on unix sockets for the credential helpers,
+    one of them mounted in each workspace: the console is not for a workspace to reach)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -136,6 +138,9 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        inner = self.app
+        if scope.get("scheme") != "https":
+            inner = HTMLResponse("not found\n", status_code=404, headers=_NO_STORE)
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -148,7 +153,7 @@ class _SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, with_headers)
+        await inner(scope, receive, with_headers)
 
 
 def _when(value: Any) -> str:
@@ -413,8 +418,20 @@ def create_console(
         async def live() -> bool:  # a closed page cancels the stream itself
             return await identity.is_session_live(session_id)
 
+        async def still_allowed() -> bool:
+            """The viewer is still signed in, enabled and holds every role the stream was
+            allowed with (no new decision each second: that would flood the audit trail)."""
+            try:
+                now = await signed_in(request)
+                ok = now.session is who.session and set(who.roles) <= set(now.roles)
+            except (_Denied, StockadeError):
+                ok = False
+            if not ok:
+                _log.info("console_live_revoked", user=who.user, session=session_id[:64])
+            return ok
+
         async def stream() -> AsyncIterator[bytes]:
-            async for chunk in tail_cast(path, live):
+            async for chunk in tail_cast(path, live, allowed=still_allowed):
                 yield chunk
 
         return StreamingResponse(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,10 @@ PAGE_SIZE = 50
 #: The largest recording the console serves to the player.
 MAX_CAST_BYTES = 64 << 20
 _MAX_FILTER = 128
+# The events the page may see: output, resize, marker. Input ("i": what the user typed, passwords
+# at a prompt included, when the policy records input) never leaves the broker; neither does a
+# line of any other shape (an escaped or unknown kind is dropped, not guessed at).
+_SHOWN_EVENT = re.compile(rb'\[\s*-?[0-9][0-9.eE+-]*\s*,\s*"[orm]"\s*,')
 
 
 def _text(value: str | None, field: str) -> str | None:
@@ -60,7 +65,11 @@ class SessionFilter:
         if state not in (None, "live", "ended"):
             raise InvalidInput("state", "live, ended or empty")
         page_text = params.get("page") or "1"
-        if not page_text.isdigit() or not 1 <= int(page_text) <= 100_000:
+        if (
+            len(page_text) > 6  # int() of thousands of digits raises ValueError
+            or not (page_text.isascii() and page_text.isdigit())  # "²".isdigit() too
+            or not 1 <= int(page_text) <= 100_000
+        ):
             raise InvalidInput("page", "a page number from 1")
         since = _text(params.get("since"), "since")
         until = _text(params.get("until"), "until")
@@ -191,7 +200,8 @@ def recording_path(recording: str | None, recordings: Path) -> Path:
 
 
 def read_cast(path: Path) -> bytes:
-    """The asciicast v2 text of ``path`` (gzip undone), up to its last whole line."""
+    """The asciicast v2 text of ``path`` (gzip undone), up to its last whole line, without its
+    input events: only the header and the output, resize and marker events are served."""
     with path.open("rb") as raw:
         head = raw.read(2)
         raw.seek(0)
@@ -211,4 +221,6 @@ def read_cast(path: Path) -> bytes:
         raise InvalidInput("recording", "not an asciicast v2 file") from None
     if not isinstance(header, dict) or header.get("version") != 2:
         raise InvalidInput("recording", "not an asciicast v2 file")
-    return data
+    lines = data.split(b"\n")
+    shown = [line for line in lines[1:] if _SHOWN_EVENT.match(line)]
+    return b"\n".join([first, *shown, b""])

@@ -3,7 +3,9 @@
 The messages are those of asciinema-player's ``eventsource`` driver: first a reset (``cols``,
 ``rows``, ``time`` and the output so far as ``init``), then one ``[time, "o", text]`` per output
 event as the recorder appends it, and a ``done`` event once the session has ended and the file
-stopped growing. Input events (``"i"``) are never sent to the page.
+stopped growing. Input events (``"i"``) are never sent to the page. The viewer's right to watch
+(``allowed``) is checked again every second, output flowing or not: a viewer signed out,
+disabled or stripped of their role sees the stream end at once, without the ``done`` event.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ def _output(line: bytes) -> tuple[float, str] | None:
 
 
 async def tail_cast(
-    path: Path, is_live: Callable[[], Awaitable[bool]], *, poll: float = POLL_SECONDS
+    path: Path,
+    is_live: Callable[[], Awaitable[bool]],
+    *,
+    poll: float = POLL_SECONDS,
+    allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
-    """SSE bytes for the cast at ``path`` while ``is_live()`` says the session goes on."""
+    """SSE bytes for the cast at ``path`` while ``is_live()`` says the session goes on and
+    ``allowed()`` (when given) says the viewer may still watch it."""
     with path.open("rb") as handle:
         header_line = handle.readline()
         try:
@@ -75,8 +82,12 @@ async def tail_cast(
                 size -= len(init.pop(0))
         yield _sse(json.dumps({"cols": cols, "rows": rows, "time": last, "init": "".join(init)}))
         started = time.monotonic()
-        checked = started
+        checked = vetted = started
         while time.monotonic() - started < _MAX_SECONDS:
+            if allowed is not None and time.monotonic() - vetted >= _LIVENESS_SECONDS:
+                vetted = time.monotonic()  # checked while output flows too, not only when idle
+                if not await allowed():
+                    return
             chunk = handle.read()
             if chunk:
                 lines = (buffered + chunk).split(b"\n")
