@@ -24,7 +24,10 @@ connected nothing), an sshd session child, git running ssh, a connected program 
 stdout or stderr to a log. Tetragon's events do not say what the old descriptor
 was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
 ``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
-pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them).
+pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them). A marked
+process is also kept by its exec id, which no other process reuses, past its exit: its child
+may exec the shell after the parent has gone (``if os.fork(): os._exit(0)``), or through a
+forked copy of it that never exec'd (a double fork), whose parent is the marked process.
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
@@ -273,6 +276,8 @@ class Engine:
         #: that then replaced their own stdin (insertion-ordered, bounded).
         self._connected: dict[tuple[str, int], None] = {}
         self._stdio_socket: dict[tuple[str, int], None] = {}
+        #: The marked processes by exec id (with their binary), kept past their exit.
+        self._stdio_exec: dict[str, str] = {}
         self.events = 0
         self.unknown = 0
         self.malformed = 0
@@ -389,17 +394,25 @@ class Engine:
         newfd = args[newfd_position].value
         if type(newfd) is int and newfd in STDIO_FDS:
             _bounded_add(self._stdio_socket, key, self._max_processes)
+            proc = event.process
+            if proc.exec_id:
+                _bounded_set(self._stdio_exec, proc.exec_id, proc.binary, self._max_processes)
 
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
         """The exec'ing process, or its parent, replaced its stdio after connecting out."""
-        marked = self._stdio_socket
-        if not marked:
+        by_exec = self._stdio_exec
+        if not by_exec:
             return False
+        parent = event.parent
+        if event.process.parent_exec_id in by_exec:  # the parent, even when it has exited
+            return True
+        if parent is not None and by_exec.get(parent.parent_exec_id) == parent.binary:
+            return True  # the parent is a fork of the marked process that did not exec
+        marked = self._stdio_socket
         node = event.node_name
         pid = event.process.pid
         if pid is not None and (node, pid) in marked:
             return True
-        parent = event.parent
         if parent is not None and parent.pid is not None:
             return (node, parent.pid) in marked
         found = self._procs.get(event.process.parent_exec_id)
@@ -666,6 +679,13 @@ def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit
         for old in list(table)[: max(1, limit // 8)]:
             del table[old]
     table[key] = None
+
+
+def _bounded_set(table: dict[str, str], key: str, value: str, limit: int) -> None:
+    if key not in table and len(table) >= limit:  # drop the oldest eighth (insertion order)
+        for old in list(table)[: max(1, limit // 8)]:
+            del table[old]
+    table[key] = value
 
 
 def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:

@@ -1,0 +1,208 @@
+"""More hostile-workspace evasions of Worktrace's rules (issue 15, second review).
+
+Events are built in Tetragon's export shape (see conftest); each test is one attack a workspace
+user can mount with their own processes. A test that fails is an attack that breaks Worktrace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stockade.worktrace import AnomalyConfig, Engine, load_rules
+
+from .conftest import exec_event, kprobe_event, line, parent_process, process
+
+NODE = "node-1"
+PY = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def engine_rules() -> Any:
+    return load_rules()
+
+
+def fresh(rules: Any) -> Engine:
+    return Engine(rules, anomaly=AnomalyConfig(enabled=False))
+
+
+def rule_ids(engine: Engine, event: dict[str, Any]) -> set[str]:
+    return {a.rule_id for a in engine.feed(line(event)) if a.kind == "rule"}
+
+
+def fired_over(engine_rules: Any, events: list[dict[str, Any]]) -> list[set[str]]:
+    engine = fresh(engine_rules)
+    return [rule_ids(engine, event) for event in events]
+
+
+def _body(event: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = event[next(k for k in event if k.startswith("process_"))]
+    return body
+
+
+def at(
+    event: dict[str, Any],
+    pid: int,
+    exec_id: str,
+    *,
+    parent: tuple[int, str, str] | None = None,
+) -> dict[str, Any]:
+    """``event`` of process ``pid``/``exec_id``; ``parent`` is (pid, exec_id, binary)."""
+    body = _body(event)
+    body["process"]["pid"] = pid
+    body["process"]["exec_id"] = exec_id
+    if parent is not None:
+        ppid, pexec, pbinary = parent
+        body["process"]["parent_exec_id"] = pexec
+        body["parent"].update(pid=ppid, exec_id=pexec, binary=pbinary)
+    return event
+
+
+def sock(daddr: str = "203.0.113.9", dport: int = 4444) -> dict[str, Any]:
+    return {
+        "sock_arg": {
+            "family": "AF_INET",
+            "type": "SOCK_STREAM",
+            "protocol": "IPPROTO_TCP",
+            "saddr": "10.8.0.12",
+            "daddr": daddr,
+            "sport": 50000,
+            "dport": dport,
+        }
+    }
+
+
+def connect(binary: str = PY) -> dict[str, Any]:
+    return kprobe_event("tcp_connect", [sock()], binary=binary)
+
+
+def dup(oldfd: int, newfd: int, *, binary: str = PY) -> dict[str, Any]:
+    return kprobe_event("__x64_sys_dup2", [{"int_arg": oldfd}, {"int_arg": newfd}], binary=binary)
+
+
+def exit_event(binary: str, pid: int, exec_id: str) -> dict[str, Any]:
+    body = {"process": process(binary), "parent": parent_process(), "time": "2026-12-01T10:00:02Z"}
+    return at({"process_exit": body, "node_name": NODE}, pid, exec_id)
+
+
+# --- nsenter: namespace files the rule's globs do not spell ------------------------------
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        "--mount=//proc/1/ns/mnt --pid=//proc/1/ns/pid sh",  # a doubled slash
+        "--mount=/tmp/h/mnt --pid=/tmp/h/pid sh",  # ln -s /proc/1/ns /tmp/h
+        "--mount=./1/ns/mnt sh",  # relative, run from /proc
+        "-p/proc/1/ns/pid -U/proc/1/ns/user sh",  # short options with an attached file
+        "-C/proc/1/ns/cgroup -i/proc/1/ns/ipc sh",
+    ],
+)
+def test_nsenter_namespace_file_spellings_broke(engine_rules: Any, arguments: str) -> None:
+    """BROKE: ``--mount=FILE`` matched only when FILE starts with ``/proc/``, a short option
+    with its file attached only when a ``t`` happened to be in it. nsenter does nothing but
+    enter the namespaces of a target or a file: any of its options but help/version fires."""
+    event = exec_event("/usr/bin/nsenter", arguments)
+    assert "nsenter-target" in rule_ids(fresh(engine_rules), event)
+
+
+@pytest.mark.parametrize("arguments", ["--help", "-h", "-V", "--version"])
+def test_nsenter_help_and_version_are_benign(engine_rules: Any, arguments: str) -> None:
+    assert not rule_ids(fresh(engine_rules), exec_event("/usr/bin/nsenter", arguments))
+
+
+def test_busybox_nsenter_namespace_file_broke(engine_rules: Any) -> None:
+    event = exec_event("/bin/busybox", "nsenter --net=/tmp/h/net sh")
+    assert "nsenter-busybox" in rule_ids(fresh(engine_rules), event)
+
+
+# --- reverse shell on stdio: the connected process gone before the shell's exec -----------
+
+
+def test_reverse_shell_parent_exits_before_the_shell_exec_broke(engine_rules: Any) -> None:
+    """BROKE: python connects, dup2()s the socket onto its stdin, forks and exits at once;
+    the child execs sh. The parent's ``process_exit`` came before the child's exec and took
+    the mark with it, so the shell on the socket fired nothing."""
+    events = [
+        at(connect(), 4500, "cHk="),
+        at(dup(3, 0), 4500, "cHk="),
+        exit_event(PY, 4500, "cHk="),
+        at(exec_event("/bin/sh", "-i"), 4501, "c2g=", parent=(4500, "cHk=", PY)),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_reverse_shell_after_a_double_fork_broke(engine_rules: Any) -> None:
+    """BROKE: ``if fork(): exit(); setsid(); if fork(): exit(); execv("/bin/sh")``: the shell's
+    parent is a forked copy of python that never exec'd (Tetragon gives it its own exec id
+    and pid, and python's binary), whose parent is the connected python."""
+    events = [
+        at(connect(), 4600, "cHky"),
+        at(dup(3, 0), 4600, "cHky"),
+        exit_event(PY, 4600, "cHky"),
+    ]
+    shell = at(exec_event("/bin/sh", "-i"), 4602, "c2gy", parent=(4601, "Zm9yaw==", PY))
+    _body(shell)["parent"]["parent_exec_id"] = "cHky"
+    events.append(shell)
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_exited_mark_is_not_reused_by_a_new_process_of_the_same_pid(engine_rules: Any) -> None:
+    """The mark of an exited process stays with its exec id only: a new process that reuses
+    its pid, and that process's children, are not taken for it."""
+    events = [
+        at(connect(), 4700, "b2xk"),
+        at(dup(3, 0), 4700, "b2xk"),
+        exit_event(PY, 4700, "b2xk"),
+        at(exec_event("/usr/bin/make"), 4700, "bmV3", parent=(1, "aW5pdA==", "/sbin/init")),
+        at(exec_event("/bin/sh", "-c cc"), 4701, "c2gz", parent=(4700, "bmV3", "/usr/bin/make")),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_forked_child_of_a_benign_parent_of_the_marked_process_is_benign(
+    engine_rules: Any,
+) -> None:
+    """A shell whose parent is a fork of the marked process's *parent* (another binary) is
+    not on the marked process's descriptors."""
+    events = [
+        at(connect(), 4800, "bWFyaw=="),
+        at(dup(3, 0), 4800, "bWFyaw=="),
+    ]
+    shell = at(exec_event("/bin/sh"), 4802, "c2g0", parent=(4801, "c2libA==", "/usr/bin/make"))
+    _body(shell)["parent"]["parent_exec_id"] = "bWFyaw=="
+    events.append(shell)
+    assert not fired_over(engine_rules, events)[-1]
+
+
+# --- reverse shell on stdio: what the dup2/tcp_connect events cannot see -------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the socket's descriptor: dup2(s, 0) comes before connect(s), and "
+    "tcp_connect says no fd; a sys_connect(fd) hook plus the dup2 oldfd per process is missing",
+)
+def test_reverse_shell_dup2_before_connect(engine_rules: Any) -> None:
+    """``s = socket(); os.dup2(s.fileno(), 0); s.connect(...); pty.spawn("sh")``."""
+    events = [
+        at(dup(3, 0), 4900, "YmVm"),
+        at(connect(), 4900, "YmVm"),
+        at(exec_event("/bin/sh"), 4901, "c2g1", parent=(4900, "YmVm", PY)),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no dup2 at all: os.close(0) then socket() gets fd 0; needs a sys_connect(fd) hook "
+    "(connect on fd 0) which the rules and the generated policy do not have",
+)
+def test_reverse_shell_socket_lands_on_fd_0(engine_rules: Any) -> None:
+    """``os.close(0); s = socket(); s.connect(...)``: the socket is fd 0, no dup at all."""
+    events = [
+        at(connect(), 5100, "ZmQw"),
+        at(exec_event("/bin/sh"), 5101, "c2g2", parent=(5100, "ZmQw", PY)),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
