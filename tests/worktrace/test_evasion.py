@@ -206,3 +206,49 @@ def test_reverse_shell_socket_lands_on_fd_0(engine_rules: Any) -> None:
         at(exec_event("/bin/sh"), 5101, "c2g2", parent=(5100, "ZmQw", PY)),
     ]
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+# --- reverse shell on stdio: a program that is not on the list of shells -------------------
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments"),
+    [
+        ("/usr/bin/python3", "-i"),  # pty.spawn("python3"): a REPL on the socket
+        ("/home/alice/.cache/x", "-i"),  # cp /bin/sh ~/.cache/x
+        ("/bin/mksh", ""),
+        ("/usr/bin/tclsh", ""),
+        ("/lib64/ld-linux-x86-64.so.2", "/bin/sh -i"),  # the loader runs the shell
+        ("/usr/bin/perl", "-de0"),
+    ],
+)
+def test_reverse_shell_with_a_program_off_the_shell_list_broke(
+    engine_rules: Any, binary: str, arguments: str
+) -> None:
+    """BROKE: the rule named eight shell basenames; a copy of sh under another name, another
+    shell or an interpreter's REPL on the socket fired nothing."""
+    events = [
+        at(connect(), 5200, "cmVwbA=="),
+        at(dup(3, 0), 5200, "cmVwbA=="),
+        at(exec_event(binary, arguments), 5201, "cmVwbDI=", parent=(5200, "cmVwbA==", PY)),
+    ]
+    assert "reverse-shell-stdio" in fired_over(engine_rules, events)[-1]
+
+
+def test_stdio_only_rule_fires_without_image_files(tmp_path: Any) -> None:
+    """A process rule on ``stdio_socket`` alone is accepted and matched (it used to be refused,
+    and a rule without binary or path was only tried when SBOM file lists were loaded)."""
+    rules = tmp_path / "r.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - {id: rs, confidence: 0.9, report: true, global: false,\n"
+        "     process: {stdio_socket: true}}\n"
+    )
+    events = [
+        at(connect(), 5300, "c3Rk"),
+        at(dup(3, 0), 5300, "c3Rk"),
+        at(exec_event("/usr/bin/awk"), 5300, "c3RkMg=="),
+        at(exec_event("/usr/bin/awk"), 5400, "b3RoZXI="),
+    ]
+    fired = fired_over(load_rules(rules), events)
+    assert fired[-2:] == [{"rs"}, set()]

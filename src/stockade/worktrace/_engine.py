@@ -401,14 +401,14 @@ class Engine:
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
         """The exec'ing process, or its parent, replaced its stdio after connecting out."""
         by_exec = self._stdio_exec
-        if not by_exec:
+        marked = self._stdio_socket
+        if not (by_exec or marked):
             return False
         parent = event.parent
         if event.process.parent_exec_id in by_exec:  # the parent, even when it has exited
             return True
         if parent is not None and by_exec.get(parent.parent_exec_id) == parent.binary:
             return True  # the parent is a fork of the marked process that did not exec
-        marked = self._stdio_socket
         node = event.node_name
         pid = event.process.pid
         if pid is not None and (node, pid) in marked:
@@ -483,6 +483,10 @@ class Engine:
                     and self._process_matches(rule, event)
                     and self._scoped(rule, event, entry)
                 ):
+                    hits.append(rule)
+        if rules.exec_stdio and (self._stdio_exec or self._stdio_socket):
+            for rule in rules.exec_stdio:
+                if self._process_matches(rule, event) and self._scoped(rule, event, entry):
                     hits.append(rule)
         if rules.exec_not_in_image and self.image_files:
             for rule in rules.exec_not_in_image:

@@ -16,7 +16,8 @@ A rules file holds ``rules`` and ``attack_paths``::
           capabilities: [CAP_SYS_ADMIN]           # all in the effective set
           not_in_image: false        # true: binary absent from the image's SBOM file list
           stdio_socket: false        # true: its (or its parent's) stdin was dup2()ed over
-                                     # by a process that had connected out over TCP
+                                     # by a process that had connected out over TCP (alone,
+                                     # without binary or path: any binary)
         file:                        # paths opened (kprobe ``fd_install`` by default)
           path: ["*/release_agent"]
           foreign_proc: false        # /proc/<pid>/... of a process of another user
@@ -218,8 +219,8 @@ class ProcessSpec(_Model):
 
     @model_validator(mode="after")
     def _something(self) -> ProcessSpec:
-        if not (self.binary or self.path or self.not_in_image):
-            raise ValueError("needs binary, path or not_in_image")
+        if not (self.binary or self.path or self.not_in_image or self.stdio_socket):
+            raise ValueError("needs binary, path, not_in_image or stdio_socket")
         return self
 
 
@@ -496,6 +497,8 @@ class RuleSet:
         self.exec_by_path: list[CompiledRule] = []
         self.exec_path_prefixes: tuple[str, ...] = ()
         self.exec_not_in_image: list[CompiledRule] = []
+        #: Process rules on ``stdio_socket`` alone: any binary run on a socket's stdin.
+        self.exec_stdio: list[CompiledRule] = []
         self.file_rules: dict[str, list[CompiledRule]] = {}
         self.syscall_rules: dict[str, list[SyscallBinding]] = {}
         self.syscall_args: dict[str, list[SyscallArgSpec]] = {}
@@ -513,8 +516,10 @@ class RuleSet:
                 elif rule.path is not None:
                     self.exec_by_path.append(rule)
                     prefixes.extend(rule.path_prefixes)
-                else:
+                elif rule.not_in_image:
                     self.exec_not_in_image.append(rule)
+                else:
+                    self.exec_stdio.append(rule)
             elif rule.kind == "file":
                 self.file_rules.setdefault(rule.file_hook, []).append(rule)
         self.exec_path_prefixes = tuple(sorted(set(prefixes)))
