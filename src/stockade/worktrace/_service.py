@@ -8,7 +8,8 @@
 
 Matching runs in the event loop (it is pure CPU and never waits); an alert is emitted as soon as
 its event is matched, before the rest of the batch. Hot reload polls the rule files every
-``reload_interval`` seconds.
+``reload_interval`` seconds. Alerts and actions the bus refused are sent again every
+``retry_interval`` seconds, with no new event needed (and once more when the run ends).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class Worktrace:
         settings: WorktraceSettings | None = None,
         sessions: LocalSessions | None = None,
         on_alert: Callable[[Alert, float], None] | None = None,
+        retry_interval: float = 1.0,
     ) -> None:
         self.settings = settings or WorktraceSettings()
         self.rules = rules
@@ -60,6 +62,7 @@ class Worktrace:
         self.sinks = list(sinks)
         self.responder = responder if self.settings.respond else None
         self.on_alert = on_alert
+        self.retry_interval = retry_interval
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -73,9 +76,25 @@ class Worktrace:
             except Exception:  # the watcher must outlive any surprise
                 _log.exception("worktrace.reload_crashed")
 
+    async def _retry(self) -> None:
+        """Deliver what the bus refused earlier."""
+        for sink in self.sinks:
+            await sink.retry()
+        if self.responder is not None and self.responder.pending:
+            await self.responder.retry()
+
+    async def _redeliver(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                await self._retry()
+            except Exception:  # the retrier must outlive any surprise
+                _log.exception("worktrace.retry_crashed")
+
     async def run(self, source: AsyncIterable[list[bytes]]) -> None:
         """Consume ``source`` until it ends or :meth:`stop` is called."""
         reload = asyncio.create_task(self._reload(), name="worktrace-reload")
+        redeliver = asyncio.create_task(self._redeliver(), name="worktrace-retry")
         feed = self.engine.feed
         try:
             async for batch in source:
@@ -86,9 +105,11 @@ class Worktrace:
                 if self._stop.is_set():
                     break
         finally:
-            reload.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reload
+            for task in (reload, redeliver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._retry()
 
     async def _emit(self, alerts: list[Alert]) -> None:
         now = time.monotonic()
