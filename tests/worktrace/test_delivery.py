@@ -6,6 +6,8 @@ so JetStream refuses the publishes, then created again."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,9 +15,11 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from stockade.authz import Authorizer
 from stockade.bus import Bus, EmbeddedNats
+from stockade.core.errors import InvalidInput
 from stockade.core.events import SUBJECT_SESSION_KILL, SessionKill
 from stockade.core.settings import AuthzSettings, WorktraceSettings
 from stockade.worktrace import (
@@ -31,7 +35,7 @@ from stockade.worktrace import (
 )
 from stockade.worktrace._alerts import AUDIT_STREAM
 
-from .conftest import exec_event, line
+from .conftest import exec_event, gke_lines, line
 
 
 @pytest.fixture
@@ -113,5 +117,145 @@ async def test_kill_refused_by_the_bus_is_sent_by_the_service_later_broke(
         assert [a.session_id for a in await read_alerts(bus, since=started)] == ["s-retry"]
     finally:
         service.stop()
+        follower.close()
+        await asyncio.wait_for(task, 10)
+
+
+# --- a restart of the consumer: the follower's commit ------------------------------------
+
+
+def _write(path: Path, *lines: bytes, mtime: int | None = None) -> None:
+    with path.open("ab") as handle:
+        handle.write(b"".join(line + b"\n" for line in lines))
+    if mtime is not None:
+        os.utime(path, ns=(mtime, mtime))
+
+
+def _rotate(export: Path, n: int) -> None:
+    """Tetragon's exporter: rename the full file away, the next one is created on write."""
+    export.rename(export.with_name(f"tetragon-2026-12-01T10-00-0{n}.000.log"))
+
+
+def _drain(follower: FileFollower, polls: int = 4) -> list[bytes]:
+    out: list[bytes] = []
+    for _ in range(polls):
+        out += follower.poll()
+    return out
+
+
+def test_restart_goes_on_from_the_commit_broke(tmp_path: Path) -> None:
+    """BROKE: a new follower read the whole export again (``from_start``) or skipped what was
+    written while no consumer ran (``from_start=False``)."""
+    export, state = tmp_path / "tetragon.log", tmp_path / "follower.json"
+    _write(export, b'{"n": 1}', b'{"n": 2}')
+    first = FileFollower(export, state=state)
+    assert _drain(first) == [b'{"n": 1}', b'{"n": 2}']
+    first.commit()
+    assert os.stat(state).st_mode & 0o777 == 0o600
+    _write(export, b'{"n": 3}', b'{"n": 4}')  # the consumer is down
+    assert _drain(FileFollower(export, state=state)) == [b'{"n": 3}', b'{"n": 4}']
+
+
+def test_restart_reads_the_files_rotated_while_down(tmp_path: Path) -> None:
+    """Down across two rotations: the rest of the file it was reading, the file rotated
+    after it, then the export; each line once."""
+    export, state = tmp_path / "tetragon.log", tmp_path / "follower.json"
+    _write(export, b'{"a": 1}', mtime=1_000)
+    _write(tmp_path / "tetragon-2026-11-30T10-00-00.000.log", b'{"old": 1}', mtime=500)
+    first = FileFollower(export, state=state)
+    assert _drain(first) == [b'{"a": 1}']
+    first.commit()
+    _write(export, b'{"a": 2}', mtime=2_000)
+    _rotate(export, 1)
+    _write(export, b'{"b": 1}', b'{"b": 2}', mtime=3_000)
+    _rotate(export, 2)
+    _write(export, b'{"c": 1}', mtime=4_000)
+    lines = _drain(FileFollower(export, state=state), polls=6)
+    assert lines == [b'{"a": 2}', b'{"b": 1}', b'{"b": 2}', b'{"c": 1}']
+
+
+def test_restart_with_a_commit_of_a_deleted_file_reads_everything(tmp_path: Path) -> None:
+    """The committed file is gone (deleted by the exporter's retention): every rotated file
+    and the export are read, and that is logged. Repeats are possible, losses are not."""
+    export, state = tmp_path / "tetragon.log", tmp_path / "follower.json"
+    _write(export, b'{"a": 1}')
+    first = FileFollower(export, state=state)
+    _drain(first)
+    first.commit()
+    _write(export, b'{"a": 2}')
+    _rotate(export, 1)
+    (tmp_path / "tetragon-2026-12-01T10-00-01.000.log").unlink()
+    _write(tmp_path / "tetragon-2026-12-01T10-00-02.000.log", b'{"b": 1}', mtime=3_000)
+    _write(export, b'{"c": 1}', mtime=4_000)
+    with capture_logs() as logs:
+        lines = _drain(FileFollower(export, state=state))
+    assert lines == [b'{"b": 1}', b'{"c": 1}']
+    assert [e["event"] for e in logs] == ["worktrace.resume_lost"]
+
+
+def test_restart_after_a_rewrite_in_place_reads_from_the_start(tmp_path: Path) -> None:
+    export, state = tmp_path / "tetragon.log", tmp_path / "follower.json"
+    _write(export, b'{"a": 1}', b'{"a": 2}')
+    first = FileFollower(export, state=state)
+    _drain(first)
+    first.commit()
+    export.write_bytes(b'{"z": 1}\n{"z": 2}\n{"z": 3}\n')  # copytruncate and a longer rewrite
+    assert _drain(FileFollower(export, state=state)) == [b'{"z": 1}', b'{"z": 2}', b'{"z": 3}']
+
+
+def test_unreadable_state_is_a_one_line_error(tmp_path: Path) -> None:
+    state = tmp_path / "follower.json"
+    state.write_text("{not json")
+    with pytest.raises(InvalidInput) as info:
+        FileFollower(tmp_path / "tetragon.log", state=state)
+    assert str(state) in str(info.value)
+
+
+async def test_consumer_crash_before_delivery_loses_no_alert_broke(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """BROKE: the consumer read the attack, the bus refused its alert, the consumer died:
+    the alert lived only in its memory. With a state file the follower is committed only
+    after a batch's alerts are delivered, so the restarted consumer reads the line again."""
+    export, state = tmp_path / "tetragon.log", tmp_path / "follower.json"
+    export.write_bytes(b"")
+    started = datetime.now(UTC) - timedelta(seconds=1)
+
+    def service() -> tuple[Worktrace, BusAlertSink]:
+        sink = BusAlertSink(bus)
+        settings = WorktraceSettings(anomalies=False, respond=False, reload_interval=0.05)
+        return Worktrace(RuleSource(), sinks=[sink], settings=settings, retry_interval=60), sink
+
+    first, sink = service()
+    task = asyncio.create_task(first.run(FileFollower(export, poll_interval=0.002, state=state)))
+    _write(export, gke_lines()[0])
+    for _ in range(500):  # bounded: until the benign first line is committed
+        if state.exists():
+            break
+        await asyncio.sleep(0.01)
+    assert state.exists()
+    await bus.js.delete_stream(AUDIT_STREAM)
+    _write(export, orjson.dumps(attack("s-crash")))
+    for _ in range(500):  # bounded: until the alert is read and refused
+        if sink.pending:
+            break
+        await asyncio.sleep(0.01)
+    assert sink.pending
+    task.cancel()  # the crash: the pending alert is gone with the process
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await bus.ensure_streams()
+    second, sink = service()
+    follower = FileFollower(export, poll_interval=0.002, state=state)
+    task = asyncio.create_task(second.run(follower))
+    try:
+        for _ in range(500):
+            if sink.published:
+                break
+            await asyncio.sleep(0.01)
+        stored = [a.session_id for a in await read_alerts(bus, since=started)]
+        assert stored == ["s-crash"]
+    finally:
+        second.stop()
         follower.close()
         await asyncio.wait_for(task, 10)
