@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stockade.worktrace import AnomalyConfig, Engine, load_rules
+from stockade.worktrace import AnomalyConfig, Engine, LocalSessions, SessionInfo, load_rules
 
 from .conftest import exec_event, kprobe_event, line, parent_process, process
 
@@ -287,3 +287,35 @@ def test_reverse_shell_php_exec_redirects_fd_3() -> None:
         at(exec_event("/bin/sh", "-i"), 5602, "c2hp", parent=(5601, "c2hj", "/bin/sh")),
     ]
     assert "reverse-shell-stdio" in fired_over(load_rules(), events)[-1]
+
+
+# --- local sessions: pushing the session's processes out of the process table -------------
+
+
+def _local_exec(binary: str, arguments: str, pid: int, exec_id: str, parent: tuple[int, str]):  # type: ignore[no-untyped-def]
+    event = exec_event(binary, arguments, pod=False)
+    return at(event, pid, exec_id, parent=(parent[0], parent[1], "/bin/bash"))
+
+
+def test_exec_flood_does_not_detach_a_local_session_broke() -> None:
+    """BROKE: the process table dropped its oldest entries once full, live or not. In a local
+    session (no Pod: the session is its shell's pid and every descendant), a user forks a flood
+    of short-lived processes from one subshell while another waits; the waiting subshell's
+    entry goes, and its nsenter, tied to no session, matched no rule (they need a session)."""
+    sessions = LocalSessions()
+    engine = Engine(
+        load_rules(), sessions=sessions, anomaly=AnomalyConfig(enabled=False), max_processes=64
+    )
+    sessions.register(100, SessionInfo("ws-alice", "alice", "s-local"))
+    shell = ("c2hlbGw=", 100)
+    engine.feed(line(_local_exec("/bin/bash", "-l", 100, shell[0], (99, "c3NoZA=="))))
+    engine.feed(line(_local_exec("/bin/bash", "", 101, "d2FpdA==", (100, shell[0]))))
+    engine.feed(line(_local_exec("/bin/bash", "", 102, "Zmxvb2Q=", (100, shell[0]))))
+    for n in range(1000):  # each exits at once: never more than a few alive
+        pid, exec_id = 1000 + n, f"dHJ1ZQ{n}"
+        engine.feed(line(_local_exec("/bin/true", "", pid, exec_id, (102, "Zmxvb2Q="))))
+        engine.feed(line(exit_event("/bin/true", pid, exec_id) | {}))
+    alerts = engine.feed(
+        line(_local_exec("/usr/bin/nsenter", "-t 1 -a sh", 3000, "bnNl", (101, "d2FpdA==")))
+    )
+    assert [(a.rule_id, a.session.session_id) for a in alerts] == [("nsenter-target", "s-local")]

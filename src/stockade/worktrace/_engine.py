@@ -268,6 +268,10 @@ class Engine:
         self._session_pids = self.sessions._by_pid  # the live map: a register shows at once
         self._max_processes = max_processes
         self._procs: dict[str, _Proc] = {}
+        #: (node, pid) -> session of the live processes of local sessions, forgotten at their
+        #: exit: the process table drops its oldest entries when full, live or not, and a
+        #: process whose parent's entry went must still find its session.
+        self._live_sessions: dict[tuple[str, int], SessionInfo] = {}
         self._pid_uid: dict[int, int] = {}
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
@@ -320,7 +324,7 @@ class Engine:
     def process(self, event: TraceEvent) -> Sequence[Alert]:
         self.events += 1
         rules = self._rules if self._source is None else self._source.current
-        entry = self._remember(event.process, event.parent)
+        entry = self._remember(event.process, event.parent, event.node_name)
         kind = event.type
         alerts: list[Alert] | None = None
         if kind == "process_exec":
@@ -334,6 +338,8 @@ class Engine:
                     alerts.append(anomaly)
         elif kind == "process_exit":
             self._forget(event.process)
+            if self._live_sessions:
+                self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
             if self._connected:
                 key = (event.node_name, event.process.pid or 0)
                 self._connected.pop(key, None)
@@ -352,7 +358,7 @@ class Engine:
 
     # --- process table and correlation ----------------------------------------------------
 
-    def _remember(self, proc: Process, parent: Process | None) -> _Proc:
+    def _remember(self, proc: Process, parent: Process | None, node: str) -> _Proc:
         procs = self._procs
         entry = procs.get(proc.exec_id)
         if entry is not None:
@@ -366,13 +372,16 @@ class Engine:
         if parent_entry is None and parent is not None and parent.exec_id:
             parent_entry = _Proc(parent.pid, parent.uid, parent.binary, parent.parent_exec_id, None)
             if sessions:
-                parent_entry.session = sessions.get(parent.pid)  # type: ignore[arg-type]
+                ppid = parent.pid or 0
+                parent_entry.session = sessions.get(ppid) or self._live_sessions.get((node, ppid))
             procs[parent.exec_id] = parent_entry
         session = None
         if sessions:
             session = sessions.get(proc.pid) or (  # type: ignore[arg-type]
                 parent_entry.session if parent_entry is not None else None
             )
+            if session is not None and proc.pid is not None:
+                _bounded_set(self._live_sessions, (node, proc.pid), session, self._max_processes)
         entry = _Proc(proc.pid, proc.uid, proc.binary, parent_id, session)
         procs[proc.exec_id] = entry
         if proc.pid is not None and proc.uid is not None:
@@ -685,7 +694,7 @@ def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit
     table[key] = None
 
 
-def _bounded_set(table: dict[str, str], key: str, value: str, limit: int) -> None:
+def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
     if key not in table and len(table) >= limit:  # drop the oldest eighth (insertion order)
         for old in list(table)[: max(1, limit // 8)]:
             del table[old]
