@@ -259,3 +259,20 @@ async def test_consumer_crash_before_delivery_loses_no_alert_broke(
         second.stop()
         follower.close()
         await asyncio.wait_for(task, 10)
+
+
+async def test_concurrent_retries_publish_each_alert_once(bus: Bus) -> None:
+    """The service's periodic retry and an emit run at once: each pending alert is stored once
+    (found by the bench: two rounds published the same head and both popped it)."""
+    started = datetime.now(UTC) - timedelta(seconds=1)
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
+    alerts = [a for n in range(3) for a in engine.feed(line(attack(f"s-c{n}")))]
+    sink = BusAlertSink(bus)
+    await bus.js.delete_stream(AUDIT_STREAM)
+    await sink.emit(alerts)
+    assert len(sink.pending) == 3
+    await bus.ensure_streams()
+    await asyncio.gather(sink.retry(), sink.retry(), sink.emit([]))
+    assert (sink.published, len(sink.pending)) == (3, 0)
+    stored = sorted(a.session_id or "" for a in await read_alerts(bus, since=started))
+    assert stored == ["s-c0", "s-c1", "s-c2"]

@@ -8,6 +8,7 @@ store consumes like every other audited subject; :func:`read_alerts` reads them 
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -41,12 +42,10 @@ def to_event(alert: Alert) -> WorktraceAlert:
 
 class AlertSink(Protocol):
     """Where alerts go; ``emit`` must not raise for a delivery failure it can retry: it keeps
-    the alert and delivers it on a later ``emit`` or ``retry`` (the service calls ``retry``
-    periodically)."""
+    the alert and delivers it later. A sink that keeps some has ``pending`` (what it still
+    holds) and a ``retry`` coroutine, which the service calls periodically."""
 
     async def emit(self, alerts: Sequence[Alert]) -> None: ...
-
-    async def retry(self) -> None: ...
 
 
 class BusAlertSink:
@@ -63,6 +62,7 @@ class BusAlertSink:
         self.dropped = 0
         self.max_pending = max_pending
         self.pending: deque[Alert] = deque()
+        self._sending = asyncio.Lock()  # one round at a time: emit and the service's retry
 
     async def emit(self, alerts: Sequence[Alert]) -> None:
         pending = self.pending
@@ -76,6 +76,10 @@ class BusAlertSink:
 
     async def retry(self) -> None:
         """Publish the pending alerts, oldest first; the first refused one stops the round."""
+        async with self._sending:
+            await self._send()
+
+    async def _send(self) -> None:
         pending = self.pending
         while pending:
             alert = pending[0]

@@ -19,6 +19,7 @@ kill) or a user (for a ban) applies nothing and says why in :class:`Response`.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class AlertResponder:
         self.by = by
         #: Actions decided but refused by the bus, oldest first (bounded: the oldest goes).
         self.pending: deque[Event] = deque(maxlen=max_pending)
+        self._sending = asyncio.Lock()  # one retry round at a time
 
     def decide(self, alert: Alert) -> tuple[Decision, list[Event], list[str]]:
         """The decision and the events it calls for (nothing is published here)."""
@@ -184,6 +186,10 @@ class AlertResponder:
     async def retry(self) -> list[Event]:
         """Publish the pending actions, oldest first (the first refused one stops the round);
         returns those published."""
+        async with self._sending:
+            return await self._send()
+
+    async def _send(self) -> list[Event]:
         published: list[Event] = []
         pending = self.pending
         while pending:

@@ -86,7 +86,9 @@ class Worktrace:
     async def _retry(self) -> None:
         """Deliver what the bus refused earlier."""
         for sink in self.sinks:
-            await sink.retry()
+            retry = getattr(sink, "retry", None)
+            if retry is not None:
+                await retry()
         if self.responder is not None and self.responder.pending:
             await self.responder.retry()
 
