@@ -28,6 +28,7 @@ from stockade.worktrace import (
     BusAlertSink,
     Engine,
     FileFollower,
+    NatsSource,
     RuleSource,
     Worktrace,
     load_rules,
@@ -276,3 +277,32 @@ async def test_concurrent_retries_publish_each_alert_once(bus: Bus) -> None:
     assert (sink.published, len(sink.pending)) == (3, 0)
     stored = sorted(a.session_id or "" for a in await read_alerts(bus, since=started))
     assert stored == ["s-c0", "s-c1", "s-c2"]
+
+
+# --- the NATS source: a flood past its queue ----------------------------------------------
+
+
+async def test_nats_source_overflow_is_logged_not_silent_broke(bus: Bus) -> None:
+    """BROKE: a flood of events (a fork bomb's execs) past the source's queue dropped events
+    with only a counter to show for it: the attack that followed went unseen and unsaid. Each
+    run of drops is now logged as an error (once, until the queue has room again)."""
+    source = NatsSource(bus, "tetragon.flood.events", max_pending=4)
+    await source.start()
+    try:
+        with capture_logs() as logs:
+            for n in range(10):
+                await bus.nc.publish("tetragon.flood.events", b'{"n": %d}' % n)
+            await bus.nc.flush()
+            for _ in range(500):  # bounded: until all ten were received
+                if source.received == 10:
+                    break
+                await asyncio.sleep(0.01)
+        assert (source.received, source.dropped) == (10, 6)
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+            "worktrace.source_overflow"
+        ]
+        await source.stop()  # with its queue full: it used to raise QueueFull
+        got = [b async for batch in source for b in batch]
+        assert got == [b'{"n": %d}' % n for n in (1, 2, 3)]
+    finally:
+        await source.stop()

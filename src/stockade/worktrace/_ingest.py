@@ -404,7 +404,9 @@ async def stdin_batches(stream: IO[bytes] | None = None) -> AsyncIterator[list[b
 class NatsSource:
     """Tetragon events published to a NATS subject, one event per message (core NATS: a log
     shipper such as Vector or Fluent Bit forwards the export). ``queue`` lets several Worktrace
-    replicas share the subject."""
+    replicas share the subject. Core NATS cannot hold a publisher back: past ``max_pending``
+    queued events the newest are dropped, counted in ``dropped`` and logged (an error once per
+    run of drops), never silently."""
 
     def __init__(self, bus: Bus, subject: str, *, queue: str = "", max_pending: int = 65536):
         self.bus = bus
@@ -413,6 +415,7 @@ class NatsSource:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_pending)
         self.received = 0
         self.dropped = 0
+        self._overflowing = False
         self._sub: object | None = None
 
     async def start(self) -> None:
@@ -423,6 +426,16 @@ class NatsSource:
                 self._queue.put_nowait(data)
             except asyncio.QueueFull:
                 self.dropped += 1
+                if not self._overflowing:  # once per run of drops: events are being lost
+                    self._overflowing = True
+                    _log.error(
+                        "worktrace.source_overflow",
+                        subject=self.subject,
+                        dropped=self.dropped,
+                        max_pending=self._queue.maxsize,
+                    )
+            else:
+                self._overflowing = False
 
         try:
             self._sub = await self.bus.nc.subscribe(self.subject, queue=self.queue_group, cb=_on)
@@ -435,6 +448,9 @@ class NatsSource:
             with contextlib.suppress(Exception):  # already closed with the connection
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
             self._sub = None
+        if self._queue.full():  # the end must fit (put_nowait raised): the oldest event goes
+            self._queue.get_nowait()
+            self.dropped += 1
         self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:
