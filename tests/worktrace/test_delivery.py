@@ -22,6 +22,7 @@ from stockade.bus import Bus, EmbeddedNats
 from stockade.core.errors import InvalidInput
 from stockade.core.events import SUBJECT_SESSION_KILL, SessionKill
 from stockade.core.settings import AuthzSettings, WorktraceSettings
+from stockade.workspace import DEFAULT_BLUEPRINT, render_workspace
 from stockade.worktrace import (
     AlertResponder,
     AnomalyConfig,
@@ -306,3 +307,39 @@ async def test_nats_source_overflow_is_logged_not_silent_broke(bus: Bus) -> None
         assert got == [b'{"n": %d}' % n for n in (1, 2, 3)]
     finally:
         await source.stop()
+
+
+# --- alerts from a real workspace Pod: who is killed, who is banned -------------------------
+
+
+def _pod_attack(owner: str) -> Any:
+    """nsenter run in the Pod that ``stockade.workspace`` renders for ``owner``'s workspace,
+    with the labels Tetragon exports for it (the Pod's own)."""
+    pod = render_workspace(DEFAULT_BLUEPRINT, workspace="w1", owner=owner, uid=200002).pod
+    event = exec_event("/usr/bin/nsenter", "-t 1 -a sh", labels=pod["metadata"]["labels"])
+    (alert,) = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False)).feed(line(event))
+    return alert
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="workspace Pods are labelled with workspace and user only (one Pod serves many "
+    "sessions): no stockade.dev/session label, so a kill_session from a Pod's alert is skipped; "
+    "resolving the workspace's live sessions (gateway) for the kill is not wired",
+)
+def test_alert_from_a_rendered_workspace_pod_kills_its_session() -> None:
+    alert = _pod_attack("ann")
+    _, events, skipped = AlertResponder(Authorizer(settings=AuthzSettings()), bus=None).decide(  # type: ignore[arg-type]
+        alert
+    )
+    assert [type(e).__name__ for e in events] == ["SessionKill"], skipped
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the Pod's stockade.dev/user label is label_value(owner): a hash-suffixed stand-in "
+    "for a name that is not a valid label value (alice@example.com); the real name is only in "
+    "an annotation, which Tetragon does not export; a label-to-user lookup is missing",
+)
+def test_alert_from_a_workspace_pod_names_the_real_user() -> None:
+    assert _pod_attack("alice@example.com").session.username == "alice@example.com"
