@@ -389,3 +389,21 @@ def test_quoted_arguments_broke(engine_rules: Any, binary: str, arguments: str, 
 def test_quoted_argument_of_a_benign_command_stays_silent(engine_rules: Any) -> None:
     event = exec_event("/usr/bin/nc", '-z "example.org" 443')
     assert not rule_ids(fresh(engine_rules), event)
+
+
+# --- fileless execution: what the kernel names an execveat(fd, "", AT_EMPTY_PATH) ---------
+
+
+@pytest.mark.parametrize(
+    ("binary", "arguments"),
+    [
+        ("/dev/fd/3", ""),  # glibc fexecve(memfd): execveat(AT_EMPTY_PATH) -> "/dev/fd/3"
+        ("/dev/fd/4", "-c id"),
+        ("/lib64/ld-linux-x86-64.so.2", "/dev/fd/3"),
+    ],
+)
+def test_fexecve_of_a_memfd_broke(engine_rules: Any, binary: str, arguments: str) -> None:
+    """BROKE: the kernel names the exec of ``execveat(fd, "", AT_EMPTY_PATH)`` (what glibc's
+    ``fexecve`` and Python's ``os.execve(fd, ...)`` do) ``/dev/fd/N``, and Tetragon reports
+    the name the kernel gives; the rule knew ``/memfd:*`` and ``/proc/*/fd/*`` only."""
+    assert "memfd-exec" in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
