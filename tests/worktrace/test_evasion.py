@@ -181,8 +181,9 @@ def test_forked_child_of_a_benign_parent_of_the_marked_process_is_benign(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="needs the socket's descriptor: dup2(s, 0) comes before connect(s), and "
-    "tcp_connect says no fd; a sys_connect(fd) hook plus the dup2 oldfd per process is missing",
+    reason="dup2(s, 0) comes before connect(s): telling s from a descriptor closed and reused "
+    "since (nohup's /dev/null on fd 3, then the program's first socket) needs the closes, "
+    "which no hook reports",
 )
 def test_reverse_shell_dup2_before_connect(engine_rules: Any) -> None:
     """``s = socket(); os.dup2(s.fileno(), 0); s.connect(...); pty.spawn("sh")``."""
@@ -194,64 +195,30 @@ def test_reverse_shell_dup2_before_connect(engine_rules: Any) -> None:
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no dup2 at all: os.close(0) then socket() gets fd 0; needs a sys_connect(fd) hook "
-    "(connect on fd 0) which the rules and the generated policy do not have",
-)
-def test_reverse_shell_socket_lands_on_fd_0(engine_rules: Any) -> None:
-    """``os.close(0); s = socket(); s.connect(...)``: the socket is fd 0, no dup at all."""
+def sys_connect(fd: int, *, binary: str = PY) -> dict[str, Any]:
+    """A ``connect`` kprobe as the generated policy asks for it (its socket's descriptor)."""
+    return kprobe_event("__x64_sys_connect", [{"int_arg": fd}], binary=binary)
+
+
+def test_reverse_shell_socket_lands_on_fd_0_broke(engine_rules: Any) -> None:
+    """BROKE: ``os.close(0); s = socket(); s.connect(...)``: the socket is fd 0, no dup at all,
+    and the shell run on it fired nothing. A connect of fd 0 now marks the process."""
     events = [
+        at(sys_connect(0), 5100, "ZmQw"),
         at(connect(), 5100, "ZmQw"),
         at(exec_event("/bin/sh"), 5101, "c2g2", parent=(5100, "ZmQw", PY)),
     ]
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-# --- reverse shell on stdio: a program that is not on the list of shells -------------------
-
-
-@pytest.mark.parametrize(
-    ("binary", "arguments"),
-    [
-        ("/usr/bin/python3", "-i"),  # pty.spawn("python3"): a REPL on the socket
-        ("/home/alice/.cache/x", "-i"),  # cp /bin/sh ~/.cache/x
-        ("/bin/mksh", ""),
-        ("/usr/bin/tclsh", ""),
-        ("/lib64/ld-linux-x86-64.so.2", "/bin/sh -i"),  # the loader runs the shell
-        ("/usr/bin/perl", "-de0"),
-    ],
-)
-def test_reverse_shell_with_a_program_off_the_shell_list_broke(
-    engine_rules: Any, binary: str, arguments: str
-) -> None:
-    """BROKE: the rule named eight shell basenames; a copy of sh under another name, another
-    shell or an interpreter's REPL on the socket fired nothing."""
+def test_connect_of_another_descriptor_marks_nothing(engine_rules: Any) -> None:
+    """Every program connects: a connect of fd 3 (its stdin untouched) is not a reverse shell."""
     events = [
-        at(connect(), 5200, "cmVwbA=="),
-        at(dup(3, 0), 5200, "cmVwbA=="),
-        at(exec_event(binary, arguments), 5201, "cmVwbDI=", parent=(5200, "cmVwbA==", PY)),
+        at(sys_connect(3), 5150, "ZmQz"),
+        at(connect(), 5150, "ZmQz"),
+        at(exec_event("/bin/sh", "-c make"), 5151, "c2g4", parent=(5150, "ZmQz", PY)),
     ]
-    assert "reverse-shell-stdio" in fired_over(engine_rules, events)[-1]
-
-
-def test_stdio_only_rule_fires_without_image_files(tmp_path: Any) -> None:
-    """A process rule on ``stdio_socket`` alone is accepted and matched (it used to be refused,
-    and a rule without binary or path was only tried when SBOM file lists were loaded)."""
-    rules = tmp_path / "r.yaml"
-    rules.write_text(
-        "rules:\n"
-        "  - {id: rs, confidence: 0.9, report: true, global: false,\n"
-        "     process: {stdio_socket: true}}\n"
-    )
-    events = [
-        at(connect(), 5300, "c3Rk"),
-        at(dup(3, 0), 5300, "c3Rk"),
-        at(exec_event("/usr/bin/awk"), 5300, "c3RkMg=="),
-        at(exec_event("/usr/bin/awk"), 5400, "b3RoZXI="),
-    ]
-    fired = fired_over(load_rules(rules), events)
-    assert fired[-2:] == [{"rs"}, set()]
+    assert not set().union(*fired_over(engine_rules, events))
 
 
 # --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------

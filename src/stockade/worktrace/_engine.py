@@ -17,7 +17,9 @@ For ``stdio_socket`` rules it also keeps, per node and pid, the processes that o
 TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
 (``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
 process, or by its child, is a reverse shell
-(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying on the process
+(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``), and the processes that
+connected a socket that is their stdin (``connect`` of fd 0: ``close(0); socket()`` puts the
+socket there with no dup at all). Keying on the process
 that both connected and replaced its stdin leaves out the usual benign shapes: a program that
 connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
 connected nothing), an sshd session child, git running ssh, a connected program sending its
@@ -391,19 +393,20 @@ class Engine:
             self._pid_uid[proc.pid] = proc.uid
         return entry
 
-    def _track_stdio(self, event: TraceEvent, newfd_position: int | None) -> None:
-        """Note an outbound TCP connection, or a stdin replaced after one."""
+    def _track_stdio(self, event: TraceEvent, fd_position: int | None) -> None:
+        """Note an outbound TCP connection, or a stdin replaced after one, or connected."""
         pid = event.process.pid
         if pid is None:
             return
         key = (event.node_name, pid)
-        if newfd_position is None:  # tcp_connect
+        if fd_position is None:  # tcp_connect
             _bounded_add(self._connected, key, self._max_processes)
             return
         args = event.args
-        if key not in self._connected or newfd_position >= len(args):
+        connect = event.function == "sys_connect"  # stdin is the socket: no dup needed
+        if not (connect or key in self._connected) or fd_position >= len(args):
             return
-        newfd = args[newfd_position].value
+        newfd = args[fd_position].value
         if type(newfd) is int and newfd in STDIO_FDS:
             _bounded_add(self._stdio_socket, key, self._max_processes)
             proc = event.process

@@ -169,13 +169,18 @@ SOCK_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
 
 
 #: The kprobes a ``stdio_socket`` rule needs, with the arguments it reads: the outbound TCP
-#: connections (``tcp_connect``) and the replacement of a descriptor (``dup2``/``dup3``:
-#: ``oldfd``, ``newfd``).
+#: connections (``tcp_connect``), a connect on stdin itself (``connect(fd)``: ``close(0);
+#: socket(); connect(...)`` puts the socket on fd 0 with no dup at all) and the replacement of a
+#: descriptor (``dup2``/``dup3``: ``oldfd``, ``newfd``).
 STDIO_HOOKS: dict[str, list[tuple[int, str]]] = {
     "tcp_connect": [(0, "sock")],
+    "sys_connect": [(0, "int")],
     "sys_dup2": [(0, "int"), (1, "int")],
     "sys_dup3": [(0, "int"), (1, "int")],
 }
+#: The argument index of the descriptor that is stdin after the call: the new descriptor of
+#: the ``dup`` calls, the socket of ``connect``.
+STDIO_FD_INDEX = {"sys_connect": 0, "sys_dup2": 1, "sys_dup3": 1}
 #: The argument index of the new descriptor of the ``dup`` calls, and the descriptors that make
 #: a replaced stdio: stdin (a shell reading its commands from the connection). Not stdout or
 #: stderr alone: connected programs send those to logs; ``ssh -n`` or a daemon's ``/dev/null``
@@ -560,7 +565,7 @@ class RuleSet:
             for call in STDIO_HOOKS:
                 indexes = [a.index for a in self.syscall_args[call]]
                 self.stdio_calls[call] = (
-                    None if call == "tcp_connect" else indexes.index(STDIO_NEWFD_INDEX)
+                    None if call == "tcp_connect" else indexes.index(STDIO_FD_INDEX[call])
                 )
         for rule in self.rules:
             if rule.spec.syscall is None:
