@@ -64,6 +64,7 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         "fd_install",
         "sys_dup2",
         "sys_dup3",
+        "sys_connect",
     }
     assert calls["sys_ptrace"]["syscall"] is True
     assert calls["tcp_connect"]["syscall"] is False
@@ -88,6 +89,11 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         ]
     assert calls["sys_dup2"]["ignore"] == {"callNotFound": True}  # arm64 has only dup3
     assert "ignore" not in calls["sys_dup3"]
+    # reverse-shell-stdio: a connect of stdin itself (close(0); socket(); connect())
+    assert calls["sys_connect"]["args"] == [{"index": 0, "type": "int"}]
+    assert calls["sys_connect"]["selectors"] == [
+        {"matchArgs": [{"index": 0, "operator": "Equal", "values": ["0"]}]}
+    ]
 
 
 def test_stdio_rule_keeps_a_dup_rules_own_selector(
@@ -103,7 +109,7 @@ def test_stdio_rule_keeps_a_dup_rules_own_selector(
     )
     (doc,) = tracing_policies(load_rules(tmp_path))
     calls = {p["call"]: p for p in doc["spec"]["kprobes"]}
-    assert set(calls) == {"sys_dup3", "sys_dup2", "tcp_connect"}
+    assert set(calls) == {"sys_dup3", "sys_dup2", "tcp_connect", "sys_connect"}
     assert calls["sys_dup3"]["selectors"] == [
         {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["255"]}]},
         {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]},

@@ -8,6 +8,8 @@ store consumes like every other audited subject; :func:`read_alerts` reads them 
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -39,27 +41,63 @@ def to_event(alert: Alert) -> WorktraceAlert:
 
 
 class AlertSink(Protocol):
-    """Where alerts go; ``emit`` must not raise for a delivery failure it can retry."""
+    """Where alerts go; ``emit`` must not raise for a delivery failure it can retry: it keeps
+    the alert and delivers it later. A sink that keeps some has ``pending`` (what it still
+    holds) and a ``retry`` coroutine, which the service calls periodically."""
 
     async def emit(self, alerts: Sequence[Alert]) -> None: ...
 
 
 class BusAlertSink:
-    """Publishes each alert to ``stockade.worktrace.alert`` with a store acknowledgement."""
+    """Publishes each alert to ``stockade.worktrace.alert`` with a store acknowledgement.
 
-    def __init__(self, bus: Bus) -> None:
+    An alert the bus refuses stays in ``pending`` (oldest first, at most ``max_pending``: past
+    that the oldest is dropped, counted in ``dropped`` and logged) and is published again, in
+    order, before any newer one: an outage of the bus delays alerts, it does not lose them."""
+
+    def __init__(self, bus: Bus, *, max_pending: int = 10_000) -> None:
         self.bus = bus
         self.published = 0
         self.failed = 0
+        self.dropped = 0
+        self.max_pending = max_pending
+        self.pending: deque[Alert] = deque()
+        self._sending = asyncio.Lock()  # one round at a time: emit and the service's retry
 
     async def emit(self, alerts: Sequence[Alert]) -> None:
+        pending = self.pending
         for alert in alerts:
+            if len(pending) >= self.max_pending:
+                lost = pending.popleft()
+                self.dropped += 1
+                _log.error("worktrace.alert_dropped", alert=lost.alert_id, rule=lost.rule_id)
+            pending.append(alert)
+        await self.retry()
+
+    async def retry(self) -> None:
+        """Publish the pending alerts, oldest first; the first refused one stops the round."""
+        async with self._sending:
+            await self._send()
+
+    async def _send(self) -> None:
+        pending = self.pending
+        while pending:
+            alert = pending[0]
             try:
-                await self.bus.publish(to_event(alert))
-                self.published += 1
+                event = to_event(alert)
+            except InvalidInput as exc:  # never publishable: say so, do not block the rest
+                pending.popleft()
+                self.dropped += 1
+                _log.error("worktrace.alert_invalid", alert=alert.alert_id, error=str(exc))
+                continue
+            try:
+                await self.bus.publish(event)
             except BusUnavailable as exc:
                 self.failed += 1
                 _log.warning("worktrace.alert_publish_failed", rule=alert.rule_id, error=str(exc))
+                return
+            pending.popleft()
+            self.published += 1
 
 
 async def read_alerts(bus: Bus, *, since: datetime, limit: int = 10_000) -> list[WorktraceAlert]:

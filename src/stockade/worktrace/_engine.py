@@ -17,14 +17,19 @@ For ``stdio_socket`` rules it also keeps, per node and pid, the processes that o
 TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
 (``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
 process, or by its child, is a reverse shell
-(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``). Keying on the process
+(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``), and the processes that
+connected a socket that is their stdin (``connect`` of fd 0: ``close(0); socket()`` puts the
+socket there with no dup at all). Keying on the process
 that both connected and replaced its stdin leaves out the usual benign shapes: a program that
 connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
 connected nothing), an sshd session child, git running ssh, a connected program sending its
 stdout or stderr to a log. Tetragon's events do not say what the old descriptor
 was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
 ``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
-pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them).
+pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them). A marked
+process is also kept by its exec id, which no other process reuses, past its exit: its child
+may exec the shell after the parent has gone (``if os.fork(): os._exit(0)``), or through a
+forked copy of it that never exec'd (a double fork), whose parent is the marked process.
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
@@ -36,11 +41,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ._events import (
     EventShapeError,
@@ -265,6 +273,10 @@ class Engine:
         self._session_pids = self.sessions._by_pid  # the live map: a register shows at once
         self._max_processes = max_processes
         self._procs: dict[str, _Proc] = {}
+        #: (node, pid) -> session of the live processes of local sessions, forgotten at their
+        #: exit: the process table drops its oldest entries when full, live or not, and a
+        #: process whose parent's entry went must still find its session.
+        self._live_sessions: dict[tuple[str, int], SessionInfo] = {}
         self._pid_uid: dict[int, int] = {}
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
@@ -273,6 +285,8 @@ class Engine:
         #: that then replaced their own stdin (insertion-ordered, bounded).
         self._connected: dict[tuple[str, int], None] = {}
         self._stdio_socket: dict[tuple[str, int], None] = {}
+        #: The marked processes by exec id (with their binary), kept past their exit.
+        self._stdio_exec: dict[str, str] = {}
         self.events = 0
         self.unknown = 0
         self.malformed = 0
@@ -315,7 +329,7 @@ class Engine:
     def process(self, event: TraceEvent) -> Sequence[Alert]:
         self.events += 1
         rules = self._rules if self._source is None else self._source.current
-        entry = self._remember(event.process, event.parent)
+        entry = self._remember(event.process, event.parent, event.node_name)
         kind = event.type
         alerts: list[Alert] | None = None
         if kind == "process_exec":
@@ -329,6 +343,8 @@ class Engine:
                     alerts.append(anomaly)
         elif kind == "process_exit":
             self._forget(event.process)
+            if self._live_sessions:
+                self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
             if self._connected:
                 key = (event.node_name, event.process.pid or 0)
                 self._connected.pop(key, None)
@@ -347,7 +363,7 @@ class Engine:
 
     # --- process table and correlation ----------------------------------------------------
 
-    def _remember(self, proc: Process, parent: Process | None) -> _Proc:
+    def _remember(self, proc: Process, parent: Process | None, node: str) -> _Proc:
         procs = self._procs
         entry = procs.get(proc.exec_id)
         if entry is not None:
@@ -361,45 +377,57 @@ class Engine:
         if parent_entry is None and parent is not None and parent.exec_id:
             parent_entry = _Proc(parent.pid, parent.uid, parent.binary, parent.parent_exec_id, None)
             if sessions:
-                parent_entry.session = sessions.get(parent.pid)  # type: ignore[arg-type]
+                ppid = parent.pid or 0
+                parent_entry.session = sessions.get(ppid) or self._live_sessions.get((node, ppid))
             procs[parent.exec_id] = parent_entry
         session = None
         if sessions:
             session = sessions.get(proc.pid) or (  # type: ignore[arg-type]
                 parent_entry.session if parent_entry is not None else None
             )
+            if session is not None and proc.pid is not None:
+                _bounded_set(self._live_sessions, (node, proc.pid), session, self._max_processes)
         entry = _Proc(proc.pid, proc.uid, proc.binary, parent_id, session)
         procs[proc.exec_id] = entry
         if proc.pid is not None and proc.uid is not None:
             self._pid_uid[proc.pid] = proc.uid
         return entry
 
-    def _track_stdio(self, event: TraceEvent, newfd_position: int | None) -> None:
-        """Note an outbound TCP connection, or a stdin replaced after one."""
+    def _track_stdio(self, event: TraceEvent, fd_position: int | None) -> None:
+        """Note an outbound TCP connection, or a stdin replaced after one, or connected."""
         pid = event.process.pid
         if pid is None:
             return
         key = (event.node_name, pid)
-        if newfd_position is None:  # tcp_connect
+        if fd_position is None:  # tcp_connect
             _bounded_add(self._connected, key, self._max_processes)
             return
         args = event.args
-        if key not in self._connected or newfd_position >= len(args):
+        connect = event.function == "sys_connect"  # stdin is the socket: no dup needed
+        if not (connect or key in self._connected) or fd_position >= len(args):
             return
-        newfd = args[newfd_position].value
+        newfd = args[fd_position].value
         if type(newfd) is int and newfd in STDIO_FDS:
             _bounded_add(self._stdio_socket, key, self._max_processes)
+            proc = event.process
+            if proc.exec_id:
+                _bounded_set(self._stdio_exec, proc.exec_id, proc.binary, self._max_processes)
 
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
         """The exec'ing process, or its parent, replaced its stdio after connecting out."""
+        by_exec = self._stdio_exec
         marked = self._stdio_socket
-        if not marked:
+        if not (by_exec or marked):
             return False
+        parent = event.parent
+        if event.process.parent_exec_id in by_exec:  # the parent, even when it has exited
+            return True
+        if parent is not None and by_exec.get(parent.parent_exec_id) == parent.binary:
+            return True  # the parent is a fork of the marked process that did not exec
         node = event.node_name
         pid = event.process.pid
         if pid is not None and (node, pid) in marked:
             return True
-        parent = event.parent
         if parent is not None and parent.pid is not None:
             return (node, parent.pid) in marked
         found = self._procs.get(event.process.parent_exec_id)
@@ -454,22 +482,16 @@ class Engine:
         return rule.global_ or event.process.pod is not None or entry.session is not None
 
     def _match_exec(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
-        binary = event.process.binary
         hits: list[CompiledRule] = []
-        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
-        if candidates:
-            for rule in candidates:
+        proc = event.process
+        self._match_program(rules, event, entry, proc, hits)
+        if proc.binary[proc.binary.rfind("/") + 1 :] in _INDIRECT:
+            program = _indirect_program(proc)
+            if program is not None:  # what the loader or the multi-call binary runs
+                self._match_program(rules, event, entry, program, hits)
+        if rules.exec_stdio and (self._stdio_exec or self._stdio_socket):
+            for rule in rules.exec_stdio:
                 if self._process_matches(rule, event) and self._scoped(rule, event, entry):
-                    hits.append(rule)
-        if rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes):
-            for rule in rules.exec_by_path:
-                pattern = rule.path
-                if (
-                    pattern is not None
-                    and pattern.match(binary)
-                    and self._process_matches(rule, event)
-                    and self._scoped(rule, event, entry)
-                ):
                     hits.append(rule)
         if rules.exec_not_in_image and self.image_files:
             for rule in rules.exec_not_in_image:
@@ -477,18 +499,46 @@ class Engine:
                     hits.append(rule)
         return hits
 
-    def _process_matches(self, rule: CompiledRule, event: TraceEvent) -> bool:
-        proc = event.process
+    def _match_program(
+        self,
+        rules: RuleSet,
+        event: TraceEvent,
+        entry: _Proc,
+        proc: Process,
+        hits: list[CompiledRule],
+    ) -> None:
+        """Add to ``hits`` the binary and path rules that ``proc`` (the exec'd process, or the
+        program a loader or busybox runs for it) matches."""
+        binary = proc.binary
+        indirect = proc is not event.process
+        candidates = rules.exec_by_binary.get(binary[binary.rfind("/") + 1 :])
+        if candidates:
+            for rule in candidates:
+                if indirect and (rule.not_in_image or rule in hits):
+                    continue
+                if self._process_matches(rule, event, proc) and self._scoped(rule, event, entry):
+                    hits.append(rule)
+        if rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes):
+            for rule in rules.exec_by_path:
+                if indirect and (rule.not_in_image or rule in hits):
+                    continue
+                pattern = rule.path
+                if (
+                    pattern is not None
+                    and pattern.match(binary)
+                    and self._process_matches(rule, event, proc)
+                    and self._scoped(rule, event, entry)
+                ):
+                    hits.append(rule)
+
+    def _process_matches(
+        self, rule: CompiledRule, event: TraceEvent, proc: Process | None = None
+    ) -> bool:
+        proc = proc or event.process
         if rule.path is not None and rule.binaries is not None and not rule.path.match(proc.binary):
             return False
-        if rule.arg_globs:
-            argv = proc.arguments.split()
-            for index, pattern in rule.arg_globs:
-                if index is None:
-                    if not any(pattern.match(arg) for arg in argv):
-                        return False
-                elif index >= len(argv) or not pattern.match(argv[index]):
-                    return False
+        if rule.arg_globs and not any(_args_match(rule, argv) for argv in _argvs(proc.arguments)):
+            return False
         if rule.parents is not None:
             parent = event.parent
             if parent is None or parent.binary.rpartition("/")[2] not in rule.parents:
@@ -666,6 +716,90 @@ def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit
         for old in list(table)[: max(1, limit // 8)]:
             del table[old]
     table[key] = None
+
+
+#: Programs that run another one named in their arguments: the dynamic loaders
+#: (``ld.so /usr/bin/nsenter -t 1``) and the multi-call binaries (``busybox nc -e``).
+_LOADERS = frozenset(
+    {
+        "ld.so",
+        "ld-linux.so.2",
+        "ld-linux-x86-64.so.2",
+        "ld-linux-aarch64.so.1",
+        "ld-musl-x86_64.so.1",
+        "ld-musl-aarch64.so.1",
+    }
+)
+_MULTICALL = frozenset({"busybox", "toybox"})
+_INDIRECT = _LOADERS | _MULTICALL
+#: ld.so options followed by a value, and those that run nothing.
+_LOADER_VALUE_OPTIONS = frozenset(
+    {
+        "--library-path",
+        "--preload",
+        "--audit",
+        "--argv0",
+        "--inhibit-rpath",
+        "--glibc-hwcaps-prepend",
+        "--glibc-hwcaps-mask",
+    }
+)
+_LOADER_NO_RUN = frozenset(
+    {"--list", "--verify", "--help", "--version", "--list-tunables", "--list-diagnostics"}
+)
+
+
+def _indirect_program(proc: Process) -> Process | None:
+    """The program a loader or a multi-call binary was asked to run, as a process of its own
+    (binary and arguments), or None when it runs none."""
+    argv = proc.arguments.split()
+    if proc.basename in _MULTICALL:
+        if not argv or argv[0].startswith("-") or "/" in argv[0]:
+            return None
+        return msgspec.structs.replace(proc, binary=argv[0], arguments=" ".join(argv[1:]))
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg in _LOADER_VALUE_OPTIONS:
+            index += 2
+        elif arg in _LOADER_NO_RUN:
+            return None
+        elif arg.startswith("--"):  # --inhibit-cache and the like: no value
+            index += 1
+        else:
+            rest = " ".join(argv[index + 1 :])
+            return msgspec.structs.replace(proc, binary=arg, arguments=rest)
+    return None
+
+
+_QUOTED = re.compile(r'"([^"]*)"|(\S+)')
+
+
+def _argvs(arguments: str) -> tuple[list[str], ...]:
+    """The argument vectors ``arguments`` may stand for: Tetragon joins them with spaces and
+    puts one that holds a space in double quotes (``"-at 1" sh``). Both the plain split and the
+    quote-aware one are tried, so an argument holding a lone quote cannot hide the next ones."""
+    plain = arguments.split()
+    if '"' not in arguments:
+        return (plain,)
+    return plain, [quoted or bare for quoted, bare in _QUOTED.findall(arguments)]
+
+
+def _args_match(rule: CompiledRule, argv: list[str]) -> bool:
+    for index, pattern in rule.arg_globs:
+        if index is None:
+            if not any(pattern.match(arg) for arg in argv):
+                return False
+        elif index >= len(argv) or not pattern.match(argv[index]):
+            return False
+    return True
+
+
+def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:
+    if key not in table and len(table) >= limit:  # drop the oldest eighth (insertion order)
+        for old in list(table)[: max(1, limit // 8)]:
+            del table[old]
+    table[key] = value
 
 
 def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:

@@ -18,6 +18,15 @@ between two looks is seen too.
 Only regular files are read: the export and the rotated files are opened with ``O_NOFOLLOW``
 (a symlink put in their place is refused, not followed into another file) and checked with
 ``fstat`` (a FIFO or a device is refused), each refusal logged once.
+
+With ``state``, the follower survives a restart of its consumer: :meth:`FileFollower.commit`
+(the consumer calls it once every line handed out so far is dealt with, its alerts delivered)
+writes the file and offset reached, with their fingerprint, to ``state`` (0600, replaced
+atomically). A new follower on the same ``state`` goes on from there: in the export, or in the
+rotated file it was reading (then every rotated file after it, then the export), so the lines
+written while no consumer ran are read, once. A commit that no longer matches any file (its
+file was deleted, or rewritten) is logged and every rotated file present is read: lines may be
+read twice then, none is lost.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import stat
 import sys
@@ -56,11 +66,17 @@ class FileFollower:
     """
 
     def __init__(
-        self, path: Path, *, poll_interval: float = 0.005, from_start: bool = True
+        self,
+        path: Path,
+        *,
+        poll_interval: float = 0.005,
+        from_start: bool = True,
+        state: Path | None = None,
     ) -> None:
         self.path = path
         self.poll_interval = poll_interval
         self.from_start = from_start
+        self.state = state
         self.rotations = 0
         self.truncations = 0
         self.oversized = 0
@@ -77,6 +93,10 @@ class FileFollower:
         self._tail = b""
         self.refused = 0
         self._refusal = ""  # the last refusal logged, so a refused path is logged once
+        self._committed: tuple[tuple[int, int], int] | None = None
+        self._catch_up = False  # read the rotated files not seen before the export
+        if state is not None:
+            self._resume(state)
 
     def close(self) -> None:
         self._closed = True
@@ -123,6 +143,70 @@ class FileFollower:
             start = max(0, self._pos - FINGERPRINT_BYTES)
             self._tail = os.pread(fd, self._pos - start, start)
         return True
+
+    def commit(self) -> None:
+        """Record in ``state`` that every complete line handed out so far was dealt with."""
+        if self.state is None or self._fd is None or self._ino is None:
+            return
+        pos = self._pos - len(self._pending)
+        if self._committed == (self._ino, pos):
+            return
+        head = os.pread(self._fd, min(FINGERPRINT_BYTES, pos), 0)
+        start = max(0, pos - FINGERPRINT_BYTES)
+        tail = os.pread(self._fd, pos - start, start)
+        doc = {"dev": self._ino[0], "ino": self._ino[1], "pos": pos, "head": head.hex()}
+        doc["tail"] = tail.hex()
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(doc, handle)
+            os.replace(tmp, self.state)
+        except OSError as exc:
+            raise InvalidInput(str(self.state), f"cannot write: {exc.strerror}") from None
+        self._committed = (self._ino, pos)
+
+    def _resume(self, state: Path) -> None:
+        """Go on from the commit in ``state`` (see the module's docstring)."""
+        try:
+            doc = json.loads(state.read_bytes())
+            inode = (int(doc["dev"]), int(doc["ino"]))
+            pos = int(doc["pos"])
+            head, tail = bytes.fromhex(doc["head"]), bytes.fromhex(doc["tail"])
+        except FileNotFoundError:
+            return  # the first run: as without a state
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InvalidInput(str(state), f"not a follower state: {exc}") from None
+        for path in [self.path] + [p for _, _, p in self._backups()]:
+            opened = self._open_regular(path)
+            if opened is None:
+                continue
+            fd, st = opened
+            if (st.st_dev, st.st_ino) != inode:
+                os.close(fd)
+                continue
+            start = max(0, pos - len(tail))
+            if (
+                st.st_size < pos
+                or os.pread(fd, len(head), 0) != head
+                or os.pread(fd, pos - start, start) != tail
+            ):
+                os.close(fd)
+                break  # rewritten since: read what is there, as if the commit were lost
+            os.lseek(fd, pos, os.SEEK_SET)
+            self._fd, self._ino, self._pos = fd, inode, pos
+            self._head, self._tail, self._committed = head, tail, (inode, pos)
+            if path != self.path:  # the rotated files after this one were never read
+                older: dict[tuple[int, int], None] = {}
+                for _, other, _ in self._backups():
+                    older[other] = None
+                    if other == inode:
+                        break
+                self._seen = older
+            return
+        _log.error("worktrace.resume_lost", state=str(state), path=str(self.path))
+        self._seen = {}  # every rotated file present, then the export from its start
+        self.from_start = self._catch_up = True
 
     def _unchanged(self) -> bool:
         """Whether the open file still holds what was read up to the offset (not truncated
@@ -214,6 +298,19 @@ class FileFollower:
         lines = b"".join(parts).split(b"\n")
         return [line for line in lines if line]
 
+    def _drain_missed(self, current: tuple[int, int] | None) -> list[bytes]:
+        """Every line of the rotated files never read (oldest first), but ``current``."""
+        lines: list[bytes] = []
+        for _, inode, path in self._backups():  # oldest first
+            if inode in self._seen or inode == current:
+                continue
+            lines.extend(self._drain_file(path))  # rotated away before we opened it
+            self._seen[inode] = None
+            self.missed_rotations += 1
+        while len(self._seen) > 256:
+            del self._seen[next(iter(self._seen))]
+        return lines
+
     def _check_rotation(self) -> list[bytes]:
         """Lines left in a rotated-away file (and in any rotated file we missed while we were
         behind), after switching to the new one."""
@@ -235,15 +332,7 @@ class FileFollower:
             # Open the new file before looking for missed ones: should it rotate away now, we
             # still hold it, and it is not taken for a missed file.
             opened = self._open(at_end=False)
-            current = self._ino if opened else None
-            for _, inode, path in self._backups():  # oldest first
-                if inode in self._seen or inode == current:
-                    continue
-                tail.extend(self._drain_file(path))  # rotated away before we opened it
-                self._seen[inode] = None
-                self.missed_rotations += 1
-            while len(self._seen) > 256:
-                del self._seen[next(iter(self._seen))]
+            tail.extend(self._drain_missed(self._ino if opened else None))
             return tail
         if st.st_size < self._pos:
             self._restart()
@@ -254,6 +343,9 @@ class FileFollower:
         if self._fd is None and not self._open(at_end=not self.from_start):
             return []
         self.from_start = True  # a file that appears later is read from its start
+        if self._catch_up:  # the commit was lost: the rotated files first, then the export
+            self._catch_up = False
+            return self._drain_missed(self._ino) + self._read_all()
         if not self._unchanged():  # truncated and rewritten past the offset since the last look
             self._restart()
         lines = self._read_all()
@@ -312,7 +404,9 @@ async def stdin_batches(stream: IO[bytes] | None = None) -> AsyncIterator[list[b
 class NatsSource:
     """Tetragon events published to a NATS subject, one event per message (core NATS: a log
     shipper such as Vector or Fluent Bit forwards the export). ``queue`` lets several Worktrace
-    replicas share the subject."""
+    replicas share the subject. Core NATS cannot hold a publisher back: past ``max_pending``
+    queued events the newest are dropped, counted in ``dropped`` and logged (an error once per
+    run of drops), never silently."""
 
     def __init__(self, bus: Bus, subject: str, *, queue: str = "", max_pending: int = 65536):
         self.bus = bus
@@ -321,6 +415,7 @@ class NatsSource:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(max_pending)
         self.received = 0
         self.dropped = 0
+        self._overflowing = False
         self._sub: object | None = None
 
     async def start(self) -> None:
@@ -331,6 +426,16 @@ class NatsSource:
                 self._queue.put_nowait(data)
             except asyncio.QueueFull:
                 self.dropped += 1
+                if not self._overflowing:  # once per run of drops: events are being lost
+                    self._overflowing = True
+                    _log.error(
+                        "worktrace.source_overflow",
+                        subject=self.subject,
+                        dropped=self.dropped,
+                        max_pending=self._queue.maxsize,
+                    )
+            else:
+                self._overflowing = False
 
         try:
             self._sub = await self.bus.nc.subscribe(self.subject, queue=self.queue_group, cb=_on)
@@ -343,6 +448,9 @@ class NatsSource:
             with contextlib.suppress(Exception):  # already closed with the connection
                 await self._sub.unsubscribe()  # type: ignore[attr-defined]
             self._sub = None
+        if self._queue.full():  # the end must fit (put_nowait raised): the oldest event goes
+            self._queue.get_nowait()
+            self.dropped += 1
         self._queue.put_nowait(None)
 
     async def __aiter__(self) -> AsyncIterator[list[bytes]]:

@@ -36,8 +36,8 @@ from stockade.core.errors import InvalidInput
 from ._engine import LABEL_WORKSPACE
 from ._rules import (
     FILE_HOOKS,
+    STDIO_FD_INDEX,
     STDIO_FDS,
-    STDIO_NEWFD_INDEX,
     CompiledRule,
     RuleSet,
     literal_suffix,
@@ -118,11 +118,13 @@ def _kprobe(
 
 
 def _stdio_selector(call: str) -> dict[str, Any] | None:
-    """What a ``stdio_socket`` rule needs of ``call``: every connect; a dup onto stdin."""
+    """What a ``stdio_socket`` rule needs of ``call``: every TCP connect; a dup onto stdin, a
+    connect of stdin."""
     if call == "tcp_connect":
         return None
     values = [str(fd) for fd in sorted(STDIO_FDS)]
-    return {"matchArgs": [{"index": STDIO_NEWFD_INDEX, "operator": "Equal", "values": values}]}
+    index = STDIO_FD_INDEX[call]
+    return {"matchArgs": [{"index": index, "operator": "Equal", "values": values}]}
 
 
 def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, Any]]:

@@ -11,12 +11,16 @@ or the gRPC client). The obligations of an *allowed* decision say what to do:
   lasting ``ban_seconds`` (or the obligation ``ban_seconds`` when policy gives one).
 
 Both subjects belong to the audit stream, and the decision itself goes to the decision log, so
-every response is audited. A deny, an ill-typed obligation or an alert without a session (for a
+every response is audited. An action the bus refuses stays in ``pending`` and is published
+again by :meth:`AlertResponder.retry` (the service calls it periodically): a bus outage delays
+a kill, it does not cancel it. A deny, an ill-typed obligation or an alert without a session (for a
 kill) or a user (for a ban) applies nothing and says why in :class:`Response`.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -98,11 +102,15 @@ class AlertResponder:
         *,
         ban_seconds: float = 3600.0,
         by: str = "worktrace",
+        max_pending: int = 10_000,
     ) -> None:
         self.authz = authz
         self.bus = bus
         self.ban_seconds = ban_seconds
         self.by = by
+        #: Actions decided but refused by the bus, oldest first (bounded: the oldest goes).
+        self.pending: deque[Event] = deque(maxlen=max_pending)
+        self._sending = asyncio.Lock()  # one retry round at a time
 
     def decide(self, alert: Alert) -> tuple[Decision, list[Event], list[str]]:
         """The decision and the events it calls for (nothing is published here)."""
@@ -148,13 +156,19 @@ class AlertResponder:
         return decision, events, skipped
 
     async def respond(self, alert: Alert) -> Response:
-        """Decide and publish; a publish failure is logged and reported in ``skipped``."""
+        """Decide and publish; a publish failure is logged, reported in ``skipped`` and the
+        action kept in ``pending`` for :meth:`retry`."""
         decision, events, skipped = self.decide(alert)
         published: list[Event] = []
         for event in events:
+            if self.pending:  # keep the order: older refused actions go first
+                self.pending.append(event)
+                skipped.append(f"{event.subject}: queued behind actions the bus refused")
+                continue
             try:
                 await self.bus.publish(event)
             except BusUnavailable as exc:
+                self.pending.append(event)
                 skipped.append(f"{event.subject}: {exc}")
                 _log.error("worktrace.response_failed", subject=event.subject, error=str(exc))
             else:
@@ -165,4 +179,29 @@ class AlertResponder:
                     alert=alert.alert_id,
                     rule=alert.rule_id,
                 )
+        if self.pending:
+            await self.retry()
         return Response(alert.alert_id, decision, published, skipped)
+
+    async def retry(self) -> list[Event]:
+        """Publish the pending actions, oldest first (the first refused one stops the round);
+        returns those published."""
+        async with self._sending:
+            return await self._send()
+
+    async def _send(self) -> list[Event]:
+        published: list[Event] = []
+        pending = self.pending
+        while pending:
+            event = pending[0]
+            try:
+                await self.bus.publish(event)
+            except BusUnavailable as exc:
+                _log.warning(
+                    "worktrace.response_retry_failed", subject=event.subject, error=str(exc)
+                )
+                break
+            pending.popleft()
+            published.append(event)
+            _log.warning("worktrace.response", subject=event.subject, retried=True)
+        return published

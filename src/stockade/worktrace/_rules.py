@@ -16,7 +16,8 @@ A rules file holds ``rules`` and ``attack_paths``::
           capabilities: [CAP_SYS_ADMIN]           # all in the effective set
           not_in_image: false        # true: binary absent from the image's SBOM file list
           stdio_socket: false        # true: its (or its parent's) stdin was dup2()ed over
-                                     # by a process that had connected out over TCP
+                                     # by a process that had connected out over TCP (alone,
+                                     # without binary or path: any binary)
         file:                        # paths opened (kprobe ``fd_install`` by default)
           path: ["*/release_agent"]
           foreign_proc: false        # /proc/<pid>/... of a process of another user
@@ -168,13 +169,18 @@ SOCK_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
 
 
 #: The kprobes a ``stdio_socket`` rule needs, with the arguments it reads: the outbound TCP
-#: connections (``tcp_connect``) and the replacement of a descriptor (``dup2``/``dup3``:
-#: ``oldfd``, ``newfd``).
+#: connections (``tcp_connect``), a connect on stdin itself (``connect(fd)``: ``close(0);
+#: socket(); connect(...)`` puts the socket on fd 0 with no dup at all) and the replacement of a
+#: descriptor (``dup2``/``dup3``: ``oldfd``, ``newfd``).
 STDIO_HOOKS: dict[str, list[tuple[int, str]]] = {
     "tcp_connect": [(0, "sock")],
+    "sys_connect": [(0, "int")],
     "sys_dup2": [(0, "int"), (1, "int")],
     "sys_dup3": [(0, "int"), (1, "int")],
 }
+#: The argument index of the descriptor that is stdin after the call: the new descriptor of
+#: the ``dup`` calls, the socket of ``connect``.
+STDIO_FD_INDEX = {"sys_connect": 0, "sys_dup2": 1, "sys_dup3": 1}
 #: The argument index of the new descriptor of the ``dup`` calls, and the descriptors that make
 #: a replaced stdio: stdin (a shell reading its commands from the connection). Not stdout or
 #: stderr alone: connected programs send those to logs; ``ssh -n`` or a daemon's ``/dev/null``
@@ -218,8 +224,8 @@ class ProcessSpec(_Model):
 
     @model_validator(mode="after")
     def _something(self) -> ProcessSpec:
-        if not (self.binary or self.path or self.not_in_image):
-            raise ValueError("needs binary, path or not_in_image")
+        if not (self.binary or self.path or self.not_in_image or self.stdio_socket):
+            raise ValueError("needs binary, path, not_in_image or stdio_socket")
         return self
 
 
@@ -496,6 +502,8 @@ class RuleSet:
         self.exec_by_path: list[CompiledRule] = []
         self.exec_path_prefixes: tuple[str, ...] = ()
         self.exec_not_in_image: list[CompiledRule] = []
+        #: Process rules on ``stdio_socket`` alone: any binary run on a socket's stdin.
+        self.exec_stdio: list[CompiledRule] = []
         self.file_rules: dict[str, list[CompiledRule]] = {}
         self.syscall_rules: dict[str, list[SyscallBinding]] = {}
         self.syscall_args: dict[str, list[SyscallArgSpec]] = {}
@@ -513,8 +521,10 @@ class RuleSet:
                 elif rule.path is not None:
                     self.exec_by_path.append(rule)
                     prefixes.extend(rule.path_prefixes)
-                else:
+                elif rule.not_in_image:
                     self.exec_not_in_image.append(rule)
+                else:
+                    self.exec_stdio.append(rule)
             elif rule.kind == "file":
                 self.file_rules.setdefault(rule.file_hook, []).append(rule)
         self.exec_path_prefixes = tuple(sorted(set(prefixes)))
@@ -555,7 +565,7 @@ class RuleSet:
             for call in STDIO_HOOKS:
                 indexes = [a.index for a in self.syscall_args[call]]
                 self.stdio_calls[call] = (
-                    None if call == "tcp_connect" else indexes.index(STDIO_NEWFD_INDEX)
+                    None if call == "tcp_connect" else indexes.index(STDIO_FD_INDEX[call])
                 )
         for rule in self.rules:
             if rule.spec.syscall is None:

@@ -8,7 +8,10 @@
 
 Matching runs in the event loop (it is pure CPU and never waits); an alert is emitted as soon as
 its event is matched, before the rest of the batch. Hot reload polls the rule files every
-``reload_interval`` seconds.
+``reload_interval`` seconds. Alerts and actions the bus refused are sent again every
+``retry_interval`` seconds, with no new event needed (and once more when the run ends). A
+source with a ``commit`` method (:class:`FileFollower` with a ``state`` file) is told after
+each batch whose alerts are all delivered, so a restart neither loses nor repeats them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Worktrace:
         settings: WorktraceSettings | None = None,
         sessions: LocalSessions | None = None,
         on_alert: Callable[[Alert, float], None] | None = None,
+        retry_interval: float = 1.0,
     ) -> None:
         self.settings = settings or WorktraceSettings()
         self.rules = rules
@@ -60,6 +64,7 @@ class Worktrace:
         self.sinks = list(sinks)
         self.responder = responder if self.settings.respond else None
         self.on_alert = on_alert
+        self.retry_interval = retry_interval
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -73,22 +78,50 @@ class Worktrace:
             except Exception:  # the watcher must outlive any surprise
                 _log.exception("worktrace.reload_crashed")
 
+    def _undelivered(self) -> bool:
+        """Whether an alert or an action of the lines read so far is still to be delivered."""
+        pending = any(getattr(sink, "pending", None) for sink in self.sinks)
+        return pending or (self.responder is not None and bool(self.responder.pending))
+
+    async def _retry(self) -> None:
+        """Deliver what the bus refused earlier."""
+        for sink in self.sinks:
+            retry = getattr(sink, "retry", None)
+            if retry is not None:
+                await retry()
+        if self.responder is not None and self.responder.pending:
+            await self.responder.retry()
+
+    async def _redeliver(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval)
+            try:
+                await self._retry()
+            except Exception:  # the retrier must outlive any surprise
+                _log.exception("worktrace.retry_crashed")
+
     async def run(self, source: AsyncIterable[list[bytes]]) -> None:
         """Consume ``source`` until it ends or :meth:`stop` is called."""
         reload = asyncio.create_task(self._reload(), name="worktrace-reload")
+        redeliver = asyncio.create_task(self._redeliver(), name="worktrace-retry")
         feed = self.engine.feed
+        commit = getattr(source, "commit", None)  # a FileFollower with a state file
         try:
             async for batch in source:
                 for line in batch:
                     found = feed(line)
                     if found:  # emitted at once, not after the rest of the batch
                         await self._emit(list(found))
+                if commit is not None and not self._undelivered():
+                    commit()  # a restart goes on after this batch: its alerts are out
                 if self._stop.is_set():
                     break
         finally:
-            reload.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reload
+            for task in (reload, redeliver):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self._retry()
 
     async def _emit(self, alerts: list[Alert]) -> None:
         now = time.monotonic()
