@@ -321,18 +321,15 @@ def _pod_attack(owner: str) -> Any:
     return alert
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="workspace Pods are labelled with workspace and user only (one Pod serves many "
-    "sessions): no stockade.dev/session label, so a kill_session from a Pod's alert is skipped; "
-    "resolving the workspace's live sessions (gateway) for the kill is not wired",
-)
 def test_alert_from_a_rendered_workspace_pod_kills_its_session() -> None:
     alert = _pod_attack("ann")
     _, events, skipped = AlertResponder(Authorizer(settings=AuthzSettings()), bus=None).decide(  # type: ignore[arg-type]
         alert
     )
     assert [type(e).__name__ for e in events] == ["SessionKill"], skipped
+    (kill,) = events
+    assert kill.session_id == "*"  # type: ignore[attr-defined]
+    assert kill.workspace_label == "w1"  # type: ignore[attr-defined]
 
 
 @pytest.mark.xfail(

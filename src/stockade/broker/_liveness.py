@@ -114,8 +114,10 @@ class LiveSessions:
         try:
             if subject == SUBJECT_SESSION_KILL:
                 kill = SessionKill.from_bytes(data)
-                if kill.session_id == "*" and kill.username:
-                    self.user_killed(kill.username)
+                if kill.session_id == "*":
+                    if kill.username:
+                        self.user_killed(kill.username)
+                    # a workspace-wide kill: each ended session follows as its SessionEnded
                 else:
                     self.session_ended(kill.session_id)
             else:

@@ -218,8 +218,12 @@ class SessionKill(Event):
 
     subject: ClassVar[str] = SUBJECT_SESSION_KILL
     session_id: str = Field(max_length=64)
-    """The session, or ``*`` with ``username``: every session of that user."""
+    """The session, or ``*`` with ``username``: every session of that user; or ``*`` with
+    ``workspace_label``: every session in that workspace."""
     username: str | None = Field(default=None, max_length=256)
+    workspace_label: str | None = Field(default=None, max_length=63)
+    """The workspace as its Pod's ``stockade.dev/workspace`` label reads (a Worktrace alert
+    from a Pod knows no session: one Pod serves them all, so all of them end)."""
     reason: str = Field(default="killed", max_length=256)
     """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace: ...``)."""
     message: str = Field(default="session terminated by an administrator", max_length=256)

@@ -23,6 +23,7 @@ from stockade.authz import AuthzAPI
 from stockade.core.events import IdentityChanged, SessionKill
 from stockade.core.logging import get_logger
 from stockade.identity import Principal
+from stockade.workspace import label_value
 
 from ._login import Login
 from ._policy import decide
@@ -125,7 +126,13 @@ class LiveRegistry:
 
     async def kill(self, event: SessionKill) -> None:
         """Apply a ``stockade.session.kill`` (ignored unless this gateway holds the session)."""
-        if event.session_id == "*":
+        if event.session_id == "*" and event.workspace_label is not None:
+            targets = [
+                v
+                for v in self._by_id.values()
+                if label_value(v.principal.workspace.name) == event.workspace_label
+            ]
+        elif event.session_id == "*":
             targets = [v for v in self._by_id.values() if v.principal.username == event.username]
         else:
             found = self._by_id.get(event.session_id)

@@ -139,6 +139,16 @@ class AlertResponder:
                         by=self.by,
                     )
                 )
+            elif info.workspace:  # a Pod's alert: the Pod serves every session of it
+                events.append(
+                    SessionKill(
+                        session_id="*",
+                        workspace_label=info.workspace,
+                        reason=reason[:256],
+                        message=f"session ended by Worktrace: {reason}"[:256],
+                        by=self.by,
+                    )
+                )
             else:
                 skipped.append("kill_session: the alert has no session")
         if ban:

@@ -188,7 +188,8 @@ denials contains "identity.manage requires role admin" if {
 #   input.context.alert  {"id", "kind": "rule" | "attack_path" | "anomaly", "rule", "name",
 #                         "confidence": number, "rules": [rule ids of an attack path]}
 # The decision allows; its obligations say what to apply:
-#   kill_session  bool  end the session: any alert of confidence >= 0.9 with a session
+#   kill_session  bool  end the session: any alert of confidence >= 0.9 with a session (or,
+#                       from a Pod, every session of its workspace)
 #   ban_user      bool  refuse the user's logins for a while: attack paths of confidence >= 0.97
 # Anomalies never kill or ban on their own. The ssh obligations rule above falls through to
 # worktrace_obligations (its final else), so the two never conflict.
@@ -209,6 +210,16 @@ worktrace_kill if {
 	input.context.alert.confidence >= 0.9
 	is_string(input.context.session_id)
 	input.context.session_id != ""
+}
+
+# A Pod's alert names no session (one Pod serves all of the workspace's sessions): it ends
+# every session in that workspace.
+worktrace_kill if {
+	input.context.alert.kind in {"rule", "attack_path"}
+	input.context.alert.confidence >= 0.9
+	not is_string(input.context.session_id)
+	is_string(input.resource.labels.workspace)
+	input.resource.labels.workspace != ""
 }
 
 default worktrace_ban := false
