@@ -19,7 +19,7 @@ from pathlib import Path
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, workspace_config
-from stockade.bus import Bus, EmbeddedNats
+from stockade.bus import Bus, EmbeddedNats, FailureBatcher
 from stockade.core import Settings, get_logger
 from stockade.gateway import Gateway, RecordingSweeper
 from stockade.identity import IdentityService, KeyRing
@@ -207,6 +207,7 @@ class Runtime:
                 data_dir=data_dir,
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
+                failures=FailureBatcher(self.bus),
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()

@@ -5,22 +5,32 @@ Errors of SQLAlchemy and the drivers never leave this module unmapped::
     unique constraint violated        -> AlreadyExists (kind from the table, value when known)
     other integrity violation         -> InvalidInput
     connection / operational failure  -> StoreUnavailable (says how to fix it)
+
+The questions on the login path (a key lookup, a token check) skip the ORM: :meth:`Store.prepare`
+compiles a Core ``select()`` once for the store's dialect, and :meth:`Store.fetch` runs it as one
+statement straight on the driver, outside any explicit transaction (a single SELECT sees one
+consistent snapshot): a dedicated read-only aiosqlite connection on SQLite, a small asyncpg pool
+on PostgreSQL whose statement cache makes it a prepared statement after the first call. Column
+values get the same conversions the ORM applies (the column types' result processors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shlex
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, exc, text
+from sqlalchemy import Select, event, exc, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,7 +41,7 @@ from sqlalchemy.ext.asyncio import (
 
 from stockade.core.errors import AlreadyExists, InvalidInput, StockadeError, StoreUnavailable
 
-__all__ = ["Store", "async_url"]
+__all__ = ["Prepared", "Store", "async_url"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -46,6 +56,23 @@ _UNIQUE_KINDS = {
 }
 _PG_CONSTRAINT = re.compile(r"^(?:uq|pk)_([a-z_]+?)_(name|fingerprint)$|^pk_(sessions)$")
 _PG_DETAIL_VALUE = re.compile(r"Key \([^)]*\)=\((.*)\) already exists")
+#: Connections of the PostgreSQL pool :meth:`Store.fetch` uses (the ORM's pool is separate).
+_FAST_POOL_SIZE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A SELECT compiled for one store's dialect (see :meth:`Store.prepare`)."""
+
+    sql: str
+    binds: tuple[str, ...]
+    """The bind parameter names, in the order :meth:`Store.fetch` takes their values."""
+    convert: tuple[Callable[[Any], Any] | None, ...]
+    """Per column, the conversion the ORM would apply to the driver's value (None: as is)."""
+    dialect: str
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.sql!r})"
 
 
 def async_url(url: str) -> tuple[URL, dict[str, Any]]:
@@ -144,6 +171,10 @@ class Store:
         self._readers = async_sessionmaker(
             self._engine.execution_options(stockade_readonly=True), expire_on_commit=False
         )
+        self._connect_args = connect_args
+        self._fast: Any = None
+        """The driver-level reader of :meth:`fetch` (aiosqlite connection or asyncpg pool)."""
+        self._fast_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"Store({self._url.render_as_string(hide_password=True)!r})"
@@ -187,6 +218,90 @@ class Store:
         except (exc.SQLAlchemyError, OSError) as err:
             raise self._unavailable(err) from err
 
+    def prepare(self, statement: Select[*tuple[Any, ...]]) -> Prepared:
+        """Compile ``statement`` (a Core ``select()`` with named ``bindparam``s, each used once)
+        for this store's dialect, for :meth:`fetch`. Compile once, at construction."""
+        dialect = self._engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = tuple(compiled.positiontup or ())
+        if len(set(binds)) != len(binds):
+            raise ValueError("each bind parameter of a prepared statement must be used once")
+        convert = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        return Prepared(str(compiled), binds, convert, self.dialect)
+
+    async def fetch(self, prepared: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of ``prepared`` with its bind parameters from ``params`` (plain str, int or
+        None), run as one statement on the driver, read-only. Errors as :meth:`transaction`."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if prepared.dialect != self.dialect:
+            raise ValueError("statement prepared for another store")
+        values = tuple(params[name] for name in prepared.binds)
+        try:
+            reader = self._fast or await self._open_fast()
+            if self.dialect == "sqlite":
+                rows: Any = await reader.execute_fetchall(prepared.sql, values)
+            else:
+                rows = await reader.fetch(prepared.sql, *values)
+        except StockadeError:
+            raise
+        except (sqlite3.Error, OSError, exc.SQLAlchemyError) as err:
+            raise self._unavailable(err) from err
+        except Exception as err:  # asyncpg's errors share no base with the others
+            if type(err).__module__.startswith("asyncpg"):
+                raise self._unavailable(err) from err
+            raise
+        convert = prepared.convert
+        if not any(convert):
+            return [tuple(row) for row in rows]
+        return [
+            tuple(value if fn is None or value is None else fn(value)
+                  for fn, value in zip(convert, row, strict=True))
+            for row in rows
+        ]  # fmt: skip
+
+    async def _open_fast(self) -> Any:
+        if self._fast_lock is None:
+            self._fast_lock = asyncio.Lock()
+        reader: Any
+        async with self._fast_lock:
+            if self._fast is not None:
+                return self._fast
+            if self.dialect == "sqlite":
+                import aiosqlite
+
+                reader = await aiosqlite.connect(str(self._url.database), isolation_level=None)
+                try:
+                    await reader.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+                    await reader.execute("PRAGMA query_only = ON")
+                except BaseException:
+                    await reader.close()
+                    raise
+            else:
+                import asyncpg
+
+                args, kwargs = self._engine.dialect.create_connect_args(self._url)
+                kwargs.update(self._connect_args)
+                settings = dict(kwargs.pop("server_settings", None) or {})
+                settings.setdefault("default_transaction_read_only", "on")
+                reader = await asyncpg.create_pool(
+                    *args,
+                    min_size=1,
+                    max_size=_FAST_POOL_SIZE,
+                    init=_json_codec,
+                    reset=_no_reset,
+                    server_settings=settings,
+                    **kwargs,
+                )
+            if self._closed:
+                await reader.close()
+                raise StoreUnavailable("the store is closed")
+            self._fast = reader
+            return reader
+
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe to run concurrently)."""
         if self._closed:
@@ -204,6 +319,10 @@ class Store:
     async def close(self) -> None:
         """Close every pooled connection; later transactions raise StoreUnavailable."""
         self._closed = True
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            with contextlib.suppress(Exception):
+                await fast.close()
         await self._engine.dispose()
 
     def _unavailable(self, err: BaseException) -> StoreUnavailable:
@@ -217,6 +336,19 @@ class Store:
         else:
             fix = "check that the data dir is writable and the file is not corrupt"
         return StoreUnavailable(f"database {where} failed: {reason}; {fix}")
+
+
+async def _json_codec(connection: Any) -> None:
+    """JSON columns decoded as SQLAlchemy's asyncpg dialect decodes them (its JSON type has no
+    result processor of its own: the codec does it)."""
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def _no_reset(_connection: Any) -> None:
+    """A fast-read connection keeps no state (one read-only statement per use): skip asyncpg's
+    reset round trip on every release."""
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
