@@ -210,12 +210,14 @@ async def gateway_env(
     *,
     bundle_dir: Path | None = None,
     rpc: bool = False,
+    batch_delay: float | None = 0.005,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
     are GatewaySettings fields. With ``rpc`` the gateway reaches identity and authz through
     their gRPC clients over mutual TLS (as ``stockade serve gateway`` does), and ``env.calls``
-    counts every call it makes on them."""
+    counts every call it makes on them. Failures are batched for ``batch_delay`` seconds (None:
+    no batcher, one ``stockade.auth.failed`` each)."""
     data_dir = tmp / "data"
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
@@ -274,7 +276,7 @@ async def gateway_env(
         publisher=bus,
         events=bus,
         data_dir=data_dir,
-        failures=FailureBatcher(bus, max_delay=0.005),
+        failures=None if batch_delay is None else FailureBatcher(bus, max_delay=batch_delay),
     )
     await gateway.start()
     try:
