@@ -279,3 +279,27 @@ async def test_fetch_after_close_and_unreachable(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="another store"):
         await lite.fetch(prepared, {})
     await lite.close()
+
+
+async def test_fetch_replaces_a_connection_the_server_closed(pg_schema_url: str) -> None:
+    """A PostgreSQL reader connection killed while idle (a server restart, a terminated
+    backend) costs no failed lookup: the next fetch replaces it once."""
+    from sqlalchemy import literal_column
+
+    store = Store(pg_schema_url)
+    try:
+        prepared = store.prepare(select(literal_column("1")))
+        assert await store.fetch(prepared, {}) == [(1,)]
+        idle = store._fast._idle
+        assert len(idle) == 1
+        pid = idle[0].get_server_pid()
+        async with store.transaction() as session:
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(100):  # the server closes it asynchronously
+            if idle[0].is_closed():
+                break
+            await asyncio.sleep(0.02)
+        assert await store.fetch(prepared, {}) == [(1,)]
+        assert idle[0].get_server_pid() != pid
+    finally:
+        await store.close()

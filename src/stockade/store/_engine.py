@@ -9,8 +9,9 @@ Errors of SQLAlchemy and the drivers never leave this module unmapped::
 The questions on the login path (a key lookup, a token check) skip the ORM: :meth:`Store.prepare`
 compiles a Core ``select()`` once for the store's dialect, and :meth:`Store.fetch` runs it as one
 statement straight on the driver, outside any explicit transaction (a single SELECT sees one
-consistent snapshot): a dedicated read-only aiosqlite connection on SQLite, a small asyncpg pool
-on PostgreSQL whose statement cache makes it a prepared statement after the first call. Column
+consistent snapshot): a dedicated read-only aiosqlite connection on SQLite, a few read-only
+asyncpg connections on PostgreSQL whose statement caches make it a prepared statement after the
+first call. Column
 values get the same conversions the ORM applies (the column types' result processors).
 """
 
@@ -56,7 +57,7 @@ _UNIQUE_KINDS = {
 }
 _PG_CONSTRAINT = re.compile(r"^(?:uq|pk)_([a-z_]+?)_(name|fingerprint)$|^pk_(sessions)$")
 _PG_DETAIL_VALUE = re.compile(r"Key \([^)]*\)=\((.*)\) already exists")
-#: Connections of the PostgreSQL pool :meth:`Store.fetch` uses (the ORM's pool is separate).
+#: PostgreSQL connections :meth:`Store.fetch` may open (the ORM's pool is separate).
 _FAST_POOL_SIZE = 4
 
 
@@ -173,7 +174,7 @@ class Store:
         )
         self._connect_args = connect_args
         self._fast: Any = None
-        """The driver-level reader of :meth:`fetch` (aiosqlite connection or asyncpg pool)."""
+        """The driver-level reader of :meth:`fetch` (aiosqlite connection or _PgReaders)."""
         self._fast_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
@@ -287,15 +288,11 @@ class Store:
                 kwargs.update(self._connect_args)
                 settings = dict(kwargs.pop("server_settings", None) or {})
                 settings.setdefault("default_transaction_read_only", "on")
-                reader = await asyncpg.create_pool(
-                    *args,
-                    min_size=1,
-                    max_size=_FAST_POOL_SIZE,
-                    init=_json_codec,
-                    reset=_no_reset,
-                    server_settings=settings,
-                    **kwargs,
-                )
+
+                async def connect() -> Any:
+                    return await asyncpg.connect(*args, server_settings=settings, **kwargs)
+
+                reader = _PgReaders(connect, _FAST_POOL_SIZE)
             if self._closed:
                 await reader.close()
                 raise StoreUnavailable("the store is closed")
@@ -338,17 +335,67 @@ class Store:
         return StoreUnavailable(f"database {where} failed: {reason}; {fix}")
 
 
+class _PgReaders:
+    """Up to ``size`` asyncpg connections for :meth:`Store.fetch`, the idle ones on a stack: an
+    uncontended fetch takes one without waiting (asyncpg's Pool spends a reset and its own
+    bookkeeping on every use). Each connection's statement cache prepares a statement once.
+    A connection that failed is closed, and a reused one that turns out dead (the server
+    restarted) is replaced once."""
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(size)
+        self._open: set[Any] = set()
+        self._closed = False
+
+    async def fetch(self, sql: str, *values: Any) -> list[Any]:
+        async with self._slots:
+            for attempt in (1, 2):
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else await self._new()
+                try:
+                    rows: list[Any] = await conn.fetch(sql, *values)
+                except BaseException:
+                    self._open.discard(conn)
+                    dead = conn.is_closed()
+                    conn.terminate()
+                    if reused and dead and attempt == 1:
+                        continue
+                    raise
+                if self._closed:
+                    self._open.discard(conn)
+                    conn.terminate()
+                else:
+                    self._idle.append(conn)
+                return rows
+        raise AssertionError("unreachable")
+
+    async def _new(self) -> Any:
+        conn = await self._connect()
+        try:
+            await _json_codec(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._open.add(conn)
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        self._idle.clear()
+        for conn in list(self._open):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+        self._open.clear()
+
+
 async def _json_codec(connection: Any) -> None:
     """JSON columns decoded as SQLAlchemy's asyncpg dialect decodes them (its JSON type has no
     result processor of its own: the codec does it)."""
     await connection.set_type_codec(
         "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
     )
-
-
-async def _no_reset(_connection: Any) -> None:
-    """A fast-read connection keeps no state (one read-only statement per use): skip asyncpg's
-    reset round trip on every release."""
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
