@@ -71,6 +71,8 @@ class Prepared:
     convert: tuple[Callable[[Any], Any] | None, ...]
     """Per column, the conversion the ORM would apply to the driver's value (None: as is)."""
     dialect: str
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+    """``(column index, conversion)`` of the columns that have one (the hot loop's list)."""
 
     def __repr__(self) -> str:
         return f"Prepared({self.sql!r})"
@@ -152,6 +154,7 @@ class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         sa_url, connect_args = async_url(url)
         self._url = sa_url
+        self._dialect: str = sa_url.get_backend_name()
         self._closed = False
         if sa_url.get_backend_name() == "sqlite":
             database = Path(str(sa_url.database))
@@ -183,7 +186,7 @@ class Store:
     @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
-        return self._url.get_backend_name()
+        return self._dialect
 
     @property
     def engine(self) -> AsyncEngine:
@@ -231,7 +234,8 @@ class Store:
             column.type.dialect_impl(dialect).result_processor(dialect, None)
             for column in statement.selected_columns
         )
-        return Prepared(str(compiled), binds, convert, self.dialect)
+        converted = tuple((i, fn) for i, fn in enumerate(convert) if fn is not None)
+        return Prepared(str(compiled), binds, convert, self.dialect, converted)
 
     async def fetch(self, prepared: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows of ``prepared`` with its bind parameters from ``params`` (plain str, int or
@@ -255,14 +259,18 @@ class Store:
             if type(err).__module__.startswith("asyncpg"):
                 raise self._unavailable(err) from err
             raise
-        convert = prepared.convert
-        if not any(convert):
+        converted = prepared.converted
+        if not converted:
             return [tuple(row) for row in rows]
-        return [
-            tuple(value if fn is None or value is None else fn(value)
-                  for fn, value in zip(convert, row, strict=True))
-            for row in rows
-        ]  # fmt: skip
+        out: list[tuple[Any, ...]] = []
+        for row in rows:
+            cells = list(row)
+            for index, fn in converted:
+                cell = cells[index]
+                if cell is not None:
+                    cells[index] = fn(cell)
+            out.append(tuple(cells))
+        return out
 
     async def _open_fast(self) -> Any:
         if self._fast_lock is None:
