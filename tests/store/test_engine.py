@@ -303,3 +303,27 @@ async def test_fetch_replaces_a_connection_the_server_closed(pg_schema_url: str)
         assert idle[0].get_server_pid() != pid
     finally:
         await store.close()
+
+
+async def test_a_fetch_cancelled_while_the_reader_opens_leaks_no_connection(
+    tmp_path: Path,
+) -> None:
+    """A login cancelled (the gateway stopping) during the store's first fetch: the reader's
+    opening goes on in its own task and ``close()`` closes it (no connection left to the
+    garbage collector, whose ResourceWarning fails the test)."""
+    import gc
+
+    from sqlalchemy import literal_column
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    prepared = store.prepare(select(literal_column("1")))
+    task = asyncio.ensure_future(store.fetch(prepared, {}))
+    await asyncio.sleep(0)  # inside the reader's opening
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.close()
+    assert store._fast is None
+    gc.collect()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.fetch(prepared, {})

@@ -178,7 +178,9 @@ class Store:
         self._connect_args = connect_args
         self._fast: Any = None
         """The driver-level reader of :meth:`fetch` (aiosqlite connection or _PgReaders)."""
-        self._fast_lock: asyncio.Lock | None = None
+        self._fast_task: asyncio.Task[Any] | None = None
+        """Opening the reader: its own task, so a caller cancelled meanwhile leaves no
+        connection half-open (the task finishes it, and ``close()`` closes it)."""
 
     def __repr__(self) -> str:
         return f"Store({self._url.render_as_string(hide_password=True)!r})"
@@ -273,39 +275,41 @@ class Store:
         return out
 
     async def _open_fast(self) -> Any:
-        if self._fast_lock is None:
-            self._fast_lock = asyncio.Lock()
+        task = self._fast_task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._fast_task = asyncio.ensure_future(self._connect_fast())
+            task.add_done_callback(_retrieved)
+        return await asyncio.shield(task)
+
+    async def _connect_fast(self) -> Any:
         reader: Any
-        async with self._fast_lock:
-            if self._fast is not None:
-                return self._fast
-            if self.dialect == "sqlite":
-                import aiosqlite
+        if self.dialect == "sqlite":
+            import aiosqlite
 
-                reader = await aiosqlite.connect(str(self._url.database), isolation_level=None)
-                try:
-                    await reader.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
-                    await reader.execute("PRAGMA query_only = ON")
-                except BaseException:
-                    await reader.close()
-                    raise
-            else:
-                import asyncpg
-
-                args, kwargs = self._engine.dialect.create_connect_args(self._url)
-                kwargs.update(self._connect_args)
-                settings = dict(kwargs.pop("server_settings", None) or {})
-                settings.setdefault("default_transaction_read_only", "on")
-
-                async def connect() -> Any:
-                    return await asyncpg.connect(*args, server_settings=settings, **kwargs)
-
-                reader = _PgReaders(connect, _FAST_POOL_SIZE)
-            if self._closed:
+            reader = await aiosqlite.connect(str(self._url.database), isolation_level=None)
+            try:
+                await reader.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+                await reader.execute("PRAGMA query_only = ON")
+            except BaseException:
                 await reader.close()
-                raise StoreUnavailable("the store is closed")
-            self._fast = reader
-            return reader
+                raise
+        else:
+            import asyncpg
+
+            args, kwargs = self._engine.dialect.create_connect_args(self._url)
+            kwargs.update(self._connect_args)
+            settings = dict(kwargs.pop("server_settings", None) or {})
+            settings.setdefault("default_transaction_read_only", "on")
+
+            async def connect() -> Any:
+                return await asyncpg.connect(*args, server_settings=settings, **kwargs)
+
+            reader = _PgReaders(connect, _FAST_POOL_SIZE)
+        if self._closed:
+            await reader.close()
+            raise StoreUnavailable("the store is closed")
+        self._fast = reader
+        return reader
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe to run concurrently)."""
@@ -324,6 +328,10 @@ class Store:
     async def close(self) -> None:
         """Close every pooled connection; later transactions raise StoreUnavailable."""
         self._closed = True
+        opening = self._fast_task
+        if opening is not None and not opening.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(opening), 10)
         fast, self._fast = self._fast, None
         if fast is not None:
             with contextlib.suppress(Exception):
@@ -341,6 +349,12 @@ class Store:
         else:
             fix = "check that the data dir is writable and the file is not corrupt"
         return StoreUnavailable(f"database {where} failed: {reason}; {fix}")
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark the opening task's failure as seen (its awaiters, if any, got it)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _PgReaders:
