@@ -4,6 +4,12 @@ Runs on SQLite (a temporary file) and on PostgreSQL (a dedicated schema in
 ``$STOCKADE_TEST_PG_URL``, dropped afterwards; skipped when unreachable). Users and keys are bulk
 inserted through the store, then random (user, fingerprint) pairs are looked up one at a time
 and p50/p99 of the per-call latency are printed per database.
+
+Anchor, measured in the same run on the same database and pairs: the same indexed SELECT (the
+statement ``lookup_key`` runs) through the same driver with no ORM and no Stockade code: a plain
+aiosqlite connection, or an asyncpg connection (its statement cache prepares it). The two are
+interleaved, lookup by lookup, so load from other processes hits both alike. Goal: p50 within
+1.5x of the raw query's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiosqlite
+import asyncpg
 from sqlalchemy import insert, text
 
 from bench._report import record
@@ -113,8 +121,40 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class _Raw:
+    """The anchor: one statement on a bare driver connection (no SQLAlchemy, no Stockade)."""
+
+    def __init__(self, url: str, sql: str, binds: tuple[str, ...]) -> None:
+        self.url, self.sql, self.binds = url, sql, binds
+        self.conn: Any = None
+
+    async def open(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme == "sqlite":
+            self.conn = await aiosqlite.connect(parts.path, isolation_level=None)
+        else:
+            query = dict(p.split("=", 1) for p in parts.query.split("&") if p)
+            options = query.get("options", "").replace("%3D", "=")
+            settings = dict([options.removeprefix("-c").split("=", 1)]) if options else {}
+            self.conn = await asyncpg.connect(
+                host=parts.hostname, port=parts.port or 5432, user=parts.username,
+                database=parts.path.lstrip("/"), server_settings=settings,
+            )  # fmt: skip
+
+    async def lookup(self, user: str, fp: str) -> list[Any]:
+        params = {"name": user, "fingerprint": fp}
+        values = [params[name] for name in self.binds]
+        if isinstance(self.conn, aiosqlite.Connection):
+            return list(await self.conn.execute_fetchall(self.sql, values))
+        return list(await self.conn.fetch(self.sql, *values))
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
 async def _measure(label: str, url: str, keys_dir: Path) -> None:
     store = Store(url)
+    raw: _Raw | None = None
     try:
         await store.migrate()
         started = time.perf_counter()
@@ -123,25 +163,41 @@ async def _measure(label: str, url: str, keys_dir: Path) -> None:
         service = IdentityService(
             store=store, settings=IdentitySettings(), keyring=KeyRing(keys_dir)
         )
+        prepared = service._queries.lookup_key  # the statement lookup_key runs
+        raw = _Raw(url, prepared.sql, prepared.binds)
+        await raw.open()
         rng = random.Random(7)
         sample = [rng.choice(pairs) for _ in range(WARMUP + LOOKUPS)]
         latencies: list[float] = []
+        anchors: list[float] = []
         for i, (user, fp) in enumerate(sample):
             t0 = time.perf_counter()
             found = await service.lookup_key(user, fp)
-            elapsed = time.perf_counter() - t0
-            if found is None or found.name != user:
+            t1 = time.perf_counter()
+            rows = await raw.lookup(user, fp)
+            t2 = time.perf_counter()
+            if found is None or found.name != user or len(rows) != len(found.keys):
                 raise RuntimeError(f"lookup of {user} {fp} failed")
             if i >= WARMUP:
-                latencies.append(elapsed)
+                latencies.append(t1 - t0)
+                anchors.append(t2 - t1)
         p50, p99 = _pct(latencies, 0.50) * 1e3, _pct(latencies, 0.99) * 1e3
+        a50, a99 = _pct(anchors, 0.50) * 1e3, _pct(anchors, 0.99) * 1e3
+        print(f"  {label}: loaded in {loaded:.1f}s; lookup_key mean "
+              f"{statistics.fmean(latencies) * 1e3:.3f} ms, raw mean "
+              f"{statistics.fmean(anchors) * 1e3:.3f} ms")  # fmt: skip
         record(
             f"identity lookup_key, {label} ({USERS} users, {USERS * KEYS_PER_USER} keys)",
-            value=f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean "
-            f"{statistics.fmean(latencies) * 1e3:.2f} ms ({LOOKUPS} lookups; loaded in "
-            f"{loaded:.1f}s)",
+            value=f"p50 {p50:.3f} ms, p99 {p99:.3f} ms ({LOOKUPS} lookups)",
+            anchor=f"raw SELECT via {'aiosqlite' if label == 'sqlite' else 'asyncpg'}: "
+            f"p50 {a50:.3f} ms, p99 {a99:.3f} ms",
+            ratio=p50 / a50,
+            goal="p50 <= 1.5x",
+            met=p50 / a50 <= 1.5,
         )
     finally:
+        if raw is not None and raw.conn is not None:
+            await raw.close()
         await store.close()
 
 

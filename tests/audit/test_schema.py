@@ -104,3 +104,21 @@ def test_malformed_events_refused_naming_the_field(subject: str, data: bytes, fi
     with pytest.raises(InvalidInput) as caught:
         record_from_event("STOCKADE_AUDIT", 1, subject, data, WHEN)
     assert caught.value.field == field
+
+
+def _failure(ip: str, user: str) -> ev.AuthFailed:
+    return ev.AuthFailed(client_ip=ip, client_port=1, username=user, method="password",
+                         reason="bad_password", gateway_id="g")  # fmt: skip
+
+
+def test_a_failure_batch_is_one_denied_row_counting_its_failures() -> None:
+    """The gateway batches its failures: the row says deny, counts them, and keeps the source
+    and username searchable when the batch has only one of each."""
+    one_source = _record(ev.AuthFailedBatch.of([_failure("2001:DB8::7", "root")] * 3))
+    assert (one_source.action, one_source.decision, one_source.count) == (
+        "auth.failed.batch", "deny", 3
+    )  # fmt: skip
+    assert (one_source.source_ip, one_source.user) == ("2001:db8::7", "root")
+    mixed = _record(ev.AuthFailedBatch.of([_failure("198.51.100.1", "root"),
+                                           _failure("198.51.100.2", "admin")]))  # fmt: skip
+    assert (mixed.decision, mixed.count, mixed.source_ip, mixed.user) == ("deny", 2, None, "")

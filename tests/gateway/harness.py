@@ -1,5 +1,9 @@
 """A real gateway for integration tests: SQLite identity, the default Rego bundle, real NATS.
 
+Failed authentications travel as production sends them: through a FailureBatcher, as
+``stockade.auth.failed.batch`` messages; :class:`Events` unpacks each batch into one event per
+failure (``failed.batches`` counts the messages).
+
 ``ssh_cmd`` builds OpenSSH client command lines that ignore the user's config and known hosts
 and run with a clean environment.
 """
@@ -20,7 +24,7 @@ from typing import Any
 import nats
 
 from stockade.authz import Authorizer
-from stockade.bus import Bus
+from stockade.bus import Bus, FailureBatcher
 from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
 from stockade.gateway import Gateway
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
@@ -59,6 +63,18 @@ class Events:
     """Collects events published on a subject by the gateway (core NATS subscription)."""
 
     received: list[dict[str, Any]] = field(default_factory=list)
+    batches: int = 0
+    """``stockade.auth.failed.batch`` messages unpacked into ``received``."""
+
+    def add_batch(self, batch: dict[str, Any]) -> None:
+        """One event per failure of an AuthFailedBatch, with AuthFailed's field names."""
+        self.batches += 1
+        columns = ("client_ip", "client_port", "username", "method", "reason")
+        for index, at in enumerate(batch["times"]):
+            event = {name: batch[name][index] for name in columns}
+            self.received.append(
+                {**event, "v": batch["v"], "at": at, "gateway_id": batch["gateway_id"]}
+            )
 
     def matching(self, **fields: Any) -> list[dict[str, Any]]:
         return [e for e in self.received if all(e.get(k) == v for k, v in fields.items())]
@@ -195,12 +211,14 @@ async def gateway_env(
     bundle_dir: Path | None = None,
     rpc: bool = False,
     extra_backends: Mapping[str, Any] | None = None,
+    batch_delay: float | None = 0.005,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
     are GatewaySettings fields. With ``rpc`` the gateway reaches identity and authz through
     their gRPC clients over mutual TLS (as ``stockade serve gateway`` does), and ``env.calls``
-    counts every call it makes on them."""
+    counts every call it makes on them. Failures are batched for ``batch_delay`` seconds (None:
+    no batcher, one ``stockade.auth.failed`` each)."""
     data_dir = tmp / "data"
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
@@ -219,12 +237,16 @@ async def gateway_env(
     failed, succeeded = Events(), Events()
 
     async def on_failed(msg: Any) -> None:
-        failed.received.append(json.loads(msg.data))
+        if msg.subject == "stockade.auth.failed.batch":
+            failed.add_batch(json.loads(msg.data))
+        else:
+            failed.received.append(json.loads(msg.data))
 
     async def on_succeeded(msg: Any) -> None:
         succeeded.received.append(json.loads(msg.data))
 
     await listener.subscribe("stockade.auth.failed", cb=on_failed)
+    await listener.subscribe("stockade.auth.failed.batch", cb=on_failed)
     await listener.subscribe("stockade.auth.succeeded", cb=on_succeeded)
     settings = GatewaySettings(
         port=0, max_connections_per_source=1000, gateway_id="gw-test", **overrides
@@ -256,6 +278,7 @@ async def gateway_env(
         events=bus,
         data_dir=data_dir,
         extra_backends=extra_backends,
+        failures=None if batch_delay is None else FailureBatcher(bus, max_delay=batch_delay),
     )
     await gateway.start()
     try:

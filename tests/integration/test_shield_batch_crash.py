@@ -5,6 +5,11 @@ Sources of kind A fail exactly THRESHOLD times, sources of kind B THRESHOLD - 1 
 AuthFailedBatch messages. After the kill and a restart, every A source has exactly one ban whose
 trigger is its THRESHOLD-th failure (a failure counted twice would have banned it earlier; one
 lost would leave it unbanned), and no B source is banned (a failure counted twice would ban it).
+
+The first test publishes the batches itself (a large burst, killed while the bans are written);
+the second makes the failures real: ``ssh`` clients bound to loopback sources fail against a
+real gateway, whose FailureBatcher publishes them, and the shield is killed as its first bans
+land while the attempts go on.
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
+from gateway.harness import GatewayEnv, gateway_env, keygen
 
 from stockade.bus import Bus, EmbeddedNats
 from stockade.core.events import (
     MAX_BATCH_FAILURES,
+    STREAM_AUTH,
+    SUBJECT_AUTH_FAILED,
+    SUBJECT_AUTH_FAILED_BATCH,
     AuthFailed,
     AuthFailedBatch,
 )
+from stockade.core.settings import PreAuthSettings
 from stockade.shield import SEQ_SCALE, BanStore
 
 A_SOURCES = 1500
@@ -170,3 +183,100 @@ async def test_kill_9_mid_burst_of_batches(tmp_path: Path) -> None:
     wrong = {s: (b.trigger_seq, expected[s]) for s, b in by_source.items()
              if b.trigger_seq != expected[s]}  # fmt: skip
     assert not wrong, list(wrong.items())[:5]  # each ban triggered by exactly the 5th failure
+
+
+SSH_A = [f"127.0.1.{n}" for n in range(1, 13)]  # fail THRESHOLD times: banned once each
+SSH_B = [f"127.0.2.{n}" for n in range(1, 13)]  # fail THRESHOLD - 1 times: never banned
+SSH_PARALLEL = 8
+
+
+async def _fail_from(env: GatewayEnv, sources: list[str], key: Path) -> None:
+    """One failed login (an unknown user's key query, then the connection ends: one strike)
+    from each source, SSH_PARALLEL at a time."""
+    limit = asyncio.Semaphore(SSH_PARALLEL)
+
+    async def one(source: str) -> None:
+        async with limit:
+            cmd = env.ssh_cmd("mallory", "true", key=key, options=["-o", f"BindAddress={source}"])
+            result = await env.run(cmd)
+            assert result.returncode == 255, result.stderr
+
+    await asyncio.gather(*(one(source) for source in sources))
+
+
+async def _stream_failures(bus: Bus) -> dict[str, list[int]]:
+    """Every failure stored in the stream, by source: their identities, in stream order."""
+    last = max([await bus.last_sequence(STREAM_AUTH, s)
+                for s in (SUBJECT_AUTH_FAILED, SUBJECT_AUTH_FAILED_BATCH)])  # fmt: skip
+    since = datetime.now(UTC) - timedelta(hours=1)
+    found: dict[str, list[int]] = {}
+    async for delivery in bus.read_stream(
+        STREAM_AUTH, [SUBJECT_AUTH_FAILED, SUBJECT_AUTH_FAILED_BATCH], since=since, until_seq=last
+    ):
+        assert delivery.subject == SUBJECT_AUTH_FAILED_BATCH  # the gateway sent batches only
+        batch = AuthFailedBatch.from_bytes(delivery.data)
+        for index, ip in enumerate(batch.client_ip):
+            found.setdefault(ip, []).append(delivery.stream_seq * SEQ_SCALE + index)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_kill_9_mid_burst_of_real_ssh_failures(tmp_path: Path) -> None:
+    preauth = PreAuthSettings(penalties=False)
+    async with (
+        EmbeddedNats(tmp_path / "nats") as url,
+        gateway_env(tmp_path, url, preauth=preauth) as env,
+    ):
+        key = keygen(tmp_path / "id_mallory")
+        bus = await Bus.connect(url, name="observer")
+        store = await BanStore.open(bus, strike_memory=3600)
+        consumer = bus.consumer(stream="STOCKADE_AUTH", durable="shield")
+        proc = start_shield(url)
+        try:
+            for _ in range(THRESHOLD - 1):  # every source's failures but A's last
+                await _fail_from(env, SSH_A + SSH_B, key)
+            # A's last round: the shield dies by kill -9 as soon as its first ban is stored,
+            # with this half of the round still failing; the other half fails while it is
+            # down (its batches wait in the stream)
+            half = len(SSH_A) // 2
+            first = asyncio.ensure_future(_fail_from(env, SSH_A[:half], key))
+            deadline = time.monotonic() + 60
+            while not await store.all():
+                assert time.monotonic() < deadline, "no ban within 60 s"
+                await asyncio.sleep(0.01)
+            stop(proc)
+            bans_at_kill = len(await store.all())
+            await first
+            await _fail_from(env, SSH_A[half:], key)
+        finally:
+            if proc.poll() is None:
+                stop(proc)
+        await env.gateway.stop(grace=0)  # flushes the batcher: every failure is stored
+        stored = await _stream_failures(bus)
+        proc = start_shield(url)
+        try:
+            last = await bus.last_sequence(STREAM_AUTH, SUBJECT_AUTH_FAILED_BATCH)
+            deadline = time.monotonic() + 90
+            while True:
+                state = await consumer.state()
+                if state.ack_floor >= last and state.num_ack_pending == 0:
+                    break
+                assert time.monotonic() < deadline, state
+                await asyncio.sleep(0.05)
+        finally:
+            stop(proc, signal.SIGTERM)
+        bans = await store.all()
+        await bus.close()
+    # every attempt is in the stream exactly once (no loss at the gateway, no duplicate batch)
+    assert {ip: len(ids) for ip, ids in stored.items()} == {
+        **{ip: THRESHOLD for ip in SSH_A},
+        **{ip: THRESHOLD - 1 for ip in SSH_B},
+    }
+    assert 1 <= bans_at_kill < len(SSH_A)  # killed mid-burst: some bans stored, not all
+    by_source = {ban.source: ban for ban in bans}
+    assert set(by_source) == set(SSH_A)  # every A source banned, no B source
+    assert {ban.strikes for ban in bans} == {1}  # none banned twice
+    wrong = {s: (b.trigger_seq, stored[s][THRESHOLD - 1]) for s, b in by_source.items()
+             if b.trigger_seq != stored[s][THRESHOLD - 1]}  # fmt: skip
+    assert not wrong, wrong  # each ban triggered by exactly its source's 5th failure

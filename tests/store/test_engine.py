@@ -241,3 +241,123 @@ async def test_close_waits_for_running_transactions_and_leaks_no_connection(
     with pytest.raises(StoreUnavailable):
         async with store.transaction():
             pass
+
+
+async def test_fetch_converts_like_the_orm(store: Store) -> None:
+    """A prepared statement on the driver reads the values the ORM reads: aware UTC datetimes,
+    JSON lists, booleans (SQLite stores 0/1 and text), NULLs."""
+    from sqlalchemy import bindparam
+
+    async with store.transaction() as session:
+        user = _user("alice")
+        user.roles, user.groups, user.password_hash = ["dev", "ops"], ["g"], "$argon2id$x"
+        user.keys.append(_key("SHA256:a"))
+        session.add(user)
+    async with store.transaction(readonly=True) as session:
+        orm = await session.scalar(select(UserRow).where(UserRow.name == "alice"))
+        assert orm is not None
+        expected = (orm.name, orm.roles, orm.groups, orm.disabled, orm.created_at, None)
+    prepared = store.prepare(
+        select(UserRow.name, UserRow.roles, UserRow.groups, UserRow.disabled, UserRow.created_at,
+               UserRow.totp_last_step)
+        .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+        .where(SshKeyRow.fingerprint == bindparam("fp"), UserRow.name == bindparam("name"))
+    )  # fmt: skip
+    assert prepared.binds == ("fp", "name")
+    rows = await store.fetch(prepared, {"name": "alice", "fp": "SHA256:a"})
+    assert rows == [expected]
+    assert rows[0][4].tzinfo is UTC
+    assert rows[0][3] is False
+    assert await store.fetch(prepared, {"name": "alice", "fp": "SHA256:b"}) == []
+    assert await store.fetch(prepared, {"name": "x' OR '1'='1", "fp": "SHA256:a"}) == []
+    # many at once share the reader (one aiosqlite connection, or the asyncpg pool)
+    many = await asyncio.gather(
+        *(store.fetch(prepared, {"name": "alice", "fp": "SHA256:a"}) for _ in range(50))
+    )
+    assert all(r == [expected] for r in many)
+
+
+async def test_fetch_reader_is_read_only(store: Store) -> None:
+    from sqlalchemy import bindparam, literal_column
+
+    # PostgreSQL: a SELECT that writes (nextval) is refused; SQLite: the reader is query_only
+    if store.dialect == "postgresql":
+        statement = select(literal_column("1")).where(
+            literal_column("pg_catalog.set_config('x.y', 'z', false)") == bindparam("v")
+        )
+        assert await store.fetch(store.prepare(statement), {"v": "z"}) == [(1,)]
+        writer = select(literal_column("1")).select_from(
+            text("(SELECT nextval(pg_catalog.pg_get_serial_sequence('users', 'id'))) AS s")
+        )
+        with pytest.raises(StoreUnavailable, match="read-only"):
+            await store.fetch(store.prepare(writer), {})
+    else:
+        await store.fetch(store.prepare(select(literal_column("1"))), {})
+        import sqlite3
+
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):  # PRAGMA query_only
+            await store._fast.execute("INSERT INTO users (name) VALUES ('x')")
+
+
+async def test_fetch_after_close_and_unreachable(tmp_path: Path) -> None:
+    from sqlalchemy import literal_column
+
+    store = Store(f"postgresql://postgres@127.0.0.1:{free_port()}/test")
+    prepared = store.prepare(select(literal_column("1")))
+    with pytest.raises(StoreUnavailable, match="check that PostgreSQL is running"):
+        await store.fetch(prepared, {})
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.fetch(prepared, {})
+    lite = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ValueError, match="another store"):
+        await lite.fetch(prepared, {})
+    await lite.close()
+
+
+async def test_fetch_replaces_a_connection_the_server_closed(pg_schema_url: str) -> None:
+    """A PostgreSQL reader connection killed while idle (a server restart, a terminated
+    backend) costs no failed lookup: the next fetch replaces it once."""
+    from sqlalchemy import literal_column
+
+    store = Store(pg_schema_url)
+    try:
+        prepared = store.prepare(select(literal_column("1")))
+        assert await store.fetch(prepared, {}) == [(1,)]
+        idle = store._fast._idle
+        assert len(idle) == 1
+        pid = idle[0].get_server_pid()
+        async with store.transaction() as session:
+            await session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        for _ in range(100):  # the server closes it asynchronously
+            if idle[0].is_closed():
+                break
+            await asyncio.sleep(0.02)
+        assert await store.fetch(prepared, {}) == [(1,)]
+        assert idle[0].get_server_pid() != pid
+    finally:
+        await store.close()
+
+
+async def test_a_fetch_cancelled_while_the_reader_opens_leaks_no_connection(
+    tmp_path: Path,
+) -> None:
+    """A login cancelled (the gateway stopping) during the store's first fetch: the reader's
+    opening goes on in its own task and ``close()`` closes it (no connection left to the
+    garbage collector, whose ResourceWarning fails the test)."""
+    import gc
+
+    from sqlalchemy import literal_column
+
+    store = Store(f"sqlite:///{tmp_path / 'x.db'}")
+    prepared = store.prepare(select(literal_column("1")))
+    task = asyncio.ensure_future(store.fetch(prepared, {}))
+    await asyncio.sleep(0)  # inside the reader's opening
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await store.close()
+    assert store._fast is None
+    gc.collect()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await store.fetch(prepared, {})

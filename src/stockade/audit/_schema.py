@@ -185,7 +185,7 @@ def _action(subject: str, data: Mapping[str, Any]) -> str:
 
 
 def _decision(subject: str, data: Mapping[str, Any]) -> str | None:
-    if subject == ev.SUBJECT_AUTH_FAILED:
+    if subject in (ev.SUBJECT_AUTH_FAILED, ev.SUBJECT_AUTH_FAILED_BATCH):
         return "deny"
     if subject == ev.SUBJECT_AUTH_SUCCEEDED:
         return "allow"
@@ -248,6 +248,15 @@ def record_from_event(
     if at.tzinfo is None:
         raise InvalidInput(f"{subject}: at", "time without a timezone")
     count = parsed.get("count", 1)
+    user = _text(parsed, "username", "user", "actor") or ""
+    source = _source(subject, parsed)
+    if subject == ev.SUBJECT_AUTH_FAILED_BATCH:  # validated above: aligned, non-empty columns
+        # one row stands for every failure of the batch; a single source or username is
+        # searchable as if the failures had come one by one
+        count = len(parsed["times"])
+        users, sources = set(parsed["username"]), set(parsed["client_ip"])
+        user = users.pop() if len(users) == 1 else ""
+        source = _normalized_ip(sources.pop()) if len(sources) == 1 else None
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise InvalidInput(f"{subject}: count", "not a positive integer")
     record = AuditRecord(
@@ -258,9 +267,9 @@ def record_from_event(
         at=at.astimezone(UTC),
         received_at=received_at.astimezone(UTC),
         action=_action(subject, parsed),
-        user=_text(parsed, "username", "user", "actor") or "",
+        user=user,
         decision=_decision(subject, parsed),
-        source_ip=_source(subject, parsed),
+        source_ip=source,
         session_id=_text(parsed, "session_id"),
         count=count,
         payload=text,

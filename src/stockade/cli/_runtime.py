@@ -25,7 +25,7 @@ from typing import Any
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
-from stockade.bus import Bus, EmbeddedNats
+from stockade.bus import Bus, EmbeddedNats, FailureBatcher
 from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
@@ -311,6 +311,7 @@ class Runtime:
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
                 extra_backends={"container": container},
+                failures=FailureBatcher(self.bus),
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()

@@ -8,7 +8,7 @@ request on its own, plans it (:func:`plan_session`) and runs it in a workspace b
 it when policy says so; revocations arrive on the bus and end sessions at once.
 """
 
-from ._gateway import ALGORITHMS, EventSource, Gateway, upstream_public_key
+from ._gateway import ALGORITHMS, EventSource, FailureSink, Gateway, upstream_public_key
 from ._limits import Admission, ConnectionLimits
 from ._login import Login
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
@@ -37,6 +37,7 @@ __all__ = [
     "ContainerBackend",
     "DenyList",
     "EventSource",
+    "FailureSink",
     "Gateway",
     "GatewayServer",
     "Login",

@@ -6,8 +6,12 @@ sent; only then is the socket handed to :func:`asyncssh.run_server`. Each gatewa
 boot id: its sessions carry it, and at start the sessions an earlier boot left open (a crash) are
 ended and their ``session.ended`` published. Revocations arrive on the bus
 (``stockade.session.kill``, ``stockade.identity.changed``) and end the sessions they concern.
-``stop(grace)`` closes the listeners, lets sessions finish for ``grace`` seconds, then ends the
-rest with a message and records them as ended.
+Failed authentications (SSH Shield's strikes) go to a :class:`FailureSink` when one is given (a
+:class:`stockade.bus.FailureBatcher`: one bus message per batch, so a brute-force wave costs the
+bus and the shield one message per batch instead of one per attempt), otherwise one
+``stockade.auth.failed`` each. ``stop(grace)`` closes the listeners, lets sessions finish for
+``grace`` seconds, then ends the rest with a message, records them as ended and flushes the
+failures still batched.
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ from .backends import WorkspaceBackend
 from .backends.local import HomeHook, LocalBackend
 from .backends.ssh import SshBackend
 
-__all__ = ["ALGORITHMS", "EventSource", "Gateway", "load_or_create_key", "upstream_public_key"]
+__all__ = [
+    "ALGORITHMS",
+    "EventSource",
+    "FailureSink",
+    "Gateway",
+    "load_or_create_key",
+    "upstream_public_key",
+]
 
 _log = get_logger("stockade.gateway")
 
@@ -109,6 +120,19 @@ class EventSource(Protocol):
         ...
 
 
+class FailureSink(Protocol):
+    """Where the gateway's failed authentications go in batches (``stockade.bus.FailureBatcher``
+    satisfies it)."""
+
+    def add(self, failure: AuthFailed) -> None:
+        """Queue ``failure`` for publishing; never waits. May raise a StockadeError (closed)."""
+        ...
+
+    async def aclose(self, *, seconds: float = 10.0) -> None:
+        """Publish what is queued (waiting up to ``seconds`` for the bus), then stop."""
+        ...
+
+
 def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
     """Load a private key, generating it (mode 0600) when missing."""
     if path.exists():
@@ -134,8 +158,11 @@ class Gateway:
     ``deny_list`` is SSH Shield's, asked at every accept. ``backends`` replaces the default
     workspace backends (``local``, ``ssh``); ``extra_backends`` are added to them (``container``,
     built by the composition root). ``reserved_ports`` are Stockade's own listening
-    ports, which ``ssh -R`` may never take. State (host keys, the upstream client key, known
-    upstream host keys, workspace homes, recordings) lives under ``data_dir``.
+    ports, which ``ssh -R`` may never take. ``failures`` receives every failed authentication
+    (see :class:`FailureSink`; the gateway closes it, flushing, when it stops); without it each
+    failure is published on its own through ``publisher``. State (host keys, the upstream
+    client key, known upstream host keys, workspace homes, recordings) lives under
+    ``data_dir``.
     """
 
     def __init__(
@@ -152,6 +179,7 @@ class Gateway:
         backends: dict[str, WorkspaceBackend] | None = None,
         reserved_ports: Collection[int] = (),
         extra_backends: Mapping[str, WorkspaceBackend] | None = None,
+        failures: FailureSink | None = None,
     ) -> None:
         self.settings = settings
         self.data_dir = data_dir
@@ -174,6 +202,7 @@ class Gateway:
         self._backends = backends
         self._extra_backends = dict(extra_backends or {})
         self._reserved = set(reserved_ports)
+        self._failures = failures
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
         )
@@ -237,6 +266,7 @@ class Gateway:
             identity=self._identity,
             authz=self._authz,
             publisher=self._publisher,
+            report_failure=self._report_failure,
             gateway_id=self.gateway_id,
             max_attempts=settings.max_auth_failures,
             password_auth=settings.password_auth,
@@ -313,6 +343,8 @@ class Gateway:
             task.cancel()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=1)
+        if self._failures is not None:  # the strikes of the connections just closed included
+            await self._failures.aclose(seconds=5)
         await self.heartbeat.stop()
         _log.info("gateway_stopped")
 
@@ -429,8 +461,18 @@ class Gateway:
                 continue
             self._background(self._serve(sock, peer[0], peer[1]))
 
+    async def _report_failure(self, failure: AuthFailed) -> None:
+        """One failed authentication: batched when the gateway has a sink, else published."""
+        if self._failures is None:
+            await self._publish(failure)
+            return
+        try:
+            self._failures.add(failure)
+        except StockadeError as exc:
+            _log.warning("event_not_published", error=str(exc))
+
     async def _publish_failure(self, ip: str, port: int, reason: str) -> None:
-        await self._publish(
+        await self._report_failure(
             AuthFailed(client_ip=ip, client_port=port, username="", method="none",
                        reason=reason, gateway_id=self.gateway_id)
         )  # fmt: skip

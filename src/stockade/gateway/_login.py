@@ -12,7 +12,8 @@ Counting rule (it feeds SSH Shield): a rejected signature-free key *query* is no
 agent offering several keys is not an attack) but it counts toward ``max_auth_failures`` as
 OpenSSH's MaxAuthTries does; a failed password, a failed TOTP code, and a connection that ends
 unauthenticated (reason ``bad_signature`` when a key passed its query but never logged in) are
-one strike each, published as ``stockade.auth.failed``. asyncssh verifies signatures itself
+one strike each, reported as ``stockade.auth.failed`` (through the gateway's failure batcher,
+when it has one). asyncssh verifies signatures itself
 after a True, so a failed signature is seen only as the same key asked about again: every
 repeat after the first (query, then signed request) costs an attempt, so forged signatures are
 bounded by ``max_auth_failures`` too.
@@ -25,7 +26,7 @@ clients try methods in their order of preference, so MFA users set
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,8 @@ class LoginServices:
     identity: IdentityAPI
     authz: AuthzAPI
     publisher: EventPublisher
+    report_failure: Callable[[AuthFailed], Awaitable[None]]
+    """Where strikes go (the gateway's failure batcher, or the publisher); never raises."""
     gateway_id: str
     max_attempts: int
     password_auth: bool
@@ -130,7 +133,7 @@ class LoginFlow:
             self._failed = True
         _log.info("auth_failed", conn=self.conn_id, client=self.client_ip,
                   user=self._shown_username(), method=method, reason=reason)  # fmt: skip
-        await self._publish(
+        await self.services.report_failure(
             AuthFailed(
                 client_ip=self.client_ip,
                 client_port=self.client_port,

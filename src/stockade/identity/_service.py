@@ -16,9 +16,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased, joinedload, selectinload
+from sqlalchemy.orm import aliased, selectinload
 
 from stockade.core.durations import parse_duration
 from stockade.core.errors import (
@@ -38,7 +38,7 @@ from stockade.core.events import (
 )
 from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
-from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
+from stockade.store import Prepared, SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
 from ._gateways import GATEWAY_LOST, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
@@ -151,6 +151,75 @@ def _key_row(parsed: ParsedKey) -> SshKeyRow:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _LoginQueries:
+    """The questions of the login path, each one indexed statement run on the driver (no ORM
+    objects built): the gateway asks them for every credential, the broker for every token."""
+
+    lookup_key: Prepared
+    """The user's columns and each of their keys (one row per key), when ``fingerprint`` is
+    one of the keys of ``name``."""
+    authenticate: Prepared
+    """The target user, the owner of ``fingerprint`` and the workspace ``workspace`` with its
+    owner (NULL when there is none)."""
+    token_check: Prepared
+    """The subject's roles, groups and state, and the session ``sid`` (NULL when none)."""
+    session_live: Prepared
+    key_owner: Prepared
+
+    @classmethod
+    def prepare(cls, store: Store) -> _LoginQueries:
+        presented, owned = aliased(SshKeyRow), aliased(SshKeyRow)
+        lookup = (
+            select(UserRow.name, UserRow.display_name, UserRow.email, UserRow.roles,
+                   UserRow.groups, UserRow.disabled, UserRow.password_hash.is_not(None),
+                   UserRow.totp_secret.is_not(None), UserRow.created_at, owned.fingerprint,
+                   owned.key_type, owned.bits, owned.comment, owned.public_key, owned.created_at)
+            .join(presented, presented.user_id == UserRow.id)
+            .join(owned, owned.user_id == UserRow.id)
+            .where(presented.fingerprint == bindparam("fingerprint"),
+                   UserRow.name == bindparam("name"))
+            .order_by(owned.id)
+        )  # fmt: skip
+        key, key_user, ws_owner = aliased(SshKeyRow), aliased(UserRow), aliased(UserRow)
+        owner = (
+            select(key_user.name)
+            .join(key, key.user_id == key_user.id)
+            .where(key.fingerprint == bindparam("fingerprint"))
+            .scalar_subquery()
+        )
+        authenticate = (
+            select(UserRow.name, UserRow.roles, UserRow.groups, UserRow.disabled,
+                   UserRow.password_hash, UserRow.totp_secret.is_not(None), owner,
+                   WorkspaceRow.name, WorkspaceRow.backend, WorkspaceRow.config,
+                   WorkspaceRow.created_at, ws_owner.name)
+            .select_from(UserRow)
+            .outerjoin(WorkspaceRow, WorkspaceRow.name == bindparam("workspace"))
+            .outerjoin(ws_owner, ws_owner.id == WorkspaceRow.owner_id)
+            .where(UserRow.name == bindparam("user"))
+        )  # fmt: skip
+        token_check = (
+            select(UserRow.roles, UserRow.groups, UserRow.disabled, SessionRow.id,
+                   SessionRow.username, SessionRow.ended_at)
+            .select_from(UserRow)
+            .outerjoin(SessionRow, SessionRow.id == bindparam("sid"))
+            .where(UserRow.name == bindparam("sub"))
+        )  # fmt: skip
+        session_live = select(SessionRow.ended_at).where(SessionRow.id == bindparam("sid"))
+        key_owner = (
+            select(UserRow.name)
+            .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
+            .where(SshKeyRow.fingerprint == bindparam("fingerprint"))
+        )
+        return cls(
+            lookup_key=store.prepare(lookup),
+            authenticate=store.prepare(authenticate),
+            token_check=store.prepare(token_check),
+            session_live=store.prepare(session_live),
+            key_owner=store.prepare(key_owner),
+        )
+
+
 class IdentityService:
     """Users, keys, secrets, workspaces, sessions and tokens, kept in ``store``.
 
@@ -179,6 +248,7 @@ class IdentityService:
         self._hasher = password_hasher or PasswordHasher()
         self._publisher = publisher
         self._oidc: OidcVerifier | None = None
+        self._queries = _LoginQueries.prepare(store)
 
     def __repr__(self) -> str:
         return f"IdentityService(store={self._store!r}, keyring={self._keyring!r})"
@@ -322,18 +392,28 @@ class IdentityService:
         None otherwise (unknown user, someone else's key, disabled user, malformed input)."""
         if not isinstance(username, str) or len(username) > 32 or len(fingerprint) > 64:
             return None
-        presented = aliased(SshKeyRow)
-        query = (
-            select(UserRow)
-            .join(presented, presented.user_id == UserRow.id)
-            .where(presented.fingerprint == fingerprint, UserRow.name == username)
-            .options(joinedload(UserRow.keys))
+        rows = await self._store.fetch(
+            self._queries.lookup_key, {"name": username, "fingerprint": fingerprint}
         )
-        async with self._store.transaction(readonly=True) as session:
-            row = (await session.scalars(query)).unique().first()
-            if row is None or row.disabled:
-                return None
-            return _user(row)
+        if not rows or rows[0][5]:  # unknown, someone else's key, or disabled
+            return None
+        first = rows[0]
+        return User(
+            name=first[0],
+            display_name=first[1],
+            email=first[2],
+            roles=tuple(first[3]),
+            groups=tuple(first[4]),
+            disabled=False,
+            has_password=bool(first[6]),
+            totp_enabled=bool(first[7]),
+            created_at=first[8],
+            keys=tuple(
+                SshKey(fingerprint=row[9], key_type=row[10], bits=row[11], comment=row[12],
+                       public_key=row[13], created_at=row[14])
+                for row in rows
+            ),
+        )  # fmt: skip
 
     async def key_owner(self, fingerprint: str) -> str | None:
         """The name of the user holding the key ``fingerprint``, or None (one indexed query).
@@ -341,13 +421,8 @@ class IdentityService:
         Lets the gateway tell ``key_not_owned`` from ``unknown_key`` in failure events."""
         if not isinstance(fingerprint, str) or len(fingerprint) > 64:
             return None
-        query = (
-            select(UserRow.name)
-            .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
-            .where(SshKeyRow.fingerprint == fingerprint)
-        )
-        async with self._store.transaction(readonly=True) as session:
-            return await session.scalar(query)
+        rows = await self._store.fetch(self._queries.key_owner, {"fingerprint": fingerprint})
+        return str(rows[0][0]) if rows else None
 
     # -- logins (the gateway's questions) ----------------------------------------------------
 
@@ -375,37 +450,41 @@ class IdentityService:
                 await asyncio.to_thread(self._hasher.verify, None, password)
             return AuthFailure("invalid_username")
         failure: AuthFailure | None = None
-        principal: Principal | None = None
         hashed: str | None = None
-        async with self._store.transaction(readonly=True) as session:
-            row = await session.scalar(select(UserRow).where(UserRow.name == parsed.user))
-            if row is None:
-                failure = AuthFailure("unknown_user")
-            elif row.disabled:
-                failure = AuthFailure("user_disabled")
-            elif method == "publickey":
-                owner = await session.scalar(
-                    select(UserRow.name)
-                    .join(SshKeyRow, SshKeyRow.user_id == UserRow.id)
-                    .where(SshKeyRow.fingerprint == fingerprint)
-                )
-                if owner is None:
-                    failure = AuthFailure("unknown_key")
-                elif owner != parsed.user:
-                    failure = AuthFailure("key_not_owned")
+        # one statement: the user, the key's owner, the workspace and its owner
+        rows = await self._store.fetch(
+            self._queries.authenticate,
+            {
+                "user": parsed.user,
+                "fingerprint": fingerprint if method == "publickey" else None,
+                "workspace": parsed.workspace or parsed.user,
+            },
+        )
+        row = rows[0] if rows else None
+        if row is None:
+            failure = AuthFailure("unknown_user")
+        elif row[3]:
+            failure = AuthFailure("user_disabled")
+        elif method == "publickey":
+            owner = row[6]
+            if owner is None:
+                failure = AuthFailure("unknown_key")
+            elif owner != parsed.user:
+                failure = AuthFailure("key_not_owned")
+        else:
+            hashed = row[4]
+            if hashed is None:
+                failure = AuthFailure("no_password")
+        workspace: Workspace | None = None
+        if failure is None and row is not None:
+            ws_owner = row[11]
+            if row[7] is not None and (parsed.workspace is not None or ws_owner == row[0]):
+                workspace = Workspace(name=row[7], owner=ws_owner, backend=row[8],
+                                      config=dict(row[9]), created_at=row[10])  # fmt: skip
+            elif row[7] is None and parsed.workspace is None:
+                workspace = None  # the default workspace is created below
             else:
-                hashed = row.password_hash
-                if hashed is None:
-                    failure = AuthFailure("no_password")
-            workspace: Workspace | None = None
-            if failure is None and row is not None:
-                found = await self._find_workspace(session, parsed.workspace or parsed.user)
-                if found is not None and (parsed.workspace is not None or found[1] == row.name):
-                    workspace = _workspace(*found)
-                elif found is None and parsed.workspace is None:
-                    workspace = None  # the default workspace is created below
-                else:
-                    failure = AuthFailure("unknown_workspace")
+                failure = AuthFailure("unknown_workspace")
         if method == "password":
             ok = await asyncio.to_thread(self._hasher.verify, hashed, password)
             if failure is None and not ok:
@@ -419,14 +498,14 @@ class IdentityService:
             except (NotFound, AlreadyExists):
                 return AuthFailure("unknown_workspace")
         methods = ["publickey"]
-        if row.password_hash is not None:
+        if row[4] is not None:
             methods.append("password")
-        if row.totp_secret is not None:
+        if row[5]:
             methods.append("totp")
         principal = Principal(
-            username=row.name,
-            roles=tuple(row.roles),
-            groups=tuple(row.groups),
+            username=row[0],
+            roles=tuple(row[1]),
+            groups=tuple(row[2]),
             auth_methods=tuple(methods),
             workspace=workspace,
             method=method,
@@ -854,9 +933,8 @@ class IdentityService:
         """True when ``session_id`` was started and not ended."""
         if not isinstance(session_id, str) or len(session_id) > 64:
             return False
-        async with self._store.transaction(readonly=True) as session:
-            row = await session.get(SessionRow, session_id)
-            return row is not None and row.ended_at is None
+        rows = await self._store.fetch(self._queries.session_live, {"sid": session_id})
+        return bool(rows) and rows[0][0] is None
 
     # -- tokens ------------------------------------------------------------------------------
 
@@ -918,15 +996,15 @@ class IdentityService:
         claims = self._keyring.decode(
             token, issuer=self._settings.issuer, audience=audience or self._settings.audience
         )
-        async with self._store.transaction(readonly=True) as session:
-            row = await self._find_user(session, claims.sub)
-            if row is None or row.disabled:
-                raise TokenRejected("user_disabled")
-            if claims.sid is not None:
-                live = await session.get(SessionRow, claims.sid)
-                if live is None or live.ended_at is not None or live.username != claims.sub:
-                    raise TokenRejected("session_ended")
-            return dataclasses.replace(claims, roles=tuple(row.roles), groups=tuple(row.groups))
+        rows = await self._store.fetch(
+            self._queries.token_check, {"sub": claims.sub, "sid": claims.sid}
+        )
+        if not rows or rows[0][2]:
+            raise TokenRejected("user_disabled")
+        roles, groups, _disabled, sid, owner, ended_at = rows[0]
+        if claims.sid is not None and (sid is None or ended_at is not None or owner != claims.sub):
+            raise TokenRejected("session_ended")
+        return dataclasses.replace(claims, roles=tuple(roles), groups=tuple(groups))
 
     async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
         """Log in with an ID token of the configured OIDC provider (``identity.oidc``).

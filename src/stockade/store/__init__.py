@@ -4,7 +4,7 @@ SQLite (default, a file in the data dir, WAL mode) or PostgreSQL (asyncpg). Call
 ``async with store.transaction() as session:`` and get StockadeErrors, never SQLAlchemy's.
 """
 
-from ._engine import Store, async_url
+from ._engine import Prepared, Store, async_url
 from ._models import (
     AuditEventRow,
     Base,
@@ -22,6 +22,7 @@ __all__ = [
     "Base",
     "BlueprintRow",
     "GatewayRow",
+    "Prepared",
     "SessionRow",
     "SshKeyRow",
     "Store",

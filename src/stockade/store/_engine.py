@@ -5,22 +5,33 @@ Errors of SQLAlchemy and the drivers never leave this module unmapped::
     unique constraint violated        -> AlreadyExists (kind from the table, value when known)
     other integrity violation         -> InvalidInput
     connection / operational failure  -> StoreUnavailable (says how to fix it)
+
+The questions on the login path (a key lookup, a token check) skip the ORM: :meth:`Store.prepare`
+compiles a Core ``select()`` once for the store's dialect, and :meth:`Store.fetch` runs it as one
+statement straight on the driver, outside any explicit transaction (a single SELECT sees one
+consistent snapshot): a dedicated read-only aiosqlite connection on SQLite, a few read-only
+asyncpg connections on PostgreSQL whose statement caches make it a prepared statement after the
+first call. Column
+values get the same conversions the ORM applies (the column types' result processors).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shlex
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, exc, text
+from sqlalchemy import Select, event, exc, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -31,7 +42,7 @@ from sqlalchemy.ext.asyncio import (
 
 from stockade.core.errors import AlreadyExists, InvalidInput, StockadeError, StoreUnavailable
 
-__all__ = ["Store", "async_url"]
+__all__ = ["Prepared", "Store", "async_url"]
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -46,6 +57,25 @@ _UNIQUE_KINDS = {
 }
 _PG_CONSTRAINT = re.compile(r"^(?:uq|pk)_([a-z_]+?)_(name|fingerprint)$|^pk_(sessions)$")
 _PG_DETAIL_VALUE = re.compile(r"Key \([^)]*\)=\((.*)\) already exists")
+#: PostgreSQL connections :meth:`Store.fetch` may open (the ORM's pool is separate).
+_FAST_POOL_SIZE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A SELECT compiled for one store's dialect (see :meth:`Store.prepare`)."""
+
+    sql: str
+    binds: tuple[str, ...]
+    """The bind parameter names, in the order :meth:`Store.fetch` takes their values."""
+    convert: tuple[Callable[[Any], Any] | None, ...]
+    """Per column, the conversion the ORM would apply to the driver's value (None: as is)."""
+    dialect: str
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+    """``(column index, conversion)`` of the columns that have one (the hot loop's list)."""
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.sql!r})"
 
 
 _CLOSE_DRAIN = 5.0
@@ -128,6 +158,7 @@ class Store:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         sa_url, connect_args = async_url(url)
         self._url = sa_url
+        self._dialect: str = sa_url.get_backend_name()
         self._closed = False
         if sa_url.get_backend_name() == "sqlite":
             database = Path(str(sa_url.database))
@@ -153,6 +184,12 @@ class Store:
         """Set while no transaction runs: :meth:`close` waits for it, so a transaction that
         started before the close cannot open a connection on the disposed engine (a new pool
         that nobody would ever close)."""
+        self._connect_args = connect_args
+        self._fast: Any = None
+        """The driver-level reader of :meth:`fetch` (aiosqlite connection or _PgReaders)."""
+        self._fast_task: asyncio.Task[Any] | None = None
+        """Opening the reader: its own task, so a caller cancelled meanwhile leaves no
+        connection half-open (the task finishes it, and ``close()`` closes it)."""
 
     def __repr__(self) -> str:
         return f"Store({self._url.render_as_string(hide_password=True)!r})"
@@ -160,7 +197,7 @@ class Store:
     @property
     def dialect(self) -> str:
         """``"sqlite"`` or ``"postgresql"``."""
-        return self._url.get_backend_name()
+        return self._dialect
 
     @property
     def engine(self) -> AsyncEngine:
@@ -213,6 +250,93 @@ class Store:
         if self._active == 0 and self._idle is not None:
             self._idle.set()
 
+    def prepare(self, statement: Select[*tuple[Any, ...]]) -> Prepared:
+        """Compile ``statement`` (a Core ``select()`` with named ``bindparam``s, each used once)
+        for this store's dialect, for :meth:`fetch`. Compile once, at construction."""
+        dialect = self._engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        binds = tuple(compiled.positiontup or ())
+        if len(set(binds)) != len(binds):
+            raise ValueError("each bind parameter of a prepared statement must be used once")
+        convert = tuple(
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in statement.selected_columns
+        )
+        converted = tuple((i, fn) for i, fn in enumerate(convert) if fn is not None)
+        return Prepared(str(compiled), binds, convert, self.dialect, converted)
+
+    async def fetch(self, prepared: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of ``prepared`` with its bind parameters from ``params`` (plain str, int or
+        None), run as one statement on the driver, read-only. Errors as :meth:`transaction`."""
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        if prepared.dialect != self.dialect:
+            raise ValueError("statement prepared for another store")
+        values = tuple(params[name] for name in prepared.binds)
+        try:
+            reader = self._fast or await self._open_fast()
+            if self.dialect == "sqlite":
+                rows: Any = await reader.execute_fetchall(prepared.sql, values)
+            else:
+                rows = await reader.fetch(prepared.sql, *values)
+        except StockadeError:
+            raise
+        except (sqlite3.Error, OSError, exc.SQLAlchemyError) as err:
+            raise self._unavailable(err) from err
+        except Exception as err:  # asyncpg's errors share no base with the others
+            if type(err).__module__.startswith("asyncpg"):
+                raise self._unavailable(err) from err
+            raise
+        converted = prepared.converted
+        if not converted:
+            return [tuple(row) for row in rows]
+        out: list[tuple[Any, ...]] = []
+        for row in rows:
+            cells = list(row)
+            for index, fn in converted:
+                cell = cells[index]
+                if cell is not None:
+                    cells[index] = fn(cell)
+            out.append(tuple(cells))
+        return out
+
+    async def _open_fast(self) -> Any:
+        task = self._fast_task
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            task = self._fast_task = asyncio.ensure_future(self._connect_fast())
+            task.add_done_callback(_retrieved)
+        return await asyncio.shield(task)
+
+    async def _connect_fast(self) -> Any:
+        reader: Any
+        if self.dialect == "sqlite":
+            import aiosqlite
+
+            reader = await aiosqlite.connect(str(self._url.database), isolation_level=None)
+            try:
+                await reader.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_TIMEOUT_MS}")
+                await reader.execute("PRAGMA query_only = ON")
+            except BaseException:
+                await reader.close()
+                raise
+        else:
+            import asyncpg
+
+            args, kwargs = self._engine.dialect.create_connect_args(self._url)
+            kwargs.update(self._connect_args)
+            settings = dict(kwargs.pop("server_settings", None) or {})
+            settings.setdefault("default_transaction_read_only", "on")
+
+            async def connect() -> Any:
+                return await asyncpg.connect(*args, server_settings=settings, **kwargs)
+
+            reader = _PgReaders(connect, _FAST_POOL_SIZE)
+        if self._closed:
+            await reader.close()
+            raise StoreUnavailable("the store is closed")
+        self._fast = reader
+        return reader
+
     async def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent; safe to run concurrently)."""
         if self._closed:
@@ -237,6 +361,14 @@ class Store:
         if self._active and self._idle is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), drain)
+        opening = self._fast_task
+        if opening is not None and not opening.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(opening), 10)
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            with contextlib.suppress(Exception):
+                await fast.close()
         await self._engine.dispose()
 
     def _unavailable(self, err: BaseException) -> StoreUnavailable:
@@ -250,6 +382,75 @@ class Store:
         else:
             fix = "check that the data dir is writable and the file is not corrupt"
         return StoreUnavailable(f"database {where} failed: {reason}; {fix}")
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark the opening task's failure as seen (its awaiters, if any, got it)."""
+    if not task.cancelled():
+        task.exception()
+
+
+class _PgReaders:
+    """Up to ``size`` asyncpg connections for :meth:`Store.fetch`, the idle ones on a stack: an
+    uncontended fetch takes one without waiting (asyncpg's Pool spends a reset and its own
+    bookkeeping on every use). Each connection's statement cache prepares a statement once.
+    A connection that failed is closed, and a reused one that turns out dead (the server
+    restarted) is replaced once."""
+
+    def __init__(self, connect: Callable[[], Any], size: int) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._slots = asyncio.Semaphore(size)
+        self._open: set[Any] = set()
+        self._closed = False
+
+    async def fetch(self, sql: str, *values: Any) -> list[Any]:
+        async with self._slots:
+            for attempt in (1, 2):
+                reused = bool(self._idle)
+                conn = self._idle.pop() if reused else await self._new()
+                try:
+                    rows: list[Any] = await conn.fetch(sql, *values)
+                except BaseException:
+                    self._open.discard(conn)
+                    dead = conn.is_closed()
+                    conn.terminate()
+                    if reused and dead and attempt == 1:
+                        continue
+                    raise
+                if self._closed:
+                    self._open.discard(conn)
+                    conn.terminate()
+                else:
+                    self._idle.append(conn)
+                return rows
+        raise AssertionError("unreachable")
+
+    async def _new(self) -> Any:
+        conn = await self._connect()
+        try:
+            await _json_codec(conn)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._open.add(conn)
+        return conn
+
+    async def close(self) -> None:
+        self._closed = True
+        self._idle.clear()
+        for conn in list(self._open):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 2)
+        self._open.clear()
+
+
+async def _json_codec(connection: Any) -> None:
+    """JSON columns decoded as SQLAlchemy's asyncpg dialect decodes them (its JSON type has no
+    result processor of its own: the codec does it)."""
+    await connection.set_type_codec(
+        "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
