@@ -169,3 +169,34 @@ async def test_a_boot_id_cannot_be_taken_over_by_another_gateway(
     await service.heartbeat("gw-a", "boot-a", stale_after=3)
     with pytest.raises(InvalidInput, match="another gateway"):
         await service.heartbeat("gw-b", "boot-a", stale_after=3, stopping=True)
+
+
+async def test_another_gateways_short_timeout_does_not_end_a_live_gateways_sessions(
+    env: tuple[IdentityService, Store, Recorder],
+) -> None:
+    """ATTACK: gateway B (a typo in its settings, or a hostile B) beats with the shortest
+    ``stale_after``; A beats every few seconds under its own 10 s timeout. A boot is judged by
+    the timeout it declared itself, never by the caller's, or B ends A's live sessions."""
+    service, store, events = env
+    await service.heartbeat("gw-a", "boot-a", stale_after=10)
+    sid_a, token_a = await _open(service, "gw-a", "boot-a")
+    await _silence(store, "boot-a", 2)  # A's last beat 2 s ago: well within its 10 s
+    beat = await service.heartbeat("gw-b", "boot-b", stale_after=1)
+    assert beat.ended == ()
+    assert await service.is_session_live(sid_a)
+    await service.verify_token(token_a)
+    assert not [e for e in events.events if isinstance(e, SessionKill)]
+
+
+async def test_another_gateways_long_timeout_does_not_keep_a_dead_gateway_alive(
+    env: tuple[IdentityService, Store, Recorder],
+) -> None:
+    """A gateway that declared a 2 s timeout and went silent for 30 s is dead, even when the
+    gateway that notices runs with a one-hour timeout of its own."""
+    service, store, _ = env
+    await service.heartbeat("gw-a", "boot-a", stale_after=2)
+    sid_a, _token = await _open(service, "gw-a", "boot-a")
+    await _silence(store, "boot-a", 30)
+    beat = await service.heartbeat("gw-b", "boot-b", stale_after=3600)
+    assert [s.session_id for s in beat.ended] == [sid_a]
+    assert not await service.is_session_live(sid_a)

@@ -1,10 +1,14 @@
 """Gateway heartbeats: each gateway boot beats into the ``gateways`` table; every beat also
 declares dead the boots whose last beat is older than ``stale_after`` and ends their sessions.
 
-So any live gateway ends a dead one's sessions within ``stale_after`` plus one beat interval,
-and no gateway's sessions are ended while it still beats. Clocks: every timestamp is taken by
-the identity process that writes it (never the gateway's), so only identity replicas' clocks
-need to agree.
+Each boot is judged by the ``stale_after`` it declared in its own beats (stored on its row),
+never by the timeout of the gateway that notices: a gateway with a shorter timeout (a typo, or
+a hostile one) cannot end a live gateway's sessions, and one with a longer timeout does not keep
+a dead one's alive. So any live gateway ends a dead one's sessions within that boot's
+``stale_after`` plus one beat interval, and no gateway's sessions are ended while it still beats.
+
+Clocks: every timestamp is taken by the identity process that writes it (never the gateway's),
+so only identity replicas' clocks need to agree.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ async def record_heartbeat(
                     seen_at=now,
                     ended_at=now if stopping else None,
                     end_reason="stopped" if stopping else "",
+                    stale_after=stale_after,
                 )
             )
         elif row.gateway_id != gateway_id:
@@ -75,20 +80,25 @@ async def record_heartbeat(
             alive = stopping and row.end_reason == "stopped"
         else:
             row.seen_at = now
+            row.stale_after = stale_after
             if stopping:
                 row.ended_at = now
                 row.end_reason = "stopped"
-        dead = list(
-            await session.scalars(
+        # candidates: silent for longer than the shortest timeout any boot may declare; then
+        # each is judged by its own (rows from before r0007 have none: the caller's)
+        dead = [
+            gone
+            for gone in await session.scalars(
                 select(GatewayRow)
                 .where(
                     GatewayRow.ended_at.is_(None),
-                    GatewayRow.seen_at < now - timedelta(seconds=stale_after),
+                    GatewayRow.seen_at < now - timedelta(seconds=MIN_STALE_AFTER),
                     GatewayRow.boot_id != boot_id,
                 )
                 .with_for_update(skip_locked=True)
             )
-        )
+            if gone.seen_at < now - timedelta(seconds=gone.stale_after or stale_after)
+        ]
         ended: list[SessionInfo] = []
         for gone in dead:
             gone.ended_at = now
