@@ -16,18 +16,25 @@ reason              check
 ``expired``         ``exp`` is ahead (with ``leeway``)
 ``not_yet_valid``   ``nbf`` and ``iat`` are behind (with ``leeway``)
 ``too_old``         ``iat`` is at most ``max_age`` ago
-``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it
+``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it;
+                    without one (device-code flow), the token has no ``nonce`` (a code-flow
+                    token does not skip its check through the device-code path)
+``no_subject``      ``sub`` names the provider account
 ``no_username``     the username claim passes Stockade's username grammar
 ==================  ==========================================================================
 
 The provider's ``groups`` map to roles through ``oidc.group_roles`` (the union over the user's
 groups); :meth:`IdentityService.login_oidc` then creates or updates the user and issues a
-Stockade token.
+Stockade token. Time claims must be finite numbers (JSON here admits ``NaN``, which passes every
+comparison). A user is bound to the provider account (``iss`` and ``sub``, see
+:attr:`OidcIdentity.account`) of their first login, never to a username the account may rename.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +65,8 @@ class OidcIdentity:
     """Who a verified ID token says the user is."""
 
     subject: str
+    account: str
+    """``sha256:`` of ``iss`` and ``sub``: the provider account, stored with the user."""
     username: str
     email: str
     display_name: str
@@ -167,6 +176,11 @@ class OidcVerifier:
             got = claims.get("nonce")
             if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
                 raise TokenRejected("bad_nonce", "nonce does not match the login's")
+        elif "nonce" in claims:
+            raise TokenRejected("bad_nonce", "a token with a nonce needs the login's nonce")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 255:
+            raise TokenRejected("no_subject", "the token has no sub")
 
     def _identity(self, claims: Mapping[str, Any]) -> OidcIdentity:
         settings = self.settings
@@ -188,8 +202,11 @@ class OidcVerifier:
         roles = sorted({role for g in groups for role in settings.group_roles.get(g, [])})
         email = claims.get("email")
         name = claims.get("name")
+        subject = str(claims["sub"])
+        account = hashlib.sha256(f"{self.issuer}\n{subject}".encode()).hexdigest()
         return OidcIdentity(
-            subject=str(claims.get("sub", "")),
+            subject=subject,
+            account=f"sha256:{account}",
             username=username,
             email=email if isinstance(email, str) and claims.get("email_verified") else "",
             display_name=name[:128] if isinstance(name, str) else "",
@@ -202,4 +219,5 @@ def _number(value: object) -> float | None:
     """A JSON number claim, else None (``true`` is no timestamp)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,7 +43,7 @@ from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
 from ._gateways import GATEWAY_LOST, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
-from ._oidc import OIDC_GROUP, OidcLogin, OidcVerifier
+from ._oidc import OIDC_GROUP, OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import (
     PasswordHasher,
     TotpEnrollment,
@@ -946,6 +947,7 @@ class IdentityService:
             self._oidc = OidcVerifier(settings)
         who = await self._oidc.verify(id_token, nonce=nonce)
         if not who.roles and settings.require_role:
+            await self._drop_oidc_roles(who)
             raise TokenRejected("no_role", "none of the user's groups maps to a Stockade role")
         try:
             user = await self.get_user(who.username)
@@ -965,6 +967,7 @@ class IdentityService:
         if OIDC_GROUP not in user.groups:
             _log.warning("oidc login refused: local user", user=who.username)
             raise TokenRejected("not_oidc_user", "a local user of that name exists")
+        await self._bind_oidc_subject(who)
         if user.disabled:
             raise TokenRejected("user_disabled")
         if tuple(user.roles) != tuple(who.roles):
@@ -973,6 +976,43 @@ class IdentityService:
         claims = await self.verify_token(token)
         _log.info("oidc login", user=who.username, roles=list(who.roles))
         return OidcLogin(user=user, token=token, claims=claims)
+
+    async def _bind_oidc_subject(self, who: OidcIdentity) -> None:
+        """Bind OIDC user ``who.username`` to the provider account (``iss``, ``sub``) of its
+        first login, and refuse any other account claiming that name later: usernames are
+        the user's to edit at most providers, subjects are not."""
+        async with self._store.transaction() as session:
+            row = await session.scalar(
+                select(UserRow).where(UserRow.name == who.username).with_for_update()
+            )
+            if row is None:
+                raise TokenRejected("unknown_user", f"no user {who.username!r}")
+            if row.oidc_subject is None:  # its first OIDC login (or made before r0007)
+                row.oidc_subject = who.account
+            elif not hmac.compare_digest(row.oidc_subject, who.account):
+                _log.warning("oidc login refused: another provider account", user=who.username)
+                raise TokenRejected(
+                    "subject_mismatch", "that user belongs to another provider account"
+                )
+
+    async def _drop_oidc_roles(self, who: OidcIdentity) -> None:
+        """A login refused because the groups map to no role still takes away the roles of
+        that OIDC user (same provider account): a demotion at the provider must not leave the
+        Stockade user, and its live tokens, with its old roles."""
+        try:
+            user = await self.get_user(who.username)
+        except NotFound:
+            return
+        if OIDC_GROUP not in user.groups or not user.roles:
+            return
+        async with self._store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == who.username))
+            if row is None or (
+                row.oidc_subject is not None
+                and not hmac.compare_digest(row.oidc_subject, who.account)
+            ):
+                return
+        await self.set_roles(who.username, ())
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set of every signing key that still verifies."""
