@@ -800,8 +800,12 @@ class PeerSettings(_Section):
     """The identity service (``stockade serve identity``), for gateways and brokers."""
     authz: PeerAddress = None
     """The authz service (``stockade serve authz``), for gateways and brokers."""
-    server_name: str = "localhost"
-    """The name peers' server certificates are checked against (a SAN of theirs)."""
+    server_name: str | None = None
+    """The name each peer's server certificate must carry (a SAN): ``{service}`` in it is
+    replaced by the peer's service name, e.g. ``stockade-{service}.stockade.svc``. Unset: the
+    service name itself (``identity``, ``authz``), which the dev CA puts in that service's
+    certificate only, so a server holding another service's certificate of the same CA (a
+    gateway's, say) is never taken for identity."""
     timeout: float = Field(default=5.0, gt=0, le=120)
     """Seconds a call to a peer may take before it fails (authz: fails closed, a deny)."""
 
