@@ -200,3 +200,49 @@ async def test_another_gateways_long_timeout_does_not_keep_a_dead_gateway_alive(
     beat = await service.heartbeat("gw-b", "boot-b", stale_after=3600)
     assert [s.session_id for s in beat.ended] == [sid_a]
     assert not await service.is_session_live(sid_a)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway ids are not bound to certificates: every gateway presents CN=gateway, so"
+    " EndStaleSessions (and Heartbeat) may name any gateway id; needs each gateway's id in its"
+    " certificate (a SAN) checked by IdentityServicer, and a start-up sweep that spares boots"
+    " still beating (today's restart-after-kill-9 tests expect an immediate 'crashed')",
+)
+async def test_a_sweep_at_start_up_spares_the_sessions_of_a_boot_that_still_beats(
+    env: tuple[IdentityService, Store, Recorder],
+) -> None:
+    """ATTACK: ``end_stale_sessions(gateway_id, boot_id)`` (a gateway's sweep when it starts)
+    ended every session of that gateway id but the caller's boot. Any gateway certificate (or
+    a second replica given the same ``gateway_id``) could thus end a live gateway's sessions.
+    Only boots that no longer beat are swept; a restarted gateway still ends what its dead
+    boot left behind."""
+    service, store, _ = env
+    await service.heartbeat("gw-a", "boot-1", stale_after=3)
+    sid_live, token = await _open(service, "gw-a", "boot-1")
+    assert await service.end_stale_sessions("gw-a", "boot-intruder") == []
+    assert await service.is_session_live(sid_live)
+    await service.verify_token(token)
+
+    await _silence(store, "boot-1", 30)  # now boot-1 is dead: the restart sweeps its sessions
+    ended = await service.end_stale_sessions("gw-a", "boot-2")
+    assert [s.session_id for s in ended] == [sid_live]
+
+
+async def test_a_boot_declared_dead_opens_no_session(
+    env: tuple[IdentityService, Store, Recorder],
+) -> None:
+    """ATTACK: a paused gateway resumes; until its next beat tells it that it was declared
+    dead, it still logs users in under its old boot. Such a session would outlive everything:
+    the boot is ended, so no reaper ever looks at it again. Identity refuses it."""
+    service, store, _ = env
+    await service.heartbeat("gw-a", "boot-a", stale_after=3)
+    await _silence(store, "boot-a", 10)
+    assert (await service.heartbeat("gw-b", "boot-b", stale_after=3)).alive  # A declared dead
+    with pytest.raises(InvalidInput) as info:
+        await _open(service, "gw-a", "boot-a")
+    assert info.value.field == "boot_id"
+    assert [s for s in await service.list_sessions() if s.ended_at is None] == []
+    with pytest.raises(InvalidInput):  # nor under a boot of another gateway
+        await _open(service, "gw-a", "boot-b")
+    await _open(service, "gw-b", "boot-b")  # the live one does

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockade.core.errors import InvalidInput
 from stockade.store import GatewayRow, SessionRow, Store
@@ -24,7 +25,7 @@ from stockade.store import GatewayRow, SessionRow, Store
 from ._types import Heartbeat, SessionInfo
 from ._validation import check_text
 
-__all__ = ["MIN_STALE_AFTER", "record_heartbeat"]
+__all__ = ["MIN_STALE_AFTER", "check_boot", "record_heartbeat"]
 
 #: The shortest heartbeat timeout a caller may ask for: a beat may be late by a scheduling hiccup.
 MIN_STALE_AFTER = 1.0
@@ -122,3 +123,20 @@ async def record_heartbeat(
             )
         )
     return Heartbeat(alive=alive, ended=tuple(ended))
+
+
+async def check_boot(session: AsyncSession, gateway_id: str, boot_id: str) -> None:
+    """Refuse a session opened under a boot that was declared dead or stopped, or that belongs
+    to another gateway (:class:`InvalidInput` on ``boot_id``): no reaper would ever end it.
+    The row is share-locked, so a reaper (``FOR UPDATE SKIP LOCKED``) either ends the boot
+    before this session is recorded or leaves it, and this session, for its next beat.
+    A boot that never beat (no heartbeat loop) is not checked."""
+    row = await session.get(GatewayRow, boot_id, with_for_update={"read": True})
+    if row is None:
+        return
+    if row.gateway_id != gateway_id:
+        raise InvalidInput("boot_id", "this boot id belongs to another gateway")
+    if row.ended_at is not None:
+        raise InvalidInput(
+            "boot_id", f"this gateway boot ended ({row.end_reason}); it opens no session"
+        )

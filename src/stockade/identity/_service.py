@@ -41,7 +41,7 @@ from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
 from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
-from ._gateways import GATEWAY_LOST, record_heartbeat
+from ._gateways import GATEWAY_LOST, check_boot, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
 from ._oidc import OIDC_GROUP, OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import (
@@ -446,7 +446,10 @@ class IdentityService:
         if lifetime <= 0:
             raise InvalidInput("ttl", "must be positive")
         session_id = "s-" + secrets.token_hex(12)
+        gateway_id = check_text(request.gateway_id, field="gateway_id", limit=128)
+        boot_id = check_text(request.boot_id, field="boot_id", limit=64)
         async with self._store.transaction() as session:
+            await check_boot(session, gateway_id, boot_id)
             row = await session.scalar(select(UserRow).where(UserRow.name == principal.username))
             if row is None or row.disabled:
                 raise InvalidInput("username", f"user {principal.username!r} may not log in now")
@@ -473,8 +476,8 @@ class IdentityService:
                     bytes_in=0,
                     bytes_out=0,
                     end_reason="",
-                    gateway_id=check_text(request.gateway_id, field="gateway_id", limit=128),
-                    boot_id=check_text(request.boot_id, field="boot_id", limit=64),
+                    gateway_id=gateway_id,
+                    boot_id=boot_id,
                     kind=request.kind if request.kind in ("session", "connection") else "session",
                     fingerprint=principal.fingerprint,
                     recording=(
