@@ -297,3 +297,15 @@ def test_the_provider_is_reached_over_https_only(field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         OidcSettings(**{**values, field: "http://idp.example/keys"})
     OidcSettings(**{**values, field: "http://127.0.0.1:8080/keys"})  # loopback: tests, sidecars
+
+
+async def test_an_id_token_logs_in_once(service: IdentityService, issuer: Issuer) -> None:
+    """ATTACK: a device-code ID token has no nonce; whoever copies it (a log, a proxy, a shared
+    terminal) replays it for another Stockade token within ``max_age``. Each ID token is
+    accepted once."""
+    token = id_token(issuer, nonce=None)
+    await service.login_oidc(token, nonce=None)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(token, nonce=None)
+    assert info.value.reason == "replayed"
+    await service.login_oidc(id_token(issuer, nonce=None), nonce=None)  # a fresh one does

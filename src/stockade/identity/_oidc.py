@@ -21,6 +21,8 @@ reason              check
                     token does not skip its check through the device-code path)
 ``no_subject``      ``sub`` names the provider account
 ``no_username``     the username claim passes Stockade's username grammar
+``replayed``        this very token has not logged in before (kept until it is too old
+                    anyway; per identity process)
 ==================  ==========================================================================
 
 The provider's ``groups`` map to roles through ``oidc.group_roles`` (the union over the user's
@@ -58,6 +60,9 @@ OIDC_GROUP = "oidc"
 
 #: Most groups read from one token (a provider listing thousands is cut, not obeyed blindly).
 MAX_GROUPS = 256
+
+#: Most used tokens remembered; past it, a login is refused (fail closed) until some age out.
+MAX_REMEMBERED = 100_000
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,8 @@ class OidcVerifier:
             clock=clock,
         )
         self._clock = clock
+        self._used: dict[bytes, float] = {}
+        """Digest of every token verified -> when it is too old to verify anyway."""
 
     def __repr__(self) -> str:
         return f"<OidcVerifier iss={self.issuer} aud={self.client_id}>"
@@ -149,7 +156,21 @@ class OidcVerifier:
         except jwt.InvalidTokenError as exc:
             raise TokenRejected("malformed", str(exc)) from None
         self._check(claims, nonce)
-        return self._identity(claims)
+        who = self._identity(claims)
+        self._use(id_token, float(claims["iat"]))
+        return who
+
+    def _use(self, id_token: str, iat: float) -> None:
+        """Refuse a token seen before; remember this one until it is too old anyway."""
+        now = self._clock()
+        if len(self._used) >= MAX_REMEMBERED // 2:
+            self._used = {k: until for k, until in self._used.items() if until >= now}
+        digest = hashlib.sha256(id_token.encode()).digest()
+        if digest in self._used:
+            raise TokenRejected("replayed", "this ID token has logged in already")
+        if len(self._used) >= MAX_REMEMBERED:
+            raise TokenRejected("replayed", "too many logins to remember; retry shortly")
+        self._used[digest] = iat + self.settings.max_age + 2 * self.settings.leeway
 
     def _check(self, claims: Mapping[str, Any], nonce: str | None) -> None:
         if claims.get("iss") != self.issuer:
