@@ -309,3 +309,28 @@ async def test_an_id_token_logs_in_once(service: IdentityService, issuer: Issuer
         await service.login_oidc(token, nonce=None)
     assert info.value.reason == "replayed"
     await service.login_oidc(id_token(issuer, nonce=None), nonce=None)  # a fresh one does
+
+
+async def test_a_refused_login_does_not_claim_a_disabled_pre_provisioned_user(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: an administrator pre-provisions ``pat`` for OIDC (group ``oidc``), disabled
+    until her start date. Mallory's provider account, renamed ``pat``, tries first: refused,
+    and it must not have bound ``pat`` to Mallory's account, so Pat can log in once enabled."""
+    await service.add_user("pat", roles=["developer"], groups=["oidc"])
+    await service.set_disabled("pat", True)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(
+            id_token(issuer, sub="mallory-0001", preferred_username="pat"), nonce=NONCE
+        )
+    assert info.value.reason == "user_disabled"
+    await service.set_disabled("pat", False)
+    pat = await service.login_oidc(
+        id_token(issuer, sub="pat-0002", preferred_username="pat", groups=["devs"]), nonce=NONCE
+    )
+    assert pat.user.name == "pat"
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(
+            id_token(issuer, sub="mallory-0001", preferred_username="pat"), nonce=NONCE
+        )
+    assert info.value.reason == "subject_mismatch"

@@ -970,9 +970,9 @@ class IdentityService:
         if OIDC_GROUP not in user.groups:
             _log.warning("oidc login refused: local user", user=who.username)
             raise TokenRejected("not_oidc_user", "a local user of that name exists")
-        await self._bind_oidc_subject(who)
-        if user.disabled:
+        if user.disabled:  # before binding: an unbound disabled user stays unclaimed
             raise TokenRejected("user_disabled")
+        await self._bind_oidc_subject(who)
         if tuple(user.roles) != tuple(who.roles):
             user = await self.set_roles(who.username, who.roles)
         token = await self.issue_token(who.username)
