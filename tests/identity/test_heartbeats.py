@@ -246,3 +246,34 @@ async def test_a_boot_declared_dead_opens_no_session(
     with pytest.raises(InvalidInput):  # nor under a boot of another gateway
         await _open(service, "gw-a", "boot-b")
     await _open(service, "gw-b", "boot-b")  # the live one does
+
+
+async def test_identity_replicas_with_skewed_clocks_agree_on_who_beats(
+    pg_schema_url: str, keyring: KeyRing, new_key_line: Callable[[], str]
+) -> None:
+    """ATTACK (clock skew): gateway A beats through an identity replica whose clock runs 10 s
+    behind, B through one on time. Were the beat stamped with the replica's clock, A's beat
+    would look 10 s old to B's replica, which would end A's live sessions at every beat. On
+    PostgreSQL the database's clock stamps every beat."""
+    from stockade.identity._gateways import record_heartbeat
+
+    store = Store(pg_schema_url)
+    await store.migrate()
+    service = IdentityService(store=store, settings=IdentitySettings(), keyring=keyring)
+    try:
+        await service.add_user("ada", ssh_keys=[new_key_line()])
+
+        def nothing_to_end(row: object) -> Any:
+            raise AssertionError(f"A's replica ended {row}")
+
+        await record_heartbeat(
+            store, "gw-a", "boot-a", stale_after=3, stopping=False, to_info=nothing_to_end,
+            clock=lambda: datetime.now(UTC) - timedelta(seconds=10),
+        )  # fmt: skip
+        sid_a, token_a = await _open(service, "gw-a", "boot-a")
+        beat = await service.heartbeat("gw-b", "boot-b", stale_after=3)
+        assert beat.ended == ()
+        assert await service.is_session_live(sid_a)
+        await service.verify_token(token_a)
+    finally:
+        await store.close()

@@ -7,8 +7,9 @@ a hostile one) cannot end a live gateway's sessions, and one with a longer timeo
 a dead one's alive. So any live gateway ends a dead one's sessions within that boot's
 ``stale_after`` plus one beat interval, and no gateway's sessions are ended while it still beats.
 
-Clocks: every timestamp is taken by the identity process that writes it (never the gateway's),
-so only identity replicas' clocks need to agree.
+Clocks: every timestamp is taken by the store, never by a gateway: on PostgreSQL the database's
+clock (``now()``), so identity replicas whose clocks disagree still agree on who beats; on
+SQLite (one identity process) that process's clock.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockade.core.errors import InvalidInput
@@ -45,6 +46,7 @@ async def record_heartbeat(
     stale_after: float,
     stopping: bool,
     to_info: Callable[[SessionRow], SessionInfo],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Heartbeat:
     """Record a beat of ``(gateway_id, boot_id)`` and end the boots gone stale (one transaction).
 
@@ -59,8 +61,10 @@ async def record_heartbeat(
         raise InvalidInput(
             "stale_after", f"must be between {MIN_STALE_AFTER:g} and {MAX_STALE_AFTER:g} seconds"
         )
-    now = datetime.now(UTC)
+    now = clock()
     async with store.transaction() as session:
+        if store.dialect == "postgresql":  # one clock for every identity replica
+            now = (await session.scalar(select(func.now()))).astimezone(UTC)
         row = await session.get(GatewayRow, boot_id, with_for_update=True)
         alive = True
         if row is None:
