@@ -64,7 +64,8 @@ async def record_heartbeat(
     now = clock()
     async with store.transaction() as session:
         if store.dialect == "postgresql":  # one clock for every identity replica
-            now = (await session.scalar(select(func.now()))).astimezone(UTC)
+            stamped: datetime | None = await session.scalar(select(func.now()))
+            now = stamped.astimezone(UTC) if stamped is not None else now
         row = await session.get(GatewayRow, boot_id, with_for_update=True)
         alive = True
         if row is None:
