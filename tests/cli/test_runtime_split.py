@@ -132,3 +132,18 @@ async def test_a_peer_holding_another_services_certificate_is_not_trusted(
                 await server.stop(0)
     finally:
         await store.close()
+
+
+def test_the_banner_shows_no_password_of_a_nats_cluster_url() -> None:
+    """ATTACK (secrets in logs): ``bus.url`` may list a cluster, ``nats://u:p@a,nats://u:p@b``;
+    the start-up banner and the status file show every address, no password."""
+    from stockade.cli._runtime import _without_userinfo
+
+    shown = _without_userinfo("nats://u:pw-one@a:4222,nats://u:pw-two@b:4222")
+    assert "pw-one" not in shown
+    assert "pw-two" not in shown
+    assert "a:4222" in shown
+    assert "b:4222" in shown
+    assert (
+        _without_userinfo("postgresql://app:pw@db:5432/stockade") == "postgresql://db:5432/stockade"
+    )

@@ -523,7 +523,10 @@ def _free_port(host: str) -> int:
 
 
 def _without_userinfo(url: str) -> str:
-    """``url`` without ``user:password@``: the banner never prints a credential."""
+    """``url`` without ``user:password@``: the banner never prints a credential. A list of
+    URLs (a NATS cluster, comma-separated) loses every one."""
+    if "," in url:
+        return ",".join(_without_userinfo(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
