@@ -334,3 +334,14 @@ async def test_a_refused_login_does_not_claim_a_disabled_pre_provisioned_user(
             id_token(issuer, sub="mallory-0001", preferred_username="pat"), nonce=NONCE
         )
     assert info.value.reason == "subject_mismatch"
+
+
+async def test_a_token_authorized_for_another_client_is_refused(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: ``azp`` names the party the token was issued to; one issued to another client
+    of the provider (that lists us in ``aud``) is not ours to accept, one audience or several."""
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer, azp="another-client"), nonce=NONCE)
+    assert info.value.reason == "bad_audience"
+    await service.login_oidc(id_token(issuer, azp=CLIENT_ID), nonce=NONCE)

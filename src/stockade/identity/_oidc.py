@@ -12,7 +12,8 @@ reason              check
 ``unknown_kid``     the provider's JWKS has that key (refreshed once, rate-limited, if new)
 ``bad_signature``   the key verifies it (a token signed by another key fails here)
 ``bad_issuer``      ``iss`` is ``oidc.issuer``
-``bad_audience``    ``aud`` names ``oidc.client_id`` (and, with several audiences, ``azp`` is it)
+``bad_audience``    ``aud`` names ``oidc.client_id``; ``azp``, when present (and it must be with
+                    several audiences), is it
 ``expired``         ``exp`` is ahead (with ``leeway``)
 ``not_yet_valid``   ``nbf`` and ``iat`` are behind (with ``leeway``)
 ``too_old``         ``iat`` is at most ``max_age`` ago
@@ -181,6 +182,8 @@ class OidcVerifier:
             raise TokenRejected("bad_audience", f"aud does not name {self.client_id}")
         if len(audiences) > 1 and claims.get("azp") != self.client_id:
             raise TokenRejected("bad_audience", "several audiences and azp is not ours")
+        if "azp" in claims and claims["azp"] != self.client_id:
+            raise TokenRejected("bad_audience", "azp names another client")
         now, leeway = self._clock(), self.settings.leeway
         exp, nbf, iat = (_number(claims.get(name)) for name in ("exp", "nbf", "iat"))
         if exp is None:
