@@ -277,3 +277,24 @@ async def test_identity_replicas_with_skewed_clocks_agree_on_who_beats(
         await service.verify_token(token_a)
     finally:
         await store.close()
+
+
+async def test_the_tokens_of_a_silent_gateway_die_with_no_other_gateway_to_notice(
+    env: tuple[IdentityService, Store, Recorder],
+) -> None:
+    """ATTACK: the only gateway is killed (``kill -9``). Nobody else beats, so nobody reaps it;
+    the token in its sessions (a container workspace lives on) would go on fetching
+    credentials until the gateway restarts. A token of a session whose boot is silent beyond
+    its own timeout no longer verifies."""
+    service, store, _ = env
+    await service.heartbeat("gw-a", "boot-a", stale_after=3)
+    _sid, token = await _open(service, "gw-a", "boot-a")
+    await service.verify_token(token)
+    await _silence(store, "boot-a", 2)  # late, within its timeout: still good
+    await service.verify_token(token)
+    await _silence(store, "boot-a", 10)
+    with pytest.raises(TokenRejected, match="stopped beating") as info:
+        await service.verify_token(token)
+    assert info.value.reason == "session_ended"
+    assert (await service.heartbeat("gw-a", "boot-a", stale_after=3)).alive  # came back
+    await service.verify_token(token)  # never declared dead: its session lives on

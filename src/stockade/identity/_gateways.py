@@ -26,7 +26,7 @@ from stockade.store import GatewayRow, SessionRow, Store
 from ._types import Heartbeat, SessionInfo
 from ._validation import check_text
 
-__all__ = ["MIN_STALE_AFTER", "check_boot", "record_heartbeat"]
+__all__ = ["MIN_STALE_AFTER", "boot_silent", "check_boot", "record_heartbeat", "store_now"]
 
 #: The shortest heartbeat timeout a caller may ask for: a beat may be late by a scheduling hiccup.
 MIN_STALE_AFTER = 1.0
@@ -61,11 +61,8 @@ async def record_heartbeat(
         raise InvalidInput(
             "stale_after", f"must be between {MIN_STALE_AFTER:g} and {MAX_STALE_AFTER:g} seconds"
         )
-    now = clock()
     async with store.transaction() as session:
-        if store.dialect == "postgresql":  # one clock for every identity replica
-            stamped: datetime | None = await session.scalar(select(func.now()))
-            now = stamped.astimezone(UTC) if stamped is not None else now
+        now = await store_now(store, session, clock)
         row = await session.get(GatewayRow, boot_id, with_for_update=True)
         alive = True
         if row is None:
@@ -145,3 +142,27 @@ async def check_boot(session: AsyncSession, gateway_id: str, boot_id: str) -> No
         raise InvalidInput(
             "boot_id", f"this gateway boot ended ({row.end_reason}); it opens no session"
         )
+
+
+async def store_now(
+    store: Store,
+    session: AsyncSession,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> datetime:
+    """The time heartbeats are stamped and judged with: PostgreSQL's clock (one for every
+    identity replica), else ``clock``."""
+    if store.dialect == "postgresql":
+        stamped: datetime | None = await session.scalar(select(func.now()))
+        if stamped is not None:
+            return stamped.astimezone(UTC)
+    return clock()
+
+
+async def boot_silent(store: Store, session: AsyncSession, boot_id: str) -> bool:
+    """Whether boot ``boot_id`` is silent beyond the timeout it declared (not yet declared dead
+    by anyone, maybe because no other gateway beats): its sessions' tokens stop verifying then,
+    whoever notices or not. A boot that never beat, or ended on purpose, is not silent."""
+    row = await session.get(GatewayRow, boot_id)
+    if row is None or row.ended_at is not None or row.stale_after is None:
+        return False
+    return row.seen_at < await store_now(store, session) - timedelta(seconds=row.stale_after)

@@ -41,7 +41,7 @@ from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
 from stockade.store import SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
 
-from ._gateways import GATEWAY_LOST, check_boot, record_heartbeat
+from ._gateways import GATEWAY_LOST, boot_silent, check_boot, record_heartbeat
 from ._keys import ParsedKey, parse_public_key
 from ._oidc import OIDC_GROUP, OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import (
@@ -930,6 +930,8 @@ class IdentityService:
                 live = await session.get(SessionRow, claims.sid)
                 if live is None or live.ended_at is not None or live.username != claims.sub:
                     raise TokenRejected("session_ended")
+                if live.boot_id and await boot_silent(self._store, session, live.boot_id):
+                    raise TokenRejected("session_ended", "its gateway stopped beating")
             return dataclasses.replace(claims, roles=tuple(row.roles), groups=tuple(row.groups))
 
     async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
