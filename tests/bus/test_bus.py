@@ -291,3 +291,22 @@ def test_embedded_nats_dies_with_its_parent(tmp_path: Path) -> None:
             alive = False
         time.sleep(0.05)
     assert not alive
+
+
+async def test_a_password_in_the_bus_url_is_never_shown() -> None:
+    """ATTACK (secrets in logs): ``stockade serve`` needs ``bus.url``; an operator puts
+    ``nats://user:password@host`` there. When the server cannot be reached, the error that the
+    CLI prints (and every log collector keeps) must not carry the password."""
+    import socket
+
+    from stockade.core.errors import BusUnavailable
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(BusUnavailable) as info:
+        await Bus.connect(
+            f"nats://stockade:hunter2-secret@127.0.0.1:{port}", name="t", connect_timeout=0.3
+        )
+    assert "hunter2-secret" not in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)  # still says where

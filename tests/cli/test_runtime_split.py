@@ -12,6 +12,7 @@ from tls.jwks import serve_issuer
 
 from stockade.authz import Context, Resource, Subject, build_input
 from stockade.cli._runtime import Runtime, service_tls
+from stockade.core import BackendError
 from stockade.core.settings import Settings
 from stockade.rpc import AuthzClient, mtls_channel
 from stockade.tls import DevCA, ProjectedToken
@@ -80,3 +81,69 @@ async def test_serve_authz_enforces_projected_tokens(tmp_path: Path, nats_url: s
 def test_a_runtime_of_no_known_service_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="unknown service sshd"):
         Runtime(Settings(data_dir=tmp_path), services=frozenset({"sshd"}))
+
+
+async def test_a_peer_holding_another_services_certificate_is_not_trusted(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """ATTACK: ``peers.identity`` leads to a hostile server (a spoofed name, a hijacked
+    Service) holding a certificate of the same CA, but another service's: a gateway's. The
+    gateway would hand it every password it checks. The client checks the peer's certificate
+    names the service it wants, not merely that it comes from the CA."""
+    from stockade.core.settings import IdentitySettings
+    from stockade.identity import IdentityService, KeyRing
+    from stockade.rpc import RpcServer
+    from stockade.store import Store
+
+    DevCA(tmp_path / "tls").ensure()
+    base = Settings(
+        data_dir=tmp_path / "broker",
+        bus={"url": nats_url},
+        tls={"directory": tmp_path / "tls"},
+    )
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    await store.migrate()
+    identity = IdentityService(
+        store=store, settings=IdentitySettings(), keyring=KeyRing(tmp_path / "keys")
+    )
+    try:
+        for cert_name, trusted in (("gateway", False), ("identity", True)):
+            server_tls = service_tls(
+                base.model_copy(update={"data_dir": tmp_path / cert_name}), cert_name
+            )
+            server = RpcServer(identity=identity, authorizer=None, tls=server_tls)
+            await server.start()
+            settings = base.model_copy(
+                update={
+                    "peers": base.peers.model_copy(update={"identity": f"127.0.0.1:{server.port}"})
+                }
+            )
+            runtime = Runtime(settings, services=frozenset({"broker"}))
+            runtime._tls = service_tls(settings, "broker")
+            try:
+                if trusted:
+                    assert (await runtime.identity_api.fetch_jwks())["keys"]
+                else:
+                    with pytest.raises(BackendError) as info:
+                        await runtime.identity_api.fetch_jwks()
+                    assert "Hostname Verification" in str(info.value), info.value
+            finally:
+                await runtime.stop()
+                await server.stop(0)
+    finally:
+        await store.close()
+
+
+def test_the_banner_shows_no_password_of_a_nats_cluster_url() -> None:
+    """ATTACK (secrets in logs): ``bus.url`` may list a cluster, ``nats://u:p@a,nats://u:p@b``;
+    the start-up banner and the status file show every address, no password."""
+    from stockade.cli._runtime import _without_userinfo
+
+    shown = _without_userinfo("nats://u:pw-one@a:4222,nats://u:pw-two@b:4222")
+    assert "pw-one" not in shown
+    assert "pw-two" not in shown
+    assert "a:4222" in shown
+    assert "b:4222" in shown
+    assert (
+        _without_userinfo("postgresql://app:pw@db:5432/stockade") == "postgresql://db:5432/stockade"
+    )

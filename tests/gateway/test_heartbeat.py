@@ -72,3 +72,47 @@ async def test_a_boot_declared_dead_learns_it_and_stopping_ends_the_row(
     assert row is not None
     assert row.ended_at is not None
     assert row.end_reason == "stopped"
+
+
+async def test_a_gateway_cut_off_from_identity_closes_its_sessions_itself(
+    identity: tuple[IdentityService, Store], tmp_path: Path
+) -> None:
+    """ATTACK (partition): gateway A cannot reach identity. The others declare it dead and end
+    its sessions in the registry, but A, which only learns that from a beat, would go on
+    serving its users' shells for as long as the partition lasts (a disabled user included).
+    Once its beats have failed for longer than its own timeout, A knows it is declared dead
+    and closes its sessions itself."""
+    import asyncio
+
+    from stockade.rpc import IdentityClient, RpcServer, mtls_channel
+    from stockade.tls import CertificateFiles, DevCA
+
+    service, _ = identity
+    ca = DevCA(tmp_path / "tls")
+    served = ca.issue("identity")
+    server = RpcServer(
+        identity=service,
+        authorizer=None,
+        tls=CertificateFiles(served.cert, served.key, served.ca),
+    )
+    await server.start()
+    gw = ca.issue("gateway")
+    channel = mtls_channel("127.0.0.1", server.port, CertificateFiles(gw.cert, gw.key, gw.ca))
+    dead = asyncio.Event()
+
+    async def on_dead() -> None:
+        dead.set()
+
+    loop = HeartbeatLoop(
+        IdentityClient(channel, target="identity", timeout=0.5),
+        gateway_id="gw-a", boot_id=lambda: "boot-a", interval=0.1, timeout=1.0, on_dead=on_dead,
+    )  # fmt: skip
+    try:
+        assert await loop.beat()
+        loop.start()
+        await server.stop(0)  # the partition
+        await asyncio.wait_for(dead.wait(), timeout=10)
+        assert loop.failures >= 1
+    finally:
+        await loop.stop()
+        await channel.close()

@@ -229,3 +229,119 @@ def test_enabling_oidc_needs_issuer_and_client_id() -> None:
         OidcSettings(enabled=True, client_id="x")
     with pytest.raises(ValidationError, match="client_id must be set"):
         OidcSettings(enabled=True, issuer="https://idp.example")
+
+
+async def test_a_renamed_provider_account_cannot_become_another_oidc_user(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: ``preferred_username`` is the user's to edit at most providers. Mallory (another
+    provider account, another ``sub``) renames herself ``olga`` once olga has a Stockade user:
+    she must not log in as olga (olga's workspaces, keys, secrets)."""
+    await service.login_oidc(id_token(issuer), nonce=NONCE)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer, sub="mallory-0001", groups=["devs"]), nonce=NONCE)
+    assert info.value.reason == "subject_mismatch"
+    assert (await service.get_user("olga")).roles == ("admin",)
+    again = await service.login_oidc(id_token(issuer), nonce=NONCE)  # olga herself still can
+    assert again.user.name == "olga"
+
+
+async def test_a_token_without_sub_is_refused(service: IdentityService, issuer: Issuer) -> None:
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer, sub=None), nonce=NONCE)
+    assert info.value.reason == "no_subject"
+
+
+async def test_a_user_whose_groups_lose_every_role_loses_their_roles(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: olga was an admin; the provider drops her from every mapped group. Her next
+    login is refused (``require_role``), and the refusal must not leave her Stockade user, and
+    the tokens she already holds, with ``admin``."""
+    first = await service.login_oidc(id_token(issuer), nonce=NONCE)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer, groups=["everyone"]), nonce=NONCE)
+    assert info.value.reason == "no_role"
+    assert (await service.get_user("olga")).roles == ()
+    assert (await service.verify_token(first.token)).roles == ()
+
+
+async def test_a_code_flow_token_is_refused_without_its_nonce(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: an ID token minted for the authorization-code flow (it carries a ``nonce``)
+    replayed through the device-code path (``nonce=None``) skips the nonce check."""
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer), nonce=None)
+    assert info.value.reason == "bad_nonce"
+    assert [u.name for u in await service.list_users()] == []
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+async def test_non_finite_time_claims_are_refused(
+    service: IdentityService, issuer: Issuer, claim: str
+) -> None:
+    """ATTACK: JSON parsers here accept ``NaN``/``Infinity``; every comparison with NaN is
+    False, so ``exp``/``iat`` of NaN would pass every time check."""
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(TokenRejected):
+            await service.login_oidc(id_token(issuer, **{claim: value}), nonce=NONCE)
+    assert [u.name for u in await service.list_users()] == []
+
+
+@pytest.mark.parametrize("field", ["issuer", "jwks_url"])
+def test_the_provider_is_reached_over_https_only(field: str) -> None:
+    """ATTACK: keys fetched over plain HTTP from a non-loopback host can be swapped by anyone
+    on the path, who then signs ID tokens for any user."""
+    values = {"enabled": True, "issuer": "https://idp.example", "client_id": "x"}
+    with pytest.raises(ValidationError, match=field):
+        OidcSettings(**{**values, field: "http://idp.example/keys"})
+    OidcSettings(**{**values, field: "http://127.0.0.1:8080/keys"})  # loopback: tests, sidecars
+
+
+async def test_an_id_token_logs_in_once(service: IdentityService, issuer: Issuer) -> None:
+    """ATTACK: a device-code ID token has no nonce; whoever copies it (a log, a proxy, a shared
+    terminal) replays it for another Stockade token within ``max_age``. Each ID token is
+    accepted once."""
+    token = id_token(issuer, nonce=None)
+    await service.login_oidc(token, nonce=None)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(token, nonce=None)
+    assert info.value.reason == "replayed"
+    await service.login_oidc(id_token(issuer, nonce=None), nonce=None)  # a fresh one does
+
+
+async def test_a_refused_login_does_not_claim_a_disabled_pre_provisioned_user(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: an administrator pre-provisions ``pat`` for OIDC (group ``oidc``), disabled
+    until her start date. Mallory's provider account, renamed ``pat``, tries first: refused,
+    and it must not have bound ``pat`` to Mallory's account, so Pat can log in once enabled."""
+    await service.add_user("pat", roles=["developer"], groups=["oidc"])
+    await service.set_disabled("pat", True)
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(
+            id_token(issuer, sub="mallory-0001", preferred_username="pat"), nonce=NONCE
+        )
+    assert info.value.reason == "user_disabled"
+    await service.set_disabled("pat", False)
+    pat = await service.login_oidc(
+        id_token(issuer, sub="pat-0002", preferred_username="pat", groups=["devs"]), nonce=NONCE
+    )
+    assert pat.user.name == "pat"
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(
+            id_token(issuer, sub="mallory-0001", preferred_username="pat"), nonce=NONCE
+        )
+    assert info.value.reason == "subject_mismatch"
+
+
+async def test_a_token_authorized_for_another_client_is_refused(
+    service: IdentityService, issuer: Issuer
+) -> None:
+    """ATTACK: ``azp`` names the party the token was issued to; one issued to another client
+    of the provider (that lists us in ``aud``) is not ours to accept, one audience or several."""
+    with pytest.raises(TokenRejected) as info:
+        await service.login_oidc(id_token(issuer, azp="another-client"), nonce=NONCE)
+    assert info.value.reason == "bad_audience"
+    await service.login_oidc(id_token(issuer, azp=CLIENT_ID), nonce=NONCE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +48,9 @@ class Bus:
         self._closed = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else self._nc.connected_url.netloc  # type: ignore[union-attr]
+        state = (
+            "closed" if self._closed else _without_password(self._nc.connected_url.netloc)  # type: ignore[union-attr]
+        )
         return f"<Bus {self.name} {state}>"
 
     @classmethod
@@ -59,7 +62,7 @@ class Bus:
 
         Raises :class:`BusUnavailable` when no server answers within ``connect_timeout``.
         """
-        with mapped(f"connect to {url}"):
+        with mapped(f"connect to {_without_password(url)}"):
             nc = await asyncio.wait_for(
                 nats.connect(
                     url,
@@ -332,3 +335,12 @@ class _TrackedKeyValueStore(KeyValueStore):
         watch = await super().watch(callback)
         self._registry.append(watch)
         return watch
+
+
+_USERINFO = re.compile(r"[^\s/@,]+@")
+
+
+def _without_password(url: str) -> str:
+    """``url`` (or a comma-separated list of them) with every userinfo (``user:password@``, or a
+    token as ``token@``) shown as ``[secure]@``: connect errors end up on terminals and in logs."""
+    return _USERINFO.sub("[secure]@", url)

@@ -42,7 +42,13 @@ from stockade.rpc import (
 )
 from stockade.shield import BanSync, DenyList, Shield
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA, ProjectedToken, ServiceTokenVerifier
+from stockade.tls import (
+    CertificateFiles,
+    DevCA,
+    ProjectedToken,
+    ServiceTokenVerifier,
+    dns_names,
+)
 from stockade.workspace import PodmanRuntime, UidAllocator
 
 from ._datadir import keyring_for, prepare_data_dir
@@ -356,7 +362,7 @@ class Runtime:
             int(port),
             self._tls,
             token=ProjectedToken(tokens.token_dir / peer) if tokens.enabled else None,
-            server_name=self.settings.peers.server_name,
+            server_name=(self.settings.peers.server_name or "{service}").replace("{service}", peer),
         )
         self._stack.push_async_callback(channel.close, None)
         return channel
@@ -451,18 +457,27 @@ def service_tls(settings: Settings, name: str) -> CertificateFiles:
         )
     own = settings.data_dir / "tls"
     ca = DevCA(tls.directory or own)
+    # the service's name is a SAN of its certificate only: peers check it (peers.server_name)
+    sans = [name, "localhost", "127.0.0.1", "::1"]
     if ca.directory.resolve() == own.resolve():
-        issued = ca.issue(name)
+        cert = own / f"{name}.pem"
+        issued = ca.issue(name, sans=sans, force=cert.exists() and not _names(cert, name))
         return CertificateFiles(issued.cert, issued.key, issued.ca)
     with _locked(ca.directory):
         ca.ensure()
     cert, key = own / f"{name}.pem", own / f"{name}.key"
-    if not (cert.exists() and key.exists()):
+    if not (cert.exists() and key.exists() and _names(cert, name)):
         own.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cert_pem, key_pem = ca.mint(name)
+        cert_pem, key_pem = ca.mint(name, sans=sans)
         write_private(key, key_pem)
         write_private(cert, cert_pem, mode=0o644)
     return CertificateFiles(cert, key, ca.ca_cert_path)
+
+
+def _names(cert: Path, name: str) -> bool:
+    """Whether ``cert`` has the DNS SAN ``name`` (one minted before peers checked it has not:
+    it is minted again)."""
+    return name in dns_names(cert)
 
 
 @contextlib.contextmanager
@@ -491,7 +506,10 @@ def _free_port(host: str) -> int:
 
 
 def _without_userinfo(url: str) -> str:
-    """``url`` without ``user:password@``: the banner never prints a credential."""
+    """``url`` without ``user:password@``: the banner never prints a credential. A list of
+    URLs (a NATS cluster, comma-separated) loses every one."""
+    if "," in url:
+        return ",".join(_without_userinfo(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -117,6 +117,28 @@ class BusSettings(_Section):
     """Seconds to wait for NATS (and for the embedded server to become ready)."""
 
 
+def _fetched_over_tls(value: str | None, field: str) -> str | None:
+    """``value`` if it is an https URL, or an http one on a loopback host (a test's JWKS, a
+    sidecar): signing keys fetched over plain HTTP from anywhere else can be swapped by anyone
+    on the path, who then signs tokens for whoever they like."""
+    if value is None:
+        return None
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rpartition("@")[2]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    host = host.removeprefix("[").removesuffix("]")
+    if sep and scheme.lower() == "https" and host:
+        return value
+    if sep and scheme.lower() == "http":
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback:
+            return value
+    raise ValueError(f"{field}: expected an https:// URL (http:// only on loopback), got {value!r}")
+
+
 class OidcSettings(_Section):
     """Logins with ID tokens of an OpenID Connect provider (Keycloak, Hydra, OpenBao's
     ``identity/oidc/provider``): identity checks the token's signature against the issuer's
@@ -158,6 +180,8 @@ class OidcSettings(_Section):
 
     @model_validator(mode="after")
     def _complete(self) -> OidcSettings:
+        _fetched_over_tls(self.issuer, "issuer")
+        _fetched_over_tls(self.jwks_url, "jwks_url")
         if self.enabled and not (self.issuer and self.client_id):
             missing = "issuer" if not self.issuer else "client_id"
             raise ValueError(f"{missing} must be set when OIDC logins are enabled")
@@ -746,6 +770,12 @@ class ServiceTokenSettings(_Section):
     min_refresh: float = Field(default=30.0, gt=0, le=3600)
     """Fewest seconds between two JWKS fetches triggered by an unknown ``kid``."""
 
+    @model_validator(mode="after")
+    def _over_tls(self) -> ServiceTokenSettings:
+        _fetched_over_tls(self.issuer, "issuer")
+        _fetched_over_tls(self.jwks_url, "jwks_url")
+        return self
+
 
 def _peer_address(value: Any) -> Any:
     if value is None:
@@ -770,8 +800,12 @@ class PeerSettings(_Section):
     """The identity service (``stockade serve identity``), for gateways and brokers."""
     authz: PeerAddress = None
     """The authz service (``stockade serve authz``), for gateways and brokers."""
-    server_name: str = "localhost"
-    """The name peers' server certificates are checked against (a SAN of theirs)."""
+    server_name: str | None = None
+    """The name each peer's server certificate must carry (a SAN): ``{service}`` in it is
+    replaced by the peer's service name, e.g. ``stockade-{service}.stockade.svc``. Unset: the
+    service name itself (``identity``, ``authz``), which the dev CA puts in that service's
+    certificate only, so a server holding another service's certificate of the same CA (a
+    gateway's, say) is never taken for identity."""
     timeout: float = Field(default=5.0, gt=0, le=120)
     """Seconds a call to a peer may take before it fails (authz: fails closed, a deny)."""
 

@@ -7,7 +7,10 @@ longer than ``timeout`` (their tokens stop verifying at once). So a gateway kill
 A failed beat (identity unreachable) is logged and retried at the next tick. A beat answered
 ``alive=False`` means this boot was declared dead while it still ran (a partition, a long
 pause): its sessions were ended in the registry, so ``on_dead`` closes them here too and the
-gateway carries on under a new boot id.
+gateway carries on under a new boot id. Beats failing for longer than ``timeout`` mean the
+same (the others declare this boot dead then, and no kill may reach it): ``on_dead`` runs
+without waiting to be told, so a gateway cut off from identity does not go on serving
+sessions the registry has ended (fail closed).
 """
 
 from __future__ import annotations
@@ -80,15 +83,24 @@ class HeartbeatLoop:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        next_at = last_ok = loop.time()
+        cut_off = False
         while True:
             next_at += self._interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            started = loop.time()
             try:
                 await asyncio.wait_for(self.beat(), timeout=max(self._interval, 1.0) * 2)
             except (StockadeError, TimeoutError) as exc:
                 self.failures += 1
                 _log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
+                if not cut_off and loop.time() - last_ok > self._timeout:
+                    cut_off = True  # once per outage: the boot it runs as now is a new one
+                    _log.error("gateway_cut_off", gateway_id=self._gateway_id,
+                               silent_for=round(loop.time() - last_ok, 1))  # fmt: skip
+                    await self._on_dead()
+            else:
+                last_ok, cut_off = started, False
             next_at = max(next_at, loop.time())  # after a slow beat, no burst to catch up
 
     async def stop(self) -> None:

@@ -12,22 +12,32 @@ reason              check
 ``unknown_kid``     the provider's JWKS has that key (refreshed once, rate-limited, if new)
 ``bad_signature``   the key verifies it (a token signed by another key fails here)
 ``bad_issuer``      ``iss`` is ``oidc.issuer``
-``bad_audience``    ``aud`` names ``oidc.client_id`` (and, with several audiences, ``azp`` is it)
+``bad_audience``    ``aud`` names ``oidc.client_id``; ``azp``, when present (and it must be with
+                    several audiences), is it
 ``expired``         ``exp`` is ahead (with ``leeway``)
 ``not_yet_valid``   ``nbf`` and ``iat`` are behind (with ``leeway``)
 ``too_old``         ``iat`` is at most ``max_age`` ago
-``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it
+``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it;
+                    without one (device-code flow), the token has no ``nonce`` (a code-flow
+                    token does not skip its check through the device-code path)
+``no_subject``      ``sub`` names the provider account
 ``no_username``     the username claim passes Stockade's username grammar
+``replayed``        this very token has not logged in before (kept until it is too old
+                    anyway; per identity process)
 ==================  ==========================================================================
 
 The provider's ``groups`` map to roles through ``oidc.group_roles`` (the union over the user's
 groups); :meth:`IdentityService.login_oidc` then creates or updates the user and issues a
-Stockade token.
+Stockade token. Time claims must be finite numbers (JSON here admits ``NaN``, which passes every
+comparison). A user is bound to the provider account (``iss`` and ``sub``, see
+:attr:`OidcIdentity.account`) of their first login, never to a username the account may rename.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -52,12 +62,17 @@ OIDC_GROUP = "oidc"
 #: Most groups read from one token (a provider listing thousands is cut, not obeyed blindly).
 MAX_GROUPS = 256
 
+#: Most used tokens remembered; past it, a login is refused (fail closed) until some age out.
+MAX_REMEMBERED = 100_000
+
 
 @dataclass(frozen=True)
 class OidcIdentity:
     """Who a verified ID token says the user is."""
 
     subject: str
+    account: str
+    """``sha256:`` of ``iss`` and ``sub``: the provider account, stored with the user."""
     username: str
     email: str
     display_name: str
@@ -97,6 +112,8 @@ class OidcVerifier:
             clock=clock,
         )
         self._clock = clock
+        self._used: dict[bytes, float] = {}
+        """Digest of every token verified -> when it is too old to verify anyway."""
 
     def __repr__(self) -> str:
         return f"<OidcVerifier iss={self.issuer} aud={self.client_id}>"
@@ -140,7 +157,21 @@ class OidcVerifier:
         except jwt.InvalidTokenError as exc:
             raise TokenRejected("malformed", str(exc)) from None
         self._check(claims, nonce)
-        return self._identity(claims)
+        who = self._identity(claims)
+        self._use(id_token, float(claims["iat"]))
+        return who
+
+    def _use(self, id_token: str, iat: float) -> None:
+        """Refuse a token seen before; remember this one until it is too old anyway."""
+        now = self._clock()
+        if len(self._used) >= MAX_REMEMBERED // 2:
+            self._used = {k: until for k, until in self._used.items() if until >= now}
+        digest = hashlib.sha256(id_token.encode()).digest()
+        if digest in self._used:
+            raise TokenRejected("replayed", "this ID token has logged in already")
+        if len(self._used) >= MAX_REMEMBERED:
+            raise TokenRejected("replayed", "too many logins to remember; retry shortly")
+        self._used[digest] = iat + self.settings.max_age + 2 * self.settings.leeway
 
     def _check(self, claims: Mapping[str, Any], nonce: str | None) -> None:
         if claims.get("iss") != self.issuer:
@@ -151,6 +182,8 @@ class OidcVerifier:
             raise TokenRejected("bad_audience", f"aud does not name {self.client_id}")
         if len(audiences) > 1 and claims.get("azp") != self.client_id:
             raise TokenRejected("bad_audience", "several audiences and azp is not ours")
+        if "azp" in claims and claims["azp"] != self.client_id:
+            raise TokenRejected("bad_audience", "azp names another client")
         now, leeway = self._clock(), self.settings.leeway
         exp, nbf, iat = (_number(claims.get(name)) for name in ("exp", "nbf", "iat"))
         if exp is None:
@@ -167,6 +200,11 @@ class OidcVerifier:
             got = claims.get("nonce")
             if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
                 raise TokenRejected("bad_nonce", "nonce does not match the login's")
+        elif "nonce" in claims:
+            raise TokenRejected("bad_nonce", "a token with a nonce needs the login's nonce")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub or len(sub) > 255:
+            raise TokenRejected("no_subject", "the token has no sub")
 
     def _identity(self, claims: Mapping[str, Any]) -> OidcIdentity:
         settings = self.settings
@@ -188,8 +226,11 @@ class OidcVerifier:
         roles = sorted({role for g in groups for role in settings.group_roles.get(g, [])})
         email = claims.get("email")
         name = claims.get("name")
+        subject = str(claims["sub"])
+        account = hashlib.sha256(f"{self.issuer}\n{subject}".encode()).hexdigest()
         return OidcIdentity(
-            subject=str(claims.get("sub", "")),
+            subject=subject,
+            account=f"sha256:{account}",
             username=username,
             email=email if isinstance(email, str) and claims.get("email_verified") else "",
             display_name=name[:128] if isinstance(name, str) else "",
@@ -202,4 +243,5 @@ def _number(value: object) -> float | None:
     """A JSON number claim, else None (``true`` is no timestamp)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, selectinload
 
@@ -38,11 +39,19 @@ from stockade.core.events import (
 )
 from stockade.core.logging import get_logger
 from stockade.core.settings import IdentitySettings
-from stockade.store import Prepared, SessionRow, SshKeyRow, Store, UserRow, WorkspaceRow
+from stockade.store import (
+    GatewayRow,
+    Prepared,
+    SessionRow,
+    SshKeyRow,
+    Store,
+    UserRow,
+    WorkspaceRow,
+)
 
-from ._gateways import GATEWAY_LOST, record_heartbeat
+from ._gateways import GATEWAY_LOST, check_boot, record_heartbeat, silent_beyond_timeout
 from ._keys import ParsedKey, parse_public_key
-from ._oidc import OIDC_GROUP, OidcLogin, OidcVerifier
+from ._oidc import OIDC_GROUP, OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import (
     PasswordHasher,
     TotpEnrollment,
@@ -198,11 +207,16 @@ class _LoginQueries:
             .outerjoin(ws_owner, ws_owner.id == WorkspaceRow.owner_id)
             .where(UserRow.name == bindparam("user"))
         )  # fmt: skip
+        # the session's gateway boot too: a boot silent beyond its own timeout ends its
+        # sessions' tokens (judged by the database's clock on PostgreSQL, see _gateways)
+        clock = [func.now()] if store.dialect == "postgresql" else []
         token_check = (
             select(UserRow.roles, UserRow.groups, UserRow.disabled, SessionRow.id,
-                   SessionRow.username, SessionRow.ended_at)
+                   SessionRow.username, SessionRow.ended_at, GatewayRow.seen_at,
+                   GatewayRow.ended_at, GatewayRow.stale_after, *clock)
             .select_from(UserRow)
             .outerjoin(SessionRow, SessionRow.id == bindparam("sid"))
+            .outerjoin(GatewayRow, GatewayRow.boot_id == SessionRow.boot_id)
             .where(UserRow.name == bindparam("sub"))
         )  # fmt: skip
         session_live = select(SessionRow.ended_at).where(SessionRow.id == bindparam("sid"))
@@ -524,7 +538,10 @@ class IdentityService:
         if lifetime <= 0:
             raise InvalidInput("ttl", "must be positive")
         session_id = "s-" + secrets.token_hex(12)
+        gateway_id = check_text(request.gateway_id, field="gateway_id", limit=128)
+        boot_id = check_text(request.boot_id, field="boot_id", limit=64)
         async with self._store.transaction() as session:
+            await check_boot(session, gateway_id, boot_id)
             row = await session.scalar(select(UserRow).where(UserRow.name == principal.username))
             if row is None or row.disabled:
                 raise InvalidInput("username", f"user {principal.username!r} may not log in now")
@@ -551,8 +568,8 @@ class IdentityService:
                     bytes_in=0,
                     bytes_out=0,
                     end_reason="",
-                    gateway_id=check_text(request.gateway_id, field="gateway_id", limit=128),
-                    boot_id=check_text(request.boot_id, field="boot_id", limit=64),
+                    gateway_id=gateway_id,
+                    boot_id=boot_id,
                     kind=request.kind if request.kind in ("session", "connection") else "session",
                     fingerprint=principal.fingerprint,
                     recording=(
@@ -1001,9 +1018,12 @@ class IdentityService:
         )
         if not rows or rows[0][2]:
             raise TokenRejected("user_disabled")
-        roles, groups, _disabled, sid, owner, ended_at = rows[0]
-        if claims.sid is not None and (sid is None or ended_at is not None or owner != claims.sub):
-            raise TokenRejected("session_ended")
+        roles, groups, _disabled, sid, owner, ended_at, *boot = rows[0]
+        if claims.sid is not None:
+            if sid is None or ended_at is not None or owner != claims.sub:
+                raise TokenRejected("session_ended")
+            if silent_beyond_timeout(*boot):
+                raise TokenRejected("session_ended", "its gateway stopped beating")
         return dataclasses.replace(claims, roles=tuple(roles), groups=tuple(groups))
 
     async def login_oidc(self, id_token: str, *, nonce: str | None = None) -> OidcLogin:
@@ -1024,6 +1044,7 @@ class IdentityService:
             self._oidc = OidcVerifier(settings)
         who = await self._oidc.verify(id_token, nonce=nonce)
         if not who.roles and settings.require_role:
+            await self._drop_oidc_roles(who)
             raise TokenRejected("no_role", "none of the user's groups maps to a Stockade role")
         try:
             user = await self.get_user(who.username)
@@ -1043,14 +1064,52 @@ class IdentityService:
         if OIDC_GROUP not in user.groups:
             _log.warning("oidc login refused: local user", user=who.username)
             raise TokenRejected("not_oidc_user", "a local user of that name exists")
-        if user.disabled:
+        if user.disabled:  # before binding: an unbound disabled user stays unclaimed
             raise TokenRejected("user_disabled")
+        await self._bind_oidc_subject(who)
         if tuple(user.roles) != tuple(who.roles):
             user = await self.set_roles(who.username, who.roles)
         token = await self.issue_token(who.username)
         claims = await self.verify_token(token)
         _log.info("oidc login", user=who.username, roles=list(who.roles))
         return OidcLogin(user=user, token=token, claims=claims)
+
+    async def _bind_oidc_subject(self, who: OidcIdentity) -> None:
+        """Bind OIDC user ``who.username`` to the provider account (``iss``, ``sub``) of its
+        first login, and refuse any other account claiming that name later: usernames are
+        the user's to edit at most providers, subjects are not."""
+        async with self._store.transaction() as session:
+            row = await session.scalar(
+                select(UserRow).where(UserRow.name == who.username).with_for_update()
+            )
+            if row is None:
+                raise TokenRejected("unknown_user", f"no user {who.username!r}")
+            if row.oidc_subject is None:  # its first OIDC login (or made before r0007)
+                row.oidc_subject = who.account
+            elif not hmac.compare_digest(row.oidc_subject, who.account):
+                _log.warning("oidc login refused: another provider account", user=who.username)
+                raise TokenRejected(
+                    "subject_mismatch", "that user belongs to another provider account"
+                )
+
+    async def _drop_oidc_roles(self, who: OidcIdentity) -> None:
+        """A login refused because the groups map to no role still takes away the roles of
+        that OIDC user (same provider account): a demotion at the provider must not leave the
+        Stockade user, and its live tokens, with its old roles."""
+        try:
+            user = await self.get_user(who.username)
+        except NotFound:
+            return
+        if OIDC_GROUP not in user.groups or not user.roles:
+            return
+        async with self._store.transaction() as session:
+            row = await session.scalar(select(UserRow).where(UserRow.name == who.username))
+            if row is None or (
+                row.oidc_subject is not None
+                and not hmac.compare_digest(row.oidc_subject, who.account)
+            ):
+                return
+        await self.set_roles(who.username, ())
 
     def jwks(self) -> dict[str, Any]:
         """The public JWK Set of every signing key that still verifies."""

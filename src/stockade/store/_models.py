@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -98,6 +99,9 @@ class UserRow(Base):
     """Sealed (AES-GCM) by identity; never the raw secret."""
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, default=None)
     """The last TOTP time step accepted, so a code cannot be replayed."""
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), default=None)
+    """``sub`` of the OIDC provider account that created this user (OIDC users only): later
+    OIDC logins must present it, whatever their ``preferred_username`` says."""
     created_at: Mapped[datetime] = mapped_column(default=_now)
 
     keys: Mapped[list[SshKeyRow]] = relationship(
@@ -193,6 +197,9 @@ class GatewayRow(Base):
     seen_at: Mapped[datetime] = mapped_column(default=_now, index=True)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
     end_reason: Mapped[str] = mapped_column(String(64), default="")
+    stale_after: Mapped[float | None] = mapped_column(Float, default=None)
+    """The heartbeat timeout this boot declared (seconds): it is dead once silent for longer,
+    whatever timeout the gateway that notices runs with. None: rows from before r0007."""
 
     def __repr__(self) -> str:
         return f"GatewayRow(gateway_id={self.gateway_id!r}, boot_id={self.boot_id!r})"

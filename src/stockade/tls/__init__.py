@@ -4,7 +4,7 @@ The dev CA, certificates that reload when their files change and renew themselve
 OpenBao PKI), and verification of Kubernetes projected service-account tokens.
 """
 
-from ._ca import DevCA, IssuedCert
+from ._ca import DevCA, IssuedCert, dns_names
 from ._jwks import JwksCache
 from ._reload import (
     CertificateFiles,
@@ -49,6 +49,7 @@ __all__ = [
     "ServiceTokenRejected",
     "ServiceTokenVerifier",
     "TlsMaterial",
+    "dns_names",
     "grpc_channel_credentials",
     "grpc_server_credentials",
     "load_allow_list",

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from stockade.core import InvalidInput, write_private
 
-__all__ = ["DevCA", "IssuedCert"]
+__all__ = ["DevCA", "IssuedCert", "dns_names"]
 
 _CA_LIFETIME = timedelta(days=3650)
 _LEAF_LIFETIME = timedelta(days=90)
@@ -44,6 +44,17 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
         except ValueError:
             entries.append(x509.DNSName(name))
     return x509.SubjectAlternativeName(entries)
+
+
+def dns_names(cert: Path) -> list[str]:
+    """The DNS subject alternative names of the PEM certificate in ``cert`` ([] when it cannot
+    be read or has none)."""
+    try:
+        parsed = x509.load_pem_x509_certificate(cert.read_bytes())
+        san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return []
+    return list(san.value.get_values_for_type(x509.DNSName))
 
 
 class DevCA:
