@@ -17,9 +17,10 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select
+from sqlalchemy import bindparam, delete, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, selectinload
+from sqlalchemy.types import NullType
 
 from stockade.core.durations import parse_duration
 from stockade.core.errors import (
@@ -209,11 +210,12 @@ class _LoginQueries:
         )  # fmt: skip
         # the session's gateway boot too: a boot silent beyond its own timeout ends its
         # sessions' tokens (judged by the database's clock on PostgreSQL, see _gateways)
+        # (stale_after is read as the driver gives it: a float, or None)
         clock = [func.now()] if store.dialect == "postgresql" else []
         token_check = (
             select(UserRow.roles, UserRow.groups, UserRow.disabled, SessionRow.id,
                    SessionRow.username, SessionRow.ended_at, GatewayRow.seen_at,
-                   GatewayRow.ended_at, GatewayRow.stale_after, *clock)
+                   GatewayRow.ended_at, type_coerce(GatewayRow.stale_after, NullType()), *clock)
             .select_from(UserRow)
             .outerjoin(SessionRow, SessionRow.id == bindparam("sid"))
             .outerjoin(GatewayRow, GatewayRow.boot_id == SessionRow.boot_id)
