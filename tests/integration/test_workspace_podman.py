@@ -258,15 +258,21 @@ async def test_credential_socket_reaches_its_session_only(
         assert await reader.read(100) == b""
         writer.close()
         await holder.close()
-        # an admin in alice's workspace: her token is not placed in the environment at all
-        admin = "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd"
+        # an admin in alice's workspace: her token is not placed in the environment at all,
+        # and neither is a credential socket (alice runs as the same uid: she could ptrace the
+        # admin's processes and connect through them)
+        admin = (
+            "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd;"
+            "echo sock=$STOCKADE_SOCKET; ls -A /run/stockade/s/*/ | grep -c sock"
+        )
         out, _, _ = await _run(
             runtime,
             _spec("alpha", "root-admin", admin, owner="alice",
                   env={"STOCKADE_TOKEN": "admins-token"}, credential_socket=str(path)),
         )  # fmt: skip
         assert "admins-token" not in out
-        assert out.split()[1:] == ["root-admin", "1"]  # their own name resolves
+        assert out.split()[1:3] == ["root-admin", "1"]  # their own name resolves
+        assert out.split()[3:] == ["sock=", "0"]
     finally:
         server.close()
 

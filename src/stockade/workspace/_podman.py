@@ -54,7 +54,7 @@ from ._names import object_name
 from ._nsenter import connect_in_netns
 from ._pss import check_object
 from ._render import render_workspace
-from ._runtime import ExitStatus, SessionSpec
+from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
 from ._uids import UidAllocator
 
 __all__ = [
@@ -894,8 +894,7 @@ class PodmanRuntime:
                 env["GIT_CONFIG_VALUE_0"] = f"{HELPER_DIR}/git-credential-stockade"
         if spec.agent_path:
             env["SSH_AUTH_SOCK"] = f"{session_dir}/agent.sock"
-        if spec.username != pod.owner and spec.credential_socket:
-            # a shared workspace: its owner runs as the same uid and could read the environ
+        if shared_session(spec, pod.owner):  # never there (see open), whatever the caller did
             env.pop("STOCKADE_TOKEN", None)
         return env
 
@@ -908,6 +907,20 @@ class PodmanRuntime:
 
     async def open(self, spec: SessionSpec) -> PodmanWorkload:
         pod = await self.ensure(spec)
+        if shared_session(spec, pod.owner) and (
+            spec.credential_socket or spec.agent_path or "STOCKADE_TOKEN" in spec.env
+        ):
+            # Someone else's workspace runs as its owner's uid: the owner can ptrace this
+            # session's processes and plant what they run, so they carry no credentials.
+            _log.warning(
+                "shared_session_credentials_withheld",
+                workspace=spec.workspace,
+                user=spec.username,
+                owner=pod.owner,
+                reason="the workspace runs as its owner's uid: no token, credential socket"
+                " or forwarded agent for another user's session",
+            )
+            spec = without_credentials(spec)
         if spec.username not in pod.users:
             pod.users.add(spec.username)
             self._write_identity(pod)
