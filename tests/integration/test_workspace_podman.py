@@ -148,6 +148,28 @@ async def test_default_blueprint_pod_is_least_privilege(runtime: PodmanRuntime) 
     assert status.code == 7
 
 
+async def test_no_namespaces_mounts_or_keyrings_of_a_sessions_own(runtime: PodmanRuntime) -> None:
+    """Regression (atk10): Podman's default seccomp profile lets anyone ``unshare``, ``clone``
+    with namespace flags, ``mount`` and ``keyctl``; a session became root of its own user
+    namespace (mounts, a wide kernel surface) and got pid namespaces where any pid, a session
+    leader's included, can be had again. Kubernetes' RuntimeDefault refuses these without
+    CAP_SYS_ADMIN, and so does the workspace's profile now."""
+    script = (
+        "unshare -U -r id -u 2>/dev/null; echo userns=$?;"
+        "unshare -p -f true 2>/dev/null; echo pidns=$?;"
+        "unshare -n true 2>/dev/null; echo netns=$?;"
+        "unshare -m true 2>/dev/null; echo mntns=$?;"
+        "mount -t tmpfs none $HOME 2>/dev/null; echo mount=$?;"
+        "(sleep 0.1 & wait) && echo fork-ok"
+    )
+    out, _, _ = await _run(runtime, _spec("alpha", "alice", script))
+    lines = out.split()
+    assert "0" not in lines, out  # no `id -u` of a user namespace's root
+    for name in ("userns", "pidns", "netns", "mntns", "mount"):
+        assert f"{name}=0" not in lines, out
+    assert "fork-ok" in lines  # plain fork and threads still work
+
+
 async def test_pty_resize_signal_and_reuse(runtime: PodmanRuntime) -> None:
     first = await runtime.open(_spec("alpha", "alice", "true"))
     await first.wait()

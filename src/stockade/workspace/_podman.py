@@ -12,6 +12,9 @@ adapts it where ``podman kube play`` 4.3 falls short, and says so field by field
 - the workspace container's main process is the Stockade agent (``agent/stockade-agent.c``,
   built once, static), mounted read-only with its socket directory at ``/run/stockade``;
 - ``/etc/passwd`` and ``/etc/group`` are generated (read-only) so each user's name resolves.
+- ``RuntimeDefault`` seccomp is Podman's default profile tightened to what Kubernetes' is
+  without ``CAP_SYS_ADMIN`` (:func:`workspace_seccomp`: no new namespaces, mounts or keyrings),
+  through ``seccomp_profile`` in the private ``containers.conf``.
 
 Sessions enter through the agent, not ``podman exec``: the runtime hands it the session's PTY or
 pipes over a ``SOCK_SEQPACKET`` socket and it forks the program, which inherits the container's
@@ -26,6 +29,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import json
 import os
 import pty
 import re
@@ -84,6 +88,7 @@ _SIGNALS = {
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+seccomp_profile = "{seccomp}"
 [engine]
 events_logger = "none"
 runtime = "runc"
@@ -269,6 +274,44 @@ def build_busybox_image(
     tar.unlink()
 
 
+SYSTEM_SECCOMP = Path("/usr/share/containers/seccomp.json")
+#: Namespace flags of ``clone``: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET.
+_CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+_CLONE_NS_FLAGS |= 0x40000000
+#: Refused outright: new namespaces (and entering them), mounts, the kernel keyring.
+_SECCOMP_DENIED = frozenset(
+    {"unshare", "setns", "mount", "umount", "umount2", "pivot_root", "keyctl", "add_key",
+     "request_key", "clone3", "open_tree", "move_mount", "fsopen", "fsmount", "fsconfig",
+     "fspick", "mount_setattr"}
+)  # fmt: skip
+
+
+def workspace_seccomp(base: Mapping[str, Any]) -> dict[str, Any]:
+    """Podman's default seccomp profile (``base``) made what Kubernetes' ``RuntimeDefault``
+    is for a container without ``CAP_SYS_ADMIN``: Podman's allows ``unshare``, ``clone`` with
+    namespace flags, ``mount`` and ``keyctl`` to everyone, so a workspace session could create
+    user namespaces (root there, mounts, a wide kernel surface) and pid namespaces (where any
+    pid can be had). Those are refused (``EPERM``; ``clone3`` ``ENOSYS``, so libc falls back to
+    ``clone``, which is allowed without namespace flags only). Pure."""
+    profile = copy.deepcopy(dict(base))
+    rules = []
+    for rule in profile.get("syscalls", []):
+        if rule.get("action") == "SCMP_ACT_ALLOW":
+            names = [n for n in rule.get("names", []) if n not in _SECCOMP_DENIED and n != "clone"]
+            if not names:
+                continue
+            rule = {**rule, "names": names}
+        rules.append(rule)
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": _CLONE_NS_FLAGS, "valueTwo": 0,
+                            "op": "SCMP_CMP_MASKED_EQ"}]})  # fmt: skip
+    rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+    rules.append({"names": sorted(_SECCOMP_DENIED - {"clone3"}), "action": "SCMP_ACT_ERRNO",
+                  "errnoRet": 1})  # fmt: skip
+    profile["syscalls"] = rules
+    return profile
+
+
 class Podman:
     """The ``podman`` command with Stockade's private storage and flags."""
 
@@ -282,9 +325,16 @@ class Podman:
             raise ToolMissing("catatonit", "catatonit")  # kube play's Pod infra (pause) process
         self.base = data_dir / "podman"
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not SYSTEM_SECCOMP.is_file():
+            raise ToolMissing(str(SYSTEM_SECCOMP), "golang-github-containers-common")
+        seccomp = self.base / "seccomp.json"
+        profile = json.dumps(workspace_seccomp(json.loads(SYSTEM_SECCOMP.read_text())), indent=1)
+        if not seccomp.is_file() or seccomp.read_text() != profile:
+            seccomp.write_text(profile)
         conf = self.base / "containers.conf"
-        if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
-            conf.write_text(CONTAINERS_CONF)
+        text = CONTAINERS_CONF.format(seccomp=seccomp)
+        if not conf.is_file() or conf.read_text() != text:
+            conf.write_text(text)
         runroot = self.base / "run"
         if len(str(runroot)) > 50:  # Podman's limit; the runroot is volatile state anyway
             digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:16]
@@ -431,19 +481,27 @@ def _status_fields(pid: int) -> dict[str, str]:
 
 def descends_from(pid: int, leader_ns_pid: int, container_pid: int) -> bool:
     """Whether host process ``pid`` is the session leader (pid ``leader_ns_pid`` in the
-    container) or one of its descendants, below the container's main process."""
+    container, a child of the container's main process, which forks every leader) or one of
+    its descendants. The leader is told by its parent too: a session may create pid
+    namespaces of its own, where any pid, the leader's included, can be had again."""
     current = pid
     for _ in range(256):
         if current <= 1 or current == container_pid:
             return False
         fields = _status_fields(current)
         nspids = fields.get("NSpid", "").split()
-        if nspids and nspids[-1] == str(leader_ns_pid) and len(nspids) > 1:
-            return True
         try:
-            current = int(fields.get("PPid", "0"))
+            parent = int(fields.get("PPid", "0"))
         except ValueError:
             return False
+        if (
+            len(nspids) > 1
+            and nspids[-1] == str(leader_ns_pid)
+            and parent == container_pid
+            and container_pid > 1
+        ):
+            return True
+        current = parent
     return False
 
 
