@@ -389,3 +389,32 @@ async def test_idle_pods_stop(data_dir: Path, image: str) -> None:
         assert object_name("delta") not in state
     finally:
         await rt.close()
+
+
+@pytest.mark.slow
+async def test_a_re_created_workspace_never_lands_in_its_former_holders_pod(
+    data_dir: Path, image: str
+) -> None:
+    """Regression (atk10): workspace ``handover`` is removed and its name given to alice
+    (``--purge`` releases its uid; ``--reuse-home`` keeps it): her login reused mallory's
+    running Pod, with mallory's uid and what she left running there (a detached process that
+    could ptrace alice's sessions and use their credential sockets), in this gateway and in
+    the next one (the Pod was found running)."""
+    leftover = "setsid sleep 311 </dev/null >/dev/null 2>&1 & id -u"
+    look = "id -u; ps -o args | grep -c '[s]leep 311'"
+    for restart in (False, True):
+        runtime = PodmanRuntime(data_dir=data_dir)
+        try:
+            out, _, _ = await _run(runtime, _spec("handover", "mallory", leftover))
+            old_uid = int(out.split()[0])
+            runtime.uids.release("handover")  # stockade workspaces add --purge
+            if restart:  # a new gateway finds the Pod running
+                await runtime.close()
+                runtime = PodmanRuntime(data_dir=data_dir)
+            out, _, _ = await _run(runtime, _spec("handover", "alice", look))
+            uid, seen = (int(word) for word in out.split())
+            assert uid != old_uid
+            assert seen == 0, "mallory's process is still there"
+        finally:
+            await runtime.stop("handover")
+            await runtime.close()

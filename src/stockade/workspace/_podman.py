@@ -730,21 +730,36 @@ class PodmanRuntime:
             runtime=self.podman.base / "pods" / digest, homes=self.data_dir / "homes" / digest
         )
 
+    def _holder(self, spec: SessionSpec) -> tuple[str, int]:
+        """Who a Pod of ``spec.workspace`` must belong to now: its owner and uid."""
+        owner = str(spec.workspace_config.get("owner", spec.username))
+        uid = spec.uid if spec.uid is not None else self.uids.uid(spec.workspace)
+        return owner, uid
+
     async def ensure(self, spec: SessionSpec) -> _Pod:
-        """The running Pod of ``spec.workspace``: reused, found running, or created."""
+        """The running Pod of ``spec.workspace``: reused, found running, or created. A Pod
+        started for another owner or uid (the workspace was removed and its name given again)
+        is never reused: what its former holder left running there is removed with it."""
         lock = self._locks.setdefault(spec.workspace, asyncio.Lock())
         async with lock:
             pod = self._pods.get(spec.workspace)
             if pod is not None and pod.link is not None and pod.link.alive:
-                return pod
+                if (pod.owner, pod.uid) == self._holder(spec):
+                    return pod
+                _log.warning("workspace_pod_replaced", workspace=spec.workspace,
+                             reason="the workspace's owner or uid changed")  # fmt: skip
+                await self.stop(spec.workspace)
+                pod = None
             if pod is not None:
                 await self._forget(pod)
             return await self._start(spec)
 
+    def _holder_file(self, layout: PodmanLayout) -> Path:
+        return layout.runtime / "holder.json"
+
     async def _start(self, spec: SessionSpec) -> _Pod:
-        owner = str(spec.workspace_config.get("owner", spec.username))
+        owner, uid = self._holder(spec)
         blueprint = self._blueprint(spec)
-        uid = spec.uid if spec.uid is not None else self.uids.uid(spec.workspace)
         rendered = render_workspace(blueprint, workspace=spec.workspace, owner=owner, uid=uid)
         violations = check_object(rendered.pod, blueprint.level)  # the gate: never create a
         if violations:  # Pod that fails its blueprint's level
@@ -756,6 +771,13 @@ class PodmanRuntime:
         name = str(rendered.pod["metadata"]["name"])
         translated, dirs = translate_for_podman(rendered.pod, layout=layout)
         exists = await self._pod_running(name)
+        holder = json.dumps({"owner": owner, "uid": uid}, sort_keys=True)
+        if exists and not self._held_by(layout, holder):
+            _log.warning("workspace_pod_replaced", workspace=spec.workspace,
+                         reason="the running Pod was started for another owner or uid")  # fmt: skip
+            await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
+            shutil.rmtree(layout.runtime, ignore_errors=True)
+            exists = False
         listener = self._listen(layout, uid)
         pod = _Pod(
             workspace=spec.workspace,
@@ -772,6 +794,7 @@ class PodmanRuntime:
         try:
             if not exists:
                 self._prepare_dirs(pod, dirs)
+                self._holder_file(layout).write_text(holder)
                 manifest = layout.runtime / "pod.yaml"
                 manifest.write_text(yaml.safe_dump(translated, sort_keys=False))
                 await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
@@ -785,6 +808,12 @@ class PodmanRuntime:
             raise
         self._pods[spec.workspace] = pod
         return pod
+
+    def _held_by(self, layout: PodmanLayout, holder: str) -> bool:
+        try:
+            return self._holder_file(layout).read_text() == holder
+        except OSError:
+            return False
 
     async def _pod_running(self, name: str) -> bool:
         state = await self.podman.run("pod", "inspect", "--format", "{{.State}}", name, check=False)
