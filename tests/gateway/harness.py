@@ -195,6 +195,7 @@ async def gateway_env(
     bundle_dir: Path | None = None,
     rpc: bool = False,
     extra_backends: Mapping[str, Any] | None = None,
+    sandbox_network: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
@@ -256,6 +257,7 @@ async def gateway_env(
         events=bus,
         data_dir=data_dir,
         extra_backends=extra_backends,
+        sandbox_network=sandbox_network,
     )
     await gateway.start()
     try:

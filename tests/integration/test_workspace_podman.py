@@ -418,3 +418,42 @@ async def test_a_re_created_workspace_never_lands_in_its_former_holders_pod(
         finally:
             await runtime.stop("handover")
             await runtime.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="claims and emptyDirs are plain host directories on the gateway host's filesystem: "
+    "Podman enforces no storage size (no quota, no loop or tmpfs volume of the claim's size), "
+    "so a session can fill the host's disk through $HOME or /tmp",
+)
+async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> None:
+    """atk10: the blueprint's storage ``size`` is not enforced under Podman."""
+    small = {
+        "name": "small-home",
+        "storages": [{"name": "home", "mountPath": "/home/workspace", "home": True,
+                      "size": "16Mi"}],
+    }  # fmt: skip
+    script = "dd if=/dev/zero of=$HOME/fill bs=1M count=40 2>/dev/null; echo rc=$?; rm $HOME/fill"
+    try:
+        out, _, _ = await _run(runtime, _spec("small", "alice", script, blueprint=small))
+    finally:
+        await runtime.stop("small")
+    assert "rc=0" not in out
+
+
+async def test_forwards_enter_the_pods_namespace_even_when_its_pid_is_stale(
+    runtime: PodmanRuntime,
+) -> None:
+    """Regression (atk10): forwards entered ``/proc/<container pid>/ns/net`` by the pid
+    recorded when the agent connected; once the container exits that pid can name a host
+    process (here: this one), and a forward to 127.0.0.1 then reached the gateway host's
+    loopback. The namespace is now held open from the moment the agent connects."""
+    await _run(runtime, _spec("alpha", "alice", "true"))
+    host = socket.create_server(("127.0.0.1", 0))
+    try:
+        runtime._pods["alpha"].container_pid = os.getpid()  # the recorded pid, reused
+        port = host.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):  # the container's loopback: nobody there
+            await runtime.open_connection_in("alpha", "127.0.0.1", port)
+    finally:
+        host.close()

@@ -214,6 +214,7 @@ class Runtime:
                 prepare_home=self._credential_helpers,
                 reserved_ports=self._reserved_ports(),
                 extra_backends={"container": container},
+                sandbox_network=settings.workspace.sandbox_network,
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()

@@ -450,6 +450,9 @@ class _Pod:
     users: set[str] = field(default_factory=set)
     idle_since: float = field(default_factory=time.monotonic)
     container_pid: int = 0
+    netns_fd: int = -1
+    """The container's network namespace, opened when its agent connected: forwards enter
+    it by this handle, never by a pid that may since name another process."""
 
 
 def bind_unix(sock: socket.socket, path: Path) -> None:
@@ -860,6 +863,14 @@ class PodmanRuntime:
                 _log.warning("agent_impostor_refused", workspace=pod.workspace, peer_pid=peer)
                 conn.close()
                 continue
+            try:
+                netns = os.open(f"/proc/{peer}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                conn.close()
+                continue
+            if pod.netns_fd >= 0:
+                os.close(pod.netns_fd)
+            pod.netns_fd = netns
             pod.link = _AgentLink(conn, peer)
             pod.linked.set()
             return
@@ -899,6 +910,9 @@ class PodmanRuntime:
     async def _forget(self, pod: _Pod) -> None:
         if pod.link is not None:
             pod.link.close()
+        if pod.netns_fd >= 0:
+            os.close(pod.netns_fd)
+            pod.netns_fd = -1
         pod.listener.close()
         self._pods.pop(pod.workspace, None)
 
@@ -941,9 +955,15 @@ class PodmanRuntime:
         """A TCP connection to ``host:port`` leaving from the workspace's network namespace
         (its own loopback, never the gateway host's)."""
         pod = self._pods.get(workspace)
-        if pod is None or not pod.container_pid:
+        if pod is None or pod.netns_fd < 0 or pod.link is None or not pod.link.alive:
             raise InvalidInput("workspace", f"{workspace!r} has no running Pod")
-        return await connect_in_netns(f"/proc/{pod.container_pid}/ns/net", host, port)
+        if os.fstat(pod.netns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            _log.warning("forward_refused", workspace=workspace,
+                         reason="the workspace shares the gateway's network namespace")  # fmt: skip
+            raise PermissionDenied(
+                "ssh.direct-tcpip", [f"{workspace!r} shares the gateway's network namespace"]
+            )
+        return await connect_in_netns(f"/proc/self/fd/{pod.netns_fd}", host, port)
 
     def _session_ended(self, pod: _Pod, ident: int) -> None:
         pod.sessions.discard(ident)

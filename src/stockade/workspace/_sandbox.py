@@ -247,6 +247,16 @@ class SandboxBackend:
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
+    @property
+    def forwards_from_workspace(self) -> bool:
+        """Whether port forwards leave from the workspace's own network namespace (the
+        gateway's ``ssh -L``/``-W`` then go through :meth:`open_forward`)."""
+        return self.as_root and self.network and self.bwrap is not None
+
+    async def open_forward(self, spec: SessionSpec, host: str, port: int) -> socket.socket:
+        """A forward of ``spec``'s session, leaving from its workspace's namespace."""
+        return await self.open_connection_in(spec.workspace, host, port)
+
     async def open_connection_in(self, workspace: str, host: str, port: int) -> socket.socket:
         """A TCP connection leaving from ``workspace``'s network namespace."""
         path = self.netns(workspace)
