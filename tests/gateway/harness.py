@@ -212,6 +212,7 @@ async def gateway_env(
     rpc: bool = False,
     extra_backends: Mapping[str, Any] | None = None,
     batch_delay: float | None = 0.005,
+    sandbox_network: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
@@ -279,6 +280,7 @@ async def gateway_env(
         data_dir=data_dir,
         extra_backends=extra_backends,
         failures=None if batch_delay is None else FailureBatcher(bus, max_delay=batch_delay),
+        sandbox_network=sandbox_network,
     )
     await gateway.start()
     try:

@@ -13,6 +13,7 @@ workspace names already seen are found running and reused.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
 import secrets
@@ -211,6 +212,107 @@ async def test_agent_forwarding_into_the_container(env: Env, tmp_path: Path) -> 
     assert fingerprint not in without.stdout.decode()  # without -A no agent is reachable
 
 
+PLANTED_GITCONFIG = """\
+[credential]
+\thelper = "!f() { /run/stockade/bin/git-credential-stockade \\"$@\\" > /tmp/stolen; }; f"
+"""
+
+PTRACE_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ptrace.h>
+#include <sys/wait.h>
+int main(int argc, char **argv) {
+    int pid = atoi(argv[1]);
+    if (ptrace(PTRACE_ATTACH, pid, 0, 0) != 0) { perror("attach"); return 1; }
+    waitpid(pid, 0, 0);
+    printf("attached %d\n", pid);
+    ptrace(PTRACE_DETACH, pid, 0, 0);
+    return 0;
+}
+"""
+
+
+async def test_an_admin_in_someone_elses_workspace_brings_no_credentials(
+    env: Env, tmp_path: Path
+) -> None:
+    """Regression (atk10): an admin entering alice's workspace runs as its uid, alice's. She can
+    ptrace the admin's processes (shown with a real ``PTRACE_ATTACH``) and plant what they run
+    (her ``~/.gitconfig`` adds a credential helper of hers to the admin's ``git``), so any
+    credential socket or forwarded agent of the admin's session was hers to use: the
+    proxy's process-tree check passes for the admin's own descendants. Such a session now gets
+    neither (and no token), and is told about the agent."""
+    alice = await env.user("alice", workspace="planted")
+    ada = await env.user("ada", "admin")
+    ada_password = env.secret("ada")
+    gw = env.gw
+    tracer = tmp_path / "tracer"
+    source = tmp_path / "tracer.c"
+    source.write_text(PTRACE_C)
+    built = await gw.run(["gcc", "-static", "-O1", "-o", str(tracer), str(source)])
+    assert built.returncode == 0, built.stderr.decode()
+    planted = base64.b64encode(PLANTED_GITCONFIG.encode()).decode()
+    blob = base64.b64encode(tracer.read_bytes()).decode()
+    result = await gw.run(
+        gw.ssh_cmd("alice+planted", f"echo {planted} | base64 -d > $HOME/.gitconfig;"
+                   "base64 -d > $HOME/tracer; chmod 700 $HOME/tracer; rm -f /tmp/stolen",
+                   key=alice),
+        stdin=blob.encode(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+
+    agent_sock = tmp_path / "agent.sock"
+    agent = await asyncio.create_subprocess_exec(
+        "ssh-agent", "-D", "-a", str(agent_sock), env=CLEAN_ENV, stdout=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(100):
+            if agent_sock.exists():
+                break
+            await asyncio.sleep(0.05)
+        client_env = {**CLEAN_ENV, "SSH_AUTH_SOCK": str(agent_sock)}
+        added = await gw.run(["ssh-add", "-q", str(ada)], env=client_env)
+        assert added.returncode == 0, added.stderr
+        base = ["ssh", *ssh_options(gw.tmp / "known_hosts"), "-p", str(gw.port),
+                "-o", "BatchMode=yes", "-o", "KexAlgorithms=curve25519-sha256"]  # fmt: skip
+        admin = await asyncio.create_subprocess_exec(
+            *base, "-A", "ada+planted@127.0.0.1",
+            f"{FILL}; echo sock=$STOCKADE_CREDENTIAL_SOCKET agent=$SSH_AUTH_SOCK;"
+            "ls -A /run/stockade/s/*/; echo ready; sleep 60",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=client_env,
+        )  # fmt: skip
+        try:
+            assert admin.stdout is not None
+            seen = ""
+            while "ready" not in seen:
+                line = await asyncio.wait_for(admin.stdout.readline(), 30)
+                assert line, "the admin's session ended early"
+                seen += line.decode()
+            # alice, while the admin's session runs: ptrace works on it (same uid), and she
+            # looks for what her helper caught and for sockets she could reach through it
+            steal = (
+                "pid=$(ps -o pid,args | grep '[s]leep 60' | awk '{print $1}' | head -1);"
+                "$HOME/tracer $pid 2>&1; cat /tmp/stolen 2>/dev/null; echo;"
+                "find /run/stockade/s -type s 2>/dev/null | wc -l"
+            )
+            result = await gw.run(gw.ssh_cmd("alice+planted", steal, key=alice))
+        finally:
+            admin.kill()
+            _, err = await admin.communicate()
+    finally:
+        agent.terminate()
+        await agent.wait()
+    out = result.stdout.decode()
+    assert "attached" in out, out  # the owner can trace the admin's processes
+    assert ada_password not in out
+    assert ada_password not in seen
+    assert out.split()[-1] == "0", out  # no socket of the admin's anywhere in the workspace
+    assert "sock= agent=\n" in seen, seen
+    assert "sock" not in seen.split("agent=")[1].split("ready")[0]  # an empty session dir
+    assert b"agent forwarding withheld" in err, err
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -338,8 +440,7 @@ async def test_acceptance_2_users_and_an_admin_cannot_see_each_others_secrets(en
         return seen
 
     # the admin enters alice's workspace first (the Pod is created by the admin's login): their
-    # token is kept out of the environment, and their credentials still come through their own
-    # socket
+    # token is kept out of the environment
     procs = [await start(
         "ada+shared", ada,
         f"echo admin-token=$STOCKADE_TOKEN; {FILL}; echo ready; sleep 60; echo admin-marker",
@@ -355,7 +456,9 @@ async def test_acceptance_2_users_and_an_admin_cannot_see_each_others_secrets(en
         procs.append(holder)
         alice_token = (await ready(holder)).split("token=")[1].split()[0]
         assert "admin-token=\n" in admin_seen
-        assert f"password={ada_password}" in admin_seen
+        # nor does their session get a credential socket: it runs as alice's uid (see
+        # test_an_admin_in_someone_elses_workspace_brings_no_credentials)
+        assert f"password={ada_password}" not in admin_seen
 
         # bob, in his own workspace, goes looking for alice's token and files
         result = await gw.run(gw.ssh_cmd("bob+bob-box", THIEF, key=bob))

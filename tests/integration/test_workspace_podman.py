@@ -148,6 +148,28 @@ async def test_default_blueprint_pod_is_least_privilege(runtime: PodmanRuntime) 
     assert status.code == 7
 
 
+async def test_no_namespaces_mounts_or_keyrings_of_a_sessions_own(runtime: PodmanRuntime) -> None:
+    """Regression (atk10): Podman's default seccomp profile lets anyone ``unshare``, ``clone``
+    with namespace flags, ``mount`` and ``keyctl``; a session became root of its own user
+    namespace (mounts, a wide kernel surface) and got pid namespaces where any pid, a session
+    leader's included, can be had again. Kubernetes' RuntimeDefault refuses these without
+    CAP_SYS_ADMIN, and so does the workspace's profile now."""
+    script = (
+        "unshare -U -r id -u 2>/dev/null; echo userns=$?;"
+        "unshare -p -f true 2>/dev/null; echo pidns=$?;"
+        "unshare -n true 2>/dev/null; echo netns=$?;"
+        "unshare -m true 2>/dev/null; echo mntns=$?;"
+        "mount -t tmpfs none $HOME 2>/dev/null; echo mount=$?;"
+        "(sleep 0.1 & wait) && echo fork-ok"
+    )
+    out, _, _ = await _run(runtime, _spec("alpha", "alice", script))
+    lines = out.split()
+    assert "0" not in lines, out  # no `id -u` of a user namespace's root
+    for name in ("userns", "pidns", "netns", "mntns", "mount"):
+        assert f"{name}=0" not in lines, out
+    assert "fork-ok" in lines  # plain fork and threads still work
+
+
 async def test_pty_resize_signal_and_reuse(runtime: PodmanRuntime) -> None:
     first = await runtime.open(_spec("alpha", "alice", "true"))
     await first.wait()
@@ -258,15 +280,21 @@ async def test_credential_socket_reaches_its_session_only(
         assert await reader.read(100) == b""
         writer.close()
         await holder.close()
-        # an admin in alice's workspace: her token is not placed in the environment at all
-        admin = "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd"
+        # an admin in alice's workspace: her token is not placed in the environment at all,
+        # and neither is a credential socket (alice runs as the same uid: she could ptrace the
+        # admin's processes and connect through them)
+        admin = (
+            "echo token=$STOCKADE_TOKEN; echo $USER; grep -c ^root-admin: /etc/passwd;"
+            "echo sock=$STOCKADE_SOCKET; ls -A /run/stockade/s/*/ | grep -c sock"
+        )
         out, _, _ = await _run(
             runtime,
             _spec("alpha", "root-admin", admin, owner="alice",
                   env={"STOCKADE_TOKEN": "admins-token"}, credential_socket=str(path)),
         )  # fmt: skip
         assert "admins-token" not in out
-        assert out.split()[1:] == ["root-admin", "1"]  # their own name resolves
+        assert out.split()[1:3] == ["root-admin", "1"]  # their own name resolves
+        assert out.split()[3:] == ["sock=", "0"]
     finally:
         server.close()
 
@@ -361,3 +389,71 @@ async def test_idle_pods_stop(data_dir: Path, image: str) -> None:
         assert object_name("delta") not in state
     finally:
         await rt.close()
+
+
+@pytest.mark.slow
+async def test_a_re_created_workspace_never_lands_in_its_former_holders_pod(
+    data_dir: Path, image: str
+) -> None:
+    """Regression (atk10): workspace ``handover`` is removed and its name given to alice
+    (``--purge`` releases its uid; ``--reuse-home`` keeps it): her login reused mallory's
+    running Pod, with mallory's uid and what she left running there (a detached process that
+    could ptrace alice's sessions and use their credential sockets), in this gateway and in
+    the next one (the Pod was found running)."""
+    leftover = "setsid sleep 311 </dev/null >/dev/null 2>&1 & id -u"
+    look = "id -u; ps -o args | grep -c '[s]leep 311'"
+    for restart in (False, True):
+        runtime = PodmanRuntime(data_dir=data_dir)
+        try:
+            out, _, _ = await _run(runtime, _spec("handover", "mallory", leftover))
+            old_uid = int(out.split()[0])
+            runtime.uids.release("handover")  # stockade workspaces add --purge
+            if restart:  # a new gateway finds the Pod running
+                await runtime.close()
+                runtime = PodmanRuntime(data_dir=data_dir)
+            out, _, _ = await _run(runtime, _spec("handover", "alice", look))
+            uid, seen = (int(word) for word in out.split())
+            assert uid != old_uid
+            assert seen == 0, "mallory's process is still there"
+        finally:
+            await runtime.stop("handover")
+            await runtime.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="claims and emptyDirs are plain host directories on the gateway host's filesystem: "
+    "Podman enforces no storage size (no quota, no loop or tmpfs volume of the claim's size), "
+    "so a session can fill the host's disk through $HOME or /tmp",
+)
+async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> None:
+    """atk10: the blueprint's storage ``size`` is not enforced under Podman."""
+    small = {
+        "name": "small-home",
+        "storages": [{"name": "home", "mountPath": "/home/workspace", "home": True,
+                      "size": "16Mi"}],
+    }  # fmt: skip
+    script = "dd if=/dev/zero of=$HOME/fill bs=1M count=40 2>/dev/null; echo rc=$?; rm $HOME/fill"
+    try:
+        out, _, _ = await _run(runtime, _spec("small", "alice", script, blueprint=small))
+    finally:
+        await runtime.stop("small")
+    assert "rc=0" not in out
+
+
+async def test_forwards_enter_the_pods_namespace_even_when_its_pid_is_stale(
+    runtime: PodmanRuntime,
+) -> None:
+    """Regression (atk10): forwards entered ``/proc/<container pid>/ns/net`` by the pid
+    recorded when the agent connected; once the container exits that pid can name a host
+    process (here: this one), and a forward to 127.0.0.1 then reached the gateway host's
+    loopback. The namespace is now held open from the moment the agent connects."""
+    await _run(runtime, _spec("alpha", "alice", "true"))
+    host = socket.create_server(("127.0.0.1", 0))
+    try:
+        runtime._pods["alpha"].container_pid = os.getpid()  # the recorded pid, reused
+        port = host.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):  # the container's loopback: nobody there
+            await runtime.open_connection_in("alpha", "127.0.0.1", port)
+    finally:
+        host.close()

@@ -4,6 +4,7 @@ writable /tmp, and no silent fallback to running unsandboxed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -106,7 +107,43 @@ async def test_admin_token_is_kept_out_of_a_shared_workspace(
     finally:
         listener.close()
     assert "admin-secret" not in out
-    assert f"s={sock_path}" in out
+    # nor their credential socket: the owner runs as the same uid and plants what the
+    # session runs (see the next test)
+    assert "s=\n" in out, out
+
+
+async def test_owner_planted_profile_catches_nothing_of_an_admin(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): ann's ``~/.profile`` runs in an admin's login shell in her
+    workspace (same uid, same home); before, the admin's ``STOCKADE_TOKEN`` stayed in the
+    environment whenever no credential socket came with the session (the gateway's ``local``
+    backend never passes one), and the profile copied it into ann's home."""
+    plant = (
+        'echo "t=$STOCKADE_TOKEN s=$STOCKADE_SOCKET a=$SSH_AUTH_SOCK" > $HOME/stolen;echo planted'
+    )
+    await _run(backend, _spec(backend, tmp_path, "a", "ann", f"echo '{plant}' > $HOME/.profile"))
+    agent_dir = tmp_path / "agent-dir"
+    agent_dir.mkdir()
+    agent = agent_dir / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(agent))
+    try:
+        spec = _spec(backend, tmp_path, "a", "root-admin", "", owner="ann",
+                     env={"STOCKADE_TOKEN": "admin-secret"}, agent_path=str(agent))  # fmt: skip
+        work = await backend.open(dataclasses.replace(spec, command=None))  # a login shell
+        await work.write_stdin(b"exit\n")
+        out = b""
+        while chunk := await work.read_stdout():
+            out += chunk
+        await work.wait()
+        await work.close()
+    finally:
+        listener.close()
+    assert b"planted" in out  # the owner's profile did run in the admin's shell
+    stolen = await _run(backend, _spec(backend, tmp_path, "a", "ann", "cat $HOME/stolen"))
+    assert stolen.strip() == "t= s= a=", stolen
+    assert agent.stat().st_uid == 0  # the admin's agent socket was not handed to ann's uid
 
 
 async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(

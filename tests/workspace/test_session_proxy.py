@@ -7,6 +7,7 @@ session leader is inside its container; the proxy checks its ancestry through ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import sys
@@ -63,6 +64,7 @@ async def _client_in_namespace(
     assert client.stdout is not None
     first = await asyncio.wait_for(client.stdout.readline(), 10)
     assert first.strip() == b"connected"
+    proxy.pod.container_pid = client.pid  # unshare: the parent of pid 1, as the agent is
     await asyncio.sleep(0.2)  # the proxy has accepted and is deciding
     proxy.set_leader(leader)
     rest = await asyncio.wait_for(client.stdout.read(), 10)
@@ -104,5 +106,43 @@ async def test_process_outside_the_session_is_refused(tmp_path: Path, pod: _Pod)
         assert await asyncio.wait_for(reader.read(), 10) == b""
         writer.close()
     finally:
+        await proxy.close()
+        target.close()
+
+
+async def test_impostor_with_the_leaders_pid_in_a_nested_namespace_is_refused(
+    tmp_path: Path, pod: _Pod
+) -> None:
+    """Regression (atk10): a workspace session may create user and pid namespaces (Podman's
+    default seccomp profile allows it); a process there whose pid in the nested namespace
+    equals the session leader's (its ``NSpid``'s last field) passed the ancestry check, so any
+    session of the workspace could use another's credential socket."""
+    target = await _serve_target(tmp_path / "target.sock")
+    proxy = _SessionProxy(tmp_path / "s.sock", str(tmp_path / "target.sock"), pod)
+    await proxy.start()
+    # the "container": sh is its pid 1 (the agent), sleep its pid 2 (the real leader); the
+    # impostor is pid 2 of a namespace nested in it, outside the leader's tree
+    client_py = tmp_path / "client.py"
+    client_py.write_text(_CLIENT)
+    inner = f"{sys.executable} {client_py} {proxy.path} & wait"
+    script = f'sleep 30 & unshare --pid --fork sh -c "{inner}"; kill %1'
+    client = await asyncio.create_subprocess_exec(
+        "unshare", "--pid", "--fork", "sh", "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert client.stdout is not None
+        first = await asyncio.wait_for(client.stdout.readline(), 10)
+        assert first.strip() == b"connected"
+        children = await asyncio.to_thread(
+            Path(f"/proc/{client.pid}/task/{client.pid}/children").read_text
+        )
+        proxy.pod.container_pid = int(children.split()[0])
+        proxy.set_leader(2)
+        rest = await asyncio.wait_for(client.stdout.readline(), 10)
+        assert rest.strip() == b"refused"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            client.kill()
+        await client.wait()
         await proxy.close()
         target.close()

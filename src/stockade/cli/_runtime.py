@@ -318,6 +318,7 @@ class Runtime:
                 reserved_ports=self._reserved_ports(),
                 extra_backends={"container": container},
                 failures=FailureBatcher(self.bus),
+                sandbox_network=settings.workspace.sandbox_network,
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()

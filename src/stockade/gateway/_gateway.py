@@ -157,11 +157,12 @@ class Gateway:
     ``publisher`` is the bus; ``events`` (the bus too) delivers kills and identity changes;
     ``deny_list`` is SSH Shield's, asked at every accept. ``backends`` replaces the default
     workspace backends (``local``, ``ssh``); ``extra_backends`` are added to them (``container``,
-    built by the composition root). ``reserved_ports`` are Stockade's own listening
-    ports, which ``ssh -R`` may never take. ``failures`` receives every failed authentication
-    (see :class:`FailureSink`; the gateway closes it, flushing, when it stops); without it each
-    failure is published on its own through ``publisher``. State (host keys, the upstream
-    client key, known upstream host keys, workspace homes, recordings) lives under
+    built by the composition root); ``sandbox_network`` gives each ``local`` workspace its own
+    network namespace (``workspace.sandbox_network``). ``reserved_ports`` are Stockade's own
+    listening ports, which ``ssh -R`` may never take. ``failures`` receives every failed
+    authentication (see :class:`FailureSink`; the gateway closes it, flushing, when it stops);
+    without it each failure is published on its own through ``publisher``. State (host keys,
+    the upstream client key, known upstream host keys, workspace homes, recordings) lives under
     ``data_dir``.
     """
 
@@ -180,8 +181,10 @@ class Gateway:
         reserved_ports: Collection[int] = (),
         extra_backends: Mapping[str, WorkspaceBackend] | None = None,
         failures: FailureSink | None = None,
+        sandbox_network: bool = False,
     ) -> None:
         self.settings = settings
+        self._sandbox_network = sandbox_network
         self.data_dir = data_dir
         self.gateway_id = settings.gateway_id or default_gateway_id(data_dir)
         self.boot_id = uuid.uuid4().hex
@@ -359,6 +362,7 @@ class Gateway:
                 sandbox=settings.sandbox,
                 shell=settings.shell,
                 prepare_home=self._prepare_home,
+                network=self._sandbox_network,
             ),
         }
         upstream = SshBackend(

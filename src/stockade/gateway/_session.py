@@ -31,7 +31,7 @@ from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
 from ._policy import decide
 from ._recorder import CastRecorder
 from ._scp import ScpFile, ScpObserver, ScpProtocolError, scp_command
-from .backends import ExitStatus, SessionSpec, Workload, WorkspaceBackend
+from .backends import ExitStatus, SessionSpec, Workload, WorkspaceBackend, shared_session
 from .backends._fdio import CHUNK
 
 __all__ = ["ChannelServices", "ChannelSession"]
@@ -315,6 +315,14 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
     ) -> None:
         live = self._live
         spec = self._spec(plan, request)
+        if (
+            spec.agent_path
+            and getattr(backend, "shares_workspace_uid", False)
+            and shared_session(spec)
+        ):
+            self._write_stderr(
+                b"stockade: agent forwarding withheld: this workspace runs as its owner's uid\r\n"
+            )
         if plan.record:
             self._start_recording(plan, spec)
         if plan.audit_transfer:

@@ -53,7 +53,14 @@ from ._podman import (
 from ._pss import CHECKS, Level, Violation, check_object
 from ._registry import BlueprintRegistry
 from ._render import RenderContext, RenderedWorkspace, render_workspace
-from ._runtime import ExitStatus, SessionSpec, Workload, WorkspaceBackend
+from ._runtime import (
+    ExitStatus,
+    SessionSpec,
+    Workload,
+    WorkspaceBackend,
+    shared_session,
+    without_credentials,
+)
 from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
 from ._select import select_runtime
 from ._uids import UidAllocator
@@ -118,7 +125,9 @@ __all__ = [
     "resolve",
     "sandbox_netns",
     "select_runtime",
+    "shared_session",
     "translate_for_podman",
     "validate_object",
+    "without_credentials",
     "workspace_homes",
 ]

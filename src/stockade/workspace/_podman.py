@@ -12,6 +12,9 @@ adapts it where ``podman kube play`` 4.3 falls short, and says so field by field
 - the workspace container's main process is the Stockade agent (``agent/stockade-agent.c``,
   built once, static), mounted read-only with its socket directory at ``/run/stockade``;
 - ``/etc/passwd`` and ``/etc/group`` are generated (read-only) so each user's name resolves.
+- ``RuntimeDefault`` seccomp is Podman's default profile tightened to what Kubernetes' is
+  without ``CAP_SYS_ADMIN`` (:func:`workspace_seccomp`: no new namespaces, mounts or keyrings),
+  through ``seccomp_profile`` in the private ``containers.conf``.
 
 Sessions enter through the agent, not ``podman exec``: the runtime hands it the session's PTY or
 pipes over a ``SOCK_SEQPACKET`` socket and it forks the program, which inherits the container's
@@ -26,6 +29,7 @@ import contextlib
 import copy
 import fcntl
 import hashlib
+import json
 import os
 import pty
 import re
@@ -54,7 +58,7 @@ from ._names import object_name
 from ._nsenter import connect_in_netns
 from ._pss import check_object
 from ._render import render_workspace
-from ._runtime import ExitStatus, SessionSpec
+from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
 from ._uids import UidAllocator
 
 __all__ = [
@@ -84,6 +88,7 @@ _SIGNALS = {
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+seccomp_profile = "{seccomp}"
 [engine]
 events_logger = "none"
 runtime = "runc"
@@ -269,6 +274,44 @@ def build_busybox_image(
     tar.unlink()
 
 
+SYSTEM_SECCOMP = Path("/usr/share/containers/seccomp.json")
+#: Namespace flags of ``clone``: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET.
+_CLONE_NS_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+_CLONE_NS_FLAGS |= 0x40000000
+#: Refused outright: new namespaces (and entering them), mounts, the kernel keyring.
+_SECCOMP_DENIED = frozenset(
+    {"unshare", "setns", "mount", "umount", "umount2", "pivot_root", "keyctl", "add_key",
+     "request_key", "clone3", "open_tree", "move_mount", "fsopen", "fsmount", "fsconfig",
+     "fspick", "mount_setattr"}
+)  # fmt: skip
+
+
+def workspace_seccomp(base: Mapping[str, Any]) -> dict[str, Any]:
+    """Podman's default seccomp profile (``base``) made what Kubernetes' ``RuntimeDefault``
+    is for a container without ``CAP_SYS_ADMIN``: Podman's allows ``unshare``, ``clone`` with
+    namespace flags, ``mount`` and ``keyctl`` to everyone, so a workspace session could create
+    user namespaces (root there, mounts, a wide kernel surface) and pid namespaces (where any
+    pid can be had). Those are refused (``EPERM``; ``clone3`` ``ENOSYS``, so libc falls back to
+    ``clone``, which is allowed without namespace flags only). Pure."""
+    profile = copy.deepcopy(dict(base))
+    rules = []
+    for rule in profile.get("syscalls", []):
+        if rule.get("action") == "SCMP_ACT_ALLOW":
+            names = [n for n in rule.get("names", []) if n not in _SECCOMP_DENIED and n != "clone"]
+            if not names:
+                continue
+            rule = {**rule, "names": names}
+        rules.append(rule)
+    rules.append({"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+                  "args": [{"index": 0, "value": _CLONE_NS_FLAGS, "valueTwo": 0,
+                            "op": "SCMP_CMP_MASKED_EQ"}]})  # fmt: skip
+    rules.append({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38})
+    rules.append({"names": sorted(_SECCOMP_DENIED - {"clone3"}), "action": "SCMP_ACT_ERRNO",
+                  "errnoRet": 1})  # fmt: skip
+    profile["syscalls"] = rules
+    return profile
+
+
 class Podman:
     """The ``podman`` command with Stockade's private storage and flags."""
 
@@ -282,9 +325,16 @@ class Podman:
             raise ToolMissing("catatonit", "catatonit")  # kube play's Pod infra (pause) process
         self.base = data_dir / "podman"
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not SYSTEM_SECCOMP.is_file():
+            raise ToolMissing(str(SYSTEM_SECCOMP), "golang-github-containers-common")
+        seccomp = self.base / "seccomp.json"
+        profile = json.dumps(workspace_seccomp(json.loads(SYSTEM_SECCOMP.read_text())), indent=1)
+        if not seccomp.is_file() or seccomp.read_text() != profile:
+            seccomp.write_text(profile)
         conf = self.base / "containers.conf"
-        if not conf.is_file() or conf.read_text() != CONTAINERS_CONF:
-            conf.write_text(CONTAINERS_CONF)
+        text = CONTAINERS_CONF.format(seccomp=seccomp)
+        if not conf.is_file() or conf.read_text() != text:
+            conf.write_text(text)
         runroot = self.base / "run"
         if len(str(runroot)) > 50:  # Podman's limit; the runroot is volatile state anyway
             digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:16]
@@ -400,6 +450,9 @@ class _Pod:
     users: set[str] = field(default_factory=set)
     idle_since: float = field(default_factory=time.monotonic)
     container_pid: int = 0
+    netns_fd: int = -1
+    """The container's network namespace, opened when its agent connected: forwards enter
+    it by this handle, never by a pid that may since name another process."""
 
 
 def bind_unix(sock: socket.socket, path: Path) -> None:
@@ -431,19 +484,27 @@ def _status_fields(pid: int) -> dict[str, str]:
 
 def descends_from(pid: int, leader_ns_pid: int, container_pid: int) -> bool:
     """Whether host process ``pid`` is the session leader (pid ``leader_ns_pid`` in the
-    container) or one of its descendants, below the container's main process."""
+    container, a child of the container's main process, which forks every leader) or one of
+    its descendants. The leader is told by its parent too: a session may create pid
+    namespaces of its own, where any pid, the leader's included, can be had again."""
     current = pid
     for _ in range(256):
         if current <= 1 or current == container_pid:
             return False
         fields = _status_fields(current)
         nspids = fields.get("NSpid", "").split()
-        if nspids and nspids[-1] == str(leader_ns_pid) and len(nspids) > 1:
-            return True
         try:
-            current = int(fields.get("PPid", "0"))
+            parent = int(fields.get("PPid", "0"))
         except ValueError:
             return False
+        if (
+            len(nspids) > 1
+            and nspids[-1] == str(leader_ns_pid)
+            and parent == container_pid
+            and container_pid > 1
+        ):
+            return True
+        current = parent
     return False
 
 
@@ -672,21 +733,36 @@ class PodmanRuntime:
             runtime=self.podman.base / "pods" / digest, homes=self.data_dir / "homes" / digest
         )
 
+    def _holder(self, spec: SessionSpec) -> tuple[str, int]:
+        """Who a Pod of ``spec.workspace`` must belong to now: its owner and uid."""
+        owner = str(spec.workspace_config.get("owner", spec.username))
+        uid = spec.uid if spec.uid is not None else self.uids.uid(spec.workspace)
+        return owner, uid
+
     async def ensure(self, spec: SessionSpec) -> _Pod:
-        """The running Pod of ``spec.workspace``: reused, found running, or created."""
+        """The running Pod of ``spec.workspace``: reused, found running, or created. A Pod
+        started for another owner or uid (the workspace was removed and its name given again)
+        is never reused: what its former holder left running there is removed with it."""
         lock = self._locks.setdefault(spec.workspace, asyncio.Lock())
         async with lock:
             pod = self._pods.get(spec.workspace)
             if pod is not None and pod.link is not None and pod.link.alive:
-                return pod
+                if (pod.owner, pod.uid) == self._holder(spec):
+                    return pod
+                _log.warning("workspace_pod_replaced", workspace=spec.workspace,
+                             reason="the workspace's owner or uid changed")  # fmt: skip
+                await self.stop(spec.workspace)
+                pod = None
             if pod is not None:
                 await self._forget(pod)
             return await self._start(spec)
 
+    def _holder_file(self, layout: PodmanLayout) -> Path:
+        return layout.runtime / "holder.json"
+
     async def _start(self, spec: SessionSpec) -> _Pod:
-        owner = str(spec.workspace_config.get("owner", spec.username))
+        owner, uid = self._holder(spec)
         blueprint = self._blueprint(spec)
-        uid = spec.uid if spec.uid is not None else self.uids.uid(spec.workspace)
         rendered = render_workspace(blueprint, workspace=spec.workspace, owner=owner, uid=uid)
         violations = check_object(rendered.pod, blueprint.level)  # the gate: never create a
         if violations:  # Pod that fails its blueprint's level
@@ -698,6 +774,13 @@ class PodmanRuntime:
         name = str(rendered.pod["metadata"]["name"])
         translated, dirs = translate_for_podman(rendered.pod, layout=layout)
         exists = await self._pod_running(name)
+        holder = json.dumps({"owner": owner, "uid": uid}, sort_keys=True)
+        if exists and not self._held_by(layout, holder):
+            _log.warning("workspace_pod_replaced", workspace=spec.workspace,
+                         reason="the running Pod was started for another owner or uid")  # fmt: skip
+            await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
+            shutil.rmtree(layout.runtime, ignore_errors=True)
+            exists = False
         listener = self._listen(layout, uid)
         pod = _Pod(
             workspace=spec.workspace,
@@ -714,6 +797,7 @@ class PodmanRuntime:
         try:
             if not exists:
                 self._prepare_dirs(pod, dirs)
+                self._holder_file(layout).write_text(holder)
                 manifest = layout.runtime / "pod.yaml"
                 manifest.write_text(yaml.safe_dump(translated, sort_keys=False))
                 await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
@@ -727,6 +811,12 @@ class PodmanRuntime:
             raise
         self._pods[spec.workspace] = pod
         return pod
+
+    def _held_by(self, layout: PodmanLayout, holder: str) -> bool:
+        try:
+            return self._holder_file(layout).read_text() == holder
+        except OSError:
+            return False
 
     async def _pod_running(self, name: str) -> bool:
         state = await self.podman.run("pod", "inspect", "--format", "{{.State}}", name, check=False)
@@ -773,6 +863,14 @@ class PodmanRuntime:
                 _log.warning("agent_impostor_refused", workspace=pod.workspace, peer_pid=peer)
                 conn.close()
                 continue
+            try:
+                netns = os.open(f"/proc/{peer}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                conn.close()
+                continue
+            if pod.netns_fd >= 0:
+                os.close(pod.netns_fd)
+            pod.netns_fd = netns
             pod.link = _AgentLink(conn, peer)
             pod.linked.set()
             return
@@ -812,6 +910,9 @@ class PodmanRuntime:
     async def _forget(self, pod: _Pod) -> None:
         if pod.link is not None:
             pod.link.close()
+        if pod.netns_fd >= 0:
+            os.close(pod.netns_fd)
+            pod.netns_fd = -1
         pod.listener.close()
         self._pods.pop(pod.workspace, None)
 
@@ -854,9 +955,15 @@ class PodmanRuntime:
         """A TCP connection to ``host:port`` leaving from the workspace's network namespace
         (its own loopback, never the gateway host's)."""
         pod = self._pods.get(workspace)
-        if pod is None or not pod.container_pid:
+        if pod is None or pod.netns_fd < 0 or pod.link is None or not pod.link.alive:
             raise InvalidInput("workspace", f"{workspace!r} has no running Pod")
-        return await connect_in_netns(f"/proc/{pod.container_pid}/ns/net", host, port)
+        if os.fstat(pod.netns_fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            _log.warning("forward_refused", workspace=workspace,
+                         reason="the workspace shares the gateway's network namespace")  # fmt: skip
+            raise PermissionDenied(
+                "ssh.direct-tcpip", [f"{workspace!r} shares the gateway's network namespace"]
+            )
+        return await connect_in_netns(f"/proc/self/fd/{pod.netns_fd}", host, port)
 
     def _session_ended(self, pod: _Pod, ident: int) -> None:
         pod.sessions.discard(ident)
@@ -894,8 +1001,7 @@ class PodmanRuntime:
                 env["GIT_CONFIG_VALUE_0"] = f"{HELPER_DIR}/git-credential-stockade"
         if spec.agent_path:
             env["SSH_AUTH_SOCK"] = f"{session_dir}/agent.sock"
-        if spec.username != pod.owner and spec.credential_socket:
-            # a shared workspace: its owner runs as the same uid and could read the environ
+        if shared_session(spec, pod.owner):  # never there (see open), whatever the caller did
             env.pop("STOCKADE_TOKEN", None)
         return env
 
@@ -908,6 +1014,20 @@ class PodmanRuntime:
 
     async def open(self, spec: SessionSpec) -> PodmanWorkload:
         pod = await self.ensure(spec)
+        if shared_session(spec, pod.owner) and (
+            spec.credential_socket or spec.agent_path or "STOCKADE_TOKEN" in spec.env
+        ):
+            # Someone else's workspace runs as its owner's uid: the owner can ptrace this
+            # session's processes and plant what they run, so they carry no credentials.
+            _log.warning(
+                "shared_session_credentials_withheld",
+                workspace=spec.workspace,
+                user=spec.username,
+                owner=pod.owner,
+                reason="the workspace runs as its owner's uid: no token, credential socket"
+                " or forwarded agent for another user's session",
+            )
+            spec = without_credentials(spec)
         if spec.username not in pod.users:
             pod.users.add(spec.username)
             self._write_identity(pod)

@@ -9,10 +9,17 @@ SSH channel and the returned :class:`Workload`; runtimes never see the SSH conne
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-__all__ = ["ExitStatus", "SessionSpec", "Workload", "WorkspaceBackend"]
+__all__ = [
+    "ExitStatus",
+    "SessionSpec",
+    "Workload",
+    "WorkspaceBackend",
+    "shared_session",
+    "without_credentials",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +59,27 @@ class SessionSpec:
     client: tuple[str, int, str, int] | None = None
     """Client address and port, server address and port: the ``SSH_CONNECTION`` and
     ``SSH_CLIENT`` variables are derived from it, as sshd sets them."""
+
+
+def shared_session(spec: SessionSpec, owner: str | None = None) -> bool:
+    """Whether ``spec`` is a session of someone other than the workspace's owner (an admin
+    entering another user's workspace). Such a session runs under the workspace's uid, the
+    owner's: the owner can ptrace its processes (``PTRACE_ATTACH``, ``/proc/PID/mem``) and plant
+    what its shell and programs run (``~/.profile``, ``~/.gitconfig``), so anything the session
+    holds is the owner's too. ``owner``: the owner the runtime itself recorded (a running Pod's);
+    an unknown owner counts as shared (fail closed)."""
+    configured = spec.workspace_config.get("owner")
+    if not isinstance(configured, str) or configured != spec.username:
+        return True
+    return owner is not None and owner != spec.username
+
+
+def without_credentials(spec: SessionSpec) -> SessionSpec:
+    """``spec`` carrying none of its user's credentials: no ``STOCKADE_TOKEN`` in the
+    environment, no credential socket, no forwarded agent (what a :func:`shared_session` gets;
+    the session itself still runs)."""
+    env = {k: v for k, v in spec.env.items() if k != "STOCKADE_TOKEN"}
+    return replace(spec, env=env, credential_socket=None, agent_path=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from stockade.core.logging import get_logger
 
 from ._fdio import CHUNK, FdReader, FdWriter
 from ._nsenter import connect_in_netns
-from ._runtime import ExitStatus, SessionSpec
+from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
 from ._uids import UidAllocator
 
 __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbox_netns"]
@@ -186,6 +186,9 @@ class SandboxBackend:
     """Runs sessions on this host, one home per workspace under ``root``."""
 
     name = "local"
+    shares_workspace_uid = True
+    """Every session of a workspace runs as its uid: another user's session there gets no
+    credentials (:func:`shared_session`)."""
 
     def __init__(
         self,
@@ -243,6 +246,16 @@ class SandboxBackend:
         name = sandbox_netns(workspace)
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+
+    @property
+    def forwards_from_workspace(self) -> bool:
+        """Whether port forwards leave from the workspace's own network namespace (the
+        gateway's ``ssh -L``/``-W`` then go through :meth:`open_forward`)."""
+        return self.as_root and self.network and self.bwrap is not None
+
+    async def open_forward(self, spec: SessionSpec, host: str, port: int) -> socket.socket:
+        """A forward of ``spec``'s session, leaving from its workspace's namespace."""
+        return await self.open_connection_in(spec.workspace, host, port)
 
     async def open_connection_in(self, workspace: str, host: str, port: int) -> socket.socket:
         """A TCP connection leaving from ``workspace``'s network namespace."""
@@ -374,10 +387,8 @@ class SandboxBackend:
         env.update(spec.env)
         if spec.credential_socket:
             env["STOCKADE_SOCKET"] = spec.credential_socket
-            owner = spec.workspace_config.get("owner")
-            if owner is not None and owner != spec.username:
-                # a shared workspace: its owner runs as the same uid and could read the environ
-                env.pop("STOCKADE_TOKEN", None)
+        if shared_session(spec):  # never there (see open), whatever the caller did
+            env.pop("STOCKADE_TOKEN", None)
         return env
 
     def _grant_agent(self, spec: SessionSpec) -> None:
@@ -420,6 +431,21 @@ class SandboxBackend:
         )
 
     async def open(self, spec: SessionSpec) -> LocalWorkload:
+        if shared_session(spec) and (
+            spec.credential_socket or spec.agent_path or "STOCKADE_TOKEN" in spec.env
+        ):
+            # Someone else's workspace runs as its owner's uid in the owner's home: the owner
+            # plants what this session runs (~/.profile, ~/.gitconfig), so it carries no
+            # credentials.
+            _log.warning(
+                "shared_session_credentials_withheld",
+                workspace=spec.workspace,
+                user=spec.username,
+                owner=str(spec.workspace_config.get("owner")),
+                reason="the workspace runs as its owner's uid: no token, credential socket"
+                " or forwarded agent for another user's session",
+            )
+            spec = without_credentials(spec)
         home = self.home(spec.workspace)
         ids = self.ids(spec.workspace)
         argv = self._argv(spec, home)

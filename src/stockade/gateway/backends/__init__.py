@@ -8,6 +8,12 @@ re-exported here; backends never see the SSH connection itself.
 
 from __future__ import annotations
 
-from stockade.workspace import ExitStatus, SessionSpec, Workload, WorkspaceBackend
+from stockade.workspace import (
+    ExitStatus,
+    SessionSpec,
+    Workload,
+    WorkspaceBackend,
+    shared_session,
+)
 
-__all__ = ["ExitStatus", "SessionSpec", "Workload", "WorkspaceBackend"]
+__all__ = ["ExitStatus", "SessionSpec", "Workload", "WorkspaceBackend", "shared_session"]

@@ -9,6 +9,9 @@ login) and runs the session inside. Per session:
   directory of the container and reachable by that session's processes only; the credential
   helpers inside reach the broker through it, with nothing on disk;
 - the **forwarded agent** (``ssh -A``), mounted the same way;
+- neither for a session of someone other than the workspace's owner (an admin entering it):
+  it runs as the owner's uid, and the owner could ptrace it and use both
+  (:func:`~stockade.workspace.shared_session`); the session runs without credentials;
 - **port forwards** (``ssh -L``/``-W``) leave from the container's network namespace
   (:meth:`ContainerBackend.open_connection_in`): ``127.0.0.1`` is the container's own loopback,
   never the gateway host's.
@@ -28,7 +31,7 @@ from typing import Any, Protocol
 
 from stockade.core.errors import BackendError, StockadeError
 from stockade.core.logging import get_logger
-from stockade.workspace import PodmanRuntime, PodmanWorkload
+from stockade.workspace import PodmanRuntime, PodmanWorkload, shared_session
 
 from . import ExitStatus, SessionSpec
 
@@ -106,6 +109,9 @@ class ContainerBackend:
     name = "container"
     forwards_from_workspace = True
     """Port forwards leave from the container's network namespace (see :mod:`._server`)."""
+    shares_workspace_uid = True
+    """Every session of a workspace runs as its uid: another user's session there gets no
+    credentials (:func:`~stockade.workspace.shared_session`)."""
 
     def __init__(
         self,
@@ -137,6 +143,10 @@ class ContainerBackend:
     async def _credentials(self, spec: SessionSpec) -> tuple[_Closable | None, str | None]:
         token = spec.env.get("STOCKADE_TOKEN")
         if self._sockets is None or not token:
+            return None, None
+        if shared_session(spec):
+            # another user's workspace runs as its owner's uid: the owner could use the socket
+            # through this session's processes (ptrace), so none is opened (the runtime logs it)
             return None, None
         if self._socket_dir is None:
             self._socket_dir = _socket_dir(self._data_dir)

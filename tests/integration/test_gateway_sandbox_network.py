@@ -1,0 +1,78 @@
+"""``workspace.sandbox_network`` through a real gateway: each ``local`` workspace in its own
+network namespace, out of reach of the gateway host's loopback listeners (atk10: the setting
+was read by nothing, and sandbox sessions kept the host's network whatever it said)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+import pytest
+from gateway.harness import gateway_env
+
+from stockade.workspace import sandbox_netns
+from tests.conftest import IN_CI
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="network namespaces need root"),
+]
+
+LISTENER = """
+import socket
+s = socket.create_server(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.sendall(b"inside the sandbox")
+c.close()
+"""
+PROBE = (
+    "python3 -c \"import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
+    " 2); print('reached')\" {port} 2>/dev/null; echo done"
+)
+
+
+@pytest.mark.parametrize("isolated", [False, True])
+async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
+    tmp_path: Path, nats_url: str, isolated: bool
+) -> None:
+    host = socket.create_server(("127.0.0.1", 0))
+    name = f"nsu{os.getpid()}{int(isolated)}"
+    try:
+        async with gateway_env(tmp_path, nats_url, sandbox_network=isolated) as env:
+            key = await env.add_user(name, "tunneler")
+            result = await env.run(
+                env.ssh_cmd(name, PROBE.format(port=host.getsockname()[1]), key=key)
+            )
+            if isolated:  # a forward enters the workspace's namespace (its own loopback)
+                inside = await asyncio.create_subprocess_exec(
+                    "ip", "netns", "exec", sandbox_netns(name), sys.executable, "-c", LISTENER,
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                assert inside.stdout is not None
+                port = int(await asyncio.wait_for(inside.stdout.readline(), 10))
+                async with asyncssh.connect(
+                    "127.0.0.1", env.port, username=name, client_keys=[str(key)],
+                    known_hosts=None,
+                ) as conn:  # fmt: skip
+                    reader, writer = await conn.open_connection("127.0.0.1", port)
+                    assert await asyncio.wait_for(reader.read(100), 10) == b"inside the sandbox"
+                    writer.close()
+                    with pytest.raises(asyncssh.ChannelOpenError):  # not the host's loopback
+                        await conn.open_connection("127.0.0.1", host.getsockname()[1])
+                await inside.wait()
+    finally:
+        host.close()
+        netns = ["ip", "netns", "delete", sandbox_netns(name)]
+        subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
+    out = result.stdout.decode()
+    assert "done" in out, result.stderr.decode()
+    if isolated:
+        assert "reached" not in out
+    else:  # the default, documented: sandbox sessions share the host's network
+        assert "reached" in out
