@@ -295,7 +295,7 @@ def keys_remove(
         return chosen
 
     removed = _with_identity(direct, run)
-    console.print(f"removed key {removed} from [bold]{name}[/]", markup=False)
+    console.print(f"removed key {removed} from {name}", markup=False)
 
 
 def resolve_fingerprint(given: str, fingerprints: list[str], *, user: str) -> str:
