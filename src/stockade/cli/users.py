@@ -433,12 +433,9 @@ def totp_enroll(
     """
 
     async def run(identity: AdminIdentity) -> TotpEnrollment:
-        user = await identity.get_user(name)
-        if user.totp_enabled and not replace:
-            raise InvalidInput(
-                "--replace", f"{name} already has TOTP enrolled; pass --replace to change it"
-            )
-        return await identity.enable_totp(name)
+        # identity checks an enrolled secret in the transaction that writes: of two enrolments
+        # at once without --replace, one is refused (never a secret shown, then replaced)
+        return await identity.enable_totp(name, replace=replace)
 
     enrollment = _with_identity(direct, run)
     out = sys.stdout

@@ -639,12 +639,25 @@ class IdentityService:
                     row.password_hash = rehashed
         return ok
 
-    async def enable_totp(self, name: str) -> TotpEnrollment:
-        """Give ``name`` a new TOTP secret (replacing any) and return its enrollment, once."""
+    async def enable_totp(self, name: str, *, replace: bool = True) -> TotpEnrollment:
+        """Give ``name`` a new TOTP secret and return its enrollment, once.
+
+        With ``replace`` False an enrolled secret is kept (InvalidInput ``totp``): checked in
+        the transaction that writes, row locked, so of two enrolments at once only one wins
+        and no administrator is shown a secret that another one has already replaced.
+        """
         check_username(name)
         secret = new_totp_secret()
         async with self._store.transaction() as session:
-            row = await self._user(session, name)
+            row = await session.scalar(
+                select(UserRow).where(UserRow.name == name).with_for_update()
+            )
+            if row is None:
+                raise NotFound("user", name)
+            if row.totp_secret is not None and not replace:
+                raise InvalidInput(
+                    "totp", f"{name} already has TOTP enrolled; pass --replace to change it"
+                )
             row.totp_secret = self._keyring.seal(secret, context=f"totp:{name}")
             row.totp_last_step = None
         _log.info("totp enabled", user=name)

@@ -240,9 +240,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return pb.CheckResult(ok=await self._id.verify_password(request.name, request.secret))
 
     @rpc_errors_to_status
-    async def EnableTotp(self, request: pb.UserRef, context: Ctx) -> pb.TotpEnrollment:
+    async def EnableTotp(self, request: pb.EnableTotpRequest, context: Ctx) -> pb.TotpEnrollment:
         require_admin(context, "EnableTotp")
-        enrollment = await self._id.enable_totp(request.name)
+        enrollment = await self._id.enable_totp(request.name, replace=request.replace)
         return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
 
     @rpc_errors_to_status
@@ -547,10 +547,9 @@ class IdentityClient:
         )
         return reply.ok
 
-    async def enable_totp(self, name: str) -> TotpEnrollment:
-        reply = await self._call(
-            self._stub.EnableTotp(pb.UserRef(name=name), timeout=self._timeout)
-        )
+    async def enable_totp(self, name: str, *, replace: bool = True) -> TotpEnrollment:
+        request = pb.EnableTotpRequest(name=name, replace=replace)
+        reply = await self._call(self._stub.EnableTotp(request, timeout=self._timeout))
         return TotpEnrollment(secret=reply.secret, uri=reply.uri)
 
     async def disable_totp(self, name: str) -> None:

@@ -131,7 +131,7 @@ class IdentityStub:
                 _registered_method=True)
         self.EnableTotp = channel.unary_unary(
                 '/stockade.identity.v1.Identity/EnableTotp',
-                request_serializer=identity__pb2.UserRef.SerializeToString,
+                request_serializer=identity__pb2.EnableTotpRequest.SerializeToString,
                 response_deserializer=identity__pb2.TotpEnrollment.FromString,
                 _registered_method=True)
         self.DisableTotp = channel.unary_unary(
@@ -524,7 +524,7 @@ def add_IdentityServicer_to_server(servicer, server):
             ),
             'EnableTotp': grpc.unary_unary_rpc_method_handler(
                     servicer.EnableTotp,
-                    request_deserializer=identity__pb2.UserRef.FromString,
+                    request_deserializer=identity__pb2.EnableTotpRequest.FromString,
                     response_serializer=identity__pb2.TotpEnrollment.SerializeToString,
             ),
             'DisableTotp': grpc.unary_unary_rpc_method_handler(
@@ -1141,7 +1141,7 @@ class Identity:
             request,
             target,
             '/stockade.identity.v1.Identity/EnableTotp',
-            identity__pb2.UserRef.SerializeToString,
+            identity__pb2.EnableTotpRequest.SerializeToString,
             identity__pb2.TotpEnrollment.FromString,
             options,
             channel_credentials,
