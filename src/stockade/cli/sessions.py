@@ -55,9 +55,8 @@ def _row(info: Any) -> dict[str, Any]:
     }
 
 
-#: How many sessions a prefix is resolved among; with more, a prefix is refused (full id only)
-#: rather than risk naming the wrong session.
-PREFIX_POOL = 100_000
+#: How many sessions a prefix may match before the candidates are no longer listed.
+PREFIX_SHOWN = 20
 
 
 #: Characters a prefix needs to name the session ``sessions kill`` ends.
@@ -84,9 +83,12 @@ async def find_session(identity: AdminIdentity, given: str, *, min_prefix: int =
         raise InvalidInput("session", f"{given!r} is not a session id or a prefix of one") from None
     if len(given) < min_prefix:
         raise InvalidInput("session", f"give at least {min_prefix} characters of the id")
-    pool = await identity.list_sessions(limit=PREFIX_POOL)
-    if len(pool) >= PREFIX_POOL:
-        raise NotFound("session", f"{given} (with this many sessions, give the full id)")
+    # identity matches the prefix itself (exactly, any number of sessions): one short answer
+    pool = await identity.find_sessions(given, limit=PREFIX_SHOWN + 1)
+    if len(pool) > PREFIX_SHOWN:
+        raise InvalidInput(
+            "session", f"{given!r} matches more than {PREFIX_SHOWN} sessions; give more characters"
+        )
     chosen = resolve_prefix(given, (s.session_id for s in pool), kind="session")
     return next(s for s in pool if s.session_id == chosen)
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased, joinedload, selectinload
 
@@ -862,6 +862,26 @@ class IdentityService:
         query = query.order_by(SessionRow.started_at.desc(), SessionRow.id).limit(limit)
         async with self._store.transaction(readonly=True) as session:
             return [_session(row) for row in await session.scalars(query)]
+
+    async def find_sessions(self, prefix: str, *, limit: int = 21) -> list[SessionInfo]:
+        """Up to ``limit`` (1-1000) sessions whose id starts with ``prefix``, ordered by id.
+
+        The prefix is compared character for character (``substr``, never ``LIKE``: ``%`` and
+        ``_`` are no wildcards, case matters), so a caller that names one session by a unique
+        prefix never gets another; any number of sessions costs one bounded answer.
+        """
+        check_session_id(prefix)  # the characters of an id, 1-64 of them
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput("limit", "must be 1 to 1000")
+        query = (
+            select(SessionRow)
+            .where(func.substr(SessionRow.id, 1, len(prefix)) == prefix)
+            .order_by(SessionRow.id)
+            .limit(limit)
+        )
+        async with self._store.transaction(readonly=True) as session:
+            rows = [_session(row) for row in await session.scalars(query)]
+        return [info for info in rows if info.session_id.startswith(prefix)]
 
     async def is_session_live(self, session_id: str) -> bool:
         """True when ``session_id`` was started and not ended."""

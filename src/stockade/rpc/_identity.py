@@ -347,6 +347,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return session_to_pb(await self._id.get_session(request.id))
 
     @rpc_errors_to_status
+    async def FindSessions(self, request: pb.FindSessionsRequest, context: Ctx) -> pb.SessionList:
+        found = await self._id.find_sessions(request.prefix, limit=request.limit or 21)
+        return pb.SessionList(sessions=[session_to_pb(s) for s in found])
+
+    @rpc_errors_to_status
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Ctx) -> pb.SessionList:
         found = await self._id.list_sessions(
             active_only=request.active_only,
@@ -696,6 +701,11 @@ class IdentityClient:
         if username is not None:
             request.username = username
         reply = await self._call(self._stub.ListSessions(request, timeout=self._timeout))
+        return [session_from_pb(s) for s in reply.sessions]
+
+    async def find_sessions(self, prefix: str, *, limit: int = 21) -> list[SessionInfo]:
+        request = pb.FindSessionsRequest(prefix=prefix, limit=limit)
+        reply = await self._call(self._stub.FindSessions(request, timeout=self._timeout))
         return [session_from_pb(s) for s in reply.sessions]
 
     async def is_session_live(self, session_id: str) -> bool:

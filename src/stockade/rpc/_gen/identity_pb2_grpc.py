@@ -204,6 +204,11 @@ class IdentityStub:
                 request_serializer=identity__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=identity__pb2.SessionList.FromString,
                 _registered_method=True)
+        self.FindSessions = channel.unary_unary(
+                '/stockade.identity.v1.Identity/FindSessions',
+                request_serializer=identity__pb2.FindSessionsRequest.SerializeToString,
+                response_deserializer=identity__pb2.SessionList.FromString,
+                _registered_method=True)
         self.IsSessionLive = channel.unary_unary(
                 '/stockade.identity.v1.Identity/IsSessionLive',
                 request_serializer=identity__pb2.SessionRef.SerializeToString,
@@ -418,6 +423,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise RuntimeError('method not implemented by this servicer')
 
+    def FindSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
     def IsSessionLive(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -595,6 +606,11 @@ def add_IdentityServicer_to_server(servicer, server):
             'ListSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSessions,
                     request_deserializer=identity__pb2.ListSessionsRequest.FromString,
+                    response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'FindSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSessions,
+                    request_deserializer=identity__pb2.FindSessionsRequest.FromString,
                     response_serializer=identity__pb2.SessionList.SerializeToString,
             ),
             'IsSessionLive': grpc.unary_unary_rpc_method_handler(
@@ -1520,6 +1536,33 @@ class Identity:
             target,
             '/stockade.identity.v1.Identity/ListSessions',
             identity__pb2.ListSessionsRequest.SerializeToString,
+            identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/FindSessions',
+            identity__pb2.FindSessionsRequest.SerializeToString,
             identity__pb2.SessionList.FromString,
             options,
             channel_credentials,

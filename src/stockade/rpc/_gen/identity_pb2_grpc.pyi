@@ -68,6 +68,7 @@ class IdentityStub:
     EndSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]
     GetSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]
+    FindSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.FindSessionsRequest, _identity_pb2.SessionList]
     IsSessionLive: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]
 
 @_typing.type_check_only
@@ -107,6 +108,7 @@ class IdentityAsyncStub(IdentityStub):
     EndSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
+    FindSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.FindSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
     IsSessionLive: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
@@ -345,6 +347,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
     def ListSessions(
         self,
         request: _identity_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
+
+    @_abc_1.abstractmethod
+    def FindSessions(
+        self,
+        request: _identity_pb2.FindSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
 
