@@ -161,3 +161,28 @@ def test_keys_remove_prints_the_name_literally(tmp_path: Path) -> None:
     result = ok("users", "keys", "remove", "alice", fingerprint["fingerprint"][7:15])
     assert "[bold]" not in result.stdout
     assert " ".join(result.stdout.split()).endswith("from alice")
+
+
+def test_a_key_comment_with_8bit_controls_is_refused(tmp_path: Path) -> None:
+    public = base.keygen(tmp_path / "k", "me@host")
+    kind, blob, _ = public.read_text().split()
+    for comment in ("evil\x9d52;c;ZWNobw==\x9c", "a\u2028b", "x\x85y"):
+        hostile = tmp_path / "hostile.pub"
+        hostile.write_text(f"{kind} {blob} {comment}\n")
+        error = one_error_line(invoke("users", "add", "mallory", "--ssh-key", str(hostile)))
+        if "\x9d" in comment:  # (U+2028 and U+0085 already split the line: refused too)
+            assert "control characters" in error
+    assert invoke("users", "show", "mallory").exit_code == 2  # not added
+
+
+def test_tables_print_controls_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    from stockade.cli._common import print_table
+
+    print_table("t", ["a", "b"], [["x\x9d52;c;eA==\x9c", "\u202eyeknom"], ["two\nlines", "é"]])
+    out = capsys.readouterr().out
+    assert not any("\x80" <= c <= "\x9f" for c in out)
+    assert "\u202e" not in out
+    assert "x\\x9d52;c;eA==\\x9c" in out
+    assert "\\u202eyeknom" in out
+    for kept in ("two", "lines", "é"):
+        assert kept in out

@@ -151,7 +151,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     On a terminal long cells fold onto more lines within its width; piped, the table is as wide
     as its widest row, so ids and fingerprints stay whole on one line for ``grep`` and ``cut``.
     """
-    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    cells = [["" if cell is None else _literal(str(cell)) for cell in row] for row in rows]
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=False)
@@ -168,6 +168,18 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     needed = sum(widths) + 3 * len(widths) + 1
     wide = Console(file=sys.stdout, width=max(needed, len(title), 80), highlight=False)
     wide.print(table)
+
+
+def _literal(text: str) -> str:
+    """``text`` with every character a terminal would not print escaped (``\\x9d``,
+    ``\\u202e``), line breaks kept: a cell never sends a control sequence or reorders the
+    text after it (bidi overrides), whatever a stored value holds."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def read_text_arg(value: str, *, field: str) -> str:
