@@ -130,12 +130,23 @@ def test_export_never_writes_through_a_symlink(exported: Path) -> None:
     victim.chmod(0o644)
     link = exported / "link.cast"
     link.symlink_to(victim)
-    one_error_line(invoke("sessions", "export", SID, "-o", str(link)))
-    assert victim.read_text() == "keep\n"
-    ok("sessions", "export", SID, "-o", str(link), "--force")
-    assert victim.read_text() == "keep\n"  # the link was replaced, its target untouched
-    assert not link.is_symlink()
-    assert stat.S_IMODE(link.stat().st_mode) == 0o600
+    for force in ([], ["--force"]):
+        one_error_line(invoke("sessions", "export", SID, "-o", str(link), *force))
+        assert victim.read_text() == "keep\n"
+        assert link.is_symlink()
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "/dev/stdout"])
+def test_export_force_never_replaces_a_device_or_link(exported: Path, special: str) -> None:
+    before = os.lstat(special)
+    error = one_error_line(invoke("sessions", "export", SID, "-o", special, "--force"))
+    assert "no regular file" in error
+    after = os.lstat(special)
+    assert (after.st_mode, after.st_ino, after.st_rdev) == (
+        before.st_mode,
+        before.st_ino,
+        before.st_rdev,
+    )
 
 
 @pytest.mark.parametrize("where", ["missing-dir/x.cast", ".", ""])

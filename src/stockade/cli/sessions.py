@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -259,12 +260,22 @@ def _cast_line(item: object) -> str:
 
 def _write_private(target: Path, lines: Iterable[str], *, force: bool) -> None:
     """Write ``lines`` to ``target``, created 0600 (a recording holds whatever the session
-    showed). An existing file (or symlink) is kept unless ``force``; with ``force`` a new
-    file replaces it (a symlink is replaced, never followed). Nothing is left on failure."""
-    if not force and (target.exists() or target.is_symlink()):
-        raise InvalidInput("--output", f"{target} exists; pass --force to replace it")
-    if target.is_dir():
-        raise InvalidInput("--output", f"{target} is a directory")
+    showed). An existing file is kept unless ``force``; with ``force`` a new file replaces
+    a regular file only (never a symlink, device or directory: ``/dev/stdout`` stays a
+    link, ``/dev/null`` a device). Nothing is left on failure."""
+    try:
+        existing = target.lstat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise InvalidInput("--output", f"cannot write {target}: {exc.strerror}") from None
+    if existing is not None:
+        if not stat.S_ISREG(existing.st_mode):
+            raise InvalidInput(
+                "--output", f"{target} exists and is no regular file (link, device, directory)"
+            )
+        if not force:
+            raise InvalidInput("--output", f"{target} exists; pass --force to replace it")
     if not target.parent.is_dir():
         raise InvalidInput("--output", f"{target.parent} is not a directory")
     scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
