@@ -71,3 +71,44 @@ def test_the_check_sees_a_password_on_argv() -> None:
     assert len(secrets_on_argv(piped)) == 1
     safe = "```sh\nprintf %s x | bao kv put secret/x password=- token=@t.txt\n```\n"
     assert secrets_on_argv(safe) == []
+
+
+def _options_unknown(words: list[str]) -> list[str]:
+    """The ``--options`` of ``stockade WORDS`` that its command does not take."""
+    import typer
+
+    from stockade.cli import app
+
+    command = typer.main.get_command(app)
+    index = 0
+    while hasattr(command, "list_commands") and index < len(words):
+        nxt = command.get_command(command.context_class(command), words[index])
+        if nxt is None:
+            break
+        command, index = nxt, index + 1
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    known.add("--help")
+    given = [w.split("=", 1)[0] for w in words[index:] if w.startswith("-") and w != "-"]
+    return [w for w in given if w not in known]
+
+
+def test_every_option_of_a_readme_command_exists() -> None:
+    """`console` blocks are not run: a misspelled option there would go unnoticed."""
+    from .readme_walkthrough import commands
+
+    checked = 0
+    for line, text in commands(README.read_text()):
+        try:
+            words = shlex.split(text)[1:]
+        except ValueError:
+            words = text.split()[1:]
+        assert _options_unknown(words) == [], f"README line {line}: {text!r}"
+        checked += 1
+    assert checked > 40
+
+
+def test_the_option_check_sees_a_typo() -> None:
+    assert _options_unknown(["sessions", "play", "s-1", "--idle-time-limt", "1"]) == [
+        "--idle-time-limt"
+    ]
+    assert _options_unknown(["sessions", "play", "s-1", "-i", "1", "--raw"]) == []
