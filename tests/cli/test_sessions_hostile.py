@@ -197,3 +197,23 @@ def test_tables_print_controls_escaped(capsys: pytest.CaptureFixture[str]) -> No
     assert "\\u202eyeknom" in out
     for kept in ("two", "lines", "é"):
         assert kept in out
+
+
+@pytest.mark.parametrize("argv", [["export", SID, "-o", "-"], ["play", SID, "-i", "1e-6"]])
+def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, argv: list[str]) -> None:
+    """`sessions export ID -o - | head -n 2` (the README's line) under `set -o pipefail`: a
+    cast larger than the pipe's buffer made export fail with "error: Broken pipe", exit 2."""
+    import shlex
+    import subprocess
+    import sys
+
+    _recording(tmp_path, [json.dumps([i * 1e-6, "o", f"line {i}\r\n"]) for i in range(20_000)])
+    stockade = Path(sys.executable).with_name("stockade")
+    script = f"set -euo pipefail; {shlex.join([str(stockade), 'sessions', *argv])} | head -n 2"
+    env = {**os.environ, "STOCKADE_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 2

@@ -8,10 +8,12 @@ Conventions (docs/architecture.md): errors go to stderr as one line; exit code 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -34,6 +36,7 @@ __all__ = [
     "print_json",
     "print_table",
     "read_text_arg",
+    "reader_may_stop",
     "resolve_prefix",
     "run_async",
     "settings",
@@ -106,6 +109,18 @@ def resolve_prefix(prefix: str, candidates: Iterable[str], *, kind: str) -> str:
         raise NotFound(kind, prefix)
     shown = ", ".join(sorted(matches)[:20]) + (" ..." if len(matches) > 20 else "")
     raise InvalidInput(kind, f"{prefix!r} matches {len(matches)}: {shown}; give more characters")
+
+
+@contextlib.contextmanager
+def reader_may_stop() -> Iterator[None]:
+    """Around writes to stdout: a reader that stops early (``| head``) ends the command
+    quietly with exit 0, not an error (and no second one when Python flushes at exit)."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
 
 
 def run_async(coro: Awaitable[T]) -> T:

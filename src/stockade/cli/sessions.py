@@ -27,6 +27,7 @@ from ._common import (
     handle_errors,
     print_json,
     print_table,
+    reader_may_stop,
     resolve_prefix,
     run_async,
     settings,
@@ -203,7 +204,10 @@ def play(
         sys.stdout.flush()
 
     screen = TerminalFilter()
-    play_cast(path, write, speed=speed, max_idle=idle_time_limit, raw=raw, terminal_filter=screen)
+    with reader_may_stop():
+        play_cast(
+            path, write, speed=speed, max_idle=idle_time_limit, raw=raw, terminal_filter=screen
+        )
     if screen.removed:
         hidden = " (the recording ends inside one)" if screen.inside_string else ""
         sys.stderr.write(
@@ -238,9 +242,10 @@ def export(
 
     lines = (_cast_line(item) for item in iter_cast(path))
     if output == "-":
-        for line in lines:
-            sys.stdout.write(line)
-        sys.stdout.flush()
+        with reader_may_stop():
+            for line in lines:
+                sys.stdout.write(line)
+            sys.stdout.flush()
         return
     target = Path(output)
     _write_private(target, lines, force=force)
