@@ -217,3 +217,45 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path: Path, argv: list[str]) 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert len(done.stdout.splitlines()) == 2
+
+
+def test_play_to_a_terminal_restores_its_modes(tmp_path: Path) -> None:
+    """A recording that ends in the alternate screen with mouse reporting on (a session cut
+    during `vim`) leaves the admin's terminal as a shell expects it."""
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    from stockade.gateway import TerminalFilter
+
+    _recording(tmp_path, [json.dumps([0.1, "o", f"{ESC}[?1049h{ESC}[?1000h{ESC}[?25lvim"])])
+    stockade = Path(sys.executable).with_name("stockade")
+    env = {**os.environ, "STOCKADE_DATA_DIR": str(tmp_path / "data")}
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [str(stockade), "sessions", "play", SID, "-i", "0.001"],
+            stdout=slave,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        os.close(slave)
+        chunks: list[bytes] = []
+        for _ in range(1000):  # bounded: until the pty closes
+            ready, _, _ = select.select([master], [], [], 30)
+            if not ready:
+                break
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+    out = b"".join(chunks).decode()
+    assert out.endswith(TerminalFilter.RESTORE)
+    assert "vim" in out

@@ -208,6 +208,8 @@ def play(
         play_cast(
             path, write, speed=speed, max_idle=idle_time_limit, raw=raw, terminal_filter=screen
         )
+        if not raw and sys.stdout.isatty():
+            write(screen.RESTORE)  # the recording may have left mouse mode or the alt screen on
     if screen.removed:
         hidden = " (the recording ends inside one)" if screen.inside_string else ""
         sys.stderr.write(

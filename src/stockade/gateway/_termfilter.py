@@ -47,6 +47,13 @@ _CSI_MAX = 256
 class TerminalFilter:
     """Feed output text chunk by chunk; each :meth:`feed` returns what is safe to write."""
 
+    #: Written after a replay to a terminal: the modes a recording may leave on (attributes,
+    #: line-drawing charset, hidden cursor, mouse reporting, alternate screen, application
+    #: cursor keys and keypad) back to what a shell expects.
+    RESTORE = (
+        "\x1b[0m\x1b(B\x1b[?25h\x1b[?1000l\x1b[?1002l\x1b[?1003l\x1b[?1006l\x1b[?1049l\x1b[?1l\x1b>"
+    )
+
     def __init__(self) -> None:
         self._state = _GROUND
         self._seq: list[str] = []
