@@ -8,10 +8,12 @@ Conventions (docs/architecture.md): errors go to stderr as one line; exit code 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -34,6 +36,7 @@ __all__ = [
     "print_json",
     "print_table",
     "read_text_arg",
+    "reader_may_stop",
     "resolve_prefix",
     "run_async",
     "settings",
@@ -108,6 +111,18 @@ def resolve_prefix(prefix: str, candidates: Iterable[str], *, kind: str) -> str:
     raise InvalidInput(kind, f"{prefix!r} matches {len(matches)}: {shown}; give more characters")
 
 
+@contextlib.contextmanager
+def reader_may_stop() -> Iterator[None]:
+    """Around writes to stdout: a reader that stops early (``| head``) ends the command
+    quietly with exit 0, not an error (and no second one when Python flushes at exit)."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None
+
+
 def run_async(coro: Awaitable[T]) -> T:
     """Run ``coro`` to completion in a fresh event loop."""
 
@@ -151,7 +166,7 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     On a terminal long cells fold onto more lines within its width; piped, the table is as wide
     as its widest row, so ids and fingerprints stay whole on one line for ``grep`` and ``cut``.
     """
-    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
+    cells = [["" if cell is None else _literal(str(cell)) for cell in row] for row in rows]
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold", no_wrap=False)
@@ -168,6 +183,18 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]
     needed = sum(widths) + 3 * len(widths) + 1
     wide = Console(file=sys.stdout, width=max(needed, len(title), 80), highlight=False)
     wide.print(table)
+
+
+def _literal(text: str) -> str:
+    """``text`` with every character a terminal would not print escaped (``\\x9d``,
+    ``\\u202e``), line breaks kept: a cell never sends a control sequence or reorders the
+    text after it (bidi overrides), whatever a stored value holds."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def read_text_arg(value: str, *, field: str) -> str:

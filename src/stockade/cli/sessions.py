@@ -6,9 +6,13 @@ commit ids); an ambiguous prefix is one error line listing the candidates (exit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import stat
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,6 +27,7 @@ from ._common import (
     handle_errors,
     print_json,
     print_table,
+    reader_may_stop,
     resolve_prefix,
     run_async,
     settings,
@@ -52,9 +57,8 @@ def _row(info: Any) -> dict[str, Any]:
     }
 
 
-#: How many sessions a prefix is resolved among; with more, a prefix is refused (full id only)
-#: rather than risk naming the wrong session.
-PREFIX_POOL = 100_000
+#: How many sessions a prefix may match before the candidates are no longer listed.
+PREFIX_SHOWN = 20
 
 
 #: Characters a prefix needs to name the session ``sessions kill`` ends.
@@ -81,9 +85,12 @@ async def find_session(identity: AdminIdentity, given: str, *, min_prefix: int =
         raise InvalidInput("session", f"{given!r} is not a session id or a prefix of one") from None
     if len(given) < min_prefix:
         raise InvalidInput("session", f"give at least {min_prefix} characters of the id")
-    pool = await identity.list_sessions(limit=PREFIX_POOL)
-    if len(pool) >= PREFIX_POOL:
-        raise NotFound("session", f"{given} (with this many sessions, give the full id)")
+    # identity matches the prefix itself (exactly, any number of sessions): one short answer
+    pool = await identity.find_sessions(given, limit=PREFIX_SHOWN + 1)
+    if len(pool) > PREFIX_SHOWN:
+        raise InvalidInput(
+            "session", f"{given!r} matches more than {PREFIX_SHOWN} sessions; give more characters"
+        )
     chosen = resolve_prefix(given, (s.session_id for s in pool), kind="session")
     return next(s for s in pool if s.session_id == chosen)
 
@@ -163,6 +170,14 @@ def play(
             help="Shorten every pause longer than this many seconds to it (as asciinema -i).",
         ),
     ] = 2.0,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw",
+            help="Write the output exactly as recorded, control sequences included "
+            "(clipboard writes, titles, terminal reports: trust the recorded user first).",
+        ),
+    ] = False,
     direct: Annotated[bool, DIRECT] = False,
 ) -> None:
     """Replay a recorded session in this terminal.
@@ -170,19 +185,37 @@ def play(
     Only sessions whose decision carried the record_session obligation are recorded (in the
     shipped policy bundle: users with role contractor). Exit 1 when the session exists but
     was not recorded; exit 2 when no session has that id.
+
+    The recorded user chose what the recording sends to your terminal, so control sequences
+    that act beyond the screen (OSC such as the OSC 52 clipboard write and window titles, DCS,
+    APC, terminal reports and window operations) are removed, and their count printed on
+    stderr; colours and cursor movement play as recorded. ``--raw`` plays everything (as
+    ``asciinema play`` does); ``sessions export`` keeps the recording whole.
     """
     if not speed > 0 or speed == float("inf"):
         raise InvalidInput("--speed", "must be a positive number")
     if not idle_time_limit > 0 or idle_time_limit == float("inf"):
         raise InvalidInput("--idle-time-limit", "must be a positive number of seconds")
     _, path = _recording(session_id, direct)
-    from stockade.gateway import play_cast
+    from stockade.gateway import TerminalFilter, play_cast
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    play_cast(path, write, speed=speed, max_idle=idle_time_limit)
+    screen = TerminalFilter()
+    with reader_may_stop():
+        play_cast(
+            path, write, speed=speed, max_idle=idle_time_limit, raw=raw, terminal_filter=screen
+        )
+        if not raw and sys.stdout.isatty():
+            write(screen.RESTORE)  # the recording may have left mouse mode or the alt screen on
+    if screen.removed:
+        hidden = " (the recording ends inside one)" if screen.inside_string else ""
+        sys.stderr.write(
+            f"\nnote: removed {screen.removed} terminal control sequence(s){hidden}; "
+            "--raw plays them, sessions export keeps them\n"
+        )
 
 
 @app.command("export")
@@ -192,25 +225,85 @@ def export(
     output: Annotated[
         str, typer.Option("-o", "--output", help="Where to write the .cast; - for stdout.")
     ],
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace an existing file at --output.")
+    ] = False,
     direct: Annotated[bool, DIRECT] = False,
 ) -> None:
     """Write a session's recording as an asciicast v2 file (``asciinema play`` reads it).
 
     The file is validated and decompressed, up to its last whole event. With -o - the cast
     goes to stdout (nothing else is printed there); otherwise the path written is printed.
-    Exit 1 when the session was not recorded.
+    The file is created 0600 (a recording holds whatever the session showed); an existing
+    one is kept unless ``--force``. Exit 1 when the session was not recorded.
     """
+    if not output:
+        raise InvalidInput("--output", "empty; give a file name or - for stdout")
     _, path = _recording(session_id, direct)
     from stockade.gateway import iter_cast
 
-    lines = [json.dumps(item, ensure_ascii=False) + "\n" for item in iter_cast(path)]
+    lines = (_cast_line(item) for item in iter_cast(path))
     if output == "-":
-        sys.stdout.write("".join(lines))
-        sys.stdout.flush()
+        with reader_may_stop():
+            for line in lines:
+                sys.stdout.write(line)
+            sys.stdout.flush()
         return
     target = Path(output)
-    target.write_text("".join(lines), encoding="utf-8")
+    _write_private(target, lines, force=force)
     typer.echo(str(target))
+
+
+#: C1 controls: json.dumps leaves them raw, and a terminal may act on them (U+009D is OSC).
+_C1 = re.compile("[\x80-\x9f]")
+
+
+def _cast_line(item: object) -> str:
+    line = json.dumps(item, ensure_ascii=False)
+    if _C1.search(line):
+        line = _C1.sub(lambda m: f"\\u{ord(m.group()):04x}", line)
+    return line + "\n"
+
+
+def _write_private(target: Path, lines: Iterable[str], *, force: bool) -> None:
+    """Write ``lines`` to ``target``, created 0600 (a recording holds whatever the session
+    showed). An existing file is kept unless ``force``; with ``force`` a new file replaces
+    a regular file only (never a symlink, device or directory: ``/dev/stdout`` stays a
+    link, ``/dev/null`` a device). Nothing is left on failure."""
+    try:
+        existing = target.lstat()
+    except FileNotFoundError:
+        existing = None
+    except OSError as exc:
+        raise InvalidInput("--output", f"cannot write {target}: {exc.strerror}") from None
+    if existing is not None:
+        if not stat.S_ISREG(existing.st_mode):
+            raise InvalidInput(
+                "--output", f"{target} exists and is no regular file (link, device, directory)"
+            )
+        if not force:
+            raise InvalidInput("--output", f"{target} exists; pass --force to replace it")
+    if not target.parent.is_dir():
+        raise InvalidInput("--output", f"{target.parent} is not a directory")
+    scratch = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(scratch, flags, 0o600)
+    except OSError as exc:
+        raise InvalidInput("--output", f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for line in lines:
+                handle.write(line)
+        if force:
+            os.replace(scratch, target)
+        else:
+            os.link(scratch, target)  # fails if the name appeared meanwhile: never clobbers
+            os.unlink(scratch)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+        raise
 
 
 @app.command("kill")

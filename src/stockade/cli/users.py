@@ -295,7 +295,7 @@ def keys_remove(
         return chosen
 
     removed = _with_identity(direct, run)
-    console.print(f"removed key {removed} from [bold]{name}[/]", markup=False)
+    console.print(f"removed key {removed} from {name}", markup=False)
 
 
 def resolve_fingerprint(given: str, fingerprints: list[str], *, user: str) -> str:
@@ -433,12 +433,9 @@ def totp_enroll(
     """
 
     async def run(identity: AdminIdentity) -> TotpEnrollment:
-        user = await identity.get_user(name)
-        if user.totp_enabled and not replace:
-            raise InvalidInput(
-                "--replace", f"{name} already has TOTP enrolled; pass --replace to change it"
-            )
-        return await identity.enable_totp(name)
+        # identity checks an enrolled secret in the transaction that writes: of two enrolments
+        # at once without --replace, one is refused (never a secret shown, then replaced)
+        return await identity.enable_totp(name, replace=replace)
 
     enrollment = _with_identity(direct, run)
     out = sys.stdout

@@ -25,6 +25,7 @@ from ._recorder import (
     sweep_recordings,
 )
 from ._server import GatewayServer
+from ._termfilter import TerminalFilter
 from .backends.container import ContainerBackend
 from .backends.ssh import parse_upstream
 
@@ -45,6 +46,7 @@ __all__ = [
     "RecordingSweeper",
     "Refusal",
     "SessionPlan",
+    "TerminalFilter",
     "compress_cast",
     "export_cast",
     "iter_cast",

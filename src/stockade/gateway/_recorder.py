@@ -41,6 +41,8 @@ from stockade.core.errors import InvalidInput
 from stockade.core.events import Event, RecordingsSwept
 from stockade.core.logging import get_logger
 
+from ._termfilter import TerminalFilter
+
 __all__ = [
     "CastRecorder",
     "RecordingSweeper",
@@ -303,23 +305,53 @@ def iter_cast(path: Path) -> Iterator[dict[str, Any] | list[Any]]:
     except OSError as exc:
         raise InvalidInput(field, f"cannot read recording: {exc.strerror}") from exc
     with handle:
-        for number, line in enumerate(_lines(handle), start=1):
+        number = 0
+        lines = _lines(handle)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                return
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(field, "not UTF-8 text") from exc  # decoded ahead: no line
+            number += 1
             try:
                 item = json.loads(line)
             except json.JSONDecodeError as exc:
                 if not line.endswith("\n") and number > 1:
                     return  # torn last line
                 raise InvalidInput(f"{field}:{number}", f"not JSON: {exc.msg}") from exc
-            except UnicodeDecodeError as exc:
-                raise InvalidInput(f"{field}:{number}", "not UTF-8") from exc
+            except RecursionError:
+                raise InvalidInput(f"{field}:{number}", "nested too deeply") from None
             if number == 1:
                 if not isinstance(item, dict) or item.get("version") != 2:
                     raise InvalidInput(f"{field}:1", "not an asciicast v2 header")
-            elif not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], str)):
+            elif not _is_event(item, line):
                 if not line.endswith("\n"):
                     return
                 raise InvalidInput(f"{field}:{number}", "not an asciicast v2 event")
             yield item
+
+
+#: A JSON escape of a UTF-16 surrogate: legal JSON, but a lone one is no text to write.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _is_event(item: object, line: str) -> bool:
+    """``[time, code, data]``: a number (no bool), a string, a string of UTF-8 text."""
+    if not (isinstance(item, list) and len(item) == 3):
+        return False
+    at, code, data = item
+    if isinstance(at, bool) or not isinstance(at, int | float) or not isinstance(code, str):
+        return False
+    if not isinstance(data, str):
+        return False
+    if _SURROGATE_ESCAPE.search(line):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def export_cast(path: Path, output: Path) -> int:
@@ -341,13 +373,19 @@ def play_cast(
     speed: float = 1.0,
     max_idle: float = 2.0,
     sleep: Callable[[float], None] = time.sleep,
+    raw: bool = False,
+    terminal_filter: TerminalFilter | None = None,
 ) -> int:
     """Replay a recording's output through ``write`` in (scaled) real time; returns event count.
 
-    Pauses longer than ``max_idle`` seconds (before scaling) are shortened to it.
+    Pauses longer than ``max_idle`` seconds (before scaling) are shortened to it. The output
+    passes through ``terminal_filter`` (a fresh :class:`TerminalFilter` when None): control
+    sequences that reach beyond the screen (clipboard, titles, reports) are removed, since the
+    recorded user chose them. ``raw`` writes the output exactly as recorded.
     """
     if speed <= 0:
         raise InvalidInput("speed", "must be positive")
+    screen = None if raw else (terminal_filter or TerminalFilter())
     previous = 0.0
     played = 0
     for item in iter_cast(path):
@@ -358,9 +396,12 @@ def play_cast(
         previous = at
         if kind != "o":
             continue
+        if screen is not None:
+            data = screen.feed(data)
         if pause > 0:
             sleep(pause / speed)
-        write(data)
+        if data:
+            write(data)
         played += 1
     return played
 

@@ -36,7 +36,8 @@ SUPPORTED_KEY_TYPES = frozenset(
 _REFUSED_TYPES = {
     "ssh-dss": "DSA keys are weak and refused; use ssh-keygen -t ed25519",
 }
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: C0, DEL, C1 (U+009D is an 8-bit OSC to a terminal) and line separators: as in user names.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True, slots=True)

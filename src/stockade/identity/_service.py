@@ -737,12 +737,25 @@ class IdentityService:
                     row.password_hash = rehashed
         return ok
 
-    async def enable_totp(self, name: str) -> TotpEnrollment:
-        """Give ``name`` a new TOTP secret (replacing any) and return its enrollment, once."""
+    async def enable_totp(self, name: str, *, replace: bool = True) -> TotpEnrollment:
+        """Give ``name`` a new TOTP secret and return its enrollment, once.
+
+        With ``replace`` False an enrolled secret is kept (InvalidInput ``totp``): checked in
+        the transaction that writes, row locked, so of two enrolments at once only one wins
+        and no administrator is shown a secret that another one has already replaced.
+        """
         check_username(name)
         secret = new_totp_secret()
         async with self._store.transaction() as session:
-            row = await self._user(session, name)
+            row = await session.scalar(
+                select(UserRow).where(UserRow.name == name).with_for_update()
+            )
+            if row is None:
+                raise NotFound("user", name)
+            if row.totp_secret is not None and not replace:
+                raise InvalidInput(
+                    "totp", f"{name} already has TOTP enrolled; pass --replace to change it"
+                )
             row.totp_secret = self._keyring.seal(secret, context=f"totp:{name}")
             row.totp_last_step = None
         _log.info("totp enabled", user=name)
@@ -947,6 +960,26 @@ class IdentityService:
         query = query.order_by(SessionRow.started_at.desc(), SessionRow.id).limit(limit)
         async with self._store.transaction(readonly=True) as session:
             return [_session(row) for row in await session.scalars(query)]
+
+    async def find_sessions(self, prefix: str, *, limit: int = 21) -> list[SessionInfo]:
+        """Up to ``limit`` (1-1000) sessions whose id starts with ``prefix``, ordered by id.
+
+        The prefix is compared character for character (``substr``, never ``LIKE``: ``%`` and
+        ``_`` are no wildcards, case matters), so a caller that names one session by a unique
+        prefix never gets another; any number of sessions costs one bounded answer.
+        """
+        check_session_id(prefix)  # the characters of an id, 1-64 of them
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidInput("limit", "must be 1 to 1000")
+        query = (
+            select(SessionRow)
+            .where(func.substr(SessionRow.id, 1, len(prefix)) == prefix)
+            .order_by(SessionRow.id)
+            .limit(limit)
+        )
+        async with self._store.transaction(readonly=True) as session:
+            rows = [_session(row) for row in await session.scalars(query)]
+        return [info for info in rows if info.session_id.startswith(prefix)]
 
     async def is_session_live(self, session_id: str) -> bool:
         """True when ``session_id`` was started and not ended."""

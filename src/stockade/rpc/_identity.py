@@ -240,9 +240,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         return pb.CheckResult(ok=await self._id.verify_password(request.name, request.secret))
 
     @rpc_errors_to_status
-    async def EnableTotp(self, request: pb.UserRef, context: Ctx) -> pb.TotpEnrollment:
+    async def EnableTotp(self, request: pb.EnableTotpRequest, context: Ctx) -> pb.TotpEnrollment:
         require_admin(context, "EnableTotp")
-        enrollment = await self._id.enable_totp(request.name)
+        enrollment = await self._id.enable_totp(request.name, replace=request.replace)
         return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
 
     @rpc_errors_to_status
@@ -345,6 +345,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     @rpc_errors_to_status
     async def GetSession(self, request: pb.SessionRef, context: Ctx) -> pb.Session:
         return session_to_pb(await self._id.get_session(request.id))
+
+    @rpc_errors_to_status
+    async def FindSessions(self, request: pb.FindSessionsRequest, context: Ctx) -> pb.SessionList:
+        found = await self._id.find_sessions(request.prefix, limit=request.limit or 21)
+        return pb.SessionList(sessions=[session_to_pb(s) for s in found])
 
     @rpc_errors_to_status
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Ctx) -> pb.SessionList:
@@ -547,10 +552,9 @@ class IdentityClient:
         )
         return reply.ok
 
-    async def enable_totp(self, name: str) -> TotpEnrollment:
-        reply = await self._call(
-            self._stub.EnableTotp(pb.UserRef(name=name), timeout=self._timeout)
-        )
+    async def enable_totp(self, name: str, *, replace: bool = True) -> TotpEnrollment:
+        request = pb.EnableTotpRequest(name=name, replace=replace)
+        reply = await self._call(self._stub.EnableTotp(request, timeout=self._timeout))
         return TotpEnrollment(secret=reply.secret, uri=reply.uri)
 
     async def disable_totp(self, name: str) -> None:
@@ -697,6 +701,11 @@ class IdentityClient:
         if username is not None:
             request.username = username
         reply = await self._call(self._stub.ListSessions(request, timeout=self._timeout))
+        return [session_from_pb(s) for s in reply.sessions]
+
+    async def find_sessions(self, prefix: str, *, limit: int = 21) -> list[SessionInfo]:
+        request = pb.FindSessionsRequest(prefix=prefix, limit=limit)
+        reply = await self._call(self._stub.FindSessions(request, timeout=self._timeout))
         return [session_from_pb(s) for s in reply.sessions]
 
     async def is_session_live(self, session_id: str) -> bool:

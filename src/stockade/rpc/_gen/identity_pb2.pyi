@@ -354,6 +354,54 @@ class TotpEnrollment(_message.Message):
 Global___TotpEnrollment: _TypeAlias = TotpEnrollment  # noqa: Y015
 
 @_typing.final
+class FindSessionsRequest(_message.Message):
+    """Sessions whose id starts with prefix (compared exactly, no pattern), ordered by id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    limit: _builtins.int
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FindSessionsRequest: _TypeAlias = FindSessionsRequest  # noqa: Y015
+
+@_typing.final
+class EnableTotpRequest(_message.Message):
+    """replace false: an enrolled authenticator is kept (checked in the write's transaction)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REPLACE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    replace: _builtins.bool
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        replace: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "replace", b"replace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableTotpRequest: _TypeAlias = EnableTotpRequest  # noqa: Y015
+
+@_typing.final
 class LookupKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

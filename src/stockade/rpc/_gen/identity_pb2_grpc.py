@@ -131,7 +131,7 @@ class IdentityStub:
                 _registered_method=True)
         self.EnableTotp = channel.unary_unary(
                 '/stockade.identity.v1.Identity/EnableTotp',
-                request_serializer=identity__pb2.UserRef.SerializeToString,
+                request_serializer=identity__pb2.EnableTotpRequest.SerializeToString,
                 response_deserializer=identity__pb2.TotpEnrollment.FromString,
                 _registered_method=True)
         self.DisableTotp = channel.unary_unary(
@@ -202,6 +202,11 @@ class IdentityStub:
         self.ListSessions = channel.unary_unary(
                 '/stockade.identity.v1.Identity/ListSessions',
                 request_serializer=identity__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=identity__pb2.SessionList.FromString,
+                _registered_method=True)
+        self.FindSessions = channel.unary_unary(
+                '/stockade.identity.v1.Identity/FindSessions',
+                request_serializer=identity__pb2.FindSessionsRequest.SerializeToString,
                 response_deserializer=identity__pb2.SessionList.FromString,
                 _registered_method=True)
         self.IsSessionLive = channel.unary_unary(
@@ -418,6 +423,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise RuntimeError('method not implemented by this servicer')
 
+    def FindSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
     def IsSessionLive(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -524,7 +535,7 @@ def add_IdentityServicer_to_server(servicer, server):
             ),
             'EnableTotp': grpc.unary_unary_rpc_method_handler(
                     servicer.EnableTotp,
-                    request_deserializer=identity__pb2.UserRef.FromString,
+                    request_deserializer=identity__pb2.EnableTotpRequest.FromString,
                     response_serializer=identity__pb2.TotpEnrollment.SerializeToString,
             ),
             'DisableTotp': grpc.unary_unary_rpc_method_handler(
@@ -595,6 +606,11 @@ def add_IdentityServicer_to_server(servicer, server):
             'ListSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSessions,
                     request_deserializer=identity__pb2.ListSessionsRequest.FromString,
+                    response_serializer=identity__pb2.SessionList.SerializeToString,
+            ),
+            'FindSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.FindSessions,
+                    request_deserializer=identity__pb2.FindSessionsRequest.FromString,
                     response_serializer=identity__pb2.SessionList.SerializeToString,
             ),
             'IsSessionLive': grpc.unary_unary_rpc_method_handler(
@@ -1141,7 +1157,7 @@ class Identity:
             request,
             target,
             '/stockade.identity.v1.Identity/EnableTotp',
-            identity__pb2.UserRef.SerializeToString,
+            identity__pb2.EnableTotpRequest.SerializeToString,
             identity__pb2.TotpEnrollment.FromString,
             options,
             channel_credentials,
@@ -1520,6 +1536,33 @@ class Identity:
             target,
             '/stockade.identity.v1.Identity/ListSessions',
             identity__pb2.ListSessionsRequest.SerializeToString,
+            identity__pb2.SessionList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FindSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stockade.identity.v1.Identity/FindSessions',
+            identity__pb2.FindSessionsRequest.SerializeToString,
             identity__pb2.SessionList.FromString,
             options,
             channel_credentials,

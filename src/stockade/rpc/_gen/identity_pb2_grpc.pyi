@@ -53,7 +53,7 @@ class IdentityStub:
     RemoveKey: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RemoveKeyRequest, _identity_pb2.Empty]
     SetPassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetPasswordRequest, _identity_pb2.Empty]
     VerifyPassword: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]
-    EnableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.TotpEnrollment]
+    EnableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EnableTotpRequest, _identity_pb2.TotpEnrollment]
     DisableTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]
     VerifyTotp: _grpc.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]
     IssueToken: _grpc.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.Token]
@@ -68,6 +68,7 @@ class IdentityStub:
     EndSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]
     GetSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]
     ListSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]
+    FindSessions: _grpc.UnaryUnaryMultiCallable[_identity_pb2.FindSessionsRequest, _identity_pb2.SessionList]
     IsSessionLive: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]
 
 @_typing.type_check_only
@@ -92,7 +93,7 @@ class IdentityAsyncStub(IdentityStub):
     RemoveKey: _aio.UnaryUnaryMultiCallable[_identity_pb2.RemoveKeyRequest, _identity_pb2.Empty]  # type: ignore[assignment]
     SetPassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetPasswordRequest, _identity_pb2.Empty]  # type: ignore[assignment]
     VerifyPassword: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]  # type: ignore[assignment]
-    EnableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.TotpEnrollment]  # type: ignore[assignment]
+    EnableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.EnableTotpRequest, _identity_pb2.TotpEnrollment]  # type: ignore[assignment]
     DisableTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.UserRef, _identity_pb2.Empty]  # type: ignore[assignment]
     VerifyTotp: _aio.UnaryUnaryMultiCallable[_identity_pb2.CheckSecretRequest, _identity_pb2.CheckResult]  # type: ignore[assignment]
     IssueToken: _aio.UnaryUnaryMultiCallable[_identity_pb2.IssueTokenRequest, _identity_pb2.Token]  # type: ignore[assignment]
@@ -107,6 +108,7 @@ class IdentityAsyncStub(IdentityStub):
     EndSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.EndSessionRequest, _identity_pb2.Session]  # type: ignore[assignment]
     GetSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.Session]  # type: ignore[assignment]
     ListSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.ListSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
+    FindSessions: _aio.UnaryUnaryMultiCallable[_identity_pb2.FindSessionsRequest, _identity_pb2.SessionList]  # type: ignore[assignment]
     IsSessionLive: _aio.UnaryUnaryMultiCallable[_identity_pb2.SessionRef, _identity_pb2.CheckResult]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
@@ -246,7 +248,7 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def EnableTotp(
         self,
-        request: _identity_pb2.UserRef,
+        request: _identity_pb2.EnableTotpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.TotpEnrollment, _abc.Awaitable[_identity_pb2.TotpEnrollment]]: ...
 
@@ -345,6 +347,13 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
     def ListSessions(
         self,
         request: _identity_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
+
+    @_abc_1.abstractmethod
+    def FindSessions(
+        self,
+        request: _identity_pb2.FindSessionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.SessionList, _abc.Awaitable[_identity_pb2.SessionList]]: ...
 
