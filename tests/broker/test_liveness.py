@@ -5,6 +5,7 @@ the store on every request. Real identity (SQLite), real NATS, the broker over H
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import ssl
 from collections.abc import AsyncIterator
@@ -17,9 +18,10 @@ from broker.harness import BrokerEnv, OpenBao, broker_env, broker_settings
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer
 from stockade.broker._liveness import LiveSessions
+from stockade.broker._types import ClaimsLike, TokenVerifier
 from stockade.bus import Bus
 from stockade.core.errors import TokenRejected
-from stockade.core.events import Event, SessionEnded, SessionKill
+from stockade.core.events import Event, IdentityChanged, SessionEnded, SessionKill
 from stockade.core.settings import AuthzSettings
 from stockade.tls import DevCA
 
@@ -196,4 +198,103 @@ async def test_forged_and_other_audience_tokens_never_hit_memory(env: BrokerEnv)
         with pytest.raises(TokenRejected):
             await sessions.verify_token(token, audience="someone-else")
     finally:
+        await sessions.detach()
+
+
+# -- attacks (atk18): what the memory must forget beyond session ends and kills ----------------
+
+
+async def _eventually_rejected(sessions: LiveSessions, token: str, bus: Bus) -> TokenRejected:
+    for _ in range(200):  # bounded: the event travels through the server
+        try:
+            await sessions.verify_token(token)
+        except TokenRejected as exc:
+            return exc
+        await bus.flush()
+        await asyncio.sleep(0.005)
+    raise AssertionError("the token was still answered from memory")
+
+
+async def test_a_role_taken_away_counts_on_the_next_request(env: BrokerEnv) -> None:
+    """identity promises "a role taken away counts at once, however long the token lives"; the
+    memory must follow ``identity.changed`` (roles_changed), not serve the old roles."""
+    sessions = LiveSessions(env.identity, max_age=30.0)
+    await sessions.attach(env.bus)
+    try:
+        user, _sid, token = await _user(env)
+        await env.identity.set_roles(user, ["auditor"])
+        assert (await sessions.verify_token(token)).roles == ("auditor",)
+        assert (await sessions.verify_token(token)).roles == ("auditor",)  # from memory
+        await env.identity.set_roles(user, [])
+        await env.bus.publish(IdentityChanged(username=user, change="roles_changed", roles=[]))
+        for _ in range(200):
+            if (await sessions.verify_token(token)).roles == ():
+                break
+            await env.bus.flush()
+            await asyncio.sleep(0.005)
+        else:
+            raise AssertionError("the removed role was still answered from memory")
+    finally:
+        await sessions.detach()
+
+
+async def test_disabling_a_user_refuses_their_sessionless_token_next(env: BrokerEnv) -> None:
+    """A token without a session (``issue_token`` with no sid) has no session kill to drop it:
+    the ``user_disabled`` change must."""
+    sessions = LiveSessions(env.identity, max_age=30.0)
+    await sessions.attach(env.bus)
+    try:
+        user, _sid, _token = await _user(env)
+        token = await env.identity.issue_token(user, ttl=300)
+        await sessions.verify_token(token)
+        await sessions.verify_token(token)
+        assert sessions.hits == 1
+        await env.identity.set_disabled(user, True)
+        await env.bus.publish(IdentityChanged(username=user, change="user_disabled", roles=[]))
+        caught = await _eventually_rejected(sessions, token, env.bus)
+        assert caught.reason == "user_disabled"
+    finally:
+        await sessions.detach()
+
+
+class _SlowStore:
+    """The real identity, whose answer is held until ``release`` (a slow store round trip)."""
+
+    def __init__(self, identity: TokenVerifier) -> None:
+        self._identity = identity
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def verify_token(self, token: str, *, audience: str | None = None) -> ClaimsLike:
+        claims = await self._identity.verify_token(token, audience=audience)
+        self.arrived.set()
+        await self.release.wait()
+        return claims
+
+
+async def test_an_answer_overtaken_by_a_kill_of_its_user_is_not_remembered(
+    env: BrokerEnv,
+) -> None:
+    """The store said live, then (while that answer travelled) the user's sessions were killed
+    and ended: the in-flight answer must not be held in memory for the next requests."""
+    slow = _SlowStore(env.identity)
+    sessions = LiveSessions(slow, max_age=30.0)
+    await sessions.attach(env.bus)
+    try:
+        user, sid, token = await _user(env)
+        inflight = asyncio.ensure_future(sessions.verify_token(token))
+        await asyncio.wait_for(slow.arrived.wait(), 10)
+        await env.bus.publish(SessionKill(session_id="*", username=user, reason="killed"))
+        await env.identity.end_session(sid, reason="killed")
+        for _ in range(20):  # let the kill arrive while the answer is held
+            await env.bus.flush()
+            await asyncio.sleep(0.005)
+        slow.release.set()
+        with contextlib.suppress(TokenRejected):
+            await asyncio.wait_for(inflight, 10)
+        with pytest.raises(TokenRejected) as caught:
+            await sessions.verify_token(token)
+        assert caught.value.reason == "session_ended"
+    finally:
+        slow.release.set()
         await sessions.detach()
