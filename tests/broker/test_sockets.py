@@ -178,3 +178,37 @@ async def test_a_slow_request_is_cut_off(
             assert (await client.post("/v1/credentials/git", json=GIT)).status_code == 200
     finally:
         await handle.close()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o757])
+async def test_a_socket_in_a_directory_others_may_write_is_refused(
+    env: BrokerEnv, mode: int
+) -> None:
+    """Binding, chmod and chown go by name: in a directory another user may write (no sticky
+    bit), that user can swap the fresh socket's name for a symlink between the calls and have
+    the broker chmod/chown any file. Refused before anything is created there."""
+    _user_name, sid, token = await _user(env)
+    shared = env.tmp / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    with pytest.raises(InvalidInput, match="writable by"):
+        await env.server.open_session_socket(sid, token, shared / "s.sock", os.getuid())
+    assert list(shared.iterdir()) == []
+    nested = shared / "inner"  # a safe directory inside an unsafe one is no safer
+    nested.mkdir(mode=0o700)
+    with pytest.raises(InvalidInput, match="writable by"):
+        await env.server.open_session_socket(sid, token, nested / "s.sock", os.getuid())
+
+
+async def test_a_sticky_world_writable_directory_is_accepted(env: BrokerEnv) -> None:
+    """/tmp-like (sticky): others cannot rename or remove the broker's entries."""
+    _user_name, sid, token = await _user(env)
+    sticky = env.tmp / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    handle = await env.server.open_session_socket(sid, token, sticky / "s.sock", os.getuid())
+    try:
+        async with _client(handle.path) as client:
+            assert (await client.post("/v1/credentials/git", json=GIT)).status_code == 200
+    finally:
+        await handle.close()

@@ -11,9 +11,13 @@ Two kinds, both serving the broker's own ASGI app (same routes, validation, audi
   ends or is killed.
 
 Each socket file is bound under a temporary name, given its mode and owner, and only then renamed
-into place, so it is never reachable with looser permissions. A connecting process must run as
-the socket's user or as the broker's own user (``SO_PEERCRED``); others are dropped before a byte
-is read.
+into place, so it is never reachable with looser permissions. Those calls go by name, so the
+directory and each one above it must be safe from other users: owned by root or the broker's
+user and writable by no one else (unless sticky, as ``/tmp``); else another user could swap the
+name for a symlink between the calls and have the broker chmod or chown any file.
+
+A connecting process must run as the socket's user or as the broker's own user
+(``SO_PEERCRED``); others are dropped before a byte is read.
 
 No connection holds the broker (whose process is the gateway's too): one that has not delivered
 a whole request (head and body) ``_REQUEST_TIMEOUT`` seconds after it opened or after its last
@@ -142,12 +146,30 @@ class SessionSocket:
                 os.unlink(self.path)
 
 
+def _check_directories(path: Path) -> None:
+    """Raise InvalidInput unless no other user can rename entries of ``path``'s directories."""
+    trusted = {0, os.geteuid()}
+    for directory in path.parents:
+        try:
+            info = os.stat(directory)
+        except OSError as exc:
+            raise InvalidInput("path", f"cannot use {directory}: {exc.strerror}") from exc
+        open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if info.st_uid not in trusted or (open_to_others and not info.st_mode & stat.S_ISVTX):
+            raise InvalidInput(
+                "path",
+                f"{directory} is writable by another user than root or the broker's; "
+                "put the socket in a directory only they can write",
+            )
+
+
 def _bind(
     path: Path, *, mode: int, uid: int | None, gid: int | None
 ) -> tuple[socket.socket, tuple[int, int]]:
     """A listening unix socket at ``path`` with ``mode`` and owner, never reachable before."""
     if not path.is_absolute():
         raise InvalidInput("path", f"the socket path must be absolute, got {path}")
+    _check_directories(path)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
