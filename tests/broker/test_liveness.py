@@ -8,8 +8,9 @@ import asyncio
 import contextlib
 import secrets
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -298,3 +299,52 @@ async def test_an_answer_overtaken_by_a_kill_of_its_user_is_not_remembered(
     finally:
         slow.release.set()
         await sessions.detach()
+
+
+class _GatedAuthz:
+    """The real authorizer, whose verdict is held until ``release`` (a slow policy call)."""
+
+    def __init__(self) -> None:
+        self._authz = Authorizer(settings=AuthzSettings(decision_log=False))
+        self.arrived = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def decide(self, input_doc: Mapping[str, Any]) -> Any:
+        decision = self._authz.decide(input_doc)
+        self.arrived.set()
+        await self.release.wait()
+        return decision
+
+
+async def test_a_kill_during_an_inflight_request_withholds_the_secret(
+    tmp_path: Path, nats_url: str, openbao: OpenBao
+) -> None:
+    """The token was valid when the request arrived; the kill came while authz (or the secrets
+    backend, or the audit) was being waited for: the secret must not leave after the kill."""
+    async with broker_env(tmp_path, nats_url, openbao) as env:
+        gated = _GatedAuthz()
+        server = BrokerServer.from_settings(
+            broker_settings(openbao),
+            identity=env.identity,
+            authz=gated,
+            publisher=env.bus,
+            ca=DevCA(tmp_path / "ca2"),
+        )
+        await server.start()
+        try:
+            sessions = server.sessions
+            assert sessions is not None
+            tls = ssl.create_default_context(cafile=str(server.ca_path))
+            async with httpx.AsyncClient(base_url=server.url, verify=tls, timeout=30) as client:
+                user, sid, token = await _user(env)
+                inflight = asyncio.ensure_future(_get(client, token))
+                await asyncio.wait_for(gated.arrived.wait(), 10)
+                await env.bus.publish(SessionKill(session_id=sid, username=user, reason="kill"))
+                await _until(lambda: sessions.is_dead(sid), env.bus)
+                gated.release.set()
+                response = await asyncio.wait_for(inflight, 30)
+                assert "pw" not in response.text
+                assert (response.status_code, response.json()["reason"]) == (401, "session_ended")
+        finally:
+            gated.release.set()
+            await server.stop()

@@ -97,6 +97,11 @@ class SessionSocket:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def ended(self) -> bool:
+        """True once closed, or once the bus said the session ended or was killed."""
+        return self._closed or self._sessions.is_dead(self.session_id)
+
     async def authenticate(self, *, audience: str | None) -> ClaimsLike:
         """The claims of this socket's session, checked live now; TokenRejected otherwise."""
         if self._closed:
