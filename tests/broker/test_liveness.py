@@ -20,7 +20,7 @@ from stockade.authz import Authorizer
 from stockade.broker import BrokerServer
 from stockade.broker._liveness import LiveSessions
 from stockade.broker._types import ClaimsLike, TokenVerifier
-from stockade.bus import Bus
+from stockade.bus import Bus, EmbeddedNats
 from stockade.core.errors import TokenRejected
 from stockade.core.events import Event, IdentityChanged, SessionEnded, SessionKill
 from stockade.core.settings import AuthzSettings
@@ -348,3 +348,32 @@ async def test_a_kill_during_an_inflight_request_withholds_the_secret(
         finally:
             gated.release.set()
             await server.stop()
+
+
+async def test_a_lost_bus_sends_every_request_to_the_store(env: BrokerEnv) -> None:
+    """Session events missed while the bus is down must not be covered by memory: once the
+    connection drops, the memory is not trusted (fail closed to the store)."""
+    server = EmbeddedNats(env.tmp / "own-nats", connect_timeout=10.0)
+    url = await server.start()
+    bus = await Bus.connect(url, name="liveness-lost")
+    sessions = LiveSessions(env.identity, max_age=30.0)
+    try:
+        await sessions.attach(bus)
+        _user_name, sid, token = await _user(env)
+        await sessions.verify_token(token)
+        await sessions.verify_token(token)
+        assert sessions.hits == 1
+        await server.stop()
+        for _ in range(500):  # bounded: until the client sees the connection gone
+            if bus.epoch == -1:
+                break
+            await asyncio.sleep(0.01)
+        assert bus.epoch == -1
+        await env.identity.end_session(sid)  # its event would be lost: the bus is down
+        with pytest.raises(TokenRejected) as caught:
+            await sessions.verify_token(token)
+        assert caught.value.reason == "session_ended"
+    finally:
+        await sessions.detach()
+        await bus.close(drain_timeout=1)
+        await server.stop()
