@@ -57,7 +57,7 @@ from ._models import (
     KubernetesCredential,
     KubernetesCredentialRequest,
 )
-from ._routing import Router, normalize_host, normalize_registry, validate_cluster
+from ._routing import Router, normalize_host, normalize_registry, validate_cluster_server
 from ._types import (
     KINDS,
     SESSION_STATE,
@@ -428,6 +428,7 @@ def create_app(
     """
     settings = settings or BrokerSettings()
     router = Router(backends, routes=settings.routes, default=settings.default_backend)
+    cluster_servers = {cluster.name: cluster.server for cluster in settings.clusters}
     broker = _Broker(
         identity=identity, authz=authz, router=router, publisher=publisher, settings=settings
     )
@@ -553,7 +554,10 @@ def create_app(
     ) -> JSONResponse:
         """kubectl exec plugin: a bearer token and its expiry for ``cluster``."""
         claims, credential = await broker.fetch(
-            bearer, request, "kubernetes", lambda: validate_cluster(body.cluster)
+            bearer,
+            request,
+            "kubernetes",
+            lambda: validate_cluster_server(body.cluster, body.server, cluster_servers),
         )
         answer = KubernetesCredential(
             token=credential.secret, expiration_timestamp=_expiry(claims, credential)
