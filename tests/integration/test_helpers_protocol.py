@@ -403,3 +403,29 @@ async def test_static_helper_in_an_empty_sandbox(env: BrokerEnv) -> None:
         "password=sbpw",
         "exit=0",
     ]
+
+
+# -- attacks (atk18): hostile git input never yields another host's credential -------------------
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        b"url=https://git.example.com@evil.example.com/r.git\n\n",  # userinfo, not the host
+        b"url=https://evil.example.com/git.example.com\n\n",
+        b"url=file:///etc/passwd\n\n",
+        b"protocol=file\nhost=git.example.com\n\n",
+        b"protocol=https\nhost=git.example.com\rpassword=x\n\n",
+        b"protocol=https\nhost=git.example.com/../other\n\n",
+        b"protocol=https\nhost=evil.example.com\nurl=https://git.example.com/\n\n",
+        b"protocol=https\nhost=git.example.com\0\n\n",
+        b"protocol=HTTPS\nhost=git.example.com:99999\n\n",
+    ],
+    ids=range(9),
+)
+async def test_hostile_git_input_gets_no_credential(session: Session, stdin: bytes) -> None:
+    got = await session.run("git", "get", stdin=stdin)
+    assert session.secret.encode() not in got.stdout
+    assert got.stdout in (b"", b"quit=1\n"), got.stdout
+    assert got.returncode in (0, 1)
+    assert got.stderr.count(b"\n") <= 1  # one line, no traceback
