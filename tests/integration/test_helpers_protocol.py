@@ -494,3 +494,13 @@ async def test_a_hostile_socket_gets_one_line_and_quit(
     assert (proc.returncode, out) == (1, b"quit=1\n"), err
     assert err.startswith(b"git-credential-stockade: ")
     assert err.count(b"\n") == 1, err
+
+
+async def test_deeply_nested_exec_info_is_one_line(session: Session) -> None:
+    """KUBERNETES_EXEC_INFO comes from whatever kubeconfig kubectl read: nesting deeper than
+    Python's stack is "not JSON", never a traceback."""
+    got = await session.run("kubectl", KUBERNETES_EXEC_INFO="[" * 60_000)
+    assert got.returncode == 1
+    assert got.stderr.decode().startswith("kubectl-credential-stockade: KUBERNETES_EXEC_INFO is")
+    assert got.stderr.count(b"\n") == 1, got.stderr
+    assert got.stdout == b""
