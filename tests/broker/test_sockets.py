@@ -212,3 +212,33 @@ async def test_a_sticky_world_writable_directory_is_accepted(env: BrokerEnv) -> 
             assert (await client.post("/v1/credentials/git", json=GIT)).status_code == 200
     finally:
         await handle.close()
+
+
+async def test_pipelined_requests_are_all_answered_under_the_request_deadline(
+    env: BrokerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline covers receiving a request, never the broker's own work on it: two
+    requests sent at once on one connection both get their answer."""
+    monkeypatch.setattr(_sockets, "_REQUEST_TIMEOUT", 0.2, raising=False)
+    _user_name, sid, token = await _user(env)
+    handle = await env.server.open_session_socket(sid, token, env.tmp / "p.sock", os.getuid())
+    body = b'{"protocol": "https", "host": "git.example.com"}'
+    one = _HEAD + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(handle.path))
+        writer.write(one + one)
+        await writer.drain()
+        answers = b""
+        for _ in range(100):  # bounded: until both answers are in (or the broker hangs up)
+            chunk = await asyncio.wait_for(reader.read(65536), 30)
+            answers += chunk
+            if not chunk or answers.count(b"HTTP/1.1 200 OK") == 2:
+                break
+        writer.close()
+        assert answers.count(b"HTTP/1.1 200 OK") == 2, answers
+        assert answers.count(b'"password":"pw"') == 2
+    finally:
+        await handle.close()
