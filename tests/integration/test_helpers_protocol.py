@@ -7,6 +7,8 @@ another user, a socket whose session ended."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -403,3 +405,102 @@ async def test_static_helper_in_an_empty_sandbox(env: BrokerEnv) -> None:
         "password=sbpw",
         "exit=0",
     ]
+
+
+# -- attacks (atk18): hostile git input never yields another host's credential -------------------
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        b"url=https://git.example.com@evil.example.com/r.git\n\n",  # userinfo, not the host
+        b"url=https://evil.example.com/git.example.com\n\n",
+        b"url=file:///etc/passwd\n\n",
+        b"protocol=file\nhost=git.example.com\n\n",
+        b"protocol=https\nhost=git.example.com\rpassword=x\n\n",
+        b"protocol=https\nhost=git.example.com/../other\n\n",
+        b"protocol=https\nhost=evil.example.com\nurl=https://git.example.com/\n\n",
+        b"protocol=https\nhost=git.example.com\0\n\n",
+        b"protocol=HTTPS\nhost=git.example.com:99999\n\n",
+    ],
+    ids=range(9),
+)
+async def test_hostile_git_input_gets_no_credential(session: Session, stdin: bytes) -> None:
+    got = await session.run("git", "get", stdin=stdin)
+    assert session.secret.encode() not in got.stdout
+    assert got.stdout in (b"", b"quit=1\n"), got.stdout
+    assert got.returncode in (0, 1)
+    assert got.stderr.count(b"\n") <= 1  # one line, no traceback
+
+
+# -- attacks (atk18): a hostile socket answering the helper --------------------------------------
+
+
+_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def _whole(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+@pytest.fixture(params=sorted(IMPLEMENTATIONS))
+def helpers_only(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return IMPLEMENTATIONS[request.param](tmp_path)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # a chunk size that wraps an unchecked addition
+        _CHUNKED + b"5\r\nhello\r\nfffffffffffffffd\r\nxx",
+        _CHUNKED + b"ffffffffffffffffffff\r\nxx",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\n\r\n" + b"[" * 100_000,
+        _whole(b'{"username":"a","password":"b\\nc=d"}'),  # a newline git would read as a line
+        b"SSH-2.0-OpenSSH\r\n\r\n",
+    ],
+    ids=range(7),
+)
+async def test_a_hostile_socket_gets_one_line_and_quit(
+    helpers_only: Path, tmp_path: Path, answer: bytes
+) -> None:
+    """Whatever answers on the socket, git hears ``quit=1`` (no password prompt) and one line."""
+    path = tmp_path / "evil.sock"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            str(helpers_only / "git-credential-stockade"),
+            "get",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"PATH": "/usr/bin:/bin", "STOCKADE_CREDENTIAL_SOCKET": str(path)},
+        )
+        out, err = await asyncio.wait_for(
+            proc.communicate(b"protocol=https\nhost=git.example.com\n\n"), 60
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (proc.returncode, out) == (1, b"quit=1\n"), err
+    assert err.startswith(b"git-credential-stockade: ")
+    assert err.count(b"\n") == 1, err
+
+
+async def test_deeply_nested_exec_info_is_one_line(session: Session) -> None:
+    """KUBERNETES_EXEC_INFO comes from whatever kubeconfig kubectl read: nesting deeper than
+    Python's stack is "not JSON", never a traceback."""
+    got = await session.run("kubectl", KUBERNETES_EXEC_INFO="[" * 60_000)
+    assert got.returncode == 1
+    assert got.stderr.decode().startswith("kubectl-credential-stockade: KUBERNETES_EXEC_INFO is")
+    assert got.stderr.count(b"\n") == 1, got.stderr
+    assert got.stdout == b""

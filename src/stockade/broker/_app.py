@@ -57,7 +57,7 @@ from ._models import (
     KubernetesCredential,
     KubernetesCredentialRequest,
 )
-from ._routing import Router, normalize_host, normalize_registry, validate_cluster
+from ._routing import Router, normalize_host, normalize_registry, validate_cluster_server
 from ._types import (
     KINDS,
     SESSION_STATE,
@@ -181,6 +181,16 @@ class _Broker:
             raise TokenRejected("malformed", "token too long")
         return await self.identity.verify_token(bearer.credentials, audience=self.settings.audience)
 
+    def still_live(self, claims: ClaimsLike, request: Request) -> None:
+        """Raise TokenRejected when, since ``claims`` were checked, the bus said their session
+        ended or was killed (or its per-session socket closed): no secret leaves after a kill
+        that arrived while the request waited for policy, backend or audit."""
+        state = request.scope.get("state")
+        binding = state.get(SESSION_STATE) if isinstance(state, dict) else None
+        is_dead = getattr(self.identity, "is_dead", None)
+        if getattr(binding, "ended", False) or (callable(is_dead) and is_dead(claims.sid)):
+            raise TokenRejected("session_ended", "the session ended while its request was served")
+
     async def authorize(
         self, claims: ClaimsLike, kind: Kind, target: str, source_ip: str | None
     ) -> None:
@@ -287,6 +297,7 @@ class _Broker:
                 credential = await self._get(backend, kind, target, claims)
             finally:
                 backend_ms = (time.perf_counter() - started) * 1000
+            self.still_live(claims, request)
         except StockadeError as exc:
             reason = exc.reason if isinstance(exc, TokenRejected) else str(exc)
             await self.audit(
@@ -308,6 +319,7 @@ class _Broker:
             backend_ms=backend_ms,
             required=True,
         )
+        self.still_live(claims, request)  # killed while the audit was being stored
         return claims, credential
 
     async def _get(
@@ -416,6 +428,7 @@ def create_app(
     """
     settings = settings or BrokerSettings()
     router = Router(backends, routes=settings.routes, default=settings.default_backend)
+    cluster_servers = {cluster.name: cluster.server for cluster in settings.clusters}
     broker = _Broker(
         identity=identity, authz=authz, router=router, publisher=publisher, settings=settings
     )
@@ -541,7 +554,10 @@ def create_app(
     ) -> JSONResponse:
         """kubectl exec plugin: a bearer token and its expiry for ``cluster``."""
         claims, credential = await broker.fetch(
-            bearer, request, "kubernetes", lambda: validate_cluster(body.cluster)
+            bearer,
+            request,
+            "kubernetes",
+            lambda: validate_cluster_server(body.cluster, body.server, cluster_servers),
         )
         answer = KubernetesCredential(
             token=credential.secret, expiration_timestamp=_expiry(claims, credential)

@@ -13,8 +13,13 @@ memory on the next request while all of these hold:
 ``stockade.session.ended`` and ``stockade.session.kill`` drop every entry of the session (a kill
 naming a user with session ``*``: every entry of the user) and remember the session as dead, so
 it is refused even if the store still calls it live (a kill is carried out by the gateway a
-moment later). Without a bus (:meth:`attach` never called), or on any doubt, every request goes
-to identity, as before: the store is the fallback, never a cache of secrets.
+moment later). ``stockade.identity.changed`` (user disabled or removed, roles, keys, ...) drops
+every entry of the user: identity's roles count at once, and a token without a session has no
+kill to drop it. An answer of identity that was in flight while any of these arrived is used
+for its own request but never remembered (it may predate the change).
+
+Without a bus (:meth:`attach` never called), or on any doubt, every request goes to identity,
+as before: the store is the fallback, never a cache of secrets.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from dataclasses import dataclass
 from stockade.bus import Bus
 from stockade.core.errors import InvalidInput, TokenRejected
 from stockade.core.events import (
+    SUBJECT_IDENTITY_CHANGED,
     SUBJECT_SESSION_ENDED,
     SUBJECT_SESSION_KILL,
+    IdentityChanged,
     SessionEnded,
     SessionKill,
 )
@@ -81,6 +88,8 @@ class LiveSessions:
         self._epoch = -1
         self._unsubscribe: list[Callable[[], Awaitable[None]]] = []
         self._on_end: dict[str, list[Callable[[str], None]]] = {}
+        #: Bumped by every invalidation: an answer fetched across a bump is not remembered.
+        self._changes = 0
         self.hits = 0
         self.misses = 0
 
@@ -97,6 +106,7 @@ class LiveSessions:
         self._unsubscribe = [
             await bus.subscribe(SUBJECT_SESSION_ENDED, self._on_message),
             await bus.subscribe(SUBJECT_SESSION_KILL, self._on_message),
+            await bus.subscribe(SUBJECT_IDENTITY_CHANGED, self._on_message),
         ]
         await bus.flush()  # the server has the subscriptions before anything is trusted
         self._bus = bus
@@ -120,6 +130,8 @@ class LiveSessions:
                     # a workspace-wide kill: each ended session follows as its SessionEnded
                 else:
                     self.session_ended(kill.session_id)
+            elif subject == SUBJECT_IDENTITY_CHANGED:
+                self.user_changed(IdentityChanged.from_bytes(data).username)
             else:
                 self.session_ended(SessionEnded.from_bytes(data).session_id)
         except InvalidInput as exc:
@@ -131,6 +143,7 @@ class LiveSessions:
         """Forget ``session_id``'s tokens and refuse them from now on."""
         if not session_id:
             return
+        self._changes += 1
         self._dead[session_id] = None
         while len(self._dead) > _DEAD_MEMORY:
             self._dead.popitem(last=False)
@@ -142,11 +155,18 @@ class LiveSessions:
 
     def user_killed(self, username: str) -> None:
         """Every session of ``username`` held here ends; its other tokens go to identity."""
+        self._changes += 1
         sids = {e.sid for e in self._entries.values() if e.sub == username and e.sid}
         for key in [k for k, e in self._entries.items() if e.sub == username]:
             del self._entries[key]
         for sid in sids:
             self.session_ended(sid)
+
+    def user_changed(self, username: str) -> None:
+        """Forget every entry of ``username``: the next request asks identity (roles, disabled)."""
+        self._changes += 1
+        for key in [k for k, e in self._entries.items() if e.sub == username]:
+            del self._entries[key]
 
     def on_end(self, session_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(session_id)`` once when the session ends or is killed (the bus says
@@ -195,10 +215,11 @@ class LiveSessions:
                 return entry.claims
             del self._entries[key]
         self.misses += 1
+        changes = self._changes
         claims = await self._identity.verify_token(token, audience=audience)
         if self.is_dead(claims.sid):
             raise TokenRejected("session_ended", "the session was ended or killed")
-        if epoch is not None and epoch == self._trusted_epoch():
+        if epoch is not None and changes == self._changes and epoch == self._trusted_epoch():
             self._entries[key] = _Entry(
                 claims=claims,
                 sid=claims.sid,
@@ -231,10 +252,13 @@ class LiveSessions:
                 return claims
             del self._entries[key]
         self.misses += 1
+        changes = self._changes
         checker = getattr(self._identity, "is_session_live", None)
         if checker is None or not await checker(sid):
             raise TokenRejected("session_ended", "the session is not live")
-        if epoch is not None and epoch == self._trusted_epoch():
+        if self.is_dead(sid):  # ended or killed while the store was asked
+            raise TokenRejected("session_ended", "the session was ended or killed")
+        if epoch is not None and changes == self._changes and epoch == self._trusted_epoch():
             self._entries[key] = _Entry(
                 claims=claims, sid=sid, sub=claims.sub, at=self._clock(),
                 exp=claims.exp.timestamp(), epoch=epoch,

@@ -9,13 +9,21 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
 
 from stockade.core.errors import ConfigError, InvalidInput
 from stockade.core.settings import CredentialRoute
 
 from ._types import CredentialBackend, Kind
 
-__all__ = ["Router", "normalize_host", "normalize_registry", "validate_cluster", "validate_user"]
+__all__ = [
+    "Router",
+    "normalize_host",
+    "normalize_registry",
+    "validate_cluster",
+    "validate_cluster_server",
+    "validate_user",
+]
 
 _HOST = re.compile(r"[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*\.?(:[0-9]{1,5})?")
 _IPV6 = re.compile(r"\[[0-9a-f:.]{2,45}\](:[0-9]{1,5})?")
@@ -53,6 +61,35 @@ def validate_cluster(value: str) -> str:
     if not _CLUSTER.fullmatch(value) or ".." in value:
         raise InvalidInput("cluster", "expected letters, digits, '.', '_' or '-'")
     return value
+
+
+def _server_key(url: str) -> tuple[str, int, str] | None:
+    """``(host, port, path)`` of an ``https://`` API server URL, else None."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname or "@" in parts.netloc:
+        return None
+    return parts.hostname.lower().rstrip("."), port or 443, parts.path.rstrip("/")
+
+
+def validate_cluster_server(cluster: str, server: str | None, configured: Mapping[str, str]) -> str:
+    """The cluster name (:func:`validate_cluster`); when kubectl said which API server it will
+    send the token to (``server``) and ``configured`` (name -> server, ``[[broker.clusters]]``)
+    knows the cluster, that server must be the cluster's: a kubeconfig or ``kubectl --server``
+    naming another one would have the cluster's token sent there. Raises InvalidInput."""
+    name = validate_cluster(cluster)
+    expected = configured.get(name)
+    if server and expected is not None:
+        got = _server_key(server)
+        if got is None or got != _server_key(expected):
+            raise InvalidInput(
+                "server",
+                f"the API server kubectl names is not the one configured for cluster {name}",
+            )
+    return name
 
 
 def validate_user(value: str) -> str:

@@ -11,9 +11,18 @@ Two kinds, both serving the broker's own ASGI app (same routes, validation, audi
   ends or is killed.
 
 Each socket file is bound under a temporary name, given its mode and owner, and only then renamed
-into place, so it is never reachable with looser permissions. A connecting process must run as
-the socket's user or as the broker's own user (``SO_PEERCRED``); others are dropped before a byte
-is read.
+into place, so it is never reachable with looser permissions. Those calls go by name, so the
+directory and each one above it must be safe from other users: owned by root or the broker's
+user and writable by no one else (unless sticky, as ``/tmp``); else another user could swap the
+name for a symlink between the calls and have the broker chmod or chown any file.
+
+A connecting process must run as the socket's user or as the broker's own user
+(``SO_PEERCRED``); others are dropped before a byte is read.
+
+No connection holds the broker (whose process is the gateway's too): one that has not delivered
+a whole request (head and body) ``_REQUEST_TIMEOUT`` seconds after it opened or after its last
+response is closed (slowloris), and a per-session socket holds at most
+``_MAX_SESSION_CONNECTIONS`` connections at once; one more is closed at once.
 """
 
 from __future__ import annotations
@@ -44,6 +53,10 @@ _log = get_logger("stockade.broker.sockets")
 _PEERCRED = struct.Struct("3i")
 #: Seconds open connections of a closed socket get to finish their request.
 _CLOSE_GRACE = 2.0
+#: Seconds a connection has to deliver a whole request, from its opening or its last response.
+_REQUEST_TIMEOUT = 10.0
+#: Connections a per-session socket holds at once (helpers make one per call).
+_MAX_SESSION_CONNECTIONS = 32
 
 
 class SessionSocket:
@@ -83,6 +96,11 @@ class SessionSocket:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def ended(self) -> bool:
+        """True once closed, or once the bus said the session ended or was killed."""
+        return self._closed or self._sessions.is_dead(self.session_id)
 
     async def authenticate(self, *, audience: str | None) -> ClaimsLike:
         """The claims of this socket's session, checked live now; TokenRejected otherwise."""
@@ -133,12 +151,30 @@ class SessionSocket:
                 os.unlink(self.path)
 
 
+def _check_directories(path: Path) -> None:
+    """Raise InvalidInput unless no other user can rename entries of ``path``'s directories."""
+    trusted = {0, os.geteuid()}
+    for directory in path.parents:
+        try:
+            info = os.stat(directory)
+        except OSError as exc:
+            raise InvalidInput("path", f"cannot use {directory}: {exc.strerror}") from exc
+        open_to_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if info.st_uid not in trusted or (open_to_others and not info.st_mode & stat.S_ISVTX):
+            raise InvalidInput(
+                "path",
+                f"{directory} is writable by another user than root or the broker's; "
+                "put the socket in a directory only they can write",
+            )
+
+
 def _bind(
     path: Path, *, mode: int, uid: int | None, gid: int | None
 ) -> tuple[socket.socket, tuple[int, int]]:
     """A listening unix socket at ``path`` with ``mode`` and owner, never reachable before."""
     if not path.is_absolute():
         raise InvalidInput("path", f"the socket path must be absolute, got {path}")
+    _check_directories(path)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -174,6 +210,7 @@ class _PeerCheckedProtocol(HttpToolsProtocol):
         super().__init__(**options)
         self._handle = handle
         self._allowed = allowed
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -187,9 +224,43 @@ class _PeerCheckedProtocol(HttpToolsProtocol):
             _log.warning("credential_socket_peer_refused", path=str(self._handle.path), uid=uid)
             transport.abort()
             return
-        self._handle._protocols.add(self)
+        handle = self._handle
+        if handle.session_id is not None and len(handle._protocols) >= _MAX_SESSION_CONNECTIONS:
+            limit = _MAX_SESSION_CONNECTIONS
+            _log.warning("credential_socket_busy", session_id=handle.session_id, limit=limit)
+            transport.abort()
+            return
+        handle._protocols.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(_REQUEST_TIMEOUT, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            _log.warning("credential_socket_request_too_slow", path=str(self._handle.path))
+            self.transport.abort()
+
+    def on_message_complete(self) -> None:
+        self._disarm()  # the whole request is in: the app may take its time to answer
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        cycle = self.cycle
+        running = cycle is not None and not cycle.more_body and not cycle.response_complete
+        if not self.transport.is_closing() and not running:  # waiting for (the rest of) a request
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
         protocols = self._handle._protocols
         protocols.discard(self)
         if not protocols:

@@ -94,7 +94,7 @@ def _ca_file() -> str | None:
 def _error_message(status: int, body: bytes) -> str:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         doc = {}
     if not isinstance(doc, dict):
         doc = {}
@@ -156,7 +156,9 @@ def _read_response(stream: IO[bytes]) -> tuple[int, bytes]:
             stream.readline(8)
         return int(parts[1]), b"".join(chunks)
     length = headers.get(b"content-length")
-    if length is not None and length.isdigit():
+    if length is not None and not length.isdigit():
+        raise OSError("bad Content-Length")
+    if length is not None:
         if int(length) > MAX_RESPONSE_BYTES:
             raise HelperError("broker response too large")
         return int(parts[1]), stream.read(int(length))
@@ -189,7 +191,7 @@ def request(path: str, body: dict[str, Any]) -> dict[str, Any]:
         raise HelperError(_error_message(status, data))
     try:
         doc = json.loads(data)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise HelperError("broker answered with malformed JSON") from exc
     if not isinstance(doc, dict):
         raise HelperError("broker answered with malformed JSON")
@@ -423,7 +425,7 @@ def _exec_info(environ: dict[str, str]) -> dict[str, Any]:
         raise HelperError("KUBERNETES_EXEC_INFO is too large")
     try:
         info = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise HelperError("KUBERNETES_EXEC_INFO is not JSON") from exc
     if not isinstance(info, dict):
         raise HelperError("KUBERNETES_EXEC_INFO is not a JSON object")

@@ -461,7 +461,7 @@ fn read_response(stream: &mut UnixStream) -> std::result::Result<(u16, Vec<u8>),
             if size == 0 {
                 return Ok((status, out));
             }
-            if out.len() + size > MAX_RESPONSE_BYTES {
+            if size > MAX_RESPONSE_BYTES || out.len() + size > MAX_RESPONSE_BYTES {
                 return Err("broker response too large".into());
             }
             let start = line_end + 2;
