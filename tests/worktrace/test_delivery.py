@@ -332,11 +332,8 @@ def test_alert_from_a_rendered_workspace_pod_kills_its_session() -> None:
     assert kill.workspace_label == "w1"  # type: ignore[attr-defined]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the Pod's stockade.dev/user label is label_value(owner): a hash-suffixed stand-in "
-    "for a name that is not a valid label value (alice@example.com); the real name is only in "
-    "an annotation, which Tetragon does not export; a label-to-user lookup is missing",
-)
-def test_alert_from_a_workspace_pod_names_the_real_user() -> None:
-    assert _pod_attack("alice@example.com").session.username == "alice@example.com"
+@pytest.mark.parametrize("owner", ["alice@example.com", "_svc", "bob-", "ann"])
+def test_alert_from_a_workspace_pod_names_the_real_user(owner: str) -> None:
+    """The user label is a hashed stand-in for a name that is no label value (``_svc``); the
+    Pod also carries the exact name, reversibly, so a ``ban_user`` names the real user."""
+    assert _pod_attack(owner).session.username == owner

@@ -39,7 +39,15 @@ from ._kubernetes import (
     exec_argv,
     ready,
 )
-from ._names import LABEL_SESSION, LABEL_USER, LABEL_WORKSPACE, label_value, object_name
+from ._names import (
+    LABEL_SESSION,
+    LABEL_USER,
+    LABEL_USER_NAME,
+    LABEL_WORKSPACE,
+    label_value,
+    object_name,
+    reversible_label,
+)
 from ._nsenter import connect_in_netns
 from ._patch import PATCH_PREFIX, apply_patches
 from ._podman import (
@@ -73,6 +81,7 @@ __all__ = [
     "KUBERNETES_VERSION",
     "LABEL_SESSION",
     "LABEL_USER",
+    "LABEL_USER_NAME",
     "LABEL_WORKSPACE",
     "PATCH_PREFIX",
     "SFTP_SERVER",
@@ -123,6 +132,7 @@ __all__ = [
     "ready",
     "render_workspace",
     "resolve",
+    "reversible_label",
     "sandbox_netns",
     "select_runtime",
     "shared_session",

@@ -7,20 +7,27 @@ short hash of the exact name: two workspaces never share a name, however they ar
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 
 __all__ = [
     "LABEL_SESSION",
     "LABEL_USER",
+    "LABEL_USER_NAME",
     "LABEL_WORKSPACE",
     "label_value",
     "object_name",
+    "reversible_label",
 ]
 
 LABEL_WORKSPACE = "stockade.dev/workspace"
 LABEL_USER = "stockade.dev/user"
 LABEL_SESSION = "stockade.dev/session"
+LABEL_USER_NAME = "stockade.dev/user-name"
+"""The owner's exact name, for a name that is no label value (``_svc``): see
+:func:`reversible_label`. Tetragon exports labels, not annotations, so Worktrace reads the
+user it bans from here."""
 
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 _HASH_LEN = 8
@@ -44,3 +51,13 @@ def label_value(value: str) -> str:
     if _LABEL_VALUE.match(value):
         return value
     return object_name(value)
+
+
+def reversible_label(value: str) -> str | None:
+    """``value`` when it is a valid label value, else ``B32`` and its unpadded base32 (upper
+    case, so never a Stockade name, which is lower case): decodable, unlike
+    :func:`label_value`. ``None`` when that is longer than a label value may be."""
+    if _LABEL_VALUE.match(value):
+        return value
+    encoded = "B32" + base64.b32encode(value.encode()).decode().rstrip("=")
+    return encoded if len(encoded) <= 63 else None

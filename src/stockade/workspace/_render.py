@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._blueprint import Blueprint
-from ._names import LABEL_USER, LABEL_WORKSPACE, label_value, object_name
+from ._names import (
+    LABEL_USER,
+    LABEL_USER_NAME,
+    LABEL_WORKSPACE,
+    label_value,
+    object_name,
+    reversible_label,
+)
 
 __all__ = [
     "PODMAN_SIDECAR_IMAGE",
@@ -143,6 +150,9 @@ def render_workspace(
     gid = security.run_as_group or gid or uid
     base = object_name(workspace)
     labels = {LABEL_WORKSPACE: label_value(workspace), LABEL_USER: label_value(owner)}
+    exact_owner = reversible_label(owner)
+    if exact_owner is not None and exact_owner != labels[LABEL_USER]:
+        labels[LABEL_USER_NAME] = exact_owner
     annotations = {
         "stockade.dev/workspace-name": workspace,
         "stockade.dev/owner": owner,

@@ -39,6 +39,7 @@ session. A rule that is not ``global`` is only matched for events with a Pod or 
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import math
 import re
@@ -76,6 +77,7 @@ __all__ = [
 
 LABEL_WORKSPACE = "stockade.dev/workspace"
 LABEL_USER = "stockade.dev/user"
+LABEL_USER_NAME = "stockade.dev/user-name"
 LABEL_SESSION = "stockade.dev/session"
 LABEL_BLUEPRINT = "stockade.dev/blueprint"
 
@@ -238,9 +240,22 @@ class _Proc:
         self.ancestry: tuple[str, ...] | None = None  # basenames, this process first
 
 
+def _exact_name(value: str | None) -> str | None:
+    """The name a ``stockade.dev/user-name`` label holds (``B32`` + base32, see
+    ``stockade.workspace.reversible_label``); ``None`` when it holds none."""
+    if value is None or not value.startswith("B32"):
+        return value
+    body = value[3:]
+    try:
+        return base64.b32decode(body + "=" * (-len(body) % 8)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _session_from_labels(labels: Mapping[str, str]) -> SessionInfo | None:
     workspace = labels.get(LABEL_WORKSPACE)
-    user = labels.get(LABEL_USER)
+    # the exact owner when the Pod's user label had to be a hashed stand-in (``_svc``)
+    user = _exact_name(labels.get(LABEL_USER_NAME)) or labels.get(LABEL_USER)
     session = labels.get(LABEL_SESSION)
     if workspace is None and user is None and session is None:
         return None
