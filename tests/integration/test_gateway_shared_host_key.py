@@ -1,7 +1,9 @@
 """Several gateways, one host identity: gateways given the same ``gateway.host_key_files``
 are one host to the real OpenSSH client (``StrictHostKeyChecking=yes``, one known_hosts entry
 under one name), a gateway with another key is refused, and a bad key file (readable by others,
-missing, garbage, encrypted, a public key) stops the gateway with one line naming it, exit 2."""
+someone else's, missing, garbage, encrypted, a public key, a FIFO) stops the gateway with one line
+naming it, and ``stockade up`` with exit 2 before it starts anything. (The tests run as root,
+as the Podman and nftables ones do: ``foreign_owner`` chowns a file.)"""
 
 from __future__ import annotations
 
@@ -115,8 +117,14 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     big = tmp_path / "big"
     big.write_bytes(b"A" * 200_000)
     big.chmod(0o600)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)  # would block a plain open() forever
+    foreign = keygen(tmp_path / "foreign")
+    os.chown(foreign, 65534, 65534)  # 0600 but someone else's: they could swap in their key
     return {
         "mode_0644": (readable, "mode 0644"),
+        "fifo": (fifo, "not a regular file"),
+        "foreign_owner": (foreign, "owned by uid 65534"),
         "mode_0640": (group, "mode 0640"),
         "missing": (tmp_path / "nonexistent", "no such file"),
         "garbage": (garbage, "not an unencrypted"),
@@ -128,7 +136,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 CASES = ["mode_0644", "mode_0640", "missing", "garbage", "encrypted", "public_key", "directory",
-         "too_large"]  # fmt: skip
+         "too_large", "fifo", "foreign_owner"]  # fmt: skip
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -152,6 +160,14 @@ def test_two_keys_of_one_type_and_an_unoffered_type_are_refused(tmp_path: Path) 
         load_host_key_files([first, second], signature_algs=ALGORITHMS["signature_algs"])
     with pytest.raises(InvalidInput, match="not offered"):
         load_host_key_files([first], signature_algs=["rsa-sha2-512"])
+    weak = tmp_path / "weak_rsa"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(weak)],
+        check=True,
+        env=CLEAN_ENV,
+    )
+    with pytest.raises(InvalidInput, match="RSA key of 2048 bits is too weak"):
+        load_host_key_files([weak], signature_algs=ALGORITHMS["signature_algs"])
     ecdsa = keygen(tmp_path / "three", "ecdsa")
     keys = load_host_key_files([first, ecdsa], signature_algs=ALGORITHMS["signature_algs"])
     assert [k.get_algorithm() for k in keys] == ["ssh-ed25519", "ecdsa-sha2-nistp256"]
@@ -183,3 +199,15 @@ def test_stockade_up_with_a_bad_host_key_file_is_one_line_exit_2(tmp_path: Path,
     assert str(path) in lines[0]
     assert problem in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_a_symlinked_key_loads_and_the_checks_apply_to_its_target(tmp_path: Path) -> None:
+    """Kubernetes mounts a Secret's files as symbolic links into a ``..data`` directory."""
+    target = keygen(tmp_path / "real_key")
+    link = tmp_path / "host_key"
+    link.symlink_to(target)
+    (key,) = load_host_key_files([link], signature_algs=ALGORITHMS["signature_algs"])
+    assert key.get_algorithm() == "ssh-ed25519"
+    target.chmod(0o644)  # the link itself is 0777; what counts is the file read
+    with pytest.raises(InvalidInput, match="mode 0644"):
+        load_host_key_files([link], signature_algs=ALGORITHMS["signature_algs"])

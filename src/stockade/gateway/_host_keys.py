@@ -2,10 +2,10 @@
 
 Several gateways behind one load balancer must present the same host identity, or clients see a
 host-key warning whenever the balancer picks another replica. ``gateway.host_key_files`` names
-private keys every replica loads instead of generating its own (on Kubernetes, mounted from one
-Secret). Each file must be owned by the gateway's user and readable only by it (like sshd's
-``StrictModes``): a key others can read is no longer a secret, and one others can write could be
-replaced by theirs.
+private keys every replica loads instead of generating its own. Each file must be owned by the
+gateway's user and readable only by it (like sshd's ``StrictModes``): a key others can read is no
+longer a secret, and one someone else owns could be replaced by theirs. Symbolic links are
+followed (Kubernetes mounts Secrets through them); the checks apply to the file opened.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stockade.core.errors import InvalidInput
 
@@ -23,6 +24,7 @@ __all__ = ["load_host_key_files"]
 
 _FIELD = "gateway.host_key_files"
 _MAX_KEY_BYTES = 64 * 1024
+_MIN_RSA_BITS = 3072  # as for user keys (identity.min_rsa_bits' default)
 
 
 def _read_owner_only(path: Path) -> bytes:
@@ -74,6 +76,13 @@ def load_host_key_files(
         if not any(alg in signature_algs for alg in usable):
             raise InvalidInput(
                 _FIELD, f"{path}: {key.get_algorithm()} keys are not offered by the gateway"
+            )
+        pyca = key.pyca_key
+        if isinstance(pyca, rsa.RSAPrivateKey) and pyca.key_size < _MIN_RSA_BITS:
+            raise InvalidInput(
+                _FIELD,
+                f"{path}: RSA key of {pyca.key_size} bits is too weak; at least"
+                f" {_MIN_RSA_BITS} bits required (or use Ed25519)",
             )
         if key.algorithm in seen:
             raise InvalidInput(
