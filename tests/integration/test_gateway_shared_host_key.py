@@ -27,7 +27,9 @@ STOCKADE = str(Path(sys.executable).parent / "stockade")
 ALIAS = "ssh.stockade.example"
 
 
-def _strict_ssh(env: GatewayEnv, known_hosts: Path, key: Path, *args: str) -> list[str]:
+def _strict_ssh(
+    env: GatewayEnv, known_hosts: Path, key: Path, *args: str, alg: str = "ssh-ed25519"
+) -> list[str]:
     """An OpenSSH login to ``env`` trusting only ``known_hosts``, under the balancer's name (ssh
     takes an option's first value, so not ``env.ssh_cmd``, whose defaults accept new keys)."""
     return [
@@ -36,7 +38,7 @@ def _strict_ssh(env: GatewayEnv, known_hosts: Path, key: Path, *args: str) -> li
         "-o", "GlobalKnownHostsFile=/dev/null",
         "-o", "StrictHostKeyChecking=yes",
         "-o", f"HostKeyAlias={ALIAS}",
-        "-o", "HostKeyAlgorithms=ssh-ed25519",
+        "-o", f"HostKeyAlgorithms={alg}",
         "-o", "UpdateHostKeys=no",
         "-o", "BatchMode=yes",
         "-o", "ConnectTimeout=20",
@@ -84,6 +86,21 @@ async def test_gateways_sharing_a_host_key_are_one_host_to_openssh(
         assert b"Host key verification failed" in refused.stderr, refused.stderr
         assert b"never" not in refused.stdout
         assert known.read_text().count("\n") == 1  # nothing learnt
+
+
+async def test_an_ecdsa_key_file_is_presented_beside_the_ed25519_one(
+    tmp_path: Path, nats_url: str
+) -> None:
+    ed25519, ecdsa = keygen(tmp_path / "ed_key"), keygen(tmp_path / "ec_key", "ecdsa")
+    known = _known_hosts(tmp_path / "known_hosts", ecdsa)
+    async with gateway_env(tmp_path, nats_url, host_key_files=[ed25519, ecdsa]) as env:
+        key = await env.add_user("ada")
+        assert key is not None
+        old_client = _strict_ssh(env, known, key, "true", alg="ecdsa-sha2-nistp256")
+        assert (await env.run(old_client)).returncode == 0
+        modern = await env.run(_strict_ssh(env, known, key, "true"))  # ed25519: not in the file
+        assert modern.returncode == 255
+        assert b"Host key verification failed" in modern.stderr, modern.stderr
 
 
 def _gateway(tmp_path: Path, files: Sequence[Path]) -> Gateway:

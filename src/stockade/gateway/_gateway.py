@@ -246,8 +246,9 @@ class Gateway:
         return upstream_public_key(self.data_dir)
 
     async def start(self) -> None:
-        """End what an earlier boot left open, load host keys, subscribe to revocations and
-        listen on ``host`` (and ``extra_hosts``)."""
+        """Load host keys (``host_key_files``, else those generated in the data directory), end
+        what an earlier boot left open, subscribe to revocations and listen on ``host`` (and
+        ``extra_hosts``)."""
         if self._listeners:
             raise RuntimeError("gateway already started")
         settings = self.settings
@@ -256,6 +257,8 @@ class Gateway:
         )
         await self._end_stale_sessions()
         await self.heartbeat.beat()  # registered before the first session can open
+        if host_keys and settings.ecdsa_host_key:
+            _log.warning("ecdsa_host_key_ignored", reason="gateway.host_key_files is set")
         if not host_keys:
             host_keys.append(
                 load_or_create_key(self._state_dir / _ED25519_HOST_KEY[0], "ssh-ed25519")
