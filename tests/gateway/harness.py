@@ -249,9 +249,8 @@ async def gateway_env(
     await listener.subscribe("stockade.auth.failed", cb=on_failed)
     await listener.subscribe("stockade.auth.failed.batch", cb=on_failed)
     await listener.subscribe("stockade.auth.succeeded", cb=on_succeeded)
-    settings = GatewaySettings(
-        port=0, max_connections_per_source=1000, gateway_id="gw-test", **overrides
-    )
+    defaults: dict[str, Any] = {"port": 0, "max_connections_per_source": 1000}
+    settings = GatewaySettings(**{**defaults, "gateway_id": "gw-test", **overrides})
     calls: Counter[str] = Counter()
     served: list[Any] = []
     identity_api: Any = identity

@@ -30,7 +30,7 @@ from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
 from stockade.core.files import write_private
-from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper
+from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper, check_host_key_files
 from stockade.helpers import static_helper
 from stockade.identity import IdentityAPI, IdentityService
 from stockade.rpc import (
@@ -147,6 +147,8 @@ class Runtime:
         data_dir = prepare_data_dir(settings)
         stack = self._stack
         local = self.services
+        if "gateway" in local and settings.gateway.enabled:
+            check_host_key_files(settings.gateway)  # a bad key file: refused before anything runs
 
         if local & {"identity", "audit"}:
             self.store = Store(settings.database_url, echo=settings.store.echo)

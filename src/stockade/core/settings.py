@@ -457,6 +457,13 @@ class GatewaySettings(_Section):
     """Seconds to reach and authenticate to an ``ssh`` backend's upstream sshd."""
     ecdsa_host_key: bool = False
     """Also present an ECDSA (NIST P-256) host key, for old clients that lack Ed25519."""
+    host_key_files: list[Path] = []
+    """Private host keys to present instead of the ones generated in the data directory, so
+    that every gateway behind one load balancer shows the same host identity. Each file must
+    be owned by the gateway's user and readable only by it (mode 0600; on Kubernetes, copy the
+    key from its Secret, whose volume files are root's and group-readable with ``fsGroup``),
+    unencrypted, one key per type (e.g. an Ed25519 and an ECDSA key); ``ecdsa_host_key`` then
+    has no effect. Empty: keys generated per data directory."""
     preauth: PreAuthSettings = PreAuthSettings()
     """Limits before authentication: MaxStartups, per-source limits and penalties."""
 

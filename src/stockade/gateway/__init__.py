@@ -8,7 +8,14 @@ request on its own, plans it (:func:`plan_session`) and runs it in a workspace b
 it when policy says so; revocations arrive on the bus and end sessions at once.
 """
 
-from ._gateway import ALGORITHMS, EventSource, FailureSink, Gateway, upstream_public_key
+from ._gateway import (
+    ALGORITHMS,
+    EventSource,
+    FailureSink,
+    Gateway,
+    check_host_key_files,
+    upstream_public_key,
+)
 from ._limits import Admission, ConnectionLimits
 from ._login import Login
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
@@ -47,6 +54,7 @@ __all__ = [
     "Refusal",
     "SessionPlan",
     "TerminalFilter",
+    "check_host_key_files",
     "compress_cast",
     "export_cast",
     "iter_cast",

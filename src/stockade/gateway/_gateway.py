@@ -45,6 +45,7 @@ from stockade.identity import IdentityAPI, SessionRequest
 
 from ._admission import Outcome, PreAuthLimits, Verdict
 from ._heartbeat import HeartbeatLoop, default_gateway_id
+from ._host_keys import load_host_key_files
 from ._limits import Admission, ConnectionLimits
 from ._live import LiveConnection, LiveRegistry
 from ._login import Login, LoginFlow, LoginServices
@@ -61,6 +62,7 @@ __all__ = [
     "EventSource",
     "FailureSink",
     "Gateway",
+    "check_host_key_files",
     "load_or_create_key",
     "upstream_public_key",
 ]
@@ -141,6 +143,12 @@ def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
     write_private(path, key.export_private_key())
     write_private(path.with_name(path.name + ".pub"), key.export_public_key(), mode=0o644)
     return key
+
+
+def check_host_key_files(settings: GatewaySettings) -> None:
+    """Raise what :meth:`Gateway.start` would for an unusable ``gateway.host_key_files`` entry
+    (:class:`InvalidInput` naming the file), so a process can refuse before starting anything."""
+    load_host_key_files(settings.host_key_files, signature_algs=ALGORITHMS["signature_algs"])
 
 
 def upstream_public_key(data_dir: Path) -> str:
@@ -241,15 +249,24 @@ class Gateway:
         return upstream_public_key(self.data_dir)
 
     async def start(self) -> None:
-        """End what an earlier boot left open, load host keys, subscribe to revocations and
-        listen on ``host`` (and ``extra_hosts``)."""
+        """Load host keys (``host_key_files``, else those generated in the data directory), end
+        what an earlier boot left open, subscribe to revocations and listen on ``host`` (and
+        ``extra_hosts``)."""
         if self._listeners:
             raise RuntimeError("gateway already started")
         settings = self.settings
+        host_keys = load_host_key_files(  # before anything else: a bad file changes nothing
+            settings.host_key_files, signature_algs=ALGORITHMS["signature_algs"]
+        )
         await self._end_stale_sessions()
         await self.heartbeat.beat()  # registered before the first session can open
-        host_keys = [load_or_create_key(self._state_dir / _ED25519_HOST_KEY[0], "ssh-ed25519")]
-        if settings.ecdsa_host_key:
+        if host_keys and settings.ecdsa_host_key:
+            _log.warning("ecdsa_host_key_ignored", reason="gateway.host_key_files is set")
+        if not host_keys:
+            host_keys.append(
+                load_or_create_key(self._state_dir / _ED25519_HOST_KEY[0], "ssh-ed25519")
+            )
+        if settings.ecdsa_host_key and not settings.host_key_files:
             host_keys.append(
                 load_or_create_key(self._state_dir / _ECDSA_HOST_KEY[0], _ECDSA_HOST_KEY[1])
             )
