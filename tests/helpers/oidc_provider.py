@@ -70,6 +70,8 @@ class OidcProvider:
     """Fields merged into the device endpoint's answer (hostile values)."""
     discovery_extra: dict[str, Any] = field(default_factory=dict)
     """Fields merged into the discovery document (None drops one)."""
+    forced_claims: dict[str, Any] = field(default_factory=dict)
+    """Claims set last in every ID token, over what the flow put there (a wrong nonce)."""
     grants: dict[str, DeviceGrant] = field(default_factory=dict)
     codes: dict[str, CodeGrant] = field(default_factory=dict)
     device_requests: list[dict[str, str]] = field(default_factory=list)
@@ -95,6 +97,7 @@ class OidcProvider:
         }
         body.update(self.claims)
         body.update(claims)
+        body.update(self.forced_claims)
         body = {k: v for k, v in body.items() if v is not None}
         return jwt.encode(body, self.issuer.keys[kid], algorithm="ES256", headers={"kid": kid})
 
