@@ -16,7 +16,8 @@ reason              check
 ``expired``         ``exp`` is ahead (with ``leeway``)
 ``not_yet_valid``   ``nbf`` and ``iat`` are behind (with ``leeway``)
 ``too_old``         ``iat`` is at most ``max_age`` ago
-``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it
+``bad_nonce``       with an expected nonce (authorization-code flow), ``nonce`` equals it;
+                    without (device-code flow), the token has no ``nonce``
 ``no_username``     the username claim passes Stockade's username grammar
 ==================  ==========================================================================
 
@@ -167,6 +168,8 @@ class OidcVerifier:
             got = claims.get("nonce")
             if not isinstance(got, str) or not hmac.compare_digest(got.encode(), nonce.encode()):
                 raise TokenRejected("bad_nonce", "nonce does not match the login's")
+        elif "nonce" in claims:  # a code-flow token replayed on the nonce-less device path
+            raise TokenRejected("bad_nonce", "a token with a nonce on the device-code flow")
 
     def _identity(self, claims: Mapping[str, Any]) -> OidcIdentity:
         settings = self.settings
