@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +34,7 @@ from stockade.console import (
     Sessions,
     create_console,
 )
+from stockade.console._oidc import MAX_PENDING_PER_SOURCE
 from stockade.core.settings import AuthzSettings, IdentitySettings, OidcSettings
 from stockade.identity import IdentityService, KeyRing
 from stockade.store import Store
@@ -47,6 +49,7 @@ class OidcEnv:
     provider: OidcProvider
     identity: IdentityService
     signin: OidcSignIn
+    app: Starlette
 
     async def start(self, client: httpx.AsyncClient | None = None) -> dict[str, str]:
         """``/oidc/start``: the query of the authorization request it redirects to."""
@@ -71,8 +74,8 @@ class OidcEnv:
         return await (client or self.client).get(f"{PREFIX}/oidc/callback", params=params)
 
 
-def _console_client(app: Starlette) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+def _console_client(app: Any, source: str = "127.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(source, 5000))
     return httpx.AsyncClient(transport=transport, base_url=BASE)
 
 
@@ -106,7 +109,7 @@ async def oidc_env(tmp_path: Path, nats_url: str) -> AsyncIterator[OidcEnv]:
         )
         mounted = Starlette(routes=[Mount(PREFIX, app=app)])
         async with _console_client(mounted) as client:
-            yield OidcEnv(client, provider, identity, signin)
+            yield OidcEnv(client, provider, identity, signin, mounted)
         await signin.aclose()
         await bus.close()
         await store.close()
@@ -301,3 +304,16 @@ async def test_without_oidc_there_is_no_link_and_no_route(tmp_path: Path, nats_u
     finally:
         await bus.close()
         await store.close()
+
+
+async def test_a_flood_of_starts_does_not_lock_others_out(oidc_env: OidcEnv) -> None:
+    """ATTACK: /oidc/start is open to anyone and keeps state; one client starting sign-ins in a
+    loop only pushes out its own oldest ones, never another client's, and memory stays bounded."""
+    async with _console_client(oidc_env.app, source="192.0.2.10") as user:
+        mine = await oidc_env.start(client=user)
+        flood = [await oidc_env.start() for _ in range(MAX_PENDING_PER_SOURCE + 8)]
+        assert len(oidc_env.signin._pending) == MAX_PENDING_PER_SOURCE + 1
+        answer = await oidc_env.callback(await oidc_env.approve(mine), client=user)
+        assert answer.status_code == 200, answer.text
+    # the flooder's newest sign-in still works (its oldest were dropped)
+    assert (await oidc_env.callback(await oidc_env.approve(flood[-1]))).status_code == 200

@@ -390,7 +390,8 @@ def create_console(
             return HTMLResponse("not found\n", status_code=404, headers=_NO_STORE)
         redirect_uri = f"{request.url.scheme}://{request.url.netloc}{PREFIX}/oidc/callback"
         try:
-            cookie, location = await oidc.start(redirect_uri)
+            source = request.client.host if request.client else ""
+            cookie, location = await oidc.start(redirect_uri, source=source)
         except OidcSignInError as exc:
             return oidc_refused(request, exc.status, exc.message)
         response = RedirectResponse(location, status_code=303, headers=_NO_STORE)

@@ -37,7 +37,14 @@ from stockade.core.logging import get_logger
 from stockade.core.settings import OidcSettings
 from stockade.identity import OidcLogin
 
-__all__ = ["FLOW_COOKIE", "FLOW_TTL", "OidcSignIn", "OidcSignInError"]
+__all__ = [
+    "FLOW_COOKIE",
+    "FLOW_TTL",
+    "MAX_PENDING",
+    "MAX_PENDING_PER_SOURCE",
+    "OidcSignIn",
+    "OidcSignInError",
+]
 
 _log = get_logger("stockade.console.oidc")
 
@@ -45,7 +52,10 @@ _log = get_logger("stockade.console.oidc")
 FLOW_COOKIE = "stockade_console_oidc"
 #: Seconds between /oidc/start and the callback.
 FLOW_TTL = 300.0
-_MAX_PENDING = 10_000
+#: Most sign-ins under way in all; past it the oldest is dropped (no refusal for everyone).
+MAX_PENDING = 10_000
+#: Most sign-ins under way from one client address; past it that client's oldest is dropped.
+MAX_PENDING_PER_SOURCE = 16
 _MAX_PARAM = 2048
 _MAX_RESPONSE = 256 * 1024
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
@@ -69,6 +79,7 @@ class _Pending:
     verifier: str
     redirect_uri: str
     expires: float
+    source: str
 
     def __repr__(self) -> str:
         return f"<pending OIDC sign-in expires={self.expires:.0f}>"
@@ -149,13 +160,21 @@ class OidcSignIn:
         )
         return self._endpoints
 
-    async def start(self, redirect_uri: str) -> tuple[str, str]:
-        """A new pending sign-in: the flow cookie's value and the provider URL to redirect to."""
+    async def start(self, redirect_uri: str, *, source: str = "") -> tuple[str, str]:
+        """A new pending sign-in: the flow cookie's value and the provider URL to redirect to.
+
+        Anyone may start one, so memory is bounded without refusing everyone: past
+        :data:`MAX_PENDING_PER_SOURCE` from one client address (``source``) its oldest goes,
+        past :data:`MAX_PENDING` in all the oldest goes.
+        """
         authorize, _token = await self._discover()
         now = time.time()
         self._pending = {k: p for k, p in self._pending.items() if p.expires > now}
-        if len(self._pending) >= _MAX_PENDING:
-            raise OidcSignInError("too many sign-ins under way; try again later", status=503)
+        mine = [k for k, p in self._pending.items() if p.source == source]
+        for key in mine[: max(0, len(mine) - MAX_PENDING_PER_SOURCE + 1)]:
+            del self._pending[key]
+        while len(self._pending) >= MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
         cookie = secrets.token_urlsafe(32)
         pending = _Pending(
             state=secrets.token_urlsafe(32),
@@ -163,6 +182,7 @@ class OidcSignIn:
             verifier=secrets.token_urlsafe(48),  # 64 characters: RFC 7636 allows 43-128
             redirect_uri=redirect_uri,
             expires=now + self._ttl,
+            source=source,
         )
         self._pending[_digest(cookie)] = pending
         query = urllib.parse.urlencode(
