@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve", "command"),
     "users": ("users", "app", "group"),
     "token": ("token", "app", "group"),
+    "login": ("login", "login", "command"),
     "policy": ("policy", "app", "group"),
     "package": ("package", "app", "group"),
     "catalog": ("catalog", "app", "group"),

@@ -26,7 +26,7 @@ from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats, FailureBatcher
-from stockade.console import LOGIN_BUCKET, PREFIX, Sessions, create_console
+from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_console
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
 from stockade.core.files import write_private
@@ -262,6 +262,10 @@ class Runtime:
             if self.identity is not None and self.authorizer is not None and self.store:
                 # --- web console (issue 12): pages under /console/ on the broker's listener;
                 # it reads the store and identity directly, so it runs beside them only ---
+                oidc_signin = None
+                if settings.identity.oidc.enabled:  # "Sign in with OIDC" (code flow + PKCE)
+                    oidc_signin = OidcSignIn(settings.identity.oidc, login=self.identity.login_oidc)
+                    stack.push_async_callback(oidc_signin.aclose)
                 mounts[PREFIX] = create_console(
                     identity=self.identity,
                     authz=self.authorizer,
@@ -271,6 +275,7 @@ class Runtime:
                     publisher=self.bus,
                     bans=self.shield.store if self.shield else None,
                     shield_settings=settings.shield,
+                    oidc=oidc_signin,
                 )
             self.broker = BrokerServer.from_settings(
                 settings,

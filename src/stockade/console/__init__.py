@@ -10,6 +10,8 @@ workspaces, for roles ``admin`` and ``auditor``, served by the broker under ``/c
                          bans=shield.store, shield_settings=settings.shield)
     broker = BrokerServer.from_settings(..., mounts={PREFIX: app})
     code = await issue_login_code(codes, "alice")    # what `stockade console login` prints
+    # with identity.oidc enabled: create_console(..., oidc=OidcSignIn(settings.identity.oidc,
+    #                                                               login=identity.login_oidc))
 
 Pages are rendered on the server (Jinja2) with htmx for partial updates; htmx and
 asciinema-player come from the npm registry at ``make venv`` and are served from ``static/vendor``.
@@ -29,12 +31,15 @@ from ._auth import (
 )
 from ._chart import bucket_minutes, failures_svg
 from ._live import tail_cast
+from ._oidc import FLOW_COOKIE, FLOW_TTL, OidcSignIn, OidcSignInError
 
 __all__ = [
     "BAN_ACTION",
     "CODE_TTL",
     "COOKIE",
     "CSP",
+    "FLOW_COOKIE",
+    "FLOW_TTL",
     "KILL_ACTION",
     "LOGIN_BUCKET",
     "PREFIX",
@@ -43,6 +48,8 @@ __all__ = [
     "ConsoleIdentity",
     "ConsoleSession",
     "LoginCodes",
+    "OidcSignIn",
+    "OidcSignInError",
     "Sessions",
     "bucket_minutes",
     "code_key",

@@ -60,6 +60,7 @@ from ._data import (
     session_page,
 )
 from ._live import tail_cast
+from ._oidc import FLOW_COOKIE, FLOW_TTL, OidcSignIn, OidcSignInError
 
 __all__ = [
     "BAN_ACTION",
@@ -194,12 +195,14 @@ def create_console(
     bans: BanStore | None = None,
     shield_settings: ShieldSettings | None = None,
     static_dir: Path | None = None,
+    oidc: OidcSignIn | None = None,
 ) -> ASGIApp:
     """The console app, to be mounted at :data:`PREFIX` on the broker's TLS listener.
 
     ``recordings`` is the only directory casts are served from. Without ``bans`` the shield
     page says SSH Shield is off. ``static_dir`` defaults to the package's ``static``
-    (``vendor/`` in it is filled by ``make venv`` from the npm registry).
+    (``vendor/`` in it is filled by ``make venv`` from the npm registry). With ``oidc`` the
+    login page offers "Sign in with OIDC" (``/oidc/start``, ``/oidc/callback``).
     """
     env = _templates()
     audit = AuditSearch(store)
@@ -310,7 +313,7 @@ def create_console(
     # -- sign-in ---------------------------------------------------------------------------
 
     async def login_page(request: Request) -> Response:
-        return page("login.html", request, None)
+        return page("login.html", request, None, oidc=oidc is not None)
 
     async def login(request: Request) -> Response:
         origin = request.headers.get("origin")
@@ -341,28 +344,91 @@ def create_console(
         if user.disabled:
             return refused
         try:
-            cookie, session = sessions.open(user.name, tuple(user.roles))
-        except InvalidInput as exc:
-            return JSONResponse({"error": str(exc)}, status_code=503, headers=_NO_STORE)
-        who = _Who(user.name, tuple(user.roles), tuple(user.groups), session, cookie)
-        try:
-            await decide(who, VIEW_ACTION, Resource(kind="console", name="login"), request)
+            who = await open_session(request, user, method="code")
         except _Denied as exc:
-            sessions.close(cookie)
-            return JSONResponse({"error": exc.message}, status_code=403, headers=_NO_STORE)
-        _log.info("console_login", user=user.name)
+            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=_NO_STORE)
         response = JSONResponse(
             {"user": user.name, "next": f"{PREFIX}/sessions"}, headers=_NO_STORE
         )
+        set_session_cookie(response, who)
+        return response
+
+    async def open_session(request: Request, user: User, *, method: str) -> _Who:
+        """A console session for ``user`` (signed in by ``method``) once policy allows
+        ``console.view``; every sign-in path ends here."""
+        try:
+            cookie, session = sessions.open(user.name, tuple(user.roles))
+        except InvalidInput as exc:
+            raise _Denied(503, str(exc)) from None
+        who = _Who(user.name, tuple(user.roles), tuple(user.groups), session, cookie)
+        try:
+            await decide(who, VIEW_ACTION, Resource(kind="console", name="login"), request)
+        except _Denied:
+            sessions.close(cookie)
+            raise
+        _log.info("console_login", user=user.name, method=method)
+        return who
+
+    def set_session_cookie(response: Response, who: _Who) -> None:
         response.set_cookie(
             COOKIE,
-            cookie,
-            max_age=int(session.expires - time.time()),
+            who.cookie,
+            max_age=int(who.session.expires - time.time()),
             path=PREFIX,
             secure=True,
             httponly=True,
             samesite="strict",
         )
+
+    def oidc_refused(request: Request, status: int, message: str) -> Response:
+        response = refuse(request, None, status, message)
+        response.delete_cookie(FLOW_COOKIE, path=f"{PREFIX}/oidc", secure=True, httponly=True)
+        return response
+
+    async def oidc_start(request: Request) -> Response:
+        if oidc is None:
+            return HTMLResponse("not found\n", status_code=404, headers=_NO_STORE)
+        redirect_uri = f"{request.url.scheme}://{request.url.netloc}{PREFIX}/oidc/callback"
+        try:
+            source = request.client.host if request.client else ""
+            cookie, location = await oidc.start(redirect_uri, source=source)
+        except OidcSignInError as exc:
+            return oidc_refused(request, exc.status, exc.message)
+        response = RedirectResponse(location, status_code=303, headers=_NO_STORE)
+        response.set_cookie(
+            FLOW_COOKIE,
+            cookie,
+            max_age=int(FLOW_TTL),
+            path=f"{PREFIX}/oidc",
+            secure=True,
+            httponly=True,
+            samesite="lax",  # sent on the provider's top-level redirect back, not on a subrequest
+        )
+        return response
+
+    async def oidc_callback(request: Request) -> Response:
+        if oidc is None:
+            return HTMLResponse("not found\n", status_code=404, headers=_NO_STORE)
+        params: dict[str, str] = {}
+        for key, value in request.query_params.multi_items():
+            if key in params:
+                return oidc_refused(request, 400, f"{key} given more than once")
+            params[key] = value
+        try:
+            login = await oidc.finish(request.cookies.get(FLOW_COOKIE), params)
+        except OidcSignInError as exc:
+            return oidc_refused(request, exc.status, exc.message)
+        if login.user.disabled:
+            return oidc_refused(request, 403, "sign-in refused: user_disabled")
+        try:
+            who = await open_session(request, login.user, method="oidc")
+        except _Denied as exc:
+            return oidc_refused(request, exc.status, exc.message)
+        # a page, not a redirect: the browser came here from the provider (cross-site), and a
+        # SameSite=Strict cookie is not sent on the rest of that navigation
+        response = page("signed_in.html", request, None, next=f"{PREFIX}/sessions")
+        set_session_cookie(response, who)
+        response.delete_cookie(FLOW_COOKIE, path=f"{PREFIX}/oidc", secure=True, httponly=True)
         return response
 
     async def logout(request: Request, who: _Who) -> Response:
@@ -571,6 +637,8 @@ def create_console(
         Route("/", handler(root), methods=["GET"]),
         Route("/login", login_page, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
+        Route("/oidc/start", oidc_start, methods=["GET"]),
+        Route("/oidc/callback", oidc_callback, methods=["GET"]),
         Route("/logout", handler(logout, signin=False), methods=["POST"]),
         Route("/sessions", handler(sessions_list), methods=["GET"]),
         Route("/sessions/{session_id}", handler(session_detail), methods=["GET"]),

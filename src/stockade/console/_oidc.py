@@ -1,0 +1,259 @@
+"""Console sign-in with the configured OIDC provider: the authorization-code flow with PKCE.
+
+``GET /console/oidc/start`` makes a ``state``, a ``nonce`` and a PKCE verifier (RFC 7636,
+``S256``), keeps them in this process's memory under the SHA-256 of a fresh random value set
+as a short-lived cookie (:data:`FLOW_COOKIE`: ``Secure; HttpOnly; SameSite=Lax``, path
+``/console/oidc``, :data:`FLOW_TTL`), and redirects to the provider's
+``authorization_endpoint`` (from its discovery document). ``GET /console/oidc/callback`` takes
+the pending sign-in of that cookie out of memory (a second callback finds nothing), compares
+``state`` in constant time, exchanges the ``code`` with the verifier at the ``token_endpoint``
+and hands the ID token and the expected nonce to identity's ``login_oidc``, which verifies it and
+maps the provider's groups to roles. The console session is then opened exactly as for a
+one-time code (roles, ``console.view`` decided by policy and so audited).
+
+Provider endpoints must be ``https`` (plain ``http`` only on a loopback host). Nothing secret
+(code, verifier, tokens) is logged; the ``redirect_uri`` is built from the request's own origin,
+and the provider checks it against the client's registered ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from stockade.core.errors import StockadeError, TokenRejected
+from stockade.core.logging import get_logger
+from stockade.core.settings import OidcSettings
+from stockade.identity import OidcLogin
+
+__all__ = [
+    "FLOW_COOKIE",
+    "FLOW_TTL",
+    "MAX_PENDING",
+    "MAX_PENDING_PER_SOURCE",
+    "OidcSignIn",
+    "OidcSignInError",
+]
+
+_log = get_logger("stockade.console.oidc")
+
+#: The cookie that binds a browser to its pending sign-in.
+FLOW_COOKIE = "stockade_console_oidc"
+#: Seconds between /oidc/start and the callback.
+FLOW_TTL = 300.0
+#: Most sign-ins under way in all; past it the oldest is dropped (no refusal for everyone).
+MAX_PENDING = 10_000
+#: Most sign-ins under way from one client address; past it that client's oldest is dropped.
+MAX_PENDING_PER_SOURCE = 16
+_MAX_PARAM = 2048
+_MAX_RESPONSE = 256 * 1024
+_ERROR_CODE = re.compile(r"[a-z_]{1,64}")
+
+LoginOidc = Callable[..., Awaitable[OidcLogin]]
+
+
+class OidcSignInError(Exception):
+    """A refused sign-in: ``message`` is what the browser is told (no secret in it)."""
+
+    def __init__(self, message: str, *, status: int = 403) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class _Pending:
+    state: str
+    nonce: str
+    verifier: str
+    redirect_uri: str
+    expires: float
+    source: str
+
+    def __repr__(self) -> str:
+        return f"<pending OIDC sign-in expires={self.expires:.0f}>"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _endpoint(url: object, field: str) -> str:
+    if isinstance(url, str) and url.isprintable() and len(url) <= _MAX_PARAM:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme == "https" and host:
+            return url
+        if parts.scheme == "http" and _loopback(host):
+            return url
+    raise OidcSignInError(f"the provider's {field} is not an https URL", status=503)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OidcSignIn:
+    """Pending code-flow sign-ins and the calls to the provider (see the module docstring).
+
+    ``login`` is identity's ``login_oidc`` (the service or its gRPC client).
+    """
+
+    def __init__(
+        self,
+        settings: OidcSettings,
+        *,
+        login: LoginOidc,
+        http: httpx.AsyncClient | None = None,
+        ttl: float = FLOW_TTL,
+    ) -> None:
+        if not settings.enabled or not settings.issuer or not settings.client_id:
+            raise ValueError("identity.oidc must be enabled with issuer and client_id")
+        self.issuer: str = settings.issuer
+        self.client_id: str = settings.client_id
+        self._login = login
+        self._http = http or httpx.AsyncClient(timeout=10.0, follow_redirects=False)
+        self._ttl = ttl
+        self._pending: dict[str, _Pending] = {}
+        self._endpoints: tuple[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<OidcSignIn iss={self.issuer} pending={len(self._pending)}>"
+
+    async def _discover(self) -> tuple[str, str]:
+        if self._endpoints is not None:
+            return self._endpoints
+        url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        _endpoint(url, "issuer")
+        try:
+            response = await self._http.get(url, headers={"Accept": "application/json"})
+            document = response.json() if len(response.content) <= _MAX_RESPONSE else None
+        except (httpx.HTTPError, ValueError) as exc:
+            _log.warning("oidc_discovery_failed", error=type(exc).__name__)
+            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        if not isinstance(document, dict) or document.get("issuer") != self.issuer:
+            raise OidcSignInError("the OIDC provider's discovery document is wrong", status=503)
+        self._endpoints = (
+            _endpoint(document.get("authorization_endpoint"), "authorization_endpoint"),
+            _endpoint(document.get("token_endpoint"), "token_endpoint"),
+        )
+        return self._endpoints
+
+    async def start(self, redirect_uri: str, *, source: str = "") -> tuple[str, str]:
+        """A new pending sign-in: the flow cookie's value and the provider URL to redirect to.
+
+        Anyone may start one, so memory is bounded without refusing everyone: past
+        :data:`MAX_PENDING_PER_SOURCE` from one client address (``source``) its oldest goes,
+        past :data:`MAX_PENDING` in all the oldest goes.
+        """
+        authorize, _token = await self._discover()
+        now = time.time()
+        self._pending = {k: p for k, p in self._pending.items() if p.expires > now}
+        mine = [k for k, p in self._pending.items() if p.source == source]
+        for key in mine[: max(0, len(mine) - MAX_PENDING_PER_SOURCE + 1)]:
+            del self._pending[key]
+        while len(self._pending) >= MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+        cookie = secrets.token_urlsafe(32)
+        pending = _Pending(
+            state=secrets.token_urlsafe(32),
+            nonce=secrets.token_urlsafe(32),
+            verifier=secrets.token_urlsafe(48),  # 64 characters: RFC 7636 allows 43-128
+            redirect_uri=redirect_uri,
+            expires=now + self._ttl,
+            source=source,
+        )
+        self._pending[_digest(cookie)] = pending
+        query = urllib.parse.urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.client_id,
+                "redirect_uri": redirect_uri,
+                "scope": "openid profile email",
+                "state": pending.state,
+                "nonce": pending.nonce,
+                "code_challenge": _challenge(pending.verifier),
+                "code_challenge_method": "S256",
+            }
+        )
+        separator = "&" if urllib.parse.urlsplit(authorize).query else "?"
+        return cookie, authorize + separator + query
+
+    async def finish(self, cookie: str | None, params: dict[str, str]) -> OidcLogin:
+        """The login of the callback with query ``params`` for the browser with ``cookie``;
+        :class:`OidcSignInError` when anything does not match (the pending sign-in is spent
+        either way)."""
+        pending = (
+            self._pending.pop(_digest(cookie), None)
+            if cookie and len(cookie) <= _MAX_PARAM
+            else None
+        )
+        if pending is None or pending.expires <= time.time():
+            raise OidcSignInError("this sign-in expired or was not started in this browser")
+        state = params.get("state", "")
+        if not hmac.compare_digest(state.encode(), pending.state.encode()):
+            _log.warning("console_oidc_refused", reason="bad_state")
+            raise OidcSignInError("this sign-in does not match the one started here")
+        if "error" in params:
+            error = params["error"] if _ERROR_CODE.fullmatch(params["error"]) else "error"
+            raise OidcSignInError(f"the provider refused the sign-in: {error}")
+        code = params.get("code", "")
+        if not code or len(code) > _MAX_PARAM:
+            raise OidcSignInError("the provider sent no code")
+        id_token = await self._exchange(code, pending)
+        try:
+            return await self._login(id_token, nonce=pending.nonce)
+        except TokenRejected as exc:
+            _log.warning("console_oidc_refused", reason=exc.reason)
+            raise OidcSignInError(f"sign-in refused: {exc.reason}") from None
+        except StockadeError as exc:
+            _log.warning("console_oidc_refused", reason=type(exc).__name__)
+            raise OidcSignInError("sign-in refused") from None
+
+    async def _exchange(self, code: str, pending: _Pending) -> str:
+        _authorize, token_url = await self._discover()
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": pending.redirect_uri,
+            "client_id": self.client_id,
+            "code_verifier": pending.verifier,
+        }
+        try:
+            response = await self._http.post(
+                token_url, data=form, headers={"Accept": "application/json"}
+            )
+            body: Any = response.json() if len(response.content) <= _MAX_RESPONSE else None
+        except (httpx.HTTPError, ValueError) as exc:
+            _log.warning("oidc_token_failed", error=type(exc).__name__)
+            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        id_token = body.get("id_token") if isinstance(body, dict) else None
+        if response.status_code != 200 or not isinstance(id_token, str) or not id_token:
+            status = response.status_code
+            _log.warning("console_oidc_refused", reason="token_endpoint", status=status)
+            raise OidcSignInError("the provider did not accept the sign-in code")
+        return id_token
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
