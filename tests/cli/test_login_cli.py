@@ -202,10 +202,16 @@ async def test_an_issuer_with_a_trailing_slash_is_not_another_one(provider: Oidc
 
 
 async def test_a_plain_http_issuer_off_loopback_is_refused() -> None:
+    """Settings refuse such an issuer already; the flow checks again on its own (settings
+    built without validation stand in for any other way in)."""
+    with pytest.raises(ValueError, match="https"):
+        OidcSettings(enabled=True, issuer="http://idp.example", client_id="c")
     async with httpx.AsyncClient(timeout=1.0) as http:
         with pytest.raises(DeviceFlowError, match="must be https"):
             await device_login(
-                OidcSettings(enabled=True, issuer="http://idp.example", client_id="c"),
+                OidcSettings.model_construct(
+                    enabled=True, issuer="http://idp.example", client_id="c"
+                ),
                 scope="openid",
                 http=http,
                 show=lambda _: None,
