@@ -116,3 +116,32 @@ async def test_a_gateway_cut_off_from_identity_closes_its_sessions_itself(
     finally:
         await loop.stop()
         await channel.close()
+
+
+async def test_a_busy_store_is_no_partition(identity: tuple[IdentityService, Store]) -> None:
+    """A beat that waits for SQLite's writers (200 logins at once through one `stockade up`)
+    is slow, not lost: it must not make the gateway close every session as if it were cut off
+    (seen under load: `gateway_cut_off` after 4.8 s, 26 live sessions ended)."""
+    import asyncio
+
+    service, store = identity
+    dead: list[str] = []
+
+    async def on_dead() -> None:
+        dead.append("cut off")
+
+    loop = HeartbeatLoop(
+        service, gateway_id="gw-a", boot_id=lambda: "boot-a", interval=0.1, timeout=1.0,
+        on_dead=on_dead,
+    )  # fmt: skip
+    try:
+        assert await loop.beat()
+        loop.start()
+        async with store.transaction():  # holds the write lock: every beat queues behind it
+            await asyncio.sleep(3.5)
+        await asyncio.sleep(0.5)  # the queued beat lands, and the next ones
+        assert dead == []
+        assert loop.failures == 0
+        assert loop.beats >= 2
+    finally:
+        await loop.stop()

@@ -10,7 +10,9 @@ pause): its sessions were ended in the registry, so ``on_dead`` closes them here
 gateway carries on under a new boot id. Beats failing for longer than ``timeout`` mean the
 same (the others declare this boot dead then, and no kill may reach it): ``on_dead`` runs
 without waiting to be told, so a gateway cut off from identity does not go on serving
-sessions the registry has ended (fail closed).
+sessions the registry has ended (fail closed). A beat that is only slow (identity answers,
+late: a busy store) is waited for, not counted as a failure: its answer tells whether this boot
+was declared dead meanwhile. A beat that never returns ends with the client's deadline.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class HeartbeatLoop:
         self._timeout = timeout
         self._on_dead = on_dead
         self._task: asyncio.Task[None] | None = None
+        self._pending: asyncio.Task[bool] | None = None
+        """The beat in flight (a slow one is waited for, never abandoned)."""
         self.beats = 0
         self.failures = 0
         self.ended_elsewhere = 0
@@ -85,13 +89,24 @@ class HeartbeatLoop:
         loop = asyncio.get_running_loop()
         next_at = last_ok = loop.time()
         cut_off = False
+        wait = max(self._interval, 1.0) * 2
         while True:
             next_at += self._interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             started = loop.time()
+            if self._pending is None:
+                self._pending = asyncio.create_task(self.beat(), name="gateway-beat")
+            done, _ = await asyncio.wait({self._pending}, timeout=wait)
+            if not done:
+                # identity answers, slowly (a busy store: SQLite's writers queue): not a
+                # partition. The beat goes on and counts when it lands; if another gateway
+                # declared this boot dead meanwhile, its answer says so (alive=False).
+                _log.warning("heartbeat_slow", waited=round(loop.time() - started, 1))
+                continue
+            beat, self._pending = self._pending, None
             try:
-                await asyncio.wait_for(self.beat(), timeout=max(self._interval, 1.0) * 2)
-            except (StockadeError, TimeoutError) as exc:
+                beat.result()
+            except StockadeError as exc:  # unreachable (a client's deadline included)
                 self.failures += 1
                 _log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
                 if not cut_off and loop.time() - last_ok > self._timeout:
@@ -100,7 +115,7 @@ class HeartbeatLoop:
                                silent_for=round(loop.time() - last_ok, 1))  # fmt: skip
                     await self._on_dead()
             else:
-                last_ok, cut_off = started, False
+                last_ok, cut_off = loop.time(), False
             next_at = max(next_at, loop.time())  # after a slow beat, no burst to catch up
 
     async def stop(self) -> None:
@@ -108,11 +123,12 @@ class HeartbeatLoop:
         another gateway will declare it dead, and its sessions are ended already)."""
         if self.beats == 0 and self._task is None:
             return  # never registered: nothing to end
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._pending):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StockadeError):
+                    await task
+        self._task = self._pending = None
         try:
             await asyncio.wait_for(
                 self._identity.heartbeat(
