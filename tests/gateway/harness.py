@@ -112,11 +112,13 @@ class GatewayEnv:
         key: Path | None = None,
         options: Sequence[str] = (),
     ) -> list[str]:
-        cmd = ["ssh", *ssh_options(self.tmp / "known_hosts"), "-p", str(self.port)]
+        # the test's own options first: ssh keeps the first value an option is given, so they
+        # override these defaults instead of being ignored
+        cmd = ["ssh", *options, *ssh_options(self.tmp / "known_hosts"), "-p", str(self.port)]
         cmd += ["-o", "BatchMode=yes", "-o", "KexAlgorithms=curve25519-sha256"]
         if key is not None:
             cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
-        cmd += [*options, f"{user}@127.0.0.1", *args]
+        cmd += [f"{user}@127.0.0.1", *args]
         return cmd
 
     async def run(

@@ -45,17 +45,16 @@ async def test_200_concurrent_sessions_exit_codes(env: GatewayEnv) -> None:
 async def test_kill_ends_a_live_session(env: GatewayEnv) -> None:
     key = await env.add_user("kim")
     proc = await asyncio.create_subprocess_exec(
-        *env.ssh_cmd("kim", "sleep 300", key=key),
+        *env.ssh_cmd("kim", "echo ready; sleep 300", key=key),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    for _ in range(200):
-        live = await env.identity.list_sessions(active_only=True, username="kim")
-        if live:
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the session never started")
+    # the shell runs (its channel is open, so the message has somewhere to go): the session
+    # row alone exists from the login on, before the channel
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    live = await env.identity.list_sessions(active_only=True, username="kim")
+    assert live, "the session never started"
     await env.identity.kill_session(live[0].session_id, by="admin")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode != 0
