@@ -17,10 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.hostile_http import serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from typer.testing import CliRunner, Result
 
 from stockade.cli import _common, app
+from stockade.cli import login as login_module
 from stockade.cli.login import DeviceAuthorization, DeviceFlowError, device_login
 from stockade.core import InvalidInput
 from stockade.core.settings import OidcSettings
@@ -192,6 +194,37 @@ async def test_hostile_discovery_documents_are_refused(
         await _run(provider)
     assert info.value.reason == "bad_discovery"
     assert provider.device_requests == []
+
+
+@pytest.mark.parametrize("where", ["discovery", "device_authorization_endpoint", "token_endpoint"])
+async def test_a_provider_answering_without_end_is_cut_off(
+    provider: OidcProvider, where: str
+) -> None:
+    """ATTACK: a body without end is not read whole into memory; reading stops after about
+    MAX_RESPONSE, whatever Content-Length the provider promised."""
+    with serve_hostile("huge", limit=64 * 1024 * 1024) as hostile:
+        if where == "discovery":
+            settings: dict[str, Any] = {"issuer": hostile.url}
+        else:
+            settings = {}
+            provider.discovery_extra = {where: hostile.url + "/" + where}
+        with pytest.raises(DeviceFlowError) as info:
+            await _run(provider, **settings)
+        assert info.value.reason == "bad_response"
+        assert hostile.sent < 16 * 1024 * 1024
+
+
+async def test_a_provider_dribbling_its_answer_is_given_up_on(
+    provider: OidcProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ATTACK: one byte at a time, each within the read timeout: the answer has a deadline."""
+    monkeypatch.setattr(login_module, "RESPONSE_DEADLINE", 0.5)
+    with serve_hostile("slow", limit=200, pace=0.05) as hostile:
+        provider.discovery_extra = {"token_endpoint": hostile.url + "/token"}
+        with pytest.raises(DeviceFlowError) as info:
+            await _run(provider)
+        assert info.value.reason == "provider_unreachable"
+        assert hostile.sent < 200
 
 
 async def test_an_issuer_with_a_trailing_slash_is_not_another_one(provider: OidcProvider) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.hostile_http import serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -32,9 +33,10 @@ from stockade.console import (
     PREFIX,
     OidcSignIn,
     Sessions,
+    _oidc,
     create_console,
 )
-from stockade.console._oidc import MAX_PENDING_PER_SOURCE
+from stockade.console._oidc import MAX_PENDING_PER_SOURCE, OidcSignInError
 from stockade.core.settings import AuthzSettings, IdentitySettings, OidcSettings
 from stockade.identity import IdentityService, KeyRing
 from stockade.store import Store
@@ -317,3 +319,45 @@ async def test_a_flood_of_starts_does_not_lock_others_out(oidc_env: OidcEnv) -> 
         assert answer.status_code == 200, answer.text
     # the flooder's newest sign-in still works (its oldest were dropped)
     assert (await oidc_env.callback(await oidc_env.approve(flood[-1]))).status_code == 200
+
+
+# --- hostile providers (attack review of issue 14) ---
+
+
+@pytest.mark.parametrize("where", ["discovery", "token_endpoint"])
+async def test_a_provider_answering_without_end_is_cut_off(oidc_env: OidcEnv, where: str) -> None:
+    """A body larger than the cap is not read whole into memory: the console stops reading
+    (and answers 503) after about the cap, whatever Content-Length the provider promised."""
+    with serve_hostile("huge", limit=64 * 1024 * 1024) as hostile:
+        if where == "discovery":
+            signin = OidcSignIn(
+                OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+                login=oidc_env.identity.login_oidc,
+            )
+            with pytest.raises(OidcSignInError) as refused:
+                await signin.start(CALLBACK)
+            await signin.aclose()
+            assert refused.value.status == 503
+        else:
+            oidc_env.provider.discovery_extra["token_endpoint"] = hostile.url + "/token"
+            answer = await oidc_env.callback(await oidc_env.approve(await oidc_env.start()))
+            assert answer.status_code == 503, answer.text
+            assert not oidc_env.client.cookies.get(COOKIE)
+        assert hostile.sent < 16 * 1024 * 1024
+
+
+async def test_a_provider_dribbling_its_answer_is_given_up_on(
+    oidc_env: OidcEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte at a time, each within the read timeout: the whole answer still has a deadline."""
+    monkeypatch.setattr(_oidc, "RESPONSE_DEADLINE", 0.5)
+    with serve_hostile("slow", limit=200, pace=0.05) as hostile:
+        signin = OidcSignIn(
+            OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+            login=oidc_env.identity.login_oidc,
+        )
+        with pytest.raises(OidcSignInError) as refused:
+            await signin.start(CALLBACK)
+        await signin.aclose()
+    assert refused.value.status == 503
+    assert hostile.sent < 200

@@ -18,10 +18,12 @@ and the provider checks it against the client's registered ones.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 import secrets
 import time
@@ -58,6 +60,9 @@ MAX_PENDING = 10_000
 MAX_PENDING_PER_SOURCE = 16
 _MAX_PARAM = 2048
 _MAX_RESPONSE = 256 * 1024
+#: Longest wait for one whole answer of the provider (a read timeout alone lets a provider
+#: that dribbles a byte at a time hold the request forever).
+RESPONSE_DEADLINE = 30.0
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 LoginOidc = Callable[..., Awaitable[OidcLogin]]
@@ -114,6 +119,39 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def _request(
+    http: httpx.AsyncClient, method: str, url: str, *, form: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """The status and JSON body (None when it is not JSON) of one provider answer, read in
+    chunks: at most ``_MAX_RESPONSE`` bytes within :data:`RESPONSE_DEADLINE` seconds; else
+    :class:`OidcSignInError` (503)."""
+    try:
+        async with asyncio.timeout(RESPONSE_DEADLINE):
+            async with http.stream(
+                method,
+                url,
+                data=form,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            ) as response:
+                content = bytearray()
+                async for chunk in response.aiter_bytes():
+                    content += chunk
+                    if len(content) > _MAX_RESPONSE:
+                        raise _TooLarge
+    except (httpx.HTTPError, TimeoutError, _TooLarge) as exc:
+        _log.warning("oidc_provider_failed", error=type(exc).__name__)
+        raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+    try:
+        body = json.loads(bytes(content))
+    except ValueError:
+        body = None
+    return response.status_code, body
+
+
 class OidcSignIn:
     """Pending code-flow sign-ins and the calls to the provider (see the module docstring).
 
@@ -146,12 +184,7 @@ class OidcSignIn:
             return self._endpoints
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
         _endpoint(url, "issuer")
-        try:
-            response = await self._http.get(url, headers={"Accept": "application/json"})
-            document = response.json() if len(response.content) <= _MAX_RESPONSE else None
-        except (httpx.HTTPError, ValueError) as exc:
-            _log.warning("oidc_discovery_failed", error=type(exc).__name__)
-            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        _status, document = await _request(self._http, "GET", url)
         if not isinstance(document, dict) or document.get("issuer") != self.issuer:
             raise OidcSignInError("the OIDC provider's discovery document is wrong", status=503)
         self._endpoints = (
@@ -240,17 +273,9 @@ class OidcSignIn:
             "client_id": self.client_id,
             "code_verifier": pending.verifier,
         }
-        try:
-            response = await self._http.post(
-                token_url, data=form, headers={"Accept": "application/json"}
-            )
-            body: Any = response.json() if len(response.content) <= _MAX_RESPONSE else None
-        except (httpx.HTTPError, ValueError) as exc:
-            _log.warning("oidc_token_failed", error=type(exc).__name__)
-            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        status, body = await _request(self._http, "POST", token_url, form=form)
         id_token = body.get("id_token") if isinstance(body, dict) else None
-        if response.status_code != 200 or not isinstance(id_token, str) or not id_token:
-            status = response.status_code
+        if status != 200 or not isinstance(id_token, str) or not id_token:
             _log.warning("console_oidc_refused", reason="token_endpoint", status=status)
             raise OidcSignInError("the provider did not accept the sign-in code")
         return id_token
