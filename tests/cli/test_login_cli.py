@@ -183,6 +183,9 @@ async def test_a_provider_without_a_device_endpoint(provider: OidcProvider) -> N
         {"token_endpoint": "http://evil.example/token"},  # the device code in clear text
         {"device_authorization_endpoint": "ftp://127.0.0.1/device"},
         {"token_endpoint": None},
+        {"token_endpoint": "http://127.0.0.1.nip.io/token"},  # a name, not a loopback address
+        {"token_endpoint": "file:///etc/passwd"},
+        {"device_authorization_endpoint": "https:///no-host"},
     ],
 )
 async def test_hostile_discovery_documents_are_refused(

@@ -361,3 +361,45 @@ async def test_a_provider_dribbling_its_answer_is_given_up_on(
         await signin.aclose()
     assert refused.value.status == 503
     assert hostile.sent < 200
+
+
+async def test_callback_parameters_are_not_echoed_as_html(oidc_env: OidcEnv) -> None:
+    """ATTACK: markup in a callback parameter's name (echoed in the duplicate error) or in the
+    provider's ``error`` (after a matching state) is never rendered as HTML."""
+    payload = "<img src=x onerror=alert(1)>"
+    key = urllib.parse.quote(payload)
+    answer = await oidc_env.client.get(f"{PREFIX}/oidc/callback?{key}=1&{key}=2")
+    assert answer.status_code == 400
+    assert payload not in answer.text
+    assert "&lt;img" in answer.text
+    query = await oidc_env.start()
+    answer = await oidc_env.callback({"error": f"x{payload}", "state": query["state"]})
+    assert answer.status_code == 403
+    assert "<img" not in answer.text
+    assert "refused the sign-in: error" in answer.text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"issuer": "https://evil.example"},
+        {"authorization_endpoint": "javascript:alert(1)"},
+        {"authorization_endpoint": "http://127.0.0.1.nip.io/authorize"},
+        {"token_endpoint": "file:///etc/passwd"},
+        {"token_endpoint": "http://evil.example/token"},  # the code and verifier in clear text
+    ],
+)
+async def test_hostile_discovery_documents_are_refused(
+    oidc_env: OidcEnv, extra: dict[str, Any]
+) -> None:
+    """ATTACK: the issuer's discovery document names another issuer or endpoints that are not
+    https (http only on a loopback address): the console never redirects there."""
+    oidc_env.provider.discovery_extra = extra
+    signin = OidcSignIn(
+        OidcSettings(enabled=True, issuer=oidc_env.provider.url, client_id=CLIENT_ID),
+        login=oidc_env.identity.login_oidc,
+    )
+    with pytest.raises(OidcSignInError) as refused:
+        await signin.start(CALLBACK)
+    await signin.aclose()
+    assert refused.value.status == 503
