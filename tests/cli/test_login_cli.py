@@ -186,6 +186,7 @@ async def test_a_provider_without_a_device_endpoint(provider: OidcProvider) -> N
         {"token_endpoint": "http://127.0.0.1.nip.io/token"},  # a name, not a loopback address
         {"token_endpoint": "file:///etc/passwd"},
         {"device_authorization_endpoint": "https:///no-host"},
+        {"token_endpoint": "https://idp.example/token#frag"},
     ],
 )
 async def test_hostile_discovery_documents_are_refused(

@@ -387,6 +387,8 @@ async def test_callback_parameters_are_not_echoed_as_html(oidc_env: OidcEnv) -> 
         {"authorization_endpoint": "http://127.0.0.1.nip.io/authorize"},
         {"token_endpoint": "file:///etc/passwd"},
         {"token_endpoint": "http://evil.example/token"},  # the code and verifier in clear text
+        # a fragment would swallow state, nonce and the PKCE challenge appended to it
+        {"authorization_endpoint": "https://idp.example/authorize#"},
     ],
 )
 async def test_hostile_discovery_documents_are_refused(

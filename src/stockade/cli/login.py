@@ -95,6 +95,8 @@ def _check_endpoint(url: object, *, field: str) -> str:
     """``url`` if it is an https URL, or http on a loopback host; else a DeviceFlowError."""
     if not isinstance(url, str) or not url or len(url) > 2048 or not url.isprintable():
         raise DeviceFlowError("bad_discovery", f"{field} is missing or not a URL")
+    if "#" in url and field.endswith("_endpoint"):  # RFC 6749 §3.1: no fragment
+        raise DeviceFlowError("bad_discovery", f"{field} has a fragment")
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
