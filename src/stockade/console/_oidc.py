@@ -100,12 +100,11 @@ def _challenge(verifier: str) -> str:
 
 
 def _endpoint(url: object, field: str) -> str:
-    if isinstance(url, str) and url.isprintable() and len(url) <= _MAX_PARAM:
+    # RFC 6749 §3.1: no fragment (the state, nonce and PKCE challenge would land in it)
+    if isinstance(url, str) and url.isprintable() and len(url) <= _MAX_PARAM and "#" not in url:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
-        if "#" in url:  # RFC 6749 §3.1: no fragment (state and PKCE would land in it)
-            pass
-        elif (parts.scheme == "https" and host) or (parts.scheme == "http" and _loopback(host)):
+        if (parts.scheme == "https" and host) or (parts.scheme == "http" and _loopback(host)):
             return url
     raise OidcSignInError(f"the provider's {field} is not an https URL", status=503)
 
