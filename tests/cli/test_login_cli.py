@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers.hostile_http import serve_hostile
+from helpers.hostile_http import peak_memory, serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from typer.testing import CliRunner, Result
 
@@ -360,3 +360,16 @@ def test_login_with_oidc_disabled(cli_env: OidcProvider, tmp_path: Path) -> None
     (tmp_path / "stockade.toml").write_text("")
     _common.settings.cache_clear()
     assert "identity.oidc" in one_error_line(invoke("login", "--oidc"))
+
+
+async def test_a_compressed_answer_is_not_inflated(provider: OidcProvider) -> None:
+    """ATTACK: asked for ``identity``, the provider answers a gzip bomb (64 KiB that inflates to
+    64 MiB): refused without inflating it."""
+    with (
+        serve_hostile("gzip", limit=64 * 1024 * 1024) as hostile,
+        peak_memory() as peak,
+        pytest.raises(DeviceFlowError) as info,
+    ):
+        await _run(provider, issuer=hostile.url)
+    assert info.value.reason == "bad_response"
+    assert peak[0] < 16 * 1024 * 1024

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers.hostile_http import serve_hostile
+from helpers.hostile_http import peak_memory, serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -405,3 +405,18 @@ async def test_hostile_discovery_documents_are_refused(
         await signin.start(CALLBACK)
     await signin.aclose()
     assert refused.value.status == 503
+
+
+async def test_a_compressed_answer_is_not_inflated(oidc_env: OidcEnv) -> None:
+    """ATTACK: asked for ``identity``, the provider answers a gzip bomb (64 KiB that inflates to
+    64 MiB): refused without inflating it."""
+    with serve_hostile("gzip", limit=64 * 1024 * 1024) as hostile:
+        signin = OidcSignIn(
+            OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+            login=oidc_env.identity.login_oidc,
+        )
+        with peak_memory() as peak, pytest.raises(OidcSignInError) as refused:
+            await signin.start(CALLBACK)
+        await signin.aclose()
+    assert refused.value.status == 503
+    assert peak[0] < 16 * 1024 * 1024

@@ -2,13 +2,16 @@
 ends in reasonable size or time.
 
 ``mode="huge"`` streams whitespace as fast as the client reads, up to ``limit`` bytes;
-``mode="slow"`` sends one byte every ``pace`` seconds, up to ``limit`` bytes. ``sent`` is how
+``mode="slow"`` sends one byte every ``pace`` seconds, up to ``limit`` bytes; ``mode="gzip"``
+sends ``limit`` bytes of whitespace gzip-compressed (a small body that inflates a thousandfold),
+with ``Content-Encoding: gzip`` although the client asked for ``identity``. ``sent`` is how
 many body bytes the server got out before the client hung up (or the limit was reached).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +33,22 @@ def serve_hostile(mode: str, *, limit: int, pace: float = 0.05) -> Iterator[Host
     """A :class:`Hostile` server on a free loopback port (``mode``: ``huge`` or ``slow``)."""
     state = Hostile(url="", mode=mode, limit=limit, pace=pace)
     stop = threading.Event()
+    bomb = gzip.compress(b"{" + b" " * limit + b"}", compresslevel=9) if mode == "gzip" else b""
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
+            if mode == "gzip":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Encoding", "gzip")
+                self.send_header("Content-Length", str(len(bomb)))
+                self.end_headers()
+                try:
+                    self.wfile.write(bomb)
+                    state.sent = len(bomb)
+                except OSError:
+                    pass
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(limit + 2))
@@ -74,3 +90,17 @@ def serve_hostile(mode: str, *, limit: int, pace: float = 0.05) -> Iterator[Host
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def peak_memory() -> Iterator[list[int]]:
+    """The peak of Python allocations (bytes) in the block, in the list it yields, after it."""
+    import tracemalloc
+
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from helpers.hostile_http import serve_hostile
+from helpers.hostile_http import peak_memory, serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 
 from stockade.core import TokenRejected
@@ -95,3 +95,15 @@ async def test_a_jwks_without_end_is_cut_off(
             await service.login_oidc(provider.id_token(), nonce=None)
         assert info.value.reason == "unknown_kid"
         assert hostile.sent < 16 * 1024 * 1024
+
+
+async def test_a_compressed_jwks_is_not_inflated(
+    service: IdentityService, provider: OidcProvider
+) -> None:
+    """ATTACK: a gzip-bomb JWKS (64 KiB that inflates to 64 MiB) is refused without inflating."""
+    with serve_hostile("gzip", limit=64 * 1024 * 1024) as hostile:
+        provider.discovery_extra = {"jwks_uri": hostile.url + "/jwks.json"}
+        with peak_memory() as peak, pytest.raises(TokenRejected) as info:
+            await service.login_oidc(provider.id_token(), nonce=None)
+    assert info.value.reason == "unknown_kid"
+    assert peak[0] < 16 * 1024 * 1024

@@ -154,8 +154,11 @@ async def _request(
                 data=form,
                 headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             ) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    # never decompressed: a small compressed body can expand a thousandfold
+                    raise DeviceFlowError("bad_response", f"{url} answered a compressed body")
                 content = bytearray()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():
                     content += chunk
                     if len(content) > MAX_RESPONSE:
                         raise DeviceFlowError(

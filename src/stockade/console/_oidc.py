@@ -136,8 +136,10 @@ async def _request(
                 data=form,
                 headers={"Accept": "application/json", "Accept-Encoding": "identity"},
             ) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    raise _TooLarge  # never decompressed: it can expand a thousandfold
                 content = bytearray()
-                async for chunk in response.aiter_bytes():
+                async for chunk in response.aiter_raw():
                     content += chunk
                     if len(content) > _MAX_RESPONSE:
                         raise _TooLarge

@@ -89,7 +89,9 @@ class JwksCache:
                     "GET", url, headers={"Accept-Encoding": "identity"}
                 ) as response:
                     response.raise_for_status()
-                    async for chunk in response.aiter_bytes():
+                    if response.headers.get("content-encoding", "identity").lower() != "identity":
+                        raise ValueError(f"{url} answered a compressed body")  # never inflated
+                    async for chunk in response.aiter_raw():
                         content += chunk
                         if len(content) > MAX_DOCUMENT:
                             raise ValueError(f"{url} answered more than {MAX_DOCUMENT} bytes")
