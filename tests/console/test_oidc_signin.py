@@ -420,3 +420,14 @@ async def test_a_compressed_answer_is_not_inflated(oidc_env: OidcEnv) -> None:
         await signin.aclose()
     assert refused.value.status == 503
     assert peak[0] < 16 * 1024 * 1024
+
+
+async def test_one_ipv6_prefix_counts_as_one_client(oidc_env: OidcEnv) -> None:
+    """ATTACK: a host owning a /64 starts each sign-in from another of its addresses to get
+    past the per-client cap (and so push everyone's sign-ins out of the global one)."""
+    for n in range(MAX_PENDING_PER_SOURCE + 8):
+        await oidc_env.signin.start(CALLBACK, source=f"2001:db8:1:2::{n + 1:x}")
+    assert len(oidc_env.signin._pending) == MAX_PENDING_PER_SOURCE
+    await oidc_env.signin.start(CALLBACK, source="2001:db8:1:3::1")  # another /64
+    await oidc_env.signin.start(CALLBACK, source="192.0.2.7")
+    assert len(oidc_env.signin._pending) == MAX_PENDING_PER_SOURCE + 2

@@ -153,6 +153,20 @@ async def _request(
     return response.status_code, body
 
 
+def _source_key(source: str) -> str:
+    """The client an address counts for: an IPv6 address by its /64 (one host commonly owns a
+    whole /64, so counting single addresses would let it past the per-client cap)."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 class OidcSignIn:
     """Pending code-flow sign-ins and the calls to the provider (see the module docstring).
 
@@ -202,6 +216,7 @@ class OidcSignIn:
         past :data:`MAX_PENDING` in all the oldest goes.
         """
         authorize, _token = await self._discover()
+        source = _source_key(source)
         now = time.time()
         self._pending = {k: p for k, p in self._pending.items() if p.expires > now}
         mine = [k for k, p in self._pending.items() if p.source == source]
