@@ -332,6 +332,22 @@ def test_login_writes_the_token_to_a_private_file(cli_env: OidcProvider, tmp_pat
     assert token not in result.output
 
 
+def test_output_through_a_symlink_replaces_the_link(cli_env: OidcProvider, tmp_path: Path) -> None:
+    """ATTACK: ``--output`` names a symlink planted towards another file: the link is replaced
+    by the private token file; its target is neither written nor chmod-ed."""
+    target = tmp_path / "victim"
+    target.write_text("keep\n")
+    target.chmod(0o644)
+    out = tmp_path / "token"
+    out.symlink_to(target)
+    result = invoke("login", "--oidc", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert not out.is_symlink()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert target.read_text() == "keep\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 def test_a_denied_login_is_one_line(cli_env: OidcProvider) -> None:
     cli_env.device_script = ["denied"]
     line = one_error_line(invoke("login", "--oidc"))

@@ -4,7 +4,9 @@ The OAuth 2.0 device authorization grant (RFC 8628), against ``identity.oidc``:
 
 1. the provider's discovery document (``<issuer>/.well-known/openid-configuration``, whose
    ``issuer`` must be the configured one) names the ``device_authorization_endpoint`` and the
-   ``token_endpoint``; both must be ``https`` (plain ``http`` only on a loopback host);
+   ``token_endpoint``; both must be ``https`` (plain ``http`` only on a loopback host), with
+   no fragment; every answer is read in chunks, at most :data:`MAX_RESPONSE` bytes within
+   :data:`RESPONSE_DEADLINE` seconds, never decompressed;
 2. the device endpoint hands out a device code, a user code and a verification URI, printed on
    stderr for the user to open in a browser (provider text is checked, never echoed raw: no
    terminal escapes);

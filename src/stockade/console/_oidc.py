@@ -11,7 +11,9 @@ and hands the ID token and the expected nonce to identity's ``login_oidc``, whic
 maps the provider's groups to roles. The console session is then opened exactly as for a
 one-time code (roles, ``console.view`` decided by policy and so audited).
 
-Provider endpoints must be ``https`` (plain ``http`` only on a loopback host). Nothing secret
+Provider endpoints must be ``https`` (plain ``http`` only on a loopback host) without a
+fragment; provider answers are read in chunks, at most 256 KiB within
+:data:`RESPONSE_DEADLINE` seconds, and never decompressed. Nothing secret
 (code, verifier, tokens) is logged; the ``redirect_uri`` is built from the request's own origin,
 and the provider checks it against the client's registered ones.
 """
