@@ -17,10 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.hostile_http import peak_memory, serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from typer.testing import CliRunner, Result
 
 from stockade.cli import _common, app
+from stockade.cli import login as login_module
 from stockade.cli.login import DeviceAuthorization, DeviceFlowError, device_login
 from stockade.core import InvalidInput
 from stockade.core.settings import OidcSettings
@@ -181,6 +183,10 @@ async def test_a_provider_without_a_device_endpoint(provider: OidcProvider) -> N
         {"token_endpoint": "http://evil.example/token"},  # the device code in clear text
         {"device_authorization_endpoint": "ftp://127.0.0.1/device"},
         {"token_endpoint": None},
+        {"token_endpoint": "http://127.0.0.1.nip.io/token"},  # a name, not a loopback address
+        {"token_endpoint": "file:///etc/passwd"},
+        {"device_authorization_endpoint": "https:///no-host"},
+        {"token_endpoint": "https://idp.example/token#frag"},
     ],
 )
 async def test_hostile_discovery_documents_are_refused(
@@ -192,6 +198,37 @@ async def test_hostile_discovery_documents_are_refused(
         await _run(provider)
     assert info.value.reason == "bad_discovery"
     assert provider.device_requests == []
+
+
+@pytest.mark.parametrize("where", ["discovery", "device_authorization_endpoint", "token_endpoint"])
+async def test_a_provider_answering_without_end_is_cut_off(
+    provider: OidcProvider, where: str
+) -> None:
+    """ATTACK: a body without end is not read whole into memory; reading stops after about
+    MAX_RESPONSE, whatever Content-Length the provider promised."""
+    with serve_hostile("huge", limit=64 * 1024 * 1024) as hostile:
+        if where == "discovery":
+            settings: dict[str, Any] = {"issuer": hostile.url}
+        else:
+            settings = {}
+            provider.discovery_extra = {where: hostile.url + "/" + where}
+        with pytest.raises(DeviceFlowError) as info:
+            await _run(provider, **settings)
+        assert info.value.reason == "bad_response"
+        assert hostile.sent < 16 * 1024 * 1024
+
+
+async def test_a_provider_dribbling_its_answer_is_given_up_on(
+    provider: OidcProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ATTACK: one byte at a time, each within the read timeout: the answer has a deadline."""
+    monkeypatch.setattr(login_module, "RESPONSE_DEADLINE", 0.5)
+    with serve_hostile("slow", limit=200, pace=0.05) as hostile:
+        provider.discovery_extra = {"token_endpoint": hostile.url + "/token"}
+        with pytest.raises(DeviceFlowError) as info:
+            await _run(provider)
+        assert info.value.reason == "provider_unreachable"
+        assert hostile.sent < 200
 
 
 async def test_an_issuer_with_a_trailing_slash_is_not_another_one(provider: OidcProvider) -> None:
@@ -295,6 +332,22 @@ def test_login_writes_the_token_to_a_private_file(cli_env: OidcProvider, tmp_pat
     assert token not in result.output
 
 
+def test_output_through_a_symlink_replaces_the_link(cli_env: OidcProvider, tmp_path: Path) -> None:
+    """ATTACK: ``--output`` names a symlink planted towards another file: the link is replaced
+    by the private token file; its target is neither written nor chmod-ed."""
+    target = tmp_path / "victim"
+    target.write_text("keep\n")
+    target.chmod(0o644)
+    out = tmp_path / "token"
+    out.symlink_to(target)
+    result = invoke("login", "--oidc", "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert not out.is_symlink()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert target.read_text() == "keep\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+
+
 def test_a_denied_login_is_one_line(cli_env: OidcProvider) -> None:
     cli_env.device_script = ["denied"]
     line = one_error_line(invoke("login", "--oidc"))
@@ -323,3 +376,16 @@ def test_login_with_oidc_disabled(cli_env: OidcProvider, tmp_path: Path) -> None
     (tmp_path / "stockade.toml").write_text("")
     _common.settings.cache_clear()
     assert "identity.oidc" in one_error_line(invoke("login", "--oidc"))
+
+
+async def test_a_compressed_answer_is_not_inflated(provider: OidcProvider) -> None:
+    """ATTACK: asked for ``identity``, the provider answers a gzip bomb (64 KiB that inflates to
+    64 MiB): refused without inflating it."""
+    with (
+        serve_hostile("gzip", limit=64 * 1024 * 1024) as hostile,
+        peak_memory() as peak,
+        pytest.raises(DeviceFlowError) as info,
+    ):
+        await _run(provider, issuer=hostile.url)
+    assert info.value.reason == "bad_response"
+    assert peak[0] < 16 * 1024 * 1024

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from helpers.hostile_http import peak_memory, serve_hostile
 from helpers.oidc_provider import CLIENT_ID, OidcProvider, serve_provider
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -32,9 +33,10 @@ from stockade.console import (
     PREFIX,
     OidcSignIn,
     Sessions,
+    _oidc,
     create_console,
 )
-from stockade.console._oidc import MAX_PENDING_PER_SOURCE
+from stockade.console._oidc import MAX_PENDING_PER_SOURCE, OidcSignInError
 from stockade.core.settings import AuthzSettings, IdentitySettings, OidcSettings
 from stockade.identity import IdentityService, KeyRing
 from stockade.store import Store
@@ -317,3 +319,115 @@ async def test_a_flood_of_starts_does_not_lock_others_out(oidc_env: OidcEnv) -> 
         assert answer.status_code == 200, answer.text
     # the flooder's newest sign-in still works (its oldest were dropped)
     assert (await oidc_env.callback(await oidc_env.approve(flood[-1]))).status_code == 200
+
+
+# --- hostile providers (attack review of issue 14) ---
+
+
+@pytest.mark.parametrize("where", ["discovery", "token_endpoint"])
+async def test_a_provider_answering_without_end_is_cut_off(oidc_env: OidcEnv, where: str) -> None:
+    """A body larger than the cap is not read whole into memory: the console stops reading
+    (and answers 503) after about the cap, whatever Content-Length the provider promised."""
+    with serve_hostile("huge", limit=64 * 1024 * 1024) as hostile:
+        if where == "discovery":
+            signin = OidcSignIn(
+                OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+                login=oidc_env.identity.login_oidc,
+            )
+            with pytest.raises(OidcSignInError) as refused:
+                await signin.start(CALLBACK)
+            await signin.aclose()
+            assert refused.value.status == 503
+        else:
+            oidc_env.provider.discovery_extra["token_endpoint"] = hostile.url + "/token"
+            answer = await oidc_env.callback(await oidc_env.approve(await oidc_env.start()))
+            assert answer.status_code == 503, answer.text
+            assert not oidc_env.client.cookies.get(COOKIE)
+        assert hostile.sent < 16 * 1024 * 1024
+
+
+async def test_a_provider_dribbling_its_answer_is_given_up_on(
+    oidc_env: OidcEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One byte at a time, each within the read timeout: the whole answer still has a deadline."""
+    monkeypatch.setattr(_oidc, "RESPONSE_DEADLINE", 0.5)
+    with serve_hostile("slow", limit=200, pace=0.05) as hostile:
+        signin = OidcSignIn(
+            OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+            login=oidc_env.identity.login_oidc,
+        )
+        with pytest.raises(OidcSignInError) as refused:
+            await signin.start(CALLBACK)
+        await signin.aclose()
+    assert refused.value.status == 503
+    assert hostile.sent < 200
+
+
+async def test_callback_parameters_are_not_echoed_as_html(oidc_env: OidcEnv) -> None:
+    """ATTACK: markup in a callback parameter's name (echoed in the duplicate error) or in the
+    provider's ``error`` (after a matching state) is never rendered as HTML."""
+    payload = "<img src=x onerror=alert(1)>"
+    key = urllib.parse.quote(payload)
+    answer = await oidc_env.client.get(f"{PREFIX}/oidc/callback?{key}=1&{key}=2")
+    assert answer.status_code == 400
+    assert payload not in answer.text
+    assert "&lt;img" in answer.text
+    query = await oidc_env.start()
+    answer = await oidc_env.callback({"error": f"x{payload}", "state": query["state"]})
+    assert answer.status_code == 403
+    assert "<img" not in answer.text
+    assert "refused the sign-in: error" in answer.text
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"issuer": "https://evil.example"},
+        {"authorization_endpoint": "javascript:alert(1)"},
+        {"authorization_endpoint": "http://127.0.0.1.nip.io/authorize"},
+        {"token_endpoint": "file:///etc/passwd"},
+        {"token_endpoint": "http://evil.example/token"},  # the code and verifier in clear text
+        # a fragment would swallow state, nonce and the PKCE challenge appended to it
+        {"authorization_endpoint": "https://idp.example/authorize#"},
+    ],
+)
+async def test_hostile_discovery_documents_are_refused(
+    oidc_env: OidcEnv, extra: dict[str, Any]
+) -> None:
+    """ATTACK: the issuer's discovery document names another issuer or endpoints that are not
+    https (http only on a loopback address): the console never redirects there."""
+    oidc_env.provider.discovery_extra = extra
+    signin = OidcSignIn(
+        OidcSettings(enabled=True, issuer=oidc_env.provider.url, client_id=CLIENT_ID),
+        login=oidc_env.identity.login_oidc,
+    )
+    with pytest.raises(OidcSignInError) as refused:
+        await signin.start(CALLBACK)
+    await signin.aclose()
+    assert refused.value.status == 503
+
+
+async def test_a_compressed_answer_is_not_inflated(oidc_env: OidcEnv) -> None:
+    """ATTACK: asked for ``identity``, the provider answers a gzip bomb (64 KiB that inflates to
+    64 MiB): refused without inflating it."""
+    with serve_hostile("gzip", limit=64 * 1024 * 1024) as hostile:
+        signin = OidcSignIn(
+            OidcSettings(enabled=True, issuer=hostile.url, client_id=CLIENT_ID),
+            login=oidc_env.identity.login_oidc,
+        )
+        with peak_memory() as peak, pytest.raises(OidcSignInError) as refused:
+            await signin.start(CALLBACK)
+        await signin.aclose()
+    assert refused.value.status == 503
+    assert peak[0] < 16 * 1024 * 1024
+
+
+async def test_one_ipv6_prefix_counts_as_one_client(oidc_env: OidcEnv) -> None:
+    """ATTACK: a host owning a /64 starts each sign-in from another of its addresses to get
+    past the per-client cap (and so push everyone's sign-ins out of the global one)."""
+    for n in range(MAX_PENDING_PER_SOURCE + 8):
+        await oidc_env.signin.start(CALLBACK, source=f"2001:db8:1:2::{n + 1:x}")
+    assert len(oidc_env.signin._pending) == MAX_PENDING_PER_SOURCE
+    await oidc_env.signin.start(CALLBACK, source="2001:db8:1:3::1")  # another /64
+    await oidc_env.signin.start(CALLBACK, source="192.0.2.7")
+    assert len(oidc_env.signin._pending) == MAX_PENDING_PER_SOURCE + 2

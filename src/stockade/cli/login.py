@@ -4,7 +4,9 @@ The OAuth 2.0 device authorization grant (RFC 8628), against ``identity.oidc``:
 
 1. the provider's discovery document (``<issuer>/.well-known/openid-configuration``, whose
    ``issuer`` must be the configured one) names the ``device_authorization_endpoint`` and the
-   ``token_endpoint``; both must be ``https`` (plain ``http`` only on a loopback host);
+   ``token_endpoint``; both must be ``https`` (plain ``http`` only on a loopback host), with
+   no fragment; every answer is read in chunks, at most :data:`MAX_RESPONSE` bytes within
+   :data:`RESPONSE_DEADLINE` seconds, never decompressed;
 2. the device endpoint hands out a device code, a user code and a verification URI, printed on
    stderr for the user to open in a browser (provider text is checked, never echoed raw: no
    terminal escapes);
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -46,8 +49,11 @@ __all__ = ["DeviceAuthorization", "DeviceFlowError", "device_login", "login"]
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:device_code"
 
-#: Largest response body read from the provider.
+#: Largest response body read from the provider (read in chunks: a larger one is cut off).
 MAX_RESPONSE = 256 * 1024
+#: Longest wait for one whole answer of the provider (a read timeout alone lets a provider
+#: that dribbles a byte at a time hold the login forever).
+RESPONSE_DEADLINE = 30.0
 #: Longest wait for one code, whatever the provider says its ``expires_in`` is.
 MAX_EXPIRES_IN = 1800
 #: Most polls of the token endpoint for one code.
@@ -91,6 +97,8 @@ def _check_endpoint(url: object, *, field: str) -> str:
     """``url`` if it is an https URL, or http on a loopback host; else a DeviceFlowError."""
     if not isinstance(url, str) or not url or len(url) > 2048 or not url.isprintable():
         raise DeviceFlowError("bad_discovery", f"{field} is missing or not a URL")
+    if "#" in url and field.endswith("_endpoint"):  # RFC 6749 §3.1: no fragment
+        raise DeviceFlowError("bad_discovery", f"{field} has a fragment")
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme == "https" and host:
@@ -135,35 +143,55 @@ def _int_field(value: object, *, default: int | None, field: str) -> int:
     return value
 
 
-async def _post_json(http: httpx.AsyncClient, url: str, form: dict[str, str]) -> tuple[int, Any]:
+async def _request(
+    http: httpx.AsyncClient, method: str, url: str, *, form: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """The status and body of one provider answer, read in chunks: at most
+    :data:`MAX_RESPONSE` bytes within :data:`RESPONSE_DEADLINE` seconds, else a DeviceFlowError."""
     try:
-        response = await http.post(url, data=form, headers={"Accept": "application/json"})
+        async with asyncio.timeout(RESPONSE_DEADLINE):
+            async with http.stream(
+                method,
+                url,
+                data=form,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            ) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    # never decompressed: a small compressed body can expand a thousandfold
+                    raise DeviceFlowError("bad_response", f"{url} answered a compressed body")
+                content = bytearray()
+                async for chunk in response.aiter_raw():
+                    content += chunk
+                    if len(content) > MAX_RESPONSE:
+                        raise DeviceFlowError(
+                            "bad_response", f"{url} answered more than {MAX_RESPONSE} bytes"
+                        )
+    except TimeoutError:
+        raise DeviceFlowError("provider_unreachable", f"{url} answered too slowly") from None
     except httpx.HTTPError as exc:
         raise DeviceFlowError("provider_unreachable", f"{type(exc).__name__} at {url}") from None
-    return response.status_code, _json_body(response, url)
+    return response.status_code, bytes(content)
 
 
-def _json_body(response: httpx.Response, url: str) -> Any:
-    if len(response.content) > MAX_RESPONSE:
-        raise DeviceFlowError("bad_response", f"{url} answered more than {MAX_RESPONSE} bytes")
+def _json(url: str, status: int, content: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(content)
     except ValueError:
-        raise DeviceFlowError(
-            "bad_response", f"{url} answered {response.status_code}, not JSON"
-        ) from None
+        raise DeviceFlowError("bad_response", f"{url} answered {status}, not JSON") from None
+
+
+async def _post_json(http: httpx.AsyncClient, url: str, form: dict[str, str]) -> tuple[int, Any]:
+    status, content = await _request(http, "POST", url, form=form)
+    return status, _json(url, status, content)
 
 
 async def _discover(http: httpx.AsyncClient, issuer: str) -> tuple[str, str]:
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
     _check_endpoint(url, field="identity.oidc.issuer")
-    try:
-        response = await http.get(url, headers={"Accept": "application/json"})
-    except httpx.HTTPError as exc:
-        raise DeviceFlowError("provider_unreachable", f"{type(exc).__name__} at {url}") from None
-    if response.status_code != 200:
-        raise DeviceFlowError("bad_discovery", f"{url} answered {response.status_code}")
-    document = _json_body(response, url)
+    status, content = await _request(http, "GET", url)
+    if status != 200:
+        raise DeviceFlowError("bad_discovery", f"{url} answered {status}")
+    document = _json(url, status, content)
     if not isinstance(document, dict) or document.get("issuer") != issuer:
         raise DeviceFlowError("bad_discovery", "the discovery document names another issuer")
     if "device_authorization_endpoint" not in document:

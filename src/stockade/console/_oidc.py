@@ -11,17 +11,21 @@ and hands the ID token and the expected nonce to identity's ``login_oidc``, whic
 maps the provider's groups to roles. The console session is then opened exactly as for a
 one-time code (roles, ``console.view`` decided by policy and so audited).
 
-Provider endpoints must be ``https`` (plain ``http`` only on a loopback host). Nothing secret
+Provider endpoints must be ``https`` (plain ``http`` only on a loopback host) without a
+fragment; provider answers are read in chunks, at most 256 KiB within
+:data:`RESPONSE_DEADLINE` seconds, and never decompressed. Nothing secret
 (code, verifier, tokens) is logged; the ``redirect_uri`` is built from the request's own origin,
 and the provider checks it against the client's registered ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
+import json
 import re
 import secrets
 import time
@@ -58,6 +62,9 @@ MAX_PENDING = 10_000
 MAX_PENDING_PER_SOURCE = 16
 _MAX_PARAM = 2048
 _MAX_RESPONSE = 256 * 1024
+#: Longest wait for one whole answer of the provider (a read timeout alone lets a provider
+#: that dribbles a byte at a time hold the request forever).
+RESPONSE_DEADLINE = 30.0
 _ERROR_CODE = re.compile(r"[a-z_]{1,64}")
 
 LoginOidc = Callable[..., Awaitable[OidcLogin]]
@@ -95,12 +102,11 @@ def _challenge(verifier: str) -> str:
 
 
 def _endpoint(url: object, field: str) -> str:
-    if isinstance(url, str) and url.isprintable() and len(url) <= _MAX_PARAM:
+    # RFC 6749 §3.1: no fragment (the state, nonce and PKCE challenge would land in it)
+    if isinstance(url, str) and url.isprintable() and len(url) <= _MAX_PARAM and "#" not in url:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname or ""
-        if parts.scheme == "https" and host:
-            return url
-        if parts.scheme == "http" and _loopback(host):
+        if (parts.scheme == "https" and host) or (parts.scheme == "http" and _loopback(host)):
             return url
     raise OidcSignInError(f"the provider's {field} is not an https URL", status=503)
 
@@ -112,6 +118,55 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _request(
+    http: httpx.AsyncClient, method: str, url: str, *, form: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """The status and JSON body (None when it is not JSON) of one provider answer, read in
+    chunks: at most ``_MAX_RESPONSE`` bytes within :data:`RESPONSE_DEADLINE` seconds; else
+    :class:`OidcSignInError` (503)."""
+    try:
+        async with asyncio.timeout(RESPONSE_DEADLINE):
+            async with http.stream(
+                method,
+                url,
+                data=form,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            ) as response:
+                if response.headers.get("content-encoding", "identity").lower() != "identity":
+                    raise _TooLarge  # never decompressed: it can expand a thousandfold
+                content = bytearray()
+                async for chunk in response.aiter_raw():
+                    content += chunk
+                    if len(content) > _MAX_RESPONSE:
+                        raise _TooLarge
+    except (httpx.HTTPError, TimeoutError, _TooLarge) as exc:
+        _log.warning("oidc_provider_failed", error=type(exc).__name__)
+        raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+    try:
+        body = json.loads(bytes(content))
+    except ValueError:
+        body = None
+    return response.status_code, body
+
+
+def _source_key(source: str) -> str:
+    """The client an address counts for: an IPv6 address by its /64 (one host commonly owns a
+    whole /64, so counting single addresses would let it past the per-client cap)."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class OidcSignIn:
@@ -146,12 +201,7 @@ class OidcSignIn:
             return self._endpoints
         url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
         _endpoint(url, "issuer")
-        try:
-            response = await self._http.get(url, headers={"Accept": "application/json"})
-            document = response.json() if len(response.content) <= _MAX_RESPONSE else None
-        except (httpx.HTTPError, ValueError) as exc:
-            _log.warning("oidc_discovery_failed", error=type(exc).__name__)
-            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        _status, document = await _request(self._http, "GET", url)
         if not isinstance(document, dict) or document.get("issuer") != self.issuer:
             raise OidcSignInError("the OIDC provider's discovery document is wrong", status=503)
         self._endpoints = (
@@ -168,6 +218,7 @@ class OidcSignIn:
         past :data:`MAX_PENDING` in all the oldest goes.
         """
         authorize, _token = await self._discover()
+        source = _source_key(source)
         now = time.time()
         self._pending = {k: p for k, p in self._pending.items() if p.expires > now}
         mine = [k for k, p in self._pending.items() if p.source == source]
@@ -240,17 +291,9 @@ class OidcSignIn:
             "client_id": self.client_id,
             "code_verifier": pending.verifier,
         }
-        try:
-            response = await self._http.post(
-                token_url, data=form, headers={"Accept": "application/json"}
-            )
-            body: Any = response.json() if len(response.content) <= _MAX_RESPONSE else None
-        except (httpx.HTTPError, ValueError) as exc:
-            _log.warning("oidc_token_failed", error=type(exc).__name__)
-            raise OidcSignInError("the OIDC provider did not answer", status=503) from None
+        status, body = await _request(self._http, "POST", token_url, form=form)
         id_token = body.get("id_token") if isinstance(body, dict) else None
-        if response.status_code != 200 or not isinstance(id_token, str) or not id_token:
-            status = response.status_code
+        if status != 200 or not isinstance(id_token, str) or not id_token:
             _log.warning("console_oidc_refused", reason="token_endpoint", status=status)
             raise OidcSignInError("the provider did not accept the sign-in code")
         return id_token

@@ -3,14 +3,20 @@ per ``min_refresh`` seconds) when a token names a ``kid`` not seen yet, so a cal
 ``kid`` values cannot make us hammer the issuer.
 
 Keys come from ``jwks_url`` when configured, else from the issuer's OIDC discovery document
-(``<issuer>/.well-known/openid-configuration`` → ``jwks_uri``, whose ``issuer`` must match).
+(``<issuer>/.well-known/openid-configuration`` → ``jwks_uri``, whose ``issuer`` must match, and
+which must be ``https``, plain ``http`` only on a loopback host: keys fetched in clear text could
+be swapped on the way). Answers are read in chunks, at most :data:`MAX_DOCUMENT` bytes within
+:data:`FETCH_DEADLINE` seconds.
 Shared by projected service-account tokens and OIDC ID tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import time
+import urllib.parse
 from collections.abc import Callable
 
 import httpx
@@ -24,6 +30,25 @@ log = get_logger("stockade.tls.jwks")
 
 #: The largest JWKS or discovery document accepted.
 MAX_DOCUMENT = 1 << 20
+#: Longest wait for one whole document (a read timeout alone lets a server that dribbles a
+#: byte at a time hold the verification forever).
+FETCH_DEADLINE = 15.0
+
+
+def _over_tls(url: str) -> bool:
+    """``url`` is https, or http on a loopback host."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https" and host:
+        return True
+    if parts.scheme != "http":
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class JwksCache:
@@ -57,11 +82,22 @@ class JwksCache:
             await self._http.aclose()
 
     async def _get_json(self, url: str) -> object:
-        response = await self._http.get(url)
-        response.raise_for_status()
-        if len(response.content) > MAX_DOCUMENT:
-            raise ValueError(f"{url} answered more than {MAX_DOCUMENT} bytes")
-        return response.json()
+        content = bytearray()
+        try:
+            async with asyncio.timeout(FETCH_DEADLINE):
+                async with self._http.stream(
+                    "GET", url, headers={"Accept-Encoding": "identity"}
+                ) as response:
+                    response.raise_for_status()
+                    if response.headers.get("content-encoding", "identity").lower() != "identity":
+                        raise ValueError(f"{url} answered a compressed body")  # never inflated
+                    async for chunk in response.aiter_raw():
+                        content += chunk
+                        if len(content) > MAX_DOCUMENT:
+                            raise ValueError(f"{url} answered more than {MAX_DOCUMENT} bytes")
+        except TimeoutError:
+            raise ValueError(f"{url} answered too slowly") from None
+        return json.loads(bytes(content))
 
     async def _jwks_uri(self) -> str:
         if self._jwks_url:
@@ -73,6 +109,9 @@ class JwksCache:
         uri = doc.get("jwks_uri")
         if not isinstance(uri, str) or not uri:
             raise BackendError(f"OIDC discovery at {url} has no jwks_uri")
+        if not _over_tls(uri):
+            log.warning("jwks.refused", issuer=self.issuer, reason="jwks_uri not https")
+            raise BackendError(f"OIDC discovery at {url}: jwks_uri must be https")
         return uri
 
     async def refresh(self) -> None:
