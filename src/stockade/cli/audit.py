@@ -111,6 +111,14 @@ def _session_id(given: str | None) -> str | None:
     return run_async(run())
 
 
+def _resolved(query: AuditQuery) -> AuditQuery:
+    """``query`` with its session named in full (checked by ``AuditQuery.parse``; on the
+    command line a unique prefix may name it)."""
+    if query.session_id is not None:
+        query = dataclasses.replace(query, session_id=_session_id(query.session_id))
+    return query
+
+
 @app.command("search")
 @handle_errors
 def search(
@@ -142,8 +150,7 @@ def search(
         limit=limit,
         before=before,
     )
-    if query.session_id is not None:  # checked by parse; now a prefix may name it
-        query = dataclasses.replace(query, session_id=_session_id(query.session_id))
+    query = _resolved(query)
 
     async def run() -> None:
         async with _store() as store:
@@ -204,8 +211,7 @@ def export(
         since=since,
         until=until,
     )
-    if query.session_id is not None:  # checked by parse; now a prefix may name it
-        query = dataclasses.replace(query, session_id=_session_id(query.session_id))
+    query = _resolved(query)
 
     async def run() -> int:
         count = 0

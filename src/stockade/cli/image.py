@@ -16,6 +16,7 @@ import typer
 
 from stockade.cli._common import JSON_OPTION, err_console, fail, handle_errors, print_json
 from stockade.images import (
+    CryptSummary,
     ImageRef,
     Platform,
     decrypt_image,
@@ -45,6 +46,17 @@ PlatformOption = Annotated[
 def _progress(message: str) -> None:
     if sys.stderr.isatty():
         err_console.print(message, markup=False)
+
+
+def _report(summary: CryptSummary, dst: str, verb: str, *, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        print_json(summary.as_dict())
+    elif not quiet:
+        err_console.print(
+            f"wrote {dst} (manifest {summary.manifest_digest}); {verb} layers"
+            f" {', '.join(map(str, summary.changed)) or 'none'}",
+            markup=False,
+        )
 
 
 def _platform(value: str | None) -> Platform | None:
@@ -86,14 +98,7 @@ def encrypt(
         platform=_platform(platform),
         progress=None if quiet else _progress,
     )
-    if as_json:
-        print_json(summary.as_dict())
-    elif not quiet:
-        err_console.print(
-            f"wrote {dst} (manifest {summary.manifest_digest}); encrypted layers"
-            f" {', '.join(map(str, summary.changed)) or 'none'}",
-            markup=False,
-        )
+    _report(summary, dst, "encrypted", as_json=as_json, quiet=quiet)
 
 
 @app.command()
@@ -143,14 +148,7 @@ def decrypt(
         platform=_platform(platform),
         progress=None if quiet else _progress,
     )
-    if as_json:
-        print_json(summary.as_dict())
-    elif not quiet:
-        err_console.print(
-            f"wrote {dst} (manifest {summary.manifest_digest}); decrypted layers"
-            f" {', '.join(map(str, summary.changed)) or 'none'}",
-            markup=False,
-        )
+    _report(summary, dst, "decrypted", as_json=as_json, quiet=quiet)
 
 
 @app.command()

@@ -85,10 +85,8 @@ DEFAULT_RULES_DIR = Path(__file__).parent / "rules"
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
-#: Tetragon's argument types (``spec.kprobes[].args[].type`` of the TracingPolicy schema).
-ARG_TYPES = frozenset(
+INT_TYPES = frozenset(
     [
-        "auto",
         "int",
         "sint8",
         "int8",
@@ -105,6 +103,13 @@ ARG_TYPES = frozenset(
         "long",
         "sint64",
         "int64",
+        "syscall64",
+    ]
+)
+#: Tetragon's argument types (``spec.kprobes[].args[].type`` of the TracingPolicy schema).
+ARG_TYPES = INT_TYPES | frozenset(
+    [
+        "auto",
         "char_buf",
         "char_iovec",
         "skb",
@@ -129,7 +134,6 @@ ARG_TYPES = frozenset(
         "const_buf",
         "load_info",
         "module",
-        "syscall64",
         "kernel_cap_t",
         "cap_inheritable",
         "cap_permitted",
@@ -140,27 +144,6 @@ ARG_TYPES = frozenset(
         "bpf_cmd",
         "dentry",
         "bpf_prog",
-    ]
-)
-INT_TYPES = frozenset(
-    [
-        "int",
-        "sint8",
-        "int8",
-        "uint8",
-        "sint16",
-        "int16",
-        "uint16",
-        "uint32",
-        "sint32",
-        "int32",
-        "ulong",
-        "uint64",
-        "size_t",
-        "long",
-        "sint64",
-        "int64",
-        "syscall64",
     ]
 )
 STRING_TYPES = frozenset({"string", "char_buf", "filename"})
