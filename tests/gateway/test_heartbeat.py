@@ -145,3 +145,97 @@ async def test_a_busy_store_is_no_partition(identity: tuple[IdentityService, Sto
         assert loop.beats >= 2
     finally:
         await loop.stop()
+
+
+async def test_an_identity_that_accepts_and_never_answers_cuts_the_gateway_off(
+    tmp_path: Path,
+) -> None:
+    """ATTACK (black hole): the identity address accepts the TCP connection and says nothing
+    (no TLS handshake, no answer). No beat lands, none is refused at once: the client's
+    deadline must end each, count it, and cut the gateway off (a slow beat is not waited for
+    forever)."""
+    import asyncio
+
+    from stockade.rpc import IdentityClient, mtls_channel
+    from stockade.tls import CertificateFiles, DevCA
+
+    held: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # kept open, never written to
+
+    hole = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = hole.sockets[0].getsockname()[1]
+    ca = DevCA(tmp_path / "tls")
+    gw = ca.issue("gateway")
+    channel = mtls_channel("127.0.0.1", port, CertificateFiles(gw.cert, gw.key, gw.ca))
+    dead = asyncio.Event()
+
+    async def on_dead() -> None:
+        dead.set()
+
+    loop = HeartbeatLoop(
+        IdentityClient(channel, target="identity", timeout=0.3),
+        gateway_id="gw-a", boot_id=lambda: "boot-a", interval=0.1, timeout=1.0, on_dead=on_dead,
+    )  # fmt: skip
+    try:
+        loop.start()
+        await asyncio.wait_for(dead.wait(), timeout=15)
+        assert loop.failures >= 1
+        assert loop.beats == 0
+    finally:
+        await loop.stop()
+        await channel.close()
+        for writer in held:
+            writer.close()
+        hole.close()
+        await hole.wait_closed()
+
+
+async def test_an_error_closing_the_sessions_does_not_stop_the_heartbeat(
+    identity: tuple[IdentityService, Store],
+) -> None:
+    """ATTACK: ``on_dead`` (closing this boot's sessions) fails once with an error that is no
+    StockadeError. The loop died of it: no beat, no cut-off, ever again, while the gateway went
+    on serving the sessions the registry had ended (fail open), and ``stop()`` raised it. It
+    counts as a failed beat; the next beat is told again and closes them."""
+    import asyncio
+
+    service, store = identity
+    boot = ["boot-1"]
+    calls: list[str] = []
+
+    async def on_dead() -> None:
+        calls.append(boot[0])
+        if len(calls) == 1:
+            raise RuntimeError("closing the sessions failed")
+        boot[0] = "boot-2"
+
+    loop = HeartbeatLoop(service, gateway_id="gw-a", boot_id=lambda: boot[0], interval=0.1,
+                         timeout=1.0, on_dead=on_dead)  # fmt: skip
+    other = HeartbeatLoop(service, gateway_id="gw-b", boot_id=lambda: "boot-b", interval=1,
+                          timeout=1.0, on_dead=on_dead)  # fmt: skip
+    try:
+        assert await loop.beat()
+        loop.start()
+        async with store.transaction() as session:  # A looks silent for 10 s
+            await session.execute(
+                update(GatewayRow)
+                .where(GatewayRow.boot_id == "boot-1")
+                .values(seen_at=datetime.now(UTC) - timedelta(seconds=10))
+            )
+        assert await other.beat()  # B declares boot-1 dead
+        for _ in range(300):  # bounded
+            if len(calls) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert calls == ["boot-1", "boot-1"]
+        assert loop.failures >= 1
+        beats = loop.beats
+        for _ in range(300):
+            if loop.beats > beats:
+                break
+            await asyncio.sleep(0.02)
+        assert loop.beats > beats  # boot-2 beats on
+    finally:
+        await loop.stop()

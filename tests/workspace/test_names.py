@@ -30,3 +30,19 @@ def test_label_values() -> None:
     assert label_value("a.b_c-d") == "a.b_c-d"
     odd = label_value("_bad start" + "x" * 80)
     assert re.match(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$", odd)
+
+
+@pytest.mark.parametrize("exact", ["_team", "team a", "_svc", "a" * 64, "ünïcode"])
+def test_a_valid_name_never_takes_a_hashed_label_of_another(exact: str) -> None:
+    """A workspace literally named as another's hashed label (``team-<hash>``) gets a label of
+    its own: else a Worktrace kill by ``workspace_label`` from its Pod ends the other's sessions."""
+    stand_in = label_value(exact)
+    assert stand_in != exact  # hashed: not a label value itself
+    assert label_value(stand_in) != stand_in
+    assert label_value(stand_in) != label_value(exact)
+    assert label_value(label_value(stand_in)) != label_value(stand_in)
+
+
+def test_label_values_that_look_hashed_only_when_they_end_in_a_hash() -> None:
+    assert label_value("build-2024") == "build-2024"
+    assert label_value("cafe-babe1234x") == "cafe-babe1234x"

@@ -230,6 +230,16 @@ class SessionKill(Event):
     by: str = Field(default="", max_length=128)
     """Who asked (an admin's name, ``identity``, ``worktrace``)."""
 
+    @model_validator(mode="after")
+    def _one_target(self) -> Self:
+        # a user *and* a workspace read differently at each end (the gateway ended everyone's
+        # sessions in the workspace, the broker the user's in every workspace): malformed
+        if self.workspace_label is not None and (
+            self.session_id != "*" or self.username is not None or not self.workspace_label
+        ):
+            raise ValueError("workspace_label needs session_id '*', a value and no username")
+        return self
+
 
 IdentityChange = Literal[
     "user_added",

@@ -106,14 +106,20 @@ class HeartbeatLoop:
             beat, self._pending = self._pending, None
             try:
                 beat.result()
-            except StockadeError as exc:  # unreachable (a client's deadline included)
+            except Exception as exc:
+                # unreachable (a client's deadline included), or on_dead failed: a failed beat
+                # either way, never the loop's end (a dead loop cuts nothing off: fail open)
                 self.failures += 1
                 _log.warning("heartbeat_failed", error=str(exc) or type(exc).__name__)
                 if not cut_off and loop.time() - last_ok > self._timeout:
                     cut_off = True  # once per outage: the boot it runs as now is a new one
                     _log.error("gateway_cut_off", gateway_id=self._gateway_id,
                                silent_for=round(loop.time() - last_ok, 1))  # fmt: skip
-                    await self._on_dead()
+                    try:
+                        await self._on_dead()
+                    except Exception as dead_exc:  # the next failed beat tries again
+                        cut_off = False
+                        _log.error("gateway_cut_off_failed", error=repr(dead_exc)[:200])
             else:
                 last_ok, cut_off = loop.time(), False
             next_at = max(next_at, loop.time())  # after a slow beat, no burst to catch up
@@ -126,8 +132,8 @@ class HeartbeatLoop:
         for task in (self._task, self._pending):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StockadeError):
-                    await task
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task  # its failures were counted and logged
         self._task = self._pending = None
         try:
             await asyncio.wait_for(

@@ -31,6 +31,9 @@ user it bans from here."""
 
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 _HASH_LEN = 8
+#: What every hashed stand-in ends in: a name that does is hashed too, so a workspace literally
+#: named ``team-<hash>`` never shares the label of ``_team`` (nor is killed by its alerts).
+_HASHED_TAIL = re.compile(r"-[0-9a-f]{8}$")
 
 
 def _digest(name: str) -> str:
@@ -47,8 +50,9 @@ def object_name(name: str, suffix: str = "", *, limit: int = 63) -> str:
 
 
 def label_value(value: str) -> str:
-    """``value`` as a label value: itself when valid, else a valid prefix and its hash."""
-    if _LABEL_VALUE.match(value):
+    """``value`` as a label value: itself when valid and not ending like a hashed stand-in
+    (``-`` and 8 hex digits), else a valid prefix and its hash."""
+    if _LABEL_VALUE.match(value) and not _HASHED_TAIL.search(value):
         return value
     return object_name(value)
 

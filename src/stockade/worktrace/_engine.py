@@ -254,8 +254,10 @@ def _exact_name(value: str | None) -> str | None:
 
 def _session_from_labels(labels: Mapping[str, str]) -> SessionInfo | None:
     workspace = labels.get(LABEL_WORKSPACE)
-    # the exact owner when the Pod's user label had to be a hashed stand-in (``_svc``)
-    user = _exact_name(labels.get(LABEL_USER_NAME)) or labels.get(LABEL_USER)
+    # the exact owner when the Pod's user label had to be a hashed stand-in (``_svc``); one
+    # that does not decode names nobody (never the stand-in: a real user may be called that)
+    exact = labels.get(LABEL_USER_NAME)
+    user = _exact_name(exact) if exact is not None else labels.get(LABEL_USER)
     session = labels.get(LABEL_SESSION)
     if workspace is None and user is None and session is None:
         return None
