@@ -30,7 +30,7 @@ from stockade.gateway import Gateway
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
 from stockade.rpc import AuthzClient, IdentityClient, RpcServer, mtls_channel
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA
+from stockade.tls import CertificateFiles, DevCA, gateway_uri
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
 
@@ -259,7 +259,9 @@ async def gateway_env(
     authz_api: Any = authz
     if rpc:
         ca = DevCA(data_dir / "tls")
-        api, caller = ca.issue("api"), ca.issue("gateway")
+        api = ca.issue("api")
+        # the gateway's certificate names its gateway id: identity refuses any other
+        caller = ca.issue("gateway", sans=["localhost", gateway_uri(settings.gateway_id or "")])
         server = RpcServer(
             identity=identity, authorizer=authz,
             tls=CertificateFiles(api.cert, api.key, api.ca),

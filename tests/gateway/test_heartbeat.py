@@ -85,7 +85,7 @@ async def test_a_gateway_cut_off_from_identity_closes_its_sessions_itself(
     import asyncio
 
     from stockade.rpc import IdentityClient, RpcServer, mtls_channel
-    from stockade.tls import CertificateFiles, DevCA
+    from stockade.tls import CertificateFiles, DevCA, gateway_uri
 
     service, _ = identity
     ca = DevCA(tmp_path / "tls")
@@ -96,7 +96,7 @@ async def test_a_gateway_cut_off_from_identity_closes_its_sessions_itself(
         tls=CertificateFiles(served.cert, served.key, served.ca),
     )
     await server.start()
-    gw = ca.issue("gateway")
+    gw = ca.issue("gateway", sans=["localhost", gateway_uri("gw-a")])
     channel = mtls_channel("127.0.0.1", server.port, CertificateFiles(gw.cert, gw.key, gw.ca))
     dead = asyncio.Event()
 
@@ -157,7 +157,7 @@ async def test_an_identity_that_accepts_and_never_answers_cuts_the_gateway_off(
     import asyncio
 
     from stockade.rpc import IdentityClient, mtls_channel
-    from stockade.tls import CertificateFiles, DevCA
+    from stockade.tls import CertificateFiles, DevCA, gateway_uri
 
     held: list[asyncio.StreamWriter] = []
 
@@ -167,7 +167,7 @@ async def test_an_identity_that_accepts_and_never_answers_cuts_the_gateway_off(
     hole = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = hole.sockets[0].getsockname()[1]
     ca = DevCA(tmp_path / "tls")
-    gw = ca.issue("gateway")
+    gw = ca.issue("gateway", sans=["localhost", gateway_uri("gw-a")])
     channel = mtls_channel("127.0.0.1", port, CertificateFiles(gw.cert, gw.key, gw.ca))
     dead = asyncio.Event()
 

@@ -202,13 +202,6 @@ async def test_another_gateways_long_timeout_does_not_keep_a_dead_gateway_alive(
     assert not await service.is_session_live(sid_a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway ids are not bound to certificates: every gateway presents CN=gateway, so"
-    " EndStaleSessions (and Heartbeat) may name any gateway id; needs each gateway's id in its"
-    " certificate (a SAN) checked by IdentityServicer, and a start-up sweep that spares boots"
-    " still beating (today's restart-after-kill-9 tests expect an immediate 'crashed')",
-)
 async def test_a_sweep_at_start_up_spares_the_sessions_of_a_boot_that_still_beats(
     env: tuple[IdentityService, Store, Recorder],
 ) -> None:

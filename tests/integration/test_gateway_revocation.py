@@ -10,14 +10,17 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from gateway.harness import GatewayEnv, ended_sessions, eventually, gateway_env, policy_bundle
+from sqlalchemy import update
 
 from stockade.core.errors import TokenRejected
 from stockade.core.settings import GatewaySettings
 from stockade.gateway import Gateway
+from stockade.store import GatewayRow
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -173,30 +176,56 @@ async def test_remote_forward_to_the_gateways_own_port_is_refused(env: GatewayEn
 
 async def test_a_crashed_boot_leaves_no_session_or_token_alive(env: GatewayEnv) -> None:
     """Another boot of the same gateway (what a restart after kill -9 is) ends the sessions the
-    first left open, publishes their end, and their tokens stop verifying."""
+    first left open, publishes their end, and their tokens stop verifying, once that first boot
+    no longer beats. While it still beats, the new boot's start-up sweep spares them (it used
+    to end them at once: a second replica given the same gateway id, or anyone holding that
+    gateway's certificate, ended live sessions by claiming a new boot)."""
     key = await env.add_user("carl")
     assert key is not None
-    async with _ssh(env, "carl", key, 'printf %s "$STOCKADE_TOKEN"; sleep 300') as shell:
-        assert shell.stdout is not None
-        token = (await asyncio.wait_for(shell.stdout.read(2000), 20)).decode()
-        session_id = await _live(env, "carl")
-        await env.identity.verify_token(token)
-        # the same gateway id starting again, while the old process is "dead" (never stopped)
-        again = Gateway(
+
+    def again() -> Gateway:
+        return Gateway(
             settings=GatewaySettings(port=0, gateway_id="gw-test"),
             identity=env.identity,
             authz=env.authz,
             publisher=env.gateway._publisher,
             data_dir=env.data_dir,
         )
-        await again.start()
+
+    async with _ssh(env, "carl", key, 'printf %s "$STOCKADE_TOKEN"; sleep 300') as shell:
+        assert shell.stdout is not None
+        token = (await asyncio.wait_for(shell.stdout.read(2000), 20)).decode()
+        session_id = await _live(env, "carl")
+        await env.identity.verify_token(token)
+        replica = again()  # the same gateway id starting while the first boot still beats
+        await replica.start()
+        try:
+            assert (await env.identity.get_session(session_id)).ended_at is None
+            await env.identity.verify_token(token)
+        finally:
+            await replica.stop(grace=0)
+        # kill -9 of the first boot: its beats stop (no last "stopping" one) and its last beat
+        # ages past its timeout, which the restart finds
+        beating = env.gateway.heartbeat._task
+        assert beating is not None
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
+        async with env.identity._store.transaction() as session:
+            await session.execute(
+                update(GatewayRow)
+                .where(GatewayRow.boot_id == env.gateway.boot_id)
+                .values(seen_at=datetime.now(UTC) - timedelta(seconds=60))
+            )
+        restarted = again()
+        await restarted.start()
         try:
             info = await env.identity.get_session(session_id)
             assert info.end_reason == "crashed"
             with pytest.raises(TokenRejected):
                 await env.identity.verify_token(token)
         finally:
-            await again.stop(grace=0)
+            await restarted.stop(grace=0)
 
 
 async def test_stop_ends_and_records_live_sessions(env: GatewayEnv) -> None:

@@ -14,15 +14,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc import aio
 
 from stockade.authz import Authorizer
-from stockade.core import InvalidInput, PermissionDenied
+from stockade.core import InvalidInput, PermissionDenied, write_private
+from stockade.core.events import Event, ServiceCallRejected
 from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing, PasswordHasher, SessionRequest
-from stockade.rpc import IdentityClient, RpcServer, mtls_channel
+from stockade.rpc import IdentityClient, RpcServer, admin_channel, mtls_channel
+from stockade.rpc._gen import identity_pb2, identity_pb2_grpc
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA
+from stockade.tls import CertificateFiles, DevCA, gateway_uri
 
 
 @dataclass
@@ -31,9 +35,19 @@ class Served:
     identity: IdentityService
     ca: DevCA
 
-    def client(self, name: str) -> CertificateFiles:
-        issued = self.ca.issue(name)
-        return CertificateFiles(issued.cert, issued.key, issued.ca)
+    events: list[Event] = dataclasses.field(default_factory=list)
+
+    def client(self, name: str, *gateway_ids: str) -> CertificateFiles:
+        """A fresh certificate of CN ``name`` naming ``gateway_ids`` (URI SANs), same CA."""
+        cert, key = self.ca.mint(name, sans=["localhost", *map(gateway_uri, gateway_ids)])
+        stem = self.ca.directory / "-".join(["client", name, *gateway_ids])
+        paths = Path(f"{stem}.pem"), Path(f"{stem}.key")
+        write_private(paths[1], key)
+        write_private(paths[0], cert, mode=0o644)
+        return CertificateFiles(*paths, self.ca.ca_cert_path)
+
+    async def publish(self, event: Event) -> None:
+        self.events.append(event)
 
 
 @pytest.fixture
@@ -48,15 +62,18 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     )
     ca = DevCA(tmp_path / "tls")
     issued = ca.issue("api")
+    audit = Served(None, identity, ca)  # type: ignore[arg-type]  # the publisher, first
     server = RpcServer(
         identity=identity,
         authorizer=Authorizer(settings=AuthzSettings()),
         tls=CertificateFiles(issued.cert, issued.key, issued.ca),
         admin_socket=tmp_path / "run" / "admin.sock",
+        publisher=audit,
     )
+    audit.server = server
     await server.start()
     try:
-        yield Served(server, identity, ca)
+        yield audit
     finally:
         await server.stop(0)
         await store.close()
@@ -128,7 +145,9 @@ async def test_the_gateway_certificate_opens_sessions_with_the_users_own_roles(
     principal = await served.identity.authenticate_key("gil", fingerprint)
     assert not hasattr(principal, "reason")
     inflated = dataclasses.replace(principal, roles=("admin",))  # type: ignore[type-var]
-    async with mtls_channel("127.0.0.1", served.server.port, served.client("gateway")) as channel:
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "gw")
+    ) as channel:
         client = IdentityClient(channel, target="gateway")
         with pytest.raises(InvalidInput):  # identity checks the roles against the user's
             await client.open_session(inflated, _request())  # type: ignore[arg-type]
@@ -159,7 +178,8 @@ async def test_a_gateway_heartbeat_round_trips(served: Served, tmp_path: Path) -
     principal = await _admin_principal(served, tmp_path)
     await served.identity.heartbeat("gw", "b1", stale_after=3)
     opened = await served.identity.open_session(principal, _request())  # type: ignore[arg-type]
-    async with mtls_channel("127.0.0.1", served.server.port, served.client("gateway")) as channel:
+    gateway = served.client("gateway", "gw2")
+    async with mtls_channel("127.0.0.1", served.server.port, gateway) as channel:
         client = IdentityClient(channel, target="gateway")
         beat = await client.heartbeat("gw2", "b2", stale_after=3)
         assert beat.alive
@@ -167,3 +187,139 @@ async def test_a_gateway_heartbeat_round_trips(served: Served, tmp_path: Path) -
         with pytest.raises(InvalidInput):
             await client.heartbeat("gw2", "b2", stale_after=0.001)
     assert await served.identity.is_session_live(opened.session_id)
+
+
+async def _gateway_b_with_a_session(served: Served, tmp_path: Path) -> str:
+    """Gateway ``gw-b`` beating (boot ``boot-b``) and holding one live session."""
+    principal = await _admin_principal(served, tmp_path)
+    await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)
+    request = SessionRequest(
+        client_ip="127.0.0.1", client_port=1, gateway_id="gw-b", boot_id="boot-b"
+    )
+    opened = await served.identity.open_session(principal, request)  # type: ignore[arg-type]
+    return opened.session_id
+
+
+async def _speak_for_gateway_b(served: Served, tmp_path: Path, tls: CertificateFiles) -> list[str]:
+    """Heartbeat (stopping B's boot), EndStaleSessions (sweeping B's sessions under a new
+    boot) and OpenSession (a session in B's name) for gateway ``gw-b`` with ``tls``: the
+    messages of the three refusals. Every one must be refused, and change nothing."""
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    user = await served.identity.get_user("root-ish")
+    principal = await served.identity.authenticate_key("root-ish", user.keys[0].fingerprint)
+    as_b = SessionRequest(client_ip="127.0.0.1", client_port=2, gateway_id="gw-b", boot_id="boot-b")
+    refused: list[str] = []
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        client = IdentityClient(channel, target="identity")
+        for attempt in (
+            client.heartbeat("gw-b", "boot-b", stale_after=30, stopping=True),
+            client.end_stale_sessions("gw-b", "boot-intruder"),
+            client.open_session(principal, as_b),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                await attempt
+            refused.append(str(denied.value))
+        # the status on the wire is PERMISSION_DENIED, with the reason as its details
+        stub = identity_pb2_grpc.IdentityStub(channel)
+        with pytest.raises(aio.AioRpcError) as raw:
+            await stub.Heartbeat(
+                identity_pb2.HeartbeatRequest(gateway_id="gw-b", boot_id="boot-b", stale_after=30)
+            )
+        assert raw.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "gateway" in (raw.value.details() or "")
+    assert await served.identity.is_session_live(sid_b)  # B's session lives on
+    live = [s.session_id for s in await served.identity.list_sessions(active_only=True)]
+    assert live == [sid_b]  # and nothing was opened in B's name
+    assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
+    return refused
+
+
+def _rejections(served: Served) -> list[tuple[str, str, str]]:
+    return [
+        (e.method.rpartition("/")[2], e.reason, e.status)
+        for e in served.events
+        if isinstance(e, ServiceCallRejected)
+    ]
+
+
+async def test_a_gateway_certificate_cannot_speak_for_another_gateway(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: every gateway presents CN ``gateway``; gateway A's certificate (or a stolen one)
+    beats, sweeps and opens sessions naming gateway B: B's boot declared stopped, B's live
+    sessions ended as a "crashed" earlier boot, sessions opened in B's name. Identity checks
+    the gateway id named by the call against the one the caller's certificate names."""
+    refused = await _speak_for_gateway_b(served, tmp_path, served.client("gateway", "gw-a"))
+    for message, method in zip(
+        refused, ("Heartbeat", "EndStaleSessions", "OpenSession"), strict=True
+    ):
+        assert message.startswith("identity.session denied"), message
+        assert f"{method} for gateway 'gw-b' from the certificate of gateway 'gw-a'" in message
+    assert _rejections(served) == [
+        ("Heartbeat", "wrong_gateway_id", "PERMISSION_DENIED"),
+        ("EndStaleSessions", "wrong_gateway_id", "PERMISSION_DENIED"),
+        ("OpenSession", "wrong_gateway_id", "PERMISSION_DENIED"),
+        ("Heartbeat", "wrong_gateway_id", "PERMISSION_DENIED"),
+    ]
+    rejected = served.events[0]
+    assert isinstance(rejected, ServiceCallRejected)
+    assert rejected.method == "/stockade.identity.v1.Identity/Heartbeat"
+    assert rejected.caller == "gateway"
+    assert rejected.peer.startswith("ipv4:127.0.0.1:")
+    # its own gateway id it may speak for
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "gw-a")
+    ) as channel:
+        client = IdentityClient(channel, target="identity")
+        assert (await client.heartbeat("gw-a", "boot-a", stale_after=30)).alive
+        assert await client.end_stale_sessions("gw-a", "boot-a") == []
+
+
+async def test_a_gateway_certificate_naming_no_gateway_id_speaks_for_none(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a gateway certificate minted before ids were bound (CN ``gateway`` only) may
+    speak for any gateway id it likes: it may speak for none."""
+    refused = await _speak_for_gateway_b(served, tmp_path, served.client("gateway"))
+    assert all("names no gateway id" in message for message in refused), refused
+    assert {reason for _m, reason, _s in _rejections(served)} == {"no_gateway_id"}
+
+
+async def test_a_gateway_certificate_naming_two_gateway_ids_speaks_for_neither(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a certificate naming two gateway ids (an issuer role allowing any URI SAN) must
+    not speak for both, nor pick the one that suits the caller."""
+    tls = served.client("gateway", "gw-a", "gw-b")
+    refused = await _speak_for_gateway_b(served, tmp_path, tls)
+    assert all("names 2 gateway ids" in message for message in refused), refused
+    assert {reason for _m, reason, _s in _rejections(served)} == {"several_gateway_ids"}
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        with pytest.raises(PermissionDenied, match="names 2 gateway ids"):
+            await IdentityClient(channel, target="identity").heartbeat(
+                "gw-a", "boot-a", stale_after=30
+            )
+
+
+async def test_a_gateway_id_in_another_services_certificate_makes_it_no_gateway(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a shield certificate that names gateway B's id is still no gateway's."""
+    refused = await _speak_for_gateway_b(served, tmp_path, served.client("shield", "gw-b"))
+    assert all("needs a gateway certificate (shield)" in message for message in refused)
+    assert {reason for _m, reason, _s in _rejections(served)} == {"not_gateway"}
+
+
+async def test_an_admin_may_name_any_gateway(served: Served, tmp_path: Path) -> None:
+    """The admin socket and an admin certificate stay exempt (operators end a dead gateway's
+    boot by hand); nothing is audited as a refusal."""
+    await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)
+    async with mtls_channel("127.0.0.1", served.server.port, served.client("admin")) as channel:
+        client = IdentityClient(channel, target="identity")
+        assert (await client.heartbeat("gw-b", "boot-b", stale_after=30)).alive
+    assert served.server.admin_socket is not None
+    async with admin_channel(served.server.admin_socket) as channel:
+        client = IdentityClient(channel, target="identity")
+        assert (await client.heartbeat("gw-c", "boot-c", stale_after=30)).alive
+        assert await client.end_stale_sessions("gw-b", "boot-new") == []  # boot-b beats
+    assert _rejections(served) == []

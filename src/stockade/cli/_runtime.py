@@ -17,7 +17,7 @@ import fcntl
 import shutil
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,13 @@ from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
 from stockade.core.files import write_private
-from stockade.gateway import ContainerBackend, Gateway, RecordingSweeper, check_host_key_files
+from stockade.gateway import (
+    ContainerBackend,
+    Gateway,
+    RecordingSweeper,
+    check_host_key_files,
+    default_gateway_id,
+)
 from stockade.helpers import static_helper
 from stockade.identity import IdentityAPI, IdentityService
 from stockade.rpc import (
@@ -43,11 +49,14 @@ from stockade.rpc import (
 from stockade.shield import BanSync, DenyList, Shield
 from stockade.store import Store
 from stockade.tls import (
+    GATEWAY_URI_PREFIX,
     CertificateFiles,
     DevCA,
     ProjectedToken,
     ServiceTokenVerifier,
     dns_names,
+    gateway_ids,
+    gateway_uri,
 )
 from stockade.workspace import PodmanRuntime, UidAllocator
 
@@ -206,7 +215,13 @@ class Runtime:
             await self.authorizer.start()
 
         ca = DevCA(settings.tls.directory or data_dir / "tls")
-        self._tls = service_tls(settings, "api" if self.embedded else _cert_name(local))
+        gateway_id = settings.gateway.gateway_id or default_gateway_id(data_dir)
+        # a split gateway's certificate names its gateway id: identity lets it beat, sweep and
+        # open sessions for that gateway only
+        uris = [gateway_uri(gateway_id)] if "gateway" in local and not self.embedded else []
+        self._tls = service_tls(settings, "api" if self.embedded else _cert_name(local), uris=uris)
+        if uris:
+            gateway_id = _certified_gateway_id(self._tls, settings.gateway.gateway_id)
         interceptors = []
         if settings.service_tokens.enabled and (self.identity or self.authorizer):
             # projected service-account tokens on every call (services split across Pods)
@@ -223,6 +238,7 @@ class Runtime:
             host=settings.api.host,
             port=settings.api.port,
             admin_socket=settings.admin_socket if self.identity is not None else None,
+            publisher=self.bus,
         )
         stack.push_async_callback(self.rpc.stop)
         await self.rpc.start()
@@ -238,7 +254,7 @@ class Runtime:
                 Listener("admin API (gRPC, unix socket 0600)", str(settings.admin_socket))
             )
 
-        gateway_settings = settings.gateway
+        gateway_settings = settings.gateway.model_copy(update={"gateway_id": gateway_id})
         if gateway_settings.port == 0 and "gateway" in local:
             # pick it now: nftables rules need the real port
             gateway_settings = gateway_settings.model_copy(
@@ -438,14 +454,35 @@ def _cert_name(services: frozenset[str]) -> str:
     return "-".join(sorted(services))
 
 
-def service_tls(settings: Settings, name: str) -> CertificateFiles:
-    """This process's certificate (common name ``name``), key and CA bundle.
+def _certified_gateway_id(files: CertificateFiles, configured: str | None) -> str:
+    """The one gateway id the gateway's certificate names (identity accepts no other), checked
+    against ``gateway.gateway_id`` when that is set. A certificate from the dev CA names the
+    configured id or the data dir's; one from files (cert-manager) or OpenBao names what its
+    issuer put there, which the gateway then runs as."""
+    cert = files.paths[0]
+    ids = gateway_ids(cert.read_bytes())
+    if len(ids) != 1:
+        raise ConfigError(
+            f"tls.directory: the gateway's certificate {cert} names {len(ids)} gateway ids; it"
+            f" needs exactly one, as the URI SAN {gateway_uri('<id>')}"
+        )
+    if configured is not None and configured != ids[0]:
+        raise ConfigError(
+            f"gateway.gateway_id: {configured!r}, but the certificate {cert} is gateway"
+            f" {ids[0]!r}; identity would refuse every heartbeat"
+        )
+    return ids[0]
+
+
+def service_tls(settings: Settings, name: str, *, uris: Sequence[str] = ()) -> CertificateFiles:
+    """This process's certificate (common name ``name``, URI SANs ``uris``), key and CA bundle.
 
     ``tls.source = "dev-ca"``: issued by the dev CA in ``tls.directory`` (the data dir's
     ``tls`` when unset). Processes of one host share that directory's CA; each writes its own
-    leaf under its data dir, so two gateways never overwrite each other's key.
+    leaf under its data dir, so two gateways never overwrite each other's key. A leaf that
+    lacks ``name`` or names other URIs (a gateway id from before, or none) is minted again.
     ``"files"``: ``tls.crt``/``tls.key``/``ca.crt`` in ``tls.directory`` (cert-manager's
-    Secret volume), re-read when they change.
+    Secret volume), re-read when they change; ``uris`` are its issuer's business.
     """
     tls = settings.tls
     if tls.source == "files":
@@ -466,15 +503,16 @@ def service_tls(settings: Settings, name: str) -> CertificateFiles:
     own = settings.data_dir / "tls"
     ca = DevCA(tls.directory or own)
     # the service's name is a SAN of its certificate only: peers check it (peers.server_name)
-    sans = [name, "localhost", "127.0.0.1", "::1"]
+    sans = [name, "localhost", "127.0.0.1", "::1", *uris]
     if ca.directory.resolve() == own.resolve():
         cert = own / f"{name}.pem"
-        issued = ca.issue(name, sans=sans, force=cert.exists() and not _names(cert, name))
+        stale = cert.exists() and not _names(cert, name, uris)
+        issued = ca.issue(name, sans=sans, force=stale)
         return CertificateFiles(issued.cert, issued.key, issued.ca)
     with _locked(ca.directory):
         ca.ensure()
     cert, key = own / f"{name}.pem", own / f"{name}.key"
-    if not (cert.exists() and key.exists() and _names(cert, name)):
+    if not (cert.exists() and key.exists() and _names(cert, name, uris)):
         own.mkdir(parents=True, exist_ok=True, mode=0o700)
         cert_pem, key_pem = ca.mint(name, sans=sans)
         write_private(key, key_pem)
@@ -482,10 +520,16 @@ def service_tls(settings: Settings, name: str) -> CertificateFiles:
     return CertificateFiles(cert, key, ca.ca_cert_path)
 
 
-def _names(cert: Path, name: str) -> bool:
+def _names(cert: Path, name: str, uris: Sequence[str]) -> bool:
     """Whether ``cert`` has the DNS SAN ``name`` (one minted before peers checked it has not:
-    it is minted again)."""
-    return name in dns_names(cert)
+    it is minted again) and names exactly the gateway ids of ``uris`` (a data dir moved, or
+    ``gateway.gateway_id`` changed: the old id must not stay in the certificate)."""
+    try:
+        named = gateway_ids(cert.read_bytes())
+    except OSError:
+        return False
+    wanted = [u.removeprefix(GATEWAY_URI_PREFIX) for u in uris if u.startswith(GATEWAY_URI_PREFIX)]
+    return name in dns_names(cert) and named == wanted
 
 
 @contextlib.contextmanager

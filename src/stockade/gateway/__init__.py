@@ -16,6 +16,7 @@ from ._gateway import (
     check_host_key_files,
     upstream_public_key,
 )
+from ._heartbeat import default_gateway_id
 from ._limits import Admission, ConnectionLimits
 from ._login import Login
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
@@ -56,6 +57,7 @@ __all__ = [
     "TerminalFilter",
     "check_host_key_files",
     "compress_cast",
+    "default_gateway_id",
     "export_cast",
     "iter_cast",
     "parse_upstream",

@@ -28,6 +28,7 @@ from ._validation import check_text
 
 __all__ = [
     "MIN_STALE_AFTER",
+    "beating_boots",
     "check_boot",
     "record_heartbeat",
     "silent_beyond_timeout",
@@ -42,6 +43,8 @@ MAX_STALE_AFTER = 3600.0
 KEEP_ENDED = timedelta(days=1)
 #: The end reason of sessions whose gateway stopped beating.
 GATEWAY_LOST = "gateway_lost"
+#: The timeout of boots recorded before r0007 (which declared none): the gateway's default.
+LEGACY_STALE_AFTER = 3.0
 
 
 async def record_heartbeat(
@@ -131,6 +134,37 @@ async def record_heartbeat(
             )
         )
     return Heartbeat(alive=alive, ended=tuple(ended))
+
+
+async def beating_boots(
+    store: Store,
+    session: AsyncSession,
+    gateway_id: str,
+    *,
+    besides: str,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> set[str]:
+    """The boots of ``gateway_id`` other than ``besides`` that still beat (within the timeout
+    each declared). The others, silent beyond it, are declared dead here (``ended_at`` set,
+    reason ``stale``) so they never come back and open sessions; the rows are locked, so a
+    late beat either lands first (and its boot is spared) or learns it was declared dead."""
+    now = await store_now(store, session, clock)
+    beating: set[str] = set()
+    for row in await session.scalars(
+        select(GatewayRow)
+        .where(
+            GatewayRow.gateway_id == gateway_id,
+            GatewayRow.ended_at.is_(None),
+            GatewayRow.boot_id != besides,
+        )
+        .with_for_update()
+    ):
+        if silent_beyond_timeout(row.seen_at, None, row.stale_after or LEGACY_STALE_AFTER, now):
+            row.ended_at = now
+            row.end_reason = "stale"
+        else:
+            beating.add(row.boot_id)
+    return beating
 
 
 async def check_boot(session: AsyncSession, gateway_id: str, boot_id: str) -> None:

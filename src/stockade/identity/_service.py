@@ -50,7 +50,13 @@ from stockade.store import (
     WorkspaceRow,
 )
 
-from ._gateways import GATEWAY_LOST, check_boot, record_heartbeat, silent_beyond_timeout
+from ._gateways import (
+    GATEWAY_LOST,
+    beating_boots,
+    check_boot,
+    record_heartbeat,
+    silent_beyond_timeout,
+)
 from ._keys import ParsedKey, parse_public_key
 from ._oidc import OIDC_GROUP, OidcIdentity, OidcLogin, OidcVerifier
 from ._passwords import (
@@ -605,16 +611,30 @@ class IdentityService:
         return info
 
     async def end_stale_sessions(self, gateway_id: str, boot_id: str) -> list[SessionInfo]:
-        """End every session ``gateway_id`` left open in an earlier boot (reason ``crashed``);
-        returns them so the gateway publishes their ``session.ended``."""
+        """End the sessions ``gateway_id`` left open in earlier boots that no longer beat
+        (reason ``crashed``); returns them so the gateway publishes their ``session.ended``.
+
+        A gateway sweeps when it starts. A boot of the same gateway id that still beats (within
+        the timeout it declared) is spared: a second replica given the same id, or whoever holds
+        that gateway's certificate, must not end live sessions by claiming a new boot. A boot
+        killed moments ago still counts as beating until its timeout passes; then any live
+        gateway's heartbeat (this one's included) ends its sessions (``gateway_lost``)."""
+        gateway_id = check_text(gateway_id, field="gateway_id", limit=128)
+        boot_id = check_text(boot_id, field="boot_id", limit=64)
+        if not gateway_id or not boot_id:
+            raise InvalidInput("boot_id", "a sweep names its gateway and boot")
         async with self._store.transaction() as session:
+            spared = await beating_boots(self._store, session, gateway_id, besides=boot_id)
             rows = list(
                 await session.scalars(
-                    select(SessionRow).where(
+                    select(SessionRow)
+                    .where(
                         SessionRow.gateway_id == gateway_id,
                         SessionRow.boot_id != boot_id,
+                        SessionRow.boot_id.not_in(spared),
                         SessionRow.ended_at.is_(None),
                     )
+                    .with_for_update()
                 )
             )
             now = _now()
@@ -624,6 +644,8 @@ class IdentityService:
             ended = [_session(row) for row in rows]
         if ended:
             _log.warning("stale sessions ended", gateway=gateway_id, count=len(ended))
+        if spared:
+            _log.info("live boots spared by the sweep", gateway=gateway_id, boots=len(spared))
         return ended
 
     async def heartbeat(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from grpc import aio
 
-from stockade.core import InvalidInput, PermissionDenied
+from stockade.core import InvalidInput, PermissionDenied, StockadeError, get_logger
+from stockade.core.events import Event, ServiceCallRejected
 from stockade.identity import (
     AuthFailure,
     Claims,
@@ -30,6 +32,7 @@ from stockade.identity import (
     User,
     Workspace,
 )
+from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids
 
 from ._convert import (
     authenticated_from_pb,
@@ -53,6 +56,8 @@ from ._gen import identity_pb2_grpc
 
 __all__ = ["IdentityClient", "IdentityServicer"]
 
+log = get_logger("stockade.rpc.identity")
+
 Ctx = aio.ServicerContext[Any, Any]
 KILL_MESSAGE = "session terminated by an administrator"
 T = TypeVar("T")
@@ -62,21 +67,6 @@ T = TypeVar("T")
 #: tokens not bound to a session over mutual TLS. The admin socket (file permissions) may too.
 ADMIN_NAMES = frozenset({"admin"})
 
-
-def require_admin(context: Ctx, method: str) -> None:
-    """Deny ``method`` unless the caller is on the admin socket or presents an admin
-    certificate: every service holds a certificate from the same CA, and a gateway or broker
-    must not be able to add users or keys."""
-    auth = context.auth_context()
-    if auth.get("transport_security_type") != [b"ssl"]:
-        return  # the admin unix socket: no TCP listener is ever opened without TLS
-    names = {name.decode() for name in auth.get("x509_common_name", [])}
-    if names & ADMIN_NAMES:
-        return
-    who = ", ".join(sorted(names)) or "no name"
-    raise PermissionDenied("identity.manage", [f"{method} needs an admin certificate ({who})"])
-
-
 #: Certificate common names of gateways. Only a gateway (or an admin) asks the login questions
 #: (a password or TOTP oracle otherwise), opens, starts, ends and sweeps sessions, or mints a
 #: session token: a gateway is trusted to have authenticated the user it names, so any other
@@ -84,17 +74,63 @@ def require_admin(context: Ctx, method: str) -> None:
 GATEWAY_NAMES = frozenset({"gateway"})
 
 
-def require_gateway(context: Ctx, method: str) -> None:
-    """Deny ``method`` unless the caller is on the admin socket or presents a gateway or admin
-    certificate."""
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a caller may not make a call: ``reason`` (a short code, audited) and ``why`` (the
+    sentence it is told)."""
+
+    reason: str
+    why: str
+
+
+def _refusal(
+    context: Ctx, method: str, *, admin_only: bool, gateway_id: str | None = None
+) -> _Refusal | None:
+    """Whether the caller of ``method`` is refused (None: it may call).
+
+    The admin unix socket (file permissions) and an admin certificate may make every call.
+    Otherwise ``admin_only`` calls are refused; the others need a gateway certificate, and one
+    that names a gateway id (``gateway_id`` not None: Heartbeat, EndStaleSessions, OpenSession)
+    must name the one gateway id of the caller's certificate, or a gateway could declare
+    another gateway's boots dead, sweep its sessions or open sessions in its name.
+    """
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:
-        return  # the admin unix socket
-    names = {name.decode() for name in auth.get("x509_common_name", [])}
-    if names & (GATEWAY_NAMES | ADMIN_NAMES):
-        return
+        return None  # the admin unix socket: no TCP listener is ever opened without TLS
+    names = {name.decode(errors="replace") for name in auth.get("x509_common_name", [])}
+    if names & ADMIN_NAMES:
+        return None
     who = ", ".join(sorted(names)) or "no name"
-    raise PermissionDenied("identity.session", [f"{method} needs a gateway certificate ({who})"])
+    if admin_only:
+        return _Refusal("not_admin", f"{method} needs an admin certificate ({who})")
+    if not names & GATEWAY_NAMES:
+        return _Refusal("not_gateway", f"{method} needs a gateway certificate ({who})")
+    if gateway_id is None:
+        return None
+    pems = list(auth.get("x509_pem_cert", []))
+    ids = gateway_ids(pems[0]) if len(pems) == 1 else []
+    if not ids:
+        return _Refusal(
+            "no_gateway_id",
+            f"{method}: the gateway certificate names no gateway id (a URI SAN"
+            f" {GATEWAY_URI_PREFIX}<id>)",
+        )
+    if len(ids) > 1:
+        return _Refusal(
+            "several_gateway_ids",
+            f"{method}: the gateway certificate names {len(ids)} gateway ids; it must name one",
+        )
+    if ids[0] != gateway_id:
+        return _Refusal(
+            "wrong_gateway_id",
+            f"{method} for gateway {gateway_id[:128]!r} from the certificate of gateway"
+            f" {ids[0][:128]!r}",
+        )
+    return None
+
+
+class _Publisher(Protocol):
+    async def publish(self, event: Event) -> Any: ...
 
 
 def _opt(msg: Any, field: str) -> Any:
@@ -104,14 +140,42 @@ def _opt(msg: Any, field: str) -> Any:
 class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     """Serves every identity call from an in-process :class:`IdentityService`."""
 
-    def __init__(self, identity: IdentityService) -> None:
+    def __init__(self, identity: IdentityService, *, publisher: _Publisher | None = None) -> None:
         self._id = identity
+        self._publisher = publisher
+        self.refusals = 0
+
+    async def _require(
+        self, context: Ctx, method: str, *, admin_only: bool = False, gateway_id: str | None = None
+    ) -> None:
+        """Refuse the call (PermissionDenied with the reason, logged and audited as a
+        ``service.rejected`` event) unless the caller may make it (see :func:`_refusal`)."""
+        refusal = _refusal(context, method, admin_only=admin_only, gateway_id=gateway_id)
+        if refusal is None:
+            return
+        self.refusals += 1
+        peer = context.peer() or ""
+        names = context.auth_context().get("x509_common_name", [])
+        caller = ",".join(n.decode(errors="replace") for n in names)[:256]
+        log.warning("identity.call_refused", method=method, reason=refusal.reason, peer=peer,
+                    caller=caller)  # fmt: skip
+        if self._publisher is not None:
+            event = ServiceCallRejected(
+                method=f"/stockade.identity.v1.Identity/{method}"[:256], reason=refusal.reason,
+                status="PERMISSION_DENIED", peer=peer[:128], caller=caller,
+            )  # fmt: skip
+            try:
+                await self._publisher.publish(event)
+            except StockadeError as exc:
+                log.warning("identity.call_refused.audit_failed", error=str(exc))
+        area = "identity.manage" if admin_only else "identity.session"
+        raise PermissionDenied(area, [refusal.why])
 
     @rpc_errors_to_status
     async def AuthenticateKey(
         self, request: pb.AuthenticateKeyRequest, context: Ctx
     ) -> pb.AuthenticateResponse:
-        require_gateway(context, "AuthenticateKey")
+        await self._require(context, "AuthenticateKey")
         result = await self._id.authenticate_key(request.target, request.fingerprint)
         return authenticated_to_pb(result)
 
@@ -119,13 +183,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def AuthenticatePassword(
         self, request: pb.AuthenticatePasswordRequest, context: Ctx
     ) -> pb.AuthenticateResponse:
-        require_gateway(context, "AuthenticatePassword")
+        await self._require(context, "AuthenticatePassword")
         result = await self._id.authenticate_password(request.target, request.password)
         return authenticated_to_pb(result)
 
     @rpc_errors_to_status
     async def OpenSession(self, request: pb.OpenSessionRequest, context: Ctx) -> pb.OpenedSession:
-        require_gateway(context, "OpenSession")
+        await self._require(context, "OpenSession", gateway_id=request.gateway_id)
         opened = await self._id.open_session(
             principal_from_pb(request.principal),
             SessionRequest(
@@ -144,13 +208,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def EndStaleSessions(
         self, request: pb.EndStaleSessionsRequest, context: Ctx
     ) -> pb.SessionList:
-        require_gateway(context, "EndStaleSessions")
+        await self._require(context, "EndStaleSessions", gateway_id=request.gateway_id)
         ended = await self._id.end_stale_sessions(request.gateway_id, request.boot_id)
         return pb.SessionList(sessions=[session_to_pb(s) for s in ended])
 
     @rpc_errors_to_status
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Ctx) -> pb.HeartbeatResponse:
-        require_gateway(context, "Heartbeat")
+        await self._require(context, "Heartbeat", gateway_id=request.gateway_id)
         beat = await self._id.heartbeat(
             request.gateway_id,
             request.boot_id,
@@ -161,12 +225,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
-        require_admin(context, "SetRoles")
+        await self._require(context, "SetRoles", admin_only=True)
         return user_to_pb(await self._id.set_roles(request.name, list(request.roles)))
 
     @rpc_errors_to_status
     async def KillSession(self, request: pb.KillSessionRequest, context: Ctx) -> pb.Session:
-        require_admin(context, "KillSession")
+        await self._require(context, "KillSession", admin_only=True)
         info = await self._id.kill_session(
             request.id, by=request.by, message=request.message or KILL_MESSAGE
         )
@@ -194,7 +258,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def AddUser(self, request: pb.AddUserRequest, context: Ctx) -> pb.User:
-        require_admin(context, "AddUser")
+        await self._require(context, "AddUser", admin_only=True)
         user = await self._id.add_user(
             request.name,
             display_name=request.display_name,
@@ -208,59 +272,59 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def SetDisabled(self, request: pb.SetDisabledRequest, context: Ctx) -> pb.User:
-        require_admin(context, "SetDisabled")
+        await self._require(context, "SetDisabled", admin_only=True)
         return user_to_pb(await self._id.set_disabled(request.name, request.disabled))
 
     @rpc_errors_to_status
     async def RemoveUser(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
-        require_admin(context, "RemoveUser")
+        await self._require(context, "RemoveUser", admin_only=True)
         await self._id.remove_user(request.name)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def AddKey(self, request: pb.AddKeyRequest, context: Ctx) -> pb.SshKey:
-        require_admin(context, "AddKey")
+        await self._require(context, "AddKey", admin_only=True)
         return key_to_pb(await self._id.add_key(request.name, request.public_key))
 
     @rpc_errors_to_status
     async def RemoveKey(self, request: pb.RemoveKeyRequest, context: Ctx) -> pb.Empty:
-        require_admin(context, "RemoveKey")
+        await self._require(context, "RemoveKey", admin_only=True)
         await self._id.remove_key(request.name, request.fingerprint)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def SetPassword(self, request: pb.SetPasswordRequest, context: Ctx) -> pb.Empty:
-        require_admin(context, "SetPassword")
+        await self._require(context, "SetPassword", admin_only=True)
         await self._id.set_password(request.name, _opt(request, "password"))
         return pb.Empty()
 
     @rpc_errors_to_status
     async def VerifyPassword(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
-        require_gateway(context, "VerifyPassword")
+        await self._require(context, "VerifyPassword")
         return pb.CheckResult(ok=await self._id.verify_password(request.name, request.secret))
 
     @rpc_errors_to_status
     async def EnableTotp(self, request: pb.EnableTotpRequest, context: Ctx) -> pb.TotpEnrollment:
-        require_admin(context, "EnableTotp")
+        await self._require(context, "EnableTotp", admin_only=True)
         enrollment = await self._id.enable_totp(request.name, replace=request.replace)
         return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
 
     @rpc_errors_to_status
     async def DisableTotp(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
-        require_admin(context, "DisableTotp")
+        await self._require(context, "DisableTotp", admin_only=True)
         await self._id.disable_totp(request.name)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def VerifyTotp(self, request: pb.CheckSecretRequest, context: Ctx) -> pb.CheckResult:
-        require_gateway(context, "VerifyTotp")
+        await self._require(context, "VerifyTotp")
         return pb.CheckResult(ok=await self._id.verify_totp(request.name, request.secret))
 
     @rpc_errors_to_status
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
         if not request.HasField("session_id"):  # session tokens are the gateway's business
-            require_admin(context, "IssueToken")
-        require_gateway(context, "IssueToken")
+            await self._require(context, "IssueToken", admin_only=True)
+        await self._require(context, "IssueToken")
         token = await self._id.issue_token(
             request.username,
             session_id=_opt(request, "session_id"),
@@ -286,7 +350,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def AddWorkspace(self, request: pb.AddWorkspaceRequest, context: Ctx) -> pb.Workspace:
-        require_admin(context, "AddWorkspace")
+        await self._require(context, "AddWorkspace", admin_only=True)
         try:
             config = json.loads(request.config_json or "{}")
         except ValueError as exc:
@@ -313,13 +377,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def RemoveWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Empty:
-        require_admin(context, "RemoveWorkspace")
+        await self._require(context, "RemoveWorkspace", admin_only=True)
         await self._id.remove_workspace(request.name)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
-        require_gateway(context, "StartSession")
+        await self._require(context, "StartSession")
         info = await self._id.start_session(
             request.id,
             username=request.username,
@@ -331,7 +395,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def EndSession(self, request: pb.EndSessionRequest, context: Ctx) -> pb.Session:
-        require_gateway(context, "EndSession")
+        await self._require(context, "EndSession")
         info = await self._id.end_session(
             request.id,
             exit_status=_opt(request, "exit_status"),

@@ -35,7 +35,7 @@ from stockade.tls import CertificateFiles, ProjectedToken, grpc_server_credentia
 from ._authz import AuthzServicer
 from ._channel import ReloadingChannel
 from ._gen import authz_pb2, authz_pb2_grpc, identity_pb2, identity_pb2_grpc
-from ._identity import IdentityServicer
+from ._identity import IdentityServicer, _Publisher
 from ._service_auth import service_token_credentials
 
 __all__ = ["RpcServer", "admin_channel", "mtls_channel"]
@@ -48,7 +48,8 @@ SERVER_NAME = "localhost"
 
 class RpcServer:
     """Serves :class:`IdentityService` and/or :class:`Authorizer` until :meth:`stop`; with
-    neither (``stockade serve gateway``, ``shield``, ...), only the health service."""
+    neither (``stockade serve gateway``, ``shield``, ...), only the health service. Identity's
+    refusals of a caller's certificate are audited on ``publisher`` (``service.rejected``)."""
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class RpcServer:
         port: int = 0,
         admin_socket: Path | None = None,
         interceptors: Sequence[aio.ServerInterceptor[Any, Any]] = (),
+        publisher: _Publisher | None = None,
     ) -> None:
         # SO_REUSEPORT (gRPC's default on Linux) would let a second instance bind the same port
         # silently and take half of the connections.
@@ -69,7 +71,7 @@ class RpcServer:
         self._services = [""]
         if identity is not None:
             identity_pb2_grpc.add_IdentityServicer_to_server(
-                IdentityServicer(identity), self._server
+                IdentityServicer(identity, publisher=publisher), self._server
             )
             self._services.append(identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name)
         if authorizer is not None:

@@ -4,7 +4,7 @@ The dev CA, certificates that reload when their files change and renew themselve
 OpenBao PKI), and verification of Kubernetes projected service-account tokens.
 """
 
-from ._ca import DevCA, IssuedCert, dns_names
+from ._ca import GATEWAY_URI_PREFIX, DevCA, IssuedCert, dns_names, gateway_ids, gateway_uri
 from ._jwks import JwksCache
 from ._reload import (
     CertificateFiles,
@@ -32,6 +32,7 @@ from ._service_token import (
 )
 
 __all__ = [
+    "GATEWAY_URI_PREFIX",
     "CertificateFiles",
     "CertificateRenewer",
     "CertificateSource",
@@ -50,6 +51,8 @@ __all__ = [
     "ServiceTokenVerifier",
     "TlsMaterial",
     "dns_names",
+    "gateway_ids",
+    "gateway_uri",
     "grpc_channel_credentials",
     "grpc_server_credentials",
     "load_allow_list",

@@ -20,7 +20,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from stockade.core import InvalidInput, write_private
 
-__all__ = ["DevCA", "IssuedCert", "dns_names"]
+__all__ = [
+    "GATEWAY_URI_PREFIX",
+    "DevCA",
+    "IssuedCert",
+    "dns_names",
+    "gateway_ids",
+    "gateway_uri",
+]
 
 _CA_LIFETIME = timedelta(days=3650)
 _LEAF_LIFETIME = timedelta(days=90)
@@ -36,9 +43,43 @@ class IssuedCert:
     ca: Path
 
 
+#: A gateway's certificate names the gateway id it speaks for as the URI SAN
+#: ``spiffe://stockade/gateway/<id>``: every gateway shares the common name ``gateway``, so the
+#: common name cannot tell identity which gateway's sessions and heartbeats a caller may touch.
+GATEWAY_URI_PREFIX = "spiffe://stockade/gateway/"
+
+
+def gateway_uri(gateway_id: str) -> str:
+    """The URI SAN naming ``gateway_id`` (see :data:`GATEWAY_URI_PREFIX`)."""
+    if not gateway_id or any(c in gateway_id for c in "/?#% \t\r\n"):
+        raise InvalidInput("gateway_id", f"{gateway_id!r} cannot be named in a certificate")
+    return GATEWAY_URI_PREFIX + gateway_id
+
+
+def gateway_ids(cert: x509.Certificate | bytes) -> list[str]:
+    """Every gateway id ``cert`` (parsed, or PEM) names: its URI SANs under
+    :data:`GATEWAY_URI_PREFIX`, in order. A certificate may name none (not a gateway, or one
+    that cannot be parsed) or, wrongly, several: callers decide what that means."""
+    try:
+        if isinstance(cert, bytes):
+            cert = x509.load_pem_x509_certificate(cert)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [
+        uri.removeprefix(GATEWAY_URI_PREFIX)
+        for uri in san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        if uri.startswith(GATEWAY_URI_PREFIX)
+    ]
+
+
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
+    """IP addresses, URIs (anything with ``://``) and DNS names, each as its own kind."""
     entries: list[x509.GeneralName] = []
     for name in names:
+        if "://" in name:
+            entries.append(x509.UniformResourceIdentifier(name))
+            continue
         try:
             entries.append(x509.IPAddress(ipaddress.ip_address(name)))
         except ValueError:

@@ -117,12 +117,14 @@ class OpenBaoPKISource:
     async def issue(
         self, common_name: str, *, sans: Sequence[str], ttl: timedelta
     ) -> IssuedMaterial:
+        uris = [s for s in sans if "://" in s]  # a gateway's id (the role's allowed_uri_sans)
         ips = [s for s in sans if _is_ip(s)]
-        names = [s for s in sans if not _is_ip(s) and s != common_name]
+        names = [s for s in sans if not _is_ip(s) and s not in uris and s != common_name]
         body = {
             "common_name": common_name,
             "alt_names": ",".join(names),
             "ip_sans": ",".join(ips),
+            "uri_sans": ",".join(uris),
             "ttl": f"{int(ttl.total_seconds())}s",
             "private_key_format": "pkcs8",
         }
