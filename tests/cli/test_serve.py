@@ -80,3 +80,47 @@ def test_heartbeat_timeout_below_two_beats_is_refused(monkeypatch: pytest.Monkey
     monkeypatch.setenv("STOCKADE_GATEWAY__HEARTBEAT_INTERVAL", "2")
     monkeypatch.setenv("STOCKADE_GATEWAY__HEARTBEAT_TIMEOUT", "3")
     _one_line_error(["serve", "gateway"], "heartbeat_timeout")
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({}, "VAULT_ADDR"),
+        ({"VAULT_ADDR": "bao.internal:8200"}, "VAULT_ADDR"),  # no scheme
+        ({"VAULT_ADDR": "http://127.0.0.1:1"}, "VAULT_TOKEN"),
+        (
+            {"VAULT_ADDR": "http://127.0.0.1:1", "STOCKADE_VAULT__AUTH_METHOD": "approle"},
+            "vault.auth_method",
+        ),
+        (
+            {"VAULT_ADDR": "http://127.0.0.1:1", "STOCKADE_VAULT__AUTH_METHOD": "kubernetes"},
+            "vault.kubernetes_role",
+        ),
+    ],
+)
+def test_openbao_pki_certificates_need_openbao_settings(
+    env: dict[str, str], needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tls.source = "openbao-pki"`` is refused before anything starts when OpenBao cannot be
+    reached or logged in to, naming the setting."""
+    for name in ("VAULT_ADDR", "VAULT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STOCKADE_BUS__URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("STOCKADE_TLS__SOURCE", "openbao-pki")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    _one_line_error(["serve", "authz"], needle)
+
+
+def test_an_unreachable_openbao_is_one_line(monkeypatch: pytest.MonkeyPatch, nats_url: str) -> None:
+    monkeypatch.setenv("STOCKADE_BUS__URL", nats_url)
+    monkeypatch.setenv("STOCKADE_API__PORT", "0")
+    monkeypatch.setenv("STOCKADE_TLS__SOURCE", "openbao-pki")
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    monkeypatch.setenv("VAULT_TOKEN", "s.not-a-real-token")
+    result = runner.invoke(app, ["serve", "authz"])
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "PKI issue at http://127.0.0.1:1/v1/pki/issue/stockade failed" in lines[0]
+    assert "s.not-a-real-token" not in result.output

@@ -12,13 +12,15 @@ reverse, and a failure while starting stops whatever had already started.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import shutil
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,15 @@ from stockade.store import Store
 from stockade.tls import (
     GATEWAY_URI_PREFIX,
     CertificateFiles,
+    CertificateRenewer,
     DevCA,
+    OpenBaoPKISource,
     ProjectedToken,
     ServiceTokenVerifier,
     dns_names,
     gateway_ids,
     gateway_uri,
+    vault_jwt_login,
 )
 from stockade.workspace import PodmanRuntime, UidAllocator
 
@@ -101,6 +106,8 @@ class Runtime:
     _identity_api: IdentityAPI | None = None
     _authz_api: AuthzClient | None = None
     _tls: CertificateFiles | None = None
+    renewer: CertificateRenewer | None = None
+    """Renews this process's certificate (``tls.source = "openbao-pki"``), else None."""
 
     def __post_init__(self) -> None:
         unknown = self.services - set(SERVICES)
@@ -145,6 +152,8 @@ class Runtime:
                 "tls.directory: split services must trust one CA; set STOCKADE_TLS__DIRECTORY"
                 ' to the dev CA\'s directory shared by them (or tls.source = "files")'
             )
+        if tls.source == "openbao-pki":
+            openbao_pki_source(self.settings)  # its settings checked before anything starts
         if not self.embedded and self.settings.bus.url is None:
             raise ConfigError(
                 "bus.url: `stockade serve` needs an external NATS server shared by every"
@@ -219,7 +228,11 @@ class Runtime:
         # a split gateway's certificate names its gateway id: identity lets it beat, sweep and
         # open sessions for that gateway only
         uris = [gateway_uri(gateway_id)] if "gateway" in local and not self.embedded else []
-        self._tls = service_tls(settings, "api" if self.embedded else _cert_name(local), uris=uris)
+        name = "api" if self.embedded else _cert_name(local)
+        if settings.tls.source == "openbao-pki":
+            self._tls = await self._openbao_tls(name, uris)
+        else:
+            self._tls = service_tls(settings, name, uris=uris)
         if uris:
             gateway_id = _certified_gateway_id(self._tls, settings.gateway.gateway_id)
         interceptors = []
@@ -349,6 +362,35 @@ class Runtime:
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self.listeners.append(Listener("SSH gateway", shown))
 
+    async def _openbao_tls(self, name: str, uris: Sequence[str]) -> CertificateFiles:
+        """``tls.source = "openbao-pki"``: a certificate from OpenBao's PKI engine, kept in
+        ``tls.directory`` (the data dir's ``tls/openbao`` when unset) and renewed in the
+        background at two thirds of its lifetime; the servers and channels of this process
+        reload it when ``..data`` swaps, the previous one kept until the renewal after. One
+        is issued at start when there is none, it is due, or it names other SANs."""
+        settings = self.settings
+        renewer = CertificateRenewer(
+            openbao_pki_source(settings),
+            settings.tls.directory or settings.data_dir / "tls" / "openbao",
+            common_name=name,
+            sans=[name, "localhost", "127.0.0.1", "::1", *uris],
+            lifetime=timedelta(hours=settings.tls.lifetime_hours),
+        )
+        if renewer.current() is None or not _names(renewer.cert_path, name, uris):
+            await renewer.renew()
+        else:
+            await renewer.ensure()
+        stop = asyncio.Event()
+        task = asyncio.create_task(renewer.run(stop), name="tls-renew")
+
+        async def stop_renewing() -> None:
+            stop.set()
+            await task
+
+        self._stack.push_async_callback(stop_renewing)
+        self.renewer = renewer
+        return CertificateFiles(renewer.cert_path, renewer.key_path, renewer.ca_path)
+
     @property
     def identity_api(self) -> IdentityAPI:
         """Identity as the other services see it: the service here, else its gRPC client."""
@@ -454,6 +496,47 @@ def _cert_name(services: frozenset[str]) -> str:
     return "-".join(sorted(services))
 
 
+def openbao_pki_source(settings: Settings) -> OpenBaoPKISource:
+    """OpenBao's PKI engine (``<tls.pki_mount>/issue/<tls.pki_role>``) at ``vault.addr``, logged
+    in as the broker is: ``vault.token`` (``VAULT_TOKEN``), or a fresh login with the projected
+    token in ``vault.kubernetes_jwt_file`` before each issue. The token travels in the
+    ``X-Vault-Token`` header only."""
+    vault, tls = settings.vault, settings.tls
+    if not vault.addr or not vault.addr.startswith(("http://", "https://")):
+        raise ConfigError(
+            'vault.addr: tls.source = "openbao-pki" needs OpenBao\'s http(s) address;'
+            " set VAULT_ADDR"
+        )
+    addr = vault.addr
+    verify: str | bool = str(vault.ca_cert) if vault.ca_cert is not None else True
+    token: Callable[[], str | Awaitable[str]]
+    if vault.auth_method == "token":
+        if vault.token is None:
+            raise ConfigError('vault.token: tls.source = "openbao-pki" needs VAULT_TOKEN')
+        token = vault.token.get_secret_value
+    elif vault.auth_method == "kubernetes":
+        role = vault.kubernetes_role
+        if not role:
+            raise ConfigError("vault.kubernetes_role is needed for Kubernetes auth")
+        jwt, mount = ProjectedToken(vault.kubernetes_jwt_file), vault.kubernetes_mount
+
+        async def login() -> str:
+            client_token, _lease = await vault_jwt_login(
+                addr, role=role, token=jwt, mount=mount, verify=verify
+            )
+            return client_token
+
+        token = login
+    else:
+        raise ConfigError(
+            'vault.auth_method: tls.source = "openbao-pki" logs in with "token" or'
+            ' "kubernetes" (AppRole is not wired for certificates)'
+        )
+    return OpenBaoPKISource(
+        addr, role=tls.pki_role, token=token, mount=tls.pki_mount, verify=verify
+    )
+
+
 def _certified_gateway_id(files: CertificateFiles, configured: str | None) -> str:
     """The one gateway id the gateway's certificate names (identity accepts no other), checked
     against ``gateway.gateway_id`` when that is set. A certificate from the dev CA names the
@@ -495,11 +578,8 @@ def service_tls(settings: Settings, name: str, *, uris: Sequence[str] = ()) -> C
             if not path.is_file():
                 raise ConfigError(f"tls.directory: {path} is missing")
         return files
-    if tls.source != "dev-ca":
-        raise ConfigError(
-            f"tls.source: {tls.source!r} is not wired into `stockade serve` yet;"
-            ' use "dev-ca" or "files"'
-        )
+    if tls.source != "dev-ca":  # openbao-pki: Runtime renews it (an async issuer)
+        raise ConfigError(f'tls.source: {tls.source!r} is not read from files; use "files"')
     own = settings.data_dir / "tls"
     ca = DevCA(tls.directory or own)
     # the service's name is a SAN of its certificate only: peers check it (peers.server_name)

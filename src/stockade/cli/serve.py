@@ -42,7 +42,10 @@ shield: failures in, bans out (the ban store on the bus).
 audit: every event of the bus chained and signed into the store.
 
 Every service needs bus.url (an external NATS server). Certificates: tls.source "dev-ca" with
-a tls.directory shared by the services of one host, or "files" (tls.crt, tls.key, ca.crt).
+a tls.directory shared by the services of one host, "files" (tls.crt, tls.key, ca.crt), or
+"openbao-pki" (issued at tls.pki_mount/issue/tls.pki_role of VAULT_ADDR, logged in with
+VAULT_TOKEN or vault.auth_method "kubernetes", renewed at two thirds of tls.lifetime_hours).
+A gateway's certificate names its gateway id (URI SAN spiffe://stockade/gateway/<id>).
 Example: STOCKADE_PEERS__IDENTITY=127.0.0.1:7443 stockade serve gateway --data-dir gw-a
 """
 

@@ -827,8 +827,9 @@ class TlsSettings(_Section):
     """Mount of OpenBao's PKI engine (``source = "openbao-pki"``)."""
     pki_role: str = "stockade"
     """PKI role issuing service certificates (``<pki_mount>/issue/<pki_role>``)."""
-    lifetime_hours: int = Field(default=2160, ge=1, le=87600)
-    """Lifetime requested for issued certificates; renewed at two thirds of it."""
+    lifetime_hours: float = Field(default=2160, gt=0, le=87600)
+    """Lifetime requested for issued certificates (``source = "openbao-pki"``); renewed at two
+    thirds of it. Fractions are allowed (0.25: 15 minutes)."""
 
 
 class WorktraceSettings(_Section):

@@ -23,7 +23,7 @@ import ipaddress
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,8 +92,10 @@ class DevCASource:
 class OpenBaoPKISource:
     """Leaves from Vault/OpenBao's PKI engine: ``POST /v1/<mount>/issue/<role>``.
 
-    The path cert-manager's Vault issuer uses. ``token`` returns a Vault token (a fixed one, or
-    one from :func:`vault_jwt_login`); it is sent in the ``X-Vault-Token`` header only.
+    The path cert-manager's Vault issuer uses. ``token`` returns a Vault token, or an awaitable
+    of one (a fixed token, or a fresh login with :func:`vault_jwt_login` before each issue: a
+    renewal comes months later, when any earlier login has long expired); it is sent in the
+    ``X-Vault-Token`` header only, never in a URL or a log line.
     """
 
     def __init__(
@@ -101,7 +103,7 @@ class OpenBaoPKISource:
         addr: str,
         *,
         role: str,
-        token: Callable[[], str],
+        token: Callable[[], str | Awaitable[str]],
         mount: str = "pki",
         verify: str | bool = True,
     ) -> None:
@@ -129,9 +131,12 @@ class OpenBaoPKISource:
             "private_key_format": "pkcs8",
         }
         url = f"{self._addr}/v1/{self._mount}/issue/{self._role}"
+        token = self._token()
+        if not isinstance(token, str):
+            token = await token
         try:
             async with httpx.AsyncClient(timeout=10.0, verify=self._verify) as http:
-                response = await http.post(url, json=body, headers={"X-Vault-Token": self._token()})
+                response = await http.post(url, json=body, headers={"X-Vault-Token": token})
         except httpx.HTTPError as exc:
             raise SecretsBackendUnavailable(f"PKI issue at {url} failed: {exc}") from None
         if response.status_code != 200:
