@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,14 @@ VALUES: dict[str, dict[str, Any]] = {
         "security": {"mode": "enhanced"},
         "cilium": {"enabled": True},
         "vault": {"addr": "https://openbao.vault:8200"},
+    },
+    "host-keys": {
+        "ssh": {
+            "hostKeys": {
+                "existingSecret": "gateway-host-keys",
+                "keys": ["ssh_host_ed25519_key", "ssh_host_ecdsa_key"],
+            }
+        }
     },
 }
 #: Custom kinds and where their schema comes from.
@@ -410,9 +420,134 @@ def test_store_secret_from_vault_parses_as_vaultsecret(chart: helm.Chart) -> Non
     assert "{{ .Secrets.password }}" in parsed.spec.destination.transformation.templates["url"].text
 
 
+def _host_key_pod(chart: helm.Chart) -> dict[str, Any]:
+    objects = _render(chart, VALUES["host-keys"])
+    pod: dict[str, Any] = _by(objects, "Deployment", "stockade-gateway")["spec"]["template"]
+    return pod["spec"]
+
+
+def test_shared_host_keys_reach_the_gateway_as_its_own_0600_copies(chart: helm.Chart) -> None:
+    """The Secret is mounted in the init container only; the gateway container reads the
+    in-memory copies, named by gateway.host_key_files."""
+    pod = _host_key_pod(chart)
+    (init,) = pod["initContainers"]
+    (gateway,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["host-keys-secret"]["secret"]["secretName"] == "gateway-host-keys"
+    assert volumes["host-keys"]["emptyDir"]["medium"] == "Memory"
+    assert {m["name"] for m in init["volumeMounts"]} == {"host-keys-secret", "host-keys"}
+    mounts = {m["name"]: m for m in gateway["volumeMounts"]}
+    assert "host-keys-secret" not in mounts  # least privilege: the gateway never sees it
+    assert mounts["host-keys"]["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in gateway["env"]}
+    files = json.loads(env["STOCKADE_GATEWAY__HOST_KEY_FILES"])
+    assert files == [
+        f"{mounts['host-keys']['mountPath']}/{name}"
+        for name in ("ssh_host_ed25519_key", "ssh_host_ecdsa_key")
+    ]
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    assert _restricted_violations(pod) == []
+    # without a Secret: no init container, each gateway generates its own keys
+    plain = _by(_render(chart, {}), "Deployment", "stockade-gateway")["spec"]["template"]["spec"]
+    assert "initContainers" not in plain
+    assert "STOCKADE_GATEWAY__HOST_KEY_FILES" not in {
+        e["name"] for e in plain["containers"][0]["env"]
+    }
+
+
+def _kubelet_secret_volume(tmp_path: Path, gid: int) -> tuple[Path, list[str]]:
+    """Host keys laid out as kubelet writes a Secret volume with fsGroup: root's files, mode
+    0440, group ``gid``, behind ``..data`` symlinks."""
+    import subprocess
+
+    volume = tmp_path / "secret"
+    data = volume / "..2026_12_01_00_00_00.1"
+    data.mkdir(parents=True)
+    names = []
+    for name, kind in (("ssh_host_ed25519_key", "ed25519"), ("ssh_host_ecdsa_key", "ecdsa")):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(data / name)], check=True
+        )
+        (data / f"{name}.pub").unlink()
+        os.chown(data / name, 0, gid)
+        os.chmod(data / name, 0o440)
+        names.append(name)
+    os.symlink(data.name, volume / "..data")
+    for name in names:
+        os.symlink(f"..data/{name}", volume / name)
+    return volume, names
+
+
+def _run_init(init: dict[str, Any], source: Path, target: Path, *, uid: int | None) -> None:
+    """The init container's own command (as rendered) with its paths pointed at ``source`` and
+    ``target``, under the system ``python3``, as ``uid`` (None: this process's)."""
+    import subprocess
+
+    command = ["/usr/bin/python3", *init["command"][1:]]
+    names = init["args"][2:]
+    as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", f"--groups={uid}"]
+    prefix = [] if uid is None else as_uid
+    result = subprocess.run(
+        [*prefix, *command, str(source), str(target), *names],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_init_container_makes_keys_the_gateway_accepts(
+    chart: helm.Chart, tmp_path: Path
+) -> None:
+    """The rendered init command, run on a kubelet-style Secret volume (root's, 0440, fsGroup),
+    writes copies the gateway's own check accepts; the Secret's files it refuses."""
+    (init,) = _host_key_pod(chart)["initContainers"]
+    uid = 10001  # podSecurity.runAsUser / runAsGroup (= fsGroup)
+    # pytest's tmp_path is root's 0700: the pod's uid could not reach its own volumes there
+    base = Path(tempfile.mkdtemp(prefix="stockade-host-keys-"))
+    base.chmod(0o711)
+    try:
+        _check_init_copies(init, base, uid)
+    finally:
+        shutil.rmtree(base)
+
+
+def _check_init_copies(init: dict[str, Any], tmp_path: Path, uid: int) -> None:
+    from stockade.core import InvalidInput
+    from stockade.core.settings import GatewaySettings
+    from stockade.gateway import check_host_key_files
+
+    volume, names = _kubelet_secret_volume(tmp_path, gid=uid)
+    raw = GatewaySettings(host_key_files=[volume / names[0]])
+    if os.geteuid() == 0:  # root owns the Secret's files: only the mode refuses them here
+        with pytest.raises(InvalidInput, match="mode 0440"):
+            check_host_key_files(raw)
+
+    # as the pod's uid: copies owned by it, 0600, readable through its fsGroup only
+    shared = tmp_path / "emptydir"
+    shared.mkdir()
+    os.chown(shared, 0, uid)
+    os.chmod(shared, 0o2770)  # noqa: S103 - an emptyDir with fsGroup: group-owned, setgid
+    _run_init(init, volume, shared, uid=uid)
+    for name in names:
+        info = (shared / name).stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (uid, 0o600), name
+        assert (shared / name).read_bytes() == (volume / name).read_bytes()
+    assert sorted(p.name for p in shared.iterdir()) == sorted(names)  # no temporary left
+
+    # as this process (the gateway's check runs as the file's owner): accepted; a re-run
+    # (the Pod's init container after a restart) replaces the copies
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    _run_init(init, volume, mine, uid=None)
+    _run_init(init, volume, mine, uid=None)
+    check_host_key_files(GatewaySettings(host_key_files=[mine / n for n in names]))
+
+
 @pytest.mark.parametrize(
     ("values", "key"),
     [
+        ({"ssh": {"hostKeys": {"keys": ["../etc/shadow"]}}}, "/ssh/hostKeys/keys/0"),
+        ({"ssh": {"hostKeys": {"keys": []}}}, "/ssh/hostKeys/keys"),
+        ({"ssh": {"hostKeys": {"existingSecret": "Host Keys"}}}, "/ssh/hostKeys/existingSecret"),
         ({"services": {"gateway": {"replicas": "two"}}}, "/services/gateway/replicas"),
         ({"colour": "blue"}, "colour"),
         ({"ssh": {"service": {"externalTrafficPolicy": "Nearest"}}}, "externalTrafficPolicy"),

@@ -78,3 +78,10 @@ config.linkerd.io/default-inbound-policy: all-authenticated
 {{- define "stockade.vaultClients" -}}
 {{- toJson (list "gateway" "broker" "secretsync" "identity") -}}
 {{- end -}}
+
+{{/* gateway.host_key_files: the copies the host-keys init container writes (a JSON list). */}}
+{{- define "stockade.hostKeyFiles" -}}
+{{- $files := list -}}
+{{- range .Values.ssh.hostKeys.keys }}{{ $files = append $files (printf "/var/run/secrets/stockade/host-keys/%s" .) }}{{ end -}}
+{{- toJson $files -}}
+{{- end -}}
