@@ -323,3 +323,36 @@ async def test_an_admin_may_name_any_gateway(served: Served, tmp_path: Path) -> 
         assert (await client.heartbeat("gw-c", "boot-c", stale_after=30)).alive
         assert await client.end_stale_sessions("gw-b", "boot-new") == []  # boot-b beats
     assert _rejections(served) == []
+
+
+async def test_a_gateway_certificate_cannot_end_or_take_over_another_gateways_session(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: gateway A's certificate ends gateway B's live session by its id (EndSession),
+    or mints a token bound to it (IssueToken with its session id). A session opened by a
+    gateway is that gateway's alone; A's own sessions stay A's to end."""
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    principal = await served.identity.authenticate_key(
+        "root-ish", (await served.identity.get_user("root-ish")).keys[0].fingerprint
+    )
+    await served.identity.heartbeat("gw-a", "boot-a", stale_after=30)
+    as_a = SessionRequest(client_ip="127.0.0.1", client_port=3, gateway_id="gw-a", boot_id="boot-a")
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "gw-a")
+    ) as channel:
+        client = IdentityClient(channel, target="identity")
+        for attempt in (
+            client.end_session(sid_b, reason="exited"),
+            client.issue_token("root-ish", session_id=sid_b),
+        ):
+            with pytest.raises(PermissionDenied, match="gateway 'gw-b' from the certificate of"):
+                await attempt
+        assert await served.identity.is_session_live(sid_b)
+        opened = await client.open_session(principal, as_a)  # type: ignore[arg-type]
+        assert await client.issue_token("root-ish", session_id=opened.session_id)
+        ended = await client.end_session(opened.session_id, reason="exited")
+        assert not ended.live
+    assert [(m, r) for m, r, _s in _rejections(served)] == [
+        ("EndSession", "wrong_gateway_id"),
+        ("IssueToken", "wrong_gateway_id"),
+    ]

@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from grpc import aio
 
-from stockade.core import InvalidInput, PermissionDenied, StockadeError, get_logger
+from stockade.core import InvalidInput, NotFound, PermissionDenied, StockadeError, get_logger
 from stockade.core.events import Event, ServiceCallRejected
 from stockade.identity import (
     AuthFailure,
@@ -83,6 +83,17 @@ class _Refusal:
     why: str
 
 
+def _exempt(context: Ctx) -> bool:
+    """The admin unix socket (no TCP listener is ever opened without TLS) or an admin
+    certificate: every call is allowed."""
+    auth = context.auth_context()
+    if auth.get("transport_security_type") != [b"ssl"]:
+        return True
+    return any(
+        name.decode(errors="replace") in ADMIN_NAMES for name in auth.get("x509_common_name", [])
+    )
+
+
 def _refusal(
     context: Ctx, method: str, *, admin_only: bool, gateway_id: str | None = None
 ) -> _Refusal | None:
@@ -94,12 +105,10 @@ def _refusal(
     must name the one gateway id of the caller's certificate, or a gateway could declare
     another gateway's boots dead, sweep its sessions or open sessions in its name.
     """
-    auth = context.auth_context()
-    if auth.get("transport_security_type") != [b"ssl"]:
-        return None  # the admin unix socket: no TCP listener is ever opened without TLS
-    names = {name.decode(errors="replace") for name in auth.get("x509_common_name", [])}
-    if names & ADMIN_NAMES:
+    if _exempt(context):
         return None
+    auth = context.auth_context()
+    names = {name.decode(errors="replace") for name in auth.get("x509_common_name", [])}
     who = ", ".join(sorted(names)) or "no name"
     if admin_only:
         return _Refusal("not_admin", f"{method} needs an admin certificate ({who})")
@@ -170,6 +179,21 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
                 log.warning("identity.call_refused.audit_failed", error=str(exc))
         area = "identity.manage" if admin_only else "identity.session"
         raise PermissionDenied(area, [refusal.why])
+
+    async def _require_owner(self, context: Ctx, method: str, session_id: str) -> None:
+        """A gateway-scoped call about one session (EndSession, a session token): a session
+        opened by a gateway (``OpenSession`` recorded its id) is that gateway's alone, or any
+        gateway certificate could end or take over another gateway's sessions. A session that
+        does not exist is left to the call itself (NotFound)."""
+        await self._require(context, method)
+        if _exempt(context):
+            return
+        try:
+            owner = (await self._id.get_session(session_id)).gateway_id
+        except NotFound:
+            return
+        if owner:
+            await self._require(context, method, gateway_id=owner)
 
     @rpc_errors_to_status
     async def AuthenticateKey(
@@ -324,7 +348,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
         if not request.HasField("session_id"):  # session tokens are the gateway's business
             await self._require(context, "IssueToken", admin_only=True)
-        await self._require(context, "IssueToken")
+        else:
+            await self._require_owner(context, "IssueToken", request.session_id)
         token = await self._id.issue_token(
             request.username,
             session_id=_opt(request, "session_id"),
@@ -395,7 +420,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def EndSession(self, request: pb.EndSessionRequest, context: Ctx) -> pb.Session:
-        await self._require(context, "EndSession")
+        await self._require_owner(context, "EndSession", request.id)
         info = await self._id.end_session(
             request.id,
             exit_status=_opt(request, "exit_status"),
