@@ -30,7 +30,13 @@ from cryptography import x509
 from integration.test_scale_processes import Service
 from stockade.authz import Context, Resource, Subject, build_input
 from stockade.rpc import AuthzClient, mtls_channel
-from stockade.tls import CertificateFiles, CertificateRenewer, OpenBaoPKISource
+from stockade.tls import (
+    CertificateFiles,
+    CertificateRenewer,
+    OpenBaoPKISource,
+    gateway_ids,
+    gateway_uri,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -94,6 +100,11 @@ async def test_serve_renews_its_openbao_certificate_with_zero_failed_calls(
         source, tmp_path / "client", common_name="gateway", lifetime=timedelta(hours=1)
     )
     await client_certs.ensure()
+    # a gateway's certificate from OpenBao names its gateway id (uri_sans), as identity needs
+    gateway = await source.issue(
+        "gateway", sans=["localhost", gateway_uri("gw-a")], ttl=timedelta(minutes=5)
+    )
+    assert gateway_ids(gateway.cert) == ["gw-a"]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKADE_", "VAULT_"))}
     env.update(
         STOCKADE_BUS__URL=nats_url,
