@@ -373,9 +373,16 @@ def test_network_policies_name_real_callers(chart: helm.Chart) -> None:
 
 def test_basic_mode_certificates_for_every_service(chart: helm.Chart) -> None:
     objects = _render(chart, VALUES["basic"])
-    certs = {o["metadata"]["name"] for o in objects if o["kind"] == "Certificate"}
+    certs = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Certificate"}
     for service in ("identity", "authz", "gateway", "broker", "shield", "audit", "secretsync"):
-        assert f"stockade-{service}" in certs
+        spec = certs[f"stockade-{service}"]["spec"]
+        assert spec["commonName"] == service  # what identity's per-method checks know
+        assert service in spec["dnsNames"]  # what peers.server_name checks
+    # the gateway's certificate names its gateway id (identity refuses any other), once
+    assert certs["stockade-gateway"]["spec"]["uris"] == [
+        "spiffe://stockade/gateway/stockade-gateway"
+    ]
+    assert [name for name, c in certs.items() if "uris" in c["spec"]] == ["stockade-gateway"]
     assert not [o for o in objects if o["apiVersion"].startswith("policy.linkerd.io")]
     vault = _render(
         chart,
