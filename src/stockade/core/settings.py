@@ -394,7 +394,10 @@ class GatewaySettings(_Section):
     gateway_id: str | None = None
     """Name of this gateway in events and in the session registry (``gateway_id``); unique per
     gateway process. Unset: ``<host name>-<instance id>`` (the instance id is derived from the
-    data dir), so two gateways on one host never share a name."""
+    data dir), so two gateways on one host never share a name. A split gateway's certificate
+    names it (URI SAN ``spiffe://stockade/gateway/<id>``, minted so by the dev CA; from files or
+    OpenBao the certificate's id is used, and must agree when this is set): identity accepts
+    that gateway's heartbeats, sweeps and sessions from that certificate only."""
     heartbeat_interval: float = Field(default=1.0, ge=0.1, le=60)
     """Seconds between two heartbeats of this gateway into the session registry. Each beat also
     ends the sessions of gateways whose heartbeat is older than ``heartbeat_timeout``."""

@@ -3,6 +3,12 @@
 :class:`IdentityServicer` serves an in-process :class:`IdentityService`; :class:`IdentityClient`
 offers the same asynchronous methods over a channel (mutual TLS between services, or the 0600 admin
 socket for the CLI), raising the same :mod:`stockade.core.errors` classes.
+
+Who may call what is decided from the caller's certificate: administration needs an admin one;
+the gateway's calls a gateway one (CN ``gateway``), and those that name a gateway (Heartbeat,
+EndStaleSessions, OpenSession) or a session a gateway opened (EndSession, session tokens) the
+one gateway id its certificate names (URI SAN ``spiffe://stockade/gateway/<id>``). The admin
+socket is exempt. Every refusal is PERMISSION_DENIED with its reason, and audited.
 """
 
 from __future__ import annotations
