@@ -23,6 +23,8 @@ declare -A need=(
   [busybox]=busybox-static
   [catatonit]=catatonit
   [gcc]=gcc
+  [mkfs.ext4]=e2fsprogs
+  [losetup]=mount
   [chromium]=chromium
 )
 
