@@ -29,7 +29,8 @@ from stockade.workspace import (
     guard_homes,
     object_name,
 )
-from stockade.workspace._volumes import mounted_at
+from stockade.workspace._podman import PodmanLayout
+from stockade.workspace._volumes import mounted_at, unmount_below
 from tests.conftest import IN_CI
 
 IS_ROOT = os.geteuid() == 0
@@ -66,6 +67,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if (path / "podman").is_dir():  # remove every Pod this module started, then the storage
         podman = PodmanRuntime(data_dir=path).podman
         podman.run_sync("pod", "rm", "--all", "--force", "--time", "0")
+        unmount_below(path)  # the Pods' sized volumes (their loop devices go with them)
         runroot = podman.argv[podman.argv.index("--runroot") + 1]
         subprocess.run([*podman.argv, "system", "reset", "--force"], env=podman.env, check=False)
         shutil.rmtree(runroot, ignore_errors=True)
@@ -441,14 +443,19 @@ def _loops_under(path: Path) -> list[str]:
     return [line for line in _all_loops() if str(path) in line]
 
 
-async def _released(path: Path) -> list[str]:
-    """The loop devices still attached under ``path`` once the Pod's last mount is gone (the
+def _loops_of(layout: PodmanLayout) -> list[str]:
+    """Loop devices backed by one workspace's images (its claims and its Pod's emptyDirs)."""
+    return _loops_under(layout.homes) + _loops_under(layout.runtime)
+
+
+async def _released(layout: PodmanLayout) -> list[str]:
+    """The workspace's loop devices still attached once its Pod's last mount is gone (the
     container's mount namespace may outlive ``pod rm`` by a moment)."""
     for _ in range(50):
-        if not _loops_under(path):
+        if not _loops_of(layout):
             return []
         await asyncio.sleep(0.1)
-    return _loops_under(path)
+    return _loops_of(layout)
 
 
 async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> None:
@@ -471,7 +478,7 @@ async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> No
     layout = runtime.layout(workspace)
     try:
         out, _, _ = await _run(runtime, _spec(workspace, "alice", script, blueprint=_small()))
-        assert len(_loops_under(runtime.data_dir)) == 2  # the home's image and /tmp's
+        assert len(_loops_of(layout)) == 2  # the home's image and /tmp's
     finally:
         await runtime.stop(workspace)
     facts = dict(line.split("=", 1) for line in out.split() if "=" in line)
@@ -486,7 +493,7 @@ async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> No
     assert facts["uid"] == out.split()[-1]  # the uid's, as before
     image = layout.homes / f"{object_name(workspace, 'home')}.img"
     assert image.stat().st_blocks * 512 <= 16 << 20  # nothing reached the host beyond it
-    assert await _released(runtime.data_dir) == []
+    assert await _released(layout) == []
     assert not (layout.homes / object_name(workspace, "home") / "h").exists()  # unmounted
 
 
@@ -542,7 +549,7 @@ async def test_a_home_persists_grows_never_shrinks_migrates_and_is_purged(
         assert (mounted_at(home) or ("", ""))[1] == "ext4"
         assert not home.with_name(home.name + ".premigration").exists()
         await rt.stop(workspace)
-        assert await _released(data_dir) == []
+        assert await _released(layout) == []
         assert mounted_at(home) is None
 
         await rt.close()
@@ -555,24 +562,24 @@ async def test_a_home_persists_grows_never_shrinks_migrates_and_is_purged(
         assert out.split()[:2] == ["kept", "m"]
         assert len(_loops_under(layout.homes)) == 1  # mounted once, never twice
         await rt.stop(workspace)
-        assert await _released(data_dir) == []
+        assert await _released(layout) == []
 
         out, _, _ = await _run(rt, _spec(workspace, "alice", read, blueprint=_small("48Mi")))
         assert out.split()[:2] == ["kept", "m"]
         assert int(out.split()[3]) > 40 * 1024  # df's size in KiB: grown online
         await rt.stop(workspace)
-        assert await _released(data_dir) == []
+        assert await _released(layout) == []
         with pytest.raises(InvalidInput, match=r"^storages\[0\]\.size: .*never shrink"):
             await rt.open(_spec(workspace, "alice", "true", blueprint=_small()))
-        assert _loops_under(data_dir) == []
-        assert len(_all_loops()) <= len(before)  # none leaked over four start/stops
+        assert _loops_of(layout) == []
+        assert set(_all_loops()) <= set(before)  # none leaked over four start/stops
     finally:
         await rt.stop(workspace)
         await rt.close()
     assert home.with_name(home.name + ".img").is_file()
     guard_homes(data_dir, workspace, "someone-else", choice="purge")  # workspaces add --purge
     assert not layout.homes.exists()
-    assert _loops_under(data_dir) == []
+    assert _loops_of(layout) == []
 
 
 async def test_forwards_enter_the_pods_namespace_even_when_its_pid_is_stale(
