@@ -941,7 +941,7 @@ class PodmanRuntime:
         shutil.rmtree(pod.layout.runtime / "volumes", ignore_errors=True)
         for volume in volumes.values():
             if volume.kind == "claim":
-                prepare_claim(volume, pod.uid)
+                prepare_claim(volume, pod.uid, self.podman.base / "pristine")
             else:
                 prepare_empty_dir(volume, pod.uid, self.podman.base / "pristine")
 

@@ -15,8 +15,12 @@ filesystem of exactly its size, mounted on the host and bind-mounted into the Po
   image's: neither many small files nor hard links (``EXDEV`` across filesystems) reach the
   host's.
 - an **emptyDir** of ``medium: Memory`` is a tmpfs of its ``sizeLimit``; any other is an image
-  like a claim's, made fresh for each Pod (a sparse copy of a pristine image of that size, made
-  once by ``mkfs``) and removed with it.
+  like a claim's, made fresh for each Pod and removed with it.
+
+A new image (a claim's or an emptyDir's) is a sparse copy of a pristine one of that size, made
+once by ``mkfs``; the loop device and the mount are set up with ioctls and mount(2), so a cold
+start runs no tool at all (``mount``, ``mkfs.ext4``, ``resize2fs`` and ``e2fsck`` are for the
+rare paths: a first image of a size, a grown claim, an error to explain).
 
 Everything fails closed: a volume that cannot be made or mounted raises a one-line
 :class:`BackendError` saying what to install or fix, and the Pod is not started.
@@ -30,9 +34,13 @@ interrupted and redone. A home holding more than its claim is refused, naming th
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import fcntl
 import os
 import re
 import shutil
+import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +69,57 @@ _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 MIN_SIZE = 4 * 2**20
 _MKFS_OPTIONS = ["-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1"]
 _MOUNT_OPTIONS = "nosuid,nodev"
+
+
+_LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_CONFIGURE = 0x4C0A
+_LO_FLAGS_AUTOCLEAR = 4
+_MS_NOSUID, _MS_NODEV = 2, 4
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sys_mount(source: str, target: Path, fstype: str, data: str | None = None) -> None:
+    """mount(2), ``nosuid,nodev``: no mount(8) process on the cold-start path."""
+    done = _libc.mount(
+        source.encode(), str(target).encode(), fstype.encode(), _MS_NOSUID | _MS_NODEV,
+        None if data is None else data.encode(),
+    )  # fmt: skip
+    if done != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(target))
+
+
+def _loop_mount(image: Path, target: Path) -> None:
+    """``mount -o loop`` done with ioctls: a free loop device configured on ``image`` with
+    autoclear (released with its last mount), mounted as ext4. The device's descriptor is held
+    until the mount holds it (closing it first would clear it). Raises OSError."""
+    with open("/dev/loop-control", "rb", buffering=0) as control:
+        for _ in range(8):  # another process may take the free device first: EBUSY, again
+            number = fcntl.ioctl(control, _LOOP_CTL_GET_FREE)
+            fd = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                loop = os.open(f"/dev/loop{number}", os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                os.close(fd)
+                raise
+            try:
+                info = struct.pack("<5Q4I64s64s32s2Q", 0, 0, 0, 0, 0, 0, 0, 0,
+                                   _LO_FLAGS_AUTOCLEAR, str(image).encode()[:63], b"", b"",
+                                   0, 0)  # fmt: skip
+                config = struct.pack("<II", fd, 0) + info + bytes(64)
+                try:
+                    fcntl.ioctl(loop, _LOOP_CONFIGURE, config)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        continue
+                    raise
+                _sys_mount(f"/dev/loop{number}", target, "ext4")
+                return
+            finally:
+                os.close(loop)
+                os.close(fd)
+    raise OSError(errno.EBUSY, "no free loop device", str(image))
 
 
 def parse_quantity(value: str, field: str) -> int:
@@ -104,7 +163,6 @@ def require_volume_tools() -> None:
         ("mount", "mount"),
         ("umount", "mount"),
         ("losetup", "mount"),
-        ("cp", "coreutils"),
     ):
         if _which(program) is None:
             raise ToolMissing(program, package)
@@ -157,12 +215,13 @@ def loop_device_of(image: Path) -> tuple[str, str] | None:
 
 
 def _umount(path: Path) -> None:
-    binary = _which("umount") or "umount"
-    done = subprocess.run([binary, str(path)], capture_output=True, text=True, check=False)
-    if done.returncode != 0 and mounted_at(path) is not None:
+    if _libc.umount2(str(path).encode(), 0) == 0:
+        return
+    code = ctypes.get_errno()
+    if mounted_at(path) is not None:
         # busy (a process of ours has a file open there): detach it now, freed when let go
-        _log.warning("volume_busy_detached", path=str(path), detail=done.stderr.strip()[-200:])
-        subprocess.run([binary, "-l", str(path)], capture_output=True, check=False)
+        _log.warning("volume_busy_detached", path=str(path), error=os.strerror(code))
+        _libc.umount2(str(path).encode(), _MNT_DETACH)
 
 
 def unmount_below(path: Path) -> None:
@@ -200,7 +259,11 @@ def _mount(image: Path, mountpoint: Path, field: str) -> None:
     fix = "the Podman runtime needs root and loop devices (modprobe loop; /dev/loop-control)"
     if loop is not None:  # attached already (a Pod still holds it): the same superblock
         _run(["mount", "-o", _MOUNT_OPTIONS, loop[0], str(mountpoint)], f"{field}: mount", fix)
-    else:
+        return
+    try:
+        _loop_mount(image, mountpoint)
+    except OSError as exc:  # mount(8) again, for the message that says why
+        _log.info("loop_mount_retried", path=str(mountpoint), error=str(exc))
         options = f"loop,{_MOUNT_OPTIONS}"
         _run(["mount", "-o", options, str(image), str(mountpoint)], f"{field}: mount", fix)
 
@@ -280,7 +343,7 @@ def _migrate(volume: HostVolume, field: str) -> None:
     _log.info("home_migrated", path=str(volume.path), size=volume.size)
 
 
-def prepare_claim(volume: HostVolume, uid: int) -> None:
+def prepare_claim(volume: HostVolume, uid: int, pristine_dir: Path) -> None:
     """The claim's image (made, migrated, or found), mounted once at ``volume.path``, grown to
     ``volume.size`` if it was smaller, its root owned by ``uid``. A smaller claim than the
     image is refused (:class:`InvalidInput` naming the field): shrinking would lose data."""
@@ -295,7 +358,7 @@ def prepare_claim(volume: HostVolume, uid: int) -> None:
     _migrate(volume, volume.field)
     fresh = not image.exists()
     if fresh:
-        _mkfs(image, volume.size, volume.field)
+        _copy_pristine(image, volume.size, volume.field, pristine_dir)
     _grow(image, volume.size, volume.field, volume.path)
     _mountpoint(volume.path)
     _mount(image, volume.path, volume.field)
@@ -305,6 +368,50 @@ def prepare_claim(volume: HostVolume, uid: int) -> None:
     _own_root(volume, uid)
 
 
+def _copy_pristine(image: Path, size: int, field: str, pristine_dir: Path) -> None:
+    """A fresh ext4 of ``size`` at ``image``: a sparse copy of one ``mkfs`` made once per size
+    (a copy of its few allocated blocks is far cheaper than ``mkfs``; the copies share the
+    filesystem UUID, which nothing here mounts by)."""
+    pristine = pristine_dir / f"ext4-{size}.img"
+    if not pristine.exists():
+        pristine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _mkfs(pristine, size, field)
+    tmp = image.with_name(f"{image.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+    try:
+        _sparse_copy(pristine, tmp, size)
+        tmp.replace(image)
+    except OSError as exc:
+        raise BackendError(f"{field}: copying a fresh image failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _sparse_copy(source: Path, dest: Path, size: int) -> None:
+    """Copy only the allocated extents of ``source`` (``SEEK_DATA``/``SEEK_HOLE``), in the
+    kernel (``copy_file_range``); the rest of ``dest`` stays a hole. ``dest`` is 0600."""
+    with open(source, "rb") as src, open(dest, "xb") as dst:
+        os.fchmod(dst.fileno(), 0o600)
+        dst.truncate(size)
+        offset = 0
+        while offset < size:  # each turn moves past one extent
+            try:
+                data = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset
+                    return
+                raise
+            hole = os.lseek(src.fileno(), data, os.SEEK_HOLE)
+            position = data
+            while position < hole:
+                copied = os.copy_file_range(
+                    src.fileno(), dst.fileno(), hole - position, position, position
+                )
+                if copied <= 0:
+                    raise OSError(errno.EIO, "short copy", str(source))
+                position += copied
+            offset = hole
+
+
 def prepare_empty_dir(volume: HostVolume, uid: int, pristine_dir: Path) -> None:
     """A fresh sized filesystem at ``volume.path`` for one Pod: a tmpfs (``memory``) or a
     sparse copy of a pristine image of that size (``mkfs`` runs once per size)."""
@@ -312,18 +419,13 @@ def prepare_empty_dir(volume: HostVolume, uid: int, pristine_dir: Path) -> None:
     if mounted_at(volume.path) is not None:
         raise BackendError(f"{volume.field}: {volume.path} is still mounted from an earlier Pod")
     if volume.kind == "memory":
-        options = f"size={volume.size},mode=0700,{_MOUNT_OPTIONS}"
-        _run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(volume.path)],
-             f"{volume.field}: mount")  # fmt: skip
+        try:
+            _sys_mount("tmpfs", volume.path, "tmpfs", f"size={volume.size},mode=0700")
+        except OSError as exc:
+            raise BackendError(f"{volume.field}: mounting a tmpfs failed: {exc}") from exc
     else:
-        pristine = pristine_dir / f"ext4-{volume.size}.img"
-        if not pristine.exists():
-            pristine_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _mkfs(pristine, volume.size, volume.field)
-        image = volume.image
-        image.unlink(missing_ok=True)
-        _run(["cp", "--sparse=always", str(pristine), str(image)], f"{volume.field}: copy")
-        _mount(image, volume.path, volume.field)
+        _copy_pristine(volume.image, volume.size, volume.field, pristine_dir)
+        _mount(volume.image, volume.path, volume.field)
         with contextlib.suppress(OSError):
             (volume.path / "lost+found").rmdir()
     _own_root(volume, uid)
