@@ -24,7 +24,6 @@ declare -A need=(
   [catatonit]=catatonit
   [gcc]=gcc
   [mkfs.ext4]=e2fsprogs
-  [losetup]=mount
   [chromium]=chromium
 )
 

@@ -155,14 +155,13 @@ class HostVolume:
 
 
 def require_volume_tools() -> None:
-    """Raise :class:`ToolMissing` unless mkfs.ext4, resize2fs, mount and umount are here."""
+    """Raise :class:`ToolMissing` unless e2fsprogs (a first image of a size, a grown claim)
+    and mount(8) (a failure's explanation, a device a Pod still holds) are here."""
     for program, package in (
         ("mkfs.ext4", "e2fsprogs"),
         ("resize2fs", "e2fsprogs"),
         ("e2fsck", "e2fsprogs"),
         ("mount", "mount"),
-        ("umount", "mount"),
-        ("losetup", "mount"),
     ):
         if _which(program) is None:
             raise ToolMissing(program, package)
@@ -172,10 +171,13 @@ def _which(program: str) -> str | None:
     return shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin")
 
 
+_PACKAGES = {"mount": "mount", "losetup": "mount", "cp": "coreutils"}
+
+
 def _run(argv: list[str], what: str, fix: str = "") -> None:
     binary = _which(argv[0])
     if binary is None:
-        raise ToolMissing(argv[0], "e2fsprogs" if "2fs" in argv[0] else "mount")
+        raise ToolMissing(argv[0], _PACKAGES.get(argv[0], "e2fsprogs"))
     done = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         detail = " ".join(done.stderr.split())[-300:] or f"exit status {done.returncode}"
