@@ -47,6 +47,7 @@ from stockade.workspace import (
     build_busybox_image,
     render_workspace,
 )
+from stockade.workspace._volumes import unmount_below
 
 COLD_ROUNDS = 3
 WARM_ROUNDS = 40
@@ -118,6 +119,7 @@ def _cleanup(runtime: PodmanRuntime) -> None:
     argv, env = runtime.podman.argv, runtime.podman.env
     subprocess.run([*argv, "pod", "rm", "--all", "--force", "--time", "0"],
                    env=env, capture_output=True, check=False)  # fmt: skip
+    unmount_below(runtime.data_dir)  # the Pods' sized volumes, their loop devices with them
     subprocess.run([*argv, "system", "reset", "--force"], env=env, capture_output=True, check=False)
     shutil.rmtree(argv[argv.index("--runroot") + 1], ignore_errors=True)
 

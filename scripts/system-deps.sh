@@ -23,6 +23,7 @@ declare -A need=(
   [busybox]=busybox-static
   [catatonit]=catatonit
   [gcc]=gcc
+  [mkfs.ext4]=e2fsprogs
   [chromium]=chromium
 )
 

@@ -19,15 +19,18 @@ from typing import Any
 
 import pytest
 
-from stockade.core.errors import BackendError, PermissionDenied
+from stockade.core.errors import BackendError, InvalidInput, PermissionDenied
 from stockade.workspace import (
     DEFAULT_BLUEPRINT,
     Blueprint,
     PodmanRuntime,
     SessionSpec,
     build_busybox_image,
+    guard_homes,
     object_name,
 )
+from stockade.workspace._podman import PodmanLayout
+from stockade.workspace._volumes import mounted_at, unmount_below
 from tests.conftest import IN_CI
 
 IS_ROOT = os.geteuid() == 0
@@ -64,6 +67,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if (path / "podman").is_dir():  # remove every Pod this module started, then the storage
         podman = PodmanRuntime(data_dir=path).podman
         podman.run_sync("pod", "rm", "--all", "--force", "--time", "0")
+        unmount_below(path)  # the Pods' sized volumes (their loop devices go with them)
         runroot = podman.argv[podman.argv.index("--runroot") + 1]
         subprocess.run([*podman.argv, "system", "reset", "--force"], env=podman.env, check=False)
         shutil.rmtree(runroot, ignore_errors=True)
@@ -420,25 +424,162 @@ async def test_a_re_created_workspace_never_lands_in_its_former_holders_pod(
             await runtime.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="claims and emptyDirs are plain host directories on the gateway host's filesystem: "
-    "Podman enforces no storage size (no quota, no loop or tmpfs volume of the claim's size), "
-    "so a session can fill the host's disk through $HOME or /tmp",
-)
-async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> None:
-    """atk10: the blueprint's storage ``size`` is not enforced under Podman."""
-    small = {
+def _small(size: str = "16Mi") -> dict[str, Any]:
+    return {
         "name": "small-home",
         "storages": [{"name": "home", "mountPath": "/home/workspace", "home": True,
-                      "size": "16Mi"}],
+                      "size": size}],
     }  # fmt: skip
-    script = "dd if=/dev/zero of=$HOME/fill bs=1M count=40 2>/dev/null; echo rc=$?; rm $HOME/fill"
+
+
+def _all_loops() -> list[str]:
+    """``losetup -a``, one attached loop device a line."""
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def _loops_under(path: Path) -> list[str]:
+    """Loop devices (``losetup -a``) whose backing file is under ``path``."""
+    return [line for line in _all_loops() if str(path) in line]
+
+
+def _loops_of(layout: PodmanLayout) -> list[str]:
+    """Loop devices backed by one workspace's images (its claims and its Pod's emptyDirs)."""
+    return _loops_under(layout.homes) + _loops_under(layout.runtime)
+
+
+async def _released(layout: PodmanLayout) -> list[str]:
+    """The workspace's loop devices still attached once its Pod's last mount is gone (the
+    container's mount namespace may outlive ``pod rm`` by a moment)."""
+    for _ in range(50):
+        if not _loops_of(layout):
+            return []
+        await asyncio.sleep(0.1)
+    return _loops_of(layout)
+
+
+async def test_a_home_holds_no_more_than_its_claim(runtime: PodmanRuntime) -> None:
+    """atk10: the blueprint's storage ``size`` was not enforced under Podman (homes and /tmp
+    were plain host directories: a session could fill the gateway host's disk). Now a home
+    holds its claim and no more, in bytes and in inodes; /tmp is bounded by its ``sizeLimit``
+    (1Gi by default); hard links cannot carry data between them (separate filesystems); and
+    the loop devices are released when the Pod stops."""
+    script = (
+        "dd if=/dev/zero of=$HOME/fill bs=1M count=40 2>/dev/null; echo rc=$?; rm $HOME/fill;"
+        "i=0; while [ $i -lt 20000 ] && true > $HOME/f$i 2>/dev/null; do i=$((i+1)); done;"
+        "echo files=$i; rm -f $HOME/f*;"
+        "fallocate -l 1100M /tmp/big 2>/dev/null; echo tmpbig=$?; rm -f /tmp/big;"
+        "fallocate -l 900M /tmp/ok; echo tmpok=$?; rm -f /tmp/ok;"
+        "echo x > $HOME/h; ln $HOME/h /tmp/h 2>/dev/null; echo link1=$?;"
+        "echo y > /tmp/t; ln /tmp/t $HOME/t 2>/dev/null; echo link2=$?;"
+        "stat -c 'mode=%a uid=%u' $HOME; id -u"
+    )
+    workspace = "small"
+    layout = runtime.layout(workspace)
     try:
-        out, _, _ = await _run(runtime, _spec("small", "alice", script, blueprint=small))
+        out, _, _ = await _run(runtime, _spec(workspace, "alice", script, blueprint=_small()))
+        assert len(_loops_of(layout)) == 2  # the home's image and /tmp's
     finally:
-        await runtime.stop("small")
-    assert "rc=0" not in out
+        await runtime.stop(workspace)
+    facts = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    assert {"rc", "files", "tmpbig", "tmpok", "link1", "link2", "mode"} <= facts.keys(), out
+    assert facts["rc"] != "0", "40M written into a 16Mi home"
+    assert 100 < int(facts["files"]) < 20000, "inodes are the image's, and bounded"
+    assert facts["tmpbig"] != "0", "more than /tmp's 1Gi sizeLimit was allocated"
+    assert facts["tmpok"] == "0"
+    assert facts["link1"] != "0", "a hard link carried a home file into /tmp"
+    assert facts["link2"] != "0", "a hard link carried a /tmp file into the home"
+    assert facts["mode"] == "700"
+    assert facts["uid"] == out.split()[-1]  # the uid's, as before
+    image = layout.homes / f"{object_name(workspace, 'home')}.img"
+    assert image.stat().st_blocks * 512 <= 16 << 20  # nothing reached the host beyond it
+    assert await _released(layout) == []
+    assert not (layout.homes / object_name(workspace, "home") / "h").exists()  # unmounted
+
+
+async def test_a_home_that_cannot_be_mounted_keeps_the_pod_from_starting(
+    runtime: PodmanRuntime,
+) -> None:
+    """Fail closed: a claim image that is no filesystem (or a host without loop devices) is a
+    one-line error naming the field and what to fix, and no Pod is created."""
+    workspace = "junk-home"
+    homes = runtime.layout(workspace).homes
+    homes.mkdir(parents=True, exist_ok=True)
+    image = homes / f"{object_name(workspace, 'home')}.img"
+    image.write_bytes(os.urandom(4096) * 4096)  # 16Mi of no filesystem at all
+    try:
+        with pytest.raises(BackendError) as caught:
+            await runtime.open(_spec(workspace, "alice", "true", blueprint=_small()))
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith("storages[0].size: mount")
+        assert "loop devices" in message
+        state = await runtime.podman.run("pod", "ps", "--format", "{{.Name}}")
+        assert object_name(workspace) not in state
+        assert _loops_under(homes) == []
+        assert mounted_at(homes / object_name(workspace, "home")) is None
+    finally:
+        shutil.rmtree(homes)
+
+
+@pytest.mark.slow
+async def test_a_home_persists_grows_never_shrinks_migrates_and_is_purged(
+    data_dir: Path, image: str
+) -> None:
+    """The home's image across its life: a plain-directory home from before sized claims is
+    migrated into it; its data survives a Pod stop/start and a new runtime (which finds the
+    running Pod's home mounted and does not mount it twice); a claim that grows is resized, one
+    that shrinks is refused naming the field; every stop releases the loop devices (no leak
+    across start/stops); ``--purge`` removes the image."""
+    workspace = "keeper"
+    rt = PodmanRuntime(data_dir=data_dir)
+    layout = rt.layout(workspace)
+    home = layout.homes / object_name(workspace, "home")
+    uid = rt.uids.uid(workspace)
+    home.mkdir(parents=True)  # a home as the runtime left it before this change
+    (home / "old-notes").write_text("kept\n")
+    os.chown(home / "old-notes", uid, uid)
+    os.chown(home, uid, uid)
+    before = _all_loops()
+    read = "cat $HOME/old-notes $HOME/marker 2>/dev/null; df -k $HOME | tail -1"
+    try:
+        out, _, _ = await _run(rt, _spec(workspace, "alice", f"echo m > $HOME/marker; {read}",
+                                         blueprint=_small()))  # fmt: skip
+        assert out.split()[:2] == ["kept", "m"]
+        assert (mounted_at(home) or ("", ""))[1] == "ext4"
+        assert not home.with_name(home.name + ".premigration").exists()
+        await rt.stop(workspace)
+        assert await _released(layout) == []
+        assert mounted_at(home) is None
+
+        await rt.close()
+        rt = PodmanRuntime(data_dir=data_dir)  # a new gateway: the image is found again
+        out, _, _ = await _run(rt, _spec(workspace, "alice", read, blueprint=_small()))
+        assert out.split()[:2] == ["kept", "m"]
+        await rt.close()  # this gateway goes away, the Pod keeps running
+        rt = PodmanRuntime(data_dir=data_dir)
+        out, _, _ = await _run(rt, _spec(workspace, "alice", read, blueprint=_small()))
+        assert out.split()[:2] == ["kept", "m"]
+        assert len(_loops_under(layout.homes)) == 1  # mounted once, never twice
+        await rt.stop(workspace)
+        assert await _released(layout) == []
+
+        out, _, _ = await _run(rt, _spec(workspace, "alice", read, blueprint=_small("48Mi")))
+        assert out.split()[:2] == ["kept", "m"]
+        assert int(out.split()[3]) > 40 * 1024  # df's size in KiB: grown online
+        await rt.stop(workspace)
+        assert await _released(layout) == []
+        with pytest.raises(InvalidInput, match=r"^storages\[0\]\.size: .*never shrink"):
+            await rt.open(_spec(workspace, "alice", "true", blueprint=_small()))
+        assert _loops_of(layout) == []
+        assert set(_all_loops()) <= set(before)  # none leaked over four start/stops
+    finally:
+        await rt.stop(workspace)
+        await rt.close()
+    assert home.with_name(home.name + ".img").is_file()
+    guard_homes(data_dir, workspace, "someone-else", choice="purge")  # workspaces add --purge
+    assert not layout.homes.exists()
+    assert _loops_of(layout) == []
 
 
 async def test_forwards_enter_the_pods_namespace_even_when_its_pid_is_stale(

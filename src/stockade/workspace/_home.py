@@ -18,6 +18,7 @@ from stockade.core.errors import InvalidInput
 from stockade.core.files import write_private
 
 from ._uids import UidAllocator
+from ._volumes import unmount_below
 
 __all__ = [
     "HOME_OWNER_FILE",
@@ -56,6 +57,7 @@ def check_home(
     if previous.get("owner_id") == owner_id:
         return
     if choice == "purge":
+        unmount_below(home)  # a Podman claim's image may be mounted there: rmtree stops at none
         shutil.rmtree(home)
         record.unlink(missing_ok=True)
         return

@@ -6,9 +6,11 @@ hard limits here are below Podman's defaults). The Pod is the one :func:`render_
 returns and :func:`check_object` passed at the blueprint's level; :func:`translate_for_podman`
 adapts it where ``podman kube play`` 4.3 falls short, and says so field by field:
 
-- every ``emptyDir`` and claim becomes a directory Stockade prepares (``kube play`` mounts an
-  ``emptyDir`` root-owned 0755): ``/tmp`` is 1777, the home is the workspace uid's, 0700;
-  claims persist under ``homes/`` in the data dir, emptyDirs are removed with the Pod;
+- every ``emptyDir`` and claim becomes a filesystem of its size that Stockade mounts on the
+  host and Podman bind-mounts (``kube play`` mounts an ``emptyDir`` root-owned 0755 and
+  enforces no size; see :mod:`._volumes`): ``/tmp`` is 1777, the home is the workspace uid's,
+  0700; claims are ext4 images persisting under ``homes/`` in the data dir, unmounted when the
+  Pod stops; emptyDirs are removed with the Pod;
 - the workspace container's main process is the Stockade agent (``agent/stockade-agent.c``,
   built once, static), mounted read-only with its socket directory at ``/run/stockade``;
 - ``/etc/passwd`` and ``/etc/group`` are generated (read-only) so each user's name resolves.
@@ -60,6 +62,14 @@ from ._pss import check_object
 from ._render import render_workspace
 from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
 from ._uids import UidAllocator
+from ._volumes import (
+    HostVolume,
+    parse_quantity,
+    prepare_claim,
+    prepare_empty_dir,
+    require_volume_tools,
+    unmount_below,
+)
 
 __all__ = [
     "PodmanRuntime",
@@ -163,22 +173,48 @@ class PodmanLayout:
         return self.pub / "agent.sock"
 
 
+#: The bound of an emptyDir that has no ``sizeLimit`` (the renderer gives each one; a patch
+#: might add one without): under Podman nothing is unbounded.
+UNSIZED_EMPTY_DIR_LIMIT = "1Gi"
+
+
 def translate_for_podman(
-    pod: Mapping[str, Any], *, layout: PodmanLayout
-) -> tuple[dict[str, Any], dict[str, tuple[Path, int]]]:
-    """The Pod ``podman kube play`` 4.3 runs, and the directories to prepare (volume name ->
-    (host path, mode); the caller gives all but ``/tmp`` to the workspace uid). Pure."""
+    pod: Mapping[str, Any],
+    *,
+    layout: PodmanLayout,
+    claims: Sequence[Mapping[str, Any]] = (),
+) -> tuple[dict[str, Any], dict[str, HostVolume]]:
+    """The Pod ``podman kube play`` 4.3 runs, and the sized volumes to prepare for it (volume
+    name -> :class:`HostVolume`; sizes from ``claims``, the rendered PVCs in ``storages``
+    order, and from each emptyDir's ``sizeLimit``). Pure."""
     translated = copy.deepcopy(dict(pod))
     spec = translated["spec"]
     home = _home_of(pod)
-    dirs: dict[str, tuple[Path, int]] = {}
+    sizes = {
+        str(claim["metadata"]["name"]): (
+            str(claim["spec"]["resources"]["requests"]["storage"]),
+            f"storages[{index}].size",
+        )
+        for index, claim in enumerate(claims)
+    }
+    dirs: dict[str, HostVolume] = {}
     new_volumes = []
-    for volume in spec.get("volumes", []):
+    for index, volume in enumerate(spec.get("volumes", [])):
         name = volume["name"]
         if "persistentVolumeClaim" in volume:
-            path = layout.homes / volume["persistentVolumeClaim"]["claimName"]
-        else:
+            claim = str(volume["persistentVolumeClaim"]["claimName"])
+            if claim not in sizes:
+                raise InvalidInput(f"spec.volumes[{index}]", f"claim {claim!r} has no size")
+            quantity, where = sizes[claim]
+            path, kind = layout.homes / claim, "claim"
+        elif "emptyDir" in volume:
+            empty = volume["emptyDir"] or {}
+            quantity = str(empty.get("sizeLimit", UNSIZED_EMPTY_DIR_LIMIT))
+            where = f"spec.volumes[{index}].emptyDir.sizeLimit"
             path = layout.runtime / "volumes" / name
+            kind = "memory" if empty.get("medium") == "Memory" else "emptyDir"
+        else:
+            raise InvalidInput(f"spec.volumes[{index}]", "only claims and emptyDirs run here")
         mounted_at = [
             m["mountPath"]
             for c in spec["containers"]
@@ -187,7 +223,9 @@ def translate_for_podman(
         ]
         tmp = "/tmp" in mounted_at  # noqa: S108 - the container's /tmp
         mode = 0o1777 if tmp else (0o700 if home in mounted_at else 0o755)
-        dirs[name] = (path, mode)
+        dirs[name] = HostVolume(
+            path=path, mode=mode, size=parse_quantity(quantity, where), field=where, kind=kind
+        )
         new_volumes.append({"name": name, "hostPath": {"path": str(path), "type": "Directory"}})
     etc = layout.runtime / "etc"
     new_volumes += [
@@ -683,6 +721,21 @@ class PodmanWorkload:
         self._runtime._session_ended(self._pod, self._ident)
 
 
+def _unmount_volumes(layout: PodmanLayout, *, claims: bool = True) -> None:
+    """Unmount the Pod's emptyDirs and (``claims``) its claims; their loop devices go with
+    their last mount. Call once the Pod is gone: a running one keeps its own mounts."""
+    unmount_below(layout.runtime / "volumes")
+    if claims:
+        unmount_below(layout.homes)
+
+
+def _remove_runtime(layout: PodmanLayout) -> None:
+    """The Pod's host-side files gone, its volumes unmounted first (``rmtree`` would descend
+    into a mounted filesystem; a claim's data is never under ``runtime`` anyway)."""
+    _unmount_volumes(layout)
+    shutil.rmtree(layout.runtime, ignore_errors=True)
+
+
 class PodmanRuntime:
     """Runs each workspace as its rendered Pod under rootful Podman; sessions enter through the
     Pod's agent. Pods are reused while they run and stopped after ``idle_timeout`` seconds
@@ -704,6 +757,7 @@ class PodmanRuntime:
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.podman = Podman(self.data_dir)
+        require_volume_tools()  # fail closed: no sized volumes, no Pods
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.blueprints = blueprints
         self.idle_timeout = idle_timeout
@@ -772,14 +826,14 @@ class PodmanRuntime:
             )
         layout = self.layout(spec.workspace)
         name = str(rendered.pod["metadata"]["name"])
-        translated, dirs = translate_for_podman(rendered.pod, layout=layout)
+        translated, dirs = translate_for_podman(rendered.pod, layout=layout, claims=rendered.claims)
         exists = await self._pod_running(name)
         holder = json.dumps({"owner": owner, "uid": uid}, sort_keys=True)
         if exists and not self._held_by(layout, holder):
             _log.warning("workspace_pod_replaced", workspace=spec.workspace,
                          reason="the running Pod was started for another owner or uid")  # fmt: skip
             await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
-            shutil.rmtree(layout.runtime, ignore_errors=True)
+            _remove_runtime(layout)
             exists = False
         listener = self._listen(layout, uid)
         pod = _Pod(
@@ -796,11 +850,12 @@ class PodmanRuntime:
         accept = asyncio.ensure_future(self._accept(pod))
         try:
             if not exists:
-                self._prepare_dirs(pod, dirs)
+                await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
+                # sized filesystems, mounted by blocking tools: off the event loop
+                await asyncio.to_thread(self._prepare_volumes, pod, dirs)
                 self._holder_file(layout).write_text(holder)
                 manifest = layout.runtime / "pod.yaml"
                 manifest.write_text(yaml.safe_dump(translated, sort_keys=False))
-                await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
                 await self.podman.run(
                     "kube", "play", "--quiet", "--network", self.network, str(manifest)
                 )
@@ -808,6 +863,9 @@ class PodmanRuntime:
         except BaseException:
             accept.cancel()
             listener.close()
+            if not exists:  # fail closed, and leave nothing mounted behind
+                await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
+                await asyncio.to_thread(_unmount_volumes, layout)
             raise
         self._pods[spec.workspace] = pod
         return pod
@@ -875,15 +933,17 @@ class PodmanRuntime:
             pod.linked.set()
             return
 
-    def _prepare_dirs(self, pod: _Pod, dirs: Mapping[str, tuple[Path, int]]) -> None:
-        for path, mode in dirs.values():
-            fresh = not path.exists()
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.chmod(mode)
-            if mode != 0o1777 and (fresh or path.stat().st_uid != pod.uid):
-                os.chown(path, pod.uid, pod.uid)
-            if mode == 0o1777:
-                os.chown(path, 0, 0)
+    def _prepare_volumes(self, pod: _Pod, volumes: Mapping[str, HostVolume]) -> None:
+        """Each volume a filesystem of its size (:mod:`._volumes`): the claims' images made,
+        migrated or found and mounted once; the emptyDirs fresh (what an earlier Pod left
+        there, after a crash, unmounted and removed first)."""
+        _unmount_volumes(pod.layout, claims=False)
+        shutil.rmtree(pod.layout.runtime / "volumes", ignore_errors=True)
+        for volume in volumes.values():
+            if volume.kind == "claim":
+                prepare_claim(volume, pod.uid, self.podman.base / "pristine")
+            else:
+                prepare_empty_dir(volume, pod.uid, self.podman.base / "pristine")
 
     def _write_identity(self, pod: _Pod) -> None:
         etc = pod.layout.runtime / "etc"
@@ -926,7 +986,7 @@ class PodmanRuntime:
         else:
             name = object_name(workspace)
         await self.podman.run("pod", "rm", "-f", "-t", "0", name, check=False)
-        shutil.rmtree(layout.runtime, ignore_errors=True)
+        await asyncio.to_thread(_remove_runtime, layout)
 
     async def stop_idle(self, now: float | None = None) -> list[str]:
         """Stop every Pod without a session for ``idle_timeout`` seconds; returns their names."""

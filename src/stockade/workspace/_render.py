@@ -28,6 +28,7 @@ from ._names import (
 
 __all__ = [
     "PODMAN_SIDECAR_IMAGE",
+    "TMP_SIZE_LIMIT",
     "RenderContext",
     "RenderedWorkspace",
     "render_workspace",
@@ -37,6 +38,13 @@ __all__ = [
 PODMAN_SIDECAR_IMAGE = "quay.io/podman/stable:v4.3"
 #: Where the workspace container's main process lives when no init script replaces it.
 IDLE_COMMAND = ("/bin/sh", "-c", "exec sleep 2147483647")
+#: ``sizeLimit`` of the emptyDirs the renderer emits: a Pod's scratch space is bounded (the
+#: Podman runtime makes each a filesystem of this size; Kubernetes evicts a Pod past it).
+TMP_SIZE_LIMIT = "1Gi"
+HOME_SIZE_LIMIT = "10Gi"
+"""Of the home when the blueprint has no home storage (an emptyDir, gone with the Pod)."""
+PODMAN_RUN_SIZE_LIMIT = "16Mi"
+PODMAN_STORAGE_SIZE_LIMIT = "10Gi"
 #: Private and link-local ranges: the cluster's services live here, the internet does not.
 PRIVATE_RANGES = (
     "10.0.0.0/8",
@@ -172,12 +180,12 @@ def render_workspace(
     resources = blueprint.effective_resources
     limits = {"cpu": resources.cpu, "memory": resources.memory}
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}]
     claims: list[dict[str, Any]] = []
     storages = blueprint.storages or ()
     if not any(storage.home for storage in storages):
         mounts.append({"name": "home", "mountPath": home})
-        volumes.append({"name": "home", "emptyDir": {}})
+        volumes.append({"name": "home", "emptyDir": {"sizeLimit": HOME_SIZE_LIMIT}})
     for storage in storages:
         claim = object_name(workspace, storage.name)
         claims.append(
@@ -254,8 +262,8 @@ def render_workspace(
         spec["hostUsers"] = False
         containers.append(_sidecar(home))
         volumes += [
-            {"name": "podman-run", "emptyDir": {}},
-            {"name": "podman-storage", "emptyDir": {}},
+            {"name": "podman-run", "emptyDir": {"sizeLimit": PODMAN_RUN_SIZE_LIMIT}},
+            {"name": "podman-storage", "emptyDir": {"sizeLimit": PODMAN_STORAGE_SIZE_LIMIT}},
         ]
         mounts.append({"name": "podman-run", "mountPath": "/run/podman", "readOnly": True})
         env.append({"name": "CONTAINER_HOST", "value": "unix:///run/podman/podman.sock"})
