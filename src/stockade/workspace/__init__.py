@@ -71,6 +71,7 @@ from ._runtime import (
 )
 from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
 from ._select import select_runtime
+from ._sockets import Closable, CredentialSockets, SessionSocketOpener, close_quietly
 from ._uids import UidAllocator
 from ._validate import KUBERNETES_VERSION, validate_object
 
@@ -88,6 +89,8 @@ __all__ = [
     "App",
     "Blueprint",
     "BlueprintRegistry",
+    "Closable",
+    "CredentialSockets",
     "ExitStatus",
     "FdReader",
     "FdWriter",
@@ -105,6 +108,7 @@ __all__ = [
     "RepositoryFile",
     "Resources",
     "SandboxBackend",
+    "SessionSocketOpener",
     "SessionSpec",
     "Storage",
     "UidAllocator",
@@ -120,6 +124,7 @@ __all__ = [
     "check_object",
     "claim_home",
     "claim_homes",
+    "close_quietly",
     "connect_in_netns",
     "copy_with_libraries",
     "delete_requests",

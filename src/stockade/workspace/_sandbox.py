@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -39,6 +40,7 @@ from stockade.core.logging import get_logger
 from ._fdio import CHUNK, FdReader, FdWriter
 from ._nsenter import connect_in_netns
 from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
+from ._sockets import Closable, CredentialSockets, SessionSocketOpener, close_quietly
 from ._uids import UidAllocator
 
 __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbox_netns"]
@@ -72,7 +74,8 @@ def _take_terminal() -> None:  # runs in the child between fork and exec
 
 
 class LocalWorkload:
-    """A session process started by :class:`LocalBackend`."""
+    """A session process started by :class:`SandboxBackend`, holding its broker socket (if
+    any) until it is closed."""
 
     def __init__(
         self,
@@ -81,8 +84,10 @@ class LocalWorkload:
         stdout: FdReader,
         stderr: FdReader | None,
         master: int | None,
+        credentials: Closable | None = None,
     ) -> None:
         self._proc = proc
+        self._credentials = credentials
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
@@ -151,6 +156,8 @@ class LocalWorkload:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+        credentials, self._credentials = self._credentials, None
+        await close_quietly(credentials)  # the broker's socket goes with the session
 
 
 #: Called with (home, uid, gid) before each session in that home; configuration only.
@@ -202,12 +209,17 @@ class SandboxBackend:
         prepare_home: HomeHook | None = None,
         uids: UidAllocator | None = None,
         network: bool = False,
+        sockets: SessionSocketOpener | None = None,
     ) -> None:
         """``uids`` gives each workspace its own uid (as root; default: a file in ``data_dir``);
         ``uid``/``gid`` are used only when running unprivileged is impossible to vary (not root).
-        ``network``: a network namespace per workspace (root only; otherwise per session). Off
-        by default until sessions reach the broker through their credential socket: the
-        namespace has loopback only, so ``STOCKADE_API`` over TCP would be out of reach."""
+        ``network``: a network namespace per workspace (as root; otherwise one per session),
+        loopback only. ``sockets`` (the broker's ``open_session_socket``) gives each
+        bubblewrapped session its own broker socket, owned by the workspace's uid and bound
+        into that session's sandbox alone: the helpers reach the broker through it, so the
+        session needs neither ``STOCKADE_TOKEN`` nor the host's network (without it, sessions
+        keep the token and ``STOCKADE_API`` over TLS, which a private namespace cannot
+        reach)."""
         self.root = root.resolve()
         self.prepare_home = prepare_home
         self.data_dir = data_dir.resolve()
@@ -222,6 +234,7 @@ class SandboxBackend:
         self.gid = gid if self.as_root else os.getegid()
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.network = network
+        self.sockets = CredentialSockets(data_dir=self.data_dir, opener=sockets)
         if self.bwrap is None:
             _log.warning(
                 "local_sessions_unsandboxed",
@@ -317,7 +330,7 @@ class SandboxBackend:
             agent_dir = str(Path(spec.agent_path).parent)
             argv += ["--bind", agent_dir, agent_dir]
         if spec.credential_socket:  # this session's sandbox only
-            argv += ["--bind", spec.credential_socket, spec.credential_socket]
+            argv += self._socket_mount(Path(spec.credential_socket), home)
         argv += [
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--cap-drop", "ALL",
@@ -339,6 +352,19 @@ class SandboxBackend:
         ]  # fmt: skip
         enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
         return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _socket_mount(self, path: Path, home: Path) -> list[str]:
+        """bubblewrap arguments showing the socket at ``path`` and nothing else of its
+        directory: a fresh, unlistable tmpfs over that directory (the host's is root-only;
+        other sessions' sockets are never there) with this one socket bound in it."""
+        argv: list[str] = []
+        for parent in reversed(path.parent.parents):
+            if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        directory = path.parent
+        if directory != Path("/tmp") and not home.is_relative_to(directory):  # noqa: S108
+            argv += ["--perms", "0711", "--tmpfs", str(directory)]
+        return [*argv, "--bind", str(path), str(path)]
 
     def _identity_files(self, spec: SessionSpec, home: Path) -> tuple[Path, Path]:
         """The host's passwd and group plus the workspace uid under the session user's name
@@ -387,6 +413,11 @@ class SandboxBackend:
         env.update(spec.env)
         if spec.credential_socket:
             env["STOCKADE_SOCKET"] = spec.credential_socket
+            env["STOCKADE_CREDENTIAL_SOCKET"] = spec.credential_socket  # the helpers' name
+            # the socket is the session's credential: the helpers need no token with it, and
+            # a bearer token in the environment is one more copy to steal (/proc/PID/environ,
+            # a core dump, a child's logs)
+            env.pop("STOCKADE_TOKEN", None)
         if shared_session(spec):  # never there (see open), whatever the caller did
             env.pop("STOCKADE_TOKEN", None)
         return env
@@ -448,6 +479,21 @@ class SandboxBackend:
             spec = without_credentials(spec)
         home = self.home(spec.workspace)
         ids = self.ids(spec.workspace)
+        handle = None
+        if self.bwrap is not None and not spec.credential_socket:
+            # owned by the workspace's uid (as root; else ours, which the session runs as)
+            handle, path = await self.sockets.open(spec, ids[0] if self.as_root else None)
+            if path is not None:
+                spec = dataclasses.replace(spec, credential_socket=path)
+        try:
+            return self._start(spec, home, ids, handle)
+        except BaseException:
+            await close_quietly(handle)
+            raise
+
+    def _start(
+        self, spec: SessionSpec, home: Path, ids: tuple[int, int], handle: Closable | None
+    ) -> LocalWorkload:
         argv = self._argv(spec, home)
         env = self._env(spec, home)
         self._grant_agent(spec)
@@ -461,7 +507,8 @@ class SandboxBackend:
                 raise
             finally:
                 os.close(slave)
-            return LocalWorkload(proc, FdWriter(os.dup(master)), FdReader(master), None, master)
+            reader = FdReader(master)
+            return LocalWorkload(proc, FdWriter(os.dup(master)), reader, None, master, handle)
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -475,4 +522,4 @@ class SandboxBackend:
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
-        return LocalWorkload(proc, FdWriter(in_w), FdReader(out_r), FdReader(err_r), None)
+        return LocalWorkload(proc, FdWriter(in_w), FdReader(out_r), FdReader(err_r), None, handle)
