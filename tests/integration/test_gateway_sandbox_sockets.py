@@ -272,3 +272,25 @@ async def test_a_socket_is_gone_when_its_session_ends(stack: Stack) -> None:
     assert await eventually(lambda: not os.path.exists(path))
     with socket.socket(socket.AF_UNIX) as probe, pytest.raises(FileNotFoundError):
         probe.connect(path)  # even root on the host finds nothing to ask
+
+
+async def test_an_admin_in_someone_elses_workspace_gets_no_socket(stack: Stack) -> None:
+    """The admin's session runs as the owner's uid (who could ptrace it): no socket is opened
+    for it and no token is left in its place (:func:`~stockade.workspace.shared_session`)."""
+    owner, secret = _name("ow"), "pw-" + secrets.token_urlsafe(12)
+    await stack.user(owner, secret)
+    admin_key = await stack.gw.add_user(_name("ad"), "admin")
+    assert admin_key is not None
+    admin = admin_key.name.removeprefix("id_")
+    stack.bao.kv_put(f"stockade/{admin}/git/git.example.com", {"username": "a", "password": "x"})
+    result = await stack.ssh(
+        f"{admin}+{owner}",
+        admin_key,
+        f"{FILL} 2>&1; echo sock=${{STOCKADE_CREDENTIAL_SOCKET:-none}}"
+        " token=${STOCKADE_TOKEN:-none}; id -u",
+    )
+    out = result.stdout.decode()
+    assert "sock=none token=none" in out, result.stderr.decode()
+    assert "password=" not in out
+    owner_uid = (stack.gw.data_dir / "workspaces" / owner).stat().st_uid
+    assert out.split()[-1] == str(owner_uid)  # it did run in the owner's workspace

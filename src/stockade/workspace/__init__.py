@@ -9,6 +9,7 @@ validation against the real schemas, and the runtimes that run them.
 - :func:`validate_object`: Kubernetes 1.35 schemas (strict) and CRD JSON Schemas;
 - runtimes behind :class:`WorkspaceBackend`: :class:`PodmanRuntime`, :class:`KubernetesRuntime`
   (a thin adapter), :class:`SandboxBackend` (bubblewrap);
+- :class:`CredentialSockets`: the broker's per-session socket, as both host runtimes get it;
 - :class:`UidAllocator` (a stable uid per workspace) and :func:`check_home` (homes never change
   hands silently).
 """
