@@ -44,6 +44,7 @@ from stockade.core.logging import get_logger
 from ._fdio import CHUNK, FdReader, FdWriter
 from ._nsenter import connect_in_netns
 from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
+from ._seccomp import SECCOMP_SUPPORTED, sandbox_filter
 from ._sockets import Closable, CredentialSockets, SessionSocketOpener, close_quietly
 from ._uids import UidAllocator
 
@@ -239,6 +240,13 @@ class SandboxBackend:
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.network = network
         self.sockets = CredentialSockets(data_dir=self.data_dir, opener=sockets)
+        self.seccomp = self.bwrap is not None and os.uname().machine == SECCOMP_SUPPORTED
+        if self.bwrap is not None and not self.seccomp:
+            _log.warning(
+                "sandbox_without_seccomp",
+                machine=os.uname().machine,
+                reason=f"the sandbox's seccomp filter is written for {SECCOMP_SUPPORTED} only",
+            )
         if self.bwrap is None:
             _log.warning(
                 "local_sessions_unsandboxed",
@@ -311,7 +319,8 @@ class SandboxBackend:
             return [self.shell, "-c", spec.command]
         return [self.shell, "-l"]
 
-    def _argv(self, spec: SessionSpec, home: Path) -> list[str]:
+    def _argv(self, spec: SessionSpec, home: Path, seccomp: int | None = None) -> list[str]:
+        """``seccomp``: the fd the session's bubblewrap reads its filter from."""
         program = self._program(spec)
         if self.bwrap is None:
             return program
@@ -339,6 +348,8 @@ class SandboxBackend:
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--cap-drop", "ALL",
         ]  # fmt: skip
+        if seccomp is not None:  # loaded last, right before the session's program
+            argv += ["--seccomp", str(seccomp)]
         netns = self.netns(spec.workspace)
         if netns is None and self.network:
             argv += ["--unshare-net"]
@@ -446,6 +457,7 @@ class SandboxBackend:
         fds: tuple[int, int, int],
         tty: bool,
         ids: tuple[int, int],
+        keep: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         drop = self.bwrap is None and self.as_root
         if self.as_root:  # /dev/stdout and /dev/stderr reopen as the session's uid
@@ -463,6 +475,7 @@ class SandboxBackend:
             user=ids[0] if drop else None,
             group=ids[1] if drop else None,
             extra_groups=[] if drop else None,
+            pass_fds=keep,
         )
 
     async def open(self, spec: SessionSpec) -> LocalWorkload:
@@ -498,14 +511,46 @@ class SandboxBackend:
     def _start(
         self, spec: SessionSpec, home: Path, ids: tuple[int, int], handle: Closable | None
     ) -> LocalWorkload:
-        argv = self._argv(spec, home)
+        seccomp = self._seccomp_fd(spec)
+        try:
+            return self._launch(spec, home, ids, handle, seccomp)
+        finally:
+            if seccomp is not None:
+                os.close(seccomp)
+
+    def _seccomp_fd(self, spec: SessionSpec) -> int | None:
+        """A sealed memfd holding the session's seccomp filter (``sudo``: its own
+        ``unshare(CLONE_NEWUSER)`` allowed), or ``None`` without bubblewrap or off x86_64."""
+        if not self.seccomp:
+            return None
+        fd = os.memfd_create("stockade-seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, sandbox_filter(allow_user_namespace=spec.sudo))
+            os.lseek(fd, 0, os.SEEK_SET)
+            seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals | fcntl.F_SEAL_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _launch(
+        self,
+        spec: SessionSpec,
+        home: Path,
+        ids: tuple[int, int],
+        handle: Closable | None,
+        seccomp: int | None,
+    ) -> LocalWorkload:
+        argv = self._argv(spec, home, seccomp)
         env = self._env(spec, home)
         self._grant_agent(spec)
+        keep = () if seccomp is None else (seccomp,)
         if spec.term_type is not None and spec.subsystem is None:
             master, slave = pty.openpty()
             try:
                 _set_winsize(slave, *spec.term_size)
-                proc = self._spawn(argv, env, home, (slave, slave, slave), True, ids)
+                proc = self._spawn(argv, env, home, (slave, slave, slave), True, ids, keep)
             except BaseException:
                 os.close(master)
                 raise
@@ -518,7 +563,7 @@ class SandboxBackend:
         err_r, err_w = os.pipe()
         _grow_pipe(out_r)
         try:
-            proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False, ids)
+            proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False, ids, keep)
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
