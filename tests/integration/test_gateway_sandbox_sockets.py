@@ -70,10 +70,12 @@ class Stack:
     broker: BrokerServer
     bao: OpenBao
 
-    async def user(self, name: str, secret: str | None = None, *, static: bool = False) -> Path:
+    async def user(
+        self, name: str, secret: str | None = None, *, static: bool = False, sudo: bool = False
+    ) -> Path:
         """A developer whose workspace home is wired to the helpers (the static one or the
         Python fallback on the system interpreter) and, with ``secret``, a git password."""
-        key = await self.gw.add_user(name, "developer")
+        key = await self.gw.add_user(name, "developer", *(["sudoer"] if sudo else []))
         assert key is not None
         first = await self.gw.run(self.gw.ssh_cmd(name, "true", key=key))  # creates the home
         assert first.returncode == 0, first.stderr.decode()
@@ -294,3 +296,15 @@ async def test_an_admin_in_someone_elses_workspace_gets_no_socket(stack: Stack) 
     assert "password=" not in out
     owner_uid = (stack.gw.data_dir / "workspaces" / owner).stat().st_uid
     assert out.split()[-1] == str(owner_uid)  # it did run in the owner's workspace
+
+
+async def test_a_sudo_session_reaches_its_socket_from_its_user_namespace(stack: Stack) -> None:
+    """The ``sudo`` obligation makes the session root of its own user namespace (and the
+    sandbox's seccomp filter lets exactly that through); the broker still sees the workspace's
+    uid on the socket (``SO_PEERCRED`` is mapped back) and answers."""
+    name, secret = _name("su"), "pw-" + secrets.token_urlsafe(12)
+    key = await stack.user(name, secret, sudo=True)
+    result = await stack.ssh(name, key, f"id -u; {FILL}")
+    out = result.stdout.decode()
+    assert out.startswith("0\n"), result.stderr.decode()
+    assert f"password={secret}" in out
