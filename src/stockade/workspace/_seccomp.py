@@ -23,6 +23,7 @@ the one namespace call allowed: ``unshare(CLONE_NEWUSER)`` exactly.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 
 __all__ = ["CLONE_NS_FLAGS", "DENIED_SYSCALLS", "SECCOMP_SUPPORTED", "sandbox_filter"]
@@ -135,6 +136,7 @@ def _program(*, allow_user_namespace: bool) -> list[_Insn]:
     return prog
 
 
+@functools.cache
 def sandbox_filter(*, allow_user_namespace: bool = False) -> bytes:
     """The filter as ``struct sock_filter[]`` bytes (what ``bwrap --seccomp FD`` reads).
     ``allow_user_namespace``: the ``sudo`` obligation's ``unshare(CLONE_NEWUSER)``. Pure."""
