@@ -215,13 +215,15 @@ async def gateway_env(
     extra_backends: Mapping[str, Any] | None = None,
     batch_delay: float | None = 0.005,
     sandbox_network: bool = False,
+    session_sockets: Any = None,
     **overrides: Any,
 ) -> AsyncIterator[GatewayEnv]:
     """A started gateway; ``bundle_dir`` replaces the default policy bundle, ``overrides``
     are GatewaySettings fields. With ``rpc`` the gateway reaches identity and authz through
     their gRPC clients over mutual TLS (as ``stockade serve gateway`` does), and ``env.calls``
     counts every call it makes on them. Failures are batched for ``batch_delay`` seconds (None:
-    no batcher, one ``stockade.auth.failed`` each)."""
+    no batcher, one ``stockade.auth.failed`` each). ``session_sockets`` is the ``local``
+    backend's per-session broker socket opener (a broker's ``open_session_socket``)."""
     data_dir = tmp / "data"
     data_dir.mkdir()
     store = Store(f"sqlite:///{data_dir / 'stockade.db'}")
@@ -284,6 +286,7 @@ async def gateway_env(
         extra_backends=extra_backends,
         failures=None if batch_delay is None else FailureBatcher(bus, max_delay=batch_delay),
         sandbox_network=sandbox_network,
+        session_sockets=session_sockets,
     )
     await gateway.start()
     try:

@@ -1,6 +1,7 @@
 """``workspace.sandbox_network`` through a real gateway: each ``local`` workspace in its own
 network namespace, out of reach of the gateway host's loopback listeners (atk10: the setting
-was read by nothing, and sandbox sessions kept the host's network whatever it said)."""
+was read by nothing, and sandbox sessions kept the host's network whatever it said). On by
+default (issue 10): the shipped default is what the isolated case runs with."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import asyncssh
 import pytest
 from gateway.harness import gateway_env
 
+from stockade.core.settings import Settings
 from stockade.workspace import sandbox_netns
 from tests.conftest import IN_CI
 
@@ -37,14 +39,15 @@ PROBE = (
 )
 
 
-@pytest.mark.parametrize("isolated", [False, True])
+@pytest.mark.parametrize("isolated", [False, True], ids=["off", "default"])
 async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
     tmp_path: Path, nats_url: str, isolated: bool
 ) -> None:
     host = socket.create_server(("127.0.0.1", 0))
     name = f"nsu{os.getpid()}{int(isolated)}"
+    network = Settings().workspace.sandbox_network if isolated else False
     try:
-        async with gateway_env(tmp_path, nats_url, sandbox_network=isolated) as env:
+        async with gateway_env(tmp_path, nats_url, sandbox_network=network) as env:
             key = await env.add_user(name, "tunneler")
             result = await env.run(
                 env.ssh_cmd(name, PROBE.format(port=host.getsockname()[1]), key=key)
@@ -63,8 +66,11 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
                     reader, writer = await conn.open_connection("127.0.0.1", port)
                     assert await asyncio.wait_for(reader.read(100), 10) == b"inside the sandbox"
                     writer.close()
+                    # ATTACK: -L to the host's 127.0.0.1 lands in the workspace's namespace
                     with pytest.raises(asyncssh.ChannelOpenError):  # not the host's loopback
                         await conn.open_connection("127.0.0.1", host.getsockname()[1])
+                    with pytest.raises(asyncssh.ChannelOpenError):  # nor the gateway itself
+                        await conn.open_connection("localhost", env.port)
                 await inside.wait()
     finally:
         host.close()
@@ -74,5 +80,5 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
     assert "done" in out, result.stderr.decode()
     if isolated:
         assert "reached" not in out
-    else:  # the default, documented: sandbox sessions share the host's network
+    else:  # turned off, documented: sandbox sessions share the host's network
         assert "reached" in out

@@ -262,6 +262,9 @@ def test_every_service_in_its_own_process_and_two_gateways_share_one_state(
         "STOCKADE_GATEWAY__API_URL": f"https://127.0.0.1:{broker_port}",
         "STOCKADE_GATEWAY__HEARTBEAT_INTERVAL": "0.5",
         "STOCKADE_GATEWAY__HEARTBEAT_TIMEOUT": "2",
+        # the broker runs in another process: sandbox sessions reach it over the host's
+        # loopback (with their token), which a namespace of their own would cut off
+        "STOCKADE_WORKSPACE__SANDBOX_NETWORK": "false",
     }
     gw_a, gw_b = cluster.run(
         ("gateway", "gateway-a", gateway_env), ("gateway", "gateway-b", gateway_env)

@@ -174,6 +174,50 @@ async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     await server.close()
 
 
+PTRACE = """
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+child = os.fork()
+if child == 0:
+    time.sleep(10)
+    os._exit(0)
+attached = libc.ptrace(16, child, 0, 0)  # PTRACE_ATTACH to our own child: same uid, dumpable
+print("ptrace", "attached" if attached == 0 else os.strerror(ctypes.get_errno()), flush=True)
+os.kill(child, 9)
+"""
+SECCOMP_PROBE = (
+    f"python3 -c '{PTRACE}'; unshare -U -r true 2>/dev/null && echo userns-made"
+    " || echo userns-refused; grep '^Seccomp:' /proc/self/status; id -u;"
+    " printf 'x\\n' | sort | uniq; python3 -c 'import subprocess, threading;"
+    ' t = threading.Thread(target=print, args=("thread",)); t.start(); t.join();'
+    ' print(subprocess.run(["true"]).returncode)\''
+)
+
+
+async def test_seccomp_refuses_ptrace_and_namespaces(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (issue 10): the sandbox had no seccomp filter, so a session could ptrace
+    any process of its workspace uid (another session's) and make user namespaces."""
+    out = await _run(backend, _spec(backend, tmp_path, "a", "ann", SECCOMP_PROBE))
+    lines = out.splitlines()
+    assert "ptrace Operation not permitted" in lines, out
+    assert "userns-refused" in lines
+    assert "Seccomp:\t2" in lines
+    assert lines[-3:] == ["x", "thread", "0"]  # pipes, threads, fork and exec still work
+
+
+async def test_seccomp_keeps_the_sudo_obligation_working(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    spec = _spec(backend, tmp_path, "a", "ann", SECCOMP_PROBE, sudo=True)
+    lines = (await _run(backend, spec)).splitlines()
+    assert "0" in lines  # root of its own user namespace, as the obligation says
+    assert "ptrace Operation not permitted" in lines
+    assert "Seccomp:\t2" in lines
+    assert lines[-3:] == ["x", "thread", "0"]
+
+
 def test_auto_without_bubblewrap_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()

@@ -332,6 +332,14 @@ class Runtime:
             log.warning("gateway.api_url is unset; sessions reach no broker (set it to its URL)")
 
         if "gateway" in local and gateway_settings.enabled:
+            if self.broker is None and settings.workspace.sandbox_network:
+                log.warning(
+                    "sandbox_sessions_cannot_reach_the_broker",
+                    reason="the broker runs in another process, and each local workspace has"
+                    " its own network namespace (loopback only): per-session broker sockets"
+                    " need the broker in the gateway's process",
+                    hint="run both under `stockade up`, or set workspace.sandbox_network=false",
+                )
             container = ContainerBackend(
                 data_dir=data_dir, runtime=self._podman_runtime, sockets=self._session_socket
             )
@@ -355,6 +363,8 @@ class Runtime:
                 extra_backends={"container": container},
                 failures=FailureBatcher(self.bus),
                 sandbox_network=settings.workspace.sandbox_network,
+                # sandbox sessions reach an in-process broker through their own socket
+                session_sockets=self._session_socket if self.broker is not None else None,
             )
             stack.push_async_callback(self.gateway.stop)
             await self.gateway.start()

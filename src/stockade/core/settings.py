@@ -753,11 +753,13 @@ class WorkspaceSettings(_Section):
     """First uid handed to workspaces (one uid each, stable, never reused)."""
     uid_count: int = Field(default=65536, ge=1)
     """How many workspace uids there are."""
-    sandbox_network: bool = False
-    """Run each sandbox workspace in its own network namespace (loopback only). Off by
-    default: sandbox sessions then share the gateway host's network (use ``container``
-    workspaces to isolate it). Needs the credential socket for the helpers, since
-    ``STOCKADE_API`` over TCP is then out of reach."""
+    sandbox_network: bool = True
+    """Run each sandbox workspace in its own network namespace (loopback only; as root one per
+    workspace, which ``ssh -L``/``-W`` leave from; otherwise one per session): the gateway
+    host's loopback listeners are out of reach. On by default. The credential helpers reach
+    the broker through each session's own unix socket, which needs the broker in the
+    gateway's process (``stockade up``); with the broker elsewhere, helpers in such a sandbox
+    cannot reach it. ``false``: sandbox sessions share the gateway host's network."""
 
 
 class ServiceTokenSettings(_Section):

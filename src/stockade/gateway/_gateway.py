@@ -42,6 +42,7 @@ from stockade.core.files import write_private
 from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
 from stockade.identity import IdentityAPI, SessionRequest
+from stockade.workspace import SessionSocketOpener
 
 from ._admission import Outcome, PreAuthLimits, Verdict
 from ._heartbeat import HeartbeatLoop, default_gateway_id
@@ -166,7 +167,10 @@ class Gateway:
     ``deny_list`` is SSH Shield's, asked at every accept. ``backends`` replaces the default
     workspace backends (``local``, ``ssh``); ``extra_backends`` are added to them (``container``,
     built by the composition root); ``sandbox_network`` gives each ``local`` workspace its own
-    network namespace (``workspace.sandbox_network``). ``reserved_ports`` are Stockade's own
+    network namespace (``workspace.sandbox_network``), and ``session_sockets`` (the in-process
+    broker's ``open_session_socket``) gives each of its sessions its own broker socket, which
+    its credential helpers use instead of ``STOCKADE_TOKEN`` over TCP (out of reach from such a
+    namespace). ``reserved_ports`` are Stockade's own
     listening ports, which ``ssh -R`` may never take. ``failures`` receives every failed
     authentication (see :class:`FailureSink`; the gateway closes it, flushing, when it stops);
     without it each failure is published on its own through ``publisher``. State (host keys,
@@ -190,9 +194,11 @@ class Gateway:
         extra_backends: Mapping[str, WorkspaceBackend] | None = None,
         failures: FailureSink | None = None,
         sandbox_network: bool = False,
+        session_sockets: SessionSocketOpener | None = None,
     ) -> None:
         self.settings = settings
         self._sandbox_network = sandbox_network
+        self._session_sockets = session_sockets
         self.data_dir = data_dir
         self.gateway_id = settings.gateway_id or default_gateway_id(data_dir)
         self.boot_id = uuid.uuid4().hex
@@ -380,6 +386,7 @@ class Gateway:
                 shell=settings.shell,
                 prepare_home=self._prepare_home,
                 network=self._sandbox_network,
+                sockets=self._session_sockets,
             ),
         }
         upstream = SshBackend(

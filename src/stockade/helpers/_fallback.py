@@ -12,7 +12,8 @@ Environment:
     else below is needed: a per-session socket identifies the session by itself. The token, when
     set, is still sent (the broker's shared socket needs it).
 ``STOCKADE_TOKEN``
-    The session JWT (the gateway sets it in every session).
+    The session JWT, for the TLS route (a sandbox session with a per-session socket needs none
+    and gets none).
 ``STOCKADE_API``
     The broker's base URL, ``https://host:port`` (the gateway sets it). Plain ``http`` is refused:
     the token never travels in the clear.

@@ -9,6 +9,7 @@ validation against the real schemas, and the runtimes that run them.
 - :func:`validate_object`: Kubernetes 1.35 schemas (strict) and CRD JSON Schemas;
 - runtimes behind :class:`WorkspaceBackend`: :class:`PodmanRuntime`, :class:`KubernetesRuntime`
   (a thin adapter), :class:`SandboxBackend` (bubblewrap);
+- :class:`CredentialSockets`: the broker's per-session socket, as both host runtimes get it;
 - :class:`UidAllocator` (a stable uid per workspace) and :func:`check_home` (homes never change
   hands silently).
 """
@@ -71,6 +72,7 @@ from ._runtime import (
 )
 from ._sandbox import SFTP_SERVER, HomeHook, LocalWorkload, SandboxBackend, sandbox_netns
 from ._select import select_runtime
+from ._sockets import Closable, CredentialSockets, SessionSocketOpener, close_quietly
 from ._uids import UidAllocator
 from ._validate import KUBERNETES_VERSION, validate_object
 
@@ -88,6 +90,8 @@ __all__ = [
     "App",
     "Blueprint",
     "BlueprintRegistry",
+    "Closable",
+    "CredentialSockets",
     "ExitStatus",
     "FdReader",
     "FdWriter",
@@ -105,6 +109,7 @@ __all__ = [
     "RepositoryFile",
     "Resources",
     "SandboxBackend",
+    "SessionSocketOpener",
     "SessionSpec",
     "Storage",
     "UidAllocator",
@@ -120,6 +125,7 @@ __all__ = [
     "check_object",
     "claim_home",
     "claim_homes",
+    "close_quietly",
     "connect_in_netns",
     "copy_with_libraries",
     "delete_requests",

@@ -3,12 +3,18 @@ bubblewrap.
 
 A session gets new PID, IPC and UTS namespaces, a read-only view of the host with a private,
 writable ``/tmp`` (1777), the data dir hidden except its own home (the only other writable
-place), ``no_new_privs`` and an empty capability set. Each workspace runs as its own uid
-(:class:`~stockade.workspace.UidAllocator`, stable across restarts), under its user's name in a
-generated ``/etc/passwd``; with ``network=True`` (as root) it runs in its own network namespace
-(``stockade-<hash>``, loopback only: the gateway host's listeners are out of reach; forwards
-enter it through :meth:`SandboxBackend.open_connection_in`). With the ``sudo``
-obligation a session is root of its own user namespace (it owns the workspace and nothing else).
+place), ``no_new_privs``, an empty capability set and a seccomp filter
+(:func:`~stockade.workspace._seccomp.sandbox_filter`: no ptrace, namespaces, mounts or
+keyrings). Each workspace runs as its own uid (:class:`~stockade.workspace.UidAllocator`,
+stable across restarts), under its user's name in a generated ``/etc/passwd``; with
+``network=True`` (as root) it runs in its own network namespace (``stockade-<hash>``,
+loopback only: the gateway host's listeners are out of reach; forwards enter it through
+:meth:`SandboxBackend.open_connection_in`). Each session gets its own broker socket
+(:class:`~stockade.workspace.CredentialSockets`), owned by the workspace's uid and bound into
+its sandbox alone, on an unlistable tmpfs: the credential helpers use it
+(``STOCKADE_CREDENTIAL_SOCKET``), so the session holds no ``STOCKADE_TOKEN`` and needs no
+route to the broker. With the ``sudo`` obligation a session is root of its own user namespace
+(it owns the workspace and nothing else).
 
 ``auto`` never falls back to no isolation: without bubblewrap the backend refuses to start and
 says what to install. Only an explicit ``none`` runs plain subprocesses (as the workspace uid).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -39,6 +46,8 @@ from stockade.core.logging import get_logger
 from ._fdio import CHUNK, FdReader, FdWriter
 from ._nsenter import connect_in_netns
 from ._runtime import ExitStatus, SessionSpec, shared_session, without_credentials
+from ._seccomp import SECCOMP_SUPPORTED, sandbox_filter
+from ._sockets import Closable, CredentialSockets, SessionSocketOpener, close_quietly
 from ._uids import UidAllocator
 
 __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbox_netns"]
@@ -72,7 +81,8 @@ def _take_terminal() -> None:  # runs in the child between fork and exec
 
 
 class LocalWorkload:
-    """A session process started by :class:`LocalBackend`."""
+    """A session process started by :class:`SandboxBackend`, holding its broker socket (if
+    any) until it is closed."""
 
     def __init__(
         self,
@@ -81,8 +91,10 @@ class LocalWorkload:
         stdout: FdReader,
         stderr: FdReader | None,
         master: int | None,
+        credentials: Closable | None = None,
     ) -> None:
         self._proc = proc
+        self._credentials = credentials
         self._stdin = stdin
         self._stdout = stdout
         self._stderr = stderr
@@ -151,6 +163,8 @@ class LocalWorkload:
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1
+        credentials, self._credentials = self._credentials, None
+        await close_quietly(credentials)  # the broker's socket goes with the session
 
 
 #: Called with (home, uid, gid) before each session in that home; configuration only.
@@ -202,12 +216,17 @@ class SandboxBackend:
         prepare_home: HomeHook | None = None,
         uids: UidAllocator | None = None,
         network: bool = False,
+        sockets: SessionSocketOpener | None = None,
     ) -> None:
         """``uids`` gives each workspace its own uid (as root; default: a file in ``data_dir``);
         ``uid``/``gid`` are used only when running unprivileged is impossible to vary (not root).
-        ``network``: a network namespace per workspace (root only; otherwise per session). Off
-        by default until sessions reach the broker through their credential socket: the
-        namespace has loopback only, so ``STOCKADE_API`` over TCP would be out of reach."""
+        ``network``: a network namespace per workspace (as root; otherwise one per session),
+        loopback only. ``sockets`` (the broker's ``open_session_socket``) gives each
+        bubblewrapped session its own broker socket, owned by the workspace's uid and bound
+        into that session's sandbox alone: the helpers reach the broker through it, so the
+        session needs neither ``STOCKADE_TOKEN`` nor the host's network (without it, sessions
+        keep the token and ``STOCKADE_API`` over TLS, which a private namespace cannot
+        reach)."""
         self.root = root.resolve()
         self.prepare_home = prepare_home
         self.data_dir = data_dir.resolve()
@@ -222,6 +241,14 @@ class SandboxBackend:
         self.gid = gid if self.as_root else os.getegid()
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.network = network
+        self.sockets = CredentialSockets(data_dir=self.data_dir, opener=sockets)
+        self.seccomp = self.bwrap is not None and os.uname().machine == SECCOMP_SUPPORTED
+        if self.bwrap is not None and not self.seccomp:
+            _log.warning(
+                "sandbox_without_seccomp",
+                machine=os.uname().machine,
+                reason=f"the sandbox's seccomp filter is written for {SECCOMP_SUPPORTED} only",
+            )
         if self.bwrap is None:
             _log.warning(
                 "local_sessions_unsandboxed",
@@ -294,7 +321,8 @@ class SandboxBackend:
             return [self.shell, "-c", spec.command]
         return [self.shell, "-l"]
 
-    def _argv(self, spec: SessionSpec, home: Path) -> list[str]:
+    def _argv(self, spec: SessionSpec, home: Path, seccomp: int | None = None) -> list[str]:
+        """``seccomp``: the fd the session's bubblewrap reads its filter from."""
         program = self._program(spec)
         if self.bwrap is None:
             return program
@@ -317,11 +345,13 @@ class SandboxBackend:
             agent_dir = str(Path(spec.agent_path).parent)
             argv += ["--bind", agent_dir, agent_dir]
         if spec.credential_socket:  # this session's sandbox only
-            argv += ["--bind", spec.credential_socket, spec.credential_socket]
+            argv += self._socket_mount(Path(spec.credential_socket), home)
         argv += [
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--cap-drop", "ALL",
         ]  # fmt: skip
+        if seccomp is not None:  # loaded last, right before the session's program
+            argv += ["--seccomp", str(seccomp)]
         netns = self.netns(spec.workspace)
         if netns is None and self.network:
             argv += ["--unshare-net"]
@@ -339,6 +369,19 @@ class SandboxBackend:
         ]  # fmt: skip
         enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
         return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _socket_mount(self, path: Path, home: Path) -> list[str]:
+        """bubblewrap arguments showing the socket at ``path`` and nothing else of its
+        directory: a fresh, unlistable tmpfs over that directory (the host's is root-only;
+        other sessions' sockets are never there) with this one socket bound in it."""
+        argv: list[str] = []
+        for parent in reversed(path.parent.parents):
+            if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
+                argv += ["--perms", "0755", "--dir", str(parent)]
+        directory = path.parent
+        if directory != Path("/tmp") and not home.is_relative_to(directory):  # noqa: S108
+            argv += ["--perms", "0711", "--tmpfs", str(directory)]
+        return [*argv, "--bind", str(path), str(path)]
 
     def _identity_files(self, spec: SessionSpec, home: Path) -> tuple[Path, Path]:
         """The host's passwd and group plus the workspace uid under the session user's name
@@ -387,6 +430,11 @@ class SandboxBackend:
         env.update(spec.env)
         if spec.credential_socket:
             env["STOCKADE_SOCKET"] = spec.credential_socket
+            env["STOCKADE_CREDENTIAL_SOCKET"] = spec.credential_socket  # the helpers' name
+            # the socket is the session's credential: the helpers need no token with it, and
+            # a bearer token in the environment is one more copy to steal (/proc/PID/environ,
+            # a core dump, a child's logs)
+            env.pop("STOCKADE_TOKEN", None)
         if shared_session(spec):  # never there (see open), whatever the caller did
             env.pop("STOCKADE_TOKEN", None)
         return env
@@ -411,6 +459,7 @@ class SandboxBackend:
         fds: tuple[int, int, int],
         tty: bool,
         ids: tuple[int, int],
+        keep: tuple[int, ...] = (),
     ) -> subprocess.Popen[bytes]:
         drop = self.bwrap is None and self.as_root
         if self.as_root:  # /dev/stdout and /dev/stderr reopen as the session's uid
@@ -428,6 +477,7 @@ class SandboxBackend:
             user=ids[0] if drop else None,
             group=ids[1] if drop else None,
             extra_groups=[] if drop else None,
+            pass_fds=keep,
         )
 
     async def open(self, spec: SessionSpec) -> LocalWorkload:
@@ -448,26 +498,74 @@ class SandboxBackend:
             spec = without_credentials(spec)
         home = self.home(spec.workspace)
         ids = self.ids(spec.workspace)
-        argv = self._argv(spec, home)
+        handle = None
+        if self.bwrap is not None and not spec.credential_socket:
+            # owned by the workspace's uid (as root; else ours, which the session runs as)
+            handle, path = await self.sockets.open(spec, ids[0] if self.as_root else None)
+            if path is not None:
+                spec = dataclasses.replace(spec, credential_socket=path)
+        try:
+            return self._start(spec, home, ids, handle)
+        except BaseException:
+            await close_quietly(handle)
+            raise
+
+    def _start(
+        self, spec: SessionSpec, home: Path, ids: tuple[int, int], handle: Closable | None
+    ) -> LocalWorkload:
+        seccomp = self._seccomp_fd(spec)
+        try:
+            return self._launch(spec, home, ids, handle, seccomp)
+        finally:
+            if seccomp is not None:
+                os.close(seccomp)
+
+    def _seccomp_fd(self, spec: SessionSpec) -> int | None:
+        """A sealed memfd holding the session's seccomp filter (``sudo``: its own
+        ``unshare(CLONE_NEWUSER)`` allowed), or ``None`` without bubblewrap or off x86_64."""
+        if not self.seccomp:
+            return None
+        fd = os.memfd_create("stockade-seccomp", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.write(fd, sandbox_filter(allow_user_namespace=spec.sudo))
+            os.lseek(fd, 0, os.SEEK_SET)
+            seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals | fcntl.F_SEAL_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _launch(
+        self,
+        spec: SessionSpec,
+        home: Path,
+        ids: tuple[int, int],
+        handle: Closable | None,
+        seccomp: int | None,
+    ) -> LocalWorkload:
+        argv = self._argv(spec, home, seccomp)
         env = self._env(spec, home)
         self._grant_agent(spec)
+        keep = () if seccomp is None else (seccomp,)
         if spec.term_type is not None and spec.subsystem is None:
             master, slave = pty.openpty()
             try:
                 _set_winsize(slave, *spec.term_size)
-                proc = self._spawn(argv, env, home, (slave, slave, slave), True, ids)
+                proc = self._spawn(argv, env, home, (slave, slave, slave), True, ids, keep)
             except BaseException:
                 os.close(master)
                 raise
             finally:
                 os.close(slave)
-            return LocalWorkload(proc, FdWriter(os.dup(master)), FdReader(master), None, master)
+            reader = FdReader(master)
+            return LocalWorkload(proc, FdWriter(os.dup(master)), reader, None, master, handle)
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         _grow_pipe(out_r)
         try:
-            proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False, ids)
+            proc = self._spawn(argv, env, home, (in_r, out_w, err_w), False, ids, keep)
         except BaseException:
             for fd in (in_w, out_r, err_r):
                 os.close(fd)
@@ -475,4 +573,4 @@ class SandboxBackend:
         finally:
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
-        return LocalWorkload(proc, FdWriter(in_w), FdReader(out_r), FdReader(err_r), None)
+        return LocalWorkload(proc, FdWriter(in_w), FdReader(out_r), FdReader(err_r), None, handle)

@@ -22,16 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import secrets
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from stockade.core.errors import BackendError, StockadeError
 from stockade.core.logging import get_logger
-from stockade.workspace import PodmanRuntime, PodmanWorkload, shared_session
+from stockade.workspace import (
+    Closable,
+    CredentialSockets,
+    PodmanRuntime,
+    PodmanWorkload,
+    SessionSocketOpener,
+    close_quietly,
+)
 
 from . import ExitStatus, SessionSpec
 
@@ -40,34 +44,10 @@ __all__ = ["ContainerBackend", "ContainerWorkload", "SessionSocketOpener"]
 _log = get_logger("stockade.gateway.container")
 
 
-class _Closable(Protocol):
-    async def close(self) -> None: ...
-
-
-class SessionSocketOpener(Protocol):
-    """The broker's ``BrokerServer.open_session_socket``: a unix socket at ``path`` serving
-    session ``session_id`` only (owner ``uid``; ``None``: the broker's own user)."""
-
-    async def __call__(
-        self, session_id: str, token: str, path: Path, uid: int | None, /
-    ) -> _Closable: ...
-
-
-def _socket_dir(data_dir: Path) -> Path:
-    """A root-only directory for the sessions' broker sockets, short enough for ``sun_path``."""
-    path = data_dir / "gateway" / "sockets"
-    if len(str(path)) > 60:
-        digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
-        path = Path("/run/stockade-gateway") / digest
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
-
-
 class ContainerWorkload:
     """A session in a workspace container, holding its broker socket until it ends."""
 
-    def __init__(self, inner: PodmanWorkload, credentials: _Closable | None) -> None:
+    def __init__(self, inner: PodmanWorkload, credentials: Closable | None) -> None:
         self._inner = inner
         self._credentials = credentials
 
@@ -97,9 +77,7 @@ class ContainerWorkload:
             await self._inner.close()
         finally:
             credentials, self._credentials = self._credentials, None
-            if credentials is not None:
-                with contextlib.suppress(Exception):
-                    await credentials.close()
+            await close_quietly(credentials)
 
 
 class ContainerBackend:
@@ -127,8 +105,7 @@ class ContainerBackend:
             if runtime is not None and not isinstance(runtime, PodmanRuntime)
             else (lambda: PodmanRuntime(data_dir=data_dir))
         )
-        self._sockets = sockets
-        self._socket_dir: Path | None = None
+        self._sockets = CredentialSockets(data_dir=data_dir, opener=sockets)
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -140,33 +117,16 @@ class ContainerBackend:
             self._reaper = asyncio.ensure_future(self._runtime.run_idle_reaper(interval))
         return self._runtime
 
-    async def _credentials(self, spec: SessionSpec) -> tuple[_Closable | None, str | None]:
-        token = spec.env.get("STOCKADE_TOKEN")
-        if self._sockets is None or not token:
-            return None, None
-        if shared_session(spec):
-            # another user's workspace runs as its owner's uid: the owner could use the socket
-            # through this session's processes (ptrace), so none is opened (the runtime logs it)
-            return None, None
-        if self._socket_dir is None:
-            self._socket_dir = _socket_dir(self._data_dir)
-        path = self._socket_dir / f"{secrets.token_hex(8)}.sock"
-        try:
-            handle = await self._sockets(spec.session_id, token, path, None)
-        except StockadeError as exc:
-            raise BackendError(f"no credential socket for the session: {exc}") from exc
-        return handle, str(path)
-
     async def open(self, spec: SessionSpec) -> ContainerWorkload:
         runtime = self.runtime
-        handle, path = await self._credentials(spec)
+        # owned by the broker's user: the runtime proxies it into the container
+        handle, path = await self._sockets.open(spec, None)
         if path is not None:
             spec = dataclasses.replace(spec, credential_socket=path)
         try:
             inner = await runtime.open(spec)
         except BaseException:
-            if handle is not None:
-                await handle.close()
+            await close_quietly(handle)
             raise
         return ContainerWorkload(inner, handle)
 
@@ -192,10 +152,7 @@ class ContainerBackend:
             self._reaper = None
         if self._runtime is not None:
             await self._runtime.close()
-        if self._socket_dir is not None:
-            with contextlib.suppress(OSError):  # left when a session's socket is still there
-                self._socket_dir.rmdir()
-            self._socket_dir = None
+        self._sockets.close()
 
     def __repr__(self) -> str:
         state: Any = "not started" if self._runtime is None else self._runtime.data_dir
