@@ -54,7 +54,8 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
             )
             if isolated:  # a forward enters the workspace's namespace (its own loopback)
                 inside = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", sandbox_netns(name), sys.executable, "-c", LISTENER,
+                    "ip", "netns", "exec", sandbox_netns(name, tmp_path / "data"),
+                    sys.executable, "-c", LISTENER,
                     stdout=asyncio.subprocess.PIPE,
                 )  # fmt: skip
                 assert inside.stdout is not None
@@ -74,7 +75,7 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
                 await inside.wait()
     finally:
         host.close()
-        netns = ["ip", "netns", "delete", sandbox_netns(name)]
+        netns = ["ip", "netns", "delete", sandbox_netns(name, tmp_path / "data")]
         subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
     out = result.stdout.decode()
     assert "done" in out, result.stderr.decode()

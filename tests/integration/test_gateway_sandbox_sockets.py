@@ -149,7 +149,7 @@ async def stack(tmp_path: Path, nats_url: str, openbao: OpenBao) -> AsyncIterato
             await broker.stop()
             await bus.close()
             for name in names:
-                netns = ["ip", "netns", "delete", sandbox_netns(name)]
+                netns = ["ip", "netns", "delete", sandbox_netns(name, gw.data_dir)]
                 subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
 
 

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import os
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from stockade.core.errors import ToolMissing
-from stockade.workspace import SandboxBackend, SessionSpec
+from stockade.workspace import SandboxBackend, SessionSpec, sandbox_netns
 from tests.conftest import IN_CI
 
 IS_ROOT = os.geteuid() == 0
@@ -172,6 +173,43 @@ async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     assert (await reader.read(100)).strip() == b"in-the-sandbox"
     writer.close()
     await server.close()
+
+
+async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression: network namespaces are global to the host and were named after the workspace
+    alone, so a second Stockade (another data dir) on this host put its workspace of the same
+    name into this one's namespace, where it reached this workspace's listeners."""
+    other = SandboxBackend(  # noqa: S604 - the sessions' login shell
+        root=tmp_path / "other" / "homes", data_dir=tmp_path / "other", sandbox="auto",
+        shell="/bin/sh", network=True,
+    )  # fmt: skip
+    name = f"sbx-{tmp_path.name}-a"
+    try:
+        assert other.netns(name) != backend.netns(name)
+        server = await backend.open(
+            _spec(backend, tmp_path, "a", "ann", "echo mine | busybox nc -l -p 7072")
+        )
+        try:
+            inside = ["ip", "netns", "exec", sandbox_netns(name, tmp_path), "ss", "-ltnH"]
+            for _ in range(100):  # until the listener is up in this backend's namespace
+                listening = subprocess.run(inside, capture_output=True, text=True, check=False)  # noqa: ASYNC221
+                if ":7072 " in listening.stdout:
+                    break
+                await asyncio.sleep(0.05)
+            assert ":7072 " in listening.stdout
+            probe = "busybox nc -w 2 127.0.0.1 7072 </dev/null && echo reached || echo refused"
+            out = await _run(other, _spec(other, tmp_path, "a", "eve", probe))
+            assert out.strip().endswith("refused"), out
+            sock = await backend.open_connection_in(name, "127.0.0.1", 7072)  # still there
+            reader, writer = await asyncio.open_connection(sock=sock)
+            assert (await reader.read(100)).strip() == b"mine"
+            writer.close()
+        finally:
+            await server.close()
+    finally:
+        other.remove_netns(name)
 
 
 PTRACE = """

@@ -178,9 +178,15 @@ def _session_path(home: Path) -> str:
     return f"{helpers}:{_PATH}" if helpers.is_dir() else _PATH
 
 
-def sandbox_netns(workspace: str) -> str:
-    """The name of ``workspace``'s network namespace (``/run/netns/<name>``)."""
-    return "stockade-" + hashlib.sha256(workspace.encode()).hexdigest()[:12]
+def sandbox_netns(workspace: str, data_dir: Path) -> str:
+    """The name of ``workspace``'s network namespace (``/run/netns/<name>``).
+
+    Named after the data dir as well as the workspace: network namespaces are global to the
+    host, and two Stockade instances on one host (two data dirs, say two teams' gateways) must
+    never put their workspaces of the same name in one namespace, where each would reach the
+    other's listeners."""
+    key = f"{data_dir.resolve()}\0{workspace}".encode()
+    return "stockade-" + hashlib.sha256(key).hexdigest()[:12]
 
 
 def _ensure_netns(name: str) -> str:
@@ -266,11 +272,11 @@ class SandboxBackend:
         """The path of ``workspace``'s network namespace (created on first use), or ``None``."""
         if not (self.as_root and self.network and self.bwrap is not None):
             return None
-        return _ensure_netns(sandbox_netns(workspace))
+        return _ensure_netns(sandbox_netns(workspace, self.data_dir))
 
     def remove_netns(self, workspace: str) -> None:
         """Delete ``workspace``'s network namespace (when the workspace is removed)."""
-        name = sandbox_netns(workspace)
+        name = sandbox_netns(workspace, self.data_dir)
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
