@@ -25,7 +25,7 @@ from typing import Any
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
-from stockade.bus import Bus, EmbeddedNats, FailureBatcher
+from stockade.bus import Bus, EmbeddedNats, FailureBatcher, ReliablePublisher
 from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_console
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
@@ -336,6 +336,7 @@ class Runtime:
                 reserved_ports=self._reserved_ports(),
                 extra_backends={"container": container},
                 failures=FailureBatcher(self.bus),
+                session_ends=ReliablePublisher(self.bus),  # the broker needs every one
                 sandbox_network=settings.workspace.sandbox_network,
             )
             stack.push_async_callback(self.gateway.stop)

@@ -135,6 +135,19 @@ class FailureSink(Protocol):
         ...
 
 
+class ReliableSink(Protocol):
+    """Where the gateway's ``stockade.session.ended`` events go (``stockade.bus.ReliablePublisher``
+    satisfies it): queued at once, retried until the bus stores them."""
+
+    async def publish(self, event: SessionEnded) -> Any:
+        """Queue ``event``; never waits for the bus. May raise a StockadeError (closed)."""
+        ...
+
+    async def aclose(self, *, seconds: float = 10.0) -> None:
+        """Publish what is queued (waiting up to ``seconds`` for the bus), then stop."""
+        ...
+
+
 def load_or_create_key(path: Path, alg: str) -> asyncssh.SSHKey:
     """Load a private key, generating it (mode 0600) when missing."""
     if path.exists():
@@ -169,7 +182,12 @@ class Gateway:
     network namespace (``workspace.sandbox_network``). ``reserved_ports`` are Stockade's own
     listening ports, which ``ssh -R`` may never take. ``failures`` receives every failed
     authentication (see :class:`FailureSink`; the gateway closes it, flushing, when it stops);
-    without it each failure is published on its own through ``publisher``. State (host keys,
+    without it each failure is published on its own through ``publisher``. ``session_ends``
+    receives every ``stockade.session.ended`` (see :class:`ReliableSink`; closed, flushing, when
+    the gateway stops): the broker stops serving a session's token from memory when it arrives,
+    and after a workspace-wide kill nothing else tells it, so a lost one would leave a killed
+    session's token usable for the broker's ``liveness_max_age``; without it each is published
+    once through ``publisher``. State (host keys,
     the upstream client key, known upstream host keys, workspace homes, recordings) lives under
     ``data_dir``.
     """
@@ -190,6 +208,7 @@ class Gateway:
         extra_backends: Mapping[str, WorkspaceBackend] | None = None,
         failures: FailureSink | None = None,
         sandbox_network: bool = False,
+        session_ends: ReliableSink | None = None,
     ) -> None:
         self.settings = settings
         self._sandbox_network = sandbox_network
@@ -214,6 +233,7 @@ class Gateway:
         self._extra_backends = dict(extra_backends or {})
         self._reserved = set(reserved_ports)
         self._failures = failures
+        self._session_ends = session_ends
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
         )
@@ -365,6 +385,8 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=1)
         if self._failures is not None:  # the strikes of the connections just closed included
             await self._failures.aclose(seconds=5)
+        if self._session_ends is not None:  # the ends of the sessions just closed included
+            await self._session_ends.aclose(seconds=5)
         await self.heartbeat.stop()
         _log.info("gateway_stopped")
 
@@ -397,7 +419,7 @@ class Gateway:
             _log.error("stale_sessions_not_ended", error=str(exc))
             raise
         for info in stale:
-            await self._publish(
+            await self._publish_end(
                 SessionEnded(session_id=info.session_id, username=info.username, reason="crashed")
             )
 
@@ -449,6 +471,16 @@ class Gateway:
             await self._publisher.publish(event)
         except StockadeError as exc:
             _log.warning("event_not_published", error=str(exc))
+
+    async def _publish_end(self, event: SessionEnded) -> None:
+        """A session's end: through ``session_ends`` (retried until stored) when there is one."""
+        if self._session_ends is None:
+            await self._publish(event)
+            return
+        try:
+            await self._session_ends.publish(event)
+        except StockadeError as exc:  # closed: the gateway is past its stop
+            _log.error("session_end_not_published", session=event.session_id, error=str(exc))
 
     @staticmethod
     def _bind(host: str, port: int) -> socket.socket:
@@ -620,7 +652,7 @@ class Gateway:
         finally:
             self._live.discard(live)
             live.ended.set()
-        await self._publish(
+        await self._publish_end(
             SessionEnded(session_id=live.session_id, username=live.login.username,
                          exit_status=live.exit_status, reason=reason)
         )  # fmt: skip
