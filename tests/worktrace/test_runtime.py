@@ -183,3 +183,42 @@ async def test_nats_source(tmp_path: Path, nats_url: str) -> None:
             await _until(lambda: any(session.encode() in d for _, d in seen), "the alert")
         finally:
             await runtime.stop()
+
+
+async def test_a_state_file_in_a_missing_directory_is_refused(
+    tmp_path: Path, nats_url: str
+) -> None:
+    settings = _settings(
+        tmp_path,
+        nats_url,
+        export_file=tmp_path / "t.log",
+        state_file=tmp_path / "no-such-dir" / "pos.json",
+        respond=False,
+    )
+    with pytest.raises(ConfigError, match=r"worktrace\.state_file: directory .*no-such-dir"):
+        await Runtime(settings, services=frozenset({"worktrace"})).start()
+
+
+def test_a_link_planted_at_the_temporary_state_file_is_not_written_through(tmp_path: Path) -> None:
+    """ATTACK: where the state's directory is shared, a symlink (or a hard link) at
+    ``<state>.tmp`` must not make the commit truncate or write another file."""
+    from stockade.worktrace import FileFollower
+
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(b'{"a": 1}\n')
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    state = tmp_path / "state.json"
+    (tmp_path / "state.json.tmp").symlink_to(victim)
+    follower = FileFollower(export, state=state)
+    assert follower.poll() == [b'{"a": 1}']
+    follower.commit()
+    assert victim.read_bytes() == b"precious"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    assert not state.is_symlink()
+    (tmp_path / "state.json.tmp").hardlink_to(victim)
+    with export.open("ab") as handle:
+        handle.write(b'{"b": 2}\n')
+    assert follower.poll() == [b'{"b": 2}']
+    follower.commit()
+    assert victim.read_bytes() == b"precious"

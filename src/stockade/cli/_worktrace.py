@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.bus import Bus
-from stockade.core import get_logger
+from stockade.core import ConfigError, get_logger
 from stockade.core.settings import WorktraceSettings
 from stockade.worktrace import (
     AlertResponder,
@@ -49,6 +49,10 @@ _BACKOFF = (1.0, 30.0)
 def state_path(settings: WorktraceSettings, data_dir: Path) -> Path:
     """``state_file``, or its default inside the data dir (the directory made 0700)."""
     if settings.state_file is not None:
+        if not settings.state_file.parent.is_dir():
+            raise ConfigError(
+                f"worktrace.state_file: directory {settings.state_file.parent} does not exist"
+            )
         return settings.state_file
     directory = data_dir / "worktrace"
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -41,6 +41,9 @@ shield: failures in, bans out (the ban store on the bus).
 
 audit: every event of the bus chained and signed into the store.
 
+worktrace: Tetragon's events from worktrace.export_file or worktrace.nats_subject; alerts on
+the bus; needs peers.authz when it responds (kill_session, ban_user).
+
 Every service needs bus.url (an external NATS server). Certificates: tls.source "dev-ca" with
 a tls.directory shared by the services of one host, or "files" (tls.crt, tls.key, ca.crt).
 Example: STOCKADE_PEERS__IDENTITY=127.0.0.1:7443 stockade serve gateway --data-dir gw-a

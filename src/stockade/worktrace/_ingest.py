@@ -168,7 +168,9 @@ class FileFollower:
         doc["tail"] = tail.hex()
         tmp = self.state.with_name(self.state.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with contextlib.suppress(FileNotFoundError):  # a crash's leftover, or a planted link
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(doc, handle)
                 handle.flush()
