@@ -1,4 +1,6 @@
-"""A workspace-wide kill whose ``stockade.session.ended`` is lost on the way must still reach the
+"""Session kills and ends must survive the gateway's bus connection going down.
+
+A workspace-wide kill whose ``stockade.session.ended`` is lost on the way must still reach the
 broker: after ``SessionKill(session_id="*", workspace_label=...)`` the broker has nothing but
 that event to stop serving the killed session's token from memory (``LiveSessions``).
 
@@ -41,14 +43,25 @@ class CuttableProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.fired = asyncio.Event()
+        self.port = 0
 
     async def start(self) -> str:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"nats://127.0.0.1:{port}"
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"nats://127.0.0.1:{self.port}"
 
     def arm(self, trigger: bytes, swallow: float) -> None:
         self.trigger, self.swallow = trigger, swallow
+
+    async def down(self) -> None:
+        """Drop every connection and stop listening (connections refused) until :meth:`up`."""
+        assert self._server is not None
+        self._server.close()
+        self._cut()
+        await self._server.wait_closed()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
 
     async def stop(self) -> None:
         assert self._server is not None
@@ -90,6 +103,8 @@ class CuttableProxy:
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
 
     def _cut(self) -> None:
         self.swallowing = False
@@ -164,3 +179,56 @@ async def test_a_lost_session_end_after_a_workspace_kill_still_reaches_the_broke
                 ssh.kill()
                 await ssh.wait()
             await broker_bus.close()
+
+
+async def test_a_kill_published_while_the_gateway_is_cut_off_is_applied_once_it_is_back(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """The kill itself goes out while the gateway's bus link is down (core NATS would never
+    deliver it): once the gateway reconnects it reads the kills stored meanwhile and ends the
+    session. A login after the kill is spared by the replay."""
+    async with (
+        _proxy(nats_url) as (proxy, via_proxy),
+        gateway_env(tmp_path, via_proxy) as env,
+    ):
+        key = await env.add_user("wcut")
+        assert key is not None
+
+        async def start_session() -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                *env.ssh_cmd("wcut", "sleep 60", key=key),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                env=CLEAN_ENV,
+            )
+
+        first = await start_session()
+        later: asyncio.subprocess.Process | None = None
+        bus = await Bus.connect(nats_url, name="killer-test")
+        try:
+            assert await eventually(lambda: env.gateway._live.values(), within=30)
+            (live,) = env.gateway._live.values()
+            await proxy.down()
+            await asyncio.sleep(0.5)  # the gateway notices (its epoch goes to -1)
+            kill = SessionKill(
+                session_id="*",
+                workspace_label=label_value(live.principal.workspace.name),
+                reason="killed",
+                by="test",
+            )
+            await bus.publish(kill)
+            await asyncio.sleep(0.3)
+            await proxy.up()
+            await asyncio.wait_for(first.wait(), 30)  # ended after the reconnect
+            # a new login after the kill is not ended by it
+            later = await start_session()
+            assert await eventually(lambda: env.gateway._live.values(), within=30)
+            await asyncio.sleep(1.0)
+            assert later.returncode is None
+        finally:
+            for proc in (first, later):
+                if proc is not None and proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            await bus.close()

@@ -22,7 +22,16 @@ import ipaddress
 import itertools
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +40,8 @@ import asyncssh
 from stockade.authz import AuthzAPI
 from stockade.core.errors import ConfigError, InvalidInput, StockadeError
 from stockade.core.events import (
+    STREAM_AUDIT,
+    SUBJECT_SESSION_KILL,
     AuthFailed,
     EventPublisher,
     IdentityChanged,
@@ -120,6 +131,27 @@ class EventSource(Protocol):
     ) -> Callable[[], Awaitable[None]]:
         """Call ``callback(subject, data)`` for each message; returns an unsubscribe coroutine."""
         ...
+
+
+class ReplayableEvents(EventSource, Protocol):
+    """An :class:`EventSource` that also says when its subscriptions may have missed messages
+    (``epoch``, see :attr:`stockade.bus.Bus.epoch`) and reads what a stream stored meanwhile
+    (``stockade.bus.Bus`` satisfies it)."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def last_sequence(self, stream: str, subject: str | None = None) -> int: ...
+
+    def read_stream(
+        self, stream: str, subject: str, *, since: datetime, until_seq: int, idle: float = ...
+    ) -> AsyncIterator[Any]: ...
+
+
+#: Seconds between looks at the bus's epoch (a reconnect means kills may have been missed)...
+_EPOCH_POLL = 0.25
+#: ...and how far before the last moment it was seen connected the missed kills are read from.
+_REPLAY_MARGIN = timedelta(seconds=2)
 
 
 class FailureSink(Protocol):
@@ -242,6 +274,7 @@ class Gateway:
         self._listeners: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._catch_up: asyncio.Task[None] | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._live = LiveRegistry(authz, self._background)
         self._unsubscribe: list[Callable[[], Awaitable[None]]] = []
@@ -348,6 +381,11 @@ class Gateway:
         within ``grace`` plus a few seconds whatever the sessions do."""
         grace = self.settings.stop_grace if grace is None else grace
         self._stopping = True
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catch_up
+            self._catch_up = None
         for task in self._accept_tasks:
             task.cancel()
         self._close_listeners()
@@ -455,6 +493,58 @@ class Gateway:
 
         self._unsubscribe.append(await self._events.subscribe(SessionKill.subject, on_kill))
         self._unsubscribe.append(await self._events.subscribe(IdentityChanged.subject, on_identity))
+        events = self._events
+        if hasattr(events, "epoch") and hasattr(events, "read_stream"):
+            self._catch_up = asyncio.create_task(
+                self._catch_up_kills(events),  # type: ignore[arg-type]
+                name="gateway-kill-catch-up",
+            )
+
+    async def _catch_up_kills(self, events: ReplayableEvents) -> None:
+        """Kills published while the bus connection was down never reach the subscription
+        (core NATS): a Worktrace or administrator kill would be lost, the session left running.
+        After every reconnect, read the kills the audit stream stored since shortly before the
+        connection was last seen up and apply them; a kill replayed spares the connections
+        that logged in after it was published, and applying one twice ends nothing twice."""
+        epoch = events.epoch
+        seen_up = datetime.now(UTC)
+        while True:
+            await asyncio.sleep(_EPOCH_POLL)
+            now = events.epoch
+            if now == epoch:
+                if now >= 0:
+                    seen_up = datetime.now(UTC)
+                continue
+            if now < 0:  # disconnected: wait for the reconnect
+                epoch = -1
+                continue
+            try:
+                replayed = await self._replay_kills(events, seen_up - _REPLAY_MARGIN)
+            except StockadeError as exc:  # the stream is not there yet: try at the next look
+                _log.warning("kill_catch_up_failed", error=str(exc))
+                continue
+            except Exception as exc:  # the watcher must outlive any surprise
+                _log.error("kill_catch_up_crashed", error=repr(exc))
+                continue
+            _log.info("kill_catch_up", since=seen_up.isoformat(), kills=replayed)
+            epoch, seen_up = now, datetime.now(UTC)
+
+    async def _replay_kills(self, events: ReplayableEvents, since: datetime) -> int:
+        last = await events.last_sequence(STREAM_AUDIT, SUBJECT_SESSION_KILL)
+        if last == 0:
+            return 0
+        count = 0
+        async for delivery in events.read_stream(
+            STREAM_AUDIT, SUBJECT_SESSION_KILL, since=since, until_seq=last, idle=1.0
+        ):
+            try:
+                event = SessionKill.from_bytes(delivery.data)
+            except InvalidInput as exc:
+                _log.warning("bad_kill_event", error=str(exc))
+                continue
+            count += 1
+            await self._live.kill(event, logged_in_before=event.at)
+        return count
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
