@@ -24,7 +24,7 @@ from typing import Any
 import nats
 
 from stockade.authz import Authorizer
-from stockade.bus import Bus, FailureBatcher
+from stockade.bus import Bus, FailureBatcher, ReliablePublisher
 from stockade.core.settings import AuthzSettings, GatewaySettings, IdentitySettings
 from stockade.gateway import Gateway
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
@@ -287,6 +287,7 @@ async def gateway_env(
         failures=None if batch_delay is None else FailureBatcher(bus, max_delay=batch_delay),
         sandbox_network=sandbox_network,
         session_sockets=session_sockets,
+        session_ends=ReliablePublisher(bus),  # as the composition root wires it
     )
     await gateway.start()
     try:

@@ -32,6 +32,7 @@ from ._consumer import (
 )
 from ._embedded import EmbeddedNats, nats_server_binary
 from ._kv import KeyValueStore, KvEntry, KvWatch, PendingPut, valid_key
+from ._reliable import ReliablePublisher
 
 __all__ = [
     "AckHook",
@@ -47,6 +48,7 @@ __all__ = [
     "KvWatch",
     "PendingPut",
     "Reject",
+    "ReliablePublisher",
     "Retry",
     "nats_server_binary",
     "subject_matches",

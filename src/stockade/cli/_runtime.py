@@ -6,8 +6,8 @@ module is the only place that knows which concrete objects those are. A collabor
 in this process is the object itself; one that runs elsewhere is its client (``IdentityClient``,
 ``AuthzClient`` over mutual TLS to the address in ``peers``, ``BanSync`` for the deny-list): the
 services see the same Protocols either way, and nothing inside them asks which. Start order is
-store, bus, audit, identity, authz, internal API, shield, broker, gateway; stop order is the
-reverse, and a failure while starting stops whatever had already started.
+store, bus, audit, identity, authz, internal API, shield, broker, gateway, worktrace; stop order
+is the reverse, and a failure while starting stops whatever had already started.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 from stockade.audit import AuditSearch, AuditService
 from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
-from stockade.bus import Bus, EmbeddedNats, FailureBatcher
+from stockade.bus import Bus, EmbeddedNats, FailureBatcher, ReliablePublisher
 from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_console
 from stockade.core import ConfigError, Settings, get_logger
 from stockade.core.errors import BackendError
@@ -66,11 +66,14 @@ from stockade.tls import (
 from stockade.workspace import PodmanRuntime, UidAllocator
 
 from ._datadir import keyring_for, prepare_data_dir
+from ._worktrace import WorktraceRunner, start_worktrace
 
 __all__ = ["SERVICES", "Listener", "Runtime", "keyring_for", "prepare_data_dir", "service_tls"]
 
 #: What ``stockade serve`` can run on its own; ``stockade up`` runs all of them.
-SERVICES: tuple[str, ...] = ("identity", "authz", "broker", "shield", "audit", "gateway")
+SERVICES: tuple[str, ...] = (
+    "identity", "authz", "broker", "shield", "audit", "gateway", "worktrace",
+)  # fmt: skip
 
 log = get_logger("stockade.up")
 
@@ -101,6 +104,7 @@ class Runtime:
     broker: BrokerServer | None = None
     audit: AuditService | None = None
     sweeper: RecordingSweeper | None = None
+    worktrace: WorktraceRunner | None = None
     listeners: list[Listener] = field(default_factory=list)
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     _identity_api: IdentityAPI | None = None
@@ -133,9 +137,16 @@ class Runtime:
     def _check_peers(self) -> None:
         """Fail before starting anything when a needed peer has no address (one line each)."""
         peers = self.settings.peers
+        worktrace = self.settings.worktrace
+        if "worktrace" in self.services and worktrace.source is None and not self.embedded:
+            raise ConfigError(
+                "worktrace.export_file: `stockade serve worktrace` needs a source; set"
+                " STOCKADE_WORKTRACE__EXPORT_FILE or STOCKADE_WORKTRACE__NATS_SUBJECT"
+            )
+        peers_wt = worktrace.respond and worktrace.source is not None  # authz decides responses
         needs: dict[str, set[str]] = {
             "identity": {"gateway", "broker"},
-            "authz": {"gateway", "broker"},
+            "authz": {"gateway", "broker"} | ({"worktrace"} if peers_wt else set()),
         }
         for peer, users in needs.items():
             if peer in self.services or not users & self.services:
@@ -362,6 +373,7 @@ class Runtime:
                 reserved_ports=self._reserved_ports(),
                 extra_backends={"container": container},
                 failures=FailureBatcher(self.bus),
+                session_ends=ReliablePublisher(self.bus),  # the broker needs every one
                 sandbox_network=settings.workspace.sandbox_network,
                 # sandbox sessions reach an in-process broker through their own socket
                 session_sockets=self._session_socket if self.broker is not None else None,
@@ -371,6 +383,24 @@ class Runtime:
             for host, port in self.gateway.listening:
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
                 self.listeners.append(Listener("SSH gateway", shown))
+
+        if "worktrace" in local:  # last: its kills and bans go to the services started above
+            await self._start_worktrace(data_dir)
+
+    async def _start_worktrace(self, data_dir: Path) -> None:
+        """Worktrace on the source ``[worktrace]`` names (see ``cli._worktrace``); none: off
+        (``stockade serve worktrace`` refuses that in :meth:`_check_peers`)."""
+        settings = self.settings.worktrace
+        assert self.bus is not None
+        self.worktrace = await start_worktrace(
+            settings,
+            bus=self.bus,
+            authz=self.authz_api if settings.respond else None,
+            data_dir=data_dir,
+        )
+        if self.worktrace is not None:
+            self._stack.push_async_callback(self.worktrace.stop)
+            self.listeners.append(Listener(*self.worktrace.describe()))
 
     async def _openbao_tls(self, name: str, uris: Sequence[str]) -> CertificateFiles:
         """``tls.source = "openbao-pki"``: a certificate from OpenBao's PKI engine, kept in

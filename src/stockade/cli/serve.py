@@ -41,6 +41,9 @@ shield: failures in, bans out (the ban store on the bus).
 
 audit: every event of the bus chained and signed into the store.
 
+worktrace: Tetragon's events from worktrace.export_file or worktrace.nats_subject; alerts on
+the bus; needs peers.authz when it responds (kill_session, ban_user).
+
 Every service needs bus.url (an external NATS server). Certificates: tls.source "dev-ca" with
 a tls.directory shared by the services of one host, "files" (tls.crt, tls.key, ca.crt), or
 "openbao-pki" (issued at tls.pki_mount/issue/tls.pki_role of VAULT_ADDR, logged in with

@@ -159,6 +159,7 @@ def scan(
             threshold=cfg.worktrace.anomaly_threshold,
             depth=cfg.worktrace.ancestry_depth,
         ),
+        trusted_namespaces=cfg.worktrace.trusted_namespaces,
     )
     found: list[Alert] = []
     with _lines(source) as lines:

@@ -840,15 +840,30 @@ class TlsSettings(_Section):
 class WorktraceSettings(_Section):
     """Worktrace: detections from Tetragon's export (TOML section ``[worktrace]``)."""
 
-    enabled: bool = False
-    """Run Worktrace inside ``stockade up`` (needs a Tetragon export to read)."""
+    enabled: bool = True
+    """Run Worktrace inside ``stockade up`` (and ``stockade serve worktrace``) when a source is
+    set (``export_file`` or ``nats_subject``); false: never. No source, no Worktrace: Tetragon
+    runs only where it was deployed, so there is no export to guess at."""
     rules: list[Path] = []
     """Rule files or directories; empty: the default rule set shipped with Stockade."""
     export_file: Path | None = None
-    """Tetragon's JSON export to follow across rotation
-    (``/var/run/cilium/tetragon/tetragon.log``)."""
-    nats_subject: str | None = None
-    """Read events from this NATS subject instead of (or as well as) the export file."""
+    """Tetragon's JSON export to follow across rotation (Tetragon's own default is
+    ``/var/run/cilium/tetragon/tetragon.log``). Unset: no file is followed."""
+    state_file: Path | None = None
+    """Where the file follower records how far it got (file, offset and a fingerprint; 0600,
+    replaced atomically), so a restart neither loses nor repeats events. Unset:
+    ``worktrace/follower.json`` in the data dir."""
+    nats_subject: str | None = Field(default=None, min_length=1, max_length=255)
+    """Read events from this core NATS subject of the bus (one event a message, e.g. from a log
+    shipper) instead of the export file; set one source, not both."""
+    nats_queue: str = Field(default="stockade-worktrace", max_length=255)
+    """Queue group of ``nats_subject``: Worktrace replicas share the events, each read once."""
+    trusted_namespaces: list[Annotated[str, Field(min_length=1, max_length=253)]] = [
+        "stockade-workspaces"
+    ]
+    """Namespaces whose Pods' ``stockade.dev/...`` labels tie an event to a workspace, user and
+    session: where Stockade puts workspace Pods. An event of a Pod elsewhere (whoever may create
+    a Pod there may write those labels) alerts unattributed and can kill or ban nobody."""
     reload_interval: float = Field(default=1.0, gt=0)
     """Seconds between looks at the rule files for changes (hot reload)."""
     poll_interval: float = Field(default=0.005, gt=0, le=1)
@@ -866,6 +881,23 @@ class WorktraceSettings(_Section):
     """Ask policy (action ``worktrace.respond``) how to answer each alert."""
     ban_seconds: float = Field(default=3600.0, gt=0)
     """Length of a ``ban_user`` response unless policy says ``ban_seconds``."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WorktraceSettings:
+        if self.export_file is not None and self.nats_subject is not None:
+            raise ValueError("set export_file or nats_subject, not both (one source a service)")
+        return self
+
+    @property
+    def source(self) -> str | None:
+        """What the service reads (``file PATH`` / ``nats SUBJECT``); None: it does not run."""
+        if not self.enabled:
+            return None
+        if self.export_file is not None:
+            return f"file {self.export_file}"
+        if self.nats_subject is not None:
+            return f"nats {self.nats_subject}"
+        return None
 
 
 class AuditSettings(_Section):

@@ -22,7 +22,16 @@ import ipaddress
 import itertools
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Mapping,
+    Sequence,
+)
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,6 +40,8 @@ import asyncssh
 from stockade.authz import AuthzAPI
 from stockade.core.errors import ConfigError, InvalidInput, StockadeError
 from stockade.core.events import (
+    STREAM_AUDIT,
+    SUBJECT_SESSION_KILL,
     AuthFailed,
     EventPublisher,
     IdentityChanged,
@@ -123,12 +134,46 @@ class EventSource(Protocol):
         ...
 
 
+class ReplayableEvents(EventSource, Protocol):
+    """An :class:`EventSource` that also says when its subscriptions may have missed messages
+    (``epoch``, see :attr:`stockade.bus.Bus.epoch`) and reads what a stream stored meanwhile
+    (``stockade.bus.Bus`` satisfies it)."""
+
+    @property
+    def epoch(self) -> int: ...
+
+    async def last_sequence(self, stream: str, subject: str | None = None) -> int: ...
+
+    def read_stream(
+        self, stream: str, subject: str, *, since: datetime, until_seq: int, idle: float = ...
+    ) -> AsyncIterator[Any]: ...
+
+
+#: Seconds between looks at the bus's epoch (a reconnect means kills may have been missed)...
+_EPOCH_POLL = 0.25
+#: ...and how far before the last moment it was seen connected the missed kills are read from.
+_REPLAY_MARGIN = timedelta(seconds=2)
+
+
 class FailureSink(Protocol):
     """Where the gateway's failed authentications go in batches (``stockade.bus.FailureBatcher``
     satisfies it)."""
 
     def add(self, failure: AuthFailed) -> None:
         """Queue ``failure`` for publishing; never waits. May raise a StockadeError (closed)."""
+        ...
+
+    async def aclose(self, *, seconds: float = 10.0) -> None:
+        """Publish what is queued (waiting up to ``seconds`` for the bus), then stop."""
+        ...
+
+
+class ReliableSink(Protocol):
+    """Where the gateway's ``stockade.session.ended`` events go (``stockade.bus.ReliablePublisher``
+    satisfies it): queued at once, retried until the bus stores them."""
+
+    async def publish(self, event: SessionEnded) -> Any:
+        """Queue ``event``; never waits for the bus. May raise a StockadeError (closed)."""
         ...
 
     async def aclose(self, *, seconds: float = 10.0) -> None:
@@ -173,7 +218,12 @@ class Gateway:
     namespace). ``reserved_ports`` are Stockade's own
     listening ports, which ``ssh -R`` may never take. ``failures`` receives every failed
     authentication (see :class:`FailureSink`; the gateway closes it, flushing, when it stops);
-    without it each failure is published on its own through ``publisher``. State (host keys,
+    without it each failure is published on its own through ``publisher``. ``session_ends``
+    receives every ``stockade.session.ended`` (see :class:`ReliableSink`; closed, flushing, when
+    the gateway stops): the broker stops serving a session's token from memory when it arrives,
+    and after a workspace-wide kill nothing else tells it, so a lost one would leave a killed
+    session's token usable for the broker's ``liveness_max_age``; without it each is published
+    once through ``publisher``. State (host keys,
     the upstream client key, known upstream host keys, workspace homes, recordings) lives under
     ``data_dir``.
     """
@@ -195,6 +245,7 @@ class Gateway:
         failures: FailureSink | None = None,
         sandbox_network: bool = False,
         session_sockets: SessionSocketOpener | None = None,
+        session_ends: ReliableSink | None = None,
     ) -> None:
         self.settings = settings
         self._sandbox_network = sandbox_network
@@ -220,6 +271,7 @@ class Gateway:
         self._extra_backends = dict(extra_backends or {})
         self._reserved = set(reserved_ports)
         self._failures = failures
+        self._session_ends = session_ends
         self._limits = ConnectionLimits(
             max_total=settings.max_connections, max_per_source=settings.max_connections_per_source
         )
@@ -228,6 +280,7 @@ class Gateway:
         self._listeners: list[socket.socket] = []
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._catch_up: asyncio.Task[None] | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._live = LiveRegistry(authz, self._background)
         self._unsubscribe: list[Callable[[], Awaitable[None]]] = []
@@ -334,6 +387,11 @@ class Gateway:
         within ``grace`` plus a few seconds whatever the sessions do."""
         grace = self.settings.stop_grace if grace is None else grace
         self._stopping = True
+        if self._catch_up is not None:
+            self._catch_up.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._catch_up
+            self._catch_up = None
         for task in self._accept_tasks:
             task.cancel()
         self._close_listeners()
@@ -371,6 +429,8 @@ class Gateway:
             await asyncio.wait(list(self._tasks), timeout=1)
         if self._failures is not None:  # the strikes of the connections just closed included
             await self._failures.aclose(seconds=5)
+        if self._session_ends is not None:  # the ends of the sessions just closed included
+            await self._session_ends.aclose(seconds=5)
         await self.heartbeat.stop()
         _log.info("gateway_stopped")
 
@@ -404,7 +464,7 @@ class Gateway:
             _log.error("stale_sessions_not_ended", error=str(exc))
             raise
         for info in stale:
-            await self._publish(
+            await self._publish_end(
                 SessionEnded(session_id=info.session_id, username=info.username, reason="crashed")
             )
 
@@ -440,6 +500,58 @@ class Gateway:
 
         self._unsubscribe.append(await self._events.subscribe(SessionKill.subject, on_kill))
         self._unsubscribe.append(await self._events.subscribe(IdentityChanged.subject, on_identity))
+        events = self._events
+        if hasattr(events, "epoch") and hasattr(events, "read_stream"):
+            self._catch_up = asyncio.create_task(
+                self._catch_up_kills(events),  # type: ignore[arg-type]
+                name="gateway-kill-catch-up",
+            )
+
+    async def _catch_up_kills(self, events: ReplayableEvents) -> None:
+        """Kills published while the bus connection was down never reach the subscription
+        (core NATS): a Worktrace or administrator kill would be lost, the session left running.
+        After every reconnect, read the kills the audit stream stored since shortly before the
+        connection was last seen up and apply them; a kill replayed spares the connections
+        that logged in after it was published, and applying one twice ends nothing twice."""
+        epoch = events.epoch
+        seen_up = datetime.now(UTC)
+        while True:
+            await asyncio.sleep(_EPOCH_POLL)
+            now = events.epoch
+            if now == epoch:
+                if now >= 0:
+                    seen_up = datetime.now(UTC)
+                continue
+            if now < 0:  # disconnected: wait for the reconnect
+                epoch = -1
+                continue
+            try:
+                replayed = await self._replay_kills(events, seen_up - _REPLAY_MARGIN)
+            except StockadeError as exc:  # the stream is not there yet: try at the next look
+                _log.warning("kill_catch_up_failed", error=str(exc))
+                continue
+            except Exception as exc:  # the watcher must outlive any surprise
+                _log.error("kill_catch_up_crashed", error=repr(exc))
+                continue
+            _log.info("kill_catch_up", since=seen_up.isoformat(), kills=replayed)
+            epoch, seen_up = now, datetime.now(UTC)
+
+    async def _replay_kills(self, events: ReplayableEvents, since: datetime) -> int:
+        last = await events.last_sequence(STREAM_AUDIT, SUBJECT_SESSION_KILL)
+        if last == 0:
+            return 0
+        count = 0
+        async for delivery in events.read_stream(
+            STREAM_AUDIT, SUBJECT_SESSION_KILL, since=since, until_seq=last, idle=1.0
+        ):
+            try:
+                event = SessionKill.from_bytes(delivery.data)
+            except InvalidInput as exc:
+                _log.warning("bad_kill_event", error=str(exc))
+                continue
+            count += 1
+            await self._live.kill(event, logged_in_before=event.at)
+        return count
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -456,6 +568,16 @@ class Gateway:
             await self._publisher.publish(event)
         except StockadeError as exc:
             _log.warning("event_not_published", error=str(exc))
+
+    async def _publish_end(self, event: SessionEnded) -> None:
+        """A session's end: through ``session_ends`` (retried until stored) when there is one."""
+        if self._session_ends is None:
+            await self._publish(event)
+            return
+        try:
+            await self._session_ends.publish(event)
+        except StockadeError as exc:  # closed: the gateway is past its stop
+            _log.error("session_end_not_published", session=event.session_id, error=str(exc))
 
     @staticmethod
     def _bind(host: str, port: int) -> socket.socket:
@@ -627,7 +749,7 @@ class Gateway:
         finally:
             self._live.discard(live)
             live.ended.set()
-        await self._publish(
+        await self._publish_end(
             SessionEnded(session_id=live.session_id, username=live.login.username,
                          exit_status=live.exit_status, reason=reason)
         )  # fmt: skip

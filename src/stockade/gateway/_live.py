@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import asyncssh
@@ -52,6 +53,8 @@ class LiveConnection:
         self.conn = conn
         self.session_id = ""
         self.token = ""
+        self.logged_in_at = datetime.now(UTC)
+        """When the login succeeded: a kill replayed after a reconnect spares later logins."""
         self.opened: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         """True once the registry row exists (channels wait for it), False if it failed."""
         self.channels: set[LiveChannel] = set()
@@ -124,8 +127,18 @@ class LiveRegistry:
         if self._by_id.get(live.session_id) is live:
             del self._by_id[live.session_id]
 
-    async def kill(self, event: SessionKill) -> None:
-        """Apply a ``stockade.session.kill`` (ignored unless this gateway holds the session)."""
+    async def kill(self, event: SessionKill, *, logged_in_before: datetime | None = None) -> None:
+        """Apply a ``stockade.session.kill`` (ignored unless this gateway holds the session);
+        ``logged_in_before``: only to connections that logged in before then (a kill replayed
+        after a reconnect ends what it was published against, not a later login)."""
+        targets = self._kill_targets(event)
+        if logged_in_before is not None:
+            targets = [v for v in targets if v.logged_in_at < logged_in_before]
+        for live in targets:
+            _log.info("session_killed", session=live.session_id, reason=event.reason, by=event.by)
+            await live.terminate(event.reason or "killed", event.message or KILL_MESSAGE)
+
+    def _kill_targets(self, event: SessionKill) -> list[LiveConnection]:
         if event.session_id == "*" and event.workspace_label is not None:
             targets = [
                 v
@@ -137,9 +150,7 @@ class LiveRegistry:
         else:
             found = self._by_id.get(event.session_id)
             targets = [] if found is None else [found]
-        for live in targets:
-            _log.info("session_killed", session=live.session_id, reason=event.reason, by=event.by)
-            await live.terminate(event.reason or "killed", event.message or KILL_MESSAGE)
+        return targets
 
     async def identity_changed(self, event: IdentityChanged) -> None:
         """Apply an ``stockade.identity.changed`` to the user's live connections."""

@@ -35,6 +35,13 @@ Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
 a process whose pid, or an ancestor's, was registered in :class:`LocalSessions` belongs to that
 session. A rule that is not ``global`` is only matched for events with a Pod or a session.
+
+Only the Pods of the trusted namespaces (``trusted_namespaces``: where Stockade puts workspace
+Pods) are believed: anyone who may create a Pod elsewhere can write ``stockade.dev/...`` labels
+on it, and a label believed there would let them frame a workspace or a user (an alert that
+kills the workspace's sessions or bans the user). An event of a Pod in any other namespace is
+tied to no workspace, user or session: its alerts still fire, unattributed (they carry the Pod's
+namespace and name), and can kill or ban nobody; its blueprint label teaches no ancestry.
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +69,16 @@ from ._events import (
 )
 from ._rules import STDIO_FDS, CompiledArg, CompiledRule, RuleSet, RuleSource
 
+#: Where ``stockade.workspace`` puts workspace Pods (``RenderContext.namespace``), and so the
+#: default of ``trusted_namespaces`` (``[worktrace] trusted_namespaces``).
+WORKSPACE_NAMESPACE = "stockade-workspaces"
+
 __all__ = [
     "LABEL_BLUEPRINT",
     "LABEL_SESSION",
     "LABEL_USER",
     "LABEL_WORKSPACE",
+    "WORKSPACE_NAMESPACE",
     "Alert",
     "AnomalyConfig",
     "Engine",
@@ -280,7 +292,10 @@ class Engine:
         image_files: Mapping[str, frozenset[str]] | None = None,
         anomaly: AnomalyConfig | None = None,
         max_processes: int = 200_000,
+        trusted_namespaces: Collection[str] = (WORKSPACE_NAMESPACE,),
     ) -> None:
+        #: Namespaces whose Pods' ``stockade.dev/...`` labels are believed (see the module).
+        self.trusted_namespaces = frozenset(trusted_namespaces)
         self._source = rules if isinstance(rules, RuleSource) else None
         self._rules = rules if isinstance(rules, RuleSet) else rules.current
         self.sessions = sessions if sessions is not None else LocalSessions()
@@ -456,10 +471,13 @@ class Engine:
 
     def _context(self, event: TraceEvent, entry: _Proc) -> SessionInfo | None:
         pod = event.process.pod
-        if pod is not None and pod.pod_labels:
-            info = _session_from_labels(pod.pod_labels)
-            if info is not None:
-                return info
+        if pod is not None:
+            if pod.namespace not in self.trusted_namespaces:
+                return None  # labels anyone may write there: tied to nobody, never a kill
+            if pod.pod_labels:
+                info = _session_from_labels(pod.pod_labels)
+                if info is not None:
+                    return info
         session: SessionInfo | None = entry.session
         return session
 
@@ -693,6 +711,8 @@ class Engine:
     def _score(self, event: TraceEvent, entry: _Proc) -> Alert | None:
         pod = event.process.pod
         blueprint = pod.pod_labels.get(LABEL_BLUEPRINT) if pod is not None else None
+        if pod is not None and pod.namespace not in self.trusted_namespaces:
+            return None  # an untrusted Pod neither teaches nor is scored against a blueprint
         session = None
         if blueprint is None:
             session = entry.session

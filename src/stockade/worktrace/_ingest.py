@@ -101,6 +101,16 @@ class FileFollower:
     def close(self) -> None:
         self._closed = True
 
+    def open(self) -> bool:
+        """Open the export now rather than at the first look (at its end unless ``from_start``
+        or a commit says otherwise): a service that says it follows the file reads every line
+        written after it said so. False when there is no export yet (it is read from its
+        start once it appears)."""
+        if self._fd is None and not self._open(at_end=not self.from_start):
+            return False
+        self.from_start = True
+        return True
+
     def _refuse(self, path: Path, reason: str) -> None:
         self.refused += 1
         if reason != self._refusal:
@@ -158,9 +168,13 @@ class FileFollower:
         doc["tail"] = tail.hex()
         tmp = self.state.with_name(self.state.name + ".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with contextlib.suppress(FileNotFoundError):  # a crash's leftover, or a planted link
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(doc, handle)
+                handle.flush()
+                os.fsync(handle.fileno())  # a crash leaves the old state or the new, never half
             os.replace(tmp, self.state)
         except OSError as exc:
             raise InvalidInput(str(self.state), f"cannot write: {exc.strerror}") from None

@@ -42,7 +42,11 @@ _log = get_logger("stockade.worktrace")
 
 
 class Authorizer(Protocol):
-    def decide(self, input_doc: Mapping[str, Any]) -> Decision: ...
+    """The in-process :class:`~stockade.authz.Authorizer`; :meth:`AlertResponder.respond` asks
+    ``decide_async`` when there is one (the gRPC ``AuthzClient`` of ``stockade serve`` has only
+    that kind), :meth:`AlertResponder.decide` the synchronous ``decide``."""
+
+    def decide(self, input_doc: Mapping[str, Any]) -> Any: ...
 
 
 class Publisher(Protocol):
@@ -114,7 +118,17 @@ class AlertResponder:
 
     def decide(self, alert: Alert) -> tuple[Decision, list[Event], list[str]]:
         """The decision and the events it calls for (nothing is published here)."""
-        decision = self.authz.decide(respond_input(alert))
+        return self.actions(alert, self.authz.decide(respond_input(alert)))
+
+    async def decide_async(self, alert: Alert) -> tuple[Decision, list[Event], list[str]]:
+        """:meth:`decide` through the authorizer's ``decide_async`` when it has one."""
+        ask = getattr(self.authz, "decide_async", None)
+        if ask is None:
+            return self.decide(alert)
+        return self.actions(alert, await ask(respond_input(alert)))
+
+    def actions(self, alert: Alert, decision: Decision) -> tuple[Decision, list[Event], list[str]]:
+        """The events ``decision`` calls for, and what it could not apply."""
         events: list[Event] = []
         skipped: list[str] = []
         if not decision.allow:
@@ -168,7 +182,7 @@ class AlertResponder:
     async def respond(self, alert: Alert) -> Response:
         """Decide and publish; a publish failure is logged, reported in ``skipped`` and the
         action kept in ``pending`` for :meth:`retry`."""
-        decision, events, skipped = self.decide(alert)
+        decision, events, skipped = await self.decide_async(alert)
         published: list[Event] = []
         for event in events:
             if self.pending:  # keep the order: older refused actions go first

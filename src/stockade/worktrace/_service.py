@@ -60,6 +60,7 @@ class Worktrace:
                 threshold=self.settings.anomaly_threshold,
                 depth=self.settings.ancestry_depth,
             ),
+            trusted_namespaces=self.settings.trusted_namespaces,
         )
         self.sinks = list(sinks)
         self.responder = responder if self.settings.respond else None
