@@ -403,14 +403,17 @@ def test_reverse_shell_close_0_then_dup(engine_rules: Any, copy: dict[str, Any])
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-def test_a_lost_exit_and_a_reused_pid_do_not_inherit_the_old_table(engine_rules: Any) -> None:
-    """The process of pid 5490 put a socket on its stdin and its exit was lost; a new process
-    of that pid (another parent) is not taken for it."""
-    events = [*connected(5490, "bG9z"), at(dup(3, 0), 5490, "bG9z")]
-    events.append(
-        at(exec_event("/usr/bin/make"), 5490, "bmV3Mg==", parent=(1, "aW5pdA==", "/sbin/init"))
-    )
-    assert not set().union(*fired_over(engine_rules, events))
+def test_reverse_shell_in_a_child_reparented_before_its_exec(engine_rules: Any) -> None:
+    """``if os.fork(): os._exit(0)``; the child dup2()s the socket onto stdin, and execs sh
+    once its parent has gone: the exec names the reaper (pid 1) as its parent, the child's
+    table (kept by its pid until its own exit) is still its."""
+    events = [
+        *connected(5490, "cmVw"),
+        at(dup(3, 0), 5491, "cmVwMg==", parent=(5490, "cmVw", PY)),
+        exit_event(PY, 5490, "cmVw"),
+        at(exec_event("/bin/sh"), 5491, "c2g3", parent=(1, "aW5pdA==", "/sbin/tini")),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
 # --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------

@@ -13,23 +13,46 @@ none: the shared empty tuple). It keeps, bounded:
   before scores ``1 / (1 + ln(1 + count))`` and an exec scoring at least ``anomaly_threshold``
   raises an anomaly alert.
 
-For ``stdio_socket`` rules it also keeps, per node and pid, the processes that opened an outbound
-TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
-(``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
-process, or by its child, is a reverse shell
-(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``), and the processes that
-connected a socket that is their stdin (``connect`` of fd 0: ``close(0); socket()`` puts the
-socket there with no dup at all). Keying on the process
-that both connected and replaced its stdin leaves out the usual benign shapes: a program that
-connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
-connected nothing), an sshd session child, git running ssh, a connected program sending its
-stdout or stderr to a log. Tetragon's events do not say what the old descriptor
-was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
-``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
-pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them). A marked
-process is also kept by its exec id, which no other process reuses, past its exit: its child
-may exec the shell after the parent has gone (``if os.fork(): os._exit(0)``), or through a
-forked copy of it that never exec'd (a double fork), whose parent is the marked process.
+For ``stdio_socket`` rules it keeps, per process, a descriptor table (:class:`_FdTable`): which
+of its descriptors are sockets (network or local), whether each is connected and close-on-exec,
+from the calls the generated policy reports with their return values (``_rules.STDIO_HOOKS``):
+``socket()`` puts a socket on the descriptor it returns (``SOCK_CLOEXEC`` from its type);
+``connect()`` connects it (0 or ``-EINPROGRESS``); ``dup``/``dup2``/``dup3``/``fcntl(F_DUPFD*)``
+copy it (one open file: a connect through either descriptor connects both, so ``dup2(s, 0)``
+before ``connect(s)`` is seen); ``close``/``close_range`` drop it; ``fcntl(F_SETFD)``,
+``ioctl(FIOCLEX/FIONCLEX)``, ``dup3(O_CLOEXEC)``, ``F_DUPFD_CLOEXEC`` and ``close_range(CLOEXEC)``
+set its close-on-exec flag, and an exec drops the descriptors that have it. A descriptor absent
+from the table is no socket (a file, a pipe, a tty: opens and pipes are not hooked, and need not
+be: they only ever replace a socket through a close or a copy, both seen). An exec of a program
+whose stdin is a connected network socket, or whose parent's is (``pty.spawn`` relays the socket
+on python's stdin to the shell's pty), matches.
+
+Tetragon reports no fork: a process first seen (its first kprobe, or its exec) gets a copy of its
+parent's table, by the parent's exec id (kept past the parent's exit: ``if os.fork(): exit()``),
+or, when the parent is a fork that never exec'd nor made a call we follow (it has no table, and
+its binary is its own parent's), the grandparent's (a double fork). A forked child has an exec id
+of its own before it execs: its exec (same pid) keeps its table, even when its parent has exited
+meanwhile (the exec then names the reaper as parent). A table leaves the live ones at its
+process's exit, and goes unless it holds a socket: a pid is reused only after an exit (were the
+exit lost, the new process would take the old one's descriptors: a false alert at worst).
+
+What the events cannot tell, and the choice made: a close-on-exec flag changed by a call not
+hooked (none is known besides those above) would go unseen; a socket whose creation was not seen
+(opened before the policy was loaded, received over a unix socket or by ``pidfd_getfd``, created
+by io_uring) is unknown until its ``connect``, and a connect of an unknown descriptor takes it for
+a connected network socket (fail closed); accepted sockets (``accept``: a bind shell) are not
+followed. The doubt always goes to a socket that stays open: a descriptor is only dropped by a
+close, a copy over it, or an exec with its close-on-exec flag known set.
+
+Bounded: at most ``max_fd_processes`` tables (each with at most ``max_fds`` sockets besides
+stdin). A process opening more sockets than that stops being followed past them and is marked:
+a copy onto its stdin of a descriptor the table does not hold is taken for a socket (fail
+closed). When the tables are full, an eighth goes, the least telling first: exited processes
+without a network socket on stdin, then live ones, then exited ones with one, then live ones
+with one (``fd_evicted_armed`` counts those). Short-lived processes free their tables at exit,
+and only a process with a socket (or whose parent has one) gets a table; pushing out a live
+reverse shell's table takes ``max_fd_processes`` live processes each with a network socket on
+its stdin, each of which a shell run would alert on.
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
@@ -282,18 +305,16 @@ class _FdTable:
     Only sockets are held: a descriptor absent from the table is not a socket (a file, a pipe,
     a tty, a closed one). A process with no table and no parent with one holds no socket."""
 
-    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow", "parent")
+    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow")
 
     def __init__(
         self,
         key: tuple[str, int],
-        parent: str,
         binary: str,
         fds: dict[int, tuple[_Socket, bool]],
         overflow: bool,
     ) -> None:
         self.key = key
-        self.parent = parent
         self.binary = binary
         self.exec_ids: list[str] = []
         self.fds = fds
@@ -463,7 +484,7 @@ class Engine:
                 self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
-            if stdio:
+            if stdio and kind == "process_kprobe":
                 positions = stdio.get(event.function)
                 if positions is not None:
                     self._track_fd(event, positions)
@@ -616,12 +637,13 @@ class Engine:
         key = (event.node_name, pid)
         table = self._fd_live.get(key)
         if table is not None:
-            if table.parent == proc.parent_exec_id:
-                # the same process under another exec id: its exec, or its clone's (a forked
-                # child has an exec id of its own before it execs; the parent is the same)
-                self._fd_alias(table, exec_id)
-                return table
-            self._fd_drop(table)  # the pid of a process whose exit was lost, now reused
+            # the same process under another exec id: its exec, or its clone's (a forked child
+            # has an exec id of its own before it execs), even with another parent (its own
+            # exited: the exec names the reaper). Only an exit ends it, a pid is reused after
+            # one; were the exit lost, the new process would take the old one's descriptors
+            # (fail closed: a false alert at worst, never a missed one)
+            self._fd_alias(table, exec_id)
+            return table
         source = self._fd_parent(event)
         if source is None or not (source.fds or source.overflow):
             if not create:
@@ -632,7 +654,7 @@ class Engine:
             fds, overflow = dict(source.fds), source.overflow
         if len(self._fd_tables) >= self._max_fd_processes:
             self._fd_evict()
-        table = _FdTable(key, proc.parent_exec_id, proc.binary, fds, overflow)
+        table = _FdTable(key, proc.binary, fds, overflow)
         self._fd_tables[table] = None
         self._fd_live[key] = table
         self._fd_alias(table, exec_id)

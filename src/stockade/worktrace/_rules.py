@@ -214,9 +214,9 @@ class ProcessSpec(_Model):
     capabilities: list[str] = []
     not_in_image: bool = False
     stdio_socket: bool = False
-    """The process, or its parent, had its stdin replaced (``dup2``/``dup3`` onto fd 0) by a
-    process after that same process had opened an outbound TCP connection:
-    the shape of a reverse shell (``socket(); connect(); dup2(s, 0..2); exec sh``)."""
+    """The process's stdin, or its parent's, is a connected network socket by the descriptor
+    tables the engine keeps: the shape of a reverse shell (``socket(); connect(); dup2(s,
+    0..2); exec sh``, or the dup2 in a child that inherited the socket)."""
 
     @model_validator(mode="after")
     def _something(self) -> ProcessSpec:
