@@ -1,8 +1,9 @@
 """Worktrace: events/s matched on one core vs ``orjson.loads`` alone, and event-to-alert latency.
 
 1. throughput: EVENTS export lines shaped like Tetragon's (process_exec / process_exit of
-   workspace Pods with ``stockade.dev/*`` labels, ``fd_install`` and ``tcp_connect`` kprobes, in a
-   fixed pseudo-random mix; 0.5% of them match a rule) are fed to a fresh :class:`Engine` with
+   workspace Pods with ``stockade.dev/*`` labels, ``fd_install`` and ``tcp_connect`` kprobes and
+   the descriptor-table calls (socket, connect, dup2, close, fcntl), in a fixed pseudo-random
+   mix; 0.5% of them match a rule) are fed to a fresh :class:`Engine` with
    the default rules and anomaly scoring on: parse, correlate, match, score. The anchor is
    ``orjson.loads`` of the same lines. Rounds alternate anchor and subject and count this
    process's CPU time (the machine is shared: wall time would measure the neighbours); best of
@@ -93,6 +94,28 @@ def _process(rng: random.Random, n: int, binary: str, args: str, user: str) -> d
     }
 
 
+#: (function, int arguments, return value) of the descriptor-table calls: a socket on fd 3
+#: (SOCK_CLOEXEC), its connect, a pipe onto stdin, a close, an fcntl F_SETFD.
+FD_CALLS = [
+    ("__x64_sys_socket", [2, 0o2000001], 3),
+    ("__x64_sys_connect", [3], -115),
+    ("__x64_sys_dup2", [5, 0], 0),
+    ("__x64_sys_close", [3], None),
+    ("__x64_sys_close", [7], None),
+    ("__x64_sys_fcntl", [4, 2, 1], 0),
+]
+
+
+def _fd_call(rng: random.Random, proc: dict[str, Any]) -> dict[str, Any]:
+    function, ints, ret = rng.choice(FD_CALLS)
+    body: dict[str, Any] = {"process": proc, "function_name": function,
+                            "args": [{"int_arg": v} for v in ints],
+                            "action": "KPROBE_ACTION_POST"}  # fmt: skip
+    if ret is not None:
+        body["return"] = {"int_arg": ret}
+    return body
+
+
 def make_lines(count: int, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
     lines: list[bytes] = []
@@ -116,12 +139,15 @@ def make_lines(count: int, seed: int = 7) -> list[bytes]:
         elif roll < 0.70:
             proc = live.pop(rng.randrange(len(live)))
             event = {"process_exit": {"process": proc, "status": 0}}
-        elif roll < 0.90:
+        elif roll < 0.80:
             proc = rng.choice(live)
             path = f"home/{user}/src/project/file{rng.randint(0, 99)}.py"
             event = {"process_kprobe": {"process": proc, "function_name": "fd_install",
                                         "args": [{"int_arg": 3}, {"file_arg": {"path": path}}],
                                         "action": "KPROBE_ACTION_POST"}}  # fmt: skip
+        elif roll < 0.90:  # the descriptor-table calls of reverse-shell-stdio
+            proc = rng.choice(live)
+            event = {"process_kprobe": _fd_call(rng, proc)}
         else:
             proc = rng.choice(live)
             sock = {"family": "AF_INET", "type": "SOCK_STREAM", "protocol": "IPPROTO_TCP",

@@ -155,3 +155,42 @@ def variant(event: dict[str, Any], **changes: Any) -> dict[str, Any]:
 @pytest.fixture
 def nsenter_line() -> bytes:
     return orjson.dumps(json.loads(NSENTER.read_text()))
+
+
+#: ``SOCK_CLOEXEC`` / ``O_CLOEXEC`` (the same bit), and ``socket()``'s families and types.
+CLOEXEC = 0o2000000
+AF_UNIX, AF_INET = 1, 2
+SOCK_STREAM = 1
+
+
+def syscall_event(
+    function: str,
+    ints: list[int],
+    *,
+    ret: int | None = None,
+    binary: str = "/usr/bin/python3",
+    **kw: Any,
+) -> dict[str, Any]:
+    """A syscall kprobe of int arguments as the generated policy asks for it; ``ret`` is its
+    ``returnArg`` (``return: true``: Tetragon sends one event at the return, args and all)."""
+    event = kprobe_event(function, [{"int_arg": v} for v in ints], binary=binary, **kw)
+    if ret is not None:
+        event["process_kprobe"]["return"] = {"int_arg": ret}
+    return event
+
+
+def socket_event(
+    fd: int,
+    *,
+    family: int = AF_INET,
+    kind: int = SOCK_STREAM,
+    cloexec: bool = True,
+    binary: str = "/usr/bin/python3",
+) -> dict[str, Any]:
+    """``socket(family, kind)`` returning ``fd`` (Python's sockets are close-on-exec)."""
+    flags = kind | (CLOEXEC if cloexec else 0)
+    return syscall_event("__x64_sys_socket", [family, flags], ret=fd, binary=binary)
+
+
+def connect_event(fd: int, *, ret: int = 0, binary: str = "/usr/bin/python3") -> dict[str, Any]:
+    return syscall_event("__x64_sys_connect", [fd], ret=ret, binary=binary)

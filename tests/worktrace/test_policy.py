@@ -62,15 +62,18 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         "tcp_connect",
         "sys_unshare",
         "fd_install",
+        # reverse-shell-stdio: each process's descriptor table
+        "sys_connect",
+        "sys_dup",
         "sys_dup2",
         "sys_dup3",
-        "sys_connect",
+        "sys_fcntl",
+        "sys_ioctl",
+        "sys_close",
+        "sys_close_range",
     }
     assert calls["sys_ptrace"]["syscall"] is True
     assert calls["tcp_connect"]["syscall"] is False
-    assert calls["sys_socket"]["selectors"] == [
-        {"matchArgs": [{"index": 0, "operator": "Equal", "values": ["17"]}]}
-    ]
     assert calls["fd_install"]["args"] == [
         {"index": 0, "type": "int"},
         {"index": 1, "type": "file"},
@@ -80,26 +83,79 @@ def test_generated_policy_asks_for_exactly_what_the_rules_need() -> None:
         "/environ",
     }
     assert "selectors" not in calls["tcp_connect"]  # one rule wants every connect
-    assert "reverse-shell-stdio" in calls["tcp_connect"]["message"]
-    for dup in ("sys_dup2", "sys_dup3"):  # reverse-shell-stdio: oldfd, newfd onto stdin
-        assert calls[dup]["syscall"] is True
-        assert calls[dup]["args"] == [{"index": 0, "type": "int"}, {"index": 1, "type": "int"}]
-        assert calls[dup]["selectors"] == [
-            {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]}
-        ]
-    assert calls["sys_dup2"]["ignore"] == {"callNotFound": True}  # arm64 has only dup3
-    assert "ignore" not in calls["sys_dup3"]
-    # reverse-shell-stdio: a connect of stdin itself (close(0); socket(); connect())
-    assert calls["sys_connect"]["args"] == [{"index": 0, "type": "int"}]
-    assert calls["sys_connect"]["selectors"] == [
-        {"matchArgs": [{"index": 0, "operator": "Equal", "values": ["0"]}]}
+    assert "reverse-shell-stdio" not in calls["tcp_connect"]["message"]  # the table's connect
+    ints = [{"index": i, "type": "int"} for i in range(3)]
+    returned = {"index": 0, "type": "int"}
+    # every socket(): its family and type (SOCK_CLOEXEC), and the new descriptor; the packet
+    # socket rule's own selector (family 17) would hide the rest, so the engine filters
+    assert calls["sys_socket"]["args"] == ints[:2]
+    assert "selectors" not in calls["sys_socket"]
+    assert "packet-socket" in calls["sys_socket"]["message"]
+    for call, args in [
+        ("sys_socket", 2),
+        ("sys_connect", 1),  # 0 or -EINPROGRESS: connected
+        ("sys_dup", 1),
+        ("sys_dup2", 2),
+        ("sys_dup3", 3),  # flags: O_CLOEXEC
+        ("sys_fcntl", 3),
+        ("sys_close_range", 3),
+    ]:
+        probe = calls[call]
+        assert probe["syscall"] is True
+        assert probe["args"] == ints[:args], call
+        assert probe["return"] is True, call  # one event at the return, args and all
+        assert probe["returnArg"] == returned, call
+        assert "reverse-shell-stdio" in probe["message"]
+    for call in ("sys_connect", "sys_dup", "sys_dup2", "sys_dup3", "sys_close", "sys_close_range"):
+        assert "selectors" not in calls[call], call  # any descriptor may be a socket
+    assert calls["sys_close"]["args"] == ints[:1]
+    assert "return" not in calls["sys_close"]  # a close always closes (even on EINTR)
+    assert "return" not in calls["sys_ioctl"]
+    assert calls["sys_fcntl"]["selectors"] == [  # F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0", "2", "1030"]}]}
     ]
+    assert calls["sys_ioctl"]["selectors"] == [  # FIONCLEX, FIOCLEX
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["21584", "21585"]}]}
+    ]
+    for call in calls:  # arm64 has no dup2; close_range is Linux 5.9+
+        optional = call in ("sys_dup2", "sys_close_range")
+        assert (calls[call].get("ignore") == {"callNotFound": True}) is optional, call
 
 
-def test_stdio_rule_keeps_a_dup_rules_own_selector(
+def test_stdio_rule_keeps_a_fcntl_rules_own_selector(
     tmp_path: Path, validator: PolicyValidator
 ) -> None:
-    """A syscall rule on dup3 and the reverse-shell rule share the kprobe: both selectors."""
+    """A syscall rule on fcntl and the reverse-shell rule share the kprobe: both selectors."""
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n"
+        "  - {id: d, confidence: 0.5, report: true, global: false,\n"
+        "     syscall: {call: [sys_fcntl], args: [{index: 1, type: int, values: [1031]}]}}\n"
+        "  - {id: s, confidence: 0.9, report: true, global: false,\n"
+        "     process: {binary: [sh], stdio_socket: true}}\n"
+    )
+    (doc,) = tracing_policies(load_rules(tmp_path))
+    calls = {p["call"]: p for p in doc["spec"]["kprobes"]}
+    assert set(calls) == {
+        "sys_socket",
+        "sys_connect",
+        "sys_dup",
+        "sys_dup2",
+        "sys_dup3",
+        "sys_fcntl",
+        "sys_ioctl",
+        "sys_close",
+        "sys_close_range",
+    }
+    assert calls["sys_fcntl"]["selectors"] == [
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["1031"]}]},
+        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0", "2", "1030"]}]},
+    ]
+    assert validator.errors(doc) == []
+
+
+def test_a_dup_rule_s_selector_gives_way_to_the_descriptor_table(tmp_path: Path) -> None:
+    """A rule on dup3 of fd 255 and the reverse-shell rule: the table needs every dup3, so the
+    kprobe has no selector and the engine matches the rule's condition itself."""
     (tmp_path / "r.yaml").write_text(
         "rules:\n"
         "  - {id: d, confidence: 0.5, report: true, global: false,\n"
@@ -109,12 +165,8 @@ def test_stdio_rule_keeps_a_dup_rules_own_selector(
     )
     (doc,) = tracing_policies(load_rules(tmp_path))
     calls = {p["call"]: p for p in doc["spec"]["kprobes"]}
-    assert set(calls) == {"sys_dup3", "sys_dup2", "tcp_connect", "sys_connect"}
-    assert calls["sys_dup3"]["selectors"] == [
-        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["255"]}]},
-        {"matchArgs": [{"index": 1, "operator": "Equal", "values": ["0"]}]},
-    ]
-    assert validator.errors(doc) == []
+    assert "selectors" not in calls["sys_dup3"]
+    assert calls["sys_dup3"]["message"] == "stockade worktrace: d, s"
 
 
 def test_global_rules_get_a_policy_without_pod_selector(

@@ -14,7 +14,7 @@ import pytest
 from stockade.core.errors import InvalidInput
 from stockade.worktrace import DEFAULT_RULES_DIR, Engine, RuleSet, RuleSource, load_rules
 
-from .conftest import exec_event, gke_lines, kprobe_event, line
+from .conftest import connect_event, exec_event, gke_lines, kprobe_event, line, socket_event
 
 CAPS_ADMIN = ["CAP_SYS_ADMIN", "CAP_NET_ADMIN"]
 
@@ -45,13 +45,20 @@ def _pid(event: dict[str, Any], pid: int, parent_pid: int | None = None) -> dict
     return event
 
 
-def _dup2(newfd: int, pid: int) -> dict[str, Any]:
-    args: list[dict[str, Any]] = [{"int_arg": 3}, {"int_arg": newfd}]
-    return _pid(kprobe_event("__x64_sys_dup2", args, binary="/usr/bin/python3"), pid)
+def _dup2(newfd: int, pid: int, oldfd: int = 3) -> dict[str, Any]:
+    args: list[dict[str, Any]] = [{"int_arg": oldfd}, {"int_arg": newfd}]
+    event = kprobe_event("__x64_sys_dup2", args, binary="/usr/bin/python3")
+    event["process_kprobe"]["return"] = {"int_arg": newfd}
+    return _pid(event, pid)
 
 
-def _python_connects(pid: int) -> dict[str, Any]:
-    return _pid(kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)]), pid)
+def _python_connects(pid: int) -> list[dict[str, Any]]:
+    """A socket on fd 3, connected (the events the generated policy asks for)."""
+    return [
+        _pid(socket_event(3), pid),
+        _pid(connect_event(3), pid),
+        _pid(kprobe_event("tcp_connect", [sock("203.0.113.9", 4444)]), pid),
+    ]
 
 
 Case = dict[str, Any] | list[dict[str, Any]]
@@ -129,14 +136,15 @@ CASES: dict[str, tuple[Case, Case]] = {
     ),
     "reverse-shell-stdio": (
         [
-            _python_connects(4242),
+            *_python_connects(4242),
             _dup2(0, 4242),
             _dup2(1, 4242),
             _pid(exec_event("/bin/sh"), 4243, parent_pid=4242),  # pty.spawn's child
         ],
         [
-            _python_connects(4242),
-            _pid(_dup2(1, 4243), 4243, parent_pid=4242),  # subprocess: the child's pipes
+            *_python_connects(4242),
+            _pid(_dup2(0, 4243, oldfd=5), 4243, parent_pid=4242),  # subprocess: the child's
+            _pid(_dup2(1, 4243, oldfd=7), 4243, parent_pid=4242),  # pipes
             _pid(exec_event("/bin/sh", "-c make"), 4243, parent_pid=4242),
         ],
     ),

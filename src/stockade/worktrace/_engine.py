@@ -13,23 +13,46 @@ none: the shared empty tuple). It keeps, bounded:
   before scores ``1 / (1 + ln(1 + count))`` and an exec scoring at least ``anomaly_threshold``
   raises an anomaly alert.
 
-For ``stdio_socket`` rules it also keeps, per node and pid, the processes that opened an outbound
-TCP connection (``tcp_connect``) and, of those, the ones that then replaced their own stdin
-(``dup2``/``dup3`` onto fd 0: commands now come from elsewhere): a shell executed by such a
-process, or by its child, is a reverse shell
-(``python -c 'socket...; os.dup2(s.fileno(), 0); pty.spawn("sh")'``), and the processes that
-connected a socket that is their stdin (``connect`` of fd 0: ``close(0); socket()`` puts the
-socket there with no dup at all). Keying on the process
-that both connected and replaced its stdin leaves out the usual benign shapes: a program that
-connected and then spawns a shell with pipes (the ``dup2`` happens in the forked child, which
-connected nothing), an sshd session child, git running ssh, a connected program sending its
-stdout or stderr to a log. Tetragon's events do not say what the old descriptor
-was (``FollowFD`` is gone), so a program that connects out, then itself points its stdin at
-``/dev/null`` and then runs shells would match: rare, and said in the rule. Both tables forget a
-pid at its ``process_exit`` (descriptors survive an exec, so an exec keeps them). A marked
-process is also kept by its exec id, which no other process reuses, past its exit: its child
-may exec the shell after the parent has gone (``if os.fork(): os._exit(0)``), or through a
-forked copy of it that never exec'd (a double fork), whose parent is the marked process.
+For ``stdio_socket`` rules it keeps, per process, a descriptor table (:class:`_FdTable`): which
+of its descriptors are sockets (network or local), whether each is connected and close-on-exec,
+from the calls the generated policy reports with their return values (``_rules.STDIO_HOOKS``):
+``socket()`` puts a socket on the descriptor it returns (``SOCK_CLOEXEC`` from its type);
+``connect()`` connects it (0 or ``-EINPROGRESS``); ``dup``/``dup2``/``dup3``/``fcntl(F_DUPFD*)``
+copy it (one open file: a connect through either descriptor connects both, so ``dup2(s, 0)``
+before ``connect(s)`` is seen); ``close``/``close_range`` drop it; ``fcntl(F_SETFD)``,
+``ioctl(FIOCLEX/FIONCLEX)``, ``dup3(O_CLOEXEC)``, ``F_DUPFD_CLOEXEC`` and ``close_range(CLOEXEC)``
+set its close-on-exec flag, and an exec drops the descriptors that have it. A descriptor absent
+from the table is no socket (a file, a pipe, a tty: opens and pipes are not hooked, and need not
+be: they only ever replace a socket through a close or a copy, both seen). An exec of a program
+whose stdin is a connected network socket, or whose parent's is (``pty.spawn`` relays the socket
+on python's stdin to the shell's pty), matches.
+
+Tetragon reports no fork: a process first seen (its first kprobe, or its exec) gets a copy of its
+parent's table, by the parent's exec id (kept past the parent's exit: ``if os.fork(): exit()``),
+or, when the parent is a fork that never exec'd nor made a call we follow (it has no table, and
+its binary is its own parent's), the grandparent's (a double fork). A forked child has an exec id
+of its own before it execs: its exec (same pid) keeps its table, even when its parent has exited
+meanwhile (the exec then names the reaper as parent). A table leaves the live ones at its
+process's exit, and goes unless it holds a socket: a pid is reused only after an exit (were the
+exit lost, the new process would take the old one's descriptors: a false alert at worst).
+
+What the events cannot tell, and the choice made: a close-on-exec flag changed by a call not
+hooked (none is known besides those above) would go unseen; a socket whose creation was not seen
+(opened before the policy was loaded, received over a unix socket or by ``pidfd_getfd``, created
+by io_uring) is unknown until its ``connect``, and a connect of an unknown descriptor takes it for
+a connected network socket (fail closed); accepted sockets (``accept``: a bind shell) are not
+followed. The doubt always goes to a socket that stays open: a descriptor is only dropped by a
+close, a copy over it, or an exec with its close-on-exec flag known set.
+
+Bounded: at most ``max_fd_processes`` tables (each with at most ``max_fds`` sockets besides
+stdin). A process opening more sockets than that stops being followed past them and is marked:
+a copy onto its stdin of a descriptor the table does not hold is taken for a socket (fail
+closed). When the tables are full, an eighth goes, the least telling first: exited processes
+without a network socket on stdin, then live ones, then exited ones with one, then live ones
+with one (``fd_evicted_armed`` counts those). Short-lived processes free their tables at exit,
+and only a process with a socket (or whose parent has one) gets a table; pushing out a live
+reverse shell's table takes ``max_fd_processes`` live processes each with a network socket on
+its stdin, each of which a shell run would alert on.
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
@@ -67,7 +90,18 @@ from ._events import (
     UnknownEvent,
     parse_line,
 )
-from ._rules import STDIO_FDS, CompiledArg, CompiledRule, RuleSet, RuleSource
+from ._rules import (
+    F_DUPFD,
+    F_DUPFD_CLOEXEC,
+    F_SETFD,
+    FIOCLEX,
+    FIONCLEX,
+    STDIO_FDS,
+    CompiledArg,
+    CompiledRule,
+    RuleSet,
+    RuleSource,
+)
 
 #: Where ``stockade.workspace`` puts workspace Pods (``RenderContext.namespace``), and so the
 #: default of ``trusted_namespaces`` (``[worktrace] trusted_namespaces``).
@@ -252,6 +286,79 @@ class _Proc:
         self.ancestry: tuple[str, ...] | None = None  # basenames, this process first
 
 
+class _Socket:
+    """A socket, as the kernel's open file: its descriptors' copies (dup, fork) share it, so a
+    connect through one of them connects them all."""
+
+    __slots__ = ("connected", "network")
+
+    def __init__(self, *, network: bool, connected: bool = False) -> None:
+        self.network = network
+        self.connected = connected
+
+
+#: What an untracked descriptor copied onto stdin is, in a table that stopped following its
+#: process's sockets (more than ``max_fds``): taken for a connected network socket.
+_DOUBT = _Socket(network=True, connected=True)
+#: Families whose sockets are not network connections.
+_LOCAL_FAMILIES = frozenset({1, 16})  # AF_UNIX, AF_NETLINK
+_CONNECTING = frozenset({0, -115})  # connected, or -EINPROGRESS (a non-blocking connect)
+SOCK_CLOEXEC = O_CLOEXEC = 0o2000000
+FD_CLOEXEC = 1
+_CLOSE_RANGE_CLOEXEC = 4
+_CLOSE_RANGE_FLAGS = 2 | 4  # CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC
+#: Exec ids a table answers to (a process's clone and its last execs).
+_EXEC_IDS_PER_TABLE = 4
+
+
+class _FdTable:
+    """The sockets among one process's descriptors, with their close-on-exec flags.
+
+    Only sockets are held: a descriptor absent from the table is not a socket (a file, a pipe,
+    a tty, a closed one). A process with no table and no parent with one holds no socket."""
+
+    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow")
+
+    def __init__(
+        self,
+        key: tuple[str, int],
+        binary: str,
+        fds: dict[int, tuple[_Socket, bool]],
+        overflow: bool,
+    ) -> None:
+        self.key = key
+        self.binary = binary
+        self.exec_ids: list[str] = []
+        self.fds = fds
+        self.live = True
+        #: More sockets than ``max_fds`` were opened: some are not followed.
+        self.overflow = overflow
+
+    def put(self, fd: int, sock: _Socket, cloexec: bool, limit: int) -> None:
+        fds = self.fds
+        if fd not in fds and len(fds) >= limit and fd not in STDIO_FDS:
+            self.overflow = True  # stdio is always followed; the rest up to the limit
+            return
+        fds[fd] = (sock, cloexec)
+
+    def set_cloexec(self, fd: int, cloexec: bool) -> None:
+        held = self.fds.get(fd)
+        if held is not None:
+            self.fds[fd] = (held[0], cloexec)
+
+    def armed(self) -> bool:
+        """A network socket (connected or not yet) is on stdin."""
+        return any((held := self.fds.get(fd)) is not None and held[0].network for fd in STDIO_FDS)
+
+    def on_socket(self) -> bool:
+        """A connected network socket is on stdin."""
+        for fd in STDIO_FDS:
+            held = self.fds.get(fd)
+            if held is not None and held[0].network and held[0].connected:
+                return True
+        return False
+
+
 def _exact_name(value: str | None) -> str | None:
     """The name a ``stockade.dev/user-name`` label holds (``B32`` + base32, see
     ``stockade.workspace.reversible_label``); ``None`` when it holds none."""
@@ -293,6 +400,8 @@ class Engine:
         anomaly: AnomalyConfig | None = None,
         max_processes: int = 200_000,
         trusted_namespaces: Collection[str] = (WORKSPACE_NAMESPACE,),
+        max_fd_processes: int = 16_384,
+        max_fds: int = 64,
     ) -> None:
         #: Namespaces whose Pods' ``stockade.dev/...`` labels are believed (see the module).
         self.trusted_namespaces = frozenset(trusted_namespaces)
@@ -313,12 +422,17 @@ class Engine:
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
         self._learned: dict[str, int] = {}
-        #: (node, pid) of processes with an outbound TCP connection, and of those among them
-        #: that then replaced their own stdin (insertion-ordered, bounded).
-        self._connected: dict[tuple[str, int], None] = {}
-        self._stdio_socket: dict[tuple[str, int], None] = {}
-        #: The marked processes by exec id (with their binary), kept past their exit.
-        self._stdio_exec: dict[str, str] = {}
+        #: Descriptor tables (see :class:`_FdTable`): every table once, oldest first (the
+        #: eviction order within a tier); the live ones by (node, pid); every table by each exec
+        #: id it was seen under, kept past the process's exit for its late children.
+        self._max_fd_processes = max(8, max_fd_processes)
+        self._max_fds = max(4, max_fds)
+        self._fd_tables: dict[_FdTable, None] = {}
+        self._fd_live: dict[tuple[str, int], _FdTable] = {}
+        self._fd_exec: dict[str, _FdTable] = {}
+        #: The table of the process_exec being matched (its descriptors after the exec).
+        self._exec_fds: _FdTable | None = None
+        self.fd_evicted_armed = 0
         self.events = 0
         self.unknown = 0
         self.malformed = 0
@@ -336,6 +450,8 @@ class Engine:
             "malformed": self.malformed,
             "alerts": self.alerts,
             "processes": len(self._procs),
+            "fd_tables": len(self._fd_tables),
+            "fd_evicted_armed": self.fd_evicted_armed,
         }
 
     # --- entry points -------------------------------------------------------------------
@@ -365,6 +481,8 @@ class Engine:
         kind = event.type
         alerts: list[Alert] | None = None
         if kind == "process_exec":
+            if rules.stdio_calls:
+                self._exec_fds = self._fd_exec_event(event) if self._fd_tables else None
             hits = self._match_exec(rules, event, entry)
             if hits:
                 alerts = self._on_hits(rules, hits, event, entry)
@@ -377,14 +495,14 @@ class Engine:
             self._forget(event.process)
             if self._live_sessions:
                 self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
-            if self._connected:
-                key = (event.node_name, event.process.pid or 0)
-                self._connected.pop(key, None)
-                self._stdio_socket.pop(key, None)
+            if self._fd_tables:
+                self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
-            if stdio and event.function in stdio:
-                self._track_stdio(event, stdio[event.function])
+            if stdio and kind == "process_kprobe":
+                positions = stdio.get(event.function)
+                if positions is not None:
+                    self._track_fd(event, positions)
             hits = self._match_kprobe(rules, event, entry)
             if hits:
                 alerts = self._on_hits(rules, hits, event, entry)
@@ -425,45 +543,230 @@ class Engine:
             self._pid_uid[proc.pid] = proc.uid
         return entry
 
-    def _track_stdio(self, event: TraceEvent, fd_position: int | None) -> None:
-        """Note an outbound TCP connection, or a stdin replaced after one, or connected."""
-        pid = event.process.pid
-        if pid is None:
-            return
-        key = (event.node_name, pid)
-        if fd_position is None:  # tcp_connect
-            _bounded_add(self._connected, key, self._max_processes)
-            return
+    # --- descriptor tables (stdio_socket rules) ----------------------------------------
+
+    def _track_fd(self, event: TraceEvent, positions: tuple[int, ...]) -> None:
+        """Apply one descriptor-table call (:data:`STDIO_HOOKS`) to the process's table.
+
+        A call that failed (a negative return value) changed nothing; one whose return value
+        the event lacks (a policy that did not ask for it) is taken as done when the change
+        needs no new descriptor, else skipped."""
         args = event.args
-        connect = event.function == "sys_connect"  # stdin is the socket: no dup needed
-        if not (connect or key in self._connected) or fd_position >= len(args):
+        values: list[int] = []
+        for position in positions:
+            if position >= len(args):
+                values.append(0)  # an older policy's event without it (dup3's flags)
+                continue
+            value = args[position].value
+            if type(value) is not int:
+                return
+            values.append(value)
+        ret = event.ret.value if event.ret is not None else None
+        if type(ret) is not int:
+            ret = None
+        function = event.function
+        if function == "sys_connect":
+            if ret is not None and ret not in _CONNECTING:
+                return  # refused, unreachable, not a socket: not connected
+            table = self._fd_lookup(event, create=True)
+            if table is None:
+                return
+            fd = values[0]
+            held = table.fds.get(fd)
+            if held is None:  # a socket whose creation was not seen (older, received): doubt
+                table.put(fd, _Socket(network=True, connected=True), False, self._max_fds)
+            elif held[0].network:
+                held[0].connected = True
             return
-        newfd = args[fd_position].value
-        if type(newfd) is int and newfd in STDIO_FDS:
-            _bounded_add(self._stdio_socket, key, self._max_processes)
-            proc = event.process
-            if proc.exec_id:
-                _bounded_set(self._stdio_exec, proc.exec_id, proc.binary, self._max_processes)
+        if ret is not None and ret < 0:
+            return
+        if function == "sys_socket":
+            if ret is None:
+                return
+            family, kind = values
+            table = self._fd_lookup(event, create=True)
+            if table is not None:
+                sock = _Socket(network=family not in _LOCAL_FAMILIES)
+                table.put(ret, sock, bool(kind & SOCK_CLOEXEC), self._max_fds)
+            return
+        table = self._fd_lookup(event, create=False)
+        if table is None:
+            return  # no socket in this process nor in its parent: nothing to follow
+        if function == "sys_close":
+            table.fds.pop(values[0], None)
+        elif function in ("sys_dup2", "sys_dup3"):
+            old, new = values[0], values[1]
+            if old != new:
+                cloexec = function == "sys_dup3" and bool(values[2] & O_CLOEXEC)
+                self._fd_copy(table, old, new, cloexec)
+        elif function == "sys_dup":
+            if ret is not None:
+                self._fd_copy(table, values[0], ret, False)
+        elif function == "sys_fcntl":
+            fd, cmd, arg = values
+            if cmd == F_SETFD:
+                table.set_cloexec(fd, bool(arg & FD_CLOEXEC))
+            elif cmd in (F_DUPFD, F_DUPFD_CLOEXEC) and ret is not None:
+                self._fd_copy(table, fd, ret, cmd == F_DUPFD_CLOEXEC)
+        elif function == "sys_ioctl":
+            fd, cmd = values
+            if cmd in (FIOCLEX, FIONCLEX):
+                table.set_cloexec(fd, cmd == FIOCLEX)
+        elif function == "sys_close_range":
+            first, last, flags = values
+            if flags & ~_CLOSE_RANGE_FLAGS:
+                return  # EINVAL: nothing closed
+            first &= 0xFFFFFFFF  # unsigned int in the kernel; Tetragon's int is signed
+            last &= 0xFFFFFFFF
+            for fd in [fd for fd in table.fds if first <= fd <= last]:
+                if flags & _CLOSE_RANGE_CLOEXEC:
+                    table.set_cloexec(fd, True)
+                else:
+                    del table.fds[fd]
+
+    def _fd_copy(self, table: _FdTable, old: int, new: int, cloexec: bool) -> None:
+        """``new`` is now a copy of ``old`` (dup2/dup3/dup/F_DUPFD)."""
+        held = table.fds.get(old)
+        if held is not None:
+            table.put(new, held[0], cloexec, self._max_fds)
+        elif table.overflow and new in STDIO_FDS:
+            # the table stopped following this process's sockets: an untracked descriptor on
+            # stdin may be one of them (fail closed)
+            table.put(new, _DOUBT, cloexec, self._max_fds)
+        else:
+            table.fds.pop(new, None)  # a copy of something that is not a socket
+
+    def _fd_lookup(self, event: TraceEvent, *, create: bool) -> _FdTable | None:
+        """The descriptor table of the event's process; a process first seen gets a copy of
+        its parent's (Tetragon reports no fork: a child's first event stands for it), or,
+        with ``create``, an empty one. ``None``: no socket in the process nor its parent."""
+        proc = event.process
+        exec_id = proc.exec_id
+        if exec_id:
+            table = self._fd_exec.get(exec_id)
+            if table is not None:
+                return table
+        pid = proc.pid
+        if pid is None:
+            return None
+        key = (event.node_name, pid)
+        table = self._fd_live.get(key)
+        if table is not None:
+            # the same process under another exec id: its exec, or its clone's (a forked child
+            # has an exec id of its own before it execs), even with another parent (its own
+            # exited: the exec names the reaper). Only an exit ends it, a pid is reused after
+            # one; were the exit lost, the new process would take the old one's descriptors
+            # (fail closed: a false alert at worst, never a missed one)
+            self._fd_alias(table, exec_id)
+            return table
+        source = self._fd_parent(event)
+        if source is None or not (source.fds or source.overflow):
+            if not create:
+                return None
+            fds: dict[int, tuple[_Socket, bool]] = {}
+            overflow = False
+        else:
+            fds, overflow = dict(source.fds), source.overflow
+        if len(self._fd_tables) >= self._max_fd_processes:
+            self._fd_evict()
+        table = _FdTable(key, proc.binary, fds, overflow)
+        self._fd_tables[table] = None
+        self._fd_live[key] = table
+        self._fd_alias(table, exec_id)
+        return table
+
+    def _fd_parent(self, event: TraceEvent) -> _FdTable | None:
+        """The table of the event's parent process: by its exec id (live, or kept past its
+        exit); else, when the parent is a fork that did not exec (its binary is its own
+        parent's) and that changed no descriptor we follow (it has no table), its parent's
+        (a double fork); else the live table of the parent's pid (an exec id we missed)."""
+        tables = self._fd_exec
+        parent_id = event.process.parent_exec_id
+        table = tables.get(parent_id) if parent_id else None
+        if table is not None:
+            return table
+        parent = event.parent
+        if parent is None:
+            return None
+        if parent.parent_exec_id:
+            grand = tables.get(parent.parent_exec_id)
+            if grand is not None and grand.binary == parent.binary:
+                return grand
+        if parent.pid is not None:
+            return self._fd_live.get((event.node_name, parent.pid))
+        return None
+
+    def _fd_exec_event(self, event: TraceEvent) -> _FdTable | None:
+        """The exec'ing process's table after the exec: its close-on-exec descriptors go."""
+        table = self._fd_lookup(event, create=False)
+        if table is None:
+            return None
+        fds = table.fds
+        for fd in [fd for fd, (_, cloexec) in fds.items() if cloexec]:
+            del fds[fd]
+        table.binary = event.process.binary
+        return table
+
+    def _fd_exit(self, event: TraceEvent) -> None:
+        """The process is gone: its table leaves the live ones, and is dropped unless it holds
+        a socket (a child seen after its parent's exit still inherits it)."""
+        proc = event.process
+        table = self._fd_exec.get(proc.exec_id) if proc.exec_id else None
+        if table is None and proc.pid is not None:
+            table = self._fd_live.get((event.node_name, proc.pid))
+        if table is None:
+            return
+        if self._fd_live.get(table.key) is table:
+            del self._fd_live[table.key]
+        table.live = False
+        if not table.fds and not table.overflow:
+            self._fd_drop(table)
+
+    def _fd_alias(self, table: _FdTable, exec_id: str) -> None:
+        if not exec_id or exec_id in table.exec_ids:
+            return
+        table.exec_ids.append(exec_id)
+        self._fd_exec[exec_id] = table
+        if len(table.exec_ids) > _EXEC_IDS_PER_TABLE:  # a process exec'ing in a loop
+            old = table.exec_ids.pop(0)
+            if self._fd_exec.get(old) is table:
+                del self._fd_exec[old]
+
+    def _fd_drop(self, table: _FdTable) -> None:
+        self._fd_tables.pop(table, None)
+        if self._fd_live.get(table.key) is table:
+            del self._fd_live[table.key]
+        for exec_id in table.exec_ids:
+            if self._fd_exec.get(exec_id) is table:
+                del self._fd_exec[exec_id]
+
+    def _fd_evict(self) -> None:
+        """Make room: drop an eighth of the tables, the least telling first (oldest first
+        within each tier): exited without a socket on stdin, live without one, exited with
+        one, live with one. Pushing out a live process with a socket on its stdin takes that
+        many live processes with a socket on theirs (each a reverse shell of its own)."""
+        batch = max(1, self._max_fd_processes // 8)
+        tiers: tuple[list[_FdTable], ...] = ([], [], [], [])
+        for table in self._fd_tables:
+            tiers[2 * table.armed() + table.live].append(table)
+        dropped = 0
+        for tier, tables in enumerate(tiers):
+            for table in tables:
+                if dropped >= batch:
+                    return
+                if tier >= 2:
+                    self.fd_evicted_armed += 1
+                self._fd_drop(table)
+                dropped += 1
 
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
-        """The exec'ing process, or its parent, replaced its stdio after connecting out."""
-        by_exec = self._stdio_exec
-        marked = self._stdio_socket
-        if not (by_exec or marked):
-            return False
-        parent = event.parent
-        if event.process.parent_exec_id in by_exec:  # the parent, even when it has exited
+        """The exec'd program's stdin is a connected network socket, or its parent's is
+        (``pty.spawn``: the parent relays the socket on its stdin to the shell's pty)."""
+        table = self._exec_fds
+        if table is not None and table.on_socket():
             return True
-        if parent is not None and by_exec.get(parent.parent_exec_id) == parent.binary:
-            return True  # the parent is a fork of the marked process that did not exec
-        node = event.node_name
-        pid = event.process.pid
-        if pid is not None and (node, pid) in marked:
-            return True
-        if parent is not None and parent.pid is not None:
-            return (node, parent.pid) in marked
-        found = self._procs.get(event.process.parent_exec_id)
-        return found is not None and found.pid is not None and (node, found.pid) in marked
+        parent = self._fd_parent(event)
+        return parent is not None and parent.on_socket()
 
     def _forget(self, proc: Process) -> None:
         if proc.pid is not None:
@@ -524,7 +827,7 @@ class Engine:
             program = _indirect_program(proc)
             if program is not None:  # what the loader or the multi-call binary runs
                 self._match_program(rules, event, entry, program, hits)
-        if rules.exec_stdio and (self._stdio_exec or self._stdio_socket):
+        if rules.exec_stdio and self._fd_tables:
             for rule in rules.exec_stdio:
                 if self._process_matches(rule, event) and self._scoped(rule, event, entry):
                     hits.append(rule)
@@ -744,15 +1047,6 @@ class Engine:
             session=session or self._context(event, entry),
             ancestry=self._ancestry(entry, 16),
         )
-
-
-def _bounded_add(table: dict[tuple[str, int], None], key: tuple[str, int], limit: int) -> None:
-    if key in table:
-        return
-    if len(table) >= limit:  # drop the oldest eighth (insertion order)
-        for old in list(table)[: max(1, limit // 8)]:
-            del table[old]
-    table[key] = None
 
 
 #: Programs that run another one named in their arguments: the dynamic loaders

@@ -10,9 +10,14 @@
   no condition, or more than Tetragon's 5 selectors, drops the selectors: Tetragon then emits
   every call and the engine filters;
 - file rules become their hook (``fd_install`` by default) with ``Prefix``/``Postfix`` selectors;
-- a process rule with ``stdio_socket`` needs every ``tcp_connect`` and the ``dup2``/``dup3`` calls
-  whose new descriptor is stdin (a ``newfd`` selector); ``sys_dup2`` is ignored where
-  the architecture has no such syscall (arm64 has only ``dup3``).
+- a process rule with ``stdio_socket`` needs the calls that keep a process's descriptor table
+  (``STDIO_HOOKS``: socket, connect, dup/dup2/dup3, fcntl's F_DUPFD/F_SETFD/F_DUPFD_CLOEXEC,
+  ioctl's FIOCLEX/FIONCLEX, close, close_range), those that create or copy a descriptor with
+  ``return: true`` and an int ``returnArg`` (the new descriptor, or the error). Every call of
+  each, whatever its descriptor (the engine cannot tell Tetragon which descriptors are sockets),
+  but fcntl and ioctl only for their commands (a selector on ``cmd``). ``sys_dup2`` and
+  ``sys_close_range`` are ignored where the kernel has no such syscall (arm64 has only
+  ``dup3``; ``close_range`` is Linux 5.9+).
 
 Rules that are not ``global`` go into a policy whose ``podSelector`` requires the
 ``stockade.dev/workspace`` label; global ones into a second policy without a selector.
@@ -36,8 +41,9 @@ from stockade.core.errors import InvalidInput
 from ._engine import LABEL_WORKSPACE
 from ._rules import (
     FILE_HOOKS,
-    STDIO_FD_INDEX,
-    STDIO_FDS,
+    STDIO_CMD_SELECTORS,
+    STDIO_HOOKS,
+    STDIO_OPTIONAL,
     CompiledRule,
     RuleSet,
     literal_suffix,
@@ -107,10 +113,15 @@ def _kprobe(
     args: Sequence[tuple[int, str]],
     selectors: list[dict[str, Any]] | None,
     rule_ids: Sequence[str],
+    *,
+    returns: bool = False,
 ) -> dict[str, Any]:
     probe: dict[str, Any] = {"call": call, "syscall": call.startswith("sys_")}
     if args:
         probe["args"] = [{"index": i, "type": t} for i, t in args]
+    if returns:  # one event at the return: the arguments and the return value
+        probe["return"] = True
+        probe["returnArg"] = {"index": 0, "type": "int"}
     if selectors and len(selectors) <= MAX_SELECTORS:
         probe["selectors"] = selectors
     probe["message"] = ("stockade worktrace: " + ", ".join(sorted(set(rule_ids))))[:256]
@@ -118,13 +129,15 @@ def _kprobe(
 
 
 def _stdio_selector(call: str) -> dict[str, Any] | None:
-    """What a ``stdio_socket`` rule needs of ``call``: every TCP connect; a dup onto stdin, a
-    connect of stdin."""
-    if call == "tcp_connect":
+    """What a ``stdio_socket`` rule needs of ``call``: every call (the descriptor table changes
+    whatever the descriptor), but only the fcntl and ioctl commands that copy a descriptor or
+    set its close-on-exec flag."""
+    cmd = STDIO_CMD_SELECTORS.get(call)
+    if cmd is None:
         return None
-    values = [str(fd) for fd in sorted(STDIO_FDS)]
-    index = STDIO_FD_INDEX[call]
-    return {"matchArgs": [{"index": index, "operator": "Equal", "values": values}]}
+    index, values = cmd
+    match = {"index": index, "operator": "Equal", "values": [str(v) for v in values]}
+    return {"matchArgs": [match]}
 
 
 def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, Any]]:
@@ -148,8 +161,9 @@ def _kprobes(rules: RuleSet, members: Sequence[CompiledRule]) -> list[dict[str, 
             if selector not in selectors:
                 selectors.append(selector)
         args = [(a.index, a.type) for a in specs]
-        probe = _kprobe(call, args, selectors, [r.id for r in users + stdio_users])
-        if call == "sys_dup2" and stdio_users:
+        returns = bool(stdio_users) and STDIO_HOOKS[call][1]  # the new descriptor, the error
+        probe = _kprobe(call, args, selectors, [r.id for r in users + stdio_users], returns=returns)
+        if stdio_users and call in STDIO_OPTIONAL:
             probe["ignore"] = {"callNotFound": True}
         probes.append(probe)
     for hook, hook_rules in sorted(rules.file_rules.items()):

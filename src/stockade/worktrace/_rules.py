@@ -15,9 +15,9 @@ A rules file holds ``rules`` and ``attack_paths``::
           parent: [bash]             # parent's basename
           capabilities: [CAP_SYS_ADMIN]           # all in the effective set
           not_in_image: false        # true: binary absent from the image's SBOM file list
-          stdio_socket: false        # true: its (or its parent's) stdin was dup2()ed over
-                                     # by a process that had connected out over TCP (alone,
-                                     # without binary or path: any binary)
+          stdio_socket: false        # true: its (or its parent's) stdin is a connected
+                                     # network socket, by the process's descriptor table
+                                     # (alone, without binary or path: any binary)
         file:                        # paths opened (kprobe ``fd_install`` by default)
           path: ["*/release_agent"]
           foreign_proc: false        # /proc/<pid>/... of a process of another user
@@ -151,24 +151,37 @@ PATH_TYPES = frozenset({"file", "path", "fd", "linux_binprm", "dentry"})
 SOCK_TYPES = frozenset({"sock", "skb", "sockaddr", "socket"})
 
 
-#: The kprobes a ``stdio_socket`` rule needs, with the arguments it reads: the outbound TCP
-#: connections (``tcp_connect``), a connect on stdin itself (``connect(fd)``: ``close(0);
-#: socket(); connect(...)`` puts the socket on fd 0 with no dup at all) and the replacement of a
-#: descriptor (``dup2``/``dup3``: ``oldfd``, ``newfd``).
-STDIO_HOOKS: dict[str, list[tuple[int, str]]] = {
-    "tcp_connect": [(0, "sock")],
-    "sys_connect": [(0, "int")],
-    "sys_dup2": [(0, "int"), (1, "int")],
-    "sys_dup3": [(0, "int"), (1, "int")],
+#: The kprobes a ``stdio_socket`` rule needs to keep each process's descriptor table (see the
+#: engine's ``_FdTable``): per call the arguments it reads and whether it asks for the return
+#: value (``return: true``, ``returnArg`` int: the new descriptor, or the call's error). Socket
+#: creation (``socket(family, type)`` -> fd, ``SOCK_CLOEXEC`` in ``type``); its connect (fd ->
+#: 0 or ``-EINPROGRESS``); the copies (``dup(old)`` -> new, ``dup2(old, new)``, ``dup3(old, new,
+#: flags)``, ``fcntl(fd, F_DUPFD[_CLOEXEC], min)`` -> new); the close-on-exec flag
+#: (``fcntl(fd, F_SETFD, flags)``, ``ioctl(fd, FIOCLEX/FIONCLEX)``, ``close_range(.., CLOEXEC)``)
+#: and the closes (``close(fd)``, ``close_range(first, last, flags)``).
+STDIO_HOOKS: dict[str, tuple[list[tuple[int, str]], bool]] = {
+    "sys_socket": ([(0, "int"), (1, "int")], True),
+    "sys_connect": ([(0, "int")], True),
+    "sys_dup": ([(0, "int")], True),
+    "sys_dup2": ([(0, "int"), (1, "int")], True),
+    "sys_dup3": ([(0, "int"), (1, "int"), (2, "int")], True),
+    "sys_fcntl": ([(0, "int"), (1, "int"), (2, "int")], True),
+    "sys_ioctl": ([(0, "int"), (1, "int")], False),
+    "sys_close": ([(0, "int")], False),
+    "sys_close_range": ([(0, "int"), (1, "int"), (2, "int")], True),
 }
-#: The argument index of the descriptor that is stdin after the call: the new descriptor of
-#: the ``dup`` calls, the socket of ``connect``.
-STDIO_FD_INDEX = {"sys_connect": 0, "sys_dup2": 1, "sys_dup3": 1}
-#: The argument index of the new descriptor of the ``dup`` calls, and the descriptors that make
-#: a replaced stdio: stdin (a shell reading its commands from the connection). Not stdout or
-#: stderr alone: connected programs send those to logs; ``ssh -n`` or a daemon's ``/dev/null``
-#: redirect of stdin alone, before it runs shells, is the rare benign match left.
-STDIO_NEWFD_INDEX = 1
+#: ``fcntl`` commands and ``ioctl`` requests the table needs (the policy's selectors on them):
+#: F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC; FIONCLEX, FIOCLEX.
+F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC = 0, 2, 1030
+FIONCLEX, FIOCLEX = 0x5450, 0x5451
+STDIO_CMD_SELECTORS: dict[str, tuple[int, tuple[int, ...]]] = {
+    "sys_fcntl": (1, (F_DUPFD, F_SETFD, F_DUPFD_CLOEXEC)),
+    "sys_ioctl": (1, (FIONCLEX, FIOCLEX)),
+}
+#: Calls a kernel may lack: arm64 has no ``dup2``, ``close_range`` is Linux 5.9+.
+STDIO_OPTIONAL = frozenset({"sys_dup2", "sys_close_range"})
+#: The descriptors that make a replaced stdio: stdin (a shell reading its commands from the
+#: connection). Not stdout or stderr alone: connected programs send those to logs.
 STDIO_FDS = frozenset({0})
 
 
@@ -201,9 +214,9 @@ class ProcessSpec(_Model):
     capabilities: list[str] = []
     not_in_image: bool = False
     stdio_socket: bool = False
-    """The process, or its parent, had its stdin replaced (``dup2``/``dup3`` onto fd 0) by a
-    process after that same process had opened an outbound TCP connection:
-    the shape of a reverse shell (``socket(); connect(); dup2(s, 0..2); exec sh``)."""
+    """The process's stdin, or its parent's, is a connected network socket by the descriptor
+    tables the engine keeps: the shape of a reverse shell (``socket(); connect(); dup2(s,
+    0..2); exec sh``, or the dup2 in a child that inherited the socket)."""
 
     @model_validator(mode="after")
     def _something(self) -> ProcessSpec:
@@ -491,10 +504,10 @@ class RuleSet:
         self.syscall_rules: dict[str, list[SyscallBinding]] = {}
         self.syscall_args: dict[str, list[SyscallArgSpec]] = {}
         self.paths_by_rule: dict[str, list[AttackPath]] = {}
-        #: ``stdio_socket`` rules in the set; when any: each of their kprobes and the position
-        #: of the new descriptor in its events' arguments (``None`` for ``tcp_connect``).
+        #: ``stdio_socket`` rules in the set; when any: each of their kprobes and the positions,
+        #: in its events' arguments, of the arguments :data:`STDIO_HOOKS` names for it.
         self.stdio_rules = tuple(r for r in self.rules if r.stdio_socket)
-        self.stdio_calls: dict[str, int | None] = {}
+        self.stdio_calls: dict[str, tuple[int, ...]] = {}
         prefixes: list[str] = []
         for rule in self.rules:
             if rule.kind == "process":
@@ -526,7 +539,7 @@ class RuleSet:
                 merged.setdefault(call, {})
                 needs.extend((rule, call, arg) for arg in rule.spec.syscall.args)
         if self.stdio_rules:
-            for call, args in STDIO_HOOKS.items():
+            for call, (args, _) in STDIO_HOOKS.items():
                 merged.setdefault(call, {})
                 needs.extend(
                     (self.stdio_rules[0], call, SyscallArgSpec(index=i, type=t)) for i, t in args
@@ -545,11 +558,9 @@ class RuleSet:
             ordered = [slots[i] for i in sorted(slots)]
             self.syscall_args[call] = ordered
         if self.stdio_rules:
-            for call in STDIO_HOOKS:
+            for call, (args, _) in STDIO_HOOKS.items():
                 indexes = [a.index for a in self.syscall_args[call]]
-                self.stdio_calls[call] = (
-                    None if call == "tcp_connect" else indexes.index(STDIO_FD_INDEX[call])
-                )
+                self.stdio_calls[call] = tuple(indexes.index(i) for i, _ in args)
         for rule in self.rules:
             if rule.spec.syscall is None:
                 continue
