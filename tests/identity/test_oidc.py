@@ -145,6 +145,7 @@ def _other_key() -> ec.EllipticCurvePrivateKey:
             "bad_algorithm",
         ),
     ],
+    ids=lambda value: "nonce" if value == NONCE else None,  # ids alike in every worker
 )
 async def test_refused_id_tokens(
     service: IdentityService, issuer: Issuer, make: Any, nonce: str | None, reason: str
