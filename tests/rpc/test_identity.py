@@ -356,3 +356,36 @@ async def test_a_gateway_certificate_cannot_end_or_take_over_another_gateways_se
         ("EndSession", "wrong_gateway_id"),
         ("IssueToken", "wrong_gateway_id"),
     ]
+
+
+async def test_a_gateway_id_that_identity_would_strip_speaks_for_none(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a certificate naming ``spiffe://stockade/gateway/gw-b `` (a trailing space: an
+    issuer's URI glob such as ``.../gateway/gw-b*`` allows it) calls for ``'gw-b '``, which
+    matches its certificate exactly; identity strips the id it records, so the call would
+    stop B's boot and open sessions in B's name. An id a gateway could not be named by
+    (:func:`gateway_uri`) speaks for no gateway."""
+    cert, key = served.ca.mint("gateway", sans=["localhost", "spiffe://stockade/gateway/gw-b "])
+    paths = tmp_path / "odd.pem", tmp_path / "odd.key"
+    write_private(paths[1], key)
+    write_private(paths[0], cert, mode=0o644)
+    tls = CertificateFiles(*paths, served.ca.ca_cert_path)
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    user = await served.identity.get_user("root-ish")
+    principal = await served.identity.authenticate_key("root-ish", user.keys[0].fingerprint)
+    as_b = SessionRequest(
+        client_ip="127.0.0.1", client_port=2, gateway_id="gw-b ", boot_id="boot-b"
+    )
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        client = IdentityClient(channel, target="identity")
+        for attempt in (
+            client.heartbeat("gw-b ", "boot-b", stale_after=30, stopping=True),
+            client.open_session(principal, as_b),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(PermissionDenied, match="cannot be named"):
+                await attempt
+    assert await served.identity.is_session_live(sid_b)
+    assert [s.session_id for s in await served.identity.list_sessions(active_only=True)] == [sid_b]
+    assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
+    assert {reason for _m, reason, _s in _rejections(served)} == {"bad_gateway_id"}

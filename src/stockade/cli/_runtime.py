@@ -29,7 +29,7 @@ from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats, FailureBatcher
 from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_console
-from stockade.core import ConfigError, Settings, get_logger
+from stockade.core import ConfigError, InvalidInput, Settings, get_logger
 from stockade.core.errors import BackendError
 from stockade.core.files import write_private
 from stockade.gateway import (
@@ -549,6 +549,13 @@ def _certified_gateway_id(files: CertificateFiles, configured: str | None) -> st
             f"tls.directory: the gateway's certificate {cert} names {len(ids)} gateway ids; it"
             f" needs exactly one, as the URI SAN {gateway_uri('<id>')}"
         )
+    try:
+        gateway_uri(ids[0])  # identity refuses an id it would record otherwise (stripped)
+    except InvalidInput:
+        raise ConfigError(
+            f"tls.directory: the gateway's certificate {cert} names the gateway id {ids[0]!r},"
+            " which has spaces, '/', '?', '#' or '%'; identity refuses it"
+        ) from None
     if configured is not None and configured != ids[0]:
         raise ConfigError(
             f"gateway.gateway_id: {configured!r}, but the certificate {cert} is gateway"

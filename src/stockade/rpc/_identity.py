@@ -38,7 +38,7 @@ from stockade.identity import (
     User,
     Workspace,
 )
-from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids
+from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids, gateway_uri
 
 from ._convert import (
     authenticated_from_pb,
@@ -134,6 +134,17 @@ def _refusal(
         return _Refusal(
             "several_gateway_ids",
             f"{method}: the gateway certificate names {len(ids)} gateway ids; it must name one",
+        )
+    try:
+        # identity records ids as check_text leaves them (stripped): an id the certificate
+        # names with a space, a slash or a percent sign would match the call here and then be
+        # recorded as another gateway's
+        gateway_uri(ids[0])
+    except InvalidInput:
+        return _Refusal(
+            "bad_gateway_id",
+            f"{method}: the gateway certificate's id {ids[0][:128]!r} cannot be named in a"
+            " certificate (no spaces, '/', '?', '#' or '%')",
         )
     if ids[0] != gateway_id:
         return _Refusal(
