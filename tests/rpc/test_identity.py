@@ -389,3 +389,32 @@ async def test_a_gateway_id_that_identity_would_strip_speaks_for_none(
     assert [s.session_id for s in await served.identity.list_sessions(active_only=True)] == [sid_b]
     assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
     assert {reason for _m, reason, _s in _rejections(served)} == {"bad_gateway_id"}
+
+
+async def test_a_session_started_by_a_gateway_is_that_gateways(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: StartSession records a session without a gateway id, so every gateway
+    certificate could end it (EndSession) or mint tokens bound to it (IssueToken). The
+    session is recorded as the starting gateway's (the one id its certificate names)."""
+    await served.identity.add_user("carol")
+    async with (
+        mtls_channel("127.0.0.1", served.server.port, served.client("gateway", "gw-a")) as a,
+        mtls_channel("127.0.0.1", served.server.port, served.client("gateway", "gw-b")) as b,
+    ):
+        as_a = IdentityClient(a, target="identity")
+        as_b = IdentityClient(b, target="identity")
+        started = await as_a.start_session(
+            "s-started-by-a", username="carol", workspace="carol", client_ip="127.0.0.1",
+            client_port=22,
+        )  # fmt: skip
+        assert started.gateway_id == "gw-a"
+        for attempt in (
+            as_b.end_session("s-started-by-a", reason="exited"),
+            as_b.issue_token("carol", session_id="s-started-by-a"),
+        ):
+            with pytest.raises(PermissionDenied, match="gateway 'gw-a' from the certificate of"):
+                await attempt
+        assert await served.identity.is_session_live("s-started-by-a")
+        assert await as_a.issue_token("carol", session_id="s-started-by-a")
+        assert not (await as_a.end_session("s-started-by-a", reason="exited")).live

@@ -155,6 +155,14 @@ def _refusal(
     return None
 
 
+def _certificate_gateway_id(context: Ctx) -> str:
+    """The gateway id the caller's certificate names when it names exactly one, else ""
+    (which :func:`_refusal` then refuses for what it is: none, several, or a bad one)."""
+    pems = list(context.auth_context().get("x509_pem_cert", []))
+    ids = gateway_ids(pems[0]) if len(pems) == 1 else []
+    return ids[0] if len(ids) == 1 else ""
+
+
 class _Publisher(Protocol):
     async def publish(self, event: Event) -> Any: ...
 
@@ -425,13 +433,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
-        await self._require(context, "StartSession")
+        # the session is the starting gateway's (the one id its certificate names), or any
+        # gateway certificate could end it or mint tokens bound to it; the admin's own none
+        owner = "" if _exempt(context) else _certificate_gateway_id(context)
+        await self._require(context, "StartSession", gateway_id=None if _exempt(context) else owner)
         info = await self._id.start_session(
             request.id,
             username=request.username,
             workspace=request.workspace,
             client_ip=request.client_ip,
             client_port=request.client_port,
+            gateway_id=owner,
         )
         return session_to_pb(info)
 
