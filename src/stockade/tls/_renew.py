@@ -100,7 +100,9 @@ class OpenBaoPKISource:
     The path cert-manager's Vault issuer uses. ``token`` returns a Vault token, or an awaitable
     of one (a fixed token, or a fresh login with :func:`vault_jwt_login` before each issue: a
     renewal comes months later, when any earlier login has long expired); it is sent in the
-    ``X-Vault-Token`` header only, never in a URL or a log line.
+    ``X-Vault-Token`` header only, never in a URL or a log line. The login and the answer
+    together take at most ``deadline`` seconds; what the answer holds is checked by
+    :class:`CertificateRenewer` before anything is written.
     """
 
     def __init__(
@@ -138,13 +140,13 @@ class OpenBaoPKISource:
             "private_key_format": "pkcs8",
         }
         url = f"{self._addr}/v1/{self._mount}/issue/{self._role}"
-        token = self._token()
-        if not isinstance(token, str):
-            token = await token
         try:
-            # the whole answer within the deadline (httpx's timeout is per read: a body that
-            # trickles in would hold the renewal forever) and at most _MAX_ANSWER bytes
+            # the login and the whole answer within the deadline (httpx's timeout is per read:
+            # a body that trickles in would hold the renewal forever), at most _MAX_ANSWER bytes
             async with asyncio.timeout(self._deadline):
+                token = self._token()
+                if not isinstance(token, str):
+                    token = await token
                 status, raw = await self._post(url, body, token)
         except TimeoutError:
             raise SecretsBackendUnavailable(
