@@ -376,10 +376,10 @@ class Runtime:
             sans=[name, "localhost", "127.0.0.1", "::1", *uris],
             lifetime=timedelta(hours=settings.tls.lifetime_hours),
         )
-        if renewer.current() is None or not _names(renewer.cert_path, name, uris):
-            await renewer.renew()
-        else:
+        if _usable(renewer, name, uris):
             await renewer.ensure()
+        else:
+            await renewer.renew()
         stop = asyncio.Event()
         task = asyncio.create_task(renewer.run(stop), name="tls-renew")
 
@@ -605,6 +605,20 @@ def service_tls(settings: Settings, name: str, *, uris: Sequence[str] = ()) -> C
         write_private(key, key_pem)
         write_private(cert, cert_pem, mode=0o644)
     return CertificateFiles(cert, key, ca.ca_cert_path)
+
+
+def _usable(renewer: CertificateRenewer, name: str, uris: Sequence[str]) -> bool:
+    """Whether the renewer's directory holds a pair to serve: a certificate naming ``name``
+    and exactly the gateway ids of ``uris``, with its key (a broken key on disk is replaced by
+    a new issue rather than failing the start)."""
+    if renewer.current() is None or not _names(renewer.cert_path, name, uris):
+        return False
+    try:
+        CertificateFiles(renewer.cert_path, renewer.key_path, renewer.ca_path)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("tls.stored.unusable", cert=str(renewer.cert_path), error=str(exc)[:200])
+        return False
+    return True
 
 
 def _names(cert: Path, name: str, uris: Sequence[str]) -> bool:
