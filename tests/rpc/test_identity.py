@@ -418,3 +418,37 @@ async def test_a_session_started_by_a_gateway_is_that_gateways(
         assert await served.identity.is_session_live("s-started-by-a")
         assert await as_a.issue_token("carol", session_id="s-started-by-a")
         assert not (await as_a.end_session("s-started-by-a", reason="exited")).live
+
+
+async def test_a_gateway_id_differing_in_case_is_another_gateway(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a certificate for ``GW-B`` (an issuer that compares names without case) speaks
+    for ``GW-B`` only: identity compares ids exactly (as the store does), so B's boot and
+    sessions are not its; percent-encoded or slashed ids are refused outright."""
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "GW-B")
+    ) as channel:
+        client = IdentityClient(channel, target="identity")
+        with pytest.raises(PermissionDenied, match="from the certificate of gateway 'GW-B'"):
+            await client.heartbeat("gw-b", "boot-b", stale_after=30, stopping=True)
+        with pytest.raises(InvalidInput, match="another gateway"):
+            await client.heartbeat("GW-B", "boot-b", stale_after=30, stopping=True)
+        assert await client.end_stale_sessions("GW-B", "boot-x") == []
+        with pytest.raises(PermissionDenied):
+            await client.end_session(sid_b, reason="exited")
+    for odd in ("spiffe://stockade/gateway/gw%2Db", "spiffe://stockade/gateway/gw-b/x"):
+        cert, key = served.ca.mint("gateway", sans=["localhost", odd])
+        paths = tmp_path / "odd.pem", tmp_path / "odd.key"
+        write_private(paths[1], key)
+        write_private(paths[0], cert, mode=0o644)
+        tls = CertificateFiles(*paths, served.ca.ca_cert_path)
+        gateway_id = odd.rpartition("gateway/")[2]
+        async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+            with pytest.raises(PermissionDenied, match="cannot be named"):
+                await IdentityClient(channel, target="identity").heartbeat(
+                    gateway_id, "boot-odd", stale_after=30
+                )
+    assert await served.identity.is_session_live(sid_b)
+    assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
