@@ -318,6 +318,25 @@ def test_one_deployment_per_service_running_serve(chart: helm.Chart) -> None:
         assert container["args"] == ["serve", service]
 
 
+def test_each_service_issues_from_its_own_pki_role(chart: helm.Chart) -> None:
+    """ATTACK (``security.mode: none``): with one PKI role for every service, any service's
+    Vault login issues any service's certificate: a gateway Pod a certificate with CN
+    ``identity`` (peers would take it for identity), a broker or shield one naming any gateway
+    id (identity would let it beat, sweep and open sessions as that gateway). Each service
+    issues from ``<openbaoPki.role>-<service>``, whose allowed names are its own."""
+    objects = _render(chart, {})
+    roles = {}
+    for o in objects:
+        if o["kind"] != "Deployment":
+            continue
+        (container,) = o["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        if env.get("STOCKADE_TLS__SOURCE") == "openbao-pki":
+            roles[container["args"][1]] = env["STOCKADE_TLS__PKI_ROLE"]
+    assert {"identity", "authz", "gateway", "broker", "shield", "audit"} <= set(roles)
+    assert roles == {service: f"stockade-{service}" for service in roles}
+
+
 def test_gateway_scaling_and_ssh_service(chart: helm.Chart) -> None:
     objects = _render(chart, {"ssh": {"proxyProtocol": {"enabled": True}}})
     hpa = _by(objects, "HorizontalPodAutoscaler", "stockade-gateway")

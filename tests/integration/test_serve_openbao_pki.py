@@ -170,3 +170,46 @@ async def test_serve_renews_its_openbao_certificate_with_zero_failed_calls(
     assert "tls.renewed" in log
     assert bao.token not in log
     assert bao.token not in "".join(authz.banner)
+
+
+def test_a_restart_over_a_broken_key_on_disk_issues_again(
+    bao: OpenBao, tmp_path: Path, nats_url: str
+) -> None:
+    """A key on disk that no longer matches its certificate (a disk error, a hand edit, a
+    renewer of an older version that wrote whatever OpenBao answered): the restart issues a
+    new pair and serves it, instead of dying on a traceback."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STOCKADE_", "VAULT_"))}
+    env.update(
+        STOCKADE_BUS__URL=nats_url, STOCKADE_API__PORT="0", STOCKADE_TLS__SOURCE="openbao-pki",
+        STOCKADE_TLS__PKI_ROLE=ROLE, VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.token,
+    )  # fmt: skip
+    authz = Service("authz", tmp_path / "authz", env).launch()
+    try:
+        authz.wait_ready()
+        assert authz.stop(signal.SIGTERM) == 0
+    finally:
+        authz.stop(signal.SIGKILL)
+    key = tmp_path / "authz" / "tls" / "openbao" / "tls.key"
+    first = CertificateRenewer(
+        OpenBaoPKISource(bao.addr, role=ROLE, token=lambda: bao.token),
+        key.parent,
+        common_name="authz",
+    ).current()
+    assert first is not None
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    key.resolve().write_bytes(other)
+    again = Service("authz", tmp_path / "authz", env).launch()
+    try:
+        again.wait_ready()
+        files = CertificateFiles(key.parent / "tls.crt", key, key.parent / "ca.crt")
+        assert files.serial != first.serial_number
+        assert again.stop(signal.SIGTERM) == 0
+    finally:
+        again.stop(signal.SIGKILL)

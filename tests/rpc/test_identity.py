@@ -356,3 +356,99 @@ async def test_a_gateway_certificate_cannot_end_or_take_over_another_gateways_se
         ("EndSession", "wrong_gateway_id"),
         ("IssueToken", "wrong_gateway_id"),
     ]
+
+
+async def test_a_gateway_id_that_identity_would_strip_speaks_for_none(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a certificate naming ``spiffe://stockade/gateway/gw-b `` (a trailing space: an
+    issuer's URI glob such as ``.../gateway/gw-b*`` allows it) calls for ``'gw-b '``, which
+    matches its certificate exactly; identity strips the id it records, so the call would
+    stop B's boot and open sessions in B's name. An id a gateway could not be named by
+    (:func:`gateway_uri`) speaks for no gateway."""
+    cert, key = served.ca.mint("gateway", sans=["localhost", "spiffe://stockade/gateway/gw-b "])
+    paths = tmp_path / "odd.pem", tmp_path / "odd.key"
+    write_private(paths[1], key)
+    write_private(paths[0], cert, mode=0o644)
+    tls = CertificateFiles(*paths, served.ca.ca_cert_path)
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    user = await served.identity.get_user("root-ish")
+    principal = await served.identity.authenticate_key("root-ish", user.keys[0].fingerprint)
+    as_b = SessionRequest(
+        client_ip="127.0.0.1", client_port=2, gateway_id="gw-b ", boot_id="boot-b"
+    )
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        client = IdentityClient(channel, target="identity")
+        for attempt in (
+            client.heartbeat("gw-b ", "boot-b", stale_after=30, stopping=True),
+            client.open_session(principal, as_b),  # type: ignore[arg-type]
+        ):
+            with pytest.raises(PermissionDenied, match="cannot be named"):
+                await attempt
+    assert await served.identity.is_session_live(sid_b)
+    assert [s.session_id for s in await served.identity.list_sessions(active_only=True)] == [sid_b]
+    assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
+    assert {reason for _m, reason, _s in _rejections(served)} == {"bad_gateway_id"}
+
+
+async def test_a_session_started_by_a_gateway_is_that_gateways(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: StartSession records a session without a gateway id, so every gateway
+    certificate could end it (EndSession) or mint tokens bound to it (IssueToken). The
+    session is recorded as the starting gateway's (the one id its certificate names)."""
+    await served.identity.add_user("carol")
+    async with (
+        mtls_channel("127.0.0.1", served.server.port, served.client("gateway", "gw-a")) as a,
+        mtls_channel("127.0.0.1", served.server.port, served.client("gateway", "gw-b")) as b,
+    ):
+        as_a = IdentityClient(a, target="identity")
+        as_b = IdentityClient(b, target="identity")
+        started = await as_a.start_session(
+            "s-started-by-a", username="carol", workspace="carol", client_ip="127.0.0.1",
+            client_port=22,
+        )  # fmt: skip
+        assert started.gateway_id == "gw-a"
+        for attempt in (
+            as_b.end_session("s-started-by-a", reason="exited"),
+            as_b.issue_token("carol", session_id="s-started-by-a"),
+        ):
+            with pytest.raises(PermissionDenied, match="gateway 'gw-a' from the certificate of"):
+                await attempt
+        assert await served.identity.is_session_live("s-started-by-a")
+        assert await as_a.issue_token("carol", session_id="s-started-by-a")
+        assert not (await as_a.end_session("s-started-by-a", reason="exited")).live
+
+
+async def test_a_gateway_id_differing_in_case_is_another_gateway(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: a certificate for ``GW-B`` (an issuer that compares names without case) speaks
+    for ``GW-B`` only: identity compares ids exactly (as the store does), so B's boot and
+    sessions are not its; percent-encoded or slashed ids are refused outright."""
+    sid_b = await _gateway_b_with_a_session(served, tmp_path)
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "GW-B")
+    ) as channel:
+        client = IdentityClient(channel, target="identity")
+        with pytest.raises(PermissionDenied, match="from the certificate of gateway 'GW-B'"):
+            await client.heartbeat("gw-b", "boot-b", stale_after=30, stopping=True)
+        with pytest.raises(InvalidInput, match="another gateway"):
+            await client.heartbeat("GW-B", "boot-b", stale_after=30, stopping=True)
+        assert await client.end_stale_sessions("GW-B", "boot-x") == []
+        with pytest.raises(PermissionDenied):
+            await client.end_session(sid_b, reason="exited")
+    for odd in ("spiffe://stockade/gateway/gw%2Db", "spiffe://stockade/gateway/gw-b/x"):
+        cert, key = served.ca.mint("gateway", sans=["localhost", odd])
+        paths = tmp_path / "odd.pem", tmp_path / "odd.key"
+        write_private(paths[1], key)
+        write_private(paths[0], cert, mode=0o644)
+        tls = CertificateFiles(*paths, served.ca.ca_cert_path)
+        gateway_id = odd.rpartition("gateway/")[2]
+        async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+            with pytest.raises(PermissionDenied, match="cannot be named"):
+                await IdentityClient(channel, target="identity").heartbeat(
+                    gateway_id, "boot-odd", stale_after=30
+                )
+    assert await served.identity.is_session_live(sid_b)
+    assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive

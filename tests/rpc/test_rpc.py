@@ -26,7 +26,7 @@ from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing, PasswordHasher
 from stockade.rpc import AuthzClient, IdentityClient, RpcServer, admin_channel, mtls_channel
 from stockade.store import Store
-from stockade.tls import CertificateFiles, DevCA
+from stockade.tls import CertificateFiles, DevCA, gateway_uri
 
 
 @dataclass
@@ -37,9 +37,11 @@ class Served:
     socket: Path
     ca: DevCA
 
-    def client_tls(self, name: str) -> CertificateFiles:
-        """Client material for a caller whose certificate names it ``name``."""
-        issued = self.ca.issue(name)
+    def client_tls(self, name: str, *gateway_ids: str) -> CertificateFiles:
+        """Client material for a caller whose certificate names it ``name`` (and, for a
+        gateway, its gateway ids)."""
+        uris = [gateway_uri(g) for g in gateway_ids]
+        issued = self.ca.issue(name, sans=["localhost", *uris], force=bool(uris))
         return CertificateFiles(issued.cert, issued.key, issued.ca)
 
 
@@ -111,7 +113,7 @@ async def test_identity_over_mtls_matches_in_process(served: Served, tmp_path: P
 async def test_service_certificates_cannot_manage_identity(served: Served, tmp_path: Path) -> None:
     await served.identity.add_user("alice", ssh_keys=[_pubkey(tmp_path, "alice")])
     fingerprint = (await served.identity.get_user("alice")).keys[0].fingerprint
-    gateway = served.client_tls("gateway")
+    gateway = served.client_tls("gateway", "gw-a")
     async with mtls_channel("127.0.0.1", served.server.port, gateway) as channel:
         client = IdentityClient(channel, target="gateway")
         assert await client.lookup_key("alice", fingerprint) is not None

@@ -29,7 +29,7 @@ from stockade.authz import Authorizer
 from stockade.broker import BrokerServer, KubeCluster, SessionSocket, workspace_config
 from stockade.bus import Bus, EmbeddedNats, FailureBatcher, ReliablePublisher
 from stockade.console import LOGIN_BUCKET, PREFIX, OidcSignIn, Sessions, create_console
-from stockade.core import ConfigError, Settings, get_logger
+from stockade.core import ConfigError, InvalidInput, Settings, get_logger
 from stockade.core.errors import BackendError
 from stockade.core.files import write_private
 from stockade.gateway import (
@@ -416,10 +416,10 @@ class Runtime:
             sans=[name, "localhost", "127.0.0.1", "::1", *uris],
             lifetime=timedelta(hours=settings.tls.lifetime_hours),
         )
-        if renewer.current() is None or not _names(renewer.cert_path, name, uris):
-            await renewer.renew()
-        else:
+        if _usable(renewer, name, uris):
             await renewer.ensure()
+        else:
+            await renewer.renew()
         stop = asyncio.Event()
         task = asyncio.create_task(renewer.run(stop), name="tls-renew")
 
@@ -589,6 +589,13 @@ def _certified_gateway_id(files: CertificateFiles, configured: str | None) -> st
             f"tls.directory: the gateway's certificate {cert} names {len(ids)} gateway ids; it"
             f" needs exactly one, as the URI SAN {gateway_uri('<id>')}"
         )
+    try:
+        gateway_uri(ids[0])  # identity refuses an id it would record otherwise (stripped)
+    except InvalidInput:
+        raise ConfigError(
+            f"tls.directory: the gateway's certificate {cert} names the gateway id {ids[0]!r},"
+            " which has spaces, '/', '?', '#' or '%'; identity refuses it"
+        ) from None
     if configured is not None and configured != ids[0]:
         raise ConfigError(
             f"gateway.gateway_id: {configured!r}, but the certificate {cert} is gateway"
@@ -638,6 +645,20 @@ def service_tls(settings: Settings, name: str, *, uris: Sequence[str] = ()) -> C
         write_private(key, key_pem)
         write_private(cert, cert_pem, mode=0o644)
     return CertificateFiles(cert, key, ca.ca_cert_path)
+
+
+def _usable(renewer: CertificateRenewer, name: str, uris: Sequence[str]) -> bool:
+    """Whether the renewer's directory holds a pair to serve: a certificate naming ``name``
+    and exactly the gateway ids of ``uris``, with its key (a broken key on disk is replaced by
+    a new issue rather than failing the start)."""
+    if renewer.current() is None or not _names(renewer.cert_path, name, uris):
+        return False
+    try:
+        CertificateFiles(renewer.cert_path, renewer.key_path, renewer.ca_path)
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("tls.stored.unusable", cert=str(renewer.cert_path), error=str(exc)[:200])
+        return False
+    return True
 
 
 def _names(cert: Path, name: str, uris: Sequence[str]) -> bool:

@@ -900,12 +900,15 @@ class IdentityService:
         workspace: str,
         client_ip: str,
         client_port: int,
+        gateway_id: str = "",
     ) -> SessionInfo:
         """Record a live session of an existing user; AlreadyExists for a reused id.
 
         The workspace name is recorded as given (a backend may reach workspaces that have no
-        record here).
+        record here). ``gateway_id`` is the gateway whose session it is (over gRPC, the one its
+        certificate names: only that gateway may end it or mint tokens bound to it).
         """
+        gateway_id = check_text(gateway_id, field="gateway_id", limit=128)
         check_session_id(session_id)
         check_username(username)
         check_workspace(workspace)
@@ -924,6 +927,7 @@ class IdentityService:
                 bytes_in=0,
                 bytes_out=0,
                 end_reason="",
+                gateway_id=gateway_id,
             )
             session.add(row)
             await session.flush()

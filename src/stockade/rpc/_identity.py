@@ -38,7 +38,7 @@ from stockade.identity import (
     User,
     Workspace,
 )
-from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids
+from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids, gateway_uri
 
 from ._convert import (
     authenticated_from_pb,
@@ -135,6 +135,17 @@ def _refusal(
             "several_gateway_ids",
             f"{method}: the gateway certificate names {len(ids)} gateway ids; it must name one",
         )
+    try:
+        # identity records ids as check_text leaves them (stripped): an id the certificate
+        # names with a space, a slash or a percent sign would match the call here and then be
+        # recorded as another gateway's
+        gateway_uri(ids[0])
+    except InvalidInput:
+        return _Refusal(
+            "bad_gateway_id",
+            f"{method}: the gateway certificate's id {ids[0][:128]!r} cannot be named in a"
+            " certificate (no spaces, '/', '?', '#' or '%')",
+        )
     if ids[0] != gateway_id:
         return _Refusal(
             "wrong_gateway_id",
@@ -142,6 +153,14 @@ def _refusal(
             f" {ids[0][:128]!r}",
         )
     return None
+
+
+def _certificate_gateway_id(context: Ctx) -> str:
+    """The gateway id the caller's certificate names when it names exactly one, else ""
+    (which :func:`_refusal` then refuses for what it is: none, several, or a bad one)."""
+    pems = list(context.auth_context().get("x509_pem_cert", []))
+    ids = gateway_ids(pems[0]) if len(pems) == 1 else []
+    return ids[0] if len(ids) == 1 else ""
 
 
 class _Publisher(Protocol):
@@ -414,13 +433,17 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
-        await self._require(context, "StartSession")
+        # the session is the starting gateway's (the one id its certificate names), or any
+        # gateway certificate could end it or mint tokens bound to it; the admin's own none
+        owner = "" if _exempt(context) else _certificate_gateway_id(context)
+        await self._require(context, "StartSession", gateway_id=None if _exempt(context) else owner)
         info = await self._id.start_session(
             request.id,
             username=request.username,
             workspace=request.workspace,
             client_ip=request.client_ip,
             client_port=request.client_port,
+            gateway_id=owner,
         )
         return session_to_pb(info)
 

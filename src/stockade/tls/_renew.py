@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -52,6 +53,10 @@ CERT_NAME = "tls.crt"
 KEY_NAME = "tls.key"
 CA_NAME = "ca.crt"
 _DATA = "..data"
+#: The largest answer read from OpenBao's issue endpoint.
+_MAX_ANSWER = 1 << 20
+#: How far in the future an issued certificate may start (clocks of OpenBao and this host).
+_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,9 @@ class OpenBaoPKISource:
     The path cert-manager's Vault issuer uses. ``token`` returns a Vault token, or an awaitable
     of one (a fixed token, or a fresh login with :func:`vault_jwt_login` before each issue: a
     renewal comes months later, when any earlier login has long expired); it is sent in the
-    ``X-Vault-Token`` header only, never in a URL or a log line.
+    ``X-Vault-Token`` header only, never in a URL or a log line. The login and the answer
+    together take at most ``deadline`` seconds; what the answer holds is checked by
+    :class:`CertificateRenewer` before anything is written.
     """
 
     def __init__(
@@ -106,12 +113,14 @@ class OpenBaoPKISource:
         token: Callable[[], str | Awaitable[str]],
         mount: str = "pki",
         verify: str | bool = True,
+        deadline: float = 30.0,
     ) -> None:
         self._addr = addr.rstrip("/")
         self._role = role
         self._token = token
         self._mount = mount
         self._verify = verify
+        self._deadline = deadline
 
     def __repr__(self) -> str:
         return f"<OpenBaoPKISource {self._addr}/v1/{self._mount}/issue/{self._role}>"
@@ -131,21 +140,26 @@ class OpenBaoPKISource:
             "private_key_format": "pkcs8",
         }
         url = f"{self._addr}/v1/{self._mount}/issue/{self._role}"
-        token = self._token()
-        if not isinstance(token, str):
-            token = await token
         try:
-            async with httpx.AsyncClient(timeout=10.0, verify=self._verify) as http:
-                response = await http.post(url, json=body, headers={"X-Vault-Token": token})
+            # the login and the whole answer within the deadline (httpx's timeout is per read:
+            # a body that trickles in would hold the renewal forever), at most _MAX_ANSWER bytes
+            async with asyncio.timeout(self._deadline):
+                token = self._token()
+                if not isinstance(token, str):
+                    token = await token
+                status, raw = await self._post(url, body, token)
+        except TimeoutError:
+            raise SecretsBackendUnavailable(
+                f"PKI issue at {url} took longer than {self._deadline:g}s (deadline)"
+            ) from None
         except httpx.HTTPError as exc:
             raise SecretsBackendUnavailable(f"PKI issue at {url} failed: {exc}") from None
-        if response.status_code != 200:
-            raise SecretsBackendUnavailable(
-                f"PKI issue at {url} refused: HTTP {response.status_code}"
-                f" {response.text[:200].strip()}"
-            )
-        data = response.json().get("data") or {}
+        if status != 200:
+            shown = raw[:200].decode(errors="replace").strip()
+            raise SecretsBackendUnavailable(f"PKI issue at {url} refused: HTTP {status} {shown}")
         try:
+            answer = json.loads(raw)
+            data = answer.get("data") or {}
             chain = [data["certificate"], *data.get("ca_chain", [])[:-1]]
             cas = data.get("ca_chain") or [data["issuing_ca"]]
             return IssuedMaterial(
@@ -153,10 +167,25 @@ class OpenBaoPKISource:
                 key=(data["private_key"].strip() + "\n").encode(),
                 ca=(cas[-1].strip() + "\n").encode(),
             )
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
             raise SecretsBackendUnavailable(
-                f"PKI issue at {url}: malformed answer ({exc})"
+                f"PKI issue at {url}: malformed answer ({type(exc).__name__})"
             ) from None
+
+    async def _post(self, url: str, body: dict[str, str], token: str) -> tuple[int, bytes]:
+        """POST ``body``; the status and at most :data:`_MAX_ANSWER` bytes of the answer (a
+        larger one is refused unread: a certificate and its key are a few KiB)."""
+        async with httpx.AsyncClient(timeout=10.0, verify=self._verify) as http:
+            request = http.stream("POST", url, json=body, headers={"X-Vault-Token": token})
+            async with request as response:
+                raw = bytearray()
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > _MAX_ANSWER:
+                        raise SecretsBackendUnavailable(
+                            f"PKI issue at {url}: the answer exceeds {_MAX_ANSWER} bytes"
+                        )
+                return response.status_code, bytes(raw)
 
 
 def _is_ip(value: str) -> bool:
@@ -214,6 +243,8 @@ class CertificateRenewer:
         self.renew_fraction = renew_fraction
         self._clock = clock
         self.renewals = 0
+        self.error: str | None = None
+        """Why the last renewal failed (the certificate in use stays), else None."""
 
     @property
     def cert_path(self) -> Path:
@@ -256,16 +287,64 @@ class CertificateRenewer:
         if source is not None:
             self.source = source
         issued = await self.source.issue(self.common_name, sans=self.sans, ttl=self.lifetime)
+        leaf = self._check(issued)
         bundle = self._bundle(issued.ca)
         self._publish(issued.cert, issued.key, bundle)
         self.renewals += 1
-        leaf = _leaf(issued.cert)
+        self.error = None
         log.info(
             "tls.renewed",
             name=self.common_name,
             serial=f"{leaf.serial_number:x}",
             not_after=leaf.not_valid_after_utc.isoformat(),
         )
+        return leaf
+
+    def _check(self, issued: IssuedMaterial) -> x509.Certificate:
+        """The leaf of ``issued`` if it is what was asked for, else SecretsBackendUnavailable
+        (nothing is written: the certificate in use stays, on disk too, so a restart still
+        finds a consistent pair). A broken or compromised issuer must not swap in a key that
+        does not match, a certificate for another name or gateway id, one that its own CA
+        bundle does not verify, or one outside its validity."""
+        try:
+            chain = x509.load_pem_x509_certificates(issued.cert)
+            cas = x509.load_pem_x509_certificates(issued.ca)
+            key = serialization.load_pem_private_key(issued.key, password=None)
+        except (ValueError, TypeError) as exc:
+            raise SecretsBackendUnavailable(
+                f"{self.source!r}: the issued material does not load ({type(exc).__name__})"
+            ) from None
+        leaf = chain[0]
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        now = self._clock()
+        names = [a.value for a in leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+        try:
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            san = x509.SubjectAlternativeName([])
+        have = {
+            *san.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in san.get_values_for_type(x509.IPAddress)),
+        }
+        uris = set(san.get_values_for_type(x509.UniformResourceIdentifier))
+        wanted_uris = {s for s in self.sans if "://" in s}
+        problem = None
+        if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            problem = "the key does not match the certificate"
+        elif names != [self.common_name]:
+            problem = f"the certificate is for {names!r}, not {self.common_name!r}"
+        elif missing := sorted(s for s in self.sans if "://" not in s and s not in have):
+            problem = f"the certificate lacks the names {missing!r}"
+        elif uris != wanted_uris:
+            problem = (
+                f"the certificate names the URIs {sorted(uris)!r}, not {sorted(wanted_uris)!r}"
+            )
+        elif not any(_issued(chain[-1], ca) for ca in cas):
+            problem = "no CA of the answer issued the certificate"
+        elif not leaf.not_valid_before_utc - _SKEW <= now < leaf.not_valid_after_utc:
+            problem = "the certificate is not valid now"
+        if problem is not None:
+            raise SecretsBackendUnavailable(f"{self.source!r} issued a bad certificate: {problem}")
         return leaf
 
     def trust(self, ca_pem: bytes) -> None:
@@ -324,8 +403,10 @@ class CertificateRenewer:
                 when = self.renew_at()
                 if when is not None:
                     delay = max(1.0, (when - self._clock()).total_seconds())
-            except SecretsBackendUnavailable as exc:
-                log.error("tls.renew.failed", name=self.common_name, error=str(exc))
+            except (SecretsBackendUnavailable, OSError, ValueError) as exc:
+                # the certificate in use stays; the loop must outlive any answer or disk error
+                self.error = str(exc).splitlines()[0][:300] if str(exc) else repr(exc)
+                log.error("tls.renew.failed", name=self.common_name, error=self.error)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
             except TimeoutError:
