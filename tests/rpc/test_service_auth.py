@@ -8,6 +8,7 @@ code and the reason the caller is told.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,13 @@ from stockade.authz import Authorizer, Context, Resource, Subject, build_input
 from stockade.core.events import Event, ServiceCallRejected
 from stockade.core.settings import AuthzSettings, IdentitySettings
 from stockade.identity import IdentityService, KeyRing
-from stockade.rpc import RpcServer, ServiceAuthInterceptor, admin_channel, mtls_channel
+from stockade.rpc import (
+    AuthzClient,
+    RpcServer,
+    ServiceAuthInterceptor,
+    admin_channel,
+    mtls_channel,
+)
 from stockade.rpc._gen import authz_pb2, authz_pb2_grpc, identity_pb2, identity_pb2_grpc
 from stockade.store import Store
 from stockade.tls import (
@@ -36,6 +43,7 @@ from stockade.tls import (
 )
 
 DECIDE = "/stockade.authz.v1.Authz/Decide"
+DECIDE_STREAM = "/stockade.authz.v1.Authz/DecideStream"
 GET_JWKS = "/stockade.identity.v1.Identity/GetJwks"
 
 
@@ -84,7 +92,13 @@ async def env(tmp_path: Path, issuer: Issuer) -> AsyncIterator[Env]:
         issuer=issuer.url,
         audience="stockade-api",
         namespace="stockade",
-        allow=MethodAllowList({DECIDE: ["stockade-gateway"], GET_JWKS: ["stockade-broker"]}),
+        allow=MethodAllowList(
+            {
+                DECIDE: ["stockade-gateway"],
+                DECIDE_STREAM: ["stockade-gateway"],
+                GET_JWKS: ["stockade-broker"],
+            }
+        ),
         jwks_url=issuer.url + "/jwks.json",
     )
     events = Events()
@@ -104,13 +118,16 @@ async def env(tmp_path: Path, issuer: Issuer) -> AsyncIterator[Env]:
         await store.close()
 
 
-def _decide_request() -> authz_pb2.DecideRequest:
-    doc = build_input(
+def _doc() -> dict[str, Any]:
+    return build_input(
         "ssh.shell",
         Resource(kind="workspace", name="alice", owner="alice"),
         Context(user=Subject(name="alice", roles=("developer",)), source_ip="127.0.0.1"),
     )
-    return authz_pb2.DecideRequest(input_json=json.dumps(doc))
+
+
+def _decide_request() -> authz_pb2.DecideRequest:
+    return authz_pb2.DecideRequest(input_json=json.dumps(_doc()))
 
 
 async def _decide(channel: aio.Channel) -> Any:
@@ -190,6 +207,34 @@ async def test_method_not_allowed_denied(env: Env) -> None:
         with pytest.raises(aio.AioRpcError) as caught:
             await identity_pb2_grpc.IdentityStub(channel).GetJwks(identity_pb2.Empty())
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_decision_stream_checked_like_a_call(env: Env) -> None:
+    """DecideStream has its own allow-list entry: the broker, allowed neither, is refused (and
+    audited); its decisions are denies naming the status."""
+    async with env.channel(env.issuer.token(audience="stockade-api")) as channel:
+        assert (await AuthzClient(channel, target="authz").decide_async(_doc())).allow
+    broker = env.issuer.token(audience="stockade-api", service_account="stockade-broker")
+    async with env.channel(broker) as channel:
+        denied = await AuthzClient(channel, target="authz").decide_async(_doc())
+    assert not denied.allow
+    assert "authz service at authz failed: permission_denied" in denied.reasons[0]
+    (event,) = env.events.seen
+    assert isinstance(event, ServiceCallRejected)
+    assert (event.method, event.reason) == (DECIDE_STREAM, "method-not-allowed")
+
+
+async def test_a_decision_stream_does_not_outlive_its_token(env: Env) -> None:
+    """ATTACK: the token is verified when a stream opens. A revoked (here: rewritten) token must
+    stop deciding within the client's stream age, not live on in one long stream."""
+    async with env.channel(env.issuer.token(audience="stockade-api")) as channel:
+        client = AuthzClient(channel, target="authz", stream_age=0.2)
+        assert (await client.decide_async(_doc())).allow
+        env.token_file.write_text(env.issuer.token(audience="someone-else"))
+        await asyncio.sleep(0.3)
+        denied = await client.decide_async(_doc())
+    assert not denied.allow
+    assert "unauthenticated" in denied.reasons[0]
 
 
 async def test_token_file_reread_every_call(env: Env) -> None:

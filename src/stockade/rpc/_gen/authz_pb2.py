@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61uthz.proto\x12\x11stockade.authz.v1\"#\n\rDecideRequest\x12\x12\n\ninput_json\x18\x01 \x01(\t\"J\n\x0e\x44\x65\x63ideResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x18\n\x10obligations_json\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"H\n\x12\x42\x61tchDecideRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .stockade.authz.v1.DecideRequest\"K\n\x13\x42\x61tchDecideResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.stockade.authz.v1.DecideResponse2\xb4\x01\n\x05\x41uthz\x12M\n\x06\x44\x65\x63ide\x12 .stockade.authz.v1.DecideRequest\x1a!.stockade.authz.v1.DecideResponse\x12\\\n\x0b\x42\x61tchDecide\x12%.stockade.authz.v1.BatchDecideRequest\x1a&.stockade.authz.v1.BatchDecideResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61uthz.proto\x12\x11stockade.authz.v1\"#\n\rDecideRequest\x12\x12\n\ninput_json\x18\x01 \x01(\t\"J\n\x0e\x44\x65\x63ideResponse\x12\r\n\x05\x61llow\x18\x01 \x01(\x08\x12\x18\n\x10obligations_json\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\"H\n\x12\x42\x61tchDecideRequest\x12\x32\n\x08requests\x18\x01 \x03(\x0b\x32 .stockade.authz.v1.DecideRequest\"K\n\x13\x42\x61tchDecideResponse\x12\x34\n\tresponses\x18\x01 \x03(\x0b\x32!.stockade.authz.v1.DecideResponse\"*\n\x0b\x44\x65\x63ideFrame\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x0e\n\x06inputs\x18\x02 \x03(\x0c\"R\n\rDecisionFrame\x12\x0b\n\x03ids\x18\x01 \x03(\x04\x12\x34\n\tdecisions\x18\x02 \x03(\x0b\x32!.stockade.authz.v1.DecideResponse2\x8a\x02\n\x05\x41uthz\x12M\n\x06\x44\x65\x63ide\x12 .stockade.authz.v1.DecideRequest\x1a!.stockade.authz.v1.DecideResponse\x12\\\n\x0b\x42\x61tchDecide\x12%.stockade.authz.v1.BatchDecideRequest\x1a&.stockade.authz.v1.BatchDecideResponse\x12T\n\x0c\x44\x65\x63ideStream\x12\x1e.stockade.authz.v1.DecideFrame\x1a .stockade.authz.v1.DecisionFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHDECIDEREQUEST']._serialized_end=219
   _globals['_BATCHDECIDERESPONSE']._serialized_start=221
   _globals['_BATCHDECIDERESPONSE']._serialized_end=296
-  _globals['_AUTHZ']._serialized_start=299
-  _globals['_AUTHZ']._serialized_end=479
+  _globals['_DECIDEFRAME']._serialized_start=298
+  _globals['_DECIDEFRAME']._serialized_end=340
+  _globals['_DECISIONFRAME']._serialized_start=342
+  _globals['_DECISIONFRAME']._serialized_end=424
+  _globals['_AUTHZ']._serialized_start=427
+  _globals['_AUTHZ']._serialized_end=693
 # @@protoc_insertion_point(module_scope)

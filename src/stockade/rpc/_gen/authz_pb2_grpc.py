@@ -44,6 +44,11 @@ class AuthzStub:
                 request_serializer=authz__pb2.BatchDecideRequest.SerializeToString,
                 response_deserializer=authz__pb2.BatchDecideResponse.FromString,
                 _registered_method=True)
+        self.DecideStream = channel.stream_stream(
+                '/stockade.authz.v1.Authz/DecideStream',
+                request_serializer=authz__pb2.DecideFrame.SerializeToString,
+                response_deserializer=authz__pb2.DecisionFrame.FromString,
+                _registered_method=True)
 
 
 class AuthzServicer:
@@ -61,6 +66,13 @@ class AuthzServicer:
         context.set_details('Method not implemented!')
         raise RuntimeError('method not implemented by this servicer')
 
+    def DecideStream(self, request_iterator, context):
+        """A long-lived stream multiplexing decisions (a stream message costs far less than a call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise RuntimeError('method not implemented by this servicer')
+
 
 def add_AuthzServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_AuthzServicer_to_server(servicer, server):
                     servicer.BatchDecide,
                     request_deserializer=authz__pb2.BatchDecideRequest.FromString,
                     response_serializer=authz__pb2.BatchDecideResponse.SerializeToString,
+            ),
+            'DecideStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.DecideStream,
+                    request_deserializer=authz__pb2.DecideFrame.FromString,
+                    response_serializer=authz__pb2.DecisionFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class Authz:
             '/stockade.authz.v1.Authz/BatchDecide',
             authz__pb2.BatchDecideRequest.SerializeToString,
             authz__pb2.BatchDecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stockade.authz.v1.Authz/DecideStream',
+            authz__pb2.DecideFrame.SerializeToString,
+            authz__pb2.DecisionFrame.FromString,
             options,
             channel_credentials,
             insecure,

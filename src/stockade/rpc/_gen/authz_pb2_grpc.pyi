@@ -35,12 +35,16 @@ class AuthzStub:
     def __new__(cls, channel: _aio.Channel) -> AuthzAsyncStub: ...
     Decide: _grpc.UnaryUnaryMultiCallable[_authz_pb2.DecideRequest, _authz_pb2.DecideResponse]
     BatchDecide: _grpc.UnaryUnaryMultiCallable[_authz_pb2.BatchDecideRequest, _authz_pb2.BatchDecideResponse]
+    DecideStream: _grpc.StreamStreamMultiCallable[_authz_pb2.DecideFrame, _authz_pb2.DecisionFrame]
+    """A long-lived stream multiplexing decisions (a stream message costs far less than a call)."""
 
 @_typing.type_check_only
 class AuthzAsyncStub(AuthzStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Decide: _aio.UnaryUnaryMultiCallable[_authz_pb2.DecideRequest, _authz_pb2.DecideResponse]  # type: ignore[assignment]
     BatchDecide: _aio.UnaryUnaryMultiCallable[_authz_pb2.BatchDecideRequest, _authz_pb2.BatchDecideResponse]  # type: ignore[assignment]
+    DecideStream: _aio.StreamStreamMultiCallable[_authz_pb2.DecideFrame, _authz_pb2.DecisionFrame]  # type: ignore[assignment]
+    """A long-lived stream multiplexing decisions (a stream message costs far less than a call)."""
 
 class AuthzServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -56,5 +60,13 @@ class AuthzServicer(metaclass=_abc_1.ABCMeta):
         request: _authz_pb2.BatchDecideRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_authz_pb2.BatchDecideResponse, _abc.Awaitable[_authz_pb2.BatchDecideResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DecideStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_authz_pb2.DecideFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_authz_pb2.DecisionFrame], _abc.AsyncIterator[_authz_pb2.DecisionFrame]]:
+        """A long-lived stream multiplexing decisions (a stream message costs far less than a call)."""
 
 def add_AuthzServicer_to_server(servicer: AuthzServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,401 @@
+"""DecideStream and the streaming AuthzClient over real gRPC with mutual TLS.
+
+Server side, each hostile client is its own test: a frame over the size limit, a request id
+twice, ids and inputs that do not pair up, garbage bytes, a client that never reads its answers,
+a stream kept open past the age its token was checked for. Client side, the servers misbehave:
+one that never answers, one that answers with the wrong ids, one that ends the stream with
+decisions in flight. Every decision the client hands out in those cases is a deny, in bounded
+time, and the next decision works again on a fresh stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+
+from stockade.authz import Authorizer, Context, Resource, Subject, build_input
+from stockade.core import InvalidInput
+from stockade.core.settings import AuthzSettings
+from stockade.rpc import AuthzClient, AuthzServicer, mtls_channel
+from stockade.rpc._gen import authz_pb2, authz_pb2_grpc
+from stockade.tls import CertificateFiles, DevCA, grpc_server_credentials
+
+Serve = Callable[[Any], Awaitable[int]]
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> CertificateFiles:
+    issued = DevCA(tmp_path / "tls").issue("api")
+    return CertificateFiles(issued.cert, issued.key, issued.ca)
+
+
+@pytest.fixture
+async def serve(tls: CertificateFiles) -> AsyncIterator[Serve]:
+    """Start a real mTLS gRPC server around a servicer; returns its port."""
+    servers: list[aio.Server] = []
+
+    async def start(servicer: Any) -> int:
+        server = aio.server()
+        authz_pb2_grpc.add_AuthzServicer_to_server(servicer, server)
+        port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(tls))
+        await server.start()
+        servers.append(server)
+        return port
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            await server.stop(0)
+
+
+@pytest.fixture
+def authorizer() -> Authorizer:
+    return Authorizer(settings=AuthzSettings())
+
+
+def _doc(user: str = "alice", roles: tuple[str, ...] = ("developer",), i: int = 0) -> Any:
+    """alice in her own workspace (allowed), or someone in alice's (denied)."""
+    return build_input(
+        "ssh.shell",
+        Resource(kind="workspace", name="alice", owner="alice"),
+        Context(user=Subject(name=user, roles=roles), session_id=f"s-{i}"),
+    )
+
+
+def _raw(i: int = 0) -> bytes:
+    return json.dumps(_doc(i=i)).encode()
+
+
+async def _answers(call: Any, count: int) -> list[authz_pb2.DecisionFrame]:
+    return [await asyncio.wait_for(call.read(), 10) for _ in range(count)]
+
+
+async def _status(call: Any) -> grpc.StatusCode:
+    code: grpc.StatusCode = await asyncio.wait_for(call.code(), 10)
+    return code
+
+
+# -- the server against hostile clients -------------------------------------------------------
+
+
+async def test_frames_answered_in_order_and_bad_inputs_denied_alone(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        await call.write(authz_pb2.DecideFrame(ids=[7, 3], inputs=[_raw(), b"{not json"]))
+        await call.write(
+            authz_pb2.DecideFrame(
+                ids=[9, 1, 2],
+                inputs=[b"\xff\xfe", json.dumps({"action": 3}).encode(), b"[" * 100_000],
+            )
+        )
+        first, second = await _answers(call, 2)
+        await call.done_writing()
+        assert await _status(call) is grpc.StatusCode.OK
+    assert list(first.ids) == [7, 3]
+    assert [d.allow for d in first.decisions] == [True, False]
+    assert "authz request failed: input: not valid JSON" in first.decisions[1].reasons[0]
+    assert list(second.ids) == [9, 1, 2]
+    assert [d.allow for d in second.decisions] == [False, False, False]
+
+
+async def test_oversized_frame_ends_the_stream(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: one frame of 257 decisions (the limit is 256): refused, nothing decided."""
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        await call.write(authz_pb2.DecideFrame(ids=range(257), inputs=[_raw()] * 257))
+        assert await _status(call) is grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 256" in await call.details()
+
+
+async def test_duplicate_request_ids_end_the_stream(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: one id twice in a frame would make two answers for one question."""
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        await call.write(authz_pb2.DecideFrame(ids=[5, 6, 5], inputs=[_raw()] * 3))
+        assert await _status(call) is grpc.StatusCode.INVALID_ARGUMENT
+        assert "appears twice" in await call.details()
+
+
+async def test_ids_without_inputs_end_the_stream(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: more ids than inputs (or fewer): which answer is whose?"""
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        await call.write(authz_pb2.DecideFrame(ids=[1, 2, 3], inputs=[_raw()]))
+        assert await _status(call) is grpc.StatusCode.INVALID_ARGUMENT
+        assert "3 ids for 1 inputs" in await call.details()
+
+
+async def test_garbage_bytes_end_the_stream_and_the_server_serves_on(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: bytes that are no DecideFrame at all (grpc's decoder refuses them)."""
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        raw = channel.stream_stream(
+            "/stockade.authz.v1.Authz/DecideStream",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        call = raw()
+        await call.write(b"\xff\xfe\x00garbage\x0a\x99")
+        assert await _status(call) is not grpc.StatusCode.OK
+        assert (await AuthzClient(channel, target="t").decide_async(_doc())).allow
+
+
+async def test_a_client_that_never_reads_loses_its_stream(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: a client writes frames and never reads the answers. Once flow control stops the
+    server's writes, the server ends the stream after its write timeout instead of holding the
+    coroutine and the answers for ever; other clients are served meanwhile."""
+    servicer = AuthzServicer(authorizer, write_timeout=0.5)
+    port = await serve(servicer)
+    # no BDP probing: the receive window stays at 64 KiB, so it fills in a few hundred answers
+    hostile = aio.secure_channel(
+        f"127.0.0.1:{port}",
+        grpc.ssl_channel_credentials(tls.material.ca, tls.material.key, tls.material.cert),
+        options=[("grpc.ssl_target_name_override", "localhost"), ("grpc.http2.bdp_probe", 0)],
+    )
+    call = authz_pb2_grpc.AuthzStub(hostile).DecideStream()
+
+    async def flood() -> None:
+        for n in range(10_000):
+            ids = range(n * 64, n * 64 + 64)
+            await call.write(authz_pb2.DecideFrame(ids=ids, inputs=[b"{"] * 64))
+
+    writer = asyncio.create_task(flood())
+    try:
+        deadline = time.monotonic() + 30
+        while servicer.stalled_streams == 0:
+            assert time.monotonic() < deadline, "the server still holds the stream"
+            assert not writer.done() or writer.exception() is not None
+            await asyncio.sleep(0.05)
+        async with mtls_channel("127.0.0.1", port, tls) as channel:
+            assert (await AuthzClient(channel, target="t").decide_async(_doc())).allow
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await hostile.close()
+
+
+async def test_a_stream_is_not_used_past_its_age(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: a client keeps one stream open for ever, so its token (checked when the stream
+    opened) is never checked again. The server ends the stream at its age instead of deciding."""
+    port = await serve(AuthzServicer(authorizer, max_stream_age=0.3))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        await call.write(authz_pb2.DecideFrame(ids=[1], inputs=[_raw()]))
+        (answer,) = await _answers(call, 1)
+        assert answer.decisions[0].allow
+        await asyncio.sleep(0.4)
+        await call.write(authz_pb2.DecideFrame(ids=[2], inputs=[_raw()]))
+        assert await asyncio.wait_for(call.read(), 10) is aio.EOF
+
+
+# -- the client against misbehaving servers ---------------------------------------------------
+
+
+class Silent(authz_pb2_grpc.AuthzServicer):
+    """Reads every frame and answers none (a hung server, a black-holed connection)."""
+
+    def __init__(self) -> None:
+        self.streams = 0
+
+    async def DecideStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        self.streams += 1
+        async for _ in requests:
+            pass
+        return
+        yield  # an async generator, as grpc wants for a response stream
+
+
+class WrongIds(authz_pb2_grpc.AuthzServicer):
+    """Answers each frame for other ids than it asked about."""
+
+    async def DecideStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for frame in requests:
+            yield authz_pb2.DecisionFrame(
+                ids=[i + 1 for i in frame.ids],
+                decisions=[authz_pb2.DecideResponse(allow=True) for _ in frame.ids],
+            )
+
+
+class EndsFirstStream(AuthzServicer):
+    """The first stream ends (OK, no answer) right after its first frame; later ones work."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        super().__init__(authorizer)
+        self.streams = 0
+
+    async def DecideStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        self.streams += 1
+        if self.streams == 1:
+            async for _ in requests:
+                return
+        async for answer in super().DecideStream(requests, context):
+            yield answer
+
+
+async def test_a_server_that_never_answers_is_a_deny_within_the_timeout(
+    serve: Serve, tls: CertificateFiles
+) -> None:
+    silent = Silent()
+    port = await serve(silent)
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="hung", timeout=0.5)
+        started = time.monotonic()
+        decisions = await asyncio.wait_for(
+            asyncio.gather(*(client.decide_async(_doc(i=i)) for i in range(5))), 10
+        )
+        assert time.monotonic() - started < 5
+        assert not any(d.allow for d in decisions)
+        assert all("authz service at hung failed: deadline_exceeded" in d.reasons[0]
+                   for d in decisions)  # fmt: skip
+        # the stuck stream was abandoned: the next decision opens another
+        assert not (await asyncio.wait_for(client.decide_async(_doc()), 10)).allow
+        assert silent.streams == 2
+
+
+async def test_answers_for_other_ids_are_a_deny(serve: Serve, tls: CertificateFiles) -> None:
+    port = await serve(WrongIds())
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="liar", timeout=5)
+        decision = await asyncio.wait_for(client.decide_async(_doc()), 10)
+    assert not decision.allow
+    assert "malformed answer" in decision.reasons[0]
+
+
+async def test_a_stream_ended_under_a_decision_denies_it_and_the_next_reconnects(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    servicer = EndsFirstStream(authorizer)
+    port = await serve(servicer)
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="flaky", timeout=5)
+        first = await asyncio.wait_for(client.decide_async(_doc()), 10)
+        assert not first.allow
+        assert "ended with decisions unanswered" in first.reasons[0]
+        assert (await asyncio.wait_for(client.decide_async(_doc()), 10)).allow
+    assert servicer.streams == 2
+
+
+async def test_a_stopped_server_denies_then_a_restarted_one_decides(
+    tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    def make() -> aio.Server:
+        server = aio.server()
+        authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), server)
+        return server
+
+    server = make()
+    port = server.add_secure_port("127.0.0.1:0", grpc_server_credentials(tls))
+    await server.start()
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="restarting", timeout=2)
+        assert (await client.decide_async(_doc())).allow
+        await server.stop(0)
+        down = await asyncio.wait_for(client.decide_async(_doc()), 10)
+        assert not down.allow
+        assert "authz service at restarting failed" in down.reasons[0]
+        server = make()
+        server.add_secure_port(f"127.0.0.1:{port}", grpc_server_credentials(tls))
+        await server.start()
+        try:
+            deadline = time.monotonic() + 20
+            while not (await client.decide_async(_doc())).allow:  # the channel's backoff
+                assert time.monotonic() < deadline, "the client never reconnected"
+                await asyncio.sleep(0.2)
+        finally:
+            await server.stop(0)
+
+
+# -- the client's own behaviour ---------------------------------------------------------------
+
+
+async def test_streams_rotate_without_a_failed_decision(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """New streams every 50 ms under a steady load: in-flight frames drain on the old one."""
+    port = await serve(AuthzServicer(authorizer))
+    docs = [_doc(i=i) if i % 3 else _doc("mallory", (), i) for i in range(300)]
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t", stream_age=0.05, max_in_flight=2)
+        remote = []
+        for start in range(0, len(docs), 10):
+            remote += await asyncio.gather(*(client.decide_async(d) for d in docs[start:][:10]))
+            await asyncio.sleep(0.005)
+    assert [d.allow for d in remote] == [authorizer.decide(d).allow for d in docs]
+    assert [d.reasons for d in remote] == [authorizer.decide(d).reasons for d in docs]
+    assert client.streams > 3
+
+
+async def test_a_cancelled_caller_leaves_the_stream_to_the_others(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    port = await serve(AuthzServicer(authorizer))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t")
+        assert (await client.decide_async(_doc())).allow
+        doomed = asyncio.create_task(client.decide_async(_doc(i=1)))
+        others = [asyncio.create_task(client.decide_async(_doc(i=i))) for i in range(2, 40)]
+        await asyncio.sleep(0)
+        doomed.cancel()
+        decisions = await asyncio.wait_for(asyncio.gather(*others), 10)
+        assert all(d.allow for d in decisions)
+        assert (await client.decide_async(_doc())).allow
+    assert client.streams == 1
+
+
+async def test_obligations_round_trip(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """The remembered wire forms of obligations give back what the authorizer decided."""
+    port = await serve(AuthzServicer(authorizer))
+    cases = [_doc(roles=r) for r in [("developer",), ("contractor",), ("sudoer",), ()]] * 3
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t")
+        for doc in cases:
+            assert await client.decide_async(doc) == authorizer.decide(doc)
+
+
+async def test_unencodable_input_is_a_deny_without_a_call() -> None:
+    async with aio.insecure_channel("127.0.0.1:1") as channel:
+        client = AuthzClient(channel, target="x")
+        decision = await client.decide_async({"action": "ssh.shell", 1: object()})
+    assert not decision.allow
+    assert "authz request failed" in decision.reasons[0]
+    assert client.batches == 0
+
+
+async def test_bounds_checked() -> None:
+    async with aio.insecure_channel("127.0.0.1:1") as channel:
+        for field, kwargs in [
+            ("max_in_flight", {"max_in_flight": 0}),
+            ("timeout", {"timeout": 0}),
+            ("stream_age", {"stream_age": -1}),
+        ]:
+            with pytest.raises(InvalidInput, match=field):
+                AuthzClient(channel, target="x", **kwargs)
