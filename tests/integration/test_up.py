@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -260,6 +261,16 @@ def test_second_up_on_same_data_dir_exits_2_naming_the_holder(server: Server) ->
     assert (server.data_dir / "run" / "admin.sock").exists()
 
 
+def _status_until(data_dir: Path, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """``stockade status --json`` once ``ready`` holds for it (bounded: 30 s)."""
+    for _ in range(60):
+        doc: dict[str, Any] = json.loads(cli(data_dir, "status", "--json").stdout)
+        if ready(doc):
+            return doc
+        time.sleep(0.5)
+    raise AssertionError(f"status never became ready: {doc}")
+
+
 def test_status_reports_what_runs_and_probes_it(server: Server) -> None:
     server.start()
     assert server.proc is not None
@@ -277,6 +288,19 @@ def test_status_reports_what_runs_and_probes_it(server: Server) -> None:
     assert doc["nft_table"].startswith("stockade_")
     table = cli(server.data_dir, "status")
     assert "SSH gateway" in table.stdout
+    # a certificate replaced by garbage: the old one keeps serving, and status says why
+    cert = server.data_dir / "tls" / "api.pem"
+    good = cert.read_bytes()
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n")
+    doc = _status_until(server.data_dir, lambda doc: bool(doc["tls_errors"]))
+    assert doc["healthy"] is False
+    assert "api.pem" in doc["tls_errors"]["certificate"]
+    shown = cli(server.data_dir, "status")
+    assert shown.returncode == 1
+    assert "TLS certificate" in shown.stdout
+    assert "previous certificate stays in use" in shown.stdout
+    cert.write_bytes(good)
+    assert _status_until(server.data_dir, lambda doc: not doc["tls_errors"])["healthy"] is True
     server.stop()
     after = cli(server.data_dir, "status", "--json")
     assert after.returncode == 1

@@ -113,12 +113,19 @@ def lock_holder(data_dir: Path) -> int | None:
         os.close(fd)
 
 
-def write_status(data_dir: Path, listeners: Sequence[tuple[str, str]], **extra: Any) -> Path:
-    """Write ``run/status.json`` for this process (0600, atomic)."""
+def write_status(
+    data_dir: Path,
+    listeners: Sequence[tuple[str, str]],
+    *,
+    started: str | None = None,
+    **extra: Any,
+) -> Path:
+    """Write ``run/status.json`` for this process (0600, atomic); ``started`` defaults to now
+    (a rewrite passes the first one)."""
     path = data_dir / STATUS_NAME
     document = {
         "pid": os.getpid(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": started or datetime.now(UTC).isoformat(timespec="seconds"),
         "data_dir": str(data_dir.resolve()),
         "versions": {
             "stockade": __version__,

@@ -431,6 +431,16 @@ class Runtime:
         self.renewer = renewer
         return CertificateFiles(renewer.cert_path, renewer.key_path, renewer.ca_path)
 
+    def tls_errors(self) -> dict[str, str]:
+        """Why a certificate change was refused or a renewal failed, by part (the previous
+        certificate keeps serving meanwhile); ``stockade status`` shows them."""
+        found = {
+            "certificate": self._tls.check() if self._tls is not None else None,
+            "broker certificate": self.broker.tls_error if self.broker is not None else None,
+            "renewal": self.renewer.error if self.renewer is not None else None,
+        }
+        return {part: error for part, error in found.items() if error}
+
     @property
     def identity_api(self) -> IdentityAPI:
         """Identity as the other services see it: the service here, else its gRPC client."""

@@ -7,8 +7,6 @@ event bus an external NATS server, and the store (identity, audit) a shared data
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -16,9 +14,10 @@ import typer
 
 from stockade.core import Settings, configure_logging
 
-from ._common import console, fail, handle_errors, print_table, run_async, settings
-from ._instance import InstanceLock, remove_status, write_status
+from ._common import fail, handle_errors, run_async, settings
+from ._instance import InstanceLock
 from ._runtime import SERVICES, Runtime, prepare_data_dir
+from ._serving import serve_until_stopped
 
 __all__ = ["serve"]
 
@@ -57,21 +56,7 @@ async def _serve(config: Settings, service: str) -> None:
     configure_logging(config.log.level, config.log.json_output)
     with InstanceLock(prepare_data_dir(config)):  # one service per data dir
         runtime = Runtime(config, services=frozenset({service}))
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await runtime.start()
-        try:
-            listeners = [(item.what, item.where) for item in runtime.listeners]
-            write_status(config.data_dir, listeners, service=service, nft_table=config.nft_table)
-            print_table(f"stockade serve {service}", ["service", "listening on"], listeners)
-            console.print("ready; Ctrl-C to stop", highlight=False)
-            await stop.wait()
-            console.print("stopping ...", highlight=False)
-        finally:
-            remove_status(config.data_dir)
-            await runtime.stop()
+        await serve_until_stopped(runtime, f"stockade serve {service}", service=service)
 
 
 @handle_errors

@@ -1,8 +1,10 @@
 """``stockade status``: what runs, where, and whether each listener answers.
 
-Reads the status file ``stockade up`` writes in its data dir (``run/status.json``), checks that
-the process still holds the data dir's lock, and probes every listener. Exit 0 when an instance
-runs and every listener answers, 1 otherwise (nothing running, or a listener down).
+Reads the status file ``stockade up`` (or ``stockade serve``) writes in its data dir
+(``run/status.json``, kept current), checks that the process still holds the data dir's lock,
+and probes every listener. Exit 0 when an instance runs, every listener answers and its
+certificates load; 1 otherwise (nothing running, a listener down, or a certificate change
+refused: the previous certificate then still serves, and the reason is shown).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ def status(
         typer.Option("--data-dir", help="State directory of the instance (env STOCKADE_DATA_DIR)."),
     ] = None,
 ) -> None:
-    """Show whether stockade up runs on this data dir, what it serves and whether each
-    listener answers; exit 1 when it does not run or a listener is down."""
+    """Show whether stockade up runs on this data dir, what it serves, whether each listener
+    answers and whether its certificates load; exit 1 when it does not run, a listener is down
+    or a certificate change was refused (the previous certificate still serves)."""
     cfg = settings()
     if data_dir_option is not None:
         cfg = cfg.model_copy(update={"data_dir": data_dir_option})
@@ -42,6 +45,7 @@ def status(
         "versions": {},
         "nft_table": cfg.nft_table,
         "listeners": [],
+        "tls_errors": {},
         "healthy": False,
     }
     if document is not None:
@@ -62,7 +66,12 @@ def status(
                     "detail": probe.detail,
                 }
             )
-        report["healthy"] = all(item["state"] != "down" for item in report["listeners"])
+        errors = document.get("tls_errors")
+        if isinstance(errors, dict):
+            report["tls_errors"] = {str(part): str(why) for part, why in errors.items()}
+        report["healthy"] = not report["tls_errors"] and all(
+            item["state"] != "down" for item in report["listeners"]
+        )
     if as_json:
         print_json(report)
     else:
@@ -100,3 +109,5 @@ def _print(report: dict[str, Any], *, starting: bool) -> None:
             for item in report["listeners"]
         ),
     )
+    for part, why in sorted(report["tls_errors"].items()):
+        console.print(f"TLS {part}: {why}", markup=False)

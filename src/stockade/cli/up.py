@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -11,9 +9,10 @@ import typer
 
 from stockade.core import Settings, configure_logging
 
-from ._common import console, handle_errors, print_table, run_async, settings
-from ._instance import InstanceLock, remove_status, write_status
+from ._common import handle_errors, run_async, settings
+from ._instance import InstanceLock
 from ._runtime import Runtime, prepare_data_dir
+from ._serving import serve_until_stopped
 
 __all__ = ["up"]
 
@@ -30,33 +29,7 @@ def _with_overrides(base: Settings, data_dir: Path | None, ssh_port: int | None)
 async def _serve(config: Settings) -> None:
     configure_logging(config.log.level, config.log.json_output)
     with InstanceLock(prepare_data_dir(config)):  # a second instance exits 2, naming our PID
-        await _serve_locked(config)
-
-
-async def _serve_locked(config: Settings) -> None:
-    runtime = Runtime(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await runtime.start()
-    try:
-        write_status(
-            config.data_dir,
-            [(item.what, item.where) for item in runtime.listeners],
-            nft_table=config.nft_table,
-        )
-        print_table(
-            "stockade up",
-            ["service", "listening on"],
-            ((item.what, item.where) for item in runtime.listeners),
-        )
-        console.print("ready; Ctrl-C to stop", highlight=False)
-        await stop.wait()
-        console.print("stopping ...", highlight=False)
-    finally:
-        remove_status(config.data_dir)
-        await runtime.stop()
+        await serve_until_stopped(Runtime(config), "stockade up")
 
 
 @handle_errors

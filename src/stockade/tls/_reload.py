@@ -93,21 +93,8 @@ class CertificateFiles:
     def changed(self) -> TlsMaterial | None:
         """New material if the files changed and are consistent, else None."""
         with self._lock:
-            try:
-                stamp = _stamp(*self._paths)
-            except OSError as exc:
-                self._reject((), f"cannot stat: {exc}")
-                return None
-            if stamp in (self._stamp, self._bad_stamp):
-                return None
-            try:
-                fresh = self._read()
-                x509.load_pem_x509_certificates(fresh.ca)
-                if not _consistent(fresh):
-                    self._reject(stamp, "the key does not match the certificate")
-                    return None
-            except (OSError, ValueError, TypeError) as exc:
-                self._reject(stamp, str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+            stamp, fresh = self._look()
+            if fresh is None:
                 return None
             self._stamp = stamp
             self._bad_stamp = None
@@ -116,6 +103,36 @@ class CertificateFiles:
             self.reloads += 1
             log.info("tls.reloaded", cert=str(self._paths[0]))
             return fresh
+
+    def check(self) -> str | None:
+        """Look at the files now and return :attr:`error`: a change that does not load is
+        noted (and logged once) without waiting for a handshake; a good one is left for the
+        next handshake to take into use (``stockade status`` asks this every few seconds)."""
+        with self._lock:
+            if self._look()[1] is not None:  # good files, taken into use at the next handshake
+                self.error = None
+            return self.error
+
+    def _look(self) -> tuple[tuple[tuple[int, int], ...], TlsMaterial | None]:
+        """(stamp, material) of files that changed and load; material None otherwise, a bad
+        change rejected (held under the lock)."""
+        try:
+            stamp = _stamp(*self._paths)
+        except OSError as exc:
+            self._reject((), f"cannot stat: {exc}")
+            return (), None
+        if stamp in (self._stamp, self._bad_stamp):
+            return stamp, None
+        try:
+            fresh = self._read()
+            x509.load_pem_x509_certificates(fresh.ca)
+            if not _consistent(fresh):
+                self._reject(stamp, "the key does not match the certificate")
+                return stamp, None
+        except (OSError, ValueError, TypeError) as exc:
+            self._reject(stamp, str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
+            return stamp, None
+        return stamp, fresh
 
     def _reject(self, stamp: tuple[tuple[int, int], ...], why: str) -> None:
         if stamp == self._bad_stamp:
