@@ -4,6 +4,7 @@ writable /tmp, and no silent fallback to running unsandboxed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -173,6 +174,52 @@ async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     assert (await reader.read(100)).strip() == b"in-the-sandbox"
     writer.close()
     await server.close()
+
+
+UNIX_PROBE = """
+import socket, sys
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print("reached", path)
+    except OSError as exc:
+        print("refused", path, exc.errno)
+"""
+
+
+async def test_host_unix_sockets_unreachable(backend: SandboxBackend, tmp_path: Path) -> None:
+    """Regression (atk10): ``--ro-bind / /`` showed the host's unix sockets and a read-only
+    mount does not stop ``connect``: a session reached PostgreSQL's ``/run/postgresql``
+    socket (``local all all trust`` here), became its superuser and ran ``COPY ... TO
+    PROGRAM`` on the host as ``postgres``. Sockets under the runtime directory and elsewhere
+    on the host (here one in a 0755 directory outside /tmp) are hidden."""
+    run_dir = Path("/run") / f"atk10-{tmp_path.name}"
+    other_dir = Path("/var/tmp") / f"atk10-{tmp_path.name}"
+    listeners = []
+    try:
+        for directory in (run_dir, other_dir):
+            directory.mkdir(mode=0o755)
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(str(directory / "svc.sock"))
+            os.chmod(directory / "svc.sock", 0o777)  # noqa: S103 - as PostgreSQL's is
+            listener.listen()
+            listeners.append(listener)
+        paths = [str(run_dir / "svc.sock"), str(other_dir / "svc.sock")]
+        postgres = "/var/run/postgresql/.s.PGSQL.5432"
+        if os.path.exists(postgres):  # noqa: ASYNC240 - one stat
+            paths.append(postgres)
+        probe = f"python3 -c '{UNIX_PROBE}' {' '.join(paths)}"
+        out = await _run(backend, _spec(backend, tmp_path, "a", "ann", probe))
+    finally:
+        for listener in listeners:
+            listener.close()
+        for directory in (run_dir, other_dir):
+            (directory / "svc.sock").unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+    assert out.count("refused") == len(paths), out
+    assert "reached" not in out
 
 
 async def test_two_data_dirs_never_share_a_workspaces_network_namespace(

@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import termios
@@ -202,6 +203,55 @@ def _ensure_netns(name: str) -> str:
     return path
 
 
+#: Where the host's services keep their unix sockets; hidden (an empty tmpfs) in every sandbox.
+_RUNTIME_DIRS = ("/run", "/var/run")
+
+
+def _host_socket_masks(data_dir: Path) -> list[str]:
+    """bubblewrap arguments hiding the host's unix sockets from a sandbox.
+
+    A unix socket is reached by its path, and ``--ro-bind / /`` shows every path: a read-only
+    mount does not stop ``connect`` (PostgreSQL's ``/run/postgresql`` socket with ``local ...
+    trust`` made any session its superuser, and ``COPY ... TO PROGRAM`` ran commands on the
+    host as ``postgres``; likewise D-Bus, container engines, the init system). So the runtime
+    directories get an empty tmpfs (``/etc/resolv.conf`` pointing into them stays readable),
+    and every other path-named socket bound in the host's network namespace
+    (``/proc/net/unix``) when the session starts is covered with ``/dev/null``. The session's
+    own sockets (credential, agent) are bound in afterwards."""
+    argv: list[str] = []
+    hidden: list[str] = []
+    for name in _RUNTIME_DIRS:
+        if os.path.isdir(name) and not os.path.islink(name):
+            argv += ["--perms", "0755", "--tmpfs", name]
+            hidden.append(name)
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if any(_within(resolv, d) for d in hidden) and os.path.isfile(resolv):
+        argv += ["--ro-bind", resolv, resolv]
+    hidden += ["/tmp", str(data_dir), "/proc", "/dev"]  # noqa: S108 - private in the sandbox
+    for path in sorted(_listening_paths()):
+        real = os.path.realpath(path)
+        if any(_within(real, d) for d in hidden):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(real).st_mode):
+                argv += ["--ro-bind", "/dev/null", real]
+    return argv
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _listening_paths() -> set[str]:
+    """Paths of the unix sockets bound in this network namespace (``/proc/net/unix``)."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return set()
+    rows = (line.split() for line in lines)
+    return {row[7] for row in rows if len(row) > 7 and row[7].startswith("/")}
+
+
 class SandboxBackend:
     """Runs sessions on this host, one home per workspace under ``root``."""
 
@@ -339,6 +389,7 @@ class SandboxBackend:
             "--proc", "/proc",
             "--perms", "1777", "--tmpfs", "/tmp",  # noqa: S108 - private, writable
             "--tmpfs", str(self.data_dir),
+            *_host_socket_masks(self.data_dir),
         ]  # fmt: skip
         for parent in reversed(home.parents):
             if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
