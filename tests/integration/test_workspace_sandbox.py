@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from stockade.core.errors import ToolMissing
-from stockade.workspace import SandboxBackend, SessionSpec, sandbox_netns
+from stockade.workspace import SandboxBackend, SessionSpec, guard_homes, sandbox_netns
 from tests.conftest import IN_CI
 
 IS_ROOT = os.geteuid() == 0
@@ -239,7 +239,8 @@ async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
             _spec(backend, tmp_path, "a", "ann", "echo mine | busybox nc -l -p 7072")
         )
         try:
-            inside = ["ip", "netns", "exec", sandbox_netns(name, tmp_path), "ss", "-ltnH"]
+            netns = sandbox_netns(name, tmp_path, uid=backend.ids(name)[0])
+            inside = ["ip", "netns", "exec", netns, "ss", "-ltnH"]
             for _ in range(100):  # until the listener is up in this backend's namespace
                 listening = subprocess.run(inside, capture_output=True, text=True, check=False)  # noqa: ASYNC221
                 if ":7072 " in listening.stdout:
@@ -257,6 +258,41 @@ async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
             await server.close()
     finally:
         other.remove_netns(name)
+
+
+async def test_a_purged_and_re_created_workspace_gets_a_new_network_namespace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): the namespace was named after the workspace (and data dir) alone.
+    Removing a workspace ends none of its sessions, and re-creating it for another owner with
+    ``--purge`` gives the newcomer a new uid but put them in the old namespace: ann's session,
+    still running, reached bob's listeners on the workspace's loopback (and he hers)."""
+    name = f"sbx-{tmp_path.name}-a"
+    old_netns = backend.netns(name)
+    ann = await backend.open(
+        _spec(backend, tmp_path, "a", "ann", "echo anns | busybox nc -l -p 7073")
+    )
+    try:
+        for _ in range(100):  # until ann's listener is up
+            listening = subprocess.run(  # noqa: ASYNC221
+                ["nsenter", f"--net={old_netns}", "ss", "-ltnH"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if ":7073 " in listening.stdout:
+                break
+            await asyncio.sleep(0.05)
+        assert ":7073 " in listening.stdout
+        old_uid = backend.ids(name)[0]
+        guard_homes(tmp_path, name, "bob", choice="purge", uids=backend.uids)
+        assert backend.ids(name)[0] != old_uid  # a fresh uid for the newcomer
+        probe = "busybox nc -w 2 127.0.0.1 7073 </dev/null || echo refused"
+        out = await _run(backend, _spec(backend, tmp_path, "a", "bob", probe, owner="bob"))
+        assert "anns" not in out, out
+        assert out.strip().endswith("refused"), out
+    finally:
+        await ann.close()
+        if old_netns is not None:
+            subprocess.run(["ip", "netns", "delete", Path(old_netns).name], check=False)  # noqa: ASYNC221
 
 
 PTRACE = """

@@ -179,14 +179,17 @@ def _session_path(home: Path) -> str:
     return f"{helpers}:{_PATH}" if helpers.is_dir() else _PATH
 
 
-def sandbox_netns(workspace: str, data_dir: Path) -> str:
-    """The name of ``workspace``'s network namespace (``/run/netns/<name>``).
+def sandbox_netns(workspace: str, data_dir: Path, *, uid: int) -> str:
+    """The name of the network namespace (``/run/netns/<name>``) of ``workspace`` running as
+    ``uid``.
 
     Named after the data dir as well as the workspace: network namespaces are global to the
     host, and two Stockade instances on one host (two data dirs, say two teams' gateways) must
     never put their workspaces of the same name in one namespace, where each would reach the
-    other's listeners."""
-    key = f"{data_dir.resolve()}\0{workspace}".encode()
+    other's listeners. And after its uid: a workspace removed and re-created for someone else
+    with ``--purge`` gets a fresh uid, while the old owner's sessions (removal ends none) stay
+    in the old namespace; sharing it, each reached the other's listeners."""
+    key = f"{data_dir.resolve()}\0{workspace}\0{uid}".encode()
     return "stockade-" + hashlib.sha256(key).hexdigest()[:12]
 
 
@@ -322,11 +325,11 @@ class SandboxBackend:
         """The path of ``workspace``'s network namespace (created on first use), or ``None``."""
         if not (self.as_root and self.network and self.bwrap is not None):
             return None
-        return _ensure_netns(sandbox_netns(workspace, self.data_dir))
+        return _ensure_netns(sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0]))
 
     def remove_netns(self, workspace: str) -> None:
         """Delete ``workspace``'s network namespace (when the workspace is removed)."""
-        name = sandbox_netns(workspace, self.data_dir)
+        name = sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0])
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
