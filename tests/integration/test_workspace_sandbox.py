@@ -305,6 +305,9 @@ if child == 0:
 attached = libc.ptrace(16, child, 0, 0)  # PTRACE_ATTACH to our own child: same uid, dumpable
 print("ptrace", "attached" if attached == 0 else os.strerror(ctypes.get_errno()), flush=True)
 os.kill(child, 9)
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)  # io_uring_setup
+print("io_uring", "made" if ring >= 0 else os.strerror(ctypes.get_errno()), flush=True)
 """
 SECCOMP_PROBE = (
     f"python3 -c '{PTRACE}'; unshare -U -r true 2>/dev/null && echo userns-made"
@@ -323,6 +326,7 @@ async def test_seccomp_refuses_ptrace_and_namespaces(
     out = await _run(backend, _spec(backend, tmp_path, "a", "ann", SECCOMP_PROBE))
     lines = out.splitlines()
     assert "ptrace Operation not permitted" in lines, out
+    assert "io_uring Operation not permitted" in lines, out  # regression (atk10)
     assert "userns-refused" in lines
     assert "Seccomp:\t2" in lines
     assert lines[-3:] == ["x", "thread", "0"]  # pipes, threads, fork and exec still work
@@ -335,6 +339,7 @@ async def test_seccomp_keeps_the_sudo_obligation_working(
     lines = (await _run(backend, spec)).splitlines()
     assert "0" in lines  # root of its own user namespace, as the obligation says
     assert "ptrace Operation not permitted" in lines
+    assert "io_uring Operation not permitted" in lines
     assert "Seccomp:\t2" in lines
     assert lines[-3:] == ["x", "thread", "0"]
 
