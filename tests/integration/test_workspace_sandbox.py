@@ -148,6 +148,35 @@ async def test_owner_planted_profile_catches_nothing_of_an_admin(
     assert agent.stat().st_uid == 0  # the admin's agent socket was not handed to ann's uid
 
 
+async def test_a_planted_agent_link_chowns_nothing_of_the_host(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): the sessions of one SSH connection share its agent socket, in a
+    directory bound writable into each sandbox. The first replaced the socket with a symlink
+    to a root-only host file; opening the second chowned the path, as root, following the
+    link: the file became the workspace uid's, and the session read it."""
+    victim = Path("/var/tmp") / f"atk10-victim-{tmp_path.name}"
+    victim.write_text("root only\n")
+    victim.chmod(0o600)
+    agent_dir = tmp_path / "agent-conn"
+    agent_dir.mkdir()
+    agent = agent_dir / "agent"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(agent))
+    try:
+        plant = f"rm -f $SSH_AUTH_SOCK; ln -s {victim} $SSH_AUTH_SOCK && echo planted"
+        first = _spec(backend, tmp_path, "a", "ann", plant, agent_path=str(agent))
+        assert "planted" in await _run(backend, first)
+        second = _spec(backend, tmp_path, "a", "ann", f"cat {victim}", agent_path=str(agent))
+        out = await _run(backend, second)
+        owner = victim.stat().st_uid
+    finally:
+        listener.close()
+        victim.unlink()
+    assert owner == 0, "a host file was given to the workspace uid"
+    assert "root only" not in out
+
+
 async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     backend: SandboxBackend, tmp_path: Path
 ) -> None:

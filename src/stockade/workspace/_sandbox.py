@@ -168,6 +168,34 @@ class LocalWorkload:
         await close_quietly(credentials)  # the broker's socket goes with the session
 
 
+def _grant_socket(path: Path, uid: int, gid: int) -> None:
+    """Give the forwarded agent's socket (and its directory) to the workspace uid, following
+    no link.
+
+    The directory is bound into the sandbox writable, and every session of one SSH connection
+    shares it: an earlier session can put a symlink where the socket was, and a plain
+    ``chown`` of the path, as root, followed it (``ln -s /etc/ssh/ssh_host_ed25519_key
+    $SSH_AUTH_SOCK``, then a second session made the host's key the workspace's and read it).
+    Anything but a socket is left alone: that session just has no agent."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        _log.warning("agent_socket_unusable", path=str(path), error=exc.strerror)
+        return
+    try:
+        os.fchown(folder, uid, gid)
+        try:
+            mode = os.stat(path.name, dir_fd=folder, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if not stat.S_ISSOCK(mode):
+            _log.warning("agent_socket_unusable", path=str(path), error="not a socket")
+            return
+        os.chown(path.name, uid, gid, dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
+
+
 #: Called with (home, uid, gid) before each session in that home; configuration only.
 HomeHook = Callable[[Path, int, int], None]
 
@@ -504,9 +532,7 @@ class SandboxBackend:
             return
         uid, gid = self.ids(spec.workspace)
         if spec.agent_path:
-            path = Path(spec.agent_path)
-            os.chown(path.parent, uid, gid)
-            os.chown(path, uid, gid)
+            _grant_socket(Path(spec.agent_path), uid, gid)
         if spec.credential_socket:
             os.chown(spec.credential_socket, uid, gid)
             os.chmod(spec.credential_socket, 0o600)
