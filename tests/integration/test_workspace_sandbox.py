@@ -324,6 +324,28 @@ async def test_a_purged_and_re_created_workspace_gets_a_new_network_namespace(
             subprocess.run(["ip", "netns", "delete", Path(old_netns).name], check=False)  # noqa: ASYNC221
 
 
+async def test_a_handed_over_workspace_ends_its_former_holders_sessions(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): removing a workspace ends none of its sandbox sessions, and
+    re-creating it for alice with ``--reuse-home`` keeps its uid and home. Mallory's session,
+    still running, kept writing there as that uid (a ``~/.profile`` that runs in alice's
+    logins, next to her credential socket). As the Podman runtime replaces a Pod started for
+    another holder, the sandbox ends the former holder's sessions when the workspace's owner
+    or uid changes."""
+    plant = "sleep 3; echo 'echo owned' > $HOME/.profile"
+    mallory = await backend.open(_spec(backend, tmp_path, "a", "mallory", plant))
+    try:
+        alice = await backend.open(_spec(backend, tmp_path, "a", "alice", "sleep 5"))
+        status = await asyncio.wait_for(mallory.wait(), 10)
+        await alice.close()
+    finally:
+        await mallory.close()
+    assert status.signal is not None, status  # ended, not left to finish
+    home = backend.home(f"sbx-{tmp_path.name}-a")
+    assert not (home / ".profile").exists()  # nothing planted after the handover
+
+
 PTRACE = """
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)

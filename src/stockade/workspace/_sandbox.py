@@ -103,6 +103,11 @@ class LocalWorkload:
         self._pidfd = os.pidfd_open(proc.pid)
         self._status: ExitStatus | None = None
 
+    @property
+    def running(self) -> bool:
+        """Whether the session's process has not been reaped yet."""
+        return self._status is None and self._proc.poll() is None
+
     async def read_stdout(self) -> bytes:
         return await self._stdout.read()
 
@@ -329,6 +334,8 @@ class SandboxBackend:
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.network = network
         self.sockets = CredentialSockets(data_dir=self.data_dir, opener=sockets)
+        self._live: dict[str, list[tuple[tuple[str, int], LocalWorkload]]] = {}
+        """Each workspace's running sessions with the holder (owner, uid) they started for."""
         self.seccomp = self.bwrap is not None and os.uname().machine == SECCOMP_SUPPORTED
         if self.bwrap is not None and not self.seccomp:
             _log.warning(
@@ -582,8 +589,10 @@ class SandboxBackend:
                 " or forwarded agent for another user's session",
             )
             spec = without_credentials(spec)
-        home = self.home(spec.workspace)
         ids = self.ids(spec.workspace)
+        holder = (str(spec.workspace_config.get("owner")), ids[0])
+        await self._end_former_holders(spec.workspace, holder)
+        home = self.home(spec.workspace)
         handle = None
         if self.bwrap is not None and not spec.credential_socket:
             # owned by the workspace's uid (as root; else ours, which the session runs as)
@@ -591,10 +600,32 @@ class SandboxBackend:
             if path is not None:
                 spec = dataclasses.replace(spec, credential_socket=path)
         try:
-            return self._start(spec, home, ids, handle)
+            work = self._start(spec, home, ids, handle)
         except BaseException:
             await close_quietly(handle)
             raise
+        self._live.setdefault(spec.workspace, []).append((holder, work))
+        return work
+
+    async def _end_former_holders(self, workspace: str, holder: tuple[str, int]) -> None:
+        """End the sessions ``workspace`` is still running for another holder (owner, uid).
+
+        Removing a workspace ends none of its sessions; given again (``--reuse-home`` keeps
+        its uid and home), the former owner's session kept writing the new owner's home as
+        that uid (a ``~/.profile`` running in their logins, beside their credential socket).
+        The Podman runtime replaces a Pod started for another holder; here its sessions end."""
+        live = [(h, w) for h, w in self._live.get(workspace, []) if w.running]
+        former = [w for h, w in live if h != holder]
+        if former:
+            _log.warning(
+                "workspace_sessions_ended",
+                workspace=workspace,
+                sessions=len(former),
+                reason="the workspace's owner or uid changed",
+            )
+            for work in former:
+                await work.close()
+        self._live[workspace] = [(h, w) for h, w in live if h == holder]
 
     def _start(
         self, spec: SessionSpec, home: Path, ids: tuple[int, int], handle: Closable | None
