@@ -346,6 +346,31 @@ async def test_a_handed_over_workspace_ends_its_former_holders_sessions(
     assert not (home / ".profile").exists()  # nothing planted after the handover
 
 
+async def test_tools_planted_in_the_home_never_run_for_the_sandbox(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): ``nsenter``, ``setpriv`` and ``unshare`` were bare names, found
+    through the session's PATH, which begins with ``~/.stockade/bin``. A session wrote an
+    ``nsenter`` there and the next session ran it as root on the host (outside the sandbox),
+    and its ``setpriv`` as root inside it."""
+    marker = tmp_path / "ran-as-root"
+    fake = (
+        f'#!/bin/sh\nid -u >> {marker}; id -u >> "$HOME/ran"\nexec /usr/bin/$(basename $0) "$@"\n'
+    )
+    plant = (
+        "mkdir -p $HOME/.stockade/bin && cd $HOME/.stockade/bin &&"
+        f" printf '{fake}' > nsenter && cp nsenter setpriv && cp nsenter unshare &&"
+        " chmod 755 nsenter setpriv unshare && echo planted"
+    )
+    assert "planted" in await _run(backend, _spec(backend, tmp_path, "a", "ann", plant))
+    for sudo in (False, True):
+        out = await _run(backend, _spec(backend, tmp_path, "a", "ann", "id -u", sudo=sudo))
+        assert out.strip() in {"0", str(backend.ids(f"sbx-{tmp_path.name}-a")[0])}, out
+    assert not marker.exists(), "a tool from the home ran on the host"
+    ran = await _run(backend, _spec(backend, tmp_path, "a", "ann", "cat $HOME/ran 2>/dev/null"))
+    assert "0" not in ran.split(), "a tool from the home ran as root in the sandbox"
+
+
 PTRACE = """
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)

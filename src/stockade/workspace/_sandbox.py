@@ -55,6 +55,9 @@ __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbo
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Where the tools the sandbox runs are looked up: the host's own directories, never the
+#: session's PATH (it starts with the home's ``.stockade/bin``, which the session writes).
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 #: Capacity of a session's stdout pipe: four reads of CHUNK.
 PIPE_SIZE = 4 * CHUNK
@@ -288,6 +291,20 @@ def _listening_paths() -> set[str]:
     return {row[7] for row in rows if len(row) > 7 and row[7].startswith("/")}
 
 
+def _system_tool(name: str) -> str:
+    """The absolute path of ``name`` in :data:`_SYSTEM_PATH`.
+
+    The sandbox's commands (``nsenter`` around bubblewrap, ``setpriv`` and ``unshare`` inside
+    it) must never be found through the session's environment: ``subprocess`` and bubblewrap
+    resolve a bare name with the child's PATH, the session's, which begins with
+    ``~/.stockade/bin``. A session put an ``nsenter`` there and the next one ran it as root
+    on the host, outside any sandbox (its ``setpriv`` ran as root inside, with CAP_SETUID)."""
+    path = shutil.which(name, path=_SYSTEM_PATH)
+    if path is None:
+        raise ToolMissing(name, "util-linux")
+    return path
+
+
 class SandboxBackend:
     """Runs sessions on this host, one home per workspace under ``root``."""
 
@@ -328,6 +345,7 @@ class SandboxBackend:
             # auto never falls back to no isolation
             raise ToolMissing("bwrap", "bubblewrap (or podman, for container workspaces)")
         self.bwrap = bwrap if sandbox != "none" else None
+        self._tools: dict[str, str] = {}
         self.as_root = os.geteuid() == 0
         self.uid = uid if self.as_root else os.geteuid()
         self.gid = gid if self.as_root else os.getegid()
@@ -453,17 +471,22 @@ class SandboxBackend:
         inner = ["/bin/sh", "-c", 'cd "$HOME" && exec "$@"', "sh"]
         if spec.sudo:
             # root of its own user namespace: owns the workspace, nothing outside it
-            inner += ["unshare", "--user", "--map-root-user", "--"]
+            inner += [self._tool("unshare"), "--user", "--map-root-user", "--"]
         if not self.as_root:
             return [*argv, "--", *inner, *program]
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
         uid, gid = self.ids(spec.workspace)
         drop = [
-            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            self._tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--",
         ]  # fmt: skip
-        enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
+        enter = [] if netns is None else [self._tool("nsenter"), f"--net={netns}", "--"]
         return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _tool(self, name: str) -> str:
+        if name not in self._tools:
+            self._tools[name] = _system_tool(name)
+        return self._tools[name]
 
     def _socket_mount(self, path: Path, home: Path) -> list[str]:
         """bubblewrap arguments showing the socket at ``path`` and nothing else of its
