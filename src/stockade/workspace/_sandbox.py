@@ -246,7 +246,7 @@ def _ensure_netns(name: str) -> str:
 _RUNTIME_DIRS = ("/run", "/var/run")
 
 
-def _host_socket_masks(data_dir: Path) -> list[str]:
+def _host_socket_masks(data_dir: Path, homes: Path) -> list[str]:
     """bubblewrap arguments hiding the host's unix sockets from a sandbox.
 
     A unix socket is reached by its path, and ``--ro-bind / /`` shows every path: a read-only
@@ -256,7 +256,8 @@ def _host_socket_masks(data_dir: Path) -> list[str]:
     directories get an empty tmpfs (``/etc/resolv.conf`` pointing into them stays readable),
     and every other path-named socket bound in the host's network namespace
     (``/proc/net/unix``) when the session starts is covered with ``/dev/null``. The session's
-    own sockets (credential, agent) are bound in afterwards."""
+    own sockets (credential, agent) are bound in afterwards; sockets under ``homes`` are left
+    as they are (each home is 0700 to its own uid, and the session's own is bound over it)."""
     argv: list[str] = []
     hidden: list[str] = []
     for name in _RUNTIME_DIRS:
@@ -266,7 +267,7 @@ def _host_socket_masks(data_dir: Path) -> list[str]:
     resolv = os.path.realpath("/etc/resolv.conf")
     if any(_within(resolv, d) for d in hidden) and os.path.isfile(resolv):
         argv += ["--ro-bind", resolv, resolv]
-    hidden += ["/tmp", str(data_dir), "/proc", "/dev"]  # noqa: S108 - private in the sandbox
+    hidden += ["/tmp", str(data_dir), str(homes), "/proc", "/dev"]  # noqa: S108 - private here
     for path in sorted(_listening_paths()):
         real = os.path.realpath(path)
         if any(_within(real, d) for d in hidden):
@@ -445,7 +446,7 @@ class SandboxBackend:
             "--proc", "/proc",
             "--perms", "1777", "--tmpfs", "/tmp",  # noqa: S108 - private, writable
             "--tmpfs", str(self.data_dir),
-            *_host_socket_masks(self.data_dir),
+            *_host_socket_masks(self.data_dir, self.root),
         ]  # fmt: skip
         for parent in reversed(home.parents):
             if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
