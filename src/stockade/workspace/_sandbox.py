@@ -3,18 +3,23 @@ bubblewrap.
 
 A session gets new PID, IPC and UTS namespaces, a read-only view of the host with a private,
 writable ``/tmp`` (1777), the data dir hidden except its own home (the only other writable
-place), ``no_new_privs``, an empty capability set and a seccomp filter
-(:func:`~stockade.workspace._seccomp.sandbox_filter`: no ptrace, namespaces, mounts or
-keyrings). Each workspace runs as its own uid (:class:`~stockade.workspace.UidAllocator`,
-stable across restarts), under its user's name in a generated ``/etc/passwd``; with
-``network=True`` (as root) it runs in its own network namespace (``stockade-<hash>``,
-loopback only: the gateway host's listeners are out of reach; forwards enter it through
-:meth:`SandboxBackend.open_connection_in`). Each session gets its own broker socket
-(:class:`~stockade.workspace.CredentialSockets`), owned by the workspace's uid and bound into
-its sandbox alone, on an unlistable tmpfs: the credential helpers use it
-(``STOCKADE_CREDENTIAL_SOCKET``), so the session holds no ``STOCKADE_TOKEN`` and needs no
-route to the broker. With the ``sudo`` obligation a session is root of its own user namespace
-(it owns the workspace and nothing else).
+place), the host's unix sockets hidden (:func:`_host_socket_masks`), ``no_new_privs``, an empty
+capability set and a seccomp filter (:func:`~stockade.workspace._seccomp.sandbox_filter`: no
+ptrace, namespaces, mounts or keyrings). Each workspace runs as its own uid
+(:class:`~stockade.workspace.UidAllocator`, stable across restarts), under its user's name in a
+generated ``/etc/passwd``; with ``network=True`` (as root) it runs in its own network namespace
+(``stockade-<hash>``, loopback only: the gateway host's listeners are out of reach; forwards
+enter it through :meth:`SandboxBackend.open_connection_in`). Each session gets its own broker
+socket (:class:`~stockade.workspace.CredentialSockets`), owned by the workspace's uid and bound
+into its sandbox alone, on an unlistable tmpfs: the credential helpers use it
+(``STOCKADE_CREDENTIAL_SOCKET``), so the session holds no ``STOCKADE_TOKEN`` and needs no route
+to the broker. With the ``sudo`` obligation a session is root of its own user namespace (it owns
+the workspace and nothing else). When a workspace changes hands (its owner or uid differs from
+its running sessions'), the former holder's sessions end first.
+
+Everything this module does as root on a session's behalf treats the home and the agent's
+directory as the session's: tools run by absolute path (never through the session's PATH,
+which begins with ``~/.stockade/bin``), and no link there is followed.
 
 ``auto`` never falls back to no isolation: without bubblewrap the backend refuses to start and
 says what to install. Only an explicit ``none`` runs plain subprocesses (as the workspace uid).
