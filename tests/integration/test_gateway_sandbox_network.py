@@ -17,7 +17,7 @@ import pytest
 from gateway.harness import gateway_env
 
 from stockade.core.settings import Settings
-from stockade.workspace import sandbox_netns
+from stockade.workspace import UidAllocator, sandbox_netns
 from tests.conftest import IN_CI
 
 pytestmark = [
@@ -39,6 +39,12 @@ PROBE = (
 )
 
 
+def _netns(name: str, data_dir: Path) -> str:
+    """The sandbox network namespace of workspace ``name`` (named after its uid too)."""
+    uid = UidAllocator(data_dir / "workspace-uids.json").known().get(name, -1)
+    return sandbox_netns(name, data_dir, uid=uid)
+
+
 @pytest.mark.parametrize("isolated", [False, True], ids=["off", "default"])
 async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
     tmp_path: Path, nats_url: str, isolated: bool
@@ -54,7 +60,7 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
             )
             if isolated:  # a forward enters the workspace's namespace (its own loopback)
                 inside = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", sandbox_netns(name, tmp_path / "data"),
+                    "ip", "netns", "exec", _netns(name, tmp_path / "data"),
                     sys.executable, "-c", LISTENER,
                     stdout=asyncio.subprocess.PIPE,
                 )  # fmt: skip
@@ -75,7 +81,7 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
                 await inside.wait()
     finally:
         host.close()
-        netns = ["ip", "netns", "delete", sandbox_netns(name, tmp_path / "data")]
+        netns = ["ip", "netns", "delete", _netns(name, tmp_path / "data")]
         subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
     out = result.stdout.decode()
     assert "done" in out, result.stderr.decode()

@@ -4,6 +4,7 @@ writable /tmp, and no silent fallback to running unsandboxed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from stockade.core.errors import ToolMissing
-from stockade.workspace import SandboxBackend, SessionSpec, sandbox_netns
+from stockade.workspace import SandboxBackend, SessionSpec, guard_homes, sandbox_netns
 from tests.conftest import IN_CI
 
 IS_ROOT = os.geteuid() == 0
@@ -147,6 +148,35 @@ async def test_owner_planted_profile_catches_nothing_of_an_admin(
     assert agent.stat().st_uid == 0  # the admin's agent socket was not handed to ann's uid
 
 
+async def test_a_planted_agent_link_chowns_nothing_of_the_host(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): the sessions of one SSH connection share its agent socket, in a
+    directory bound writable into each sandbox. The first replaced the socket with a symlink
+    to a root-only host file; opening the second chowned the path, as root, following the
+    link: the file became the workspace uid's, and the session read it."""
+    victim = Path("/var/tmp") / f"atk10-victim-{tmp_path.name}"
+    victim.write_text("root only\n")
+    victim.chmod(0o600)
+    agent_dir = tmp_path / "agent-conn"
+    agent_dir.mkdir()
+    agent = agent_dir / "agent"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(agent))
+    try:
+        plant = f"rm -f $SSH_AUTH_SOCK; ln -s {victim} $SSH_AUTH_SOCK && echo planted"
+        first = _spec(backend, tmp_path, "a", "ann", plant, agent_path=str(agent))
+        assert "planted" in await _run(backend, first)
+        second = _spec(backend, tmp_path, "a", "ann", f"cat {victim}", agent_path=str(agent))
+        out = await _run(backend, second)
+        owner = victim.stat().st_uid
+    finally:
+        listener.close()
+        victim.unlink()
+    assert owner == 0, "a host file was given to the workspace uid"
+    assert "root only" not in out
+
+
 async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     backend: SandboxBackend, tmp_path: Path
 ) -> None:
@@ -175,6 +205,52 @@ async def test_host_loopback_unreachable_and_forwards_enter_the_namespace(
     await server.close()
 
 
+UNIX_PROBE = """
+import socket, sys
+for path in sys.argv[1:]:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        print("reached", path)
+    except OSError as exc:
+        print("refused", path, exc.errno)
+"""
+
+
+async def test_host_unix_sockets_unreachable(backend: SandboxBackend, tmp_path: Path) -> None:
+    """Regression (atk10): ``--ro-bind / /`` showed the host's unix sockets and a read-only
+    mount does not stop ``connect``: a session reached PostgreSQL's ``/run/postgresql``
+    socket (``local all all trust`` here), became its superuser and ran ``COPY ... TO
+    PROGRAM`` on the host as ``postgres``. Sockets under the runtime directory and elsewhere
+    on the host (here one in a 0755 directory outside /tmp) are hidden."""
+    run_dir = Path("/run") / f"atk10-{tmp_path.name}"
+    other_dir = Path("/var/tmp") / f"atk10-{tmp_path.name}"
+    listeners = []
+    try:
+        for directory in (run_dir, other_dir):
+            directory.mkdir(mode=0o755)
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(str(directory / "svc.sock"))
+            os.chmod(directory / "svc.sock", 0o777)  # noqa: S103 - as PostgreSQL's is
+            listener.listen()
+            listeners.append(listener)
+        paths = [str(run_dir / "svc.sock"), str(other_dir / "svc.sock")]
+        postgres = "/var/run/postgresql/.s.PGSQL.5432"
+        if os.path.exists(postgres):  # noqa: ASYNC240 - one stat
+            paths.append(postgres)
+        probe = f"python3 -c '{UNIX_PROBE}' {' '.join(paths)}"
+        out = await _run(backend, _spec(backend, tmp_path, "a", "ann", probe))
+    finally:
+        for listener in listeners:
+            listener.close()
+        for directory in (run_dir, other_dir):
+            (directory / "svc.sock").unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+    assert out.count("refused") == len(paths), out
+    assert "reached" not in out
+
+
 async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
     backend: SandboxBackend, tmp_path: Path
 ) -> None:
@@ -192,7 +268,8 @@ async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
             _spec(backend, tmp_path, "a", "ann", "echo mine | busybox nc -l -p 7072")
         )
         try:
-            inside = ["ip", "netns", "exec", sandbox_netns(name, tmp_path), "ss", "-ltnH"]
+            netns = sandbox_netns(name, tmp_path, uid=backend.ids(name)[0])
+            inside = ["ip", "netns", "exec", netns, "ss", "-ltnH"]
             for _ in range(100):  # until the listener is up in this backend's namespace
                 listening = subprocess.run(inside, capture_output=True, text=True, check=False)  # noqa: ASYNC221
                 if ":7072 " in listening.stdout:
@@ -212,6 +289,88 @@ async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
         other.remove_netns(name)
 
 
+async def test_a_purged_and_re_created_workspace_gets_a_new_network_namespace(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): the namespace was named after the workspace (and data dir) alone.
+    Removing a workspace ends none of its sessions, and re-creating it for another owner with
+    ``--purge`` gives the newcomer a new uid but put them in the old namespace: ann's session,
+    still running, reached bob's listeners on the workspace's loopback (and he hers)."""
+    name = f"sbx-{tmp_path.name}-a"
+    old_netns = backend.netns(name)
+    ann = await backend.open(
+        _spec(backend, tmp_path, "a", "ann", "echo anns | busybox nc -l -p 7073")
+    )
+    try:
+        for _ in range(100):  # until ann's listener is up
+            listening = subprocess.run(  # noqa: ASYNC221
+                ["nsenter", f"--net={old_netns}", "ss", "-ltnH"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if ":7073 " in listening.stdout:
+                break
+            await asyncio.sleep(0.05)
+        assert ":7073 " in listening.stdout
+        old_uid = backend.ids(name)[0]
+        guard_homes(tmp_path, name, "bob", choice="purge", uids=backend.uids)
+        assert backend.ids(name)[0] != old_uid  # a fresh uid for the newcomer
+        probe = "busybox nc -w 2 127.0.0.1 7073 </dev/null || echo refused"
+        out = await _run(backend, _spec(backend, tmp_path, "a", "bob", probe, owner="bob"))
+        assert "anns" not in out, out
+        assert out.strip().endswith("refused"), out
+    finally:
+        await ann.close()
+        if old_netns is not None:
+            subprocess.run(["ip", "netns", "delete", Path(old_netns).name], check=False)  # noqa: ASYNC221
+
+
+async def test_a_handed_over_workspace_ends_its_former_holders_sessions(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): removing a workspace ends none of its sandbox sessions, and
+    re-creating it for alice with ``--reuse-home`` keeps its uid and home. Mallory's session,
+    still running, kept writing there as that uid (a ``~/.profile`` that runs in alice's
+    logins, next to her credential socket). As the Podman runtime replaces a Pod started for
+    another holder, the sandbox ends the former holder's sessions when the workspace's owner
+    or uid changes."""
+    plant = "sleep 3; echo 'echo owned' > $HOME/.profile"
+    mallory = await backend.open(_spec(backend, tmp_path, "a", "mallory", plant))
+    try:
+        alice = await backend.open(_spec(backend, tmp_path, "a", "alice", "sleep 5"))
+        status = await asyncio.wait_for(mallory.wait(), 10)
+        await alice.close()
+    finally:
+        await mallory.close()
+    assert status.signal is not None, status  # ended, not left to finish
+    home = backend.home(f"sbx-{tmp_path.name}-a")
+    assert not (home / ".profile").exists()  # nothing planted after the handover
+
+
+async def test_tools_planted_in_the_home_never_run_for_the_sandbox(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (atk10): ``nsenter``, ``setpriv`` and ``unshare`` were bare names, found
+    through the session's PATH, which begins with ``~/.stockade/bin``. A session wrote an
+    ``nsenter`` there and the next session ran it as root on the host (outside the sandbox),
+    and its ``setpriv`` as root inside it."""
+    marker = tmp_path / "ran-as-root"
+    fake = (
+        f'#!/bin/sh\nid -u >> {marker}; id -u >> "$HOME/ran"\nexec /usr/bin/$(basename $0) "$@"\n'
+    )
+    plant = (
+        "mkdir -p $HOME/.stockade/bin && cd $HOME/.stockade/bin &&"
+        f" printf '{fake}' > nsenter && cp nsenter setpriv && cp nsenter unshare &&"
+        " chmod 755 nsenter setpriv unshare && echo planted"
+    )
+    assert "planted" in await _run(backend, _spec(backend, tmp_path, "a", "ann", plant))
+    for sudo in (False, True):
+        out = await _run(backend, _spec(backend, tmp_path, "a", "ann", "id -u", sudo=sudo))
+        assert out.strip() in {"0", str(backend.ids(f"sbx-{tmp_path.name}-a")[0])}, out
+    assert not marker.exists(), "a tool from the home ran on the host"
+    ran = await _run(backend, _spec(backend, tmp_path, "a", "ann", "cat $HOME/ran 2>/dev/null"))
+    assert "0" not in ran.split(), "a tool from the home ran as root in the sandbox"
+
+
 PTRACE = """
 import ctypes, os, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -222,6 +381,9 @@ if child == 0:
 attached = libc.ptrace(16, child, 0, 0)  # PTRACE_ATTACH to our own child: same uid, dumpable
 print("ptrace", "attached" if attached == 0 else os.strerror(ctypes.get_errno()), flush=True)
 os.kill(child, 9)
+params = ctypes.create_string_buffer(120)
+ring = libc.syscall(425, 8, params)  # io_uring_setup
+print("io_uring", "made" if ring >= 0 else os.strerror(ctypes.get_errno()), flush=True)
 """
 SECCOMP_PROBE = (
     f"python3 -c '{PTRACE}'; unshare -U -r true 2>/dev/null && echo userns-made"
@@ -240,6 +402,7 @@ async def test_seccomp_refuses_ptrace_and_namespaces(
     out = await _run(backend, _spec(backend, tmp_path, "a", "ann", SECCOMP_PROBE))
     lines = out.splitlines()
     assert "ptrace Operation not permitted" in lines, out
+    assert "io_uring Operation not permitted" in lines, out  # regression (atk10)
     assert "userns-refused" in lines
     assert "Seccomp:\t2" in lines
     assert lines[-3:] == ["x", "thread", "0"]  # pipes, threads, fork and exec still work
@@ -252,6 +415,7 @@ async def test_seccomp_keeps_the_sudo_obligation_working(
     lines = (await _run(backend, spec)).splitlines()
     assert "0" in lines  # root of its own user namespace, as the obligation says
     assert "ptrace Operation not permitted" in lines
+    assert "io_uring Operation not permitted" in lines
     assert "Seccomp:\t2" in lines
     assert lines[-3:] == ["x", "thread", "0"]
 

@@ -3,18 +3,23 @@ bubblewrap.
 
 A session gets new PID, IPC and UTS namespaces, a read-only view of the host with a private,
 writable ``/tmp`` (1777), the data dir hidden except its own home (the only other writable
-place), ``no_new_privs``, an empty capability set and a seccomp filter
-(:func:`~stockade.workspace._seccomp.sandbox_filter`: no ptrace, namespaces, mounts or
-keyrings). Each workspace runs as its own uid (:class:`~stockade.workspace.UidAllocator`,
-stable across restarts), under its user's name in a generated ``/etc/passwd``; with
-``network=True`` (as root) it runs in its own network namespace (``stockade-<hash>``,
-loopback only: the gateway host's listeners are out of reach; forwards enter it through
-:meth:`SandboxBackend.open_connection_in`). Each session gets its own broker socket
-(:class:`~stockade.workspace.CredentialSockets`), owned by the workspace's uid and bound into
-its sandbox alone, on an unlistable tmpfs: the credential helpers use it
-(``STOCKADE_CREDENTIAL_SOCKET``), so the session holds no ``STOCKADE_TOKEN`` and needs no
-route to the broker. With the ``sudo`` obligation a session is root of its own user namespace
-(it owns the workspace and nothing else).
+place), the host's unix sockets hidden (:func:`_host_socket_masks`), ``no_new_privs``, an empty
+capability set and a seccomp filter (:func:`~stockade.workspace._seccomp.sandbox_filter`: no
+ptrace, namespaces, mounts or keyrings). Each workspace runs as its own uid
+(:class:`~stockade.workspace.UidAllocator`, stable across restarts), under its user's name in a
+generated ``/etc/passwd``; with ``network=True`` (as root) it runs in its own network namespace
+(``stockade-<hash>``, loopback only: the gateway host's listeners are out of reach; forwards
+enter it through :meth:`SandboxBackend.open_connection_in`). Each session gets its own broker
+socket (:class:`~stockade.workspace.CredentialSockets`), owned by the workspace's uid and bound
+into its sandbox alone, on an unlistable tmpfs: the credential helpers use it
+(``STOCKADE_CREDENTIAL_SOCKET``), so the session holds no ``STOCKADE_TOKEN`` and needs no route
+to the broker. With the ``sudo`` obligation a session is root of its own user namespace (it owns
+the workspace and nothing else). When a workspace changes hands (its owner or uid differs from
+its running sessions'), the former holder's sessions end first.
+
+Everything this module does as root on a session's behalf treats the home and the agent's
+directory as the session's: tools run by absolute path (never through the session's PATH,
+which begins with ``~/.stockade/bin``), and no link there is followed.
 
 ``auto`` never falls back to no isolation: without bubblewrap the backend refuses to start and
 says what to install. Only an explicit ``none`` runs plain subprocesses (as the workspace uid).
@@ -33,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import termios
@@ -54,6 +60,9 @@ __all__ = ["SFTP_SERVER", "HomeHook", "LocalWorkload", "SandboxBackend", "sandbo
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 _PATH = "/usr/local/bin:/usr/bin:/bin"
+#: Where the tools the sandbox runs are looked up: the host's own directories, never the
+#: session's PATH (it starts with the home's ``.stockade/bin``, which the session writes).
+_SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 #: Capacity of a session's stdout pipe: four reads of CHUNK.
 PIPE_SIZE = 4 * CHUNK
@@ -101,6 +110,11 @@ class LocalWorkload:
         self._master = master
         self._pidfd = os.pidfd_open(proc.pid)
         self._status: ExitStatus | None = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the session's process has not been reaped yet."""
+        return self._status is None and self._proc.poll() is None
 
     async def read_stdout(self) -> bytes:
         return await self._stdout.read()
@@ -167,6 +181,34 @@ class LocalWorkload:
         await close_quietly(credentials)  # the broker's socket goes with the session
 
 
+def _grant_socket(path: Path, uid: int, gid: int) -> None:
+    """Give the forwarded agent's socket (and its directory) to the workspace uid, following
+    no link.
+
+    The directory is bound into the sandbox writable, and every session of one SSH connection
+    shares it: an earlier session can put a symlink where the socket was, and a plain
+    ``chown`` of the path, as root, followed it (``ln -s /etc/ssh/ssh_host_ed25519_key
+    $SSH_AUTH_SOCK``, then a second session made the host's key the workspace's and read it).
+    Anything but a socket is left alone: that session just has no agent."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        _log.warning("agent_socket_unusable", path=str(path), error=exc.strerror)
+        return
+    try:
+        os.fchown(folder, uid, gid)
+        try:
+            mode = os.stat(path.name, dir_fd=folder, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if not stat.S_ISSOCK(mode):
+            _log.warning("agent_socket_unusable", path=str(path), error="not a socket")
+            return
+        os.chown(path.name, uid, gid, dir_fd=folder, follow_symlinks=False)
+    finally:
+        os.close(folder)
+
+
 #: Called with (home, uid, gid) before each session in that home; configuration only.
 HomeHook = Callable[[Path, int, int], None]
 
@@ -178,14 +220,17 @@ def _session_path(home: Path) -> str:
     return f"{helpers}:{_PATH}" if helpers.is_dir() else _PATH
 
 
-def sandbox_netns(workspace: str, data_dir: Path) -> str:
-    """The name of ``workspace``'s network namespace (``/run/netns/<name>``).
+def sandbox_netns(workspace: str, data_dir: Path, *, uid: int) -> str:
+    """The name of the network namespace (``/run/netns/<name>``) of ``workspace`` running as
+    ``uid``.
 
     Named after the data dir as well as the workspace: network namespaces are global to the
     host, and two Stockade instances on one host (two data dirs, say two teams' gateways) must
     never put their workspaces of the same name in one namespace, where each would reach the
-    other's listeners."""
-    key = f"{data_dir.resolve()}\0{workspace}".encode()
+    other's listeners. And after its uid: a workspace removed and re-created for someone else
+    with ``--purge`` gets a fresh uid, while the old owner's sessions (removal ends none) stay
+    in the old namespace; sharing it, each reached the other's listeners."""
+    key = f"{data_dir.resolve()}\0{workspace}\0{uid}".encode()
     return "stockade-" + hashlib.sha256(key).hexdigest()[:12]
 
 
@@ -199,6 +244,70 @@ def _ensure_netns(name: str) -> str:
         if added.returncode != 0 and not os.path.exists(path):
             raise BackendError(f"creating network namespace {name} failed")
         subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=False)
+    return path
+
+
+#: Where the host's services keep their unix sockets; hidden (an empty tmpfs) in every sandbox.
+_RUNTIME_DIRS = ("/run", "/var/run")
+
+
+def _host_socket_masks(data_dir: Path, homes: Path) -> list[str]:
+    """bubblewrap arguments hiding the host's unix sockets from a sandbox.
+
+    A unix socket is reached by its path, and ``--ro-bind / /`` shows every path: a read-only
+    mount does not stop ``connect`` (PostgreSQL's ``/run/postgresql`` socket with ``local ...
+    trust`` made any session its superuser, and ``COPY ... TO PROGRAM`` ran commands on the
+    host as ``postgres``; likewise D-Bus, container engines, the init system). So the runtime
+    directories get an empty tmpfs (``/etc/resolv.conf`` pointing into them stays readable),
+    and every other path-named socket bound in the host's network namespace
+    (``/proc/net/unix``) when the session starts is covered with ``/dev/null``. The session's
+    own sockets (credential, agent) are bound in afterwards; sockets under ``homes`` are left
+    as they are (each home is 0700 to its own uid, and the session's own is bound over it)."""
+    argv: list[str] = []
+    hidden: list[str] = []
+    for name in _RUNTIME_DIRS:
+        if os.path.isdir(name) and not os.path.islink(name):
+            argv += ["--perms", "0755", "--tmpfs", name]
+            hidden.append(name)
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if any(_within(resolv, d) for d in hidden) and os.path.isfile(resolv):
+        argv += ["--ro-bind", resolv, resolv]
+    hidden += ["/tmp", str(data_dir), str(homes), "/proc", "/dev"]  # noqa: S108 - private here
+    for path in sorted(_listening_paths()):
+        real = os.path.realpath(path)
+        if any(_within(real, d) for d in hidden):
+            continue
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(real).st_mode):
+                argv += ["--ro-bind", "/dev/null", real]
+    return argv
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _listening_paths() -> set[str]:
+    """Paths of the unix sockets bound in this network namespace (``/proc/net/unix``)."""
+    try:
+        lines = Path("/proc/net/unix").read_text(errors="replace").splitlines()[1:]
+    except OSError:
+        return set()
+    rows = (line.split() for line in lines)
+    return {row[7] for row in rows if len(row) > 7 and row[7].startswith("/")}
+
+
+def _system_tool(name: str) -> str:
+    """The absolute path of ``name`` in :data:`_SYSTEM_PATH`.
+
+    The sandbox's commands (``nsenter`` around bubblewrap, ``setpriv`` and ``unshare`` inside
+    it) must never be found through the session's environment: ``subprocess`` and bubblewrap
+    resolve a bare name with the child's PATH, the session's, which begins with
+    ``~/.stockade/bin``. A session put an ``nsenter`` there and the next one ran it as root
+    on the host, outside any sandbox (its ``setpriv`` ran as root inside, with CAP_SETUID)."""
+    path = shutil.which(name, path=_SYSTEM_PATH)
+    if path is None:
+        raise ToolMissing(name, "util-linux")
     return path
 
 
@@ -242,12 +351,15 @@ class SandboxBackend:
             # auto never falls back to no isolation
             raise ToolMissing("bwrap", "bubblewrap (or podman, for container workspaces)")
         self.bwrap = bwrap if sandbox != "none" else None
+        self._tools: dict[str, str] = {}
         self.as_root = os.geteuid() == 0
         self.uid = uid if self.as_root else os.geteuid()
         self.gid = gid if self.as_root else os.getegid()
         self.uids = uids or UidAllocator(self.data_dir / "workspace-uids.json")
         self.network = network
         self.sockets = CredentialSockets(data_dir=self.data_dir, opener=sockets)
+        self._live: dict[str, list[tuple[tuple[str, int], LocalWorkload]]] = {}
+        """Each workspace's running sessions with the holder (owner, uid) they started for."""
         self.seccomp = self.bwrap is not None and os.uname().machine == SECCOMP_SUPPORTED
         if self.bwrap is not None and not self.seccomp:
             _log.warning(
@@ -272,11 +384,11 @@ class SandboxBackend:
         """The path of ``workspace``'s network namespace (created on first use), or ``None``."""
         if not (self.as_root and self.network and self.bwrap is not None):
             return None
-        return _ensure_netns(sandbox_netns(workspace, self.data_dir))
+        return _ensure_netns(sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0]))
 
     def remove_netns(self, workspace: str) -> None:
         """Delete ``workspace``'s network namespace (when the workspace is removed)."""
-        name = sandbox_netns(workspace, self.data_dir)
+        name = sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0])
         if os.path.exists(f"/run/netns/{name}"):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
 
@@ -339,6 +451,7 @@ class SandboxBackend:
             "--proc", "/proc",
             "--perms", "1777", "--tmpfs", "/tmp",  # noqa: S108 - private, writable
             "--tmpfs", str(self.data_dir),
+            *_host_socket_masks(self.data_dir, self.root),
         ]  # fmt: skip
         for parent in reversed(home.parents):
             if parent.is_relative_to(self.data_dir) and parent != self.data_dir:
@@ -364,17 +477,22 @@ class SandboxBackend:
         inner = ["/bin/sh", "-c", 'cd "$HOME" && exec "$@"', "sh"]
         if spec.sudo:
             # root of its own user namespace: owns the workspace, nothing outside it
-            inner += ["unshare", "--user", "--map-root-user", "--"]
+            inner += [self._tool("unshare"), "--user", "--map-root-user", "--"]
         if not self.as_root:
             return [*argv, "--", *inner, *program]
         argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
         uid, gid = self.ids(spec.workspace)
         drop = [
-            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            self._tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--",
         ]  # fmt: skip
-        enter = [] if netns is None else ["nsenter", f"--net={netns}", "--"]
+        enter = [] if netns is None else [self._tool("nsenter"), f"--net={netns}", "--"]
         return [*enter, *argv, "--", *drop, *inner, *program]
+
+    def _tool(self, name: str) -> str:
+        if name not in self._tools:
+            self._tools[name] = _system_tool(name)
+        return self._tools[name]
 
     def _socket_mount(self, path: Path, home: Path) -> list[str]:
         """bubblewrap arguments showing the socket at ``path`` and nothing else of its
@@ -450,9 +568,7 @@ class SandboxBackend:
             return
         uid, gid = self.ids(spec.workspace)
         if spec.agent_path:
-            path = Path(spec.agent_path)
-            os.chown(path.parent, uid, gid)
-            os.chown(path, uid, gid)
+            _grant_socket(Path(spec.agent_path), uid, gid)
         if spec.credential_socket:
             os.chown(spec.credential_socket, uid, gid)
             os.chmod(spec.credential_socket, 0o600)
@@ -502,8 +618,10 @@ class SandboxBackend:
                 " or forwarded agent for another user's session",
             )
             spec = without_credentials(spec)
-        home = self.home(spec.workspace)
         ids = self.ids(spec.workspace)
+        holder = (str(spec.workspace_config.get("owner")), ids[0])
+        await self._end_former_holders(spec.workspace, holder)
+        home = self.home(spec.workspace)
         handle = None
         if self.bwrap is not None and not spec.credential_socket:
             # owned by the workspace's uid (as root; else ours, which the session runs as)
@@ -511,10 +629,32 @@ class SandboxBackend:
             if path is not None:
                 spec = dataclasses.replace(spec, credential_socket=path)
         try:
-            return self._start(spec, home, ids, handle)
+            work = self._start(spec, home, ids, handle)
         except BaseException:
             await close_quietly(handle)
             raise
+        self._live.setdefault(spec.workspace, []).append((holder, work))
+        return work
+
+    async def _end_former_holders(self, workspace: str, holder: tuple[str, int]) -> None:
+        """End the sessions ``workspace`` is still running for another holder (owner, uid).
+
+        Removing a workspace ends none of its sessions; given again (``--reuse-home`` keeps
+        its uid and home), the former owner's session kept writing the new owner's home as
+        that uid (a ``~/.profile`` running in their logins, beside their credential socket).
+        The Podman runtime replaces a Pod started for another holder; here its sessions end."""
+        live = [(h, w) for h, w in self._live.get(workspace, []) if w.running]
+        former = [w for h, w in live if h != holder]
+        if former:
+            _log.warning(
+                "workspace_sessions_ended",
+                workspace=workspace,
+                sessions=len(former),
+                reason="the workspace's owner or uid changed",
+            )
+            for work in former:
+                await work.close()
+        self._live[workspace] = [(h, w) for h, w in live if h == holder]
 
     def _start(
         self, spec: SessionSpec, home: Path, ids: tuple[int, int], handle: Closable | None
