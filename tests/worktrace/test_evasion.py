@@ -23,6 +23,7 @@ from .conftest import (
     process,
     socket_event,
     syscall_event,
+    tick,
 )
 
 NODE = "node-1"
@@ -416,23 +417,51 @@ def test_reverse_shell_in_a_child_reparented_before_its_exec(engine_rules: Any) 
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a child inherits its parent's table as it is at the child's first event, not at the "
-    "fork (Tetragon reports none): a close in the parent between the fork and the child's "
-    "first hooked call takes the socket from the child too. Fix: keep the parent's removed "
-    "sockets with their time and give them to a child whose clone started before (its "
-    "pre-exec start_time), which needs consistent event times in these tests",
-)
-def test_reverse_shell_parent_closes_its_copy_after_the_fork(engine_rules: Any) -> None:
-    """``if os.fork() == 0: time.sleep(1); os.dup2(s.fileno(), 0); os.execv("/bin/sh")``
-    while the parent does ``s.close()`` at once (a fork server's usual close of its copy)."""
+def test_reverse_shell_parent_closes_its_copy_after_the_fork_broke(engine_rules: Any) -> None:
+    """BROKE (was xfail): ``if os.fork() == 0: time.sleep(1); os.dup2(s.fileno(), 0);
+    os.execv("/bin/sh")`` while the parent does ``s.close()`` at once (a fork server's usual
+    close of its copy). The child, first seen at its dup2, inherited the parent's table as it
+    was then, socket gone. The parent's removed sockets are kept with their time; a child whose
+    clone started before the close (its ``start_time``) gets them back."""
+    events = connected(5495, "Y2xz")
+    forked_at = tick()  # the fork: after the connect, before the close
+    events.append(at(close(3), 5495, "Y2xz"))
+    child_dup = at(dup(3, 0), 5496, "Y2xzMg==", parent=(5495, "Y2xz", PY))
+    _body(child_dup)["process"]["start_time"] = forked_at
+    events.append(child_dup)
+    events.append(at(exec_event("/bin/sh"), 5496, "c2g4", parent=(5495, "Y2xz", PY)))
+    fired = fired_over(engine_rules, events)
+    assert fired[-1] == {"reverse-shell-stdio"}
+    assert not set().union(*fired[:-1])
+
+
+def test_child_forked_after_the_parent_closed_its_socket_is_benign(engine_rules: Any) -> None:
+    """The other side of the fix: a child forked *after* the parent's close did not get the
+    socket; its dup2 of fd 3 (now a file, say) onto stdin and its shell are benign."""
     events = [
-        *connected(5495, "Y2xz"),
-        at(close(3), 5495, "Y2xz"),
-        at(dup(3, 0), 5496, "Y2xzMg==", parent=(5495, "Y2xz", PY)),
-        at(exec_event("/bin/sh"), 5496, "c2g4", parent=(5495, "Y2xz", PY)),
+        *connected(5497, "Y2x0"),
+        at(dup(3, 0), 5497, "Y2x0"),
+        at(close(0), 5497, "Y2x0"),
+        at(close(3), 5497, "Y2x0"),
     ]
+    events.append(at(dup(3, 0), 5498, "Y2x0Mg==", parent=(5497, "Y2x0", PY)))  # forked now
+    events.append(at(exec_event("/bin/sh"), 5498, "c2g5", parent=(5497, "Y2x0", PY)))
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_parent_that_replaced_the_socket_after_the_fork_hands_the_child_the_socket(
+    engine_rules: Any,
+) -> None:
+    """Forked while the socket was on stdin; the parent then points its stdin at /dev/null
+    (``dup2(devnull, 0)``) before the child's first event (a close of a pipe's end): the child
+    still has the socket."""
+    events = [*connected(5499, "Y2x1"), at(dup(3, 0), 5499, "Y2x1")]
+    forked_at = tick()
+    events.append(at(dup(5, 0), 5499, "Y2x1"))  # /dev/null over the parent's stdin
+    first = at(close(7), 5500, "Y2x1Mg==", parent=(5499, "Y2x1", PY))
+    _body(first)["process"]["start_time"] = forked_at
+    events.append(first)
+    events.append(at(exec_event("/bin/sh"), 5500, "c2g6", parent=(5499, "Y2x1", PY)))
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 

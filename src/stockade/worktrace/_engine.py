@@ -77,6 +77,7 @@ import threading
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -309,6 +310,8 @@ _CLOSE_RANGE_CLOEXEC = 4
 _CLOSE_RANGE_FLAGS = 2 | 4  # CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC
 #: Exec ids a table answers to (a process's clone and its last execs).
 _EXEC_IDS_PER_TABLE = 4
+#: Sockets removed from a table remembered for the children forked before the removal.
+_REMOVED_PER_TABLE = 16
 
 
 class _FdTable:
@@ -317,7 +320,7 @@ class _FdTable:
     Only sockets are held: a descriptor absent from the table is not a socket (a file, a pipe,
     a tty, a closed one). A process with no table and no parent with one holds no socket."""
 
-    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow")
+    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow", "removed")
 
     def __init__(
         self,
@@ -333,6 +336,21 @@ class _FdTable:
         self.live = True
         #: More sockets than ``max_fds`` were opened: some are not followed.
         self.overflow = overflow
+        #: The last sockets taken off a descriptor (close, a copy over it, close_range): (when,
+        #: fd, socket, close-on-exec), oldest first, for a child forked before (see
+        #: ``Engine._fd_inherit``). None until the first.
+        self.removed: list[tuple[float, int, _Socket, bool]] | None = None
+
+    def remove(self, fd: int, when: float) -> None:
+        held = self.fds.pop(fd, None)
+        if held is None:
+            return
+        removed = self.removed
+        if removed is None:
+            removed = self.removed = []
+        removed.append((when, fd, held[0], held[1]))
+        if len(removed) > _REMOVED_PER_TABLE:
+            del removed[0]
 
     def put(self, fd: int, sock: _Socket, cloexec: bool, limit: int) -> None:
         fds = self.fds
@@ -593,21 +611,22 @@ class Engine:
         if table is None:
             return  # no socket in this process nor in its parent: nothing to follow
         if function == "sys_close":
-            table.fds.pop(values[0], None)
+            if values[0] in table.fds:
+                table.remove(values[0], event.timestamp())
         elif function in ("sys_dup2", "sys_dup3"):
             old, new = values[0], values[1]
             if old != new:
                 cloexec = function == "sys_dup3" and bool(values[2] & O_CLOEXEC)
-                self._fd_copy(table, old, new, cloexec)
+                self._fd_copy(table, old, new, cloexec, event)
         elif function == "sys_dup":
             if ret is not None:
-                self._fd_copy(table, values[0], ret, False)
+                self._fd_copy(table, values[0], ret, False, event)
         elif function == "sys_fcntl":
             fd, cmd, arg = values
             if cmd == F_SETFD:
                 table.set_cloexec(fd, bool(arg & FD_CLOEXEC))
             elif cmd in (F_DUPFD, F_DUPFD_CLOEXEC) and ret is not None:
-                self._fd_copy(table, fd, ret, cmd == F_DUPFD_CLOEXEC)
+                self._fd_copy(table, fd, ret, cmd == F_DUPFD_CLOEXEC, event)
         elif function == "sys_ioctl":
             fd, cmd = values
             if cmd in (FIOCLEX, FIONCLEX):
@@ -622,19 +641,23 @@ class Engine:
                 if flags & _CLOSE_RANGE_CLOEXEC:
                     table.set_cloexec(fd, True)
                 else:
-                    del table.fds[fd]
+                    table.remove(fd, event.timestamp())
 
-    def _fd_copy(self, table: _FdTable, old: int, new: int, cloexec: bool) -> None:
+    def _fd_copy(
+        self, table: _FdTable, old: int, new: int, cloexec: bool, event: TraceEvent
+    ) -> None:
         """``new`` is now a copy of ``old`` (dup2/dup3/dup/F_DUPFD)."""
         held = table.fds.get(old)
         if held is not None:
+            if new in table.fds:
+                table.remove(new, event.timestamp())
             table.put(new, held[0], cloexec, self._max_fds)
         elif table.overflow and new in STDIO_FDS:
             # the table stopped following this process's sockets: an untracked descriptor on
             # stdin may be one of them (fail closed)
             table.put(new, _DOUBT, cloexec, self._max_fds)
-        else:
-            table.fds.pop(new, None)  # a copy of something that is not a socket
+        elif new in table.fds:  # a copy of something that is not a socket
+            table.remove(new, event.timestamp())
 
     def _fd_lookup(self, event: TraceEvent, *, create: bool) -> _FdTable | None:
         """The descriptor table of the event's process; a process first seen gets a copy of
@@ -660,13 +683,15 @@ class Engine:
             self._fd_alias(table, exec_id)
             return table
         source = self._fd_parent(event)
-        if source is None or not (source.fds or source.overflow):
+        if source is None or not (source.fds or source.overflow or source.removed):
             if not create:
                 return None
             fds: dict[int, tuple[_Socket, bool]] = {}
             overflow = False
         else:
-            fds, overflow = dict(source.fds), source.overflow
+            fds, overflow = self._fd_inherit(source, proc), source.overflow
+            if not (fds or overflow or create):
+                return None
         if len(self._fd_tables) >= self._max_fd_processes:
             self._fd_evict()
         table = _FdTable(key, proc.binary, fds, overflow)
@@ -674,6 +699,28 @@ class Engine:
         self._fd_live[key] = table
         self._fd_alias(table, exec_id)
         return table
+
+    @staticmethod
+    def _fd_inherit(source: _FdTable, proc: Process) -> dict[int, tuple[_Socket, bool]]:
+        """The descriptors a child first seen now got from ``source`` at its fork: the parent's
+        as they are, and those the parent took off a descriptor after the child's clone began
+        (its ``start_time``: a fork server's ``close(s)`` of its copy right after the fork,
+        before the child's first hooked call). The first removal after the clone of each
+        descriptor is what it held then; a socket the parent opened after the fork is given
+        too (the doubt goes to a socket that stays open)."""
+        fds = dict(source.fds)
+        removed = source.removed
+        if removed and proc.start_time:
+            try:
+                started = datetime.fromisoformat(proc.start_time).timestamp()
+            except ValueError:
+                started = 0.0  # unknown: the oldest clone, every removal is after it
+            restored: set[int] = set()
+            for when, fd, sock, cloexec in removed:
+                if when > started and fd not in restored:
+                    restored.add(fd)
+                    fds[fd] = (sock, cloexec)
+        return fds
 
     def _fd_parent(self, event: TraceEvent) -> _FdTable | None:
         """The table of the event's parent process: by its exec id (live, or kept past its
