@@ -465,6 +465,39 @@ def test_parent_that_replaced_the_socket_after_the_fork_hands_the_child_the_sock
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
+def test_reverse_shell_whose_connect_is_exported_after_the_shell_exec_broke(
+    engine_rules: Any,
+) -> None:
+    """BROKE: Tetragon's export is not ordered across CPUs. ``s = socket(); os.dup2(s, 0);
+    s.connect(...)`` in python on one CPU, its forked child's ``execv("/bin/sh")`` on another:
+    the exec can be exported before the connect. At the exec the socket on the shell's stdin
+    was not connected yet, and the connect arriving next marked it for nobody. The exec of a
+    program with a network socket, not yet connected, on its stdin now waits on that socket:
+    its connect raises the alert (the socket being one open file, whoever connects it)."""
+    events = [
+        at(socket_event(3), 5520, "b29v"),
+        at(dup(3, 0), 5520, "b29v"),
+        at(exec_event("/bin/sh", "-i"), 5521, "c2g3", parent=(5520, "b29v", PY)),
+        at(connect_event(3), 5520, "b29v"),  # exported late
+        at(connect(), 5520, "b29v"),
+    ]
+    fired = fired_over(engine_rules, events)
+    assert set().union(*fired) == {"reverse-shell-stdio"}
+    assert sum("reverse-shell-stdio" in hits for hits in fired) == 1
+
+
+def test_socket_on_stdin_that_never_connects_raises_nothing_later(engine_rules: Any) -> None:
+    """The waiting exec fires only on a connect that succeeded, once."""
+    events = [
+        at(socket_event(3), 5530, "b29w"),
+        at(dup(3, 0), 5530, "b29w"),
+        at(exec_event("/bin/sh", "-c make"), 5531, "c2g4", parent=(5530, "b29w", PY)),
+        at(connect_event(3, ret=-111), 5530, "b29w"),  # refused
+        at(connect_event(4), 5530, "b29w"),  # another socket
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
+
+
 # --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------
 
 

@@ -291,11 +291,15 @@ class _Socket:
     """A socket, as the kernel's open file: its descriptors' copies (dup, fork) share it, so a
     connect through one of them connects them all."""
 
-    __slots__ = ("connected", "network")
+    __slots__ = ("connected", "network", "waiting")
 
     def __init__(self, *, network: bool, connected: bool = False) -> None:
         self.network = network
         self.connected = connected
+        #: Execs of programs with this socket on their stdin before it connected (the export
+        #: is not ordered across CPUs: a connect may come after the exec it preceded), with
+        #: their process entries; its connect matches them (``Engine._late_connect``).
+        self.waiting: list[tuple[TraceEvent, _Proc]] | None = None
 
 
 #: What an untracked descriptor copied onto stdin is, in a table that stopped following its
@@ -312,6 +316,8 @@ _CLOSE_RANGE_FLAGS = 2 | 4  # CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC
 _EXEC_IDS_PER_TABLE = 4
 #: Sockets removed from a table remembered for the children forked before the removal.
 _REMOVED_PER_TABLE = 16
+#: Execs a socket not yet connected keeps waiting for its connect.
+_WAITING_PER_SOCKET = 8
 
 
 class _FdTable:
@@ -502,6 +508,8 @@ class Engine:
             if rules.stdio_calls:
                 self._exec_fds = self._fd_exec_event(event) if self._fd_tables else None
             hits = self._match_exec(rules, event, entry)
+            if self._exec_fds is not None and rules.exec_stdio:
+                self._wait_for_connect(self._exec_fds, event, entry)
             if hits:
                 alerts = self._on_hits(rules, hits, event, entry)
             if self._anomalies:
@@ -520,10 +528,13 @@ class Engine:
             if stdio and kind == "process_kprobe":
                 positions = stdio.get(event.function)
                 if positions is not None:
-                    self._track_fd(event, positions)
+                    late = self._track_fd(event, positions)
+                    if late is not None:
+                        alerts = self._late_connect(rules, late)
             hits = self._match_kprobe(rules, event, entry)
             if hits:
-                alerts = self._on_hits(rules, hits, event, entry)
+                more = self._on_hits(rules, hits, event, entry)
+                alerts = more if not alerts else [*alerts, *(more or ())]
         if not alerts:
             return _NONE
         self.alerts += len(alerts)
@@ -563,8 +574,9 @@ class Engine:
 
     # --- descriptor tables (stdio_socket rules) ----------------------------------------
 
-    def _track_fd(self, event: TraceEvent, positions: tuple[int, ...]) -> None:
-        """Apply one descriptor-table call (:data:`STDIO_HOOKS`) to the process's table.
+    def _track_fd(self, event: TraceEvent, positions: tuple[int, ...]) -> _Socket | None:
+        """Apply one descriptor-table call (:data:`STDIO_HOOKS`) to the process's table; the
+        socket a connect just connected when execs wait for it (see ``_Socket.waiting``).
 
         A call that failed (a negative return value) changed nothing; one whose return value
         the event lacks (a policy that did not ask for it) is taken as done when the change
@@ -577,7 +589,7 @@ class Engine:
                 continue
             value = args[position].value
             if type(value) is not int:
-                return
+                return None
             values.append(value)
         ret = event.ret.value if event.ret is not None else None
         if type(ret) is not int:
@@ -585,31 +597,35 @@ class Engine:
         function = event.function
         if function == "sys_connect":
             if ret is not None and ret not in _CONNECTING:
-                return  # refused, unreachable, not a socket: not connected
+                return None  # refused, unreachable, not a socket: not connected
             table = self._fd_lookup(event, create=True)
             if table is None:
-                return
+                return None
             fd = values[0]
             held = table.fds.get(fd)
             if held is None:  # a socket whose creation was not seen (older, received): doubt
                 table.put(fd, _Socket(network=True, connected=True), False, self._max_fds)
             elif held[0].network:
-                held[0].connected = True
-            return
+                sock = held[0]
+                if not sock.connected:
+                    sock.connected = True
+                    if sock.waiting:
+                        return sock
+            return None
         if ret is not None and ret < 0:
-            return
+            return None
         if function == "sys_socket":
             if ret is None:
-                return
+                return None
             family, kind = values
             table = self._fd_lookup(event, create=True)
             if table is not None:
                 sock = _Socket(network=family not in _LOCAL_FAMILIES)
                 table.put(ret, sock, bool(kind & SOCK_CLOEXEC), self._max_fds)
-            return
+            return None
         table = self._fd_lookup(event, create=False)
         if table is None:
-            return  # no socket in this process nor in its parent: nothing to follow
+            return None  # no socket in this process nor in its parent: nothing to follow
         if function == "sys_close":
             if values[0] in table.fds:
                 table.remove(values[0], event.timestamp())
@@ -634,7 +650,7 @@ class Engine:
         elif function == "sys_close_range":
             first, last, flags = values
             if flags & ~_CLOSE_RANGE_FLAGS:
-                return  # EINVAL: nothing closed
+                return None  # EINVAL: nothing closed
             first &= 0xFFFFFFFF  # unsigned int in the kernel; Tetragon's int is signed
             last &= 0xFFFFFFFF
             for fd in [fd for fd in table.fds if first <= fd <= last]:
@@ -642,6 +658,41 @@ class Engine:
                     table.set_cloexec(fd, True)
                 else:
                     table.remove(fd, event.timestamp())
+        return None
+
+    def _wait_for_connect(self, table: _FdTable, event: TraceEvent, entry: _Proc) -> None:
+        """A program exec'd with a network socket not yet connected on its stdin waits on it:
+        the connect may have come first and be exported after (see ``_Socket.waiting``)."""
+        for fd in STDIO_FDS:
+            held = table.fds.get(fd)
+            if held is None or not held[0].network or held[0].connected:
+                continue
+            sock = held[0]
+            if sock.waiting is None:
+                sock.waiting = []
+            if len(sock.waiting) < _WAITING_PER_SOCKET:
+                sock.waiting.append((event, entry))
+
+    def _late_connect(self, rules: RuleSet, sock: _Socket) -> list[Alert] | None:
+        """The alerts of the execs that waited on ``sock``, now connected: each as its exec
+        would have raised it (the ``stdio_socket`` rules its process matches)."""
+        waiting, sock.waiting = sock.waiting or [], None
+        alerts: list[Alert] = []
+        saved = self._exec_fds
+        try:
+            for event, entry in waiting:
+                # its stdin as at its exec: this socket, connected
+                self._exec_fds = _FdTable(("", 0), event.process.binary, {0: (sock, False)}, False)
+                hits = [
+                    rule
+                    for rule in rules.exec_stdio
+                    if self._process_matches(rule, event) and self._scoped(rule, event, entry)
+                ]
+                if hits:
+                    alerts.extend(self._on_hits(rules, hits, event, entry) or ())
+        finally:
+            self._exec_fds = saved
+        return alerts or None
 
     def _fd_copy(
         self, table: _FdTable, old: int, new: int, cloexec: bool, event: TraceEvent
