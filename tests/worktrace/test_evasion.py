@@ -655,6 +655,45 @@ def test_a_flood_of_sockets_on_stdin_is_what_evicts_one() -> None:
     assert engine.stats()["fd_evicted_armed"] > 0
 
 
+def test_evicting_the_reverse_shell_with_a_flood_of_sockets_on_stdin_broke() -> None:
+    """BROKE: python connects and dup2()s the socket onto its stdin, then forks more live
+    processes that each put an (unconnected) socket on their stdin than ``max_fd_processes``
+    (16,384 in service: a pod without a pids limit runs that many) -- none of them execs, so
+    none alerts -- and only then execs sh. Its table, the oldest in the last tier, was evicted
+    and the shell fired nothing. A live process whose socket-on-stdin table was evicted now
+    leaves a mark (bounded, 4x the tables): its stdin, and its children's, are taken for a
+    connected socket (fail closed: the flood's own processes are the only others marked)."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=64)
+    for event in [*connected(5800, "cmVhbA=="), at(dup(3, 0), 5800, "cmVhbA==")]:
+        engine.feed(line(event))
+    opened = _template(at(socket_event(3), 987654, "RVhFQ0lE", parent=(5900, "YXR0", PY)))
+    onto_stdin = _template(at(dup(3, 0), 987654, "RVhFQ0lE", parent=(5900, "YXR0", PY)))
+    for n in range(200):
+        pid, exec_id = str(40_000 + n), f"ZXZpY3Q{n}"
+        for template in (opened, onto_stdin):
+            engine.feed(template.replace("{pid}", pid).replace("{exec_id}", exec_id))
+    assert engine.stats()["fd_evicted_armed"] > 0
+    shell = at(exec_event("/bin/sh"), 5801, "c2g1", parent=(5800, "cmVhbA==", PY))
+    assert rule_ids(engine, shell) == {"reverse-shell-stdio"}
+
+
+def test_an_evicted_mark_ends_with_its_process() -> None:
+    """The mark of an evicted table goes at its process's exit: a new process of that pid
+    (a pid is reused only after an exit) and its children are not taken for it."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=8)
+    for n in range(40):
+        pid, exec_id = 41_000 + n, f"bWFyaw{n}"
+        for event in (*connected(pid, exec_id), at(dup(3, 0), pid, exec_id)):
+            engine.feed(line(event))
+    for n in range(40):
+        engine.feed(line(exit_event(PY, 41_000 + n, f"bWFyaw{n}")))
+    make = at(exec_event("/usr/bin/make"), 41_000, "bmV3", parent=(1, "aW5pdA==", "/sbin/init"))
+    assert not rule_ids(engine, make)
+    make_parent = (41_000, "bmV3", "/usr/bin/make")
+    cc = at(exec_event("/bin/sh", "-c cc"), 41_001, "Y2M=", parent=make_parent)
+    assert not rule_ids(engine, cc)
+
+
 def test_exits_free_the_tables() -> None:
     engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
     for n in range(1000):

@@ -305,6 +305,9 @@ class _Socket:
 #: What an untracked descriptor copied onto stdin is, in a table that stopped following its
 #: process's sockets (more than ``max_fds``): taken for a connected network socket.
 _DOUBT = _Socket(network=True, connected=True)
+#: What an evicted table's process (see ``Engine._fd_marks``) and its children are given: a
+#: connected network socket on stdin, every other descriptor unknown (``overflow``).
+_EVICTED_FDS: dict[int, tuple[_Socket, bool]] = {0: (_DOUBT, False)}
 #: Families whose sockets are not network connections.
 _LOCAL_FAMILIES = frozenset({1, 16})  # AF_UNIX, AF_NETLINK
 _CONNECTING = frozenset({0, -115})  # connected, or -EINPROGRESS (a non-blocking connect)
@@ -383,6 +386,10 @@ class _FdTable:
         return False
 
 
+#: The stand-in parent table of a marked process (read only: children copy its descriptors).
+_EVICTED = _FdTable(("", 0), "", _EVICTED_FDS, True)
+
+
 def _exact_name(value: str | None) -> str | None:
     """The name a ``stockade.dev/user-name`` label holds (``B32`` + base32, see
     ``stockade.workspace.reversible_label``); ``None`` when it holds none."""
@@ -454,6 +461,10 @@ class Engine:
         self._fd_tables: dict[_FdTable, None] = {}
         self._fd_live: dict[tuple[str, int], _FdTable] = {}
         self._fd_exec: dict[str, _FdTable] = {}
+        #: Processes (by (node, pid) while live, and by exec id) whose table was evicted with
+        #: a network socket on its stdin: their stdin, and their children's, is taken for a
+        #: connected socket (fail closed). For 4x the tables at most, oldest dropped first.
+        self._fd_marks: dict[tuple[str, int] | str, None] = {}
         #: The table of the process_exec being matched (its descriptors after the exec).
         self._exec_fds: _FdTable | None = None
         self.fd_evicted_armed = 0
@@ -521,7 +532,7 @@ class Engine:
             self._forget(event.process)
             if self._live_sessions:
                 self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
-            if self._fd_tables:
+            if self._fd_tables or self._fd_marks:
                 self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
@@ -733,7 +744,9 @@ class Engine:
             # (fail closed: a false alert at worst, never a missed one)
             self._fd_alias(table, exec_id)
             return table
-        source = self._fd_parent(event)
+        marks = self._fd_marks
+        source = _EVICTED if marks and (key in marks or exec_id in marks) else None
+        source = source or self._fd_parent(event)
         if source is None or not (source.fds or source.overflow or source.removed):
             if not create:
                 return None
@@ -784,14 +797,23 @@ class Engine:
         if table is not None:
             return table
         parent = event.parent
+        marks = self._fd_marks
         if parent is None:
-            return None
+            return _EVICTED if marks and parent_id in marks else None
         if parent.parent_exec_id:
             grand = tables.get(parent.parent_exec_id)
             if grand is not None and grand.binary == parent.binary:
                 return grand
         if parent.pid is not None:
-            return self._fd_live.get((event.node_name, parent.pid))
+            table = self._fd_live.get((event.node_name, parent.pid))
+            if table is not None:
+                return table
+        if marks and (
+            parent_id in marks
+            or parent.exec_id in marks
+            or (event.node_name, parent.pid or 0) in marks
+        ):
+            return _EVICTED
         return None
 
     def _fd_exec_event(self, event: TraceEvent) -> _FdTable | None:
@@ -809,6 +831,8 @@ class Engine:
         """The process is gone: its table leaves the live ones, and is dropped unless it holds
         a socket (a child seen after its parent's exit still inherits it)."""
         proc = event.process
+        if self._fd_marks and proc.pid is not None:  # a pid is reused only after an exit
+            self._fd_marks.pop((event.node_name, proc.pid), None)
         table = self._fd_exec.get(proc.exec_id) if proc.exec_id else None
         if table is None and proc.pid is not None:
             table = self._fd_live.get((event.node_name, proc.pid))
@@ -854,8 +878,20 @@ class Engine:
                     return
                 if tier >= 2:
                     self.fd_evicted_armed += 1
+                    self._fd_mark(table)
                 self._fd_drop(table)
                 dropped += 1
+
+    def _fd_mark(self, table: _FdTable) -> None:
+        """Remember that ``table``'s process had a network socket on its stdin (its table is
+        being evicted): by its exec ids, and by its pid while it lives."""
+        marks = self._fd_marks
+        limit = 8 * self._max_fd_processes  # two keys a process: 4x the tables
+        keys: list[tuple[str, int] | str] = list(table.exec_ids)
+        if table.live:
+            keys.append(table.key)
+        for key in keys:
+            _bounded_set(marks, key, None, limit)
 
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
         """The exec'd program's stdin is a connected network socket, or its parent's is
