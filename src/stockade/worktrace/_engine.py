@@ -348,12 +348,15 @@ class _FdTable:
         #: The last sockets taken off a descriptor (close, a copy over it, close_range): (when,
         #: fd, socket, close-on-exec), oldest first, for a child forked before (see
         #: ``Engine._fd_inherit``). None until the first.
-        self.removed: list[tuple[float, int, _Socket, bool]] | None = None
+        self.removed: list[tuple[str, int, _Socket, bool]] | None = None
 
-    def remove(self, fd: int, when: float) -> None:
+    def remove(self, fd: int, event: TraceEvent) -> None:
+        """Take the socket off ``fd``, remembering it with the time of the ``event`` that did
+        (its text: parsed only when a child needs it, rarely)."""
         held = self.fds.pop(fd, None)
         if held is None:
             return
+        when = event.time or event.process.start_time
         removed = self.removed
         if removed is None:
             removed = self.removed = []
@@ -388,6 +391,14 @@ class _FdTable:
 
 #: The stand-in parent table of a marked process (read only: children copy its descriptors).
 _EVICTED = _FdTable(("", 0), "", _EVICTED_FDS, True)
+
+
+def _seconds(text: str, default: float) -> float:
+    """Epoch seconds of an RFC 3339 time of the export; ``default`` when it is none."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return default
 
 
 def _exact_name(value: str | None) -> str | None:
@@ -639,7 +650,7 @@ class Engine:
             return None  # no socket in this process nor in its parent: nothing to follow
         if function == "sys_close":
             if values[0] in table.fds:
-                table.remove(values[0], event.timestamp())
+                table.remove(values[0], event)
         elif function in ("sys_dup2", "sys_dup3"):
             old, new = values[0], values[1]
             if old != new:
@@ -668,7 +679,7 @@ class Engine:
                 if flags & _CLOSE_RANGE_CLOEXEC:
                     table.set_cloexec(fd, True)
                 else:
-                    table.remove(fd, event.timestamp())
+                    table.remove(fd, event)
         return None
 
     def _wait_for_connect(self, table: _FdTable, event: TraceEvent, entry: _Proc) -> None:
@@ -712,14 +723,14 @@ class Engine:
         held = table.fds.get(old)
         if held is not None:
             if new in table.fds:
-                table.remove(new, event.timestamp())
+                table.remove(new, event)
             table.put(new, held[0], cloexec, self._max_fds)
         elif table.overflow and new in STDIO_FDS:
             # the table stopped following this process's sockets: an untracked descriptor on
             # stdin may be one of them (fail closed)
             table.put(new, _DOUBT, cloexec, self._max_fds)
         elif new in table.fds:  # a copy of something that is not a socket
-            table.remove(new, event.timestamp())
+            table.remove(new, event)
 
     def _fd_lookup(self, event: TraceEvent, *, create: bool) -> _FdTable | None:
         """The descriptor table of the event's process; a process first seen gets a copy of
@@ -774,14 +785,11 @@ class Engine:
         too (the doubt goes to a socket that stays open)."""
         fds = dict(source.fds)
         removed = source.removed
-        if removed and proc.start_time:
-            try:
-                started = datetime.fromisoformat(proc.start_time).timestamp()
-            except ValueError:
-                started = 0.0  # unknown: the oldest clone, every removal is after it
+        if removed:
+            started = _seconds(proc.start_time, 0.0)  # unknown: before every removal
             restored: set[int] = set()
             for when, fd, sock, cloexec in removed:
-                if when > started and fd not in restored:
+                if fd not in restored and _seconds(when, float("inf")) > started:
                     restored.add(fd)
                     fds[fd] = (sock, cloexec)
         return fds
