@@ -36,6 +36,13 @@ meanwhile (the exec then names the reaper as parent). A table leaves the live on
 process's exit, and goes unless it holds a socket: a pid is reused only after an exit (were the
 exit lost, the new process would take the old one's descriptors: a false alert at worst).
 
+A child first seen after its parent closed or replaced a socket it was forked with gets it back:
+a table keeps its last sockets removed with the time of the removal, and a child whose clone
+started (``start_time``) before a removal inherits what the descriptor held then. An exec whose
+stdin is a network socket not yet connected waits on that socket, and the socket's connect
+raises the alert: the export is not ordered across CPUs, a connect may come after the exec it
+preceded.
+
 What the events cannot tell, and the choice made: a close-on-exec flag changed by a call not
 hooked (none is known besides those above) would go unseen; a socket whose creation was not seen
 (opened before the policy was loaded, received over a unix socket or by ``pidfd_getfd``, created
@@ -50,9 +57,11 @@ a copy onto its stdin of a descriptor the table does not hold is taken for a soc
 closed). When the tables are full, an eighth goes, the least telling first: exited processes
 without a network socket on stdin, then live ones, then exited ones with one, then live ones
 with one (``fd_evicted_armed`` counts those). Short-lived processes free their tables at exit,
-and only a process with a socket (or whose parent has one) gets a table; pushing out a live
+and only a process with a socket (or whose parent has one) gets a table. Pushing out a live
 reverse shell's table takes ``max_fd_processes`` live processes each with a network socket on
-its stdin, each of which a shell run would alert on.
+its stdin, and even then the evicted table leaves a mark (by pid while its process lives, and by
+exec id; for 4x the tables): that process's stdin, and its children's, are taken for a connected
+socket (fail closed; the only others marked are the flood's own processes).
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
