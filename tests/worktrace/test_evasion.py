@@ -822,3 +822,19 @@ def test_fexecve_of_a_memfd_broke(engine_rules: Any, binary: str, arguments: str
     ``fexecve`` and Python's ``os.execve(fd, ...)`` do) ``/dev/fd/N``, and Tetragon reports
     the name the kernel gives; the rule knew ``/memfd:*`` and ``/proc/*/fd/*`` only."""
     assert "memfd-exec" in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+def test_execs_waiting_on_sockets_that_never_connect_stay_bounded() -> None:
+    """Execs of programs on an unconnected socket wait for its connect, whole events kept: a
+    flood of them (never connected) keeps at most a bounded number."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
+    for n in range(3000):
+        pid, exec_id = 42_000 + n, f"d2FpdA{n}"
+        for event in (at(socket_event(3), pid, exec_id), at(dup(3, 0), pid, exec_id)):
+            engine.feed(line(event))
+        for k in range(10):
+            shell = at(exec_event("/bin/sh"), pid, f"{exec_id}{k}")
+            engine.feed(line(shell))
+    waiting = [sock for sock in engine._waiting]
+    assert len(waiting) <= 1024
+    assert all(len(sock.waiting or ()) <= 8 for sock in waiting)

@@ -328,8 +328,10 @@ _CLOSE_RANGE_FLAGS = 2 | 4  # CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC
 _EXEC_IDS_PER_TABLE = 4
 #: Sockets removed from a table remembered for the children forked before the removal.
 _REMOVED_PER_TABLE = 16
-#: Execs a socket not yet connected keeps waiting for its connect.
+#: Execs a socket not yet connected keeps waiting for its connect, and sockets with any (the
+#: oldest forgets its execs first): the events are kept whole.
 _WAITING_PER_SOCKET = 8
+_WAITING_SOCKETS = 1024
 
 
 class _FdTable:
@@ -485,6 +487,8 @@ class Engine:
         #: a network socket on its stdin: their stdin, and their children's, is taken for a
         #: connected socket (fail closed). For 4x the tables at most, oldest dropped first.
         self._fd_marks: dict[tuple[str, int] | str, None] = {}
+        #: Sockets with execs waiting for their connect (``_Socket.waiting``), oldest first.
+        self._waiting: dict[_Socket, None] = {}
         #: The table of the process_exec being matched (its descriptors after the exec).
         self._exec_fds: _FdTable | None = None
         self.fd_evicted_armed = 0
@@ -701,6 +705,12 @@ class Engine:
             sock = held[0]
             if sock.waiting is None:
                 sock.waiting = []
+                waiting = self._waiting
+                waiting[sock] = None
+                if len(waiting) > _WAITING_SOCKETS:
+                    oldest = next(iter(waiting))
+                    del waiting[oldest]
+                    oldest.waiting = None
             if len(sock.waiting) < _WAITING_PER_SOCKET:
                 sock.waiting.append((event, entry))
 
@@ -708,6 +718,7 @@ class Engine:
         """The alerts of the execs that waited on ``sock``, now connected: each as its exec
         would have raised it (the ``stdio_socket`` rules its process matches)."""
         waiting, sock.waiting = sock.waiting or [], None
+        self._waiting.pop(sock, None)
         alerts: list[Alert] = []
         saved = self._exec_fds
         try:
