@@ -71,3 +71,40 @@ async def test_bounded_while_the_bus_is_down_and_counted_at_close(tmp_path: Path
     finally:
         await bus.close(drain_timeout=0.5)
         await server.stop()
+
+
+async def test_an_event_that_cannot_be_sent_does_not_stop_the_ones_after_it(
+    nats_url: str,
+) -> None:
+    """BROKE: any error but BusUnavailable (an event that does not serialise: a lone surrogate
+    in a name) ended the publisher's task for good, silently; every later session end stayed
+    queued and never reached the broker. That event is dropped (counted, logged), the rest go."""
+    tag = secrets.token_hex(4)
+    bus = await Bus.connect(nats_url, name="reliable-poison")
+    await bus.ensure_streams()
+    seen: list[str] = []
+
+    async def on(_subject: str, data: bytes) -> None:
+        event = SessionEnded.from_bytes(data)
+        if event.session_id.startswith(tag):
+            seen.append(event.session_id)
+
+    await bus.subscribe(SUBJECT_SESSION_ENDED, on)
+    await bus.flush()
+    publisher = ReliablePublisher(bus)
+    try:
+        bad = SessionEnded(session_id=f"{tag}-bad", username="u\ud800", reason="killed")
+        await publisher.publish(bad)
+        await publisher.publish(_ended(tag, 1))
+        assert await publisher.flush(seconds=10)
+        await publisher.publish(_ended(tag, 2))  # and the publisher still runs afterwards
+        assert await publisher.flush(seconds=10)
+        for _ in range(200):  # bounded: through the server
+            if len(seen) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [f"{tag}-1", f"{tag}-2"]
+        assert (publisher.published, publisher.dropped) == (2, 1)
+    finally:
+        await publisher.aclose(seconds=1)
+        await bus.close()

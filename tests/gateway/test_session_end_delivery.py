@@ -40,6 +40,8 @@ class CuttableProxy:
         self.swallow = 0.0
         self.swallowing = False
         self.swallowed = 0
+        self.blackhole = False
+        """Drop what passes either way, closing nothing (a half-open link)."""
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
         self.fired = asyncio.Event()
@@ -76,6 +78,8 @@ class CuttableProxy:
 
         async def client_to_server() -> None:
             while data := await reader.read(65536):
+                if self.blackhole:
+                    continue
                 if self.swallowing:
                     self.swallowed += len(data)
                     continue
@@ -84,6 +88,8 @@ class CuttableProxy:
 
         async def server_to_client() -> None:
             while data := await up_reader.read(65536):
+                if self.blackhole:
+                    continue
                 writer.write(data)
                 await writer.drain()
                 if self.trigger is not None and self.trigger in data:
@@ -231,4 +237,53 @@ async def test_a_kill_published_while_the_gateway_is_cut_off_is_applied_once_it_
                 if proc is not None and proc.returncode is None:
                     proc.kill()
                     await proc.wait()
+            await bus.close()
+
+
+async def test_a_kill_lost_on_a_half_open_link_is_applied_after_the_reconnect(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """BROKE: the link goes silent without closing (a partition, a dead NAT entry: no RST), so
+    the client still believes itself connected until its pings time out (minutes with nats-py's
+    defaults); the kill published meanwhile is lost on the way. The replay after the reconnect
+    read the kills stored since two seconds before the client last *believed* itself up -- that
+    is, just before it noticed -- and missed this one: the killed session kept running. The
+    replay now goes by the audit stream's sequence (every kill stored after the last one the
+    gateway read), whatever the clocks say."""
+    async with (
+        _proxy(nats_url) as (proxy, via_proxy),
+        gateway_env(tmp_path, via_proxy) as env,
+    ):
+        key = await env.add_user("whalf")
+        assert key is not None
+        ssh = await asyncio.create_subprocess_exec(
+            *env.ssh_cmd("whalf", "sleep 60", key=key),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=CLEAN_ENV,
+        )
+        bus = await Bus.connect(nats_url, name="killer-half-open")
+        try:
+            assert await eventually(lambda: env.gateway._live.values(), within=30)
+            (live,) = env.gateway._live.values()
+            await asyncio.sleep(3.0)  # let the gateway's replay watcher settle on this link
+            proxy.blackhole = True  # both directions silent, nothing closed
+            await asyncio.sleep(0.3)
+            kill = SessionKill(
+                session_id="*",
+                workspace_label=label_value(live.principal.workspace.name),
+                reason="killed",
+                by="test",
+            )
+            await bus.publish(kill)
+            await asyncio.sleep(4.0)  # the client has not noticed (no ping is due yet)
+            assert ssh.returncode is None  # the kill was lost on the silent link
+            proxy.blackhole = False
+            proxy._cut()  # now the connection dies for real and the gateway reconnects
+            await asyncio.wait_for(ssh.wait(), 30)
+        finally:
+            if ssh.returncode is None:
+                ssh.kill()
+                await ssh.wait()
             await bus.close()

@@ -60,6 +60,15 @@ WORKSPACE_LABELS = {
 _counter = [0]
 
 
+def tick() -> str:
+    """The next instant of the tests' clock (a microsecond per call from 10:00:01): events and
+    process starts built later happen later, as in an export (a child built after its
+    parent's close was forked after it)."""
+    _counter[0] += 1
+    micros = 1_000_000 + _counter[0]
+    return f"2026-12-01T10:00:{micros // 1_000_000:02d}.{micros % 1_000_000:06d}Z"
+
+
 def process(
     binary: str,
     arguments: str = "",
@@ -82,7 +91,7 @@ def process(
         "binary": binary,
         "arguments": arguments,
         "flags": "execve clone",
-        "start_time": "2026-12-01T10:00:00.000000000Z",
+        "start_time": tick(),
         "auid": uid,
         "parent_exec_id": parent_exec_id,
         "refcnt": 1,
@@ -127,9 +136,10 @@ def kprobe_event(
     args: list[dict[str, Any]],
     *,
     binary: str = "/usr/bin/python3",
-    time: str = "2026-12-01T10:00:01Z",
+    time: str = "",
     **kw: Any,
 ) -> dict[str, Any]:
+    time = time or tick()
     return {
         "process_kprobe": {
             "process": process(binary, **kw),

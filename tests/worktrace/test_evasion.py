@@ -23,6 +23,7 @@ from .conftest import (
     process,
     socket_event,
     syscall_event,
+    tick,
 )
 
 NODE = "node-1"
@@ -416,24 +417,85 @@ def test_reverse_shell_in_a_child_reparented_before_its_exec(engine_rules: Any) 
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a child inherits its parent's table as it is at the child's first event, not at the "
-    "fork (Tetragon reports none): a close in the parent between the fork and the child's "
-    "first hooked call takes the socket from the child too. Fix: keep the parent's removed "
-    "sockets with their time and give them to a child whose clone started before (its "
-    "pre-exec start_time), which needs consistent event times in these tests",
-)
-def test_reverse_shell_parent_closes_its_copy_after_the_fork(engine_rules: Any) -> None:
-    """``if os.fork() == 0: time.sleep(1); os.dup2(s.fileno(), 0); os.execv("/bin/sh")``
-    while the parent does ``s.close()`` at once (a fork server's usual close of its copy)."""
+def test_reverse_shell_parent_closes_its_copy_after_the_fork_broke(engine_rules: Any) -> None:
+    """BROKE (was xfail): ``if os.fork() == 0: time.sleep(1); os.dup2(s.fileno(), 0);
+    os.execv("/bin/sh")`` while the parent does ``s.close()`` at once (a fork server's usual
+    close of its copy). The child, first seen at its dup2, inherited the parent's table as it
+    was then, socket gone. The parent's removed sockets are kept with their time; a child whose
+    clone started before the close (its ``start_time``) gets them back."""
+    events = connected(5495, "Y2xz")
+    forked_at = tick()  # the fork: after the connect, before the close
+    events.append(at(close(3), 5495, "Y2xz"))
+    child_dup = at(dup(3, 0), 5496, "Y2xzMg==", parent=(5495, "Y2xz", PY))
+    _body(child_dup)["process"]["start_time"] = forked_at
+    events.append(child_dup)
+    events.append(at(exec_event("/bin/sh"), 5496, "c2g4", parent=(5495, "Y2xz", PY)))
+    fired = fired_over(engine_rules, events)
+    assert fired[-1] == {"reverse-shell-stdio"}
+    assert not set().union(*fired[:-1])
+
+
+def test_child_forked_after_the_parent_closed_its_socket_is_benign(engine_rules: Any) -> None:
+    """The other side of the fix: a child forked *after* the parent's close did not get the
+    socket; its dup2 of fd 3 (now a file, say) onto stdin and its shell are benign."""
     events = [
-        *connected(5495, "Y2xz"),
-        at(close(3), 5495, "Y2xz"),
-        at(dup(3, 0), 5496, "Y2xzMg==", parent=(5495, "Y2xz", PY)),
-        at(exec_event("/bin/sh"), 5496, "c2g4", parent=(5495, "Y2xz", PY)),
+        *connected(5497, "Y2x0"),
+        at(dup(3, 0), 5497, "Y2x0"),
+        at(close(0), 5497, "Y2x0"),
+        at(close(3), 5497, "Y2x0"),
     ]
+    events.append(at(dup(3, 0), 5498, "Y2x0Mg==", parent=(5497, "Y2x0", PY)))  # forked now
+    events.append(at(exec_event("/bin/sh"), 5498, "c2g5", parent=(5497, "Y2x0", PY)))
+    assert not set().union(*fired_over(engine_rules, events))
+
+
+def test_parent_that_replaced_the_socket_after_the_fork_hands_the_child_the_socket(
+    engine_rules: Any,
+) -> None:
+    """Forked while the socket was on stdin; the parent then points its stdin at /dev/null
+    (``dup2(devnull, 0)``) before the child's first event (a close of a pipe's end): the child
+    still has the socket."""
+    events = [*connected(5499, "Y2x1"), at(dup(3, 0), 5499, "Y2x1")]
+    forked_at = tick()
+    events.append(at(dup(5, 0), 5499, "Y2x1"))  # /dev/null over the parent's stdin
+    first = at(close(7), 5500, "Y2x1Mg==", parent=(5499, "Y2x1", PY))
+    _body(first)["process"]["start_time"] = forked_at
+    events.append(first)
+    events.append(at(exec_event("/bin/sh"), 5500, "c2g6", parent=(5499, "Y2x1", PY)))
     assert fired_over(engine_rules, events)[-1] == {"reverse-shell-stdio"}
+
+
+def test_reverse_shell_whose_connect_is_exported_after_the_shell_exec_broke(
+    engine_rules: Any,
+) -> None:
+    """BROKE: Tetragon's export is not ordered across CPUs. ``s = socket(); os.dup2(s, 0);
+    s.connect(...)`` in python on one CPU, its forked child's ``execv("/bin/sh")`` on another:
+    the exec can be exported before the connect. At the exec the socket on the shell's stdin
+    was not connected yet, and the connect arriving next marked it for nobody. The exec of a
+    program with a network socket, not yet connected, on its stdin now waits on that socket:
+    its connect raises the alert (the socket being one open file, whoever connects it)."""
+    events = [
+        at(socket_event(3), 5520, "b29v"),
+        at(dup(3, 0), 5520, "b29v"),
+        at(exec_event("/bin/sh", "-i"), 5521, "c2g3", parent=(5520, "b29v", PY)),
+        at(connect_event(3), 5520, "b29v"),  # exported late
+        at(connect(), 5520, "b29v"),
+    ]
+    fired = fired_over(engine_rules, events)
+    assert set().union(*fired) == {"reverse-shell-stdio"}
+    assert sum("reverse-shell-stdio" in hits for hits in fired) == 1
+
+
+def test_socket_on_stdin_that_never_connects_raises_nothing_later(engine_rules: Any) -> None:
+    """The waiting exec fires only on a connect that succeeded, once."""
+    events = [
+        at(socket_event(3), 5530, "b29w"),
+        at(dup(3, 0), 5530, "b29w"),
+        at(exec_event("/bin/sh", "-c make"), 5531, "c2g4", parent=(5530, "b29w", PY)),
+        at(connect_event(3, ret=-111), 5530, "b29w"),  # refused
+        at(connect_event(4), 5530, "b29w"),  # another socket
+    ]
+    assert not set().union(*fired_over(engine_rules, events))
 
 
 # --- reverse shell on stdio: the dup2 in a child that inherited the socket ----------------
@@ -593,6 +655,45 @@ def test_a_flood_of_sockets_on_stdin_is_what_evicts_one() -> None:
     assert engine.stats()["fd_evicted_armed"] > 0
 
 
+def test_evicting_the_reverse_shell_with_a_flood_of_sockets_on_stdin_broke() -> None:
+    """BROKE: python connects and dup2()s the socket onto its stdin, then forks more live
+    processes that each put an (unconnected) socket on their stdin than ``max_fd_processes``
+    (16,384 in service: a pod without a pids limit runs that many) -- none of them execs, so
+    none alerts -- and only then execs sh. Its table, the oldest in the last tier, was evicted
+    and the shell fired nothing. A live process whose socket-on-stdin table was evicted now
+    leaves a mark (bounded, 4x the tables): its stdin, and its children's, are taken for a
+    connected socket (fail closed: the flood's own processes are the only others marked)."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=64)
+    for event in [*connected(5800, "cmVhbA=="), at(dup(3, 0), 5800, "cmVhbA==")]:
+        engine.feed(line(event))
+    opened = _template(at(socket_event(3), 987654, "RVhFQ0lE", parent=(5900, "YXR0", PY)))
+    onto_stdin = _template(at(dup(3, 0), 987654, "RVhFQ0lE", parent=(5900, "YXR0", PY)))
+    for n in range(200):
+        pid, exec_id = str(40_000 + n), f"ZXZpY3Q{n}"
+        for template in (opened, onto_stdin):
+            engine.feed(template.replace("{pid}", pid).replace("{exec_id}", exec_id))
+    assert engine.stats()["fd_evicted_armed"] > 0
+    shell = at(exec_event("/bin/sh"), 5801, "c2g1", parent=(5800, "cmVhbA==", PY))
+    assert rule_ids(engine, shell) == {"reverse-shell-stdio"}
+
+
+def test_an_evicted_mark_ends_with_its_process() -> None:
+    """The mark of an evicted table goes at its process's exit: a new process of that pid
+    (a pid is reused only after an exit) and its children are not taken for it."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False), max_fd_processes=8)
+    for n in range(40):
+        pid, exec_id = 41_000 + n, f"bWFyaw{n}"
+        for event in (*connected(pid, exec_id), at(dup(3, 0), pid, exec_id)):
+            engine.feed(line(event))
+    for n in range(40):
+        engine.feed(line(exit_event(PY, 41_000 + n, f"bWFyaw{n}")))
+    make = at(exec_event("/usr/bin/make"), 41_000, "bmV3", parent=(1, "aW5pdA==", "/sbin/init"))
+    assert not rule_ids(engine, make)
+    make_parent = (41_000, "bmV3", "/usr/bin/make")
+    cc = at(exec_event("/bin/sh", "-c cc"), 41_001, "Y2M=", parent=make_parent)
+    assert not rule_ids(engine, cc)
+
+
 def test_exits_free_the_tables() -> None:
     engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
     for n in range(1000):
@@ -721,3 +822,19 @@ def test_fexecve_of_a_memfd_broke(engine_rules: Any, binary: str, arguments: str
     ``fexecve`` and Python's ``os.execve(fd, ...)`` do) ``/dev/fd/N``, and Tetragon reports
     the name the kernel gives; the rule knew ``/memfd:*`` and ``/proc/*/fd/*`` only."""
     assert "memfd-exec" in rule_ids(fresh(engine_rules), exec_event(binary, arguments))
+
+
+def test_execs_waiting_on_sockets_that_never_connect_stay_bounded() -> None:
+    """Execs of programs on an unconnected socket wait for its connect, whole events kept: a
+    flood of them (never connected) keeps at most a bounded number."""
+    engine = Engine(load_rules(), anomaly=AnomalyConfig(enabled=False))
+    for n in range(3000):
+        pid, exec_id = 42_000 + n, f"d2FpdA{n}"
+        for event in (at(socket_event(3), pid, exec_id), at(dup(3, 0), pid, exec_id)):
+            engine.feed(line(event))
+        for k in range(10):
+            shell = at(exec_event("/bin/sh"), pid, f"{exec_id}{k}")
+            engine.feed(line(shell))
+    waiting = [sock for sock in engine._waiting]
+    assert len(waiting) <= 1024
+    assert all(len(sock.waiting or ()) <= 8 for sock in waiting)

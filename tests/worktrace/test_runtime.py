@@ -222,3 +222,38 @@ def test_a_link_planted_at_the_temporary_state_file_is_not_written_through(tmp_p
     assert follower.poll() == [b'{"b": 2}']
     follower.commit()
     assert victim.read_bytes() == b"precious"
+
+
+async def test_a_restart_before_the_first_commit_does_not_skip_what_was_written(
+    tmp_path: Path, nats_url: str
+) -> None:
+    """BROKE: the first start begins at the export's end and commits only after a batch. A run
+    that failed before its first batch (an idle export, then a surprise) was started again with
+    no state file, so at the export's end once more: what was written during the backoff
+    (up to 30 s) was never read -- a way to blind Worktrace for the time of a restart. The first
+    start now records where it began, and every restart goes on from there."""
+    export = tmp_path / "tetragon.log"
+    export.write_bytes(_escape("before-worktrace"))  # history: not read at the first start
+    settings = _settings(tmp_path, nats_url, export_file=export, respond=False).worktrace
+    bus = await Bus.connect(nats_url, name="test-worktrace-restart")
+    session = f"s-{secrets.token_hex(4)}"
+    try:
+        async with _listening(nats_url, SUBJECT_WORKTRACE_ALERT) as seen:
+            runner = await start_worktrace(settings, bus=bus, authz=None, data_dir=tmp_path / "d")
+            assert runner is not None
+            try:
+                await asyncio.sleep(0.2)
+                runner._source.close()  # the run ends before any batch: the supervisor restarts
+                await _until(lambda: runner.restarts == 1, "the restart")
+                with export.open("ab") as handle:  # written during the backoff
+                    handle.write(_escape(session))
+                for _ in range(300):  # bounded: the 1 s backoff, then a 5 ms poll
+                    if any(session.encode() in d for _, d in seen):
+                        break
+                    await asyncio.sleep(0.02)
+                assert any(session.encode() in d for _, d in seen), "the restart skipped it"
+            finally:
+                await runner.stop()
+            assert not any(b"before-worktrace" in d for _, d in seen)
+    finally:
+        await bus.close()

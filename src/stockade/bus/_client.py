@@ -202,22 +202,33 @@ class Bus:
         stream: str,
         subject: str | Sequence[str],
         *,
-        since: datetime,
+        since: datetime | None = None,
+        after_seq: int | None = None,
         until_seq: int,
         batch: int = 1024,
         idle: float = 2.0,
     ) -> AsyncIterator[Delivery]:
         """Yield the messages of ``stream`` on ``subject`` (one or several) stored from ``since``
-        up to sequence ``until_seq``, in order, without acknowledging anything (an ephemeral
-        consumer).
+        (or after the sequence ``after_seq``: no clock involved) up to sequence ``until_seq``,
+        in order, without acknowledging anything (an ephemeral consumer).
 
         Stops at ``until_seq``, or when nothing arrives for ``idle`` seconds."""
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_TIME,
-            opt_start_time=since.astimezone(UTC),
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=30.0,
-        )
+        if after_seq is not None:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=after_seq + 1,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=30.0,
+            )
+        elif since is not None:
+            config = api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                opt_start_time=since.astimezone(UTC),
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=30.0,
+            )
+        else:
+            raise ValueError("read_stream needs since or after_seq")
         subjects = [subject] if isinstance(subject, str) else sorted(subject)
         if len(subjects) == 1:
             config.filter_subject = subjects[0]

@@ -89,7 +89,7 @@ class ReliablePublisher:
             _log.error("reliable_event_dropped", subject=lost.subject, pending=self._max_pending)
         self._drained.clear()
         self._wake.set()
-        if self._task is None:
+        if self._task is None or self._task.done():  # done: a surprise ended it, start again
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="stockade-reliable-publisher"
             )
@@ -116,6 +116,14 @@ class ReliablePublisher:
                     )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self._max_delay)
+                    continue
+                except Exception as exc:  # this event can never be sent (it does not serialise):
+                    # dropped, not retried (it would hold back every later one) and not the end
+                    # of the task (every later one would wait forever)
+                    if self._queue and self._queue[0][0] == msg_id:
+                        self._queue.popleft()
+                    self.dropped += 1
+                    _log.error("reliable_event_unsendable", subject=event.subject, error=repr(exc))
                     continue
                 delay = self._retry_delay
                 if self._queue and self._queue[0][0] == msg_id:

@@ -9,8 +9,9 @@ source (hot reload), :class:`~stockade.worktrace.BusAlertSink` (alerts on
 ``state_file``) or a NATS subject of the bus; with none it does not run.
 
 The first start with no state begins at the export's end: alerts for what happened before
-Worktrace was switched on would kill today's sessions for yesterday's events. Every later start
-goes on from the state file, so the lines written while it was down are read once.
+Worktrace was switched on would kill today's sessions for yesterday's events. It commits that
+position at once, so every later start (a restart after a failed run included, even before its
+first batch) goes on from the state file, and the lines written while it was down are read once.
 
 A run that fails (the export unreadable, a state file that is not one, a surprise) is logged and
 started again after a bounded backoff: detection must not stop for good on one bad moment, nor
@@ -73,6 +74,9 @@ class WorktraceRunner:
     _task: asyncio.Task[None] | None = None
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _source: Any = None
+    #: A source was opened once: the "begin at the end" of the first start is done, a
+    #: restart never skips what was written since (see :meth:`_open_source`).
+    _began: bool = False
 
     def describe(self) -> tuple[str, str]:
         """``(what, where)`` for the start-up banner and the status file."""
@@ -103,10 +107,14 @@ class WorktraceRunner:
             follower = FileFollower(
                 cfg.export_file,
                 poll_interval=cfg.poll_interval,
-                from_start=False,  # the first run starts at the end; later ones resume
+                # the first run starts at the end; later ones resume (a restart before any
+                # commit, from the start of an export that was not there at the first)
+                from_start=self._began,
                 state=state,
             )
-            follower.open()  # from here on no line is missed, even before the first look
+            if follower.open():  # from here on no line is missed, even before the first look
+                follower.commit()  # where it began: a restart before any batch goes on there
+            self._began = True
             return follower
         assert cfg.nats_subject is not None
         source = NatsSource(self.bus, cfg.nats_subject, queue=cfg.nats_queue)

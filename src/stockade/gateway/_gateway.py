@@ -145,13 +145,23 @@ class ReplayableEvents(EventSource, Protocol):
     async def last_sequence(self, stream: str, subject: str | None = None) -> int: ...
 
     def read_stream(
-        self, stream: str, subject: str, *, since: datetime, until_seq: int, idle: float = ...
+        self,
+        stream: str,
+        subject: str,
+        *,
+        since: datetime | None = ...,
+        after_seq: int | None = ...,
+        until_seq: int,
+        idle: float = ...,
     ) -> AsyncIterator[Any]: ...
 
 
 #: Seconds between looks at the bus's epoch (a reconnect means kills may have been missed)...
 _EPOCH_POLL = 0.25
-#: ...and how far before the last moment it was seen connected the missed kills are read from.
+#: ...how many looks between reads of the kills stored, reconnect or not...
+_CHECK_EVERY = 8
+#: ...and how far before the gateway's start the first read begins when the stream's last
+#: sequence was unknown then.
 _REPLAY_MARGIN = timedelta(seconds=2)
 
 
@@ -510,39 +520,60 @@ class Gateway:
     async def _catch_up_kills(self, events: ReplayableEvents) -> None:
         """Kills published while the bus connection was down never reach the subscription
         (core NATS): a Worktrace or administrator kill would be lost, the session left running.
-        After every reconnect, read the kills the audit stream stored since shortly before the
-        connection was last seen up and apply them; a kill replayed spares the connections
-        that logged in after it was published, and applying one twice ends nothing twice."""
+        After every reconnect, and every few seconds besides (a message dropped by a slow
+        subscription), read every kill the audit stream stored after the last one read here
+        and apply it; a kill replayed spares the connections that logged in after it was
+        published, and applying one twice ends nothing twice.
+
+        By the stream's sequence, not by time: a link that goes silent without closing (a
+        partition, no RST) still looks connected until the client's pings time out (minutes),
+        so "since shortly before it was last seen up" began after the kills it lost."""
+        started = datetime.now(UTC) - _REPLAY_MARGIN
+        read: int | None = None
+        with contextlib.suppress(StockadeError):
+            read = await events.last_sequence(STREAM_AUDIT, SUBJECT_SESSION_KILL)
         epoch = events.epoch
-        seen_up = datetime.now(UTC)
+        looks = 0
         while True:
             await asyncio.sleep(_EPOCH_POLL)
             now = events.epoch
-            if now == epoch:
-                if now >= 0:
-                    seen_up = datetime.now(UTC)
-                continue
+            looks += 1
             if now < 0:  # disconnected: wait for the reconnect
                 epoch = -1
                 continue
+            if now == epoch and looks < _CHECK_EVERY:
+                continue
+            looks = 0
             try:
-                replayed = await self._replay_kills(events, seen_up - _REPLAY_MARGIN)
+                read, replayed = await self._replay_kills(events, read, started)
             except StockadeError as exc:  # the stream is not there yet: try at the next look
                 _log.warning("kill_catch_up_failed", error=str(exc))
                 continue
             except Exception as exc:  # the watcher must outlive any surprise
                 _log.error("kill_catch_up_crashed", error=repr(exc))
                 continue
-            _log.info("kill_catch_up", since=seen_up.isoformat(), kills=replayed)
-            epoch, seen_up = now, datetime.now(UTC)
+            if now != epoch or replayed:
+                _log.info("kill_catch_up", after_seq=read, kills=replayed)
+            epoch = now
 
-    async def _replay_kills(self, events: ReplayableEvents, since: datetime) -> int:
+    async def _replay_kills(
+        self, events: ReplayableEvents, after: int | None, since: datetime
+    ) -> tuple[int, int]:
+        """Apply the kills stored after sequence ``after`` (None: since ``since``, the
+        gateway's start); returns the last sequence read and how many were applied."""
         last = await events.last_sequence(STREAM_AUDIT, SUBJECT_SESSION_KILL)
-        if last == 0:
-            return 0
+        if after is not None and last < after:  # the stream was recreated: read it all
+            after = 0
+        if last == 0 or last == after:
+            return last, 0
         count = 0
         async for delivery in events.read_stream(
-            STREAM_AUDIT, SUBJECT_SESSION_KILL, since=since, until_seq=last, idle=1.0
+            STREAM_AUDIT,
+            SUBJECT_SESSION_KILL,
+            since=since if after is None else None,
+            after_seq=after,
+            until_seq=last,
+            idle=1.0,
         ):
             try:
                 event = SessionKill.from_bytes(delivery.data)
@@ -550,8 +581,11 @@ class Gateway:
                 _log.warning("bad_kill_event", error=str(exc))
                 continue
             count += 1
-            await self._live.kill(event, logged_in_before=event.at)
-        return count
+            # the later of the killer's clock and the server's: a killer whose clock is behind
+            # spares nobody who was logged in when the kill was stored (fail closed)
+            cutoff = max(event.at, delivery.timestamp)
+            await self._live.kill(event, logged_in_before=cutoff)
+        return last, count
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -36,6 +36,13 @@ meanwhile (the exec then names the reaper as parent). A table leaves the live on
 process's exit, and goes unless it holds a socket: a pid is reused only after an exit (were the
 exit lost, the new process would take the old one's descriptors: a false alert at worst).
 
+A child first seen after its parent closed or replaced a socket it was forked with gets it back:
+a table keeps its last sockets removed with the time of the removal, and a child whose clone
+started (``start_time``) before a removal inherits what the descriptor held then. An exec whose
+stdin is a network socket not yet connected waits on that socket, and the socket's connect
+raises the alert: the export is not ordered across CPUs, a connect may come after the exec it
+preceded.
+
 What the events cannot tell, and the choice made: a close-on-exec flag changed by a call not
 hooked (none is known besides those above) would go unseen; a socket whose creation was not seen
 (opened before the policy was loaded, received over a unix socket or by ``pidfd_getfd``, created
@@ -50,9 +57,11 @@ a copy onto its stdin of a descriptor the table does not hold is taken for a soc
 closed). When the tables are full, an eighth goes, the least telling first: exited processes
 without a network socket on stdin, then live ones, then exited ones with one, then live ones
 with one (``fd_evicted_armed`` counts those). Short-lived processes free their tables at exit,
-and only a process with a socket (or whose parent has one) gets a table; pushing out a live
+and only a process with a socket (or whose parent has one) gets a table. Pushing out a live
 reverse shell's table takes ``max_fd_processes`` live processes each with a network socket on
-its stdin, each of which a shell run would alert on.
+its stdin, and even then the evicted table leaves a mark (by pid while its process lives, and by
+exec id; for 4x the tables): that process's stdin, and its children's, are taken for a connected
+socket (fail closed; the only others marked are the flood's own processes).
 
 Correlation: a Pod labelled ``stockade.dev/workspace`` / ``stockade.dev/user`` /
 ``stockade.dev/session`` (``stockade.dev/blueprint``) names them; for the local backends (no Pod)
@@ -77,6 +86,7 @@ import threading
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -290,16 +300,23 @@ class _Socket:
     """A socket, as the kernel's open file: its descriptors' copies (dup, fork) share it, so a
     connect through one of them connects them all."""
 
-    __slots__ = ("connected", "network")
+    __slots__ = ("connected", "network", "waiting")
 
     def __init__(self, *, network: bool, connected: bool = False) -> None:
         self.network = network
         self.connected = connected
+        #: Execs of programs with this socket on their stdin before it connected (the export
+        #: is not ordered across CPUs: a connect may come after the exec it preceded), with
+        #: their process entries; its connect matches them (``Engine._late_connect``).
+        self.waiting: list[tuple[TraceEvent, _Proc]] | None = None
 
 
 #: What an untracked descriptor copied onto stdin is, in a table that stopped following its
 #: process's sockets (more than ``max_fds``): taken for a connected network socket.
 _DOUBT = _Socket(network=True, connected=True)
+#: What an evicted table's process (see ``Engine._fd_marks``) and its children are given: a
+#: connected network socket on stdin, every other descriptor unknown (``overflow``).
+_EVICTED_FDS: dict[int, tuple[_Socket, bool]] = {0: (_DOUBT, False)}
 #: Families whose sockets are not network connections.
 _LOCAL_FAMILIES = frozenset({1, 16})  # AF_UNIX, AF_NETLINK
 _CONNECTING = frozenset({0, -115})  # connected, or -EINPROGRESS (a non-blocking connect)
@@ -309,6 +326,12 @@ _CLOSE_RANGE_CLOEXEC = 4
 _CLOSE_RANGE_FLAGS = 2 | 4  # CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC
 #: Exec ids a table answers to (a process's clone and its last execs).
 _EXEC_IDS_PER_TABLE = 4
+#: Sockets removed from a table remembered for the children forked before the removal.
+_REMOVED_PER_TABLE = 16
+#: Execs a socket not yet connected keeps waiting for its connect, and sockets with any (the
+#: oldest forgets its execs first): the events are kept whole.
+_WAITING_PER_SOCKET = 8
+_WAITING_SOCKETS = 1024
 
 
 class _FdTable:
@@ -317,7 +340,7 @@ class _FdTable:
     Only sockets are held: a descriptor absent from the table is not a socket (a file, a pipe,
     a tty, a closed one). A process with no table and no parent with one holds no socket."""
 
-    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow")
+    __slots__ = ("binary", "exec_ids", "fds", "key", "live", "overflow", "removed")
 
     def __init__(
         self,
@@ -333,6 +356,24 @@ class _FdTable:
         self.live = True
         #: More sockets than ``max_fds`` were opened: some are not followed.
         self.overflow = overflow
+        #: The last sockets taken off a descriptor (close, a copy over it, close_range): (when,
+        #: fd, socket, close-on-exec), oldest first, for a child forked before (see
+        #: ``Engine._fd_inherit``). None until the first.
+        self.removed: list[tuple[str, int, _Socket, bool]] | None = None
+
+    def remove(self, fd: int, event: TraceEvent) -> None:
+        """Take the socket off ``fd``, remembering it with the time of the ``event`` that did
+        (its text: parsed only when a child needs it, rarely)."""
+        held = self.fds.pop(fd, None)
+        if held is None:
+            return
+        when = event.time or event.process.start_time
+        removed = self.removed
+        if removed is None:
+            removed = self.removed = []
+        removed.append((when, fd, held[0], held[1]))
+        if len(removed) > _REMOVED_PER_TABLE:
+            del removed[0]
 
     def put(self, fd: int, sock: _Socket, cloexec: bool, limit: int) -> None:
         fds = self.fds
@@ -357,6 +398,18 @@ class _FdTable:
             if held is not None and held[0].network and held[0].connected:
                 return True
         return False
+
+
+#: The stand-in parent table of a marked process (read only: children copy its descriptors).
+_EVICTED = _FdTable(("", 0), "", _EVICTED_FDS, True)
+
+
+def _seconds(text: str, default: float) -> float:
+    """Epoch seconds of an RFC 3339 time of the export; ``default`` when it is none."""
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return default
 
 
 def _exact_name(value: str | None) -> str | None:
@@ -430,6 +483,12 @@ class Engine:
         self._fd_tables: dict[_FdTable, None] = {}
         self._fd_live: dict[tuple[str, int], _FdTable] = {}
         self._fd_exec: dict[str, _FdTable] = {}
+        #: Processes (by (node, pid) while live, and by exec id) whose table was evicted with
+        #: a network socket on its stdin: their stdin, and their children's, is taken for a
+        #: connected socket (fail closed). For 4x the tables at most, oldest dropped first.
+        self._fd_marks: dict[tuple[str, int] | str, None] = {}
+        #: Sockets with execs waiting for their connect (``_Socket.waiting``), oldest first.
+        self._waiting: dict[_Socket, None] = {}
         #: The table of the process_exec being matched (its descriptors after the exec).
         self._exec_fds: _FdTable | None = None
         self.fd_evicted_armed = 0
@@ -484,6 +543,8 @@ class Engine:
             if rules.stdio_calls:
                 self._exec_fds = self._fd_exec_event(event) if self._fd_tables else None
             hits = self._match_exec(rules, event, entry)
+            if self._exec_fds is not None and rules.exec_stdio:
+                self._wait_for_connect(self._exec_fds, event, entry)
             if hits:
                 alerts = self._on_hits(rules, hits, event, entry)
             if self._anomalies:
@@ -495,17 +556,20 @@ class Engine:
             self._forget(event.process)
             if self._live_sessions:
                 self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
-            if self._fd_tables:
+            if self._fd_tables or self._fd_marks:
                 self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
             if stdio and kind == "process_kprobe":
                 positions = stdio.get(event.function)
                 if positions is not None:
-                    self._track_fd(event, positions)
+                    late = self._track_fd(event, positions)
+                    if late is not None:
+                        alerts = self._late_connect(rules, late)
             hits = self._match_kprobe(rules, event, entry)
             if hits:
-                alerts = self._on_hits(rules, hits, event, entry)
+                more = self._on_hits(rules, hits, event, entry)
+                alerts = more if not alerts else [*alerts, *(more or ())]
         if not alerts:
             return _NONE
         self.alerts += len(alerts)
@@ -545,8 +609,9 @@ class Engine:
 
     # --- descriptor tables (stdio_socket rules) ----------------------------------------
 
-    def _track_fd(self, event: TraceEvent, positions: tuple[int, ...]) -> None:
-        """Apply one descriptor-table call (:data:`STDIO_HOOKS`) to the process's table.
+    def _track_fd(self, event: TraceEvent, positions: tuple[int, ...]) -> _Socket | None:
+        """Apply one descriptor-table call (:data:`STDIO_HOOKS`) to the process's table; the
+        socket a connect just connected when execs wait for it (see ``_Socket.waiting``).
 
         A call that failed (a negative return value) changed nothing; one whose return value
         the event lacks (a policy that did not ask for it) is taken as done when the change
@@ -559,7 +624,7 @@ class Engine:
                 continue
             value = args[position].value
             if type(value) is not int:
-                return
+                return None
             values.append(value)
         ret = event.ret.value if event.ret is not None else None
         if type(ret) is not int:
@@ -567,47 +632,52 @@ class Engine:
         function = event.function
         if function == "sys_connect":
             if ret is not None and ret not in _CONNECTING:
-                return  # refused, unreachable, not a socket: not connected
+                return None  # refused, unreachable, not a socket: not connected
             table = self._fd_lookup(event, create=True)
             if table is None:
-                return
+                return None
             fd = values[0]
             held = table.fds.get(fd)
             if held is None:  # a socket whose creation was not seen (older, received): doubt
                 table.put(fd, _Socket(network=True, connected=True), False, self._max_fds)
             elif held[0].network:
-                held[0].connected = True
-            return
+                sock = held[0]
+                if not sock.connected:
+                    sock.connected = True
+                    if sock.waiting:
+                        return sock
+            return None
         if ret is not None and ret < 0:
-            return
+            return None
         if function == "sys_socket":
             if ret is None:
-                return
+                return None
             family, kind = values
             table = self._fd_lookup(event, create=True)
             if table is not None:
                 sock = _Socket(network=family not in _LOCAL_FAMILIES)
                 table.put(ret, sock, bool(kind & SOCK_CLOEXEC), self._max_fds)
-            return
+            return None
         table = self._fd_lookup(event, create=False)
         if table is None:
-            return  # no socket in this process nor in its parent: nothing to follow
+            return None  # no socket in this process nor in its parent: nothing to follow
         if function == "sys_close":
-            table.fds.pop(values[0], None)
+            if values[0] in table.fds:
+                table.remove(values[0], event)
         elif function in ("sys_dup2", "sys_dup3"):
             old, new = values[0], values[1]
             if old != new:
                 cloexec = function == "sys_dup3" and bool(values[2] & O_CLOEXEC)
-                self._fd_copy(table, old, new, cloexec)
+                self._fd_copy(table, old, new, cloexec, event)
         elif function == "sys_dup":
             if ret is not None:
-                self._fd_copy(table, values[0], ret, False)
+                self._fd_copy(table, values[0], ret, False, event)
         elif function == "sys_fcntl":
             fd, cmd, arg = values
             if cmd == F_SETFD:
                 table.set_cloexec(fd, bool(arg & FD_CLOEXEC))
             elif cmd in (F_DUPFD, F_DUPFD_CLOEXEC) and ret is not None:
-                self._fd_copy(table, fd, ret, cmd == F_DUPFD_CLOEXEC)
+                self._fd_copy(table, fd, ret, cmd == F_DUPFD_CLOEXEC, event)
         elif function == "sys_ioctl":
             fd, cmd = values
             if cmd in (FIOCLEX, FIONCLEX):
@@ -615,26 +685,72 @@ class Engine:
         elif function == "sys_close_range":
             first, last, flags = values
             if flags & ~_CLOSE_RANGE_FLAGS:
-                return  # EINVAL: nothing closed
+                return None  # EINVAL: nothing closed
             first &= 0xFFFFFFFF  # unsigned int in the kernel; Tetragon's int is signed
             last &= 0xFFFFFFFF
             for fd in [fd for fd in table.fds if first <= fd <= last]:
                 if flags & _CLOSE_RANGE_CLOEXEC:
                     table.set_cloexec(fd, True)
                 else:
-                    del table.fds[fd]
+                    table.remove(fd, event)
+        return None
 
-    def _fd_copy(self, table: _FdTable, old: int, new: int, cloexec: bool) -> None:
+    def _wait_for_connect(self, table: _FdTable, event: TraceEvent, entry: _Proc) -> None:
+        """A program exec'd with a network socket not yet connected on its stdin waits on it:
+        the connect may have come first and be exported after (see ``_Socket.waiting``)."""
+        for fd in STDIO_FDS:
+            held = table.fds.get(fd)
+            if held is None or not held[0].network or held[0].connected:
+                continue
+            sock = held[0]
+            if sock.waiting is None:
+                sock.waiting = []
+                waiting = self._waiting
+                waiting[sock] = None
+                if len(waiting) > _WAITING_SOCKETS:
+                    oldest = next(iter(waiting))
+                    del waiting[oldest]
+                    oldest.waiting = None
+            if len(sock.waiting) < _WAITING_PER_SOCKET:
+                sock.waiting.append((event, entry))
+
+    def _late_connect(self, rules: RuleSet, sock: _Socket) -> list[Alert] | None:
+        """The alerts of the execs that waited on ``sock``, now connected: each as its exec
+        would have raised it (the ``stdio_socket`` rules its process matches)."""
+        waiting, sock.waiting = sock.waiting or [], None
+        self._waiting.pop(sock, None)
+        alerts: list[Alert] = []
+        saved = self._exec_fds
+        try:
+            for event, entry in waiting:
+                # its stdin as at its exec: this socket, connected
+                self._exec_fds = _FdTable(("", 0), event.process.binary, {0: (sock, False)}, False)
+                hits = [
+                    rule
+                    for rule in rules.exec_stdio
+                    if self._process_matches(rule, event) and self._scoped(rule, event, entry)
+                ]
+                if hits:
+                    alerts.extend(self._on_hits(rules, hits, event, entry) or ())
+        finally:
+            self._exec_fds = saved
+        return alerts or None
+
+    def _fd_copy(
+        self, table: _FdTable, old: int, new: int, cloexec: bool, event: TraceEvent
+    ) -> None:
         """``new`` is now a copy of ``old`` (dup2/dup3/dup/F_DUPFD)."""
         held = table.fds.get(old)
         if held is not None:
+            if new in table.fds:
+                table.remove(new, event)
             table.put(new, held[0], cloexec, self._max_fds)
         elif table.overflow and new in STDIO_FDS:
             # the table stopped following this process's sockets: an untracked descriptor on
             # stdin may be one of them (fail closed)
             table.put(new, _DOUBT, cloexec, self._max_fds)
-        else:
-            table.fds.pop(new, None)  # a copy of something that is not a socket
+        elif new in table.fds:  # a copy of something that is not a socket
+            table.remove(new, event)
 
     def _fd_lookup(self, event: TraceEvent, *, create: bool) -> _FdTable | None:
         """The descriptor table of the event's process; a process first seen gets a copy of
@@ -659,14 +775,18 @@ class Engine:
             # (fail closed: a false alert at worst, never a missed one)
             self._fd_alias(table, exec_id)
             return table
-        source = self._fd_parent(event)
-        if source is None or not (source.fds or source.overflow):
+        marks = self._fd_marks
+        source = _EVICTED if marks and (key in marks or exec_id in marks) else None
+        source = source or self._fd_parent(event)
+        if source is None or not (source.fds or source.overflow or source.removed):
             if not create:
                 return None
             fds: dict[int, tuple[_Socket, bool]] = {}
             overflow = False
         else:
-            fds, overflow = dict(source.fds), source.overflow
+            fds, overflow = self._fd_inherit(source, proc), source.overflow
+            if not (fds or overflow or create):
+                return None
         if len(self._fd_tables) >= self._max_fd_processes:
             self._fd_evict()
         table = _FdTable(key, proc.binary, fds, overflow)
@@ -674,6 +794,25 @@ class Engine:
         self._fd_live[key] = table
         self._fd_alias(table, exec_id)
         return table
+
+    @staticmethod
+    def _fd_inherit(source: _FdTable, proc: Process) -> dict[int, tuple[_Socket, bool]]:
+        """The descriptors a child first seen now got from ``source`` at its fork: the parent's
+        as they are, and those the parent took off a descriptor after the child's clone began
+        (its ``start_time``: a fork server's ``close(s)`` of its copy right after the fork,
+        before the child's first hooked call). The first removal after the clone of each
+        descriptor is what it held then; a socket the parent opened after the fork is given
+        too (the doubt goes to a socket that stays open)."""
+        fds = dict(source.fds)
+        removed = source.removed
+        if removed:
+            started = _seconds(proc.start_time, 0.0)  # unknown: before every removal
+            restored: set[int] = set()
+            for when, fd, sock, cloexec in removed:
+                if fd not in restored and _seconds(when, float("inf")) > started:
+                    restored.add(fd)
+                    fds[fd] = (sock, cloexec)
+        return fds
 
     def _fd_parent(self, event: TraceEvent) -> _FdTable | None:
         """The table of the event's parent process: by its exec id (live, or kept past its
@@ -686,14 +825,23 @@ class Engine:
         if table is not None:
             return table
         parent = event.parent
+        marks = self._fd_marks
         if parent is None:
-            return None
+            return _EVICTED if marks and parent_id in marks else None
         if parent.parent_exec_id:
             grand = tables.get(parent.parent_exec_id)
             if grand is not None and grand.binary == parent.binary:
                 return grand
         if parent.pid is not None:
-            return self._fd_live.get((event.node_name, parent.pid))
+            table = self._fd_live.get((event.node_name, parent.pid))
+            if table is not None:
+                return table
+        if marks and (
+            parent_id in marks
+            or parent.exec_id in marks
+            or (event.node_name, parent.pid or 0) in marks
+        ):
+            return _EVICTED
         return None
 
     def _fd_exec_event(self, event: TraceEvent) -> _FdTable | None:
@@ -711,6 +859,8 @@ class Engine:
         """The process is gone: its table leaves the live ones, and is dropped unless it holds
         a socket (a child seen after its parent's exit still inherits it)."""
         proc = event.process
+        if self._fd_marks and proc.pid is not None:  # a pid is reused only after an exit
+            self._fd_marks.pop((event.node_name, proc.pid), None)
         table = self._fd_exec.get(proc.exec_id) if proc.exec_id else None
         if table is None and proc.pid is not None:
             table = self._fd_live.get((event.node_name, proc.pid))
@@ -756,8 +906,20 @@ class Engine:
                     return
                 if tier >= 2:
                     self.fd_evicted_armed += 1
+                    self._fd_mark(table)
                 self._fd_drop(table)
                 dropped += 1
+
+    def _fd_mark(self, table: _FdTable) -> None:
+        """Remember that ``table``'s process had a network socket on its stdin (its table is
+        being evicted): by its exec ids, and by its pid while it lives."""
+        marks = self._fd_marks
+        limit = 8 * self._max_fd_processes  # two keys a process: 4x the tables
+        keys: list[tuple[str, int] | str] = list(table.exec_ids)
+        if table.live:
+            keys.append(table.key)
+        for key in keys:
+            _bounded_set(marks, key, None, limit)
 
     def _stdio_on_socket(self, event: TraceEvent) -> bool:
         """The exec'd program's stdin is a connected network socket, or its parent's is
