@@ -251,6 +251,23 @@ async def test_host_unix_sockets_unreachable(backend: SandboxBackend, tmp_path: 
     assert "reached" not in out
 
 
+async def test_a_namespace_file_left_without_its_namespace_is_replaced(
+    backend: SandboxBackend, tmp_path: Path
+) -> None:
+    """Regression (the README walkthrough, restarting ``make up``): ``ip netns add`` mounts the
+    namespace in the mount namespace it runs in; when that one goes, an empty file stays in
+    /run/netns, and every later session of the workspace failed in nsenter ("Invalid
+    argument"). The leftover is replaced by a live namespace."""
+    name = f"sbx-{tmp_path.name}-a"
+    path = Path("/run/netns") / sandbox_netns(name, tmp_path, uid=backend.ids(name)[0])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()  # what a gone mount namespace leaves behind
+    assert not path.is_mount()
+    out = await _run(backend, _spec(backend, tmp_path, "a", "ann", "echo inside"))
+    assert out.strip() == "inside"
+    assert path.is_mount()
+
+
 async def test_two_data_dirs_never_share_a_workspaces_network_namespace(
     backend: SandboxBackend, tmp_path: Path
 ) -> None:

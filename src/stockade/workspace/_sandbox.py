@@ -235,15 +235,28 @@ def sandbox_netns(workspace: str, data_dir: Path, *, uid: int) -> str:
 
 
 def _ensure_netns(name: str) -> str:
+    """``/run/netns/<name>``, a live network namespace (created when there is none).
+
+    A file there is not enough: ``ip netns add`` bind-mounts the namespace onto it in the
+    mount namespace it runs in, and when that mount namespace goes (a gateway run under
+    ``ip netns exec``, a systemd unit with a private /run, a container) only the empty file
+    stays behind. ``nsenter`` then fails on it ("Invalid argument") and so would every session
+    of the workspace, after a mere restart. Such a leftover is replaced."""
     path = f"/run/netns/{name}"
-    if not os.path.exists(path):
-        ip = shutil.which("ip")
-        if ip is None:
-            raise ToolMissing("ip", "iproute2")
-        added = subprocess.run([ip, "netns", "add", name], capture_output=True, check=False)
-        if added.returncode != 0 and not os.path.exists(path):
-            raise BackendError(f"creating network namespace {name} failed")
-        subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=False)
+    if os.path.ismount(path):  # the namespace's own mount, in this mount namespace
+        return path
+    ip = shutil.which("ip")
+    if ip is None:
+        raise ToolMissing("ip", "iproute2")
+    if os.path.lexists(path):
+        _log.info("sandbox_netns_replaced", netns=name, reason="a file without its namespace")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    added = subprocess.run([ip, "netns", "add", name], capture_output=True, check=False)
+    if added.returncode != 0 or not os.path.ismount(path):
+        why = added.stderr.decode(errors="replace").strip()[-200:]
+        raise BackendError(f"creating network namespace {name} failed: {why or 'not mounted'}")
+    subprocess.run([ip, "-n", name, "link", "set", "lo", "up"], check=False)
     return path
 
 
