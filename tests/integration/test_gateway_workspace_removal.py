@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,13 @@ async def test_a_recreated_workspace_starts_in_a_fresh_network_namespace(
             out = result.stdout.decode()
             assert "done" in out, result.stderr.decode()
             assert "reached" not in out  # a fresh namespace: the old listener is out of reach
+            # the removal replayed after a reconnect spares a later login, and its namespace
+            async with _shell(env, name, key) as (shell, session_id, _token):
+                before = datetime.now(UTC) - timedelta(hours=1)
+                removal = SessionKill(session_id="*", removed_workspace=name)
+                await env.gateway._apply_kill(removal, logged_in_before=before)
+                assert session_id in env.gateway.live_sessions
+                assert Path(f"/run/netns/{netns}").exists()  # noqa: ASYNC240
     finally:
         if left is not None and left.returncode is None:
             left.kill()

@@ -228,8 +228,9 @@ def sandbox_netns(workspace: str, data_dir: Path, *, uid: int) -> str:
     host, and two Stockade instances on one host (two data dirs, say two teams' gateways) must
     never put their workspaces of the same name in one namespace, where each would reach the
     other's listeners. And after its uid: a workspace removed and re-created for someone else
-    with ``--purge`` gets a fresh uid, while the old owner's sessions (removal ends none) stay
-    in the old namespace; sharing it, each reached the other's listeners."""
+    with ``--purge`` gets a fresh uid: whatever the old owner left running (a process that
+    outlived its session; removal ends the sessions and drops the name) stays in the old
+    namespace; sharing it, each reached the other's listeners."""
     key = f"{data_dir.resolve()}\0{workspace}\0{uid}".encode()
     return "stockade-" + hashlib.sha256(key).hexdigest()[:12]
 
