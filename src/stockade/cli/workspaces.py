@@ -127,7 +127,7 @@ def list_(
 @app.command("remove")
 @handle_errors
 def remove(name: str, direct: Annotated[bool, DIRECT] = False) -> None:
-    """Remove workspace NAME's record (its files stay)."""
+    """Remove workspace NAME's record (its files stay); every session in it ends."""
 
     async def run() -> None:
         async with admin_identity(settings(), direct=direct) as identity:

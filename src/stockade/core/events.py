@@ -224,6 +224,11 @@ class SessionKill(Event):
     workspace_label: str | None = Field(default=None, max_length=63)
     """The workspace as its Pod's ``stockade.dev/workspace`` label reads (a Worktrace alert
     from a Pod knows no session: one Pod serves them all, so all of them end)."""
+    removed_workspace: str | None = Field(default=None, max_length=64)
+    """With ``session_id`` ``*``: workspace ``removed_workspace`` (by its name) was removed.
+    Every session in it ends, and each gateway drops what it kept for the workspace (its
+    network namespace) once its sessions there have ended: a workspace re-created under that
+    name starts clean."""
     reason: str = Field(default="killed", max_length=256)
     """The end reason recorded for the session (``killed``, ``revoked``, ``worktrace: ...``)."""
     message: str = Field(default="session terminated by an administrator", max_length=256)
@@ -238,6 +243,13 @@ class SessionKill(Event):
             self.session_id != "*" or self.username is not None or not self.workspace_label
         ):
             raise ValueError("workspace_label needs session_id '*', a value and no username")
+        if self.removed_workspace is not None and (
+            self.session_id != "*"
+            or self.username is not None
+            or self.workspace_label is not None
+            or not self.removed_workspace
+        ):
+            raise ValueError("removed_workspace needs session_id '*', a value and nothing else")
         return self
 
 

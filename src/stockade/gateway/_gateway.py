@@ -498,7 +498,7 @@ class Gateway:
             except InvalidInput as exc:
                 _log.warning("bad_kill_event", error=str(exc))
                 return
-            await live.kill(event)
+            await self._apply_kill(event)
 
         async def on_identity(_subject: str, data: bytes) -> None:
             try:
@@ -584,8 +584,33 @@ class Gateway:
             # the later of the killer's clock and the server's: a killer whose clock is behind
             # spares nobody who was logged in when the kill was stored (fail closed)
             cutoff = max(event.at, delivery.timestamp)
-            await self._live.kill(event, logged_in_before=cutoff)
+            await self._apply_kill(event, logged_in_before=cutoff)
         return last, count
+
+    async def _apply_kill(
+        self, event: SessionKill, *, logged_in_before: datetime | None = None
+    ) -> None:
+        """End what ``event`` names here; a workspace removal also drops the workspace's
+        network namespace once none of its sessions is left here (kept, a re-created
+        workspace of that name would start in the old one, next to whatever the old
+        sessions left listening)."""
+        await self._live.kill(event, logged_in_before=logged_in_before)
+        workspace = event.removed_workspace
+        if workspace is None:
+            return
+        if self._live.in_workspace(workspace):  # a later login (a replay spares it): keep
+            _log.info("workspace_netns_kept", workspace=workspace, reason="live sessions")
+            return
+        services = self._channel_services
+        backends = services.backends.values() if services is not None else ()
+        for backend in {id(b): b for b in backends}.values():
+            remove = getattr(backend, "remove_netns", None)
+            if remove is None:
+                continue
+            try:
+                await asyncio.to_thread(remove, workspace)
+            except Exception as exc:  # a namespace left behind must not stop the kill loop
+                _log.error("workspace_netns_not_removed", workspace=workspace, error=repr(exc))
 
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -138,8 +138,22 @@ class LiveRegistry:
             _log.info("session_killed", session=live.session_id, reason=event.reason, by=event.by)
             await live.terminate(event.reason or "killed", event.message or KILL_MESSAGE)
 
+    def in_workspace(self, workspace: str) -> list[LiveConnection]:
+        """The connections in ``workspace`` not yet being ended."""
+        return [
+            v
+            for v in self._by_id.values()
+            if v.principal.workspace.name == workspace and not v.closing
+        ]
+
     def _kill_targets(self, event: SessionKill) -> list[LiveConnection]:
-        if event.session_id == "*" and event.workspace_label is not None:
+        if event.session_id == "*" and event.removed_workspace is not None:
+            targets = [
+                v
+                for v in self._by_id.values()
+                if v.principal.workspace.name == event.removed_workspace
+            ]
+        elif event.session_id == "*" and event.workspace_label is not None:
             targets = [
                 v
                 for v in self._by_id.values()

@@ -96,6 +96,9 @@ __all__ = ["IdentityService"]
 
 _log = get_logger("stockade.identity")
 
+#: The end reason of the sessions a workspace removal ended.
+WORKSPACE_REMOVED = "workspace_removed"
+
 #: What the user of a killed session reads.
 _KILL_MESSAGE = "session terminated by an administrator"
 
@@ -862,13 +865,38 @@ class IdentityService:
             return [_workspace(ws, owner_name) for ws, owner_name in rows]
 
     async def remove_workspace(self, name: str) -> None:
-        """Delete the workspace record ``name``."""
+        """Delete the workspace record ``name`` and end every live session in it.
+
+        A removed workspace must take its sessions with it: their holders would otherwise keep
+        working in a workspace that no longer exists (and, once it is re-created for someone
+        else, next to the new owner). The sessions end in this transaction (reason
+        ``workspace_removed``: their tokens stop verifying when it commits); each gets its
+        :class:`SessionKill` (the broker refuses its tokens at once), and one kill naming the
+        workspace reaches every gateway, which closes what it holds there (a session whose
+        record failed included) and drops the workspace's network namespace."""
         check_workspace(name)
         async with self._store.transaction() as session:
             result = await session.execute(delete(WorkspaceRow).where(WorkspaceRow.name == name))
             if getattr(result, "rowcount", 0) == 0:
                 raise NotFound("workspace", name)
-        _log.info("workspace removed", workspace=name)
+            ended = await _end_live_in(session, name, WORKSPACE_REMOVED)
+        _log.info("workspace removed", workspace=name, ended=len(ended))
+        message = f"workspace {name} was removed"
+        for session_id in ended:
+            await self._publish(
+                SessionKill(
+                    session_id=session_id, reason=WORKSPACE_REMOVED, message=message, by="identity"
+                )
+            )
+        await self._publish(
+            SessionKill(
+                session_id="*",
+                removed_workspace=name,
+                reason=WORKSPACE_REMOVED,
+                message=message,
+                by="identity",
+            )
+        )
 
     async def default_workspace(self, username: str) -> Workspace:
         """``username``'s own workspace (named like them), created as ``local`` when missing.
@@ -1235,6 +1263,23 @@ async def _end_live(
     if fingerprint is not None:
         query = query.where(SessionRow.fingerprint == fingerprint)
     rows = list(await session.scalars(query.with_for_update()))
+    now = _now()
+    for row in rows:
+        row.ended_at = now
+        row.end_reason = reason
+    return [row.id for row in rows]
+
+
+async def _end_live_in(session: AsyncSession, workspace: str, reason: str) -> list[str]:
+    """End the live sessions in ``workspace`` (everyone's) in this transaction; their tokens
+    stop verifying when it commits. Returns their ids."""
+    rows = list(
+        await session.scalars(
+            select(SessionRow)
+            .where(SessionRow.workspace == workspace, SessionRow.ended_at.is_(None))
+            .with_for_update()
+        )
+    )
     now = _now()
     for row in rows:
         row.ended_at = now

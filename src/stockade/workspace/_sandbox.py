@@ -228,8 +228,9 @@ def sandbox_netns(workspace: str, data_dir: Path, *, uid: int) -> str:
     host, and two Stockade instances on one host (two data dirs, say two teams' gateways) must
     never put their workspaces of the same name in one namespace, where each would reach the
     other's listeners. And after its uid: a workspace removed and re-created for someone else
-    with ``--purge`` gets a fresh uid, while the old owner's sessions (removal ends none) stay
-    in the old namespace; sharing it, each reached the other's listeners."""
+    with ``--purge`` gets a fresh uid: whatever the old owner left running (a process that
+    outlived its session; removal ends the sessions and drops the name) stays in the old
+    namespace; sharing it, each reached the other's listeners."""
     key = f"{data_dir.resolve()}\0{workspace}\0{uid}".encode()
     return "stockade-" + hashlib.sha256(key).hexdigest()[:12]
 
@@ -400,10 +401,29 @@ class SandboxBackend:
         return _ensure_netns(sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0]))
 
     def remove_netns(self, workspace: str) -> None:
-        """Delete ``workspace``'s network namespace (when the workspace is removed)."""
-        name = sandbox_netns(workspace, self.data_dir, uid=self.ids(workspace)[0])
-        if os.path.exists(f"/run/netns/{name}"):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
+        """Delete ``workspace``'s network namespace of this data dir (the gateway calls it when
+        the workspace is removed and none of its sessions is left here). A workspace that
+        never ran here has no uid: none is allocated just to find a namespace."""
+        if self.as_root:
+            uid = self.uids.known().get(workspace)
+            if uid is None:
+                return
+        else:
+            uid = self.uid
+        name = sandbox_netns(workspace, self.data_dir, uid=uid)
+        if not os.path.exists(f"/run/netns/{name}"):
+            return
+        ip = shutil.which("ip") or "ip"
+        done = subprocess.run([ip, "netns", "delete", name], capture_output=True, check=False)
+        if done.returncode != 0:
+            _log.warning(
+                "workspace_netns_not_removed",
+                workspace=workspace,
+                netns=name,
+                error=done.stderr.decode(errors="replace").strip()[:200],
+            )
+            return
+        _log.info("workspace_netns_removed", workspace=workspace, netns=name)
 
     @property
     def forwards_from_workspace(self) -> bool:
