@@ -24,6 +24,7 @@ __all__ = ["openbao"]
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.serial,
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="rootful Podman needs root"),
     pytest.mark.timeout(300),

@@ -36,6 +36,7 @@ from tests.conftest import IN_CI
 IS_ROOT = os.geteuid() == 0
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.serial,
     pytest.mark.skipif(not IS_ROOT and not IN_CI, reason="rootful Podman needs root"),
     pytest.mark.timeout(600),
 ]

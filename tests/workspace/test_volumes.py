@@ -23,6 +23,7 @@ from tests.conftest import IN_CI
 
 pytestmark = [
     pytest.mark.root,
+    pytest.mark.serial,
     pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="loop mounts need root"),
 ]
 UID = 200321
