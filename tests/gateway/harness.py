@@ -31,6 +31,7 @@ from stockade.identity import IdentityService, KeyRing, PasswordHasher
 from stockade.rpc import AuthzClient, IdentityClient, RpcServer, mtls_channel
 from stockade.store import Store
 from stockade.tls import CertificateFiles, DevCA, gateway_uri
+from stockade.workspace import UidAllocator, sandbox_netns
 
 CLEAN_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
 
@@ -142,6 +143,13 @@ class GatewayEnv:
         path = keygen(self.tmp / f"id_{name}")
         await self.identity.add_key(name, path.with_suffix(".pub").read_text())
         return path
+
+
+def workspace_netns(name: str, data_dir: Path) -> str:
+    """The sandbox network namespace of workspace ``name`` under ``data_dir`` (its name
+    follows the workspace's uid too; -1 while it has none)."""
+    uid = UidAllocator(data_dir / "workspace-uids.json").known().get(name, -1)
+    return sandbox_netns(name, data_dir, uid=uid)
 
 
 async def eventually(check: Any, *, within: float = 10.0, interval: float = 0.05) -> Any:

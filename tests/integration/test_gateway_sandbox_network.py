@@ -14,10 +14,9 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from gateway.harness import gateway_env
+from gateway.harness import gateway_env, workspace_netns
 
 from stockade.core.settings import Settings
-from stockade.workspace import UidAllocator, sandbox_netns
 from tests.conftest import IN_CI
 
 pytestmark = [
@@ -39,12 +38,6 @@ PROBE = (
 )
 
 
-def _netns(name: str, data_dir: Path) -> str:
-    """The sandbox network namespace of workspace ``name`` (named after its uid too)."""
-    uid = UidAllocator(data_dir / "workspace-uids.json").known().get(name, -1)
-    return sandbox_netns(name, data_dir, uid=uid)
-
-
 @pytest.mark.parametrize("isolated", [False, True], ids=["off", "default"])
 async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
     tmp_path: Path, nats_url: str, isolated: bool
@@ -60,7 +53,7 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
             )
             if isolated:  # a forward enters the workspace's namespace (its own loopback)
                 inside = await asyncio.create_subprocess_exec(
-                    "ip", "netns", "exec", _netns(name, tmp_path / "data"),
+                    "ip", "netns", "exec", workspace_netns(name, tmp_path / "data"),
                     sys.executable, "-c", LISTENER,
                     stdout=asyncio.subprocess.PIPE,
                 )  # fmt: skip
@@ -81,7 +74,7 @@ async def test_sandbox_network_setting_keeps_the_host_loopback_out_of_reach(
                 await inside.wait()
     finally:
         host.close()
-        netns = ["ip", "netns", "delete", _netns(name, tmp_path / "data")]
+        netns = ["ip", "netns", "delete", workspace_netns(name, tmp_path / "data")]
         subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
     out = result.stdout.decode()
     assert "done" in out, result.stderr.decode()

@@ -28,14 +28,13 @@ from typing import Any
 import pytest
 from broker.fixtures import openbao
 from broker.harness import OpenBao, broker_settings
-from gateway.harness import CLEAN_ENV, GatewayEnv, eventually, gateway_env
+from gateway.harness import CLEAN_ENV, GatewayEnv, eventually, gateway_env, workspace_netns
 
 from stockade.broker import BrokerServer, workspace_config
 from stockade.bus import Bus
 from stockade.core.settings import Settings
 from stockade.helpers import static_helper
 from stockade.tls import DevCA
-from stockade.workspace import UidAllocator, sandbox_netns
 from tests.conftest import IN_CI
 
 __all__ = ["openbao"]
@@ -62,12 +61,6 @@ LISTEN = (
     'python3 -c \'import socket; s = socket.create_server(("127.0.0.1", 0));'
     ' print(s.getsockname()[1], flush=True); s.settimeout(30); s.accept()[0].sendall(b"x")\''
 )
-
-
-def _netns(name: str, data_dir: Path) -> str:
-    """The sandbox network namespace of workspace ``name`` (named after its uid too)."""
-    uid = UidAllocator(data_dir / "workspace-uids.json").known().get(name, -1)
-    return sandbox_netns(name, data_dir, uid=uid)
 
 
 @dataclass
@@ -155,7 +148,7 @@ async def stack(tmp_path: Path, nats_url: str, openbao: OpenBao) -> AsyncIterato
             await broker.stop()
             await bus.close()
             for name in names:
-                netns = ["ip", "netns", "delete", _netns(name, gw.data_dir)]
+                netns = ["ip", "netns", "delete", workspace_netns(name, gw.data_dir)]
                 subprocess.run(netns, capture_output=True, check=False)  # noqa: ASYNC221
 
 
