@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,6 +49,7 @@ from stockade.core import InvalidInput, StockadeError, get_logger
 
 from ._errors import rpc_errors_to_status
 from ._gen import authz_pb2, authz_pb2_grpc
+from ._service_auth import current_service
 
 __all__ = ["AuthzClient", "AuthzServicer"]
 
@@ -115,9 +117,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         ends = loop.time() + self._max_stream_age
+        caller = current_service()
+        if caller is not None and caller.expires is not None:
+            # the token was checked once, at open: the stream dies with it, not 60 s later
+            ends = min(ends, loop.time() + (caller.expires - time.time()))
         async for frame in requests:
             if loop.time() >= ends:
-                # the client did not retire it: its token has not been checked for a while
+                # the client did not retire it: its token has expired or not been checked lately
                 log.info("authz.stream.aged_out", peer=context.peer())
                 return
             problem = _frame_problem(frame)
