@@ -399,3 +399,33 @@ async def test_bounds_checked() -> None:
         ]:
             with pytest.raises(InvalidInput, match=field):
                 AuthzClient(channel, target="x", **kwargs)
+
+
+_PATCH_VALUES = [True, 1, 1.0, False, 0]
+
+
+class _PatchEcho:
+    """An authorizer whose allow patches ``/spec/value`` with ``_PATCH_VALUES[i]`` for session
+    ``s-<i>``: the obligations differ between callers only by the JSON type of one value."""
+
+    def decide(self, input_doc: Any) -> Any:
+        from stockade.authz import Decision
+
+        value = _PATCH_VALUES[int(input_doc["context"]["session_id"][2:])]
+        return Decision.from_parts(True, {"patch:/spec/value": value})
+
+
+async def test_patch_values_equal_in_python_are_not_shared_between_callers(
+    serve: Serve, tls: CertificateFiles
+) -> None:
+    """ATTACK: the server remembers the wire form of each obligations value; True == 1 == 1.0
+    (and False == 0) in Python, so one caller's patch ``1`` was answered to another as
+    ``true``: obligations crossing between callers. Each caller gets its own value back."""
+    port = await serve(AuthzServicer(_PatchEcho()))  # type: ignore[arg-type]
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t")
+        for i, value in enumerate(_PATCH_VALUES):
+            decision = await client.decide_async(_doc(i=i))
+            (patch,) = decision.obligations.patches
+            assert patch == ("/spec/value", value)
+            assert type(patch[1]) is type(value)

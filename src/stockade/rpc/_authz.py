@@ -179,11 +179,12 @@ _obligations_parsed: dict[str, Obligations | str] = {}
 
 def _response(decision: Decision) -> authz_pb2.DecideResponse:
     obligations = decision.obligations
-    try:
-        text = _obligations_json.get(obligations)
-    except TypeError:  # a patch value that is a dict or list: not hashable, not remembered
+    if obligations.patches:
+        # patch values are any JSON, and True == 1 == 1.0, False == 0 as dict keys: a remembered
+        # form would answer one caller's patch to another with another type; never remembered
         text = json.dumps(obligations.to_dict())
     else:
+        text = _obligations_json.get(obligations)
         if text is None:
             text = json.dumps(obligations.to_dict())
             if len(_obligations_json) >= _SHAPES:
