@@ -184,8 +184,10 @@ def _response(decision: Decision) -> authz_pb2.DecideResponse:
         # form would answer one caller's patch to another with another type; never remembered
         text = json.dumps(obligations.to_dict())
     else:
-        text = _obligations_json.get(obligations)
-        if text is None:
+        remembered = _obligations_json.get(obligations)
+        if remembered is not None:
+            text = remembered
+        else:
             text = json.dumps(obligations.to_dict())
             if len(_obligations_json) >= _SHAPES:
                 _obligations_json.clear()
