@@ -429,3 +429,34 @@ async def test_patch_values_equal_in_python_are_not_shared_between_callers(
             (patch,) = decision.obligations.patches
             assert patch == ("/spec/value", value)
             assert type(patch[1]) is type(value)
+
+
+async def test_an_expired_client_certificate_stops_deciding_on_its_open_connection(
+    tmp_path: Path, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: mTLS checks the client certificate at the handshake only. A caller whose
+    certificate expires keeps its HTTP/2 connection open and goes on deciding (unary and on
+    fresh streams) for ever. The server ages connections out, so the next handshake refuses
+    the expired certificate and its decisions are denies."""
+    from datetime import timedelta
+
+    from stockade.rpc import RpcServer
+
+    ca = DevCA(tmp_path / "tls")  # the CA of the ``tls`` fixture
+    cert, key = ca.mint("gateway", lifetime=timedelta(seconds=2))
+    (tmp_path / "gw.pem").write_bytes(cert)
+    (tmp_path / "gw.key").write_bytes(key)
+    (tmp_path / "gw.key").chmod(0o600)
+    client_tls = CertificateFiles(tmp_path / "gw.pem", tmp_path / "gw.key", ca.ca_cert_path)
+    server = RpcServer(identity=None, authorizer=authorizer, tls=tls, max_connection_age=0.5)
+    await server.start()
+    try:
+        async with mtls_channel("127.0.0.1", server.port, client_tls) as channel:
+            client = AuthzClient(channel, target="authz", timeout=1.0)
+            assert (await client.decide_async(_doc())).allow
+            await asyncio.sleep(3)  # the certificate has expired; the channel is the same
+            denied = await client.decide_async(_doc())
+        assert not denied.allow
+        assert "authz service at authz failed" in denied.reasons[0]
+    finally:
+        await server.stop(0)
