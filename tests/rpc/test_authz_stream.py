@@ -399,3 +399,64 @@ async def test_bounds_checked() -> None:
         ]:
             with pytest.raises(InvalidInput, match=field):
                 AuthzClient(channel, target="x", **kwargs)
+
+
+_PATCH_VALUES = [True, 1, 1.0, False, 0]
+
+
+class _PatchEcho:
+    """An authorizer whose allow patches ``/spec/value`` with ``_PATCH_VALUES[i]`` for session
+    ``s-<i>``: the obligations differ between callers only by the JSON type of one value."""
+
+    def decide(self, input_doc: Any) -> Any:
+        from stockade.authz import Decision
+
+        value = _PATCH_VALUES[int(input_doc["context"]["session_id"][2:])]
+        return Decision.from_parts(True, {"patch:/spec/value": value})
+
+
+async def test_patch_values_equal_in_python_are_not_shared_between_callers(
+    serve: Serve, tls: CertificateFiles
+) -> None:
+    """ATTACK: the server remembers the wire form of each obligations value; True == 1 == 1.0
+    (and False == 0) in Python, so one caller's patch ``1`` was answered to another as
+    ``true``: obligations crossing between callers. Each caller gets its own value back."""
+    port = await serve(AuthzServicer(_PatchEcho()))  # type: ignore[arg-type]
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t")
+        for i, value in enumerate(_PATCH_VALUES):
+            decision = await client.decide_async(_doc(i=i))
+            (patch,) = decision.obligations.patches
+            assert patch == ("/spec/value", value)
+            assert type(patch[1]) is type(value)
+
+
+async def test_an_expired_client_certificate_stops_deciding_on_its_open_connection(
+    tmp_path: Path, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """ATTACK: mTLS checks the client certificate at the handshake only. A caller whose
+    certificate expires keeps its HTTP/2 connection open and goes on deciding (unary and on
+    fresh streams) for ever. The server ages connections out, so the next handshake refuses
+    the expired certificate and its decisions are denies."""
+    from datetime import timedelta
+
+    from stockade.rpc import RpcServer
+
+    ca = DevCA(tmp_path / "tls")  # the CA of the ``tls`` fixture
+    cert, key = ca.mint("gateway", lifetime=timedelta(seconds=2))
+    (tmp_path / "gw.pem").write_bytes(cert)
+    (tmp_path / "gw.key").write_bytes(key)
+    (tmp_path / "gw.key").chmod(0o600)
+    client_tls = CertificateFiles(tmp_path / "gw.pem", tmp_path / "gw.key", ca.ca_cert_path)
+    server = RpcServer(identity=None, authorizer=authorizer, tls=tls, max_connection_age=0.5)
+    await server.start()
+    try:
+        async with mtls_channel("127.0.0.1", server.port, client_tls) as channel:
+            client = AuthzClient(channel, target="authz", timeout=1.0)
+            assert (await client.decide_async(_doc())).allow
+            await asyncio.sleep(3)  # the certificate has expired; the channel is the same
+            denied = await client.decide_async(_doc())
+        assert not denied.allow
+        assert "authz service at authz failed" in denied.reasons[0]
+    finally:
+        await server.stop(0)

@@ -237,6 +237,28 @@ async def test_a_decision_stream_does_not_outlive_its_token(env: Env) -> None:
     assert "unauthenticated" in denied.reasons[0]
 
 
+async def test_a_raw_decision_stream_ends_when_its_token_expires(env: Env) -> None:
+    """ATTACK: a hostile caller does not retire its stream: it opens one with a token about to
+    expire and keeps writing frames on it. The server held it for MAX_STREAM_AGE (60 s) whatever
+    the token's exp; a frame that arrives after exp (plus leeway) must get no decision."""
+    import time
+
+    # exp + the verifier's 5 s leeway is one second from now
+    token = env.issuer.token(audience="stockade-api", now=time.time() - 100, lifetime=96)
+    async with env.channel(token) as channel:
+        call = authz_pb2_grpc.AuthzStub(channel).DecideStream()
+        frame = authz_pb2.DecideFrame(ids=[1], inputs=[json.dumps(_doc()).encode()])
+        await call.write(frame)
+        first = await call.read()
+        assert isinstance(first, authz_pb2.DecisionFrame)
+        assert first.decisions[0].allow
+        await asyncio.sleep(1.5)
+        await call.write(authz_pb2.DecideFrame(ids=[2], inputs=[json.dumps(_doc()).encode()]))
+        late = await call.read()
+        assert not isinstance(late, authz_pb2.DecisionFrame)  # the stream ended unanswered
+        call.cancel()
+
+
 async def test_token_file_reread_every_call(env: Env) -> None:
     """kubelet rewrites the file: the next call on the same channel presents the new token."""
     async with env.channel(env.issuer.token(audience="stockade-api")) as channel:

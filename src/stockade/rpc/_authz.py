@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -48,6 +49,7 @@ from stockade.core import InvalidInput, StockadeError, get_logger
 
 from ._errors import rpc_errors_to_status
 from ._gen import authz_pb2, authz_pb2_grpc
+from ._service_auth import current_service
 
 __all__ = ["AuthzClient", "AuthzServicer"]
 
@@ -115,9 +117,13 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         ends = loop.time() + self._max_stream_age
+        caller = current_service()
+        if caller is not None and caller.expires is not None:
+            # the token was checked once, at open: the stream dies with it, not 60 s later
+            ends = min(ends, loop.time() + (caller.expires - time.time()))
         async for frame in requests:
             if loop.time() >= ends:
-                # the client did not retire it: its token has not been checked for a while
+                # the client did not retire it: its token has expired or not been checked lately
                 log.info("authz.stream.aged_out", peer=context.peer())
                 return
             problem = _frame_problem(frame)
@@ -173,12 +179,15 @@ _obligations_parsed: dict[str, Obligations | str] = {}
 
 def _response(decision: Decision) -> authz_pb2.DecideResponse:
     obligations = decision.obligations
-    try:
-        text = _obligations_json.get(obligations)
-    except TypeError:  # a patch value that is a dict or list: not hashable, not remembered
+    if obligations.patches:
+        # patch values are any JSON, and True == 1 == 1.0, False == 0 as dict keys: a remembered
+        # form would answer one caller's patch to another with another type; never remembered
         text = json.dumps(obligations.to_dict())
     else:
-        if text is None:
+        remembered = _obligations_json.get(obligations)
+        if remembered is not None:
+            text = remembered
+        else:
             text = json.dumps(obligations.to_dict())
             if len(_obligations_json) >= _SHAPES:
                 _obligations_json.clear()

@@ -45,6 +45,13 @@ log = get_logger("stockade.rpc")
 #: The name the dev CA puts in server certificates; clients check it instead of the address.
 SERVER_NAME = "localhost"
 
+#: Seconds a client connection lives before the server asks it (GOAWAY) to reconnect, so the
+#: peer's certificate is checked again by a fresh handshake; calls on it finish first.
+MAX_CONNECTION_AGE = 60.0
+
+#: Seconds calls still open on an aged connection have to finish.
+CONNECTION_AGE_GRACE = 10.0
+
 
 class RpcServer:
     """Serves :class:`IdentityService` and/or :class:`Authorizer` until :meth:`stop`; with
@@ -62,11 +69,19 @@ class RpcServer:
         admin_socket: Path | None = None,
         interceptors: Sequence[aio.ServerInterceptor[Any, Any]] = (),
         publisher: _Publisher | None = None,
+        max_connection_age: float = MAX_CONNECTION_AGE,
     ) -> None:
         # SO_REUSEPORT (gRPC's default on Linux) would let a second instance bind the same port
-        # silently and take half of the connections.
+        # silently and take half of the connections. A client certificate is verified only at
+        # the TLS handshake: without a connection age, a peer whose certificate expired (or was
+        # rotated out) kept calling on its old connection for as long as it kept it open.
         self._server = aio.server(
-            options=[("grpc.so_reuseport", 0)], interceptors=list(interceptors)
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(CONNECTION_AGE_GRACE * 1000)),
+            ],
+            interceptors=list(interceptors),
         )
         self._services = [""]
         if identity is not None:

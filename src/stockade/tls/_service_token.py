@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,9 @@ class ServiceIdentity:
     namespace: str
     service_account: str
     pod: str | None = None
+    #: Wall-clock second (``exp`` plus the verifier's leeway) after which the token that proved
+    #: this identity is no longer accepted: a stream admitted once must not outlive it.
+    expires: float | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -289,7 +292,7 @@ class ServiceTokenVerifier:
             raise ServiceTokenRejected(
                 "method-not-allowed", f"{caller.service_account} may not call {method}"
             )
-        return caller
+        return replace(caller, expires=float(exp) + self._leeway)
 
 
 def _service_of(claims: Mapping[str, Any]) -> ServiceIdentity:
