@@ -97,3 +97,36 @@ def test_probes(tmp_path: Path) -> None:
     assert probe_listener("sqlite:////x/stockade.db").state == "-"
     assert probe_listener("enforcers: denylist").state == "-"
     json.dumps(probe_listener("[::1]:1").__dict__)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"listeners": [{"service": "ssh", "address": "127.0.0.1:99999"}]},  # no such port
+        {"listeners": [], "versions": "stockade 1"},
+        {"listeners": [], "versions": {"stockade": ["1"]}, "pid": "1; x", "started": 5},
+        {"listeners": [{"service": ["x"], "address": 7}], "tls_errors": ["x"]},
+    ],
+    ids=["port", "versions", "types", "listener-types"],
+)
+def test_status_reads_an_odd_status_file_without_a_traceback(
+    tmp_path: Path, document: dict[str, object]
+) -> None:
+    """``stockade status`` reads a file another process wrote: odd fields (a port out of range,
+    a text where a table goes, a pid that is not the lock holder's) are reported or ignored,
+    never a traceback."""
+    (tmp_path / "run").mkdir(mode=0o700)
+    (tmp_path / "run" / "status.json").write_text(json.dumps(document))
+    env = {**os.environ, "STOCKADE_DATA_DIR": str(tmp_path)}
+    with InstanceLock(tmp_path):
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "stockade"), "status", "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 1), (done.returncode, done.stdout, done.stderr)
+    # the pid is the lock holder's (the kernel's word), not what the file says
+    assert f"stockade up: pid {os.getpid()}," in done.stdout, done.stdout

@@ -201,3 +201,20 @@ async def test_run_renews_when_due_then_waits(tmp_path: Path) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def test_the_certificate_in_use_put_back_after_a_bad_change_clears_the_error(
+    tmp_path: Path,
+) -> None:
+    """An operator who restores the very files in use (``mv cert.bak cert.pem``, ``cp -p``:
+    the same times and sizes) after a bad change has nothing left wrong; status must clear."""
+    renewer = await _renewer(tmp_path)
+    files = _files(renewer)
+    saved = tmp_path / "cert.bak"
+    os.link(renewer.cert_path, saved)  # the very file, times and all
+    os.unlink(renewer.cert_path)
+    renewer.cert_path.write_bytes(b"garbage")
+    assert files.check() is not None
+    os.replace(saved, renewer.cert_path)
+    assert files.check() is None
+    assert files.changed() is None  # nothing to take into use: it is what serves

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from stockade.core import Settings, get_logger
+from stockade.bus import Bus, EmbeddedNats
+from stockade.core import BusUnavailable, Settings, get_logger
 from stockade.identity import IdentityService
 from stockade.rpc import IdentityClient, admin_channel
 from stockade.store import Store
@@ -52,10 +53,35 @@ async def admin_identity(
             return
     prepare_data_dir(settings)
     store = Store(settings.database_url, echo=settings.store.echo)
+    bus: Bus | None = None
     try:
         await store.migrate()
+        bus = await _running_bus(settings)
         yield IdentityService(
-            store=store, settings=settings.identity, keyring=keyring_for(settings)
+            store=store, settings=settings.identity, keyring=keyring_for(settings), publisher=bus
         )
     finally:
+        if bus is not None:
+            await bus.close()
         await store.close()
+
+
+async def _running_bus(settings: Settings) -> Bus | None:
+    """The bus the gateways listen on, when one runs: a change made on the store directly
+    (``--direct``: a session killed, a workspace removed, a user disabled) must still reach
+    them, or the SSH sessions it ends keep running there (only their tokens would stop).
+    None, said in the log, when no bus answers: nothing then tells the gateways."""
+    url = settings.bus.url or await EmbeddedNats.running_url(settings.data_dir)
+    if url is None:
+        return None
+    token = None if settings.bus.url else EmbeddedNats.read_token(settings.data_dir)
+    try:
+        return await Bus.connect(
+            url, name="stockade-admin", connect_timeout=settings.bus.connect_timeout, token=token
+        )
+    except BusUnavailable as exc:
+        log.warning(
+            "bus unavailable: gateways are not told; sessions ended here keep running there",
+            error=str(exc),
+        )
+        return None

@@ -185,7 +185,10 @@ def probe_listener(address: str, *, timeout: float = 1.0) -> Probe:
             return Probe("-", "not a network address")
         host = found.group("v6") or found.group("host")
         family = socket.AF_INET6 if found.group("v6") else socket.AF_INET
-        target = (host, int(found.group("port")))  # type: ignore[assignment]
+        port = int(found.group("port"))
+        if port > 65535:  # connect() raises OverflowError, not OSError
+            return Probe("-", "not a network address")
+        target = (host, port)  # type: ignore[assignment]
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)

@@ -49,10 +49,19 @@ def status(
         "healthy": False,
     }
     if document is not None:
-        report["pid"] = document.get("pid", report["pid"])
-        report["started"] = document.get("started")
-        report["versions"] = document.get("versions", {})
-        report["nft_table"] = document.get("nft_table", report["nft_table"])
+        # the file is another process's word: only the fields' expected shapes are taken, and
+        # the pid is the lock holder's (the kernel's) whenever it is known
+        pid = document.get("pid")
+        if not report["pid"] and isinstance(pid, int) and not isinstance(pid, bool):
+            report["pid"] = pid
+        started = document.get("started")
+        report["started"] = started if isinstance(started, str) else None
+        versions = document.get("versions")
+        if isinstance(versions, dict):
+            report["versions"] = {str(k): str(v) for k, v in versions.items()}
+        nft_table = document.get("nft_table")
+        if isinstance(nft_table, str):
+            report["nft_table"] = nft_table
         for item in document["listeners"]:
             if not isinstance(item, dict):
                 continue

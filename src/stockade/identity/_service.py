@@ -568,6 +568,17 @@ class IdentityService:
                 # the login was decided with roles that are no longer the user's (changed
                 # between authenticate and now: the roles_changed event found no session)
                 raise InvalidInput("roles", "the user's roles changed during the login")
+            # the workspace the login was decided with must still be there, as it was: a
+            # removal committed meanwhile found no session of this login to end (nor did its
+            # gateway kill, sent before the connection was registered), so the session would
+            # outlive its workspace. Locked, so a removal waits for this session and ends it.
+            held = await session.scalar(
+                select(WorkspaceRow)
+                .where(WorkspaceRow.name == principal.workspace.name)
+                .with_for_update(read=True)
+            )
+            if held is None or not _same_workspace(held, principal.workspace):
+                raise InvalidInput("workspace", "the workspace was removed during the login")
             session.add(
                 SessionRow(
                     id=session_id,
@@ -1285,6 +1296,21 @@ async def _end_live_in(session: AsyncSession, workspace: str, reason: str) -> li
         row.ended_at = now
         row.end_reason = reason
     return [row.id for row in rows]
+
+
+def _same_workspace(row: WorkspaceRow, decided: Workspace) -> bool:
+    """Whether ``row`` is still the workspace a login was decided with (a workspace removed and
+    re-created under its name for someone else, or on another backend, is not)."""
+    return (
+        row.backend == decided.backend
+        and dict(row.config) == dict(decided.config)
+        and _naive(row.created_at) == _naive(decided.created_at)
+    )
+
+
+def _naive(at: datetime) -> datetime:
+    """``at`` without its zone (SQLite hands back naive UTC times, PostgreSQL aware ones)."""
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo is not None else at
 
 
 def _now() -> datetime:

@@ -109,8 +109,12 @@ class CertificateFiles:
         noted (and logged once) without waiting for a handshake; a good one is left for the
         next handshake to take into use (``stockade status`` asks this every few seconds)."""
         with self._lock:
-            if self._look()[1] is not None:  # good files, taken into use at the next handshake
+            stamp, fresh = self._look()
+            # good files, taken into use at the next handshake; or the very files in use put
+            # back after a bad change (``mv cert.bak cert.pem``: same times and sizes)
+            if fresh is not None or stamp == self._stamp:
                 self.error = None
+                self._bad_stamp = None
             return self.error
 
     def _look(self) -> tuple[tuple[tuple[int, int], ...], TlsMaterial | None]:
