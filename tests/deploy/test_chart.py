@@ -489,6 +489,8 @@ def _kubelet_secret_volume(tmp_path: Path, gid: int) -> tuple[Path, list[str]]:
     volume = tmp_path / "secret"
     data = volume / "..2026_12_01_00_00_00.1"
     data.mkdir(parents=True)
+    for directory in (volume, data):  # as kubelet makes them, whatever this process's umask
+        directory.chmod(0o755)
     names = []
     for name, kind in (("ssh_host_ed25519_key", "ed25519"), ("ssh_host_ecdsa_key", "ecdsa")):
         subprocess.run(

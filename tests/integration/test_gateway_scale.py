@@ -11,7 +11,8 @@ from gateway.harness import GatewayEnv, ended_sessions, eventually, gateway_env
 
 from stockade.core.settings import PreAuthSettings
 
-pytestmark = pytest.mark.timeout(600)
+# serial: hundreds of concurrent sessions; another worker's load turns waits into timeouts
+pytestmark = [pytest.mark.timeout(600), pytest.mark.serial]
 
 
 @pytest.fixture

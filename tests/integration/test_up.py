@@ -21,6 +21,10 @@ import pytest
 STOCKADE = str(Path(sys.executable).parent / "stockade")
 
 
+# serial: whole `stockade up` processes, each bounded in time; another worker's load skews them
+pytestmark = pytest.mark.serial
+
+
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
     env.update(
