@@ -35,6 +35,7 @@ from stockade.gateway import ContainerBackend
 from stockade.helpers import static_helper
 from stockade.tls import DevCA
 from stockade.workspace import DEFAULT_BLUEPRINT, PodmanRuntime, build_busybox_image
+from stockade.workspace._volumes import unmount_below
 from tests.conftest import IN_CI
 
 __all__ = ["openbao"]
@@ -57,6 +58,7 @@ def podman_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if (path / "podman").is_dir():
         podman = PodmanRuntime(data_dir=path).podman
         podman.run_sync("pod", "rm", "--all", "--force", "--time", "0")
+        unmount_below(path)  # the Pods' sized volumes: pod rm leaves them mounted
         runroot = podman.argv[podman.argv.index("--runroot") + 1]
         subprocess.run([*podman.argv, "system", "reset", "--force"], env=podman.env, check=False)
         shutil.rmtree(runroot, ignore_errors=True)

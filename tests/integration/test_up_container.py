@@ -17,6 +17,7 @@ from broker.fixtures import openbao
 from broker.harness import OpenBao
 
 from stockade.workspace import PodmanRuntime
+from stockade.workspace._volumes import unmount_below
 from tests.conftest import IN_CI
 from tests.integration.test_up import Server, _keygen, cli
 
@@ -40,6 +41,7 @@ def server(tmp_path: Path, openbao: OpenBao) -> Iterator[Server]:
         srv.stop()
     podman = PodmanRuntime(data_dir=srv.data_dir).podman
     podman.run_sync("pod", "rm", "--all", "--force", "--time", "0")
+    unmount_below(srv.data_dir)  # the Pods' sized volumes: pod rm leaves them mounted
     runroot = podman.argv[podman.argv.index("--runroot") + 1]
     subprocess.run([*podman.argv, "system", "reset", "--force"], env=podman.env, check=False)
     shutil.rmtree(runroot, ignore_errors=True)
