@@ -145,6 +145,26 @@ class GatewayEnv:
         return path
 
 
+#: A session command: connects to 127.0.0.1:{port} and prints "reached" if it could; "done".
+PORT_PROBE = (
+    "python3 -c \"import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
+    " 2); print('reached')\" {port} 2>/dev/null; echo done"
+)
+
+
+def one_shot_listener(message: bytes) -> str:
+    """A Python program that listens on a free loopback port, prints it, and sends ``message``
+    to its first client."""
+    return (
+        "import socket\n"
+        's = socket.create_server(("127.0.0.1", 0))\n'
+        "print(s.getsockname()[1], flush=True)\n"
+        "c, _ = s.accept()\n"
+        f"c.sendall({message!r})\n"
+        "c.close()\n"
+    )
+
+
 def workspace_netns(name: str, data_dir: Path) -> str:
     """The sandbox network namespace of workspace ``name`` under ``data_dir`` (its name
     follows the workspace's uid too; -1 while it has none)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
-from gateway.harness import gateway_env, workspace_netns
+from gateway.harness import PORT_PROBE, gateway_env, one_shot_listener, workspace_netns
 
 from stockade.core.settings import Settings
 from tests.conftest import IN_CI
@@ -24,18 +24,8 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0 and not IN_CI, reason="network namespaces need root"),
 ]
 
-LISTENER = """
-import socket
-s = socket.create_server(("127.0.0.1", 0))
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept()
-c.sendall(b"inside the sandbox")
-c.close()
-"""
-PROBE = (
-    "python3 -c \"import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
-    " 2); print('reached')\" {port} 2>/dev/null; echo done"
-)
+LISTENER = one_shot_listener(b"inside the sandbox")
+PROBE = PORT_PROBE
 
 
 @pytest.mark.parametrize("isolated", [False, True], ids=["off", "default"])

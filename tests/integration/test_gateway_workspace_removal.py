@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway.harness import GatewayEnv, eventually, gateway_env
+from gateway.harness import PORT_PROBE, GatewayEnv, eventually, gateway_env, one_shot_listener
 
 from stockade.broker import LiveSessions
 from stockade.bus import Bus
@@ -114,18 +114,8 @@ def test_a_removal_kill_names_one_workspace_and_nothing_else() -> None:
             SessionKill(**bad)
 
 
-LISTENER = """
-import socket
-s = socket.create_server(("127.0.0.1", 0))
-print(s.getsockname()[1], flush=True)
-c, _ = s.accept()
-c.sendall(b"left behind")
-c.close()
-"""
-PROBE = (
-    "python3 -c \"import socket, sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])),"
-    " 2); print('reached')\" {port} 2>/dev/null; echo done"
-)
+LISTENER = one_shot_listener(b"left behind")
+PROBE = PORT_PROBE
 
 
 @pytest.mark.root
