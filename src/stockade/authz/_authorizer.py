@@ -13,6 +13,7 @@ from typing import Any
 from stockade.core.errors import PolicyError
 from stockade.core.logging import get_logger
 from stockade.core.settings import AuthzSettings
+from stockade.core.tasks import cancel_and_wait
 
 from ._bundle import DEFAULT_BUNDLE_DIR, Bundle, read_bundle
 from ._decision import DECISION_RULE, Decision, decision_from_value
@@ -243,9 +244,7 @@ class Authorizer:
         """Stop hot reload and publish every decision still held by the decision log."""
         tasks, self._tasks = self._tasks, []
         if tasks:
-            tasks[0].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tasks[0]
+            await cancel_and_wait(tasks[0], what="policy reload")
         if self._log is not None:
             await self._log.close()
             await asyncio.gather(*tasks[1:])

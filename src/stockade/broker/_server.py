@@ -33,6 +33,7 @@ from stockade.bus import Bus
 from stockade.core.errors import BackendError, BusUnavailable, ConfigError, TokenRejected
 from stockade.core.logging import get_logger
 from stockade.core.settings import Settings
+from stockade.core.tasks import cancel_and_wait
 from stockade.tls import CertificateFiles, DevCA, IssuedCert, ReloadingServerContext
 
 from ._app import create_app
@@ -315,9 +316,7 @@ class BrokerServer:
                 await asyncio.wait_for(asyncio.shield(task), _STOP_TIMEOUT)
             except TimeoutError:
                 server.force_exit = True
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task, what="broker server")
             _log.info("broker_stopped")
         await self._cleanup()
         owned, self._owned = self._owned, {}

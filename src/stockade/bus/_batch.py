@@ -26,6 +26,7 @@ import structlog
 
 from stockade.core.errors import BusUnavailable
 from stockade.core.events import MAX_BATCH_FAILURES, AuthFailed, AuthFailedBatch
+from stockade.core.tasks import cancel_and_wait
 
 from ._client import Bus
 
@@ -154,9 +155,7 @@ class FailureBatcher:
         self._closed = True
         self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, what="batch publisher")
             self._task = None
         left = self.pending
         if left:

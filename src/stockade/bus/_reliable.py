@@ -30,6 +30,7 @@ import structlog
 
 from stockade.core.errors import BusUnavailable
 from stockade.core.events import Event
+from stockade.core.tasks import cancel_and_wait
 
 from ._client import Bus
 
@@ -146,9 +147,7 @@ class ReliablePublisher:
         await self.flush(seconds=seconds)
         self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, what="reliable publisher")
             self._task = None
         if self._queue:
             self.dropped += len(self._queue)

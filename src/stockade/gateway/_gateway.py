@@ -52,6 +52,7 @@ from stockade.core.events import (
 from stockade.core.files import write_private
 from stockade.core.logging import get_logger
 from stockade.core.settings import GatewaySettings
+from stockade.core.tasks import cancel_and_wait
 from stockade.identity import IdentityAPI, SessionRequest
 from stockade.workspace import SessionSocketOpener
 
@@ -397,11 +398,8 @@ class Gateway:
         within ``grace`` plus a few seconds whatever the sessions do."""
         grace = self.settings.stop_grace if grace is None else grace
         self._stopping = True
-        if self._catch_up is not None:
-            self._catch_up.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._catch_up
-            self._catch_up = None
+        await cancel_and_wait(self._catch_up, what="kill catch-up")
+        self._catch_up = None
         for task in self._accept_tasks:
             task.cancel()
         self._close_listeners()

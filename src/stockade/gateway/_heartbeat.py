@@ -26,6 +26,7 @@ from pathlib import Path
 from stockade.core.errors import StockadeError
 from stockade.core.logging import get_logger
 from stockade.core.settings import instance_id
+from stockade.core.tasks import cancel_and_wait
 from stockade.identity import IdentityAPI
 
 __all__ = ["HeartbeatLoop", "default_gateway_id"]
@@ -130,10 +131,8 @@ class HeartbeatLoop:
         if self.beats == 0 and self._task is None:
             return  # never registered: nothing to end
         for task in (self._task, self._pending):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task  # its failures were counted and logged
+            with contextlib.suppress(Exception):  # its failures were counted and logged
+                await cancel_and_wait(task, what="heartbeat")
         self._task = self._pending = None
         try:
             await asyncio.wait_for(

@@ -25,6 +25,7 @@ from stockade.authz import AuthzAPI
 from stockade.core.errors import InvalidInput, StockadeError
 from stockade.core.events import EventPublisher, FileTransfer
 from stockade.core.logging import escape_peer, get_logger
+from stockade.core.tasks import cancel_and_wait
 
 from ._live import LiveConnection
 from ._plan import ChannelRequest, Refusal, SessionPlan, plan_session
@@ -444,6 +445,4 @@ class ChannelSession(asyncssh.SSHServerSession[bytes]):
         finally:
             if deadline is not None:
                 deadline.cancel()
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+            await cancel_and_wait(feeder, what="session input")

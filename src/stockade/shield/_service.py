@@ -45,6 +45,7 @@ from stockade.core.events import (
 )
 from stockade.core.logging import escape_peer
 from stockade.core.settings import ShieldSettings
+from stockade.core.tasks import cancel_and_wait
 
 from ._detector import Detector, Failure, Outcome, Rules, Verdict
 from ._enforce import BanSync, DenyList, Enforcer, ExecEnforcer
@@ -346,7 +347,7 @@ class Shield:
             try:
                 await asyncio.wait_for(self._task, 10)
             except TimeoutError:
-                self._task.cancel()
+                await cancel_and_wait(self._task, what="shield consumer")
             self._task = None
         if self._sync is not None:
             await self._sync.stop()

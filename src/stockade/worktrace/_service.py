@@ -17,12 +17,12 @@ each batch whose alerts are all delivered, so a restart neither loses nor repeat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 
 from stockade.core.logging import get_logger
 from stockade.core.settings import WorktraceSettings
+from stockade.core.tasks import cancel_and_wait
 
 from ._alerts import AlertSink
 from ._engine import Alert, AnomalyConfig, Engine, LocalSessions
@@ -119,9 +119,7 @@ class Worktrace:
                     break
         finally:
             for task in (reload, redeliver):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task, what="worktrace")
         await self._retry()
 
     async def _emit(self, alerts: list[Alert]) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stockade.core.logging import get_logger
+from stockade.core.tasks import cancel_and_wait
 from stockade.workspace import (
     Closable,
     CredentialSockets,
@@ -145,11 +146,9 @@ class ContainerBackend:
 
     async def close(self) -> None:
         """Stop the idle reaper and drop the agent links (Pods keep running)."""
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reaper
-            self._reaper = None
+        with contextlib.suppress(Exception):
+            await cancel_and_wait(self._reaper, what="idle reaper")
+        self._reaper = None
         if self._runtime is not None:
             await self._runtime.close()
         self._sockets.close()
