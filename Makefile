@@ -104,13 +104,14 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# Two workers, a test module per worker at a time; then, alone, the modules that mount on the
-# host (Podman Pods, loop-mounted homes): a sandbox session started meanwhile on the other
+# Four workers, a test module per worker at a time (most tests wait on real servers and
+# processes: on two cores, four workers keep both busy); then, alone, the modules that mount on
+# the host (Podman Pods, loop-mounted homes): a sandbox session started meanwhile on another
 # worker would copy those mounts into its namespace and keep them busy. Both parts always run.
 PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
 test: lint typecheck
 	@rc=0; \
-	$(PYTEST) -n 2 --dist loadfile -m "not serial" || rc=$$?; \
+	$(PYTEST) -n 4 --dist loadfile -m "not serial" || rc=$$?; \
 	$(PYTEST) -m serial || rc=$$?; \
 	exit $$rc
 

@@ -7,6 +7,7 @@ Under ``CI=true`` a missing PostgreSQL fails the run instead of skipping.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import subprocess
@@ -43,6 +44,59 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def files_holding(root: Path, needle: bytes, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every regular file below ``root`` (symlinks not followed, paths with a part in ``skip``
+    left out) whose bytes contain ``needle``. Sparse files (a workspace's loop-mounted home
+    image) are read stretch by stretch of data: a leak scan need not read a GiB of holes."""
+    return [
+        str(path)
+        for path in root.rglob("*")
+        if not any(part in path.parts for part in skip)
+        and not path.is_symlink()
+        and path.is_file()
+        and _holds(path, needle)
+    ]
+
+
+def _holds(path: Path, needle: bytes, chunk: int = 1 << 20) -> bool:
+    keep = len(needle) - 1  # bytes carried over, for a needle across two reads
+    with path.open("rb") as file:
+        fd = file.fileno()
+        for start, stop in _data_extents(fd, os.fstat(fd).st_size):
+            os.lseek(fd, start, os.SEEK_SET)
+            carried = b""
+            while start < stop and (block := os.read(fd, min(chunk, stop - start))):
+                if needle in carried + block:
+                    return True
+                carried = block[-keep:] if keep else b""
+                start += len(block)
+    return False
+
+
+def _data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each stretch of data in the file, holes left out; the whole file
+    where the filesystem cannot tell."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # no SEEK_DATA here: read it all
+                yield offset, size
+            return  # ENXIO: only a hole is left
+        stop = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, stop
+        offset = stop
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadfile`` modules are handed to the workers in collection
+    order. The end-to-end modules (``tests/integration``) are the slowest: they go first, so that
+    no long module starts last while the other workers sit idle. The sort is stable, so every
+    worker still collects the same order."""
+    items.sort(key=lambda item: item.path.parent.name != "integration")
 
 
 @pytest.fixture(autouse=True)
