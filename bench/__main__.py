@@ -74,8 +74,10 @@ def main() -> int:
             continue
         print(f"== {short} ==", flush=True)
         started = time.perf_counter()
+        # an existing PYTHONPATH comes first: a worktree's src/ then measures that worktree's code
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE.parent)) if p)
         env = {**os.environ, _report.RESULTS_ENV: str(rows_file), "STOCKADE_BENCH_MODULE": short,
-               "PYTHONPATH": str(HERE.parent)}  # fmt: skip
+               "PYTHONPATH": path}  # fmt: skip
         log = logs / f"{short}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

@@ -76,3 +76,30 @@ def test_an_unknown_module_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "no benchmark module nosuch" in result.stderr
+
+
+WHERE = """
+import stockade
+from bench._report import record
+
+def main():
+    record("where", value=stockade.__file__)
+"""
+
+
+def test_a_given_pythonpath_comes_first(tmp_path: Path) -> None:
+    """A worktree runs ``PYTHONPATH=$PWD/src:$PWD python -m bench``: its modules must measure
+    that src/, not whichever stockade the venv has installed (the runner used to replace the
+    PYTHONPATH with the repository root alone)."""
+    fake = tmp_path / "src" / "stockade"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (tmp_path / "bench_where.py").write_text(WHERE)
+    out = tmp_path / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench"], cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "STOCKADE_BENCH_DIR": str(tmp_path),
+             "STOCKADE_BENCH_OUT": str(out), "PYTHONPATH": f"{fake.parent}:{ROOT}"},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert json.loads(out.read_text())[0]["value"] == str(fake / "__init__.py")

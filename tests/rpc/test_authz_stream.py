@@ -259,6 +259,52 @@ class EndsFirstStream(AuthzServicer):
             yield answer
 
 
+class AnswersInFours(AuthzServicer):
+    """Holds its answers until four frames have arrived, then answers them in order."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        super().__init__(authorizer)
+        self.frames: list[int] = []  # decisions in each frame, as they arrived
+        self.arrived = asyncio.Event()
+
+    async def DecideStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        held: list[Any] = []
+        async for frame in requests:
+            self.frames.append(len(frame.ids))
+            self.arrived.set()
+            held.append(frame)
+            if len(held) == 4:
+                for one in held:
+                    yield authz_pb2.DecisionFrame(
+                        ids=one.ids, decisions=[self._decide(raw) for raw in one.inputs]
+                    )
+                held = []
+
+
+async def test_decisions_leave_without_waiting_for_the_answers_before_them(
+    serve: Serve, tls: CertificateFiles, authorizer: Authorizer
+) -> None:
+    """Frames are pipelined: each decision leaves at once, alone, while up to three frames
+    before it are unanswered (it used to wait for the answer, then a round trip of its own)."""
+    servicer = AnswersInFours(authorizer)
+    port = await serve(servicer)
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="t", timeout=10)
+
+        async def four() -> list[Any]:
+            asked = []
+            for i in range(4):
+                servicer.arrived.clear()
+                asked.append(asyncio.create_task(client.decide_async(_doc(i=i))))
+                await servicer.arrived.wait()  # on the wire before any answer came back
+            return await asyncio.gather(*asked)
+
+        decisions = await asyncio.wait_for(four(), 10)
+    assert [d.allow for d in decisions] == [True] * 4
+    assert servicer.frames == [1, 1, 1, 1]
+    assert client.streams == 1
+
+
 async def test_a_server_that_never_answers_is_a_deny_within_the_timeout(
     serve: Serve, tls: CertificateFiles
 ) -> None:
