@@ -637,3 +637,19 @@ async def test_rendered_allow_lists_drive_the_verifier(chart: helm.Chart, tmp_pa
             assert await verifier.verify(gateway, "/stockade.identity.v1.Identity/StartSession")
         finally:
             await verifier.aclose()
+
+
+def test_the_token_allow_lists_of_identity_are_its_certificate_table() -> None:
+    """The projected-token allow-list of identity in the chart and identity's own table of
+    callers by certificate (rpc._identity.CALLERS) name the same services for each method:
+    no method open to a service at one layer and not the other (the lookups: to none)."""
+    from stockade.rpc._identity import CALLERS, UNBOUND_ISSUE
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = {m: sorted(callers) for m, callers in values["serviceAuth"]["identity"].items()}
+    table = {
+        f"/stockade.identity.v1.Identity/{method}": sorted(callers)
+        for method, callers in CALLERS.items()
+        if callers and method != UNBOUND_ISSUE
+    }
+    assert chart == table

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog
 from grpc import aio
 
 from stockade.authz import Authorizer
@@ -152,11 +153,12 @@ async def test_the_gateway_certificate_opens_sessions_with_the_users_own_roles(
         with pytest.raises(InvalidInput):  # identity checks the roles against the user's
             await client.open_session(inflated, _request())  # type: ignore[arg-type]
         opened = await client.open_session(principal, _request())  # type: ignore[arg-type]
-        claims = await client.verify_token(opened.token)
+        claims = await served.identity.verify_token(opened.token)
         assert claims.roles == ()
         for attempt in (
             client.set_roles("gil", ["admin"]),
             client.kill_session(opened.session_id, by="gateway"),
+            client.verify_token(opened.token),  # the broker's check, not the gateway's
         ):
             with pytest.raises(PermissionDenied):
                 await attempt
@@ -452,3 +454,258 @@ async def test_a_gateway_id_differing_in_case_is_another_gateway(
                 )
     assert await served.identity.is_session_live(sid_b)
     assert (await served.identity.heartbeat("gw-b", "boot-b", stale_after=30)).alive
+
+
+# --- who may ask identity what: one allow-list per method (the lookups were open to any
+# certificate of the CA: a shield's could list every user and every session id) ---
+
+#: Every method of the Identity service, from the protocol itself (a method added later is
+#: in these tests at once).
+METHODS = [m.name for m in identity_pb2.DESCRIPTOR.services_by_name["Identity"].methods]
+
+#: Certificates of services that ask identity nothing (shield, audit and worktrace speak to
+#: the bus and authz; authz and identity ask no identity question; ``api`` is ``stockade up``'s
+#: whole-process certificate, whose services call identity in process).
+NON_CALLERS = ("shield", "audit", "worktrace", "authz", "identity", "api", "console")
+
+
+def _empty_call(stub: identity_pb2_grpc.IdentityStub, method: str) -> object:
+    descriptor = identity_pb2.DESCRIPTOR.services_by_name["Identity"].methods_by_name[method]
+    request = getattr(identity_pb2, descriptor.input_type.name)()
+    if method == "IssueToken":  # the session-bound variant: the gateway's, refused here too
+        request.session_id = "s-nope"
+    return getattr(stub, method)(request, timeout=10)
+
+
+async def _live_session(served: Served, tmp_path: Path) -> tuple[str, str]:
+    """A user ``root-ish`` (role admin) with a live session: (session id, its token)."""
+    principal = await _admin_principal(served, tmp_path)
+    opened = await served.identity.open_session(principal, _request())  # type: ignore[arg-type]
+    return opened.session_id, opened.token
+
+
+def test_every_identity_method_has_an_allow_list() -> None:
+    """The table decides every method (a method it does not list is refused to every service
+    certificate); it lists no method the service does not have."""
+    from stockade.rpc._identity import CALLERS, UNBOUND_ISSUE
+
+    assert set(CALLERS) - {UNBOUND_ISSUE} == set(METHODS)
+    assert CALLERS[UNBOUND_ISSUE] == frozenset()
+    for lookup in ("GetSession", "FindSessions", "ListSessions", "GetUser", "ListUsers"):
+        assert CALLERS[lookup] == frozenset(), lookup  # the CLI's (admin socket) and no service's
+    assert CALLERS["IsSessionLive"] == CALLERS["VerifyToken"] == frozenset({"broker"})
+
+
+@pytest.mark.parametrize("name", NON_CALLERS)
+async def test_another_services_certificate_may_call_no_identity_method(
+    served: Served, tmp_path: Path, name: str
+) -> None:
+    """ATTACK: a shield (audit, worktrace, authz...) certificate calls every identity method.
+    Each is refused PERMISSION_DENIED with its reason before it runs, and audited."""
+    await _live_session(served, tmp_path)
+    async with mtls_channel("127.0.0.1", served.server.port, served.client(name)) as channel:
+        stub = identity_pb2_grpc.IdentityStub(channel)
+        for method in METHODS:
+            with pytest.raises(aio.AioRpcError) as refused:
+                await _empty_call(stub, method)  # type: ignore[misc]
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+            assert f"({name})" in (refused.value.details() or ""), (method, refused.value)
+    assert [m for m, _r, _s in _rejections(served)] == METHODS
+    assert {s for _m, _r, s in _rejections(served)} == {"PERMISSION_DENIED"}
+    assert all(e.caller == name for e in served.events if isinstance(e, ServiceCallRejected))
+
+
+async def test_lookups_by_another_services_certificate_reveal_nothing(
+    served: Served, tmp_path: Path
+) -> None:
+    """ATTACK: with a shield certificate, list every session (ids are handles for kills and
+    prefix lookups), find them by prefix, read one, probe liveness, read users and their keys,
+    check a stolen token. Every lookup is refused and audited with why."""
+    sid, token = await _live_session(served, tmp_path)
+    user = await served.identity.get_user("root-ish")
+    fingerprint = user.keys[0].fingerprint
+    async with mtls_channel("127.0.0.1", served.server.port, served.client("shield")) as channel:
+        client = IdentityClient(channel, target="identity")
+        attempts = {
+            "ListSessions": client.list_sessions(active_only=True),
+            "FindSessions": client.find_sessions(""),
+            "GetSession": client.get_session(sid),
+            "IsSessionLive": client.is_session_live(sid),
+            "GetUser": client.get_user("root-ish"),
+            "ListUsers": client.list_users(),
+            "LookupKey": client.lookup_key("root-ish", fingerprint),
+            "KeyOwner": client.key_owner(fingerprint),
+            "GetWorkspace": client.get_workspace("root-ish"),
+            "ListWorkspaces": client.list_workspaces(),
+            "DefaultWorkspace": client.default_workspace("root-ish"),
+            "VerifyToken": client.verify_token(token),
+            "GetJwks": client.fetch_jwks(),
+            "VerifyPassword": client.verify_password("root-ish", "guess"),
+        }
+        with structlog.testing.capture_logs() as logs:
+            for method, attempt in attempts.items():
+                with pytest.raises(PermissionDenied) as denied:
+                    await attempt
+                assert f"{method} needs " in str(denied.value), str(denied.value)
+                assert sid not in str(denied.value)
+    expected = [
+        (m, "not_allowed" if m in ("IsSessionLive", "VerifyToken", "GetJwks") else "not_admin")
+        for m in attempts
+    ]
+    assert [(m, r) for m, r, _s in _rejections(served)] == expected
+    logged = [(e["method"], e["reason"]) for e in logs if e["event"] == "identity.call_refused"]
+    assert logged == expected
+    assert all(e["caller"] == "shield" for e in logs if e["event"] == "identity.call_refused")
+
+
+async def test_the_broker_checks_tokens_and_liveness_and_reads_nothing_else(
+    served: Served, tmp_path: Path
+) -> None:
+    """The broker (its token checks, its per-session sockets' liveness) keeps working; it may
+    not enumerate sessions or users, nor ask the gateway's questions."""
+    sid, token = await _live_session(served, tmp_path)
+    async with mtls_channel("127.0.0.1", served.server.port, served.client("broker")) as channel:
+        client = IdentityClient(channel, target="identity")
+        assert (await client.verify_token(token)).sid == sid
+        assert await client.is_session_live(sid)
+        assert not await client.is_session_live("s-none")
+        assert (await client.fetch_jwks())["keys"]
+        for attempt in (
+            client.list_sessions(),
+            client.find_sessions(sid[:4]),
+            client.get_session(sid),
+            client.get_user("root-ish"),
+            client.authenticate_password("root-ish", "guess"),
+            client.heartbeat("gw", "b1", stale_after=30),
+            client.issue_token("root-ish", session_id=sid),
+        ):
+            with pytest.raises(PermissionDenied):
+                await attempt
+    assert await served.identity.is_session_live(sid)
+
+
+async def test_the_gateway_asks_its_questions_and_reads_nothing_else(
+    served: Served, tmp_path: Path
+) -> None:
+    """A gateway certificate logs users in and keeps its sessions; the lookups and the
+    broker's checks are not its business."""
+    sid, token = await _live_session(served, tmp_path)
+    async with mtls_channel(
+        "127.0.0.1", served.server.port, served.client("gateway", "gw")
+    ) as channel:
+        client = IdentityClient(channel, target="identity")
+        assert (await client.heartbeat("gw", "b1", stale_after=30)).alive
+        for attempt in (
+            client.list_sessions(),
+            client.find_sessions(""),
+            client.get_session(sid),
+            client.is_session_live(sid),
+            client.get_user("root-ish"),
+            client.list_users(),
+            client.verify_token(token),
+        ):
+            with pytest.raises(PermissionDenied):
+                await attempt
+        assert not (await client.end_session(sid, reason="exited")).live  # its own session
+
+
+async def test_the_admin_and_the_admin_socket_may_look_everything_up(
+    served: Served, tmp_path: Path
+) -> None:
+    sid, token = await _live_session(served, tmp_path)
+    assert served.server.admin_socket is not None
+    for opened in (
+        mtls_channel("127.0.0.1", served.server.port, served.client("admin")),
+        admin_channel(served.server.admin_socket),
+    ):
+        async with opened as channel:
+            client = IdentityClient(channel, target="identity")
+            assert [s.session_id for s in await client.list_sessions()] == [sid]
+            assert [s.session_id for s in await client.find_sessions(sid[:6])] == [sid]
+            assert (await client.get_session(sid)).live
+            assert await client.is_session_live(sid)
+            assert (await client.get_user("root-ish")).roles == ("admin",)
+            assert (await client.verify_token(token)).sid == sid
+            assert (await client.fetch_jwks())["keys"]
+    assert _rejections(served) == []
+
+
+def _odd_certificate(
+    served: Served, tmp_path: Path, names: list[str], *ids: str
+) -> CertificateFiles:
+    """A certificate of the dev CA whose subject holds the common names ``names`` (none, or
+    several: an issuer that signs what it is asked), and URI SANs naming ``ids``."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    served.ca.ensure()
+    ca_cert = x509.load_pem_x509_certificate(served.ca.ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(served.ca.ca_key_path.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "stockade")]
+    subject += [x509.NameAttribute(NameOID.COMMON_NAME, name) for name in names]
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    sans += [x509.UniformResourceIdentifier(gateway_uri(i)) for i in ids]
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    stem = tmp_path / "-".join(["odd", *names, *ids])
+    paths = Path(f"{stem}.pem"), Path(f"{stem}.key")
+    write_private(
+        paths[1],
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    write_private(paths[0], cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    return CertificateFiles(*paths, served.ca.ca_cert_path)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [[], ["admin", "shield"], ["shield", "admin"], ["gateway", "shield"], ["broker", "broker"]],
+    ids=lambda names: "+".join(names) or "no-cn",
+)
+async def test_a_certificate_with_several_common_names_or_none_is_refused(
+    served: Served, tmp_path: Path, names: list[str]
+) -> None:
+    """ATTACK: a certificate naming ``admin`` and ``shield`` (or ``gateway`` and ``shield``)
+    is exempt as an admin's, or passes as a gateway's; one with no common name is nobody's.
+    A caller is known by exactly one common name: anything else is refused every call."""
+    sid, token = await _live_session(served, tmp_path)
+    tls = _odd_certificate(served, tmp_path, names, "gw")
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        client = IdentityClient(channel, target="identity")
+        for attempt in (
+            client.get_user("root-ish"),
+            client.list_sessions(),
+            client.verify_token(token),
+            client.is_session_live(sid),
+            client.heartbeat("gw", "b1", stale_after=30, stopping=True),
+            client.add_user("mallory", roles=["admin"]),
+        ):
+            with pytest.raises(PermissionDenied) as denied:
+                await attempt
+            assert "common name" in str(denied.value), str(denied.value)
+    reason = "no_common_name" if not names else "several_common_names"
+    assert {r for _m, r, _s in _rejections(served)} == {reason}
+    assert [u.name for u in await served.identity.list_users()] == ["root-ish"]
+    assert await served.identity.is_session_live(sid)

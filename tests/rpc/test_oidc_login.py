@@ -1,5 +1,6 @@
-"""OIDC logins over the internal API: the console (any mTLS caller) hands identity an ID token;
-the token is the credential, and a refusal comes back as the same TokenRejected reason."""
+"""OIDC logins over the internal API: ``stockade login --oidc`` (the admin socket, or an admin
+certificate) hands identity an ID token; the token is the credential, and a refusal comes back
+as the same TokenRejected reason. No service certificate may trade one for a Stockade token."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import jwt
 import pytest
+from grpc import aio
 from tls.jwks import Issuer, serve_issuer
 
 from stockade.authz import Authorizer
-from stockade.core import TokenRejected
+from stockade.core import PermissionDenied, TokenRejected
 from stockade.core.settings import AuthzSettings, IdentitySettings, OidcSettings
 from stockade.identity import IdentityService, KeyRing
 from stockade.rpc import IdentityClient, RpcServer, mtls_channel
@@ -27,7 +29,7 @@ def issuer() -> Iterator[Issuer]:
 
 
 @pytest.fixture
-async def client(tmp_path: Path, issuer: Issuer) -> AsyncIterator[IdentityClient]:
+async def server(tmp_path: Path, issuer: Issuer) -> AsyncIterator[RpcServer]:
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     await store.migrate()
     settings = IdentitySettings(
@@ -37,24 +39,30 @@ async def client(tmp_path: Path, issuer: Issuer) -> AsyncIterator[IdentityClient
         )
     )  # fmt: skip
     identity = IdentityService(store=store, settings=settings, keyring=KeyRing(tmp_path / "keys"))
-    ca = DevCA(tmp_path / "tls")
-    api = ca.issue("api")
+    api = DevCA(tmp_path / "tls").issue("api")
     server = RpcServer(
         identity=identity,
         authorizer=Authorizer(settings=AuthzSettings()),
         tls=CertificateFiles(api.cert, api.key, api.ca),
     )
     await server.start()
-    console = ca.issue("console")
-    channel = mtls_channel(
-        "127.0.0.1", server.port, CertificateFiles(console.cert, console.key, console.ca)
-    )
     try:
-        yield IdentityClient(channel, target="identity")
+        yield server
     finally:
-        await channel.close()
         await server.stop(0)
         await store.close()
+
+
+def _channel(server: RpcServer, tmp_path: Path, name: str) -> aio.Channel:
+    issued = DevCA(tmp_path / "tls").issue(name)
+    tls = CertificateFiles(issued.cert, issued.key, issued.ca)
+    return mtls_channel("127.0.0.1", server.port, tls)
+
+
+@pytest.fixture
+async def client(server: RpcServer, tmp_path: Path) -> AsyncIterator[IdentityClient]:
+    async with _channel(server, tmp_path, "admin") as channel:
+        yield IdentityClient(channel, target="identity")
 
 
 def _token(issuer: Issuer, **claims: object) -> str:
@@ -81,3 +89,17 @@ async def test_oidc_refusal_over_grpc_keeps_its_reason(
     with pytest.raises(TokenRejected) as info:
         await client.login_oidc(_token(issuer), nonce="n2")
     assert info.value.reason == "bad_nonce"
+
+
+@pytest.mark.parametrize("name", ["broker", "gateway", "shield", "console"])
+async def test_a_service_certificate_cannot_trade_an_id_token_for_a_token(
+    server: RpcServer, tmp_path: Path, issuer: Issuer, name: str
+) -> None:
+    """ATTACK: a service that sees an ID token (a log line, a proxy) trades it at identity
+    for a Stockade token with the roles of the user's groups (admin here). Only the CLI's
+    admin socket (or an admin certificate) logs in; nothing is created."""
+    async with _channel(server, tmp_path, name) as channel:
+        with pytest.raises(PermissionDenied, match="LoginOidc needs an admin certificate"):
+            await IdentityClient(channel, target="identity").login_oidc(_token(issuer), nonce="n1")
+    async with _channel(server, tmp_path, "admin") as channel:
+        assert await IdentityClient(channel, target="identity").list_users() == []

@@ -116,7 +116,6 @@ async def test_service_certificates_cannot_manage_identity(served: Served, tmp_p
     gateway = served.client_tls("gateway", "gw-a")
     async with mtls_channel("127.0.0.1", served.server.port, gateway) as channel:
         client = IdentityClient(channel, target="gateway")
-        assert await client.lookup_key("alice", fingerprint) is not None
         await client.start_session(
             "s9", username="alice", workspace="alice", client_ip="127.0.0.1", client_port=1
         )
@@ -126,6 +125,8 @@ async def test_service_certificates_cannot_manage_identity(served: Served, tmp_p
             client.add_key("alice", _pubkey(tmp_path, "extra")),
             client.set_disabled("alice", True),
             client.issue_token("alice"),  # a free-standing token is an admin's
+            client.lookup_key("alice", fingerprint),  # lookups are the CLI's
+            client.key_owner(fingerprint),
         ):
             with pytest.raises(PermissionDenied) as denied:
                 await attempt

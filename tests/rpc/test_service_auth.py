@@ -64,13 +64,18 @@ class Env:
     events: Events
     admin: Path
 
-    def channel(self, token: str | None) -> aio.Channel:
+    def channel(self, token: str | None, *, tls: CertificateFiles | None = None) -> aio.Channel:
         if token is None:
-            return mtls_channel("127.0.0.1", self.server.port, self.tls)
+            return mtls_channel("127.0.0.1", self.server.port, tls or self.tls)
         self.token_file.write_text(token)
         return mtls_channel(
-            "127.0.0.1", self.server.port, self.tls, token=ProjectedToken(self.token_file)
+            "127.0.0.1", self.server.port, tls or self.tls, token=ProjectedToken(self.token_file)
         )
+
+    def client_tls(self, name: str) -> CertificateFiles:
+        """A certificate of CN ``name`` from the server's CA (identity checks it too)."""
+        issued = DevCA(self.tls.paths[2].parent).issue(name)
+        return CertificateFiles(issued.cert, issued.key, issued.ca)
 
 
 @pytest.fixture
@@ -199,7 +204,7 @@ async def test_method_not_allowed_denied(env: Env) -> None:
     err = await _refused(env, broker)
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     assert "method-not-allowed" in (err.details() or "")
-    async with env.channel(broker) as channel:
+    async with env.channel(broker, tls=env.client_tls("broker")) as channel:
         jwks = await identity_pb2_grpc.IdentityStub(channel).GetJwks(identity_pb2.Empty())
         assert jwks is not None
     gateway = env.issuer.token(audience="stockade-api")

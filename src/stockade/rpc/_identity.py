@@ -4,19 +4,27 @@
 offers the same asynchronous methods over a channel (mutual TLS between services, or the 0600 admin
 socket for the CLI), raising the same :mod:`stockade.core.errors` classes.
 
-Who may call what is decided from the caller's certificate: administration needs an admin one;
-the gateway's calls a gateway one (CN ``gateway``), and those that name a gateway (Heartbeat,
-EndStaleSessions, OpenSession) or a session a gateway opened (EndSession, session tokens) the
-one gateway id its certificate names (URI SAN ``spiffe://stockade/gateway/<id>``). The admin
-socket is exempt. Every refusal is PERMISSION_DENIED with its reason, and audited.
+Who may call what is decided from the caller's certificate, by its one common name (the service:
+``gateway``, ``broker``, ...; a certificate naming none or several is nobody's) and one table,
+:data:`CALLERS`: each method lists the services that may call it, and a method it does not list
+is open to none of them (fail closed). An admin certificate and the admin socket (file
+permissions; the CLI) may call every method. So the gateway asks the login questions and keeps
+its sessions, the broker checks tokens and session liveness, and the lookups (users, sessions,
+keys, workspaces) stay the CLI's: no service certificate can list the users or the session ids
+(handles for kills and prefix lookups). A gateway's calls that name a gateway (Heartbeat,
+EndStaleSessions, OpenSession) or a session a gateway opened (EndSession, session tokens) must
+name the one gateway id its certificate names (URI SAN ``spiffe://stockade/gateway/<id>``).
+Every refusal is PERMISSION_DENIED with its reason, logged and audited (``service.rejected``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from grpc import aio
@@ -38,7 +46,7 @@ from stockade.identity import (
     User,
     Workspace,
 )
-from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids, gateway_uri
+from stockade.tls import GATEWAY_URI_PREFIX, common_names, gateway_ids, gateway_uri
 
 from ._convert import (
     authenticated_from_pb,
@@ -69,8 +77,9 @@ KILL_MESSAGE = "session terminated by an administrator"
 T = TypeVar("T")
 
 
-#: Certificate common names that may change identity (users, keys, secrets, workspaces) or mint
-#: tokens not bound to a session over mutual TLS. The admin socket (file permissions) may too.
+#: Certificate common names that may make every call over mutual TLS (change users, keys,
+#: secrets and workspaces, mint tokens not bound to a session, look anything up). The admin
+#: socket (file permissions) may too.
 ADMIN_NAMES = frozenset({"admin"})
 
 #: Certificate common names of gateways. Only a gateway (or an admin) asks the login questions
@@ -78,6 +87,68 @@ ADMIN_NAMES = frozenset({"admin"})
 #: session token: a gateway is trusted to have authenticated the user it names, so any other
 #: service's certificate could otherwise become any user, admins included.
 GATEWAY_NAMES = frozenset({"gateway"})
+
+#: Certificate common names of the credential broker: it checks the bearer tokens of sessions
+#: and the liveness of the sessions behind its per-session sockets.
+BROKER_NAMES = frozenset({"broker"})
+
+_ADMIN_ONLY: frozenset[str] = frozenset()
+
+#: The rule of IssueToken without a session id (a free-standing token): an admin's alone.
+UNBOUND_ISSUE = "IssueToken (no session_id)"
+
+#: Who may call each method, by the caller certificate's one common name; an admin certificate
+#: and the admin socket may call them all. A method (or rule) not listed here is refused to
+#: every other certificate. The callers are those of ``src/``: the gateway (``gateway._login``,
+#: ``_gateway``, ``_heartbeat``) and the broker (``broker._app``, ``_liveness``, through
+#: ``cli._runtime``'s ``IdentityClient``); the CLI and the console reach identity through the
+#: admin socket or in process, and shield, audit, authz and worktrace ask identity nothing.
+CALLERS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        # the gateway's login questions
+        "AuthenticateKey": GATEWAY_NAMES,
+        "AuthenticatePassword": GATEWAY_NAMES,
+        "VerifyTotp": GATEWAY_NAMES,
+        # the session registry as gateways keep it (the gateway id is checked as well)
+        "OpenSession": GATEWAY_NAMES,
+        "StartSession": GATEWAY_NAMES,
+        "EndSession": GATEWAY_NAMES,
+        "EndStaleSessions": GATEWAY_NAMES,
+        "Heartbeat": GATEWAY_NAMES,
+        "IssueToken": GATEWAY_NAMES,  # bound to a session of the calling gateway
+        UNBOUND_ISSUE: _ADMIN_ONLY,
+        # the broker's checks (a JWKS holds public keys only: a token verifier's)
+        "VerifyToken": BROKER_NAMES,
+        "IsSessionLive": BROKER_NAMES,
+        "GetJwks": BROKER_NAMES,
+        # lookups: the CLI's and the console's, no service's (users, keys and session ids)
+        "GetUser": _ADMIN_ONLY,
+        "ListUsers": _ADMIN_ONLY,
+        "LookupKey": _ADMIN_ONLY,
+        "KeyOwner": _ADMIN_ONLY,
+        "VerifyPassword": _ADMIN_ONLY,  # a password oracle; the gateway authenticates instead
+        "GetSession": _ADMIN_ONLY,
+        "FindSessions": _ADMIN_ONLY,
+        "ListSessions": _ADMIN_ONLY,
+        "GetWorkspace": _ADMIN_ONLY,
+        "ListWorkspaces": _ADMIN_ONLY,
+        "DefaultWorkspace": _ADMIN_ONLY,
+        "LoginOidc": _ADMIN_ONLY,  # `stockade login --oidc` (admin socket); the console in process
+        # administration
+        "AddUser": _ADMIN_ONLY,
+        "SetDisabled": _ADMIN_ONLY,
+        "RemoveUser": _ADMIN_ONLY,
+        "SetRoles": _ADMIN_ONLY,
+        "AddKey": _ADMIN_ONLY,
+        "RemoveKey": _ADMIN_ONLY,
+        "SetPassword": _ADMIN_ONLY,
+        "EnableTotp": _ADMIN_ONLY,
+        "DisableTotp": _ADMIN_ONLY,
+        "KillSession": _ADMIN_ONLY,
+        "AddWorkspace": _ADMIN_ONLY,
+        "RemoveWorkspace": _ADMIN_ONLY,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -89,40 +160,77 @@ class _Refusal:
     why: str
 
 
+@functools.lru_cache(maxsize=1024)
+def _names_in(pem: bytes) -> tuple[str, ...]:
+    return tuple(common_names(pem))
+
+
+def _over_tls(context: Ctx) -> bool:
+    """Whether the call came over mutual TLS (else the admin unix socket: no TCP listener is
+    ever opened without TLS)."""
+    return context.auth_context().get("transport_security_type") == [b"ssl"]
+
+
+def _caller_names(context: Ctx) -> tuple[str, ...]:
+    """Every common name of the caller's certificate, read from the certificate itself (gRPC's
+    ``x509_common_name`` shows one of several); () when there is not exactly one certificate."""
+    pems = list(context.auth_context().get("x509_pem_cert", []))
+    return _names_in(bytes(pems[0])) if len(pems) == 1 else ()
+
+
 def _exempt(context: Ctx) -> bool:
-    """The admin unix socket (no TCP listener is ever opened without TLS) or an admin
-    certificate: every call is allowed."""
-    auth = context.auth_context()
-    if auth.get("transport_security_type") != [b"ssl"]:
+    """The admin unix socket or an admin certificate (one common name, an admin's): every call
+    is allowed."""
+    if not _over_tls(context):
         return True
-    return any(
-        name.decode(errors="replace") in ADMIN_NAMES for name in auth.get("x509_common_name", [])
-    )
+    names = _caller_names(context)
+    return len(names) == 1 and names[0] in ADMIN_NAMES
+
+
+def _shown(names: Iterable[str]) -> str:
+    return ", ".join(name[:64] for name in names) or "no name"
 
 
 def _refusal(
-    context: Ctx, method: str, *, admin_only: bool, gateway_id: str | None = None
+    context: Ctx, method: str, *, rule: str | None = None, gateway_id: str | None = None
 ) -> _Refusal | None:
     """Whether the caller of ``method`` is refused (None: it may call).
 
     The admin unix socket (file permissions) and an admin certificate may make every call.
-    Otherwise ``admin_only`` calls are refused; the others need a gateway certificate, and one
-    that names a gateway id (``gateway_id`` not None: Heartbeat, EndStaleSessions, OpenSession)
-    must name the one gateway id of the caller's certificate, or a gateway could declare
-    another gateway's boots dead, sweep its sessions or open sessions in its name.
+    Any other certificate must name exactly one common name, listed in :data:`CALLERS` for
+    ``rule`` (the method when None); a rule not there is refused. A call that names a gateway
+    id (``gateway_id`` not None: Heartbeat, EndStaleSessions, OpenSession, and a session's
+    owner) must name the one gateway id of the caller's certificate, or a gateway could
+    declare another gateway's boots dead, sweep its sessions or open sessions in its name.
     """
     if _exempt(context):
         return None
-    auth = context.auth_context()
-    names = {name.decode(errors="replace") for name in auth.get("x509_common_name", [])}
-    who = ", ".join(sorted(names)) or "no name"
-    if admin_only:
-        return _Refusal("not_admin", f"{method} needs an admin certificate ({who})")
-    if not names & GATEWAY_NAMES:
-        return _Refusal("not_gateway", f"{method} needs a gateway certificate ({who})")
+    names = _caller_names(context)
+    if not names:
+        return _Refusal("no_common_name", f"{method}: the certificate names no common name")
+    if len(names) > 1:
+        return _Refusal(
+            "several_common_names",
+            f"{method}: the certificate names {len(names)} common names ({_shown(names)});"
+            " it must name one",
+        )
+    name = names[0]
+    allowed = CALLERS.get(rule or method, _ADMIN_ONLY)
+    if name not in allowed:
+        if not allowed:
+            return _Refusal("not_admin", f"{method} needs an admin certificate ({_shown(names)})")
+        if allowed == GATEWAY_NAMES:
+            return _Refusal(
+                "not_gateway", f"{method} needs a gateway certificate ({_shown(names)})"
+            )
+        return _Refusal(
+            "not_allowed",
+            f"{method} needs a certificate of {' or '.join(sorted(allowed | ADMIN_NAMES))}"
+            f" ({_shown(names)})",
+        )
     if gateway_id is None:
         return None
-    pems = list(auth.get("x509_pem_cert", []))
+    pems = list(context.auth_context().get("x509_pem_cert", []))
     ids = gateway_ids(pems[0]) if len(pems) == 1 else []
     if not ids:
         return _Refusal(
@@ -180,17 +288,18 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         self.refusals = 0
 
     async def _require(
-        self, context: Ctx, method: str, *, admin_only: bool = False, gateway_id: str | None = None
+        self, context: Ctx, method: str, *, rule: str | None = None, gateway_id: str | None = None
     ) -> None:
         """Refuse the call (PermissionDenied with the reason, logged and audited as a
-        ``service.rejected`` event) unless the caller may make it (see :func:`_refusal`)."""
-        refusal = _refusal(context, method, admin_only=admin_only, gateway_id=gateway_id)
+        ``service.rejected`` event) unless the caller may make it: :data:`CALLERS` lists its
+        certificate's name for ``rule`` (the method when None), and see :func:`_refusal`.
+        Every method calls this first."""
+        refusal = _refusal(context, method, rule=rule, gateway_id=gateway_id)
         if refusal is None:
             return
         self.refusals += 1
         peer = context.peer() or ""
-        names = context.auth_context().get("x509_common_name", [])
-        caller = ",".join(n.decode(errors="replace") for n in names)[:256]
+        caller = ",".join(_caller_names(context))[:256]
         log.warning("identity.call_refused", method=method, reason=refusal.reason, peer=peer,
                     caller=caller)  # fmt: skip
         if self._publisher is not None:
@@ -202,7 +311,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
                 await self._publisher.publish(event)
             except StockadeError as exc:
                 log.warning("identity.call_refused.audit_failed", error=str(exc))
-        area = "identity.manage" if admin_only else "identity.session"
+        area = "identity.session" if CALLERS.get(rule or method) else "identity.manage"
         raise PermissionDenied(area, [refusal.why])
 
     async def _require_owner(self, context: Ctx, method: str, session_id: str) -> None:
@@ -274,12 +383,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def SetRoles(self, request: pb.SetRolesRequest, context: Ctx) -> pb.User:
-        await self._require(context, "SetRoles", admin_only=True)
+        await self._require(context, "SetRoles")
         return user_to_pb(await self._id.set_roles(request.name, list(request.roles)))
 
     @rpc_errors_to_status
     async def KillSession(self, request: pb.KillSessionRequest, context: Ctx) -> pb.Session:
-        await self._require(context, "KillSession", admin_only=True)
+        await self._require(context, "KillSession")
         info = await self._id.kill_session(
             request.id, by=request.by, message=request.message or KILL_MESSAGE
         )
@@ -287,6 +396,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def LookupKey(self, request: pb.LookupKeyRequest, context: Ctx) -> pb.LookupKeyResponse:
+        await self._require(context, "LookupKey")
         user = await self._id.lookup_key(request.username, request.fingerprint)
         if user is None:
             return pb.LookupKeyResponse(found=False)
@@ -294,20 +404,23 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def KeyOwner(self, request: pb.KeyOwnerRequest, context: Ctx) -> pb.KeyOwnerResponse:
+        await self._require(context, "KeyOwner")
         owner = await self._id.key_owner(request.fingerprint)
         return pb.KeyOwnerResponse() if owner is None else pb.KeyOwnerResponse(username=owner)
 
     @rpc_errors_to_status
     async def GetUser(self, request: pb.UserRef, context: Ctx) -> pb.User:
+        await self._require(context, "GetUser")
         return user_to_pb(await self._id.get_user(request.name))
 
     @rpc_errors_to_status
     async def ListUsers(self, request: pb.Empty, context: Ctx) -> pb.UserList:
+        await self._require(context, "ListUsers")
         return pb.UserList(users=[user_to_pb(u) for u in await self._id.list_users()])
 
     @rpc_errors_to_status
     async def AddUser(self, request: pb.AddUserRequest, context: Ctx) -> pb.User:
-        await self._require(context, "AddUser", admin_only=True)
+        await self._require(context, "AddUser")
         user = await self._id.add_user(
             request.name,
             display_name=request.display_name,
@@ -321,29 +434,29 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def SetDisabled(self, request: pb.SetDisabledRequest, context: Ctx) -> pb.User:
-        await self._require(context, "SetDisabled", admin_only=True)
+        await self._require(context, "SetDisabled")
         return user_to_pb(await self._id.set_disabled(request.name, request.disabled))
 
     @rpc_errors_to_status
     async def RemoveUser(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
-        await self._require(context, "RemoveUser", admin_only=True)
+        await self._require(context, "RemoveUser")
         await self._id.remove_user(request.name)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def AddKey(self, request: pb.AddKeyRequest, context: Ctx) -> pb.SshKey:
-        await self._require(context, "AddKey", admin_only=True)
+        await self._require(context, "AddKey")
         return key_to_pb(await self._id.add_key(request.name, request.public_key))
 
     @rpc_errors_to_status
     async def RemoveKey(self, request: pb.RemoveKeyRequest, context: Ctx) -> pb.Empty:
-        await self._require(context, "RemoveKey", admin_only=True)
+        await self._require(context, "RemoveKey")
         await self._id.remove_key(request.name, request.fingerprint)
         return pb.Empty()
 
     @rpc_errors_to_status
     async def SetPassword(self, request: pb.SetPasswordRequest, context: Ctx) -> pb.Empty:
-        await self._require(context, "SetPassword", admin_only=True)
+        await self._require(context, "SetPassword")
         await self._id.set_password(request.name, _opt(request, "password"))
         return pb.Empty()
 
@@ -354,13 +467,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def EnableTotp(self, request: pb.EnableTotpRequest, context: Ctx) -> pb.TotpEnrollment:
-        await self._require(context, "EnableTotp", admin_only=True)
+        await self._require(context, "EnableTotp")
         enrollment = await self._id.enable_totp(request.name, replace=request.replace)
         return pb.TotpEnrollment(secret=enrollment.secret, uri=enrollment.uri)
 
     @rpc_errors_to_status
     async def DisableTotp(self, request: pb.UserRef, context: Ctx) -> pb.Empty:
-        await self._require(context, "DisableTotp", admin_only=True)
+        await self._require(context, "DisableTotp")
         await self._id.disable_totp(request.name)
         return pb.Empty()
 
@@ -372,7 +485,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     @rpc_errors_to_status
     async def IssueToken(self, request: pb.IssueTokenRequest, context: Ctx) -> pb.Token:
         if not request.HasField("session_id"):  # session tokens are the gateway's business
-            await self._require(context, "IssueToken", admin_only=True)
+            await self._require(context, "IssueToken", rule=UNBOUND_ISSUE)
         else:
             await self._require_owner(context, "IssueToken", request.session_id)
         token = await self._id.issue_token(
@@ -385,22 +498,26 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def VerifyToken(self, request: pb.VerifyTokenRequest, context: Ctx) -> pb.Claims:
+        await self._require(context, "VerifyToken")
         claims = await self._id.verify_token(request.token, audience=_opt(request, "audience"))
         return pb.Claims(claims_json=claims_to_json(claims))
 
     @rpc_errors_to_status
     async def LoginOidc(self, request: pb.OidcLoginRequest, context: Ctx) -> pb.OidcLoginResponse:
-        # any caller: the ID token is the credential (verified against the provider's JWKS)
+        # the ID token is the credential (verified against the provider's JWKS), and the
+        # caller the one who asked for it: the CLI (admin socket), never another service
+        await self._require(context, "LoginOidc")
         login = await self._id.login_oidc(request.id_token, nonce=_opt(request, "nonce"))
         return pb.OidcLoginResponse(user=user_to_pb(login.user), token=login.token)
 
     @rpc_errors_to_status
     async def GetJwks(self, request: pb.Empty, context: Ctx) -> pb.Jwks:
+        await self._require(context, "GetJwks")
         return pb.Jwks(jwks_json=json.dumps(self._id.jwks()))
 
     @rpc_errors_to_status
     async def AddWorkspace(self, request: pb.AddWorkspaceRequest, context: Ctx) -> pb.Workspace:
-        await self._require(context, "AddWorkspace", admin_only=True)
+        await self._require(context, "AddWorkspace")
         try:
             config = json.loads(request.config_json or "{}")
         except ValueError as exc:
@@ -412,22 +529,25 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def GetWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Workspace:
+        await self._require(context, "GetWorkspace")
         return workspace_to_pb(await self._id.get_workspace(request.name))
 
     @rpc_errors_to_status
     async def ListWorkspaces(
         self, request: pb.ListWorkspacesRequest, context: Ctx
     ) -> pb.WorkspaceList:
+        await self._require(context, "ListWorkspaces")
         found = await self._id.list_workspaces(owner=_opt(request, "owner"))
         return pb.WorkspaceList(workspaces=[workspace_to_pb(w) for w in found])
 
     @rpc_errors_to_status
     async def DefaultWorkspace(self, request: pb.UserRef, context: Ctx) -> pb.Workspace:
+        await self._require(context, "DefaultWorkspace")
         return workspace_to_pb(await self._id.default_workspace(request.name))
 
     @rpc_errors_to_status
     async def RemoveWorkspace(self, request: pb.WorkspaceRef, context: Ctx) -> pb.Empty:
-        await self._require(context, "RemoveWorkspace", admin_only=True)
+        await self._require(context, "RemoveWorkspace")
         await self._id.remove_workspace(request.name)
         return pb.Empty()
 
@@ -462,15 +582,18 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def GetSession(self, request: pb.SessionRef, context: Ctx) -> pb.Session:
+        await self._require(context, "GetSession")
         return session_to_pb(await self._id.get_session(request.id))
 
     @rpc_errors_to_status
     async def FindSessions(self, request: pb.FindSessionsRequest, context: Ctx) -> pb.SessionList:
+        await self._require(context, "FindSessions")
         found = await self._id.find_sessions(request.prefix, limit=request.limit or 21)
         return pb.SessionList(sessions=[session_to_pb(s) for s in found])
 
     @rpc_errors_to_status
     async def ListSessions(self, request: pb.ListSessionsRequest, context: Ctx) -> pb.SessionList:
+        await self._require(context, "ListSessions")
         found = await self._id.list_sessions(
             active_only=request.active_only,
             username=_opt(request, "username"),
@@ -480,6 +603,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
 
     @rpc_errors_to_status
     async def IsSessionLive(self, request: pb.SessionRef, context: Ctx) -> pb.CheckResult:
+        await self._require(context, "IsSessionLive")
         return pb.CheckResult(ok=await self._id.is_session_live(request.id))
 
 

@@ -4,7 +4,15 @@ The dev CA, certificates that reload when their files change and renew themselve
 OpenBao PKI), and verification of Kubernetes projected service-account tokens.
 """
 
-from ._ca import GATEWAY_URI_PREFIX, DevCA, IssuedCert, dns_names, gateway_ids, gateway_uri
+from ._ca import (
+    GATEWAY_URI_PREFIX,
+    DevCA,
+    IssuedCert,
+    common_names,
+    dns_names,
+    gateway_ids,
+    gateway_uri,
+)
 from ._jwks import JwksCache
 from ._reload import (
     CertificateFiles,
@@ -50,6 +58,7 @@ __all__ = [
     "ServiceTokenRejected",
     "ServiceTokenVerifier",
     "TlsMaterial",
+    "common_names",
     "dns_names",
     "gateway_ids",
     "gateway_uri",

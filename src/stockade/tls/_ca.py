@@ -73,6 +73,21 @@ def gateway_ids(cert: x509.Certificate | bytes) -> list[str]:
     ]
 
 
+def common_names(cert: x509.Certificate | bytes) -> list[str]:
+    """Every common name of ``cert``'s subject (parsed, or PEM), in order: one for a
+    certificate our issuers sign, none for one that cannot be parsed or names none, and,
+    wrongly, several (gRPC's ``x509_common_name`` shows only one of them): callers decide."""
+    try:
+        if isinstance(cert, bytes):
+            cert = x509.load_pem_x509_certificate(cert)
+        found = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    except ValueError:
+        return []
+    return [
+        a.value if isinstance(a.value, str) else a.value.decode(errors="replace") for a in found
+    ]
+
+
 def _san(names: list[str]) -> x509.SubjectAlternativeName:
     """IP addresses, URIs (anything with ``://``) and DNS names, each as its own kind."""
     entries: list[x509.GeneralName] = []
