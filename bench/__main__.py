@@ -74,8 +74,11 @@ def main() -> int:
             continue
         print(f"== {short} ==", flush=True)
         started = time.perf_counter()
+        # the caller's PYTHONPATH first (a worktree's src/ measures that tree's code, not the
+        # editable install's), then the repository (for ``bench``)
+        path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(HERE.parent)) if p)
         env = {**os.environ, _report.RESULTS_ENV: str(rows_file), "STOCKADE_BENCH_MODULE": short,
-               "PYTHONPATH": str(HERE.parent)}  # fmt: skip
+               "PYTHONPATH": path}  # fmt: skip
         log = logs / f"{short}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen(

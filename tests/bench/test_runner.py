@@ -76,3 +76,31 @@ def test_an_unknown_module_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert "no benchmark module nosuch" in result.stderr
+
+
+SEES_PATH = """
+import sys
+from bench._report import record
+
+def main():
+    import shadowed  # only in the caller's PYTHONPATH
+    record("path", value=shadowed.WHERE)
+"""
+
+
+def test_a_module_imports_from_the_callers_pythonpath_first(tmp_path: Path) -> None:
+    # a worktree's bench run with PYTHONPATH=$PWD/src measures that tree's code, not the
+    # editable install's: the runner keeps the caller's PYTHONPATH ahead of the repository
+    (tmp_path / "bench_where.py").write_text(SEES_PATH)
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "shadowed.py").write_text("WHERE = 'callers'\n")
+    out = tmp_path / "results.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench"], cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "STOCKADE_BENCH_DIR": str(tmp_path),
+             "STOCKADE_BENCH_OUT": str(out), "PYTHONPATH": f"{own}:{ROOT}"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, (tmp_path / "logs" / "where.log").read_text()
+    assert [r["value"] for r in json.loads(out.read_text())] == ["callers"]
