@@ -1003,27 +1003,51 @@ class Engine:
     def _ancestry_key(self, entry: _Proc, depth: int) -> tuple[str, ...]:
         """Basenames of the process and its ancestors (``depth`` at most), cached per process.
 
-        Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
+        The walk also caches the key of each ancestor it fully saw (the walk goes on up to
+        ``2 * depth - 1`` processes for that), so the siblings of a process and their children
+        find their parent's key at once instead of walking the same ancestors again; a key is
+        what a walk from that process would have found at the time, kept as a process's own
+        key is. Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
         key = entry.ancestry
         if key is not None:
             return key
-        procs = self._procs
+        get = self._procs.get
         bases = self._bases
         binary = entry.binary
-        base = bases.get(binary)
-        if base is None:
-            base = _base(bases, binary)
+        base = bases.get(binary) or _base(bases, binary)
+        parent = entry.parent
+        if parent and depth >= 1:
+            current = get(parent)
+            if current is not None and current.ancestry is not None:  # the common case
+                key = entry.ancestry = (base, *current.ancestry[: depth - 1])
+                return key
+        chain = [entry]
         names = [base]
-        current = procs.get(entry.parent) if entry.parent else None
-        while current is not None and len(names) < depth:
-            if current.ancestry is not None:
-                names.extend(current.ancestry[: depth - len(names)])
+        tail: tuple[str, ...] | None = None  # the key of the cached ancestor the walk met
+        ended = False  # the walk met the top of the known ancestry (no parent, or unknown)
+        limit = 2 * depth - 1
+        while True:
+            if len(chain) >= limit:
+                break
+            current = get(parent) if parent else None
+            if current is None:
+                ended = True
+                break
+            tail = current.ancestry
+            if tail is not None:
+                ended = True
                 break
             binary = current.binary
-            base = bases.get(binary)
-            names.append(_base(bases, binary) if base is None else base)
-            current = procs.get(current.parent) if current.parent else None
-        key = entry.ancestry = tuple(names)
+            chain.append(current)
+            names.append(bases.get(binary) or _base(bases, binary))
+            parent = current.parent
+        if tail is not None:
+            names.extend(tail[: depth - 1])
+        last = len(chain) - 1
+        for index in range(1, last + 1):
+            if ended or index + depth - 1 <= last:
+                chain[index].ancestry = tuple(names[index : index + depth])
+        key = entry.ancestry = tuple(names[: max(1, depth)])
         return key
 
     # --- matching -----------------------------------------------------------------------
