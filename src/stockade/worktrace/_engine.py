@@ -572,7 +572,15 @@ class Engine:
         alerts: list[Alert] | None = None
         if kind == "process_exec":
             if rules.stdio_calls:
-                self._exec_fds = self._fd_exec_event(event) if self._fd_tables else None
+                if not self._fd_tables:
+                    self._exec_fds = None
+                elif self._fd_none(event):
+                    # neither this process nor its parent has a table (what ``_fd_lookup``
+                    # would find, looked up in place: most execs)
+                    self._exec_fds = None
+                    self._parent_of, self._parent_fds = event, None
+                else:
+                    self._exec_fds = self._fd_exec_event(event)
             hits = self._match_exec(rules, event, entry)
             self._parent_of = None
             if self._exec_fds is not None and rules.exec_stdio:
@@ -886,6 +894,28 @@ class Engine:
         ):
             return _EVICTED
         return None
+
+    def _fd_none(self, event: TraceEvent) -> bool:
+        """No table for the event's process, and none for ``_fd_parent`` to find, for sure
+        (no marks; no table under its exec id or its parent's, its pid or its parent's, nor
+        under its grandparent's exec id): ``_fd_lookup(event, create=False)`` would be None.
+        False when unsure."""
+        if self._fd_marks:
+            return False
+        proc = event.process
+        pid = proc.pid
+        if pid is None:
+            return False
+        fd_exec = self._fd_exec  # exec ids are never empty there (``_fd_alias``)
+        fd_live = self._fd_live
+        node = event.node_name
+        if proc.exec_id in fd_exec or (node, pid) in fd_live or proc.parent_exec_id in fd_exec:
+            return False
+        parent = event.parent
+        return parent is None or (
+            parent.parent_exec_id not in fd_exec
+            and (parent.pid is None or (node, parent.pid) not in fd_live)
+        )
 
     def _fd_exec_event(self, event: TraceEvent) -> _FdTable | None:
         """The exec'ing process's table after the exec: its close-on-exec descriptors go."""

@@ -493,15 +493,13 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
         if resp.process_kprobe is not None or resp.process_exit is not None:
             raise EventShapeError("event", "two event types")
         return TraceEvent(
-            "process_exec", body.process, body.parent, resp.node_name, resp.time,
-            "", (), None, "", "", line,
-        )  # fmt: skip
+            "process_exec", body.process, body.parent, resp.node_name, resp.time, line=line
+        )
     exit_ = resp.process_exit
     if exit_ is not None:
         return TraceEvent(
-            "process_exit", exit_.process, exit_.parent, resp.node_name, resp.time,
-            "", (), None, "", "", line,
-        )  # fmt: skip
+            "process_exit", exit_.process, exit_.parent, resp.node_name, resp.time, line=line
+        )
     hook = resp.process_kprobe
     if hook is not None:
         kind = "process_kprobe"
