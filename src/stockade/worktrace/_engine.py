@@ -103,6 +103,7 @@ from ._events import (
     UnknownEvent,
     _build,
     parse_line,
+    resolved_binary,
 )
 from ._rules import (
     F_DUPFD,
@@ -1376,7 +1377,9 @@ def _indirect_program(proc: Process) -> Process | None:
     if proc.basename in _MULTICALL:
         if not argv or argv[0].startswith("-") or "/" in argv[0]:
             return None
-        return msgspec.structs.replace(proc, binary=argv[0], arguments=" ".join(argv[1:]))
+        return msgspec.structs.replace(
+            proc, binary=resolved_binary(argv[0]), arguments=" ".join(argv[1:])
+        )
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -1388,7 +1391,7 @@ def _indirect_program(proc: Process) -> Process | None:
             index += 1
         else:
             rest = " ".join(argv[index + 1 :])
-            return msgspec.structs.replace(proc, binary=arg, arguments=rest)
+            return msgspec.structs.replace(proc, binary=resolved_binary(arg), arguments=rest)
     return None
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "normalize_function",
     "parse_event",
     "parse_line",
+    "resolved_binary",
 ]
 
 #: The ``GetEventsResponse`` event fields Worktrace understands.
@@ -126,7 +127,11 @@ class Capabilities(_S):
 
 
 class Process(_S):
-    """A process as Tetragon describes it; ``exec_id`` is unique across nodes and time."""
+    """A process as Tetragon describes it; ``exec_id`` is unique across nodes and time.
+
+    The event's process and parent come out of :func:`parse_line` with ``binary`` resolved
+    (:func:`resolved_binary`): done there rather than in a ``__post_init__``, whose call from
+    the decoder cost ~9% of the decoding."""
 
     exec_id: str = ""
     pid: int | None = None
@@ -145,17 +150,6 @@ class Process(_S):
     tid: int | None = None
     in_init_tree: bool | None = None
 
-    def __post_init__(self) -> None:
-        binary = self.binary
-        if (
-            ("//" in binary or "/." in binary)
-            and binary.startswith("/")
-            and not binary.startswith("/memfd:")
-        ):
-            # /dev//shm/x, /tmp/../dev/shm/x: match rules on the path the kernel resolved
-            # (a memfd's name is text, not a path: "/memfd:../../bin/ls" stays as it is)
-            self.binary = "/" + posixpath.normpath(binary).lstrip("/")
-
     @property
     def basename(self) -> str:
         return self.binary.rpartition("/")[2]
@@ -163,6 +157,25 @@ class Process(_S):
     @property
     def cap_effective(self) -> list[str] | None:
         return None if self.cap is None else self.cap.effective
+
+
+def resolved_binary(binary: str) -> str:
+    """``/dev//shm/x``, ``/tmp/../dev/shm/x``: the path the kernel resolved, which rules match
+    (a memfd's name is text, not a path: ``/memfd:../../bin/ls`` stays as it is)."""
+    if (
+        ("//" in binary or "/." in binary)
+        and binary.startswith("/")
+        and not binary.startswith("/memfd:")
+    ):
+        return "/" + posixpath.normpath(binary).lstrip("/")
+    return binary
+
+
+def _resolve(process: Process, parent: Process | None) -> None:
+    """Resolve the binaries of an event's process and parent (rarely needed: checked inline)."""
+    process.binary = resolved_binary(process.binary)
+    if parent is not None:
+        parent.binary = resolved_binary(parent.binary)
 
 
 class FileArg(_S):
@@ -492,14 +505,24 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
     if body is not None:
         if resp.process_kprobe is not None or resp.process_exit is not None:
             raise EventShapeError("event", "two event types")
-        return TraceEvent(
-            "process_exec", body.process, body.parent, resp.node_name, resp.time, line=line
-        )
+        process, parent = body.process, body.parent
+        if (
+            "/." in process.binary
+            or "//" in process.binary
+            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+        ):
+            _resolve(process, parent)
+        return TraceEvent("process_exec", process, parent, resp.node_name, resp.time, line=line)
     exit_ = resp.process_exit
     if exit_ is not None:
-        return TraceEvent(
-            "process_exit", exit_.process, exit_.parent, resp.node_name, resp.time, line=line
-        )
+        process, parent = exit_.process, exit_.parent
+        if (
+            "/." in process.binary
+            or "//" in process.binary
+            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+        ):
+            _resolve(process, parent)
+        return TraceEvent("process_exit", process, parent, resp.node_name, resp.time, line=line)
     hook = resp.process_kprobe
     if hook is not None:
         kind = "process_kprobe"
@@ -530,6 +553,13 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
     else:
         args = tuple([_arg(a, kind, i) for i, a in enumerate(raw_args)])
     ret = hook.ret
+    process, parent = hook.process, hook.parent
+    if (
+        "/." in process.binary
+        or "//" in process.binary
+        or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+    ):
+        _resolve(process, parent)
     return TraceEvent(
         kind, hook.process, hook.parent, resp.node_name, resp.time, function, args,
         None if ret is None else _arg(ret, kind, -1), hook.action, hook.policy_name, line,
