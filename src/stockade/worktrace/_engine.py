@@ -625,10 +625,8 @@ class Engine:
     # --- process table and correlation ----------------------------------------------------
 
     def _remember(self, proc: Process, parent: Process | None, node: str) -> _Proc:
+        """The entry of a process not in the table yet (``process`` looked), made now."""
         procs = self._procs
-        entry = procs.get(proc.exec_id)
-        if entry is not None:
-            return entry
         if len(procs) >= self._max_processes:  # drop the oldest eighth (insertion order)
             for key in list(procs)[: self._max_processes // 8]:
                 del procs[key]
