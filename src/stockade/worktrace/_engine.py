@@ -599,7 +599,10 @@ class Engine:
                 self._pid_uid.pop(pid, None)
             if self._live_sessions:
                 self._live_sessions.pop((event.node_name, pid or 0), None)
-            if self._fd_tables or self._fd_marks:
+            if self._fd_marks or (
+                self._fd_tables  # most exits: no table to let go of, looked up in place
+                and (proc.exec_id in self._fd_exec or (event.node_name, pid) in self._fd_live)
+            ):
                 self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
