@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from structlog.testing import capture_logs
 
@@ -19,7 +20,7 @@ from stockade.core.errors import InvalidInput
 from stockade.core.settings import AuthzSettings
 from stockade.worktrace import AnomalyConfig, Engine, load_rules
 from stockade.worktrace._alerts import to_event
-from stockade.worktrace._events import MAX_LINE_BYTES
+from stockade.worktrace._events import MAX_LINE_BYTES, parse_line
 from stockade.worktrace._ingest import FileFollower
 from stockade.worktrace._respond import AlertResponder
 
@@ -142,6 +143,25 @@ def test_dev_shm_through_the_loader_broke(engine_rules: Any) -> None:
 def test_non_canonical_dev_shm_path_broke(engine_rules: Any, binary: str) -> None:
     """BROKE (if the export carries the path as given to execve): no normalisation."""
     assert "exec-dev-shm" in rule_ids(fresh(engine_rules), exec_event(binary))
+
+
+def test_non_canonical_path_run_by_the_loader_held(engine_rules: Any) -> None:
+    # the program ld.so runs is matched on its resolved path too, like an exec'd binary
+    event = exec_event("/lib64/ld-linux-x86-64.so.2", "/usr/bin/../../dev/shm/x")
+    assert "exec-dev-shm" in rule_ids(fresh(engine_rules), event)
+
+
+@pytest.mark.parametrize("kind", ["process_exec", "process_exit", "process_kprobe"])
+def test_every_event_resolves_its_process_and_parent_binaries(kind: str) -> None:
+    body: dict[str, Any] = {"process": {"exec_id": "YQ==", "binary": "/dev//shm/./x"},
+                            "parent": {"exec_id": "Yg==", "binary": "/tmp/../bin/sh"}}  # fmt: skip
+    if kind == "process_kprobe":
+        body["function_name"] = "fd_install"
+    event = parse_line(orjson.dumps({kind: body}))
+    assert (event.process.binary, event.parent.binary if event.parent else None) == (
+        "/dev/shm/x",
+        "/bin/sh",
+    )
 
 
 # --- reverse shells ------------------------------------------------------------------------

@@ -188,3 +188,35 @@ def test_hostile_exec_id_cycle_does_not_loop(tmp_path: Path) -> None:
     engine.feed(line(a))
     alerts = engine.feed(line(b))
     assert [len(x.ancestry) for x in alerts] == [16]  # b, a, b, a, ...: bounded walks
+
+
+def test_ancestries_walked_once_are_those_of_each_process(tmp_path: Path) -> None:
+    # ancestors known only from their hooks (never exec'd in the export): a walk caches the key
+    # of each one it fully saw, and a sibling or a child later finds the same ancestry as a
+    # walk of its own would
+    (tmp_path / "none.yaml").write_text("rules: []\n")
+    engine = Engine(
+        load_rules(tmp_path), anomaly=AnomalyConfig(learning_events=0, threshold=0.0, depth=3)
+    )
+    names = ["p0", "p1", "p2", "p3", "p4", "p5", "p6"]
+    for index, name in enumerate(names):
+        hook = kprobe_event("sys_getpid", [], binary=f"/usr/bin/{name}")
+        hook["process_kprobe"]["process"]["exec_id"] = name
+        hook["process_kprobe"]["process"]["parent_exec_id"] = names[index - 1] if index else ""
+        hook["process_kprobe"].pop("parent")
+        assert engine.feed(line(hook)) == ()
+
+    def ancestry(binary: str, exec_id: str, parent_id: str) -> str:
+        event = exec_event(f"/usr/bin/{binary}", parent_exec_id=parent_id)
+        event["process_exec"]["process"]["exec_id"] = exec_id
+        event["process_exec"].pop("parent")
+        [alert] = engine.feed(line(event))
+        return alert.name.rpartition(": ")[2]
+
+    assert ancestry("a", "a", "p6") == "p5>p6>a"
+    assert ancestry("b", "b", "p6") == "p5>p6>b"  # a sibling
+    assert ancestry("c", "c", "p5") == "p4>p5>c"  # an uncle
+    assert ancestry("d", "d", "p3") == "p2>p3>d"  # above what the first walk cached
+    assert ancestry("e", "e", "a") == "p6>a>e"  # a child
+    assert ancestry("f", "f", "p1") == "p0>p1>f"
+    assert ancestry("g", "g", "p0") == "p0>g"

@@ -79,6 +79,7 @@ namespace and name), and can kill or ban nobody; its blueprint label teaches no 
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import math
 import re
@@ -92,13 +93,17 @@ from typing import Any
 import msgspec
 
 from ._events import (
+    _DECODER,
+    MAX_LINE_BYTES,
     EventShapeError,
     FileArg,
     Process,
     Sock,
     TraceEvent,
     UnknownEvent,
+    _build,
     parse_line,
+    resolved_binary,
 )
 from ._rules import (
     F_DUPFD,
@@ -140,12 +145,25 @@ LABEL_BLUEPRINT = "stockade.dev/blueprint"
 #: A raw event larger than this (serialised) is summarised in the alert instead of embedded.
 MAX_ALERT_EVENT_BYTES = 32 * 1024
 _NONE: tuple[Alert, ...] = ()
+_DECODE = _DECODER.decode
 _PATH_KINDS = frozenset({"file_arg", "path_arg", "linux_binprm_arg"})
 
 
 def rarity(count: int) -> float:
     """Rarity of something seen ``count`` times before: ``1 / (1 + ln(1 + count))``."""
     return 1.0 / (1.0 + math.log1p(count))
+
+
+@functools.lru_cache(maxsize=64)
+def _rare_up_to(threshold: float) -> float:
+    """A count above which :func:`rarity` is below ``threshold`` (it decreases with the count):
+    ``rarity(n) >= t`` means ``n <= e^(1/t - 1) - 1``; a margin for rounding."""
+    if threshold <= 0:
+        return math.inf
+    exponent = 1.0 / threshold - 1.0
+    if exponent > 700:  # e^700 counts: never reached
+        return math.inf
+    return math.ceil(math.expm1(exponent) * 1.001) + 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,18 +300,16 @@ def _embed(event: TraceEvent) -> dict[str, Any]:
     return {"truncated": True, "type": event.type, "function": event.function}
 
 
-class _Proc:
-    __slots__ = ("ancestry", "binary", "parent", "pid", "session", "uid")
+class _Proc(msgspec.Struct, gc=False, eq=False):
+    """A process table entry (a struct: built in C, untracked by the collector: it holds no
+    reference cycle, only text, numbers and a :class:`SessionInfo`)."""
 
-    def __init__(
-        self, pid: int | None, uid: int | None, binary: str, parent: str, session: Any
-    ) -> None:
-        self.pid = pid
-        self.uid = uid
-        self.binary = binary
-        self.parent = parent
-        self.session = session
-        self.ancestry: tuple[str, ...] | None = None  # basenames, this process first
+    pid: int | None
+    uid: int | None
+    binary: str
+    parent: str
+    session: Any
+    ancestry: tuple[str, ...] | None = None  # basenames, this process first
 
 
 class _Socket:
@@ -475,6 +491,7 @@ class Engine:
         self._paths: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
         self._ancestries: dict[str, dict[tuple[str, ...], int]] = {}
         self._learned: dict[str, int] = {}
+        self._bases: dict[str, str] = {}
         #: Descriptor tables (see :class:`_FdTable`): every table once, oldest first (the
         #: eviction order within a tier); the live ones by (node, pid); every table by each exec
         #: id it was seen under, kept past the process's exit for its late children.
@@ -491,6 +508,10 @@ class Engine:
         self._waiting: dict[_Socket, None] = {}
         #: The table of the process_exec being matched (its descriptors after the exec).
         self._exec_fds: _FdTable | None = None
+        #: The event whose parent's table ``_fd_lookup`` just looked up, and found (or not)
+        #: without changing any table: ``_stdio_on_socket`` takes it from there, for that event.
+        self._parent_of: TraceEvent | None = None
+        self._parent_fds: _FdTable | None = None
         self.fd_evicted_armed = 0
         self.events = 0
         self.unknown = 0
@@ -521,7 +542,15 @@ class Engine:
         if not line:
             return _NONE
         try:
-            event = parse_line(line)
+            if type(line) is bytes and len(line) <= MAX_LINE_BYTES:
+                try:
+                    resp = _DECODE(line)
+                except (msgspec.DecodeError, RecursionError):
+                    event = parse_line(line)  # raises it as an EventShapeError
+                else:
+                    event = _build(resp, line)
+            else:
+                event = parse_line(line)
         except UnknownEvent:
             self.unknown += 1
             return _NONE
@@ -536,13 +565,25 @@ class Engine:
     def process(self, event: TraceEvent) -> Sequence[Alert]:
         self.events += 1
         rules = self._rules if self._source is None else self._source.current
-        entry = self._remember(event.process, event.parent, event.node_name)
+        proc = event.process
+        entry = self._procs.get(proc.exec_id)
+        if entry is None:
+            entry = self._remember(proc, event.parent, event.node_name)
         kind = event.type
         alerts: list[Alert] | None = None
         if kind == "process_exec":
             if rules.stdio_calls:
-                self._exec_fds = self._fd_exec_event(event) if self._fd_tables else None
+                if not self._fd_tables:
+                    self._exec_fds = None
+                elif self._fd_none(event):
+                    # neither this process nor its parent has a table (what ``_fd_lookup``
+                    # would find, looked up in place: most execs)
+                    self._exec_fds = None
+                    self._parent_of, self._parent_fds = event, None
+                else:
+                    self._exec_fds = self._fd_exec_event(event)
             hits = self._match_exec(rules, event, entry)
+            self._parent_of = None
             if self._exec_fds is not None and rules.exec_stdio:
                 self._wait_for_connect(self._exec_fds, event, entry)
             if hits:
@@ -553,20 +594,29 @@ class Engine:
                     alerts = alerts or []
                     alerts.append(anomaly)
         elif kind == "process_exit":
-            self._forget(event.process)
+            pid = proc.pid
+            if pid is not None:
+                self._pid_uid.pop(pid, None)
             if self._live_sessions:
-                self._live_sessions.pop((event.node_name, event.process.pid or 0), None)
-            if self._fd_tables or self._fd_marks:
+                self._live_sessions.pop((event.node_name, pid or 0), None)
+            if self._fd_marks or (
+                self._fd_tables  # most exits: no table to let go of, looked up in place
+                and (proc.exec_id in self._fd_exec or (event.node_name, pid) in self._fd_live)
+            ):
                 self._fd_exit(event)
         else:
             stdio = rules.stdio_calls
+            function = event.function
             if stdio and kind == "process_kprobe":
-                positions = stdio.get(event.function)
+                positions = stdio.get(function)
                 if positions is not None:
                     late = self._track_fd(event, positions)
                     if late is not None:
                         alerts = self._late_connect(rules, late)
-            hits = self._match_kprobe(rules, event, entry)
+            if function not in rules.syscall_rules and function not in rules.file_rules:
+                hits = None  # no rule for this hook
+            else:
+                hits = self._match_kprobe(rules, event, entry)
             if hits:
                 more = self._on_hits(rules, hits, event, entry)
                 alerts = more if not alerts else [*alerts, *(more or ())]
@@ -578,10 +628,8 @@ class Engine:
     # --- process table and correlation ----------------------------------------------------
 
     def _remember(self, proc: Process, parent: Process | None, node: str) -> _Proc:
+        """The entry of a process not in the table yet (``process`` looked), made now."""
         procs = self._procs
-        entry = procs.get(proc.exec_id)
-        if entry is not None:
-            return entry
         if len(procs) >= self._max_processes:  # drop the oldest eighth (insertion order)
             for key in list(procs)[: self._max_processes // 8]:
                 del procs[key]
@@ -776,8 +824,12 @@ class Engine:
             self._fd_alias(table, exec_id)
             return table
         marks = self._fd_marks
-        source = _EVICTED if marks and (key in marks or exec_id in marks) else None
-        source = source or self._fd_parent(event)
+        if marks and (key in marks or exec_id in marks):
+            source: _FdTable | None = _EVICTED
+        else:
+            source = self._fd_parent(event)
+            if not create:  # no table changes below before a return None: reusable
+                self._parent_of, self._parent_fds = event, source
         if source is None or not (source.fds or source.overflow or source.removed):
             if not create:
                 return None
@@ -787,6 +839,7 @@ class Engine:
             fds, overflow = self._fd_inherit(source, proc), source.overflow
             if not (fds or overflow or create):
                 return None
+        self._parent_of = None
         if len(self._fd_tables) >= self._max_fd_processes:
             self._fd_evict()
         table = _FdTable(key, proc.binary, fds, overflow)
@@ -843,6 +896,28 @@ class Engine:
         ):
             return _EVICTED
         return None
+
+    def _fd_none(self, event: TraceEvent) -> bool:
+        """No table for the event's process, and none for ``_fd_parent`` to find, for sure
+        (no marks; no table under its exec id or its parent's, its pid or its parent's, nor
+        under its grandparent's exec id): ``_fd_lookup(event, create=False)`` would be None.
+        False when unsure."""
+        if self._fd_marks:
+            return False
+        proc = event.process
+        pid = proc.pid
+        if pid is None:
+            return False
+        fd_exec = self._fd_exec  # exec ids are never empty there (``_fd_alias``)
+        fd_live = self._fd_live
+        node = event.node_name
+        if proc.exec_id in fd_exec or (node, pid) in fd_live or proc.parent_exec_id in fd_exec:
+            return False
+        parent = event.parent
+        return parent is None or (
+            parent.parent_exec_id not in fd_exec
+            and (parent.pid is None or (node, parent.pid) not in fd_live)
+        )
 
     def _fd_exec_event(self, event: TraceEvent) -> _FdTable | None:
         """The exec'ing process's table after the exec: its close-on-exec descriptors go."""
@@ -927,7 +1002,7 @@ class Engine:
         table = self._exec_fds
         if table is not None and table.on_socket():
             return True
-        parent = self._fd_parent(event)
+        parent = self._parent_fds if self._parent_of is event else self._fd_parent(event)
         return parent is not None and parent.on_socket()
 
     def _forget(self, proc: Process) -> None:
@@ -960,20 +1035,51 @@ class Engine:
     def _ancestry_key(self, entry: _Proc, depth: int) -> tuple[str, ...]:
         """Basenames of the process and its ancestors (``depth`` at most), cached per process.
 
-        Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
+        The walk also caches the key of each ancestor it fully saw (the walk goes on up to
+        ``2 * depth - 1`` processes for that), so the siblings of a process and their children
+        find their parent's key at once instead of walking the same ancestors again; a key is
+        what a walk from that process would have found at the time, kept as a process's own
+        key is. Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
         key = entry.ancestry
         if key is not None:
             return key
-        procs = self._procs
-        names = [entry.binary.rpartition("/")[2]]
-        current = procs.get(entry.parent) if entry.parent else None
-        while current is not None and len(names) < depth:
-            if current.ancestry is not None:
-                names.extend(current.ancestry[: depth - len(names)])
+        get = self._procs.get
+        bases = self._bases
+        binary = entry.binary
+        base = bases.get(binary) or _base(bases, binary)
+        parent = entry.parent
+        if parent and depth >= 1:
+            current = get(parent)
+            if current is not None and current.ancestry is not None:  # the common case
+                key = entry.ancestry = (base, *current.ancestry[: depth - 1])
+                return key
+        chain = [entry]
+        names = [base]
+        tail: tuple[str, ...] | None = None  # the key of the cached ancestor the walk met
+        ended = False  # the walk met the top of the known ancestry (no parent, or unknown)
+        limit = 2 * depth - 1
+        while True:
+            if len(chain) >= limit:
                 break
-            names.append(current.binary.rpartition("/")[2])
-            current = procs.get(current.parent) if current.parent else None
-        key = entry.ancestry = tuple(names)
+            current = get(parent) if parent else None
+            if current is None:
+                ended = True
+                break
+            tail = current.ancestry
+            if tail is not None:
+                ended = True
+                break
+            binary = current.binary
+            chain.append(current)
+            names.append(bases.get(binary) or _base(bases, binary))
+            parent = current.parent
+        if tail is not None:
+            names.extend(tail[: depth - 1])
+        last = len(chain) - 1
+        for index in range(1, last + 1):
+            if ended or index + depth - 1 <= last:
+                chain[index].ancestry = tuple(names[index : index + depth])
+        key = entry.ancestry = tuple(names[: max(1, depth)])
         return key
 
     # --- matching -----------------------------------------------------------------------
@@ -984,12 +1090,25 @@ class Engine:
     def _match_exec(self, rules: RuleSet, event: TraceEvent, entry: _Proc) -> list[CompiledRule]:
         hits: list[CompiledRule] = []
         proc = event.process
-        self._match_program(rules, event, entry, proc, hits)
-        if proc.binary[proc.binary.rfind("/") + 1 :] in _INDIRECT:
+        binary = proc.binary
+        base = binary[binary.rfind("/") + 1 :]
+        if base in rules.exec_by_binary or (
+            rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes)
+        ):
+            self._match_program(rules, event, entry, proc, hits)
+        if base in _INDIRECT:
             program = _indirect_program(proc)
             if program is not None:  # what the loader or the multi-call binary runs
                 self._match_program(rules, event, entry, program, hits)
-        if rules.exec_stdio and self._fd_tables:
+        if (
+            rules.exec_stdio
+            and self._fd_tables
+            # every one needs a socket on stdin: none when neither this process nor its
+            # parent has a table (``_fd_lookup`` just looked, ``_stdio_on_socket`` would again)
+            and not (
+                self._exec_fds is None and self._parent_of is event and self._parent_fds is None
+            )
+        ):
             for rule in rules.exec_stdio:
                 if self._process_matches(rule, event) and self._scoped(rule, event, entry):
                     hits.append(rule)
@@ -1061,15 +1180,19 @@ class Engine:
         function = event.function
         bindings = rules.syscall_rules.get(function)
         if bindings:
-            base = event.process.binary.rpartition("/")[2]
+            binary = event.process.binary
+            base = binary[binary.rfind("/") + 1 :]
+            args = event.args
             for binding in bindings:
                 rule = binding.rule
                 if rule.syscall_binaries is not None and base not in rule.syscall_binaries:
                     continue
-                if all(_arg_matches(cond, event.args) for cond in binding.args) and self._scoped(
-                    rule, event, entry
-                ):
-                    hits.append(rule)
+                for cond in binding.args:
+                    if not _arg_matches(cond, args):
+                        break
+                else:
+                    if self._scoped(rule, event, entry):
+                        hits.append(rule)
         file_rules = rules.file_rules.get(function)
         if file_rules:
             for arg in event.args:
@@ -1081,6 +1204,7 @@ class Engine:
                     if (
                         pattern is not None
                         and path.startswith(rule.file_prefixes)
+                        and path.endswith(rule.file_suffixes)
                         and pattern.match(path)
                         and (not rule.foreign_proc or self._foreign(path, event.process))
                         and self._scoped(rule, event, entry)
@@ -1175,9 +1299,12 @@ class Engine:
 
     def _score(self, event: TraceEvent, entry: _Proc) -> Alert | None:
         pod = event.process.pod
-        blueprint = pod.pod_labels.get(LABEL_BLUEPRINT) if pod is not None else None
-        if pod is not None and pod.namespace not in self.trusted_namespaces:
-            return None  # an untrusted Pod neither teaches nor is scored against a blueprint
+        if pod is not None:
+            if pod.namespace not in self.trusted_namespaces:
+                return None  # an untrusted Pod neither teaches nor is scored against a blueprint
+            blueprint = pod.pod_labels.get(LABEL_BLUEPRINT)
+        else:
+            blueprint = None
         session = None
         if blueprint is None:
             session = entry.session
@@ -1197,6 +1324,8 @@ class Engine:
         if seen < config.learning_events:
             self._learned[blueprint] = seen + 1
             return None
+        if count > _rare_up_to(config.threshold):
+            return None  # seen too often to score the threshold (rarity decreases with count)
         score = rarity(count)
         if score < config.threshold:
             return None
@@ -1249,7 +1378,9 @@ def _indirect_program(proc: Process) -> Process | None:
     if proc.basename in _MULTICALL:
         if not argv or argv[0].startswith("-") or "/" in argv[0]:
             return None
-        return msgspec.structs.replace(proc, binary=argv[0], arguments=" ".join(argv[1:]))
+        return msgspec.structs.replace(
+            proc, binary=resolved_binary(argv[0]), arguments=" ".join(argv[1:])
+        )
     index = 0
     while index < len(argv):
         arg = argv[index]
@@ -1261,7 +1392,7 @@ def _indirect_program(proc: Process) -> Process | None:
             index += 1
         else:
             rest = " ".join(argv[index + 1 :])
-            return msgspec.structs.replace(proc, binary=arg, arguments=rest)
+            return msgspec.structs.replace(proc, binary=resolved_binary(arg), arguments=rest)
     return None
 
 
@@ -1286,6 +1417,17 @@ def _args_match(rule: CompiledRule, argv: list[str]) -> bool:
         elif index >= len(argv) or not pattern.match(argv[index]):
             return False
     return True
+
+
+#: Basenames kept per binary path for the ancestries (the same string each time: hashed once).
+_MAX_BASES = 4096
+
+
+def _base(bases: dict[str, str], binary: str) -> str:
+    base = binary.rpartition("/")[2]
+    if len(bases) < _MAX_BASES:
+        bases[binary] = base
+    return base
 
 
 def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "normalize_function",
     "parse_event",
     "parse_line",
+    "resolved_binary",
 ]
 
 #: The ``GetEventsResponse`` event fields Worktrace understands.
@@ -126,7 +127,11 @@ class Capabilities(_S):
 
 
 class Process(_S):
-    """A process as Tetragon describes it; ``exec_id`` is unique across nodes and time."""
+    """A process as Tetragon describes it; ``exec_id`` is unique across nodes and time.
+
+    The event's process and parent come out of :func:`parse_line` with ``binary`` resolved
+    (:func:`resolved_binary`): done there rather than in a ``__post_init__``, whose call from
+    the decoder cost ~9% of the decoding."""
 
     exec_id: str = ""
     pid: int | None = None
@@ -145,17 +150,6 @@ class Process(_S):
     tid: int | None = None
     in_init_tree: bool | None = None
 
-    def __post_init__(self) -> None:
-        binary = self.binary
-        if (
-            ("//" in binary or "/." in binary)
-            and binary.startswith("/")
-            and not binary.startswith("/memfd:")
-        ):
-            # /dev//shm/x, /tmp/../dev/shm/x: match rules on the path the kernel resolved
-            # (a memfd's name is text, not a path: "/memfd:../../bin/ls" stays as it is)
-            self.binary = "/" + posixpath.normpath(binary).lstrip("/")
-
     @property
     def basename(self) -> str:
         return self.binary.rpartition("/")[2]
@@ -163,6 +157,25 @@ class Process(_S):
     @property
     def cap_effective(self) -> list[str] | None:
         return None if self.cap is None else self.cap.effective
+
+
+def resolved_binary(binary: str) -> str:
+    """``/dev//shm/x``, ``/tmp/../dev/shm/x``: the path the kernel resolved, which rules match
+    (a memfd's name is text, not a path: ``/memfd:../../bin/ls`` stays as it is)."""
+    if (
+        ("//" in binary or "/." in binary)
+        and binary.startswith("/")
+        and not binary.startswith("/memfd:")
+    ):
+        return "/" + posixpath.normpath(binary).lstrip("/")
+    return binary
+
+
+def _resolve(process: Process, parent: Process | None) -> None:
+    """Resolve the binaries of an event's process and parent (rarely needed: checked inline)."""
+    process.binary = resolved_binary(process.binary)
+    if parent is not None:
+        parent.binary = resolved_binary(parent.binary)
 
 
 class FileArg(_S):
@@ -301,17 +314,15 @@ _INT_KINDS = frozenset({"size_arg", "long_arg"})
 _PATH_KINDS = frozenset({"file_arg", "path_arg", "linux_binprm_arg"})
 
 
-class KprobeArg:
+class KprobeArg(msgspec.Struct, gc=False, eq=False):
     """One ``KprobeArgument``: ``kind`` is its protobuf field (``file_arg``, ``int_arg``, ...),
     ``value`` the typed value (an int, str, bytes or one of the argument models above),
-    ``label`` the policy's label for it."""
+    ``label`` the policy's label for it. A struct (built in C, untracked by the collector),
+    compared by identity."""
 
-    __slots__ = ("kind", "label", "value")
-
-    def __init__(self, kind: str, value: Any, label: str = "") -> None:
-        self.kind = kind
-        self.value = value
-        self.label = label
+    kind: str
+    value: Any
+    label: str = ""
 
     def __repr__(self) -> str:
         return f"KprobeArg({self.kind}={self.value!r})"
@@ -323,22 +334,31 @@ _LOOKUP = ("int_arg", "file_arg", "sock_arg", "string_arg", "size_arg", "path_ar
            "capability_arg", "module_arg", "user_ns_arg", "user_namespace_arg", "skb_arg",
            "linux_binprm_arg", "sockaddr_arg")  # fmt: skip
 _LOOKUP_ALL = _LOOKUP + tuple(k for k in _ARG_KINDS if k not in _LOOKUP)
+#: Their positions in a decoded argument's fields (:func:`msgspec.structs.astuple`).
+_FIELDS = _Argument.__struct_fields__
+_LOOKUP_AT = tuple(_FIELDS.index(k) for k in _LOOKUP_ALL)
+_INT_AT = _FIELDS.index("int_arg")
 #: A decoded argument has this many ``None`` fields when exactly one kind is set.
 _ONE_KIND = len(_ARG_KINDS) - 1
 _astuple = msgspec.structs.astuple
 
 
 def _arg(raw: _Argument, owner: str, index: int) -> KprobeArg:
-    unset = _astuple(raw).count(None)  # in C: exactly one kind set, or the event is malformed
+    values = _astuple(raw)
+    unset = values.count(None)  # in C: exactly one kind set, or the event is malformed
     if unset != _ONE_KIND:
         where = f"{owner}.args[{index}]" if index >= 0 else f"{owner}.return"
         if unset == len(_ARG_KINDS):
             raise EventShapeError(where, "no argument kind")
         kinds = [k for k in _ARG_KINDS if getattr(raw, k) is not None]
         raise EventShapeError(where, f"two argument kinds ({', '.join(kinds)})")
-    for kind in _LOOKUP_ALL:
-        value = getattr(raw, kind)
+    value = values[_INT_AT]
+    if value is not None:  # the most common kind: nothing to convert
+        return KprobeArg("int_arg", value, raw.label)
+    for at in _LOOKUP_AT:
+        value = values[at]
         if value is not None:
+            kind = _FIELDS[at]
             break
     if kind in _INT_KINDS and type(value) is str:
         try:
@@ -411,55 +431,27 @@ def _shape_error(exc: msgspec.ValidationError) -> EventShapeError:
     return EventShapeError(where or "event", problem)
 
 
-class TraceEvent:
+class TraceEvent(msgspec.Struct, gc=False, eq=False):
     """One Tetragon event of a type Worktrace reads.
 
     ``type`` is the ``GetEventsResponse`` field (``process_exec``, ...). ``function`` is the
     kprobe / LSM hook with the architecture prefix removed (``__x64_sys_ptrace`` ->
     ``sys_ptrace``), the uprobe symbol, or ``subsys/event`` of a tracepoint. :attr:`raw` decodes
-    the original line again (only alerts need it).
+    the original line again (only alerts need it). A struct: built in C (one per line, the
+    cheapest object to make), untracked by the collector, compared by identity.
     """
 
-    __slots__ = (
-        "action",
-        "args",
-        "function",
-        "line",
-        "node_name",
-        "parent",
-        "policy_name",
-        "process",
-        "ret",
-        "time",
-        "type",
-    )
-
-    def __init__(
-        self,
-        type: str,
-        process: Process,
-        parent: Process | None,
-        node_name: str = "",
-        time: str = "",
-        *,
-        function: str = "",
-        args: tuple[KprobeArg, ...] = (),
-        ret: KprobeArg | None = None,
-        action: str = "",
-        policy_name: str = "",
-        line: bytes = b"",
-    ) -> None:
-        self.type = type
-        self.process = process
-        self.parent = parent
-        self.node_name = node_name
-        self.time = time
-        self.function = function
-        self.args = args
-        self.ret = ret
-        self.action = action
-        self.policy_name = policy_name
-        self.line = line
+    type: str
+    process: Process
+    parent: Process | None
+    node_name: str = ""
+    time: str = ""
+    function: str = ""
+    args: tuple[KprobeArg, ...] = ()
+    ret: KprobeArg | None = None
+    action: str = ""
+    policy_name: str = ""
+    line: bytes = b""
 
     @property
     def raw(self) -> dict[str, Any]:
@@ -502,52 +494,76 @@ def _unknown_kind(line: bytes) -> UnknownEvent | EventShapeError:
     return EventShapeError("event", "no event type")
 
 
-_HOOK_KINDS = ("process_kprobe", "process_lsm", "process_tracepoint", "process_uprobe")
+_OTHER_HOOKS = ("process_lsm", "process_tracepoint", "process_uprobe")
+#: :func:`normalize_function` of the hook names seen (bounded: names come from the export).
+_FUNCTIONS: dict[str, str] = {}
+_MAX_FUNCTIONS = 4096
 
 
 def _build(resp: _Response, line: bytes) -> TraceEvent:
-    node, time = resp.node_name, resp.time
     body = resp.process_exec
     if body is not None:
         if resp.process_kprobe is not None or resp.process_exit is not None:
             raise EventShapeError("event", "two event types")
-        return TraceEvent("process_exec", body.process, body.parent, node, time, line=line)
+        process, parent = body.process, body.parent
+        if (
+            "/." in process.binary
+            or "//" in process.binary
+            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+        ):
+            _resolve(process, parent)
+        return TraceEvent("process_exec", process, parent, resp.node_name, resp.time, line=line)
     exit_ = resp.process_exit
     if exit_ is not None:
-        return TraceEvent("process_exit", exit_.process, exit_.parent, node, time, line=line)
-    for kind in _HOOK_KINDS:
-        hook: _Hook | None = (
-            resp.process_kprobe if kind == "process_kprobe" else getattr(resp, kind)
-        )
-        if hook is None:
-            continue
+        process, parent = exit_.process, exit_.parent
+        if (
+            "/." in process.binary
+            or "//" in process.binary
+            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+        ):
+            _resolve(process, parent)
+        return TraceEvent("process_exit", process, parent, resp.node_name, resp.time, line=line)
+    hook = resp.process_kprobe
+    if hook is not None:
+        kind = "process_kprobe"
+        name = hook.function_name
+        function = _FUNCTIONS.get(name)
+        if function is None:
+            function = normalize_function(name)
+            if len(_FUNCTIONS) < _MAX_FUNCTIONS:
+                _FUNCTIONS[name] = function
+    else:
+        for kind in _OTHER_HOOKS:
+            hook = getattr(resp, kind)
+            if hook is not None:
+                break
+        else:
+            raise _unknown_kind(line)
         if kind == "process_tracepoint":
             function = f"{hook.subsys}/{hook.event}"
         elif kind == "process_uprobe":
             function = hook.symbol or hook.path
         else:
             function = normalize_function(hook.function_name)
-        raw_args = hook.args
-        if not raw_args:
-            args: tuple[KprobeArg, ...] = ()
-        elif len(raw_args) == 1:
-            args = (_arg(raw_args[0], kind, 0),)
-        else:
-            args = tuple([_arg(a, kind, i) for i, a in enumerate(raw_args)])
-        return TraceEvent(
-            kind,
-            hook.process,
-            hook.parent,
-            node_name=node,
-            time=time,
-            function=function,
-            args=args,
-            ret=None if hook.ret is None else _arg(hook.ret, kind, -1),
-            action=hook.action,
-            policy_name=hook.policy_name,
-            line=line,
-        )
-    raise _unknown_kind(line)
+    raw_args = hook.args
+    if not raw_args:
+        args: tuple[KprobeArg, ...] = ()
+    elif len(raw_args) == 1:
+        args = (_arg(raw_args[0], kind, 0),)
+    else:
+        args = tuple([_arg(a, kind, i) for i, a in enumerate(raw_args)])
+    ret = hook.ret
+    process, parent = hook.process, hook.parent
+    if (
+        "/." in process.binary
+        or "//" in process.binary
+        or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+    ):
+        _resolve(process, parent)
+    return TraceEvent(
+        kind, hook.process, hook.parent, resp.node_name, resp.time, function, args,
+        None if ret is None else _arg(ret, kind, -1), hook.action, hook.policy_name, line,
+    )  # fmt: skip
 
 
 def parse_line(line: bytes | str) -> TraceEvent:

@@ -402,6 +402,7 @@ class CompiledRule:
         "file_hook",
         "file_path",
         "file_prefixes",
+        "file_suffixes",
         "foreign_proc",
         "global_",
         "id",
@@ -436,6 +437,8 @@ class CompiledRule:
         self.stdio_socket = False
         self.file_path: re.Pattern[str] | None = None
         self.file_prefixes: tuple[str, ...] = ()
+        #: The literal tail of each path pattern: a path ends with one of them to match.
+        self.file_suffixes: tuple[str, ...] = ()
         self.file_hook = ""
         self.foreign_proc = False
         self.args: tuple[CompiledArg, ...] = ()
@@ -456,6 +459,7 @@ class CompiledRule:
             self.kind = "file"
             self.file_path = _glob(spec.file.path)
             self.file_prefixes = tuple(_literal_prefix(p) for p in spec.file.path)
+            self.file_suffixes = tuple(literal_suffix(p) for p in spec.file.path)
             self.file_hook = spec.file.hook
             self.foreign_proc = spec.file.foreign_proc
         else:
