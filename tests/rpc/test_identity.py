@@ -709,3 +709,34 @@ async def test_a_certificate_with_several_common_names_or_none_is_refused(
     assert {r for _m, r, _s in _rejections(served)} == {reason}
     assert [u.name for u in await served.identity.list_users()] == ["root-ish"]
     assert await served.identity.is_session_live(sid)
+
+
+async def test_a_listener_that_is_neither_mtls_nor_the_admin_socket_is_nobodys(
+    served: Served,
+) -> None:
+    """ATTACK: only the admin socket may skip the certificate, but "not TLS" was taken for
+    the admin socket: a TCP listener with any other credentials (here gRPC's local TCP ones, as
+    a sidecar's plaintext port would be) made every caller an admin. A plaintext unix socket
+    is the admin socket; any other transport needs a certificate, and has none here."""
+    from stockade.rpc._identity import IdentityServicer
+
+    server = aio.server()
+    identity_pb2_grpc.add_IdentityServicer_to_server(
+        IdentityServicer(served.identity, publisher=served), server
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    )
+    await server.start()
+    try:
+        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        async with aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            client = IdentityClient(channel, target="identity")
+            for attempt in (client.list_users, lambda: client.add_user("mallory", roles=["admin"])):
+                with pytest.raises(PermissionDenied) as denied:
+                    await attempt()
+                assert "common name" in str(denied.value), str(denied.value)
+    finally:
+        await server.stop(0)
+    assert {r for _m, r, _s in _rejections(served)} == {"no_common_name"}
+    assert await served.identity.list_users() == []
