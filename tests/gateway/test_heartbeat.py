@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -239,3 +240,38 @@ async def test_an_error_closing_the_sessions_does_not_stop_the_heartbeat(
         assert loop.beats > beats  # boot-2 beats on
     finally:
         await loop.stop()
+
+
+async def test_a_stop_cancelled_while_it_ends_the_loop_still_ends_the_beat_in_flight(
+    identity: tuple[IdentityService, Store],
+) -> None:
+    """ATTACK (a stop that is itself cancelled: a second SIGTERM, an outer cancel_and_wait's
+    next attempt): the stop waited for the loop to end, the cancellation ended that wait,
+    and the beat in flight was never cancelled: it ran on after the stop, and could still
+    declare this gateway dead (``on_dead``) after it had stopped."""
+    import asyncio
+
+    service, store = identity
+    loop = HeartbeatLoop(
+        service, gateway_id="gw-a", boot_id=lambda: "boot-a", interval=0.05, timeout=30.0,
+        on_dead=lambda: asyncio.sleep(0),
+    )  # fmt: skip
+    assert await loop.beat()
+    async with store.transaction():  # holds the write lock: the next beat waits behind it
+        loop.start()
+        for _ in range(1000):  # the first beat leaves after one interval and waits
+            if loop._pending is not None:
+                break
+            await asyncio.sleep(0.01)
+        pending = loop._pending
+        assert pending is not None
+        stopping = asyncio.create_task(loop.stop())
+        await asyncio.sleep(0)  # the stop now waits for the loop to end
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        await asyncio.sleep(0.05)
+        try:
+            assert pending.done()  # cancelled, not left waiting for the store
+        finally:
+            pending.cancel()

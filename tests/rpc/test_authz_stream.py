@@ -334,6 +334,62 @@ async def test_answers_for_other_ids_are_a_deny(serve: Serve, tls: CertificateFi
     assert "malformed answer" in decision.reasons[0]
 
 
+class Misattributes(authz_pb2_grpc.AuthzServicer):
+    """Answers allow, but to the wrong frames: two frames answered in reverse order, an
+    answer sent twice (a deny, then an allow), an answer missing its last decision, an
+    answer before any frame was asked, or an allow for the next id before it was asked."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    @staticmethod
+    def _answer(ids: Any, allow: bool) -> Any:
+        return authz_pb2.DecisionFrame(
+            ids=ids, decisions=[authz_pb2.DecideResponse(allow=allow) for _ in ids]
+        )
+
+    async def DecideStream(self, requests: Any, context: Any) -> AsyncIterator[Any]:
+        held: list[Any] = []
+        if self.how == "unasked":
+            yield self._answer([1], True)
+        async for frame in requests:
+            ids = list(frame.ids)
+            if self.how == "reversed":
+                held.append(ids)
+                if len(held) == 2:
+                    yield self._answer(held[1], True)
+                    yield self._answer(held[0], True)
+                    held = []
+            elif self.how == "twice":
+                yield self._answer(ids, False)
+                yield self._answer(ids, True)
+            elif self.how == "truncated":
+                yield self._answer(ids[:-1], True)
+            elif self.how == "ahead":
+                yield self._answer(ids, False)
+                yield self._answer([max(ids) + 1], True)
+            else:
+                yield self._answer(ids, True)
+
+
+@pytest.mark.parametrize("how", ["reversed", "twice", "truncated", "unasked", "ahead"])
+async def test_an_answer_for_another_frame_is_never_taken_for_this_ones(
+    serve: Serve, tls: CertificateFiles, how: str
+) -> None:
+    """ATTACK (a buggy or hostile authz server, with frames pipelined): answers reordered,
+    repeated, cut short, unasked or ahead of their question. No allow ever reaches a decision
+    it was not the answer to: each such stream is a deny for every decision on it, in bounded
+    time, and the next decisions get the same treatment on fresh streams."""
+    port = await serve(Misattributes(how))
+    async with mtls_channel("127.0.0.1", port, tls) as channel:
+        client = AuthzClient(channel, target="liar", timeout=1)
+        for _ in range(3):
+            decisions = await asyncio.wait_for(
+                asyncio.gather(*(client.decide_async(_doc(i=i)) for i in range(6))), 10
+            )
+            assert not any(d.allow for d in decisions), [d.reasons for d in decisions]
+
+
 async def test_a_stream_ended_under_a_decision_denies_it_and_the_next_reconnects(
     serve: Serve, tls: CertificateFiles, authorizer: Authorizer
 ) -> None:

@@ -709,3 +709,131 @@ async def test_a_certificate_with_several_common_names_or_none_is_refused(
     assert {r for _m, r, _s in _rejections(served)} == {reason}
     assert [u.name for u in await served.identity.list_users()] == ["root-ish"]
     assert await served.identity.is_session_live(sid)
+
+
+async def test_a_listener_that_is_neither_mtls_nor_the_admin_socket_is_nobodys(
+    served: Served,
+) -> None:
+    """ATTACK: only the admin socket may skip the certificate, but "not TLS" was taken for
+    the admin socket: a TCP listener with any other credentials (here gRPC's local TCP ones, as
+    a sidecar's plaintext port would be) made every caller an admin. A plaintext unix socket
+    is the admin socket; any other transport needs a certificate, and has none here."""
+    from stockade.rpc._identity import IdentityServicer
+
+    server = aio.server()
+    identity_pb2_grpc.add_IdentityServicer_to_server(
+        IdentityServicer(served.identity, publisher=served), server
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.local_server_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+    )
+    await server.start()
+    try:
+        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP)
+        async with aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            client = IdentityClient(channel, target="identity")
+            for attempt in (client.list_users, lambda: client.add_user("mallory", roles=["admin"])):
+                with pytest.raises(PermissionDenied) as denied:
+                    await attempt()
+                assert "common name" in str(denied.value), str(denied.value)
+    finally:
+        await server.stop(0)
+    assert {r for _m, r, _s in _rejections(served)} == {"no_common_name"}
+    assert await served.identity.list_users() == []
+
+
+def _chain_certificate(served: Served, tmp_path: Path, shape: str) -> CertificateFiles:
+    """A client certificate (and the chain it presents) of an odd ``shape``: ``intermediate``
+    (CN ``shield`` issued by an intermediate CA whose CN is ``admin``), ``extra`` (CN
+    ``shield``, with an admin certificate of the CA sent after it), ``ou`` (``admin`` as OU and
+    as DNS and URI SANs, CN ``shield``), or a common name that looks like ``admin``."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    served.ca.ensure()
+    ca_cert = x509.load_pem_x509_certificate(served.ca.ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(served.ca.ca_key_path.read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+
+    def cert(
+        subject: list[x509.NameAttribute],
+        issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey],
+        *,
+        ca: bool = False,
+        sans: tuple[x509.GeneralName, ...] = (),
+    ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name(subject))
+            .issuer_name(issuer[0])
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [x509.DNSName("localhost"), *sans]
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(names), critical=False
+            ).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+            )
+        return builder.sign(issuer[1], hashes.SHA256()), key
+
+    def cn(name: str) -> x509.NameAttribute:
+        return x509.NameAttribute(NameOID.COMMON_NAME, name)
+
+    root = (ca_cert.subject, ca_key)
+    if shape == "intermediate":
+        middle, middle_key = cert([cn("admin")], root, ca=True)
+        leaf, key = cert([cn("shield")], (middle.subject, middle_key))
+        chain = [leaf, middle]
+    elif shape == "extra":
+        leaf, key = cert([cn("shield")], root)
+        chain = [leaf, cert([cn("admin")], root)[0]]
+    elif shape == "ou":
+        ou = x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")
+        sans = (x509.DNSName("admin"), x509.UniformResourceIdentifier("spiffe://stockade/admin"))
+        leaf, key = cert([ou, cn("shield")], root, sans=sans)
+        chain = [leaf]
+    else:
+        leaf, key = cert([cn(shape)], root)
+        chain = [leaf]
+    paths = tmp_path / "chain.pem", tmp_path / "chain.key"
+    write_private(
+        paths[1],
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+    write_private(paths[0], pem, mode=0o644)
+    return CertificateFiles(*paths, served.ca.ca_cert_path)
+
+
+@pytest.mark.parametrize(
+    "shape", ["intermediate", "extra", "ou", "Admin", "admin\x00", "\u0430dmin", " admin"]
+)
+async def test_admin_anywhere_but_the_leafs_one_common_name_is_no_admin(
+    served: Served, tmp_path: Path, shape: str
+) -> None:
+    """ATTACK: ``admin`` where a careless check might read it: the CN of an intermediate CA
+    that issued the caller's certificate, an admin certificate sent after the caller's own in
+    its chain, the OU or a SAN, or a common name that only looks like it (case, NUL, a Cyrillic
+    U+0430, a space). Only the leaf's one common name counts: each is refused as what it is."""
+    tls = _chain_certificate(served, tmp_path, shape)
+    async with mtls_channel("127.0.0.1", served.server.port, tls) as channel:
+        client = IdentityClient(channel, target="identity")
+        with pytest.raises(PermissionDenied) as denied:
+            await client.add_user("mallory", roles=["admin"])
+    assert "AddUser needs an admin certificate" in str(denied.value), str(denied.value)
+    assert await served.identity.list_users() == []

@@ -165,10 +165,12 @@ def _names_in(pem: bytes) -> tuple[str, ...]:
     return tuple(common_names(pem))
 
 
-def _over_tls(context: Ctx) -> bool:
-    """Whether the call came over mutual TLS (else the admin unix socket: no TCP listener is
-    ever opened without TLS)."""
-    return context.auth_context().get("transport_security_type") == [b"ssl"]
+def _admin_socket(context: Ctx) -> bool:
+    """Whether the call came over the admin unix socket: plaintext, on a unix socket (the only
+    listener opened without TLS). Any other transport needs a certificate, "not TLS" included
+    (local or other credentials on a TCP port are no admin socket)."""
+    insecure = context.auth_context().get("transport_security_type") == [b"insecure"]
+    return insecure and (context.peer() or "").startswith("unix:")
 
 
 def _caller_names(context: Ctx) -> tuple[str, ...]:
@@ -181,7 +183,7 @@ def _caller_names(context: Ctx) -> tuple[str, ...]:
 def _exempt(context: Ctx) -> bool:
     """The admin unix socket or an admin certificate (one common name, an admin's): every call
     is allowed."""
-    if not _over_tls(context):
+    if _admin_socket(context):
         return True
     names = _caller_names(context)
     return len(names) == 1 and names[0] in ADMIN_NAMES
