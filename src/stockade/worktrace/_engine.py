@@ -1467,11 +1467,19 @@ def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> Non
     table[key] = value
 
 
+#: The argument values a rule's ``values`` may hold (ints and strings; bytes never equal one).
+_HASHABLE = frozenset({int, str, bytes})
+
+
 def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:
     if cond.position >= len(args):
         return False
     value = args[cond.position].value
-    if cond.values is not None and value not in cond.values:
+    if cond.values is not None and (
+        # an argument of another kind there (another policy's event on the call, a buffer
+        # Tetragon truncated): a struct, a dict or a list, unhashable, never one of the values
+        type(value) not in _HASHABLE or value not in cond.values
+    ):
         return False
     if cond.mask is not None and not (isinstance(value, int) and value & cond.mask):
         return False
