@@ -377,6 +377,40 @@ def test_hostile_lines_are_counted_never_fatal(engine_rules: Any, raw: bytes) ->
     assert engine.malformed + engine.unknown == 1
 
 
+@pytest.mark.parametrize(
+    ("rules_text", "function", "arg"),
+    [
+        # another TracingPolicy on a hooked call (the engine reads every policy's events): a
+        # struct where the default rules compare an int (packet-socket, ptrace-attach)
+        (None, "__x64_sys_socket", {"sock_arg": {"family": "AF_INET", "dport": 17}}),
+        (None, "__x64_sys_ptrace", {"file_arg": {"path": "/proc/1/mem"}}),
+        (None, "__x64_sys_ptrace", {"bpf_attr_arg": {"ProgName": "x"}}),
+        # a char_buf rule with values: the workspace writes a buffer longer than Tetragon
+        # copies, which comes as truncated_bytes_arg
+        (
+            "rules:\n  - {id: w, confidence: 0.5, report: true, global: true, syscall: {call:"
+            " [sys_write], args: [{index: 1, type: char_buf, values: [x]}]}}\n",
+            "__x64_sys_write",
+            {"truncated_bytes_arg": {"bytes_arg": "eA==", "orig_size": "9999"}},
+        ),
+    ],
+)
+def test_an_argument_of_an_unexpected_kind_is_no_match_never_fatal_broke(
+    engine_rules: Any, tmp_path: Path, rules_text: str | None, function: str, arg: dict[str, Any]
+) -> None:
+    """BROKE: ``value not in cond.values`` on an unhashable argument raised TypeError out of
+    ``feed``: the ingestion loop died on the line, and again on it after each restart."""
+    rules = engine_rules
+    if rules_text is not None:
+        (tmp_path / "r.yaml").write_text(rules_text)
+        rules = load_rules(tmp_path)
+    engine = fresh(rules)
+    assert engine.feed(line(kprobe_event(function, [arg]))) == ()
+    assert engine.malformed == engine.unknown == 0
+    if rules_text is None:
+        assert engine.feed(line(exec_event("/usr/bin/nsenter", "-t 1 sh")))  # still matching
+
+
 def test_exec_id_cycle_is_bounded_held(engine_rules: Any) -> None:
     engine = Engine(engine_rules, anomaly=AnomalyConfig(learning_events=0, threshold=0.0))
     a = exec_event("/tmp/a", parent_exec_id="Yg==")

@@ -17,7 +17,7 @@ from stockade.worktrace import (
     rarity,
 )
 
-from .conftest import exec_event, kprobe_event, line
+from .conftest import exec_event, kprobe_event, line, process
 
 THREE = """\
 rules:
@@ -220,3 +220,86 @@ def test_ancestries_walked_once_are_those_of_each_process(tmp_path: Path) -> Non
     assert ancestry("e", "e", "a") == "p6>a>e"  # a child
     assert ancestry("f", "f", "p1") == "p0>p1>f"
     assert ancestry("g", "g", "p0") == "p0>g"
+
+
+def _hook_of(binary: str, exec_id: str, parent_id: str) -> bytes:
+    """A kprobe of a process first seen by its hooks, with no ``parent`` (not known yet)."""
+    hook = kprobe_event("sys_getpid", [], binary=binary)
+    hook["process_kprobe"]["process"]["exec_id"] = exec_id
+    hook["process_kprobe"]["process"]["parent_exec_id"] = parent_id
+    hook["process_kprobe"].pop("parent")
+    return line(hook)
+
+
+def _exec_of(binary: str, exec_id: str, parent_id: str) -> bytes:
+    event = exec_event(binary, parent_exec_id=parent_id)
+    event["process_exec"]["process"]["exec_id"] = exec_id
+    event["process_exec"].pop("parent")
+    return line(event)
+
+
+def test_an_ancestor_known_after_a_walk_is_in_the_next_ancestries_broke(tmp_path: Path) -> None:
+    # a walk that stops at an ancestor not in the table yet (its events come later: the export
+    # is not ordered across CPUs; or the table dropped it and a later event brings it back)
+    # caches the keys below it as open, walked again once it is known: a short key kept for
+    # good would score every later child of the shell on "bash>X" (learned once, from the
+    # first child), and a rare ancestry under the shell would raise nothing
+    (tmp_path / "none.yaml").write_text("rules: []\n")
+    engine = Engine(load_rules(tmp_path), anomaly=AnomalyConfig(learning_events=0, depth=4))
+    assert engine.feed(_hook_of("/bin/bash", "shell", "agent")) == ()
+    [first] = engine.feed(_exec_of("/usr/bin/curl", "c1", "shell"))
+    assert first.name.endswith(": bash>curl")
+    assert engine.feed(_hook_of("/usr/bin/agent", "agent", "")) == ()
+    [second] = engine.feed(_exec_of("/usr/bin/curl", "c2", "shell"))
+    assert second.name.endswith(": agent>bash>curl")
+    assert second.ancestry == ["/usr/bin/curl", "/bin/bash", "/usr/bin/agent"]
+    # a key that depends on no unknown ancestor is still cached and reused
+    [third] = engine.feed(_exec_of("/usr/bin/python3", "c3", "shell"))
+    assert third.name.endswith(": agent>bash>python3")
+    assert engine.feed(_exec_of("/usr/bin/python3", "c4", "shell")) == ()
+
+
+def test_an_ancestor_dropped_from_a_full_table_and_brought_back_broke(tmp_path: Path) -> None:
+    # the same through the table's eviction: a flood of execs drops the oldest entries (the
+    # shell and its parent); the shell's next child brings the shell back from its ``parent``
+    # field (the shell's own parent still gone), a sibling shell brings that parent back: the
+    # shell's later children are scored on their whole ancestry again
+    (tmp_path / "none.yaml").write_text("rules: []\n")
+    engine = Engine(
+        load_rules(tmp_path), anomaly=AnomalyConfig(learning_events=0, depth=4), max_processes=16
+    )
+
+    def run(binary: str, exec_id: str, parent: dict[str, Any] | None) -> list[str]:
+        event = exec_event(binary, parent_exec_id=parent["exec_id"] if parent else "")
+        event["process_exec"]["process"]["exec_id"] = exec_id
+        if parent is None:
+            event["process_exec"].pop("parent")
+        else:
+            event["process_exec"]["parent"] = parent
+        return [a.name.rpartition(": ")[2] for a in engine.feed(line(event))]
+
+    agent = process("/usr/bin/agent", parent_exec_id="")
+    agent["exec_id"] = "agent"
+    shell = process("/bin/bash", parent_exec_id="agent")
+    shell["exec_id"] = "shell"
+    assert run("/usr/bin/agent", "agent", None) == ["agent"]
+    assert run("/bin/bash", "shell", agent) == ["agent>bash"]
+    for n in range(16):  # the flood: the table drops its oldest eighth when full
+        run("/usr/bin/true", f"t{n}", None)
+    assert run("/usr/bin/curl", "c1", shell) == ["bash>curl"]  # the shell's parent is gone
+    assert run("/bin/sh", "shell2", agent) == ["agent>sh"]  # ... and back
+    assert run("/usr/bin/curl", "c2", shell) == ["agent>bash>curl"]
+
+
+def test_a_shell_exec_d_before_its_parent_was_known_broke(tmp_path: Path) -> None:
+    # the same for a key cached at the process's own exec (the shell scored while its parent
+    # was unknown): its children find the parent once it is known
+    (tmp_path / "none.yaml").write_text("rules: []\n")
+    engine = Engine(load_rules(tmp_path), anomaly=AnomalyConfig(learning_events=0, depth=4))
+    [shell] = engine.feed(_exec_of("/bin/bash", "shell", "agent"))
+    assert shell.name.endswith(": bash")
+    [first] = engine.feed(_exec_of("/usr/bin/curl", "c1", "shell"))
+    assert first.name.endswith(": bash>curl")
+    assert engine.feed(_hook_of("/usr/bin/agent", "agent", "")) == ()
+    [second] = engine.feed(_exec_of("/usr/bin/curl", "c2", "shell"))
+    assert second.name.endswith(": agent>bash>curl")

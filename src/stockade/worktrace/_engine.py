@@ -310,6 +310,8 @@ class _Proc(msgspec.Struct, gc=False, eq=False):
     parent: str
     session: Any
     ancestry: tuple[str, ...] | None = None  # basenames, this process first
+    #: The exec id of the ancestor not in the table that cut ``ancestry`` short ("": none).
+    above: str = ""
 
 
 class _Socket:
@@ -1039,24 +1041,39 @@ class Engine:
         ``2 * depth - 1`` processes for that), so the siblings of a process and their children
         find their parent's key at once instead of walking the same ancestors again; a key is
         what a walk from that process would have found at the time, kept as a process's own
-        key is. Bounded walk: a hostile export whose exec ids form a cycle cannot loop."""
+        key is. A key cut short by an ancestor not in the table (its events come later, or the
+        table dropped it) is *open*: it names that ancestor (``_Proc.above``) and is walked
+        again once the ancestor is known, else it would stay short for good and every later
+        child would be scored on the short ancestry. Bounded walk: a hostile export whose exec
+        ids form a cycle cannot loop."""
+        procs = self._procs
         key = entry.ancestry
-        if key is not None:
+        if key is not None and (not entry.above or entry.above not in procs):
             return key
-        get = self._procs.get
+        get = procs.get
         bases = self._bases
         binary = entry.binary
         base = bases.get(binary) or _base(bases, binary)
         parent = entry.parent
         if parent and depth >= 1:
             current = get(parent)
-            if current is not None and current.ancestry is not None:  # the common case
-                key = entry.ancestry = (base, *current.ancestry[: depth - 1])
-                return key
+            if current is not None:
+                tail = current.ancestry
+                if tail is not None:
+                    above = current.above
+                    if not above:  # the common case
+                        key = entry.ancestry = (base, *tail[: depth - 1])
+                        return key
+                    if above not in procs:  # still unknown: the key stays open
+                        key = entry.ancestry = (base, *tail[: depth - 1])
+                        entry.above = above if len(tail) < depth - 1 else ""
+                        return key
         chain = [entry]
         names = [base]
-        tail: tuple[str, ...] | None = None  # the key of the cached ancestor the walk met
+        tail = None  # the key of the cached ancestor the walk met
         ended = False  # the walk met the top of the known ancestry (no parent, or unknown)
+        gap = -1  # where in ``names`` the ancestor not in the table would be, if the walk met one
+        above = ""  # ... and its exec id
         limit = 2 * depth - 1
         while True:
             if len(chain) >= limit:
@@ -1064,11 +1081,19 @@ class Engine:
             current = get(parent) if parent else None
             if current is None:
                 ended = True
+                if parent:
+                    gap, above = len(chain), parent
                 break
-            tail = current.ancestry
-            if tail is not None:
-                ended = True
-                break
+            cached = current.ancestry
+            if cached is not None:
+                up = current.above
+                if not up or up not in procs:
+                    tail = cached
+                    if up:
+                        gap, above = len(chain) + len(cached), up
+                    ended = True
+                    break
+                # an open key whose missing ancestor is known now: walked again (and cached)
             binary = current.binary
             chain.append(current)
             names.append(bases.get(binary) or _base(bases, binary))
@@ -1078,8 +1103,11 @@ class Engine:
         last = len(chain) - 1
         for index in range(1, last + 1):
             if ended or index + depth - 1 <= last:
-                chain[index].ancestry = tuple(names[index : index + depth])
+                ancestor = chain[index]
+                ancestor.ancestry = tuple(names[index : index + depth])
+                ancestor.above = above if 0 <= gap - index < depth else ""
         key = entry.ancestry = tuple(names[: max(1, depth)])
+        entry.above = above if 0 <= gap < max(1, depth) else ""
         return key
 
     # --- matching -----------------------------------------------------------------------
@@ -1312,7 +1340,9 @@ class Engine:
             if blueprint is None:
                 return None
         config = self.anomaly
-        key = entry.ancestry or self._ancestry_key(entry, config.depth)
+        key = entry.ancestry
+        if key is None or entry.above:
+            key = self._ancestry_key(entry, config.depth)
         counts = self._ancestries.get(blueprint)
         if counts is None:
             counts = self._ancestries[blueprint] = {}
@@ -1437,11 +1467,19 @@ def _bounded_set(table: dict[Any, Any], key: Any, value: Any, limit: int) -> Non
     table[key] = value
 
 
+#: The argument values a rule's ``values`` may hold (ints and strings; bytes never equal one).
+_HASHABLE = frozenset({int, str, bytes})
+
+
 def _arg_matches(cond: CompiledArg, args: Sequence[Any]) -> bool:
     if cond.position >= len(args):
         return False
     value = args[cond.position].value
-    if cond.values is not None and value not in cond.values:
+    if cond.values is not None and (
+        # an argument of another kind there (another policy's event on the call, a buffer
+        # Tetragon truncated): a struct, a dict or a list, unhashable, never one of the values
+        type(value) not in _HASHABLE or value not in cond.values
+    ):
         return False
     if cond.mask is not None and not (isinstance(value, int) and value & cond.mask):
         return False
