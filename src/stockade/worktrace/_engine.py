@@ -1124,7 +1124,7 @@ class Engine:
             rules.exec_path_prefixes and binary.startswith(rules.exec_path_prefixes)
         ):
             self._match_program(rules, event, entry, proc, hits)
-        if base in _INDIRECT:
+        if _indirect(base):
             program = _indirect_program(proc)
             if program is not None:  # what the loader or the multi-call binary runs
                 self._match_program(rules, event, entry, program, hits)
@@ -1371,19 +1371,18 @@ class Engine:
 
 
 #: Programs that run another one named in their arguments: the dynamic loaders
-#: (``ld.so /usr/bin/nsenter -t 1``) and the multi-call binaries (``busybox nc -e``).
-_LOADERS = frozenset(
-    {
-        "ld.so",
-        "ld-linux.so.2",
-        "ld-linux-x86-64.so.2",
-        "ld-linux-aarch64.so.1",
-        "ld-musl-x86_64.so.1",
-        "ld-musl-aarch64.so.1",
-    }
-)
+#: (``ld.so /usr/bin/nsenter -t 1``), known by the shape of their names, which Tetragon reports
+#: resolved (Debian 11's ``/lib64/ld-linux-x86-64.so.2`` is ``ld-2.31.so``; musl's
+#: ``ld-musl-<arch>.so.1``), and the multi-call binaries (``busybox nc -e``).
+_LOADER = re.compile(r"ld(?:-[\w.+-]+)?\.so(?:\.\d+)*")
 _MULTICALL = frozenset({"busybox", "toybox"})
-_INDIRECT = _LOADERS | _MULTICALL
+
+
+def _indirect(base: str) -> bool:
+    """Whether the program ``base`` (a basename) runs another one named in its arguments."""
+    return base in _MULTICALL or (base.startswith("ld") and _LOADER.fullmatch(base) is not None)
+
+
 #: ld.so options followed by a value, and those that run nothing.
 _LOADER_VALUE_OPTIONS = frozenset(
     {
