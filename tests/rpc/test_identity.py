@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -667,6 +668,13 @@ def _odd_certificate(
     )
     stem = tmp_path / "-".join(["odd", *names, *ids])
     paths = Path(f"{stem}.pem"), Path(f"{stem}.key")
+    return _written(paths, key, cert.public_bytes(serialization.Encoding.PEM), served)
+
+
+def _written(paths: tuple[Path, Path], key: Any, pem: bytes, served: Served) -> CertificateFiles:
+    """The key (0600) and the certificate PEM at ``paths``, trusted by ``served``'s CA."""
+    from cryptography.hazmat.primitives import serialization
+
     write_private(
         paths[1],
         key.private_bytes(
@@ -675,7 +683,7 @@ def _odd_certificate(
             serialization.NoEncryption(),
         ),
     )
-    write_private(paths[0], cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_private(paths[0], pem, mode=0o644)
     return CertificateFiles(*paths, served.ca.ca_cert_path)
 
 
@@ -807,17 +815,8 @@ def _chain_certificate(served: Served, tmp_path: Path, shape: str) -> Certificat
         leaf, key = cert([cn(shape)], root)
         chain = [leaf]
     paths = tmp_path / "chain.pem", tmp_path / "chain.key"
-    write_private(
-        paths[1],
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-    write_private(paths[0], pem, mode=0o644)
-    return CertificateFiles(*paths, served.ca.ca_cert_path)
+    return _written(paths, key, pem, served)
 
 
 @pytest.mark.parametrize(

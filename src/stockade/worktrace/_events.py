@@ -505,24 +505,28 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
     if body is not None:
         if resp.process_kprobe is not None or resp.process_exit is not None:
             raise EventShapeError("event", "two event types")
-        process, parent = body.process, body.parent
-        if (
-            "/." in process.binary
-            or "//" in process.binary
-            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
-        ):
-            _resolve(process, parent)
-        return TraceEvent("process_exec", process, parent, resp.node_name, resp.time, line=line)
-    exit_ = resp.process_exit
-    if exit_ is not None:
-        process, parent = exit_.process, exit_.parent
-        if (
-            "/." in process.binary
-            or "//" in process.binary
-            or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
-        ):
-            _resolve(process, parent)
-        return TraceEvent("process_exit", process, parent, resp.node_name, resp.time, line=line)
+        event = TraceEvent(
+            "process_exec", body.process, body.parent, resp.node_name, resp.time, line=line
+        )
+    elif (exit_ := resp.process_exit) is not None:
+        event = TraceEvent(
+            "process_exit", exit_.process, exit_.parent, resp.node_name, resp.time, line=line
+        )
+    else:
+        event = _hook_event(resp, line)
+    # binaries as given to execve (``/dev//shm/x``) are resolved here, in line: a call per
+    # event would cost more than the check
+    process, parent = event.process, event.parent
+    if (
+        "/." in process.binary
+        or "//" in process.binary
+        or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
+    ):
+        _resolve(process, parent)
+    return event
+
+
+def _hook_event(resp: _Response, line: bytes) -> TraceEvent:
     hook = resp.process_kprobe
     if hook is not None:
         kind = "process_kprobe"
@@ -553,13 +557,6 @@ def _build(resp: _Response, line: bytes) -> TraceEvent:
     else:
         args = tuple([_arg(a, kind, i) for i, a in enumerate(raw_args)])
     ret = hook.ret
-    process, parent = hook.process, hook.parent
-    if (
-        "/." in process.binary
-        or "//" in process.binary
-        or (parent is not None and ("/." in parent.binary or "//" in parent.binary))
-    ):
-        _resolve(process, parent)
     return TraceEvent(
         kind, hook.process, hook.parent, resp.node_name, resp.time, function, args,
         None if ret is None else _arg(ret, kind, -1), hook.action, hook.policy_name, line,
