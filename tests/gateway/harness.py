@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import os
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -172,6 +173,16 @@ def workspace_netns(name: str, data_dir: Path) -> str:
     return sandbox_netns(name, data_dir, uid=uid)
 
 
+def remove_workspace_netns(data_dir: Path) -> None:
+    """Delete the sandbox network namespaces of every workspace under ``data_dir`` (a test's
+    own: their names follow the data dir). A stopped gateway keeps them for its next start,
+    so without this each run left its tests' namespaces in /run/netns."""
+    for name, uid in UidAllocator(data_dir / "workspace-uids.json").known().items():
+        netns = sandbox_netns(name, data_dir, uid=uid)
+        if os.path.exists(f"/run/netns/{netns}"):
+            subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+
+
 async def eventually(check: Any, *, within: float = 10.0, interval: float = 0.05) -> Any:
     """Poll ``check`` (sync or async, truthy when done) until it holds or ``within`` seconds pass;
     returns its last value (a bounded wait for effects that travel as events)."""
@@ -324,6 +335,7 @@ async def gateway_env(
         )
     finally:
         await gateway.stop(grace=0)
+        remove_workspace_netns(data_dir)
         if served:
             await served[1].close()
             await served[0].stop()

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import typer
+from gateway.harness import remove_workspace_netns
 from typer.testing import CliRunner
 
 from stockade.cli import _common, app
@@ -175,7 +176,7 @@ def test_readme_links_stay_inside_the_repository() -> None:
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
+def netns(tmp_path: Path) -> Iterator[str]:
     name = f"readme-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
@@ -183,6 +184,7 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+        remove_workspace_netns(tmp_path / "data")  # the walkthrough's workspaces' own
 
 
 def _walk(tmp_path: Path, netns: str) -> Walkthrough:

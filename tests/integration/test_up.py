@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gateway.harness import remove_workspace_netns
 
 STOCKADE = str(Path(sys.executable).parent / "stockade")
 
@@ -89,6 +90,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     yield srv
     if srv.proc is not None:
         srv.stop(signal.SIGKILL)
+    remove_workspace_netns(srv.data_dir)
 
 
 def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
