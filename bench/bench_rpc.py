@@ -262,7 +262,8 @@ async def main() -> None:
             authorizer = Authorizer(settings=AuthzSettings())
             docs = [_input(i) for i in range(int(RATE * SECONDS) + 1)]
             print(f"authz at a fixed {RATE} decisions/s for {SECONDS:.0f}s, every input distinct")
-            issued = DevCA(root / "tls").issue("api")
+            # the gateway's certificate: authz answers only its callers (rpc._authz.CALLERS)
+            issued = DevCA(root / "tls").issue("gateway")
             tls = CertificateFiles(issued.cert, issued.key, issued.ca)
             streamed: list[tuple[Run, Run]] = []
             unary: list[tuple[Run, Run]] = []

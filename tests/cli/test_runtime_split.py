@@ -52,7 +52,9 @@ async def test_serve_authz_enforces_projected_tokens(tmp_path: Path, nats_url: s
             assert runtime.identity is None  # nothing else runs here
             assert runtime.rpc is not None
             assert runtime.rpc.admin_socket is None
-            caller = service_tls(settings.model_copy(update={"data_dir": tmp_path / "gw"}), "gw")
+            caller = service_tls(
+                settings.model_copy(update={"data_dir": tmp_path / "gw"}), "gateway"
+            )
             token = tmp_path / "token"
             token.write_text(issuer.token(audience="stockade-authz", service_account="gw"))
             port = runtime.rpc.port

@@ -653,3 +653,22 @@ def test_the_token_allow_lists_of_identity_are_its_certificate_table() -> None:
         if callers and method != UNBOUND_ISSUE
     }
     assert chart == table
+
+
+def test_the_token_allow_lists_of_authz_are_its_certificate_table() -> None:
+    """The projected-token allow-list of authz in the chart and authz's own table of callers by
+    certificate (rpc._authz.CALLERS) name the same services for each method, among the
+    services the chart runs (worktrace, in the table, is not one): every method listed at both,
+    and no service allowed at one layer and not the other."""
+    from stockade.rpc._authz import CALLERS
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    deployed = set(values["services"])
+    chart = {m: sorted(callers) for m, callers in values["serviceAuth"]["authz"].items()}
+    table = {
+        f"/stockade.authz.v1.Authz/{method}": sorted(callers & deployed)
+        for method, callers in CALLERS.items()
+        if callers & deployed
+    }
+    assert chart == table
+    assert all(set(callers) <= deployed for callers in chart.values())

@@ -127,7 +127,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         source, tmp_path / "server", common_name="localhost", lifetime=lifetime
     )
     client_certs = CertificateRenewer(
-        source, tmp_path / "client", common_name="stockade-gateway", lifetime=lifetime
+        source, tmp_path / "client", common_name="gateway", lifetime=lifetime
     )
     await server_certs.ensure()
     await client_certs.ensure()

@@ -28,7 +28,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[RpcServer, CertificateFi
     identity = IdentityService(
         store=store, settings=IdentitySettings(), keyring=KeyRing(tmp_path / "keys")
     )
-    issued = DevCA(tmp_path / "tls").issue("api")
+    issued = DevCA(tmp_path / "tls").issue("gateway")  # authz: a caller (CALLERS)
     tls = CertificateFiles(issued.cert, issued.key, issued.ca)
     server = RpcServer(identity=identity, authorizer=Authorizer(settings=AuthzSettings()), tls=tls)
     await server.start()

@@ -33,7 +33,7 @@ Serve = Callable[[Any], Awaitable[int]]
 
 @pytest.fixture
 def tls(tmp_path: Path) -> CertificateFiles:
-    issued = DevCA(tmp_path / "tls").issue("api")
+    issued = DevCA(tmp_path / "tls").issue("gateway")  # authz: a caller (CALLERS)
     return CertificateFiles(issued.cert, issued.key, issued.ca)
 
 

@@ -178,7 +178,8 @@ def _input(roles: tuple[str, ...] = ("developer",)) -> dict[str, object]:
 
 async def test_authz_client_matches_authorizer(served: Served) -> None:
     local = Authorizer(settings=AuthzSettings())
-    async with mtls_channel("127.0.0.1", served.server.port, served.tls) as channel:
+    gateway = served.client_tls("gateway")
+    async with mtls_channel("127.0.0.1", served.server.port, gateway) as channel:
         client = AuthzClient(channel, target="test")
         for roles in [("developer",), ("contractor",), ("sudoer",)]:
             remote = await client.decide_async(_input(roles))

@@ -65,11 +65,14 @@ class Env:
     admin: Path
 
     def channel(self, token: str | None, *, tls: CertificateFiles | None = None) -> aio.Channel:
+        """A channel with ``token``, as the gateway (its certificate: authz and identity check
+        the certificate's name as well) unless ``tls`` says otherwise."""
+        tls = tls or self.client_tls("gateway")
         if token is None:
-            return mtls_channel("127.0.0.1", self.server.port, tls or self.tls)
+            return mtls_channel("127.0.0.1", self.server.port, tls)
         self.token_file.write_text(token)
         return mtls_channel(
-            "127.0.0.1", self.server.port, tls or self.tls, token=ProjectedToken(self.token_file)
+            "127.0.0.1", self.server.port, tls, token=ProjectedToken(self.token_file)
         )
 
     def client_tls(self, name: str) -> CertificateFiles:
@@ -113,6 +116,7 @@ async def env(tmp_path: Path, issuer: Issuer) -> AsyncIterator[Env]:
         tls=tls,
         admin_socket=tmp_path / "run" / "admin.sock",
         interceptors=[ServiceAuthInterceptor(verifier, publisher=events)],
+        publisher=events,
     )
     await server.start()
     try:
@@ -212,6 +216,38 @@ async def test_method_not_allowed_denied(env: Env) -> None:
         with pytest.raises(aio.AioRpcError) as caught:
             await identity_pb2_grpc.IdentityStub(channel).GetJwks(identity_pb2.Empty())
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_deciders_token_does_not_open_authz_to_another_certificate(env: Env) -> None:
+    """ATTACK: a shield holding the gateway's projected token (or a token layer that lets it
+    through) still presents a shield certificate: authz's own table of callers refuses it,
+    PERMISSION_DENIED and audited, on a call and on the stream."""
+    gateway = env.issuer.token(audience="stockade-api")
+    async with env.channel(gateway, tls=env.client_tls("shield")) as channel:
+        with pytest.raises(aio.AioRpcError) as caught:
+            await _decide(channel)
+        denied = await AuthzClient(channel, target="authz").decide_async(_doc())
+    assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "needs a certificate of" in (caught.value.details() or "")
+    assert not denied.allow
+    assert "permission_denied" in denied.reasons[0]
+    seen = [(e.method, e.reason, e.caller) for e in env.events.seen]
+    assert seen == [(DECIDE, "not_allowed", "shield"), (DECIDE_STREAM, "not_allowed", "shield")]
+
+
+async def test_a_deciders_certificate_still_needs_its_token(env: Env) -> None:
+    """The certificate table does not replace the token layer: the broker's certificate may
+    decide, but its token's allow-list here names the gateway only, and no token is no call."""
+    broker = env.issuer.token(audience="stockade-api", service_account="stockade-broker")
+    for token in (broker, None):
+        async with env.channel(token, tls=env.client_tls("broker")) as channel:
+            with pytest.raises(aio.AioRpcError) as caught:
+                await _decide(channel)
+        assert caught.value.code() in {
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        }
+    assert [e.reason for e in env.events.seen] == ["method-not-allowed", "no-token"]
 
 
 async def test_decision_stream_checked_like_a_call(env: Env) -> None:

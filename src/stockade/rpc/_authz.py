@@ -32,6 +32,13 @@ longer than ``timeout``.
 
 ``max_batch`` 1 sends one unary ``Decide`` per decision (no stream), for allow-lists that permit
 only ``Decide``. ``BatchDecide`` stays served for clients that batch over unary calls.
+
+Callers. A decision tells what policy allows any user on any resource, and a decision costs the
+authz service CPU: only the services that ask (:data:`CALLERS`, by the caller certificate's one
+common name, as identity's table; see :mod:`._callers`) may call, an admin certificate and the
+admin socket too; a method not listed is open to none of them. A stream is checked when it
+opens (the client opens a new one every ``stream_age``). Each refusal is PERMISSION_DENIED with
+its reason, logged (``authz.call_refused``) and audited (``service.rejected``).
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import json
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import grpc
@@ -51,6 +59,7 @@ from grpc import aio
 from stockade.authz import Authorizer, Decision, Obligations, parse_input
 from stockade.core import InvalidInput, StockadeError, get_logger
 
+from ._callers import Publisher, name_refusal, report_refusal
 from ._errors import rpc_errors_to_status
 from ._gen import authz_pb2, authz_pb2_grpc
 from ._service_auth import current_service
@@ -75,6 +84,20 @@ STREAM_AGE = 1.0
 #: Frames a client keeps in flight on one stream before decisions wait and batch (see above).
 MAX_IN_FLIGHT = 4
 
+#: The services that ask authz (certificate common names): the gateway (logins, sessions,
+#: forwards), the broker (credential requests) and worktrace (its responses to alerts), each
+#: through ``cli._runtime``'s ``AuthzClient``. Shield, audit and identity ask authz nothing.
+DECIDERS = frozenset({"gateway", "broker", "worktrace"})
+
+#: Who may call each method, by the caller certificate's one common name; an admin certificate
+#: and the admin socket may call them all, and a method not listed is refused to every other
+#: certificate. The client decides on ``DecideStream``, on ``Decide`` with ``max_batch`` 1.
+CALLERS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {"Decide": DECIDERS, "BatchDecide": DECIDERS, "DecideStream": DECIDERS}
+)
+
+_SERVICE = "/stockade.authz.v1.Authz/"
+
 #: Distinct obligation values whose wire form (both ways) is remembered; policies produce few.
 _SHAPES = 256
 
@@ -90,17 +113,35 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
         *,
         max_stream_age: float = MAX_STREAM_AGE,
         write_timeout: float = WRITE_TIMEOUT,
+        publisher: Publisher | None = None,
     ) -> None:
         self._authorizer = authorizer
+        self._publisher = publisher
+        #: Calls refused for their caller (see :data:`CALLERS`).
+        self.refusals = 0
         self._max_stream_age = max_stream_age
         self._write_timeout = write_timeout
         #: Streams that ended because their client stopped reading (for tests and metrics).
         self.stalled_streams = 0
 
+    async def _require(self, context: aio.ServicerContext[Any, Any], method: str) -> None:
+        """End the call PERMISSION_DENIED (logged and audited) unless its caller's certificate
+        may make it (:data:`CALLERS`). Every method calls this first."""
+        refusal = name_refusal(context, method, CALLERS.get(method, frozenset()))
+        if refusal is None:
+            return
+        self.refusals += 1
+        await report_refusal(
+            context, "authz", _SERVICE + method, method, refusal,
+            publisher=self._publisher, log=log,
+        )  # fmt: skip
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.why)
+
     @rpc_errors_to_status
     async def Decide(
         self, request: authz_pb2.DecideRequest, context: aio.ServicerContext[Any, Any]
     ) -> authz_pb2.DecideResponse:
+        await self._require(context, "Decide")
         doc = parse_input(request.input_json)
         return _response(await self._authorizer.decide_async(doc))
 
@@ -108,6 +149,7 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
     async def BatchDecide(
         self, request: authz_pb2.BatchDecideRequest, context: aio.ServicerContext[Any, Any]
     ) -> authz_pb2.BatchDecideResponse:
+        await self._require(context, "BatchDecide")
         if len(request.requests) > MAX_BATCH:
             raise InvalidInput("requests", f"at most {MAX_BATCH} decisions per batch")
         return authz_pb2.BatchDecideResponse(
@@ -120,7 +162,9 @@ class AuthzServicer(authz_pb2_grpc.AuthzServicer):
         context: aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[authz_pb2.DecisionFrame]:
         """Answer each frame in order; a malformed frame ends the stream (INVALID_ARGUMENT), a
-        malformed input inside a good frame is a deny for that id alone."""
+        malformed input inside a good frame is a deny for that id alone. The caller is checked
+        when the stream opens, before any frame is read."""
+        await self._require(context, "DecideStream")
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         ends = loop.time() + self._max_stream_age

@@ -19,18 +19,15 @@ Every refusal is PERMISSION_DENIED with its reason, logged and audited (``servic
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from grpc import aio
 
-from stockade.core import InvalidInput, NotFound, PermissionDenied, StockadeError, get_logger
-from stockade.core.events import Event, ServiceCallRejected
+from stockade.core import InvalidInput, NotFound, PermissionDenied, get_logger
 from stockade.identity import (
     AuthFailure,
     Claims,
@@ -46,8 +43,9 @@ from stockade.identity import (
     User,
     Workspace,
 )
-from stockade.tls import GATEWAY_URI_PREFIX, common_names, gateway_ids, gateway_uri
+from stockade.tls import GATEWAY_URI_PREFIX, gateway_ids, gateway_uri
 
+from ._callers import Publisher, Refusal, exempt, name_refusal, report_refusal
 from ._convert import (
     authenticated_from_pb,
     authenticated_to_pb,
@@ -76,11 +74,6 @@ Ctx = aio.ServicerContext[Any, Any]
 KILL_MESSAGE = "session terminated by an administrator"
 T = TypeVar("T")
 
-
-#: Certificate common names that may make every call over mutual TLS (change users, keys,
-#: secrets and workspaces, mint tokens not bound to a session, look anything up). The admin
-#: socket (file permissions) may too.
-ADMIN_NAMES = frozenset({"admin"})
 
 #: Certificate common names of gateways. Only a gateway (or an admin) asks the login questions
 #: (a password or TOTP oracle otherwise), opens, starts, ends and sweeps sessions, or mints a
@@ -151,51 +144,9 @@ CALLERS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    """Why a caller may not make a call: ``reason`` (a short code, audited) and ``why`` (the
-    sentence it is told)."""
-
-    reason: str
-    why: str
-
-
-@functools.lru_cache(maxsize=1024)
-def _names_in(pem: bytes) -> tuple[str, ...]:
-    return tuple(common_names(pem))
-
-
-def _admin_socket(context: Ctx) -> bool:
-    """Whether the call came over the admin unix socket: plaintext, on a unix socket (the only
-    listener opened without TLS). Any other transport needs a certificate, "not TLS" included
-    (local or other credentials on a TCP port are no admin socket)."""
-    insecure = context.auth_context().get("transport_security_type") == [b"insecure"]
-    return insecure and (context.peer() or "").startswith("unix:")
-
-
-def _caller_names(context: Ctx) -> tuple[str, ...]:
-    """Every common name of the caller's certificate, read from the certificate itself (gRPC's
-    ``x509_common_name`` shows one of several); () when there is not exactly one certificate."""
-    pems = list(context.auth_context().get("x509_pem_cert", []))
-    return _names_in(bytes(pems[0])) if len(pems) == 1 else ()
-
-
-def _exempt(context: Ctx) -> bool:
-    """The admin unix socket or an admin certificate (one common name, an admin's): every call
-    is allowed."""
-    if _admin_socket(context):
-        return True
-    names = _caller_names(context)
-    return len(names) == 1 and names[0] in ADMIN_NAMES
-
-
-def _shown(names: Iterable[str]) -> str:
-    return ", ".join(name[:64] for name in names) or "no name"
-
-
 def _refusal(
     context: Ctx, method: str, *, rule: str | None = None, gateway_id: str | None = None
-) -> _Refusal | None:
+) -> Refusal | None:
     """Whether the caller of ``method`` is refused (None: it may call).
 
     The admin unix socket (file permissions) and an admin certificate may make every call.
@@ -205,43 +156,20 @@ def _refusal(
     owner) must name the one gateway id of the caller's certificate, or a gateway could
     declare another gateway's boots dead, sweep its sessions or open sessions in its name.
     """
-    if _exempt(context):
-        return None
-    names = _caller_names(context)
-    if not names:
-        return _Refusal("no_common_name", f"{method}: the certificate names no common name")
-    if len(names) > 1:
-        return _Refusal(
-            "several_common_names",
-            f"{method}: the certificate names {len(names)} common names ({_shown(names)});"
-            " it must name one",
-        )
-    name = names[0]
     allowed = CALLERS.get(rule or method, _ADMIN_ONLY)
-    if name not in allowed:
-        if not allowed:
-            return _Refusal("not_admin", f"{method} needs an admin certificate ({_shown(names)})")
-        if allowed == GATEWAY_NAMES:
-            return _Refusal(
-                "not_gateway", f"{method} needs a gateway certificate ({_shown(names)})"
-            )
-        return _Refusal(
-            "not_allowed",
-            f"{method} needs a certificate of {' or '.join(sorted(allowed | ADMIN_NAMES))}"
-            f" ({_shown(names)})",
-        )
-    if gateway_id is None:
-        return None
+    refusal = name_refusal(context, method, allowed, kinds={GATEWAY_NAMES: "gateway"})
+    if refusal is not None or gateway_id is None or exempt(context):
+        return refusal
     pems = list(context.auth_context().get("x509_pem_cert", []))
     ids = gateway_ids(pems[0]) if len(pems) == 1 else []
     if not ids:
-        return _Refusal(
+        return Refusal(
             "no_gateway_id",
             f"{method}: the gateway certificate names no gateway id (a URI SAN"
             f" {GATEWAY_URI_PREFIX}<id>)",
         )
     if len(ids) > 1:
-        return _Refusal(
+        return Refusal(
             "several_gateway_ids",
             f"{method}: the gateway certificate names {len(ids)} gateway ids; it must name one",
         )
@@ -251,13 +179,13 @@ def _refusal(
         # recorded as another gateway's
         gateway_uri(ids[0])
     except InvalidInput:
-        return _Refusal(
+        return Refusal(
             "bad_gateway_id",
             f"{method}: the gateway certificate's id {ids[0][:128]!r} cannot be named in a"
             " certificate (no spaces, '/', '?', '#' or '%')",
         )
     if ids[0] != gateway_id:
-        return _Refusal(
+        return Refusal(
             "wrong_gateway_id",
             f"{method} for gateway {gateway_id[:128]!r} from the certificate of gateway"
             f" {ids[0][:128]!r}",
@@ -273,10 +201,6 @@ def _certificate_gateway_id(context: Ctx) -> str:
     return ids[0] if len(ids) == 1 else ""
 
 
-class _Publisher(Protocol):
-    async def publish(self, event: Event) -> Any: ...
-
-
 def _opt(msg: Any, field: str) -> Any:
     return getattr(msg, field) if msg.HasField(field) else None
 
@@ -284,7 +208,7 @@ def _opt(msg: Any, field: str) -> Any:
 class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     """Serves every identity call from an in-process :class:`IdentityService`."""
 
-    def __init__(self, identity: IdentityService, *, publisher: _Publisher | None = None) -> None:
+    def __init__(self, identity: IdentityService, *, publisher: Publisher | None = None) -> None:
         self._id = identity
         self._publisher = publisher
         self.refusals = 0
@@ -300,19 +224,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         if refusal is None:
             return
         self.refusals += 1
-        peer = context.peer() or ""
-        caller = ",".join(_caller_names(context))[:256]
-        log.warning("identity.call_refused", method=method, reason=refusal.reason, peer=peer,
-                    caller=caller)  # fmt: skip
-        if self._publisher is not None:
-            event = ServiceCallRejected(
-                method=f"/stockade.identity.v1.Identity/{method}"[:256], reason=refusal.reason,
-                status="PERMISSION_DENIED", peer=peer[:128], caller=caller,
-            )  # fmt: skip
-            try:
-                await self._publisher.publish(event)
-            except StockadeError as exc:
-                log.warning("identity.call_refused.audit_failed", error=str(exc))
+        await report_refusal(
+            context, "identity", f"/stockade.identity.v1.Identity/{method}", method, refusal,
+            publisher=self._publisher, log=log,
+        )  # fmt: skip
         area = "identity.session" if CALLERS.get(rule or method) else "identity.manage"
         raise PermissionDenied(area, [refusal.why])
 
@@ -322,7 +237,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
         gateway certificate could end or take over another gateway's sessions. A session that
         does not exist is left to the call itself (NotFound)."""
         await self._require(context, method)
-        if _exempt(context):
+        if exempt(context):
             return
         try:
             owner = (await self._id.get_session(session_id)).gateway_id
@@ -557,8 +472,8 @@ class IdentityServicer(identity_pb2_grpc.IdentityServicer):
     async def StartSession(self, request: pb.StartSessionRequest, context: Ctx) -> pb.Session:
         # the session is the starting gateway's (the one id its certificate names), or any
         # gateway certificate could end it or mint tokens bound to it; the admin's own none
-        owner = "" if _exempt(context) else _certificate_gateway_id(context)
-        await self._require(context, "StartSession", gateway_id=None if _exempt(context) else owner)
+        owner = "" if exempt(context) else _certificate_gateway_id(context)
+        await self._require(context, "StartSession", gateway_id=None if exempt(context) else owner)
         info = await self._id.start_session(
             request.id,
             username=request.username,

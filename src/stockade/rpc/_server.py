@@ -33,9 +33,10 @@ from stockade.identity import IdentityService
 from stockade.tls import CertificateFiles, ProjectedToken, grpc_server_credentials
 
 from ._authz import AuthzServicer
+from ._callers import Publisher as _Publisher
 from ._channel import ReloadingChannel
 from ._gen import authz_pb2, authz_pb2_grpc, identity_pb2, identity_pb2_grpc
-from ._identity import IdentityServicer, _Publisher
+from ._identity import IdentityServicer
 from ._service_auth import service_token_credentials
 
 __all__ = ["RpcServer", "admin_channel", "mtls_channel"]
@@ -90,7 +91,9 @@ class RpcServer:
             )
             self._services.append(identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name)
         if authorizer is not None:
-            authz_pb2_grpc.add_AuthzServicer_to_server(AuthzServicer(authorizer), self._server)
+            authz_pb2_grpc.add_AuthzServicer_to_server(
+                AuthzServicer(authorizer, publisher=publisher), self._server
+            )
             self._services.append(authz_pb2.DESCRIPTOR.services_by_name["Authz"].full_name)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
