@@ -183,6 +183,24 @@ def remove_workspace_netns(data_dir: Path) -> None:
             subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
 
 
+async def agent_listening(path: Path, *, within: float = 10.0) -> None:
+    """Wait until the ssh-agent started on ``path`` accepts connections: its socket file
+    appears at bind(), a moment before listen(), and a connection in between is refused."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_unix_connection(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            assert loop.time() < deadline, f"ssh-agent never listened on {path}"
+            await asyncio.sleep(0.02)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
 async def eventually(check: Any, *, within: float = 10.0, interval: float = 0.05) -> Any:
     """Poll ``check`` (sync or async, truthy when done) until it holds or ``within`` seconds pass;
     returns its last value (a bounded wait for effects that travel as events)."""

@@ -17,7 +17,14 @@ from typing import Any
 
 import asyncssh
 import pytest
-from gateway.harness import GatewayEnv, ended_sessions, eventually, gateway_env, policy_bundle
+from gateway.harness import (
+    GatewayEnv,
+    agent_listening,
+    ended_sessions,
+    eventually,
+    gateway_env,
+    policy_bundle,
+)
 
 from stockade.core.errors import TokenRejected
 from stockade.identity import totp_code
@@ -637,7 +644,7 @@ async def test_agent_is_not_reachable_without_the_obligation(tmp_path: Path, nat
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            await eventually(lambda: (agent_dir / "sock").exists())
+            await agent_listening(agent_dir / "sock")
             async with asyncssh.connect_agent(str(agent_dir / "sock")) as client:
                 await client.add_keys([agent_key])
             async with await _connect(

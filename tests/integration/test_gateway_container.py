@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from broker.fixtures import openbao
 from broker.harness import OpenBao, broker_settings
-from gateway.harness import CLEAN_ENV, GatewayEnv, gateway_env, ssh_options
+from gateway.harness import CLEAN_ENV, GatewayEnv, agent_listening, gateway_env, ssh_options
 
 from stockade.broker import BrokerServer, LiveSessions, VaultBackend, create_app
 from stockade.bus import Bus
@@ -186,10 +186,7 @@ async def test_agent_forwarding_into_the_container(env: Env, tmp_path: Path) -> 
         "ssh-agent", "-D", "-a", str(agent_sock), env=CLEAN_ENV, stdout=subprocess.DEVNULL
     )
     try:
-        for _ in range(100):
-            if agent_sock.exists():
-                break
-            await asyncio.sleep(0.05)
+        await agent_listening(agent_sock)
         client_env = {**CLEAN_ENV, "SSH_AUTH_SOCK": str(agent_sock)}
         added = await env.gw.run(["ssh-add", "-q", str(key)], env=client_env)
         assert added.returncode == 0, added.stderr
@@ -269,10 +266,7 @@ async def test_an_admin_in_someone_elses_workspace_brings_no_credentials(
         "ssh-agent", "-D", "-a", str(agent_sock), env=CLEAN_ENV, stdout=subprocess.DEVNULL
     )
     try:
-        for _ in range(100):
-            if agent_sock.exists():
-                break
-            await asyncio.sleep(0.05)
+        await agent_listening(agent_sock)
         client_env = {**CLEAN_ENV, "SSH_AUTH_SOCK": str(agent_sock)}
         added = await gw.run(["ssh-add", "-q", str(ada)], env=client_env)
         assert added.returncode == 0, added.stderr

@@ -13,7 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from gateway.harness import CLEAN_ENV, GatewayEnv, ended_sessions, gateway_env, keygen, ssh_options
+from gateway.harness import (
+    CLEAN_ENV,
+    GatewayEnv,
+    agent_listening,
+    ended_sessions,
+    gateway_env,
+    keygen,
+    ssh_options,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -198,10 +206,7 @@ async def test_agent_forwarding_end_to_end(env: GatewayEnv) -> None:
         "ssh-agent", "-D", "-a", str(agent_sock), env=CLEAN_ENV, stdout=subprocess.DEVNULL
     )
     try:
-        for _ in range(100):
-            if agent_sock.exists():
-                break
-            await asyncio.sleep(0.05)
+        await agent_listening(agent_sock)
         agent_env = {**CLEAN_ENV, "SSH_AUTH_SOCK": str(agent_sock)}
         added = await env.run(["ssh-add", str(key)], env=agent_env)
         assert added.returncode == 0, added.stderr

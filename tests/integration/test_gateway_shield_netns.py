@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from gateway.harness import remove_workspace_netns
 
 from .test_shield_netns import IN_CI, IS_ROOT, Net, connects, netns  # noqa: F401 - fixture
 
@@ -70,6 +71,7 @@ def stockade_in_netns(netns: Net, tmp_path: Path) -> Iterator[Path]:  # noqa: F8
         proc.terminate()
         proc.wait(timeout=30)
         proc.stdout.close()
+        remove_workspace_netns(data)  # its gateway's sandboxes' own
 
 
 def failed_login(source: str, target: str, key: Path, known_hosts: Path) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 import asyncssh
 import pytest
 from broker.harness import OpenBao, start_openbao
+from gateway.harness import remove_workspace_netns
 
 from stockade.tls import DevCA
 
@@ -97,6 +98,7 @@ class Service:
         if self._log is not None:
             self._log.close()
         self.proc = None
+        remove_workspace_netns(self.data_dir)  # a gateway's sandboxes' own
         return code
 
 

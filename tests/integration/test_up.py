@@ -81,6 +81,7 @@ class Server:
         assert self.proc.stdout is not None
         self.proc.stdout.close()
         self.proc = None
+        remove_workspace_netns(self.data_dir)  # its gateway keeps them for its next start
         return code
 
 
@@ -90,7 +91,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
     yield srv
     if srv.proc is not None:
         srv.stop(signal.SIGKILL)
-    remove_workspace_netns(srv.data_dir)
 
 
 def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
