@@ -25,7 +25,7 @@ from stockade.core.settings import AuthzSettings
 from stockade.rpc import AuthzClient, admin_channel, mtls_channel
 from stockade.rpc._gen import authz_pb2, authz_pb2_grpc
 
-from .test_identity import Served, _odd_certificate, served
+from .test_identity import ODD_NAMES, Served, _odd_certificate, served
 
 __all__ = ["served"]
 
@@ -127,11 +127,7 @@ async def test_the_services_that_decide_may(served: Served, name: str) -> None:
     assert _rejections(served) == []
 
 
-@pytest.mark.parametrize(
-    "names",
-    [[], ["admin", "shield"], ["shield", "admin"], ["gateway", "shield"], ["broker", "broker"]],
-    ids=lambda names: "+".join(names) or "no-cn",
-)
+@ODD_NAMES
 async def test_a_certificate_with_several_common_names_or_none_is_refused(
     served: Served, tmp_path: Path, names: list[str]
 ) -> None:

@@ -687,11 +687,15 @@ def _written(paths: tuple[Path, Path], key: Any, pem: bytes, served: Served) -> 
     return CertificateFiles(*paths, served.ca.ca_cert_path)
 
 
-@pytest.mark.parametrize(
+#: Certificates naming no common name or several: each is refused every call (identity, authz).
+ODD_NAMES = pytest.mark.parametrize(
     "names",
     [[], ["admin", "shield"], ["shield", "admin"], ["gateway", "shield"], ["broker", "broker"]],
     ids=lambda names: "+".join(names) or "no-cn",
 )
+
+
+@ODD_NAMES
 async def test_a_certificate_with_several_common_names_or_none_is_refused(
     served: Served, tmp_path: Path, names: list[str]
 ) -> None:
