@@ -25,21 +25,25 @@ _GRACE = 0.5
 _ATTEMPTS = 20
 
 
-async def cancel_and_wait(task: asyncio.Future[Any] | None, *, what: str = "task") -> None:
-    """Cancel ``task`` and wait until it has ended, cancelling it again each time a
-    cancellation was lost, at most :data:`_ATTEMPTS` times (then log and return). The task's
-    own exception, if it failed, is raised here, as ``await task`` would; its cancellation is
-    not. A cancellation of the caller itself still propagates."""
-    if task is None:
-        return
+async def cancel_and_wait(*tasks: asyncio.Future[Any] | None, what: str = "task") -> None:
+    """Cancel ``tasks`` (None is skipped) and wait until they have ended, cancelling again each
+    one whose cancellation was lost, at most :data:`_ATTEMPTS` times (then log and return).
+    All are cancelled before any is waited for, so a cancellation of the caller during the
+    wait leaves none of them uncancelled; that cancellation still propagates. The first
+    task's own exception, if one failed, is raised here once all have ended, as ``await
+    task`` would; their cancellations are not."""
+    pending = {task for task in tasks if task is not None}
     for _ in range(_ATTEMPTS):
-        if task.done():
+        pending = {task for task in pending if not task.done()}
+        if not pending:
             break
-        task.cancel()
-        await asyncio.wait({task}, timeout=_GRACE)
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=_GRACE)
     else:
-        if not task.done():
+        if any(not task.done() for task in pending):
             _log.error("task_would_not_stop", task=what, attempts=_ATTEMPTS)
             return
-    if not task.cancelled() and (error := task.exception()) is not None:
-        raise error
+    for ended in tasks:
+        if ended is not None and not ended.cancelled() and (error := ended.exception()) is not None:
+            raise error

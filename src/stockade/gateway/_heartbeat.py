@@ -130,12 +130,8 @@ class HeartbeatLoop:
         another gateway will declare it dead, and its sessions are ended already)."""
         if self.beats == 0 and self._task is None:
             return  # never registered: nothing to end
-        for task in (self._task, self._pending):  # both told first: a cancelled wait skips none
-            if task is not None:
-                task.cancel()
-        for task in (self._task, self._pending):
-            with contextlib.suppress(Exception):  # its failures were counted and logged
-                await cancel_and_wait(task, what="heartbeat")
+        with contextlib.suppress(Exception):  # their failures were counted and logged
+            await cancel_and_wait(self._task, self._pending, what="heartbeat")
         self._task = self._pending = None
         try:
             await asyncio.wait_for(

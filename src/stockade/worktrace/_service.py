@@ -118,10 +118,7 @@ class Worktrace:
                 if self._stop.is_set():
                     break
         finally:
-            for task in (reload, redeliver):  # both told first: a cancelled wait skips none
-                task.cancel()
-            for task in (reload, redeliver):
-                await cancel_and_wait(task, what="worktrace")
+            await cancel_and_wait(reload, redeliver, what="worktrace")
         await self._retry()
 
     async def _emit(self, alerts: list[Alert]) -> None:
